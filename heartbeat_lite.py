@@ -67,7 +67,12 @@ MAX_PATTERN_ENTRIES = 32
 MAX_PATTERN_ITEM_CHARS = 255  # each key and each value
 MAX_INTERVAL_SECONDS = 365 * 24 * 3600
 MAX_HEARTBEAT_BODY_BYTES = 64 * 1024
-MAX_REQUEST_BODY_BYTES = MAX_HEARTBEAT_BODY_BYTES  # refused by the HTTP server itself beyond this
+MAX_EVENT_BODY_BYTES = 1024 * 1024
+MAX_EVENTS_PER_REQUEST = 10_000
+MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
+
+ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
+SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
 
 EXIT_CONFIG_ERROR = 2
 
@@ -273,6 +278,28 @@ def canonical_pattern(pattern):
     return json.dumps(pattern, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+class TooLarge(Exception):
+    """Input over one of the MAX_* limits (answered 413)."""
+
+
+def validate_events(value):
+    """Check a POST /api/v2/event body: one event object, or an array of them.
+
+    :returns: the list of events (dicts).
+    :raises Invalid: when the body or any element is not an object.
+    :raises TooLarge: beyond :data:`MAX_EVENTS_PER_REQUEST` events.
+    """
+    events = [value] if isinstance(value, dict) else value
+    if not isinstance(events, list):
+        raise Invalid(["body: must be an event object or an array of event objects"])
+    bad = [i for i, event in enumerate(events) if not isinstance(event, dict)]
+    if bad:
+        raise Invalid([f"event {i}: must be an object" for i in bad[:10]])
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise TooLarge(f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
+    return events
+
+
 ###############################################################################
 # Store
 ###############################################################################
@@ -290,10 +317,13 @@ class PatternExists(Exception):
     """Another heartbeat already has that pattern."""
 
 
-_HEARTBEAT_COLUMNS = (
-    "id, name, author, description, output, pattern, expected_interval, "
-    "interval_seconds, created, updated"
+_DOCUMENT_COLUMNS = (
+    "id", "name", "author", "description", "output", "pattern", "expected_interval",
+    "interval_seconds", "created", "updated",
 )
+_STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline")
+_SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
+_ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 
 
 class Store:
@@ -301,7 +331,8 @@ class Store:
 
     One connection, shared by all threads under a lock: SQLite writes one
     transaction at a time anyway, and each statement here takes microseconds.
-    Every sqlite3 error leaves as :class:`StoreError`.
+    Rows come back as :class:`sqlite3.Row` (read them like dicts). Every
+    sqlite3 error leaves as :class:`StoreError`.
 
     :param path: a file path, or ``:memory:``.
     :param busy_timeout: seconds to wait for a lock held by another
@@ -322,6 +353,7 @@ class Store:
             )
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
         try:
             self._migrate()
         except BaseException:
@@ -329,6 +361,8 @@ class Store:
             raise
 
     def _migrate(self):
+        if sqlite3.sqlite_version_info < (3, 31):
+            raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
         try:
             with open(SCHEMA_PATH, encoding="utf-8") as f:
                 schema = f.read()
@@ -396,6 +430,13 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
 
+    def _executemany(self, sql, rows):
+        with self._lock:
+            try:
+                return self._conn.executemany(sql, rows)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+
     def _query(self, sql, params=()):
         with self._lock:
             try:
@@ -406,16 +447,17 @@ class Store:
     # -- heartbeats ----------------------------------------------------------
 
     def insert_heartbeat(self, row):
-        """Insert a heartbeat row (a dict with every column).
+        """Insert a heartbeat (a dict with every document column and
+        ``refreshed``); it starts ``pending``.
 
         :raises PatternExists: when another heartbeat has the same pattern.
         """
+        columns = _DOCUMENT_COLUMNS + ("refreshed",)
         with self.atomic():
             self._check_pattern_free(row["pattern"], row["id"])
             self._execute(
-                f"INSERT INTO heartbeat ({_HEARTBEAT_COLUMNS}) VALUES "
-                "(:id, :name, :author, :description, :output, :pattern, :expected_interval, "
-                ":interval_seconds, :created, :updated)",
+                f"INSERT INTO heartbeat ({', '.join(columns)}) "
+                f"VALUES ({', '.join(':' + c for c in columns)})",
                 row,
             )
 
@@ -426,24 +468,25 @@ class Store:
             raise PatternExists(pattern)
 
     def heartbeat(self, heartbeat_id):
-        """The heartbeat row with that id, as a dict.
+        """The heartbeat row with that id (document and state).
 
         :raises NotFound: when there is none.
         """
-        rows = self._query(f"SELECT {_HEARTBEAT_COLUMNS} FROM heartbeat WHERE id = ?", (heartbeat_id,))
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE id = ?", (heartbeat_id,))
         if not rows:
             raise NotFound(heartbeat_id)
-        return _row_dict(_HEARTBEAT_FIELDS_ORDER, rows[0])
+        return rows[0]
 
     def heartbeats(self):
         """Every heartbeat row, newest first (ties: last inserted first)."""
-        rows = self._query(
-            f"SELECT {_HEARTBEAT_COLUMNS} FROM heartbeat ORDER BY created DESC, rowid DESC"
-        )
-        return [_row_dict(_HEARTBEAT_FIELDS_ORDER, row) for row in rows]
+        return self._query(f"{_SELECT_HEARTBEAT} ORDER BY created DESC, rowid DESC")
+
+    def patterns(self):
+        """``(id, canonical pattern)`` of every heartbeat."""
+        return [(row["id"], row["pattern"]) for row in self._query("SELECT id, pattern FROM heartbeat")]
 
     def delete_heartbeat(self, heartbeat_id):
-        """Delete a heartbeat and return its row as it was.
+        """Delete a heartbeat and its state; return its row as it was.
 
         :raises NotFound: when there is none.
         """
@@ -452,21 +495,76 @@ class Store:
             self._execute("DELETE FROM heartbeat WHERE id = ?", (heartbeat_id,))
         return row
 
+    # -- state ---------------------------------------------------------------
+
+    def refresh(self, heartbeat_ids, now):
+        """Record a matching event at ``now`` for each id: each goes ``up``.
+
+        :returns: the rows, as they were, of those that were down.
+        """
+        with self.atomic():
+            came_back = []
+            for start in range(0, len(heartbeat_ids), _ID_CHUNK):
+                chunk = heartbeat_ids[start:start + _ID_CHUNK]
+                came_back += self._query(
+                    f"{_SELECT_HEARTBEAT} WHERE status = 'down' AND id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            self._executemany(
+                "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
+                "WHERE id = ?",
+                [(now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
+            )
+        return came_back
+
+    def expire(self, now):
+        """Put every heartbeat whose deadline is at or before ``now`` down,
+        its alarm dated by its deadline (when it really went down).
+
+        :returns: their rows as they were, earliest deadline first.
+        """
+        due_sql = "WHERE status <> 'down' AND deadline <= ?"
+        with self.atomic():
+            due = self._query(f"{_SELECT_HEARTBEAT} {due_sql} ORDER BY deadline", (now,))
+            if due:
+                self._execute(f"UPDATE heartbeat SET status = 'down', alarm_since = deadline {due_sql}", (now,))
+        return due
+
+    def next_deadline(self):
+        """The earliest deadline of a heartbeat that is not down, or None."""
+        return self._query("SELECT MIN(deadline) FROM heartbeat WHERE status <> 'down'")[0][0]
+
+    def alarms(self):
+        """The rows of the heartbeats that are down, oldest alarm first."""
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid")
+
+    def alive_at(self):
+        """When the service last recorded that it was alive, or None."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'alive_at'")
+        return rows[0][0] if rows else None
+
+    def set_alive(self, now):
+        self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('alive_at', ?)", (now,))
+
+    def postpone(self, after, seconds):
+        """Move later by ``seconds`` every deadline still ahead at ``after``
+        (of heartbeats that are not down); return how many moved."""
+        return self._execute(
+            "UPDATE heartbeat SET refreshed = refreshed + ? WHERE status <> 'down' AND deadline > ?",
+            (seconds, after),
+        ).rowcount
+
     def ping(self):
         """Raise :class:`StoreError` unless the database answers."""
         self._query("SELECT 1")
 
 
-_HEARTBEAT_FIELDS_ORDER = tuple(c.strip() for c in _HEARTBEAT_COLUMNS.split(","))
-
-
-def _row_dict(names, row):
-    return dict(zip(names, row))
-
-
 ###############################################################################
 # Engine
 ###############################################################################
+
+PENDING, UP, DOWN = "pending", "up", "down"
+ALARM_STATE, RESOLVED_STATE = 3, 0  # Canopsis check states: critical, ok
 
 
 def heartbeat_document(row):
@@ -484,37 +582,148 @@ def heartbeat_document(row):
     }
 
 
-class Engine:
-    """The heartbeat rules: what a creation, a deletion, a read means.
+def api_time(value):
+    """A time as the API shows it: Unix seconds to the millisecond, or None."""
+    if value is None:
+        return None
+    value = round(value, 3)
+    return int(value) if value.is_integer() else value
 
-    :param store: the :class:`Store`.
-    :param clock: a callable returning the time as Unix seconds (float), read
-        once per operation.
+
+def status_document(row):
+    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row."""
+    return {
+        "_id": row["id"],
+        "status": row["status"],
+        "last_event": api_time(row["last_event"]),
+        "deadline": api_time(row["deadline"]),
+        "alarm_since": api_time(row["alarm_since"]),
+    }
+
+
+def alarm_event(row, state, timestamp):
+    """The check event Canopsis' engine-heartbeat emits for a heartbeat.
+
+    :param row: the heartbeat row.
+    :param state: :data:`ALARM_STATE` (down) or :data:`RESOLVED_STATE`.
+    :param timestamp: Unix seconds (sent as an integer, as Canopsis does).
+    """
+    pattern = json.loads(row["pattern"])
+    return {
+        "connector": "heartbeat",
+        "connector_name": "heartbeat",
+        "event_type": "check",
+        "source_type": "resource",
+        "component": "heartbeats",
+        "resource": ".".join(f"{key}:{value}" for key, value in sorted(pattern.items())),
+        "state": state,
+        "output": row["output"],
+        "timestamp": int(timestamp),
+        "heartbeat_id": row["id"],
+        "heartbeat_name": row["name"],
+    }
+
+
+def active_alarm(row):
+    """An entry of ``GET /api/v2/alarms``: the alarm event plus ``since``."""
+    return {**alarm_event(row, ALARM_STATE, row["alarm_since"]), "since": api_time(row["alarm_since"])}
+
+
+class PatternIndex:
+    """Which heartbeat owns a pattern, grouped by the pattern's key set.
+
+    Matching an event costs one dictionary look-up per distinct key set,
+    whatever the number of heartbeats. Not thread-safe: the engine's lock
+    guards it.
     """
 
-    def __init__(self, store, clock):
+    def __init__(self):
+        self._by_keys = {}  # sorted keys -> {values in that key order: heartbeat id}
+
+    @staticmethod
+    def _split(pattern):
+        keys = tuple(sorted(pattern))
+        return keys, tuple(pattern[key] for key in keys)
+
+    def add(self, heartbeat_id, pattern):
+        keys, values = self._split(pattern)
+        self._by_keys.setdefault(keys, {})[values] = heartbeat_id
+
+    def remove(self, pattern):
+        keys, values = self._split(pattern)
+        table = self._by_keys.get(keys, {})
+        table.pop(values, None)
+        if not table:
+            self._by_keys.pop(keys, None)
+
+    def match(self, event):
+        """Ids of the heartbeats whose every ``key: value`` the event has, with
+        the same string value (a number never equals a string)."""
+        found = []
+        for keys, table in self._by_keys.items():
+            try:
+                heartbeat_id = table.get(tuple(map(event.__getitem__, keys)))
+            except (KeyError, TypeError):  # a key is missing; a value is a list or an object
+                continue
+            if heartbeat_id is not None:
+                found.append(heartbeat_id)
+        return found
+
+
+class Engine:
+    """The heartbeat rules: matching, deadlines, alarms.
+
+    Every change runs under one lock, so the in-memory pattern index, the
+    database and the order of published events agree.
+
+    :param store: the :class:`Store`.
+    :param clock: callable returning Unix seconds (float); read once per
+        operation.
+    :param on_alarm: optional callable receiving each alarm and resolution
+        event (a dict), in order, once it is committed.
+    """
+
+    def __init__(self, store, clock, on_alarm=None):
         self.store = store
         self.clock = clock
+        self._on_alarm = on_alarm
+        self._lock = threading.RLock()
+        self._index = PatternIndex()
+        for heartbeat_id, pattern in store.patterns():
+            self._index.add(heartbeat_id, json.loads(pattern))
+        self._alive_recorded = None
+        #: when the next tick is expected (clock time); a deadline earlier than
+        #: this calls :attr:`waker`
+        self.next_tick_at = float("inf")
+        #: called when a deadline earlier than :attr:`next_tick_at` appears
+        #: (the scheduler's wake-up); None when nothing runs in the background
+        self.waker = None
+
+    # -- heartbeats ----------------------------------------------------------
 
     def create(self, fields):
         """Create a heartbeat from validated fields; return its id.
 
         :raises PatternExists: when another heartbeat has the pattern.
         """
-        now = int(self.clock())
-        row = {
-            "id": str(uuid.uuid4()),
-            "name": fields["name"],
-            "author": fields["author"],
-            "description": fields["description"],
-            "output": fields["output"],
-            "pattern": canonical_pattern(fields["pattern"]),
-            "expected_interval": fields["expected_interval"],
-            "interval_seconds": fields["interval_seconds"],
-            "created": now,
-            "updated": now,
-        }
-        self.store.insert_heartbeat(row)
+        with self._lock:
+            now = self.clock()
+            row = {
+                "id": str(uuid.uuid4()),
+                "name": fields["name"],
+                "author": fields["author"],
+                "description": fields["description"],
+                "output": fields["output"],
+                "pattern": canonical_pattern(fields["pattern"]),
+                "expected_interval": fields["expected_interval"],
+                "interval_seconds": fields["interval_seconds"],
+                "created": int(now),
+                "updated": int(now),
+                "refreshed": now,
+            }
+            self.store.insert_heartbeat(row)
+            self._index.add(row["id"], fields["pattern"])
+            self._deadline_added(now + fields["interval_seconds"])
         log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
         return row["id"]
 
@@ -527,9 +736,154 @@ class Engine:
         return [heartbeat_document(row) for row in self.store.heartbeats()]
 
     def delete(self, heartbeat_id):
-        """Delete a heartbeat; :raises NotFound:."""
-        row = self.store.delete_heartbeat(heartbeat_id)
-        log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
+        """Delete a heartbeat and its state, resolving its alarm if it is
+        down; :raises NotFound:."""
+        with self._lock:
+            now = self.clock()
+            row = self.store.delete_heartbeat(heartbeat_id)
+            self._index.remove(json.loads(row["pattern"]))
+            log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
+            if row["status"] == DOWN:
+                self._publish([alarm_event(row, RESOLVED_STATE, now)])
+
+    def status(self, heartbeat_id):
+        """The heartbeat's state document; :raises NotFound:."""
+        return status_document(self.store.heartbeat(heartbeat_id))
+
+    def alarms(self):
+        """The active alarms, oldest first."""
+        return [active_alarm(row) for row in self.store.alarms()]
+
+    # -- events and time -----------------------------------------------------
+
+    def ingest(self, events):
+        """Refresh every heartbeat an event matches, at the receive time.
+
+        :param events: validated events (dicts).
+        :returns: the ids refreshed, in order of first match, no duplicates.
+        """
+        with self._lock:
+            now = self.clock()
+            matched = {}
+            for event in events:
+                for heartbeat_id in self._index.match(event):
+                    matched[heartbeat_id] = None
+            matched = list(matched)
+            if not matched:
+                return matched
+            came_back = self.store.refresh(matched, now)
+            if came_back:
+                self._publish([alarm_event(row, RESOLVED_STATE, now) for row in came_back])
+                self._deadline_added(now + min(row["interval_seconds"] for row in came_back))
+        return matched
+
+    def tick(self):
+        """Put down every heartbeat whose deadline has passed, raising its
+        alarm; record that the service is alive.
+
+        :returns: seconds until the next deadline, or None when no heartbeat
+            can go down.
+        """
+        with self._lock:
+            now = self.clock()
+            with self.store.atomic():
+                expired = self.store.expire(now)
+                self._record_alive(now)
+            self._publish([alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired])
+            next_deadline = self.store.next_deadline()
+            delay = None if next_deadline is None else max(0.0, next_deadline - now)
+            self.next_tick_at = now + min(ALIVE_INTERVAL_SECONDS, float("inf") if delay is None else delay)
+        return delay
+
+    def resume(self):
+        """At start: stop the clock for the time the service was not running.
+
+        Every deadline still ahead when the service last recorded it was
+        alive moves later by the length of the outage; heartbeats already down
+        stay down.
+        """
+        with self._lock:
+            now = self.clock()
+            moved = 0
+            with self.store.atomic():
+                alive_at = self.store.alive_at()
+                if alive_at is not None and now > alive_at:
+                    moved = self.store.postpone(alive_at, now - alive_at)
+                self._record_alive(now, force=True)
+        if moved:
+            log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
+
+    def record_alive(self):
+        """Record now as the last time the service was alive (at shutdown)."""
+        with self._lock:
+            self._record_alive(self.clock(), force=True)
+
+    def _record_alive(self, now, force=False):
+        last = self._alive_recorded
+        if force or last is None or not 0 <= now - last < ALIVE_INTERVAL_SECONDS:
+            self.store.set_alive(now)
+            self._alive_recorded = now
+
+    def _deadline_added(self, deadline):
+        if deadline < self.next_tick_at and self.waker is not None:
+            self.waker()
+
+    def _publish(self, events):
+        for event in events:
+            if event["state"] == ALARM_STATE:
+                log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
+                            event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+            else:
+                log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
+            if self._on_alarm is not None:
+                try:
+                    self._on_alarm(event)
+                except Exception:  # the embedder's bug must not stop the engine
+                    log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
+
+
+class Scheduler:
+    """Server mode: a thread that ticks the engine when the earliest deadline
+    is due (and every few seconds to record that the service is alive),
+    sleeping in between; the engine wakes it when an earlier deadline appears.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = None
+
+    def start(self):
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self.engine.waker = self._wake.set
+        self._thread = threading.Thread(target=self._run, name="heartbeat-lite-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        if self._thread is None:
+            return
+        self._stopping = True
+        self.engine.waker = None
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+
+    def _run(self):
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                self.engine.tick()
+                wait = self.engine.next_tick_at - self.engine.clock()
+            except StoreError as exc:
+                log.error("expiry failed, retrying in %.0fs: %s", SCHEDULER_RETRY_SECONDS, exc)
+                wait = SCHEDULER_RETRY_SECONDS
+            except Exception:  # a bug: say it loudly, but keep alarms flowing
+                log.exception("expiry failed, retrying in %.0fs", SCHEDULER_RETRY_SECONDS)
+                wait = SCHEDULER_RETRY_SECONDS
+            self._wake.wait(max(0.0, wait))
 
 
 ###############################################################################
@@ -540,6 +894,7 @@ JSON_TYPE = "application/json"
 INVALID_HEARTBEAT = "invalid heartbeat payload."
 PATTERN_EXISTS = "heartbeat pattern already exists"
 NOT_FOUND = "heartbeat not found"
+INVALID_EVENT = "invalid event payload."
 DATABASE_ERROR = "database error, please contact your administrator."
 
 
@@ -604,6 +959,9 @@ class WebApi:
         self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
         self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
+        self._route("/api/v2/event", "POST", self.post_events)
+        self._route("/api/v2/alarms", "GET", self.list_alarms)
 
     def _route(self, path, method, handler, authenticated=True):
         wrapped = self._wrap(handler, authenticated)
@@ -620,6 +978,8 @@ class WebApi:
                 return handler(**kwargs)
             except ApiError as exc:
                 return json_response(exc.body, exc.status, exc.headers)
+            except TooLarge as exc:
+                return json_response({"name": "", "description": str(exc)}, 413)
             except StoreError as exc:
                 log.error("database error on %s %s: %s", bottle.request.method, bottle.request.path,
                           exc, exc_info=exc.__cause__ is None)
@@ -655,7 +1015,7 @@ class WebApi:
         if length < 0:
             raise ApiError(400, "invalid Content-Length")
         if length > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes")
+            raise TooLarge(f"request body larger than {limit} bytes")
         return environ["wsgi.input"].read(length) if length else b""
 
     # -- routes --------------------------------------------------------------
@@ -690,6 +1050,23 @@ class WebApi:
         except NotFound:
             raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
         return json_response({"name": "heartbeat removed", "description": heartbeat_id})
+
+    def heartbeat_status(self, heartbeat_id, user):
+        try:
+            return json_response(self.engine.status(heartbeat_id))
+        except NotFound:
+            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
+
+    def post_events(self, user):
+        body = self._read_body(MAX_EVENT_BODY_BYTES)
+        try:
+            events = validate_events(parse_json(body))
+        except Invalid as exc:
+            raise ApiError(400, INVALID_EVENT, errors=exc.reasons) from None
+        return json_response({"received": len(events), "matched": self.engine.ingest(events)})
+
+    def list_alarms(self, user):
+        return json_response(self.engine.alarms())
 
 
 def _access_logged(app):
@@ -726,22 +1103,50 @@ def _access_logged(app):
 class Service:
     """One heartbeat-lite instance: its store, engine and WSGI application.
 
-    Build it with :func:`create_app`. Two services in one process share
-    nothing. Use it as a context manager, or call :meth:`close`.
+    Build it with :func:`create_app`. Nothing runs in the background until
+    :meth:`start` (which :func:`serve` calls); embedded, call :meth:`tick`.
+    Two services in one process share nothing. Use it as a context manager,
+    or call :meth:`close`.
     """
 
-    def __init__(self, db, users, clock, busy_timeout):
+    def __init__(self, db, users, clock, busy_timeout, on_alarm):
         self.uses_default_users = users is None
         self.store = Store(db, busy_timeout=busy_timeout)
-        self.engine = Engine(self.store, clock)
+        try:
+            self.engine = Engine(self.store, clock, on_alarm=on_alarm)
+            self.engine.resume()
+        except StoreError as exc:
+            self.store.close()
+            raise ConfigError(f"cannot start on database {db}: {exc}") from exc
+        self.scheduler = Scheduler(self.engine)
         self.web = WebApi(self.engine, Authenticator(DEFAULT_USERS if users is None else users))
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
         self.wsgi = _access_logged(self.app)
 
+    def tick(self):
+        """Run expiry now, against the service's clock.
+
+        :returns: seconds until the next deadline, or None.
+        """
+        return self.engine.tick()
+
+    def start(self):
+        """Start the background work of server mode: the expiry scheduler."""
+        self.scheduler.start()
+
+    def stop(self):
+        """Stop the background work; the service can still be used embedded."""
+        self.scheduler.stop()
+
     def close(self):
-        """Close the database."""
+        """Stop background work, record the shutdown time, close the database."""
+        self.stop()
+        try:
+            self.engine.record_alive()
+        except StoreError as exc:
+            log.error("could not record the shutdown time: %s", exc)
         self.store.close()
 
     def __enter__(self):
@@ -751,18 +1156,21 @@ class Service:
         self.close()
 
 
-def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS):
+def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
+               on_alarm=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``.
     :param users: dict of user name to password; None means ``root:root``,
         which :func:`serve` accepts only on a loopback address.
     :param clock: callable returning Unix seconds (float); inject a fake one
-        in tests.
+        in tests and call ``service.tick()`` after moving it.
     :param busy_timeout: seconds to wait for a database lock held elsewhere.
+    :param on_alarm: callable receiving every alarm (``state`` 3) and
+        resolution (``state`` 0) event, in order, after it is committed.
     :raises ConfigError: when the database cannot be opened or prepared.
     """
-    return Service(db, users, clock, busy_timeout)
+    return Service(db, users, clock, busy_timeout, on_alarm)
 
 
 ###############################################################################
@@ -824,8 +1232,10 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS):
     :raises ConfigError: default credentials off loopback, or the address
         cannot be bound.
 
-    On exit it stops listening, lets in-flight requests finish, and stops the
-    server thread, whatever happened inside the ``with`` block.
+    It starts the service's background work (the expiry scheduler). On exit
+    it stops listening, lets in-flight requests finish, stops the server
+    thread and the background work, whatever happened inside the ``with``
+    block; the service itself stays open.
     """
     check_binding(service, host)
     server_class = _json_error_server_class()
@@ -838,11 +1248,13 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS):
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
     thread = threading.Thread(target=server.run, name="heartbeat-lite-http", daemon=True)
     thread.start()
+    service.start()
     display_host = f"[{host}]" if ":" in host else host
     try:
         yield f"http://{display_host}:{server.effective_port}"
     finally:
         _stop_server(server, thread)
+        service.stop()
 
 
 def _stop_server(server, thread, grace=5.0):

@@ -13,7 +13,14 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     expected_interval TEXT NOT NULL,         -- as given ("1m")
     interval_seconds  INTEGER NOT NULL,      -- expected_interval in seconds
     created           INTEGER NOT NULL,      -- Unix seconds
-    updated           INTEGER NOT NULL       -- Unix seconds
+    updated           INTEGER NOT NULL,      -- Unix seconds
+    -- State, times in Unix seconds (REAL: alarms are due to the millisecond).
+    status            TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'up', 'down')),
+    refreshed         REAL NOT NULL,         -- last refresh: creation or last matching event,
+                                             -- moved later by the length of each outage
+    last_event        REAL,                  -- receive time of the last matching event
+    alarm_since       REAL,                  -- when it went down; NULL unless down
+    deadline          REAL GENERATED ALWAYS AS (refreshed + interval_seconds) VIRTUAL
 );
 
 -- Two heartbeats may not share a pattern; the canonical form makes key order
@@ -22,5 +29,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_pattern ON heartbeat (pattern);
 
 -- GET /api/v2/heartbeat lists newest first.
 CREATE INDEX IF NOT EXISTS heartbeat_newest ON heartbeat (created DESC);
+
+-- Expiry: "what is due by now" and "when is the next deadline" are range
+-- scans of this index, O(expired * log N) and O(log N); down rows leave it.
+CREATE INDEX IF NOT EXISTS heartbeat_due ON heartbeat (deadline) WHERE status <> 'down';
+
+-- GET /api/v2/alarms: the down heartbeats, oldest alarm first.
+CREATE INDEX IF NOT EXISTS heartbeat_alarms ON heartbeat (alarm_since) WHERE status = 'down';
+
+-- Service-wide values. 'alive_at': the last time the service recorded that it
+-- was running, from which a restart measures the outage.
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 
 PRAGMA user_version = 1;

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -326,6 +327,354 @@ def test_two_services_share_nothing():
 
 
 ###############################################################################
+# Events
+###############################################################################
+
+C01 = {"connector": "connect", "connector_name": "c01"}
+
+
+@pytest.fixture
+def alarms_seen():
+    return []
+
+
+@pytest.fixture
+def engine_service(clock, alarms_seen):
+    with heartbeat_lite.create_app(clock=clock, on_alarm=alarms_seen.append) as service:
+        yield service
+
+
+@pytest.fixture
+def eapp(engine_service):
+    app = webtest.TestApp(engine_service.wsgi)
+    app.authorization = ("Basic", ("root", "root"))
+    return app
+
+
+def send(app, events, status=200):
+    return app.post_json("/api/v2/event", events, status=status).json
+
+
+def status_of(app, heartbeat_id):
+    return app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json
+
+
+def test_a_matching_event_refreshes_the_heartbeat(eapp, clock):
+    heartbeat_id = create(eapp)
+    assert status_of(eapp, heartbeat_id) == {
+        "_id": heartbeat_id, "status": "pending", "last_event": None,
+        "deadline": T0 + 60, "alarm_since": None,
+    }
+    clock.advance(10.5)
+    answer = send(eapp, {**C01, "component": "srv1", "resource": "cpu", "timestamp": 1})
+    assert answer == {"received": 1, "matched": [heartbeat_id]}
+    assert status_of(eapp, heartbeat_id) == {
+        "_id": heartbeat_id, "status": "up", "last_event": T0 + 10.5,
+        "deadline": T0 + 70.5, "alarm_since": None,
+    }
+
+
+NON_MATCHING = {
+    "missing key": {"connector": "connect"},
+    "other value": {"connector": "connect", "connector_name": "c02"},
+    "number against string": {"connector": "connect", "connector_name": 1},
+    "nested value": {"connector": "connect", "connector_name": {"c01": "c01"}},
+    "list value": {"connector": "connect", "connector_name": ["c01"]},
+    "null value": {"connector": "connect", "connector_name": None},
+    "case differs": {"connector": "Connect", "connector_name": "c01"},
+    "empty event": {},
+}
+
+
+@pytest.mark.parametrize("event", NON_MATCHING.values(), ids=NON_MATCHING.keys())
+def test_a_non_matching_event_refreshes_nothing(eapp, clock, event):
+    heartbeat_id = create(eapp)
+    clock.advance(1)
+    assert send(eapp, event) == {"received": 1, "matched": []}
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+
+
+def test_one_event_matches_several_heartbeats(eapp):
+    both = create(eapp, body(pattern={"a": "1", "b": "2"}))
+    only_a = create(eapp, body(pattern={"a": "1"}))
+    only_b = create(eapp, body(pattern={"b": "2"}))
+    other = create(eapp, body(pattern={"a": "2"}))
+    answer = send(eapp, {"a": "1", "b": "2", "c": "3"})
+    assert answer["received"] == 1
+    assert sorted(answer["matched"]) == sorted([both, only_a, only_b])
+    assert status_of(eapp, other)["status"] == "pending"
+
+
+def test_a_batch_reports_each_heartbeat_once(eapp):
+    heartbeat_id = create(eapp)
+    assert send(eapp, [C01, {"x": "y"}, C01]) == {"received": 3, "matched": [heartbeat_id]}
+    assert send(eapp, []) == {"received": 0, "matched": []}
+
+
+INVALID_EVENTS = {
+    "a string": "event",
+    "a number": 1,
+    "null": None,
+    "one bad element": [C01, 5],
+    "a nested array": [[C01]],
+}
+
+
+@pytest.mark.parametrize("payload", INVALID_EVENTS.values(), ids=INVALID_EVENTS.keys())
+def test_an_invalid_event_body_applies_nothing(eapp, payload):
+    heartbeat_id = create(eapp)
+    answer = send(eapp, payload, status=400)
+    assert {k: answer[k] for k in ("name", "description")} == {"name": "", "description": "invalid event payload."}
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+
+
+def test_a_malformed_event_body_applies_nothing(eapp):
+    heartbeat_id = create(eapp)
+    response = eapp.post("/api/v2/event", json.dumps([C01]).encode()[:-1], status=400)
+    assert response.json["description"] == "invalid event payload."
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+
+
+def test_matching_follows_creation_and_deletion(eapp, clock):
+    first = create(eapp)
+    eapp.delete(f"/api/v2/heartbeat/{first}")
+    assert send(eapp, C01)["matched"] == []
+    second = create(eapp)
+    assert send(eapp, C01)["matched"] == [second]
+
+
+def test_the_pattern_index_survives_a_restart(tmp_path, clock):
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        app = webtest.TestApp(service.wsgi)
+        app.authorization = ("Basic", ("root", "root"))
+        heartbeat_id = create(app)
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        assert service.engine.ingest([C01]) == [heartbeat_id]
+
+
+###############################################################################
+# Expiry and alarms
+###############################################################################
+
+
+def test_pending_goes_down_exactly_at_the_deadline(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.now = T0 + 59.999
+    assert engine_service.tick() == pytest.approx(0.001, abs=1e-6)
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert alarms_seen == [] and eapp.get("/api/v2/alarms").json == []
+    clock.now = T0 + 60
+    assert engine_service.tick() is None  # nothing left that can go down
+    assert status_of(eapp, heartbeat_id) == {
+        "_id": heartbeat_id, "status": "down", "last_event": None,
+        "deadline": T0 + 60, "alarm_since": T0 + 60,
+    }
+    alarm = {
+        "connector": "heartbeat", "connector_name": "heartbeat", "event_type": "check",
+        "source_type": "resource", "component": "heartbeats",
+        "resource": "connector:connect.connector_name:c01",
+        "state": 3, "output": "Une note personnalisable", "timestamp": int(T0 + 60),
+        "heartbeat_id": heartbeat_id, "heartbeat_name": "Heartbeat",
+    }
+    assert alarms_seen == [alarm]
+    assert eapp.get("/api/v2/alarms").json == [{**alarm, "since": T0 + 60}]
+
+
+def test_a_late_tick_dates_the_alarm_by_the_deadline(eapp, engine_service, clock, alarms_seen):
+    create(eapp)
+    clock.advance(3600)
+    engine_service.tick()
+    assert alarms_seen[0]["timestamp"] == int(T0 + 60)
+
+
+def test_down_up_down_up(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp, body(expected_interval="30s"))
+    clock.advance(30)
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    engine_service.tick()
+    assert [a["state"] for a in alarms_seen] == [3]  # never alarmed twice
+
+    clock.advance(5)
+    assert send(eapp, C01)["matched"] == [heartbeat_id]
+    assert status_of(eapp, heartbeat_id) == {
+        "_id": heartbeat_id, "status": "up", "last_event": T0 + 35, "deadline": T0 + 65, "alarm_since": None,
+    }
+    assert [(a["state"], a["timestamp"]) for a in alarms_seen] == [(3, int(T0 + 30)), (0, int(T0 + 35))]
+    assert eapp.get("/api/v2/alarms").json == []
+
+    clock.now = T0 + 64.9
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "up"
+    clock.now = T0 + 65
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    send(eapp, C01)
+    assert [a["state"] for a in alarms_seen] == [3, 0, 3, 0]
+
+
+def test_events_keep_it_up(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    for _ in range(10):
+        clock.advance(59)
+        send(eapp, C01)
+        engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "up"
+    assert alarms_seen == []
+
+
+def test_alarms_are_listed_oldest_first(eapp, engine_service, clock):
+    slow = create(eapp, body(expected_interval="2m"))
+    fast = create(eapp, body(pattern={"k": "fast"}, expected_interval="1m"))
+    clock.advance(300)
+    engine_service.tick()
+    assert [a["heartbeat_id"] for a in eapp.get("/api/v2/alarms").json] == [fast, slow]
+
+
+def test_the_resource_joins_sorted_keys(eapp, engine_service, clock, alarms_seen):
+    create(eapp, body(pattern={"z": "1", "a": "2", "m": "é"}))
+    clock.advance(60)
+    engine_service.tick()
+    assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
+
+
+def test_deleting_a_down_heartbeat_resolves_its_alarm(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.advance(61)
+    engine_service.tick()
+    clock.advance(1)
+    eapp.delete(f"/api/v2/heartbeat/{heartbeat_id}")
+    assert [(a["state"], a["heartbeat_id"], a["timestamp"]) for a in alarms_seen] == \
+        [(3, heartbeat_id, int(T0 + 60)), (0, heartbeat_id, int(T0 + 62))]
+    assert eapp.get("/api/v2/alarms").json == []
+    eapp.get(f"/api/v2/heartbeat/{heartbeat_id}/status", status=404)
+
+
+def test_deleting_a_healthy_heartbeat_emits_nothing(eapp, clock, alarms_seen):
+    eapp.delete(f"/api/v2/heartbeat/{create(eapp)}")
+    assert alarms_seen == []
+
+
+def test_status_of_an_unknown_heartbeat_is_not_found(eapp):
+    response = eapp.get("/api/v2/heartbeat/nope/status/", status=404)
+    assert response.json == {"name": "nope", "description": "heartbeat not found"}
+
+
+def test_tick_reports_the_next_deadline(eapp, engine_service, clock):
+    assert engine_service.tick() is None
+    create(eapp, body(expected_interval="2m"))
+    create(eapp, body(pattern={"k": "v"}, expected_interval="90s"))
+    clock.advance(30)
+    assert engine_service.tick() == 60
+
+
+def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
+    def broken(event):
+        raise RuntimeError("receiver exploded")
+
+    with heartbeat_lite.create_app(clock=clock, on_alarm=broken) as service:
+        service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        clock.advance(60)
+        service.tick()
+        assert service.engine.alarms()[0]["state"] == 3
+    assert "receiver exploded" in caplog.text
+
+
+def test_expiry_reads_the_deadline_index(tmp_path):
+    # O(expired * log N): the due and next-deadline queries are range scans of
+    # the partial index, never a scan of the table.
+    path = str(tmp_path / "hb.db")
+    heartbeat_lite.create_app(db=path).close()
+    with sqlite3.connect(path) as conn:
+        for query in ("SELECT id FROM heartbeat WHERE status <> 'down' AND deadline <= 1 ORDER BY deadline",
+                      "SELECT MIN(deadline) FROM heartbeat WHERE status <> 'down'"):
+            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+            assert "SEARCH heartbeat USING INDEX heartbeat_due" in plan
+
+
+def test_the_pattern_index_does_not_scan_heartbeats():
+    index = heartbeat_lite.PatternIndex()
+    for i in range(1000):
+        index.add(f"id{i}", {"connector": "c", "connector_name": f"n{i}"})
+    index.add("other", {"host": "h"})
+    assert len(index._by_keys) == 2  # one table per key set
+    assert index.match({"connector": "c", "connector_name": "n999", "host": "h"}) == ["id999", "other"]
+    index.remove({"connector_name": "n999", "connector": "c"})
+    assert index.match({"connector": "c", "connector_name": "n999"}) == []
+
+
+###############################################################################
+# Restart
+###############################################################################
+
+
+def restarted(path, clock, alarms_seen):
+    return heartbeat_lite.create_app(db=path, clock=clock, on_alarm=alarms_seen.append)
+
+
+def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    with restarted(path, clock, alarms_seen) as service:
+        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        clock.advance(20)
+        service.tick()
+    clock.advance(3600)  # the service is stopped for an hour
+    with restarted(path, clock, alarms_seen) as service:
+        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 3600
+        clock.now = T0 + 3600 + 59.9  # 20 s ran before the outage, 39.9 s after: not yet 60
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "pending"
+        clock.now = T0 + 3600 + 60
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "down"
+    assert [a["state"] for a in alarms_seen] == [3]
+
+
+def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    service = restarted(path, clock, alarms_seen)
+    heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+    clock.advance(heartbeat_lite.ALIVE_INTERVAL_SECONDS)
+    service.tick()  # records T0 + 5
+    clock.advance(2)  # runs 2 s more, then dies without a word: no close()
+    service.store.close()
+    clock.advance(1000)
+    with restarted(path, clock, alarms_seen) as service:
+        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 1002
+
+
+def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    with restarted(path, clock, alarms_seen) as service:
+        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        clock.advance(60)
+        service.tick()
+    clock.advance(600)
+    with restarted(path, clock, alarms_seen) as service:
+        service.tick()
+        clock.advance(600)
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "down"
+        assert service.engine.status(heartbeat_id)["alarm_since"] == T0 + 60
+        assert [a["heartbeat_id"] for a in service.engine.alarms()] == [heartbeat_id]
+        service.engine.ingest([C01])
+    assert [a["state"] for a in alarms_seen] == [3, 0]
+
+
+def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    with restarted(path, clock, alarms_seen) as service:
+        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        clock.advance(90)  # overdue, but nobody ticked before the stop
+    clock.advance(600)
+    with restarted(path, clock, alarms_seen) as service:
+        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "down"
+
+
+###############################################################################
 # Errors are JSON
 ###############################################################################
 
@@ -376,6 +725,9 @@ ROUTES = [
     ("GET", "/api/v2/heartbeat"),
     ("GET", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"),
     ("DELETE", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"),
+    ("GET", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93/status"),
+    ("POST", "/api/v2/event"),
+    ("GET", "/api/v2/alarms"),
 ]
 BAD_CREDENTIALS = {
     "none": None,
@@ -551,6 +903,24 @@ def test_the_seed_examples_over_http(service):
 
         status, headers, answer = http("GET", f"{base}/api/v2/heartbeat", user=None)
         assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="heartbeat-lite"'
+
+
+def test_the_scheduler_raises_alarms_with_no_tick(tmp_path):
+    """Server mode: a 1s heartbeat goes down by itself, promptly, and a new
+    deadline wakes the sleeping scheduler (it would otherwise sleep 5 s)."""
+    alarmed = threading.Event()
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"),
+                                   on_alarm=lambda event: alarmed.set()) as service:
+        with heartbeat_lite.serve(service, port=0) as base:
+            status, _, created = http("POST", f"{base}/api/v2/heartbeat",
+                                      json.dumps(body(expected_interval="1s")).encode())
+            assert status == 200
+            assert alarmed.wait(3), "no alarm within 3 s of a 1 s deadline"
+            status, _, alarms = http("GET", f"{base}/api/v2/alarms")
+            assert status == 200 and [a["heartbeat_id"] for a in alarms] == [created["description"]]
+            scheduler_thread = service.scheduler._thread
+            assert scheduler_thread.is_alive()
+        assert not scheduler_thread.is_alive()  # serve() stopped it
 
 
 def test_the_http_server_answers_its_own_errors_in_json(service):
