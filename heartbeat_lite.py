@@ -21,7 +21,10 @@ Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
 import argparse
 import base64
 import contextlib
+import getpass
+import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
@@ -33,6 +36,8 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import bottle
@@ -74,6 +79,18 @@ MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
 SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
 
+FORWARD_TIMEOUT_SECONDS = 10.0
+FORWARD_BATCH_EVENTS = 100
+FORWARD_BACKOFF_SECONDS = (1.0, 60.0)  # first retry, cap; doubling in between
+
+PASSWORD_HASH_SCHEME = "pbkdf2_sha256"
+PBKDF2_ITERATIONS = 600_000  # about 0.15 s of one core per derivation
+AUTH_CACHE_ENTRIES = 1024  # remembered successful verifications of hashed passwords
+AUTH_FAILURE_BURST = 5  # derivations allowed at once before throttling ...
+AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds (failures only)
+
+JSON_TYPE = "application/json"
+
 EXIT_CONFIG_ERROR = 2
 
 
@@ -81,20 +98,108 @@ class ConfigError(Exception):
     """A setting that prevents the service from starting (exit status 2)."""
 
 
-def parse_users(entries):
+def parse_users(entries, source="user"):
     """Parse ``name:password`` strings into a dict.
 
     :param entries: iterable of ``name:password`` strings; the password may
-        itself contain ``:``.
-    :raises ConfigError: on an entry with no ``:`` or an empty name.
+        itself contain ``:``, or be a hash (see :class:`PasswordHash`).
+    :param source: how to name an entry in an error (never by its text,
+        which may hold a password).
+    :raises ConfigError: on an entry with no ``:``, an empty name or a
+        malformed hash.
     """
     users = {}
-    for entry in entries:
-        name, sep, password = entry.partition(":")
+    for number, entry in enumerate(entries, 1):
+        name, sep, secret = entry.partition(":")
         if not sep or not name:
-            raise ConfigError(f"a user must be given as NAME:PASSWORD, not {name or entry!r}")
-        users[name] = password
+            raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
+        if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
+            try:
+                PasswordHash.parse(secret)
+            except ValueError as exc:
+                raise ConfigError(f"{source} {number}: {exc}") from None
+        users[name] = secret
     return users
+
+
+def load_users_file(path):
+    """Read a users file: one ``name:password`` or ``name:<hash>`` per line;
+    blank lines and lines starting with ``#`` are skipped, and whitespace
+    around a line is ignored.
+
+    :raises ConfigError: when it cannot be read or a line is malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as exc:
+        raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"users file {path} is not UTF-8 text") from None
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
+    users = {}
+    for n, line in numbered:
+        users.update(parse_users([line], source=f"users file {path}, line {n}; entry"))
+    return users
+
+
+class PasswordHash:
+    """A salted PBKDF2-SHA256 password hash, written
+    ``pbkdf2_sha256$<iterations>$<salt, base64>$<hash, base64>``."""
+
+    def __init__(self, iterations, salt, digest):
+        self.iterations, self.salt, self.digest = iterations, salt, digest
+
+    @classmethod
+    def create(cls, password, iterations=PBKDF2_ITERATIONS):
+        """Hash ``password`` (str) with a new random salt."""
+        salt = os.urandom(16)
+        return cls(iterations, salt, hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations))
+
+    @classmethod
+    def parse(cls, text):
+        """:raises ValueError: when ``text`` is not a hash in the format above."""
+        parts = text.split("$")
+        if len(parts) != 4 or parts[0] != PASSWORD_HASH_SCHEME or not parts[1].isdigit():
+            raise ValueError(f"malformed password hash: expected {PASSWORD_HASH_SCHEME}$<iterations>$<salt>$<hash>")
+        try:
+            salt, digest = (base64.b64decode(part, validate=True) for part in parts[2:])
+        except ValueError:
+            raise ValueError("malformed password hash: salt and hash must be base64") from None
+        if int(parts[1]) < 1 or not salt or len(digest) != 32:
+            raise ValueError("malformed password hash: bad iterations, salt or hash length")
+        return cls(int(parts[1]), salt, digest)
+
+    def verify(self, password):
+        """True when ``password`` (bytes) hashes to this hash (a full PBKDF2 derivation)."""
+        return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations), self.digest)
+
+    def __str__(self):
+        encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
+        return f"{PASSWORD_HASH_SCHEME}${self.iterations}${encode(self.salt)}${encode(self.digest)}"
+
+
+def parse_forward_url(url):
+    """Split ``--forward-url`` into the URL to POST to and its credentials.
+
+    :returns: ``(url without userinfo, Authorization header or None)``.
+    :raises ConfigError: unless it is an http:// or https:// URL with a host.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("--forward-url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--forward-url must be an http:// or https:// URL with a host "
+                          f"(got scheme {parts.scheme or 'none'!r})")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if port is None else f"{host}:{port}"
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), authorization
 
 
 def is_loopback(host):
@@ -309,6 +414,10 @@ class StoreError(Exception):
     """The database failed; the cause is chained (``__cause__``)."""
 
 
+class SchemaTooNew(StoreError):
+    """The database was written by a newer heartbeat-lite."""
+
+
 class NotFound(Exception):
     """No heartbeat has that id."""
 
@@ -332,58 +441,91 @@ class Store:
     One connection, shared by all threads under a lock: SQLite writes one
     transaction at a time anyway, and each statement here takes microseconds.
     Rows come back as :class:`sqlite3.Row` (read them like dicts). Every
-    sqlite3 error leaves as :class:`StoreError`.
+    sqlite3 error leaves as :class:`StoreError`, and the connection is then
+    reopened before its next use: a connection that met a read-only file
+    system or an I/O error stays broken even once the cause is gone.
 
     :param path: a file path, or ``:memory:``.
     :param busy_timeout: seconds to wait for a lock held by another
         connection before giving up with a :class:`StoreError`.
+    :raises ConfigError: the directory is missing, the schema file cannot be
+        read, or the database is newer than this code. A database that merely
+        fails now (read-only, locked, I/O error) is logged, and every call
+        raises :class:`StoreError` until it answers again.
     """
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
+        if sqlite3.sqlite_version_info < (3, 31):
+            raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
         if path != ":memory:":
             directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
                 raise ConfigError(f"database directory {directory} does not exist")
-        self.path = path
-        self._lock = threading.RLock()
-        self._depth = 0  # nesting of atomic()
-        try:
-            self._conn = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open database {path}: {exc}") from exc
-        self._conn.row_factory = sqlite3.Row
-        try:
-            self._migrate()
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _migrate(self):
-        if sqlite3.sqlite_version_info < (3, 31):
-            raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
         try:
             with open(SCHEMA_PATH, encoding="utf-8") as f:
-                schema = f.read()
+                self._schema = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read the schema {SCHEMA_PATH}: {exc}") from exc
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of atomic()
+        self._conn = None  # opened on first use, and again after a failure
+        self._stale = False  # the connection failed inside a transaction: drop it after
         try:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            with self._lock:
+                self._connection()
+        except SchemaTooNew as exc:
+            raise ConfigError(str(exc)) from exc
+        except StoreError as exc:
+            log.error("database %s unavailable at start: %s; answering database errors until it recovers",
+                      path, exc)
+
+    def _connection(self):
+        """The open connection, opening and preparing one if needed (call
+        under the lock)."""
+        if self._conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open database: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _prepare(self, conn):
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise ConfigError(
+                raise SchemaTooNew(
                     f"database {self.path} has schema version {version}, newer than the "
                     f"{SCHEMA_VERSION} this heartbeat-lite {__version__} knows; upgrade heartbeat-lite"
                 )
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(schema)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if version < SCHEMA_VERSION:  # schema.sql sets the version last: equal means fully applied
+                conn.executescript(self._schema)
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot prepare database {self.path}: {exc}") from exc
+            raise StoreError(f"cannot prepare database: {exc}") from exc
+
+    def _discard(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                log.debug("closing a failed connection: %s", exc)
+            self._conn = None
+        self._stale = False
 
     def close(self):
         with self._lock:
-            self._conn.close()
+            self._discard()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -406,16 +548,14 @@ class Store:
             self._depth = 1
             try:
                 yield self
+                self._execute("COMMIT")
             except BaseException:
-                self._depth = 0
                 self._rollback()
                 raise
-            self._depth = 0
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StoreError(f"commit failed: {exc}") from exc
+            finally:
+                self._depth = 0
+                if self._stale:
+                    self._discard()
 
     def _rollback(self):
         try:
@@ -423,26 +563,34 @@ class Store:
         except sqlite3.Error as exc:  # no transaction left to roll back
             log.debug("rollback: %s", exc)
 
+    def _failed(self, exc, sql):
+        """Wrap a sqlite3 error; have the connection reopened before next use."""
+        if self._depth:
+            self._stale = True  # atomic() drops it once the transaction is over
+        else:
+            self._discard()
+        return StoreError(f"{exc} (in: {sql.split()[0]} ...)")
+
     def _execute(self, sql, params=()):
         with self._lock:
             try:
-                return self._conn.execute(sql, params)
+                return self._connection().execute(sql, params)
             except sqlite3.Error as exc:
-                raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+                raise self._failed(exc, sql) from exc
 
     def _executemany(self, sql, rows):
         with self._lock:
             try:
-                return self._conn.executemany(sql, rows)
+                return self._connection().executemany(sql, rows)
             except sqlite3.Error as exc:
-                raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+                raise self._failed(exc, sql) from exc
 
     def _query(self, sql, params=()):
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._connection().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+                raise self._failed(exc, sql) from exc
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -485,6 +633,24 @@ class Store:
         """``(id, canonical pattern)`` of every heartbeat."""
         return [(row["id"], row["pattern"]) for row in self._query("SELECT id, pattern FROM heartbeat")]
 
+    def update_heartbeat(self, heartbeat_id, fields):
+        """Replace a heartbeat's document fields (every document column but
+        ``id`` and ``created``); its state is kept.
+
+        :returns: ``(old row, new row)``.
+        :raises NotFound: when there is none.
+        :raises PatternExists: when another heartbeat has the new pattern.
+        """
+        columns = [c for c in _DOCUMENT_COLUMNS if c not in ("id", "created")]
+        with self.atomic():
+            old = self.heartbeat(heartbeat_id)
+            self._check_pattern_free(fields["pattern"], heartbeat_id)
+            self._execute(
+                f"UPDATE heartbeat SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
+                {**{c: fields[c] for c in columns}, "id": heartbeat_id},
+            )
+            return old, self.heartbeat(heartbeat_id)
+
     def delete_heartbeat(self, heartbeat_id):
         """Delete a heartbeat and its state; return its row as it was.
 
@@ -500,7 +666,8 @@ class Store:
     def refresh(self, heartbeat_ids, now):
         """Record a matching event at ``now`` for each id: each goes ``up``.
 
-        :returns: the rows, as they were, of those that were down.
+        :returns: the rows, as they were, of those that were down, in the
+            order of ``heartbeat_ids``.
         """
         with self.atomic():
             came_back = []
@@ -515,6 +682,9 @@ class Store:
                 "WHERE id = ?",
                 [(now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
             )
+        if len(came_back) > 1:
+            position = {heartbeat_id: i for i, heartbeat_id in enumerate(heartbeat_ids)}
+            came_back.sort(key=lambda row: position[row["id"]])
         return came_back
 
     def expire(self, now):
@@ -554,9 +724,24 @@ class Store:
             (seconds, after),
         ).rowcount
 
-    def ping(self):
-        """Raise :class:`StoreError` unless the database answers."""
-        self._query("SELECT 1")
+    # -- outbox --------------------------------------------------------------
+
+    def enqueue(self, events):
+        """Append events (dicts) to the outbox, in order."""
+        self._executemany("INSERT INTO outbox (event) VALUES (?)",
+                          [(json.dumps(event, ensure_ascii=False),) for event in events])
+
+    def outbox_batch(self, limit):
+        """The oldest ``limit`` outbox entries as ``(seq, event JSON text)``."""
+        return [tuple(row) for row in self._query("SELECT seq, event FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+
+    def outbox_ack(self, last_seq):
+        """Forget the outbox entries up to ``last_seq`` (delivered)."""
+        self._execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
+
+    def outbox_depth(self):
+        """How many events wait in the outbox (also proves the database answers)."""
+        return self._query("SELECT COUNT(*) FROM outbox")[0][0]
 
 
 ###############################################################################
@@ -674,23 +859,26 @@ class Engine:
     """The heartbeat rules: matching, deadlines, alarms.
 
     Every change runs under one lock, so the in-memory pattern index, the
-    database and the order of published events agree.
+    database and the order of published events agree. Each alarm and
+    resolution is written to the outbox (when forwarding) in the transaction
+    that changes the state it reports.
 
     :param store: the :class:`Store`.
     :param clock: callable returning Unix seconds (float); read once per
         operation.
     :param on_alarm: optional callable receiving each alarm and resolution
         event (a dict), in order, once it is committed.
+    :param forwarding: write alarms and resolutions to the outbox.
     """
 
-    def __init__(self, store, clock, on_alarm=None):
+    def __init__(self, store, clock, on_alarm=None, forwarding=False):
         self.store = store
         self.clock = clock
+        self.forwarding = forwarding
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
         self._index = PatternIndex()
-        for heartbeat_id, pattern in store.patterns():
-            self._index.add(heartbeat_id, json.loads(pattern))
+        self._started = False
         self._alive_recorded = None
         #: when the next tick is expected (clock time); a deadline earlier than
         #: this calls :attr:`waker`
@@ -698,6 +886,24 @@ class Engine:
         #: called when a deadline earlier than :attr:`next_tick_at` appears
         #: (the scheduler's wake-up); None when nothing runs in the background
         self.waker = None
+        #: called after events were added to the outbox (the forwarder's wake-up)
+        self.outbox_waker = None
+
+    def start(self):
+        """Load the pattern index and resume after the outage (see
+        :meth:`resume`); every change does this first if it has not been done.
+
+        :raises StoreError: when the database does not answer.
+        """
+        with self._lock:
+            if self._started:
+                return
+            index = PatternIndex()
+            for heartbeat_id, pattern in self.store.patterns():
+                index.add(heartbeat_id, json.loads(pattern))
+            self._index = index
+            self.resume()
+            self._started = True
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -707,18 +913,12 @@ class Engine:
         :raises PatternExists: when another heartbeat has the pattern.
         """
         with self._lock:
+            self.start()
             now = self.clock()
             row = {
+                **self._document_columns(fields, now),
                 "id": str(uuid.uuid4()),
-                "name": fields["name"],
-                "author": fields["author"],
-                "description": fields["description"],
-                "output": fields["output"],
-                "pattern": canonical_pattern(fields["pattern"]),
-                "expected_interval": fields["expected_interval"],
-                "interval_seconds": fields["interval_seconds"],
                 "created": int(now),
-                "updated": int(now),
                 "refreshed": now,
             }
             self.store.insert_heartbeat(row)
@@ -726,6 +926,46 @@ class Engine:
             self._deadline_added(now + fields["interval_seconds"])
         log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
         return row["id"]
+
+    @staticmethod
+    def _document_columns(fields, now):
+        return {
+            "name": fields["name"],
+            "author": fields["author"],
+            "description": fields["description"],
+            "output": fields["output"],
+            "pattern": canonical_pattern(fields["pattern"]),
+            "expected_interval": fields["expected_interval"],
+            "interval_seconds": fields["interval_seconds"],
+            "updated": int(now),
+        }
+
+    def update(self, heartbeat_id, fields):
+        """Replace a heartbeat's fields, keeping its id, creation and state.
+
+        A changed interval applies from the last refresh. A heartbeat that is
+        down stays down; if its pattern changed, its alarm is resolved under
+        the old resource and raised again under the new one, so no alarm is
+        left open under a resource nobody will resolve.
+
+        :raises NotFound: when there is none.
+        :raises PatternExists: when another heartbeat has the new pattern.
+        """
+        with self._lock:
+            self.start()
+            now = self.clock()
+            with self.store.atomic():
+                old, new = self.store.update_heartbeat(heartbeat_id, self._document_columns(fields, now))
+                events = []
+                if old["status"] == DOWN and old["pattern"] != new["pattern"]:
+                    events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, ALARM_STATE, now)]
+                self._enqueue(events)
+            self._index.remove(json.loads(old["pattern"]))
+            self._index.add(heartbeat_id, fields["pattern"])
+            self._publish(events)
+            if new["status"] != DOWN:
+                self._deadline_added(new["deadline"])
+        log.info("heartbeat %s updated (%r, pattern %s)", heartbeat_id, new["name"], new["pattern"])
 
     def get(self, heartbeat_id):
         """The heartbeat document; :raises NotFound:."""
@@ -739,12 +979,15 @@ class Engine:
         """Delete a heartbeat and its state, resolving its alarm if it is
         down; :raises NotFound:."""
         with self._lock:
+            self.start()
             now = self.clock()
-            row = self.store.delete_heartbeat(heartbeat_id)
+            with self.store.atomic():
+                row = self.store.delete_heartbeat(heartbeat_id)
+                events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] == DOWN else []
+                self._enqueue(events)
             self._index.remove(json.loads(row["pattern"]))
             log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
-            if row["status"] == DOWN:
-                self._publish([alarm_event(row, RESOLVED_STATE, now)])
+            self._publish(events)
 
     def status(self, heartbeat_id):
         """The heartbeat's state document; :raises NotFound:."""
@@ -753,6 +996,11 @@ class Engine:
     def alarms(self):
         """The active alarms, oldest first."""
         return [active_alarm(row) for row in self.store.alarms()]
+
+    def outbox_depth(self):
+        """Events waiting for delivery; :raises StoreError: when the database
+        does not answer."""
+        return self.store.outbox_depth()
 
     # -- events and time -----------------------------------------------------
 
@@ -763,6 +1011,7 @@ class Engine:
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         with self._lock:
+            self.start()
             now = self.clock()
             matched = {}
             for event in events:
@@ -771,9 +1020,12 @@ class Engine:
             matched = list(matched)
             if not matched:
                 return matched
-            came_back = self.store.refresh(matched, now)
+            with self.store.atomic():
+                came_back = self.store.refresh(matched, now)
+                resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
+                self._enqueue(resolutions)
             if came_back:
-                self._publish([alarm_event(row, RESOLVED_STATE, now) for row in came_back])
+                self._publish(resolutions)
                 self._deadline_added(now + min(row["interval_seconds"] for row in came_back))
         return matched
 
@@ -785,22 +1037,25 @@ class Engine:
             can go down.
         """
         with self._lock:
+            self.start()
             now = self.clock()
             with self.store.atomic():
                 expired = self.store.expire(now)
+                alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
+                self._enqueue(alarms)
                 self._record_alive(now)
-            self._publish([alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired])
+            self._publish(alarms)
             next_deadline = self.store.next_deadline()
             delay = None if next_deadline is None else max(0.0, next_deadline - now)
             self.next_tick_at = now + min(ALIVE_INTERVAL_SECONDS, float("inf") if delay is None else delay)
         return delay
 
     def resume(self):
-        """At start: stop the clock for the time the service was not running.
+        """Stop the clock for the time the service was not running.
 
         Every deadline still ahead when the service last recorded it was
         alive moves later by the length of the outage; heartbeats already down
-        stay down.
+        stay down. Called once, by :meth:`start`.
         """
         with self._lock:
             now = self.clock()
@@ -814,9 +1069,11 @@ class Engine:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
 
     def record_alive(self):
-        """Record now as the last time the service was alive (at shutdown)."""
+        """Record now as the last time the service was alive (at shutdown);
+        nothing when the engine never started (the record would be a lie)."""
         with self._lock:
-            self._record_alive(self.clock(), force=True)
+            if self._started:
+                self._record_alive(self.clock(), force=True)
 
     def _record_alive(self, now, force=False):
         last = self._alive_recorded
@@ -828,7 +1085,12 @@ class Engine:
         if deadline < self.next_tick_at and self.waker is not None:
             self.waker()
 
+    def _enqueue(self, events):
+        if events and self.forwarding:
+            self.store.enqueue(events)
+
     def _publish(self, events):
+        """After commit: log each event, hand it to on_alarm, wake the forwarder."""
         for event in events:
             if event["state"] == ALARM_STATE:
                 log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
@@ -840,16 +1102,17 @@ class Engine:
                     self._on_alarm(event)
                 except Exception:  # the embedder's bug must not stop the engine
                     log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
+        if events and self.forwarding and self.outbox_waker is not None:
+            self.outbox_waker()
 
 
-class Scheduler:
-    """Server mode: a thread that ticks the engine when the earliest deadline
-    is due (and every few seconds to record that the service is alive),
-    sleeping in between; the engine wakes it when an earlier deadline appears.
-    """
+class _Worker:
+    """A background thread running ``step()`` until stopped; ``step`` returns
+    the seconds to wait before the next step (None: until woken)."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    name = "heartbeat-lite-worker"
+
+    def __init__(self):
         self._wake = threading.Event()
         self._stopping = False
         self._thread = None
@@ -858,39 +1121,131 @@ class Scheduler:
         if self._thread is not None:
             return
         self._stopping = False
-        self.engine.waker = self._wake.set
-        self._thread = threading.Thread(target=self._run, name="heartbeat-lite-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self):
         if self._thread is None:
             return
         self._stopping = True
-        self.engine.waker = None
         self._wake.set()
         self._thread.join()
         self._thread = None
 
+    def wake(self):
+        self._wake.set()
+
     def _run(self):
         while not self._stopping:
             self._wake.clear()
-            try:
-                self.engine.tick()
-                wait = self.engine.next_tick_at - self.engine.clock()
-            except StoreError as exc:
-                log.error("expiry failed, retrying in %.0fs: %s", SCHEDULER_RETRY_SECONDS, exc)
-                wait = SCHEDULER_RETRY_SECONDS
-            except Exception:  # a bug: say it loudly, but keep alarms flowing
-                log.exception("expiry failed, retrying in %.0fs", SCHEDULER_RETRY_SECONDS)
-                wait = SCHEDULER_RETRY_SECONDS
-            self._wake.wait(max(0.0, wait))
+            wait = self.step()
+            if wait is None or wait > 0:
+                self._wake.wait(wait)
+
+    def step(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Scheduler(_Worker):
+    """Server mode: ticks the engine when the earliest deadline is due (and
+    every few seconds to record that the service is alive), sleeping in
+    between; the engine wakes it when an earlier deadline appears."""
+
+    name = "heartbeat-lite-scheduler"
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+
+    def start(self):
+        self.engine.waker = self.wake
+        super().start()
+
+    def stop(self):
+        self.engine.waker = None
+        super().stop()
+
+    def step(self):
+        try:
+            self.engine.tick()
+            return max(0.0, self.engine.next_tick_at - self.engine.clock())
+        except StoreError as exc:
+            log.error("expiry failed, retrying in %.0fs: %s", SCHEDULER_RETRY_SECONDS, exc)
+        except Exception:  # a bug: say it loudly, but keep alarms flowing
+            log.exception("expiry failed, retrying in %.0fs", SCHEDULER_RETRY_SECONDS)
+        return SCHEDULER_RETRY_SECONDS
+
+
+class Forwarder(_Worker):
+    """Delivers the outbox to ``--forward-url``: oldest first, as JSON arrays
+    of events, at least once (an entry is deleted only after a 2xx answer),
+    with capped exponential backoff while the target fails.
+
+    :param store: the :class:`Store` holding the outbox.
+    :param url: an http(s) URL; userinfo in it becomes Basic auth.
+    """
+
+    name = "heartbeat-lite-forwarder"
+
+    def __init__(self, store, url):
+        super().__init__()
+        self.store = store
+        self.url, self._authorization = parse_forward_url(url)
+        self.failures = 0  # consecutive failed attempts
+
+    def wake(self):
+        if not self.failures:  # while failing, new events wait for the backoff
+            super().wake()
+
+    def step(self):
+        try:
+            return self.deliver_once()
+        except StoreError as exc:
+            log.error("alarm delivery cannot read the outbox, retrying in %.0fs: %s",
+                      FORWARD_BACKOFF_SECONDS[0], exc)
+            return FORWARD_BACKOFF_SECONDS[0]
+
+    def deliver_once(self):
+        """Send the oldest batch of the outbox.
+
+        :returns: 0 when it was delivered (more may wait), None when the
+            outbox is empty, or the backoff in seconds after a failure.
+        """
+        batch = self.store.outbox_batch(FORWARD_BATCH_EVENTS)
+        if not batch:
+            return None
+        body = ("[" + ",".join(event for _, event in batch) + "]").encode("utf-8")
+        try:
+            self._post(body)
+        except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors
+            self.failures += 1
+            delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
+            if self.failures == 1:
+                log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
+                            self.url, exc, self.store.outbox_depth())
+            else:
+                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, exc, delay)
+            return delay
+        self.store.outbox_ack(batch[-1][0])
+        if self.failures:
+            log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.url, self.failures)
+            self.failures = 0
+        log.debug("delivered %d event(s) to %s", len(batch), self.url)
+        return 0.0
+
+    def _post(self, body):
+        request = urllib.request.Request(self.url, data=body, method="POST")
+        request.add_header("Content-Type", JSON_TYPE)
+        if self._authorization:
+            request.add_header("Authorization", self._authorization)
+        with urllib.request.urlopen(request, timeout=FORWARD_TIMEOUT_SECONDS) as response:
+            response.read()  # any 2xx; urlopen raises HTTPError for the rest
 
 
 ###############################################################################
 # Web
 ###############################################################################
 
-JSON_TYPE = "application/json"
 INVALID_HEARTBEAT = "invalid heartbeat payload."
 PATTERN_EXISTS = "heartbeat pattern already exists"
 NOT_FOUND = "heartbeat not found"
@@ -921,25 +1276,84 @@ def json_response(value, status=200, headers=None):
     return response
 
 
-class Authenticator:
-    """HTTP Basic credentials checked in constant time.
+class Throttled(Exception):
+    """Too many failed password derivations lately (answered 429)."""
 
-    :param users: dict of name to password.
+
+class Authenticator:
+    """HTTP Basic credentials, checked in constant time.
+
+    A password given as a :class:`PasswordHash` costs a PBKDF2 derivation, so
+    successful verifications are remembered in memory (under a keyed hash of
+    name and password, never the password itself), and derivations run one
+    at a time within a budget that failures spend: at most
+    :data:`AUTH_FAILURE_BURST` at once, then one per
+    :data:`AUTH_FAILURE_REFILL_SECONDS`. Past it, :class:`Throttled` is
+    raised instead of deriving, so guessing cannot keep the cores busy.
+
+    :param users: dict of name to password, or to a hash string.
+    :param clock: monotonic seconds, for the budget.
     """
 
-    def __init__(self, users):
-        self._users = {name.encode("utf-8"): password.encode("utf-8") for name, password in users.items()}
+    def __init__(self, users, clock=time.monotonic):
+        self._plain = {}
+        self._hashed = {}
+        for name, secret in users.items():
+            if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
+                self._hashed[name] = PasswordHash.parse(secret)
+            else:
+                self._plain[name] = secret.encode("utf-8")
         self._decoy = b"\0" * 32  # compared against when the name is unknown
+        self._key = os.urandom(32)
+        self._verified = {}  # keyed digest of (name, password) -> True, oldest first
+        self._derive_lock = threading.Lock()
+        self._clock = clock
+        self._budget = float(AUTH_FAILURE_BURST)
+        self._budget_at = clock()
 
     def user(self, header):
-        """The user name the ``Authorization`` header proves, or None."""
+        """The user name the ``Authorization`` header proves, or None.
+
+        :raises Throttled: when a hashed password would need a derivation
+            and the failure budget is spent.
+        """
         credentials = bottle.parse_auth(header) if header else None
         if not credentials:
             return None
-        name, password = (part.encode("utf-8", "surrogateescape") for part in credentials)
-        expected = self._users.get(name)
+        name, password = credentials
+        password = password.encode("utf-8")
+        hashed = self._hashed.get(name)
+        if hashed is not None:
+            return name if self._verify_hashed(name, password, hashed) else None
+        expected = self._plain.get(name)
         ok = hmac.compare_digest(password, expected if expected is not None else self._decoy)
-        return credentials[0] if ok and expected is not None else None
+        return name if ok and expected is not None else None
+
+    def _verify_hashed(self, name, password, hashed):
+        key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
+        if key in self._verified:
+            return True
+        with self._derive_lock:  # one derivation at a time: at most one core
+            if key in self._verified:
+                return True
+            if not self._spend():
+                raise Throttled()
+            if not hashed.verify(password):
+                return False
+            self._budget = min(AUTH_FAILURE_BURST, self._budget + 1)  # only failures spend
+            if len(self._verified) >= AUTH_CACHE_ENTRIES:
+                del self._verified[next(iter(self._verified))]
+            self._verified[key] = True
+            return True
+
+    def _spend(self):
+        now = self._clock()
+        self._budget = min(AUTH_FAILURE_BURST, self._budget + (now - self._budget_at) / AUTH_FAILURE_REFILL_SECONDS)
+        self._budget_at = now
+        if self._budget < 1:
+            return False
+        self._budget -= 1
+        return True
 
 
 class WebApi:
@@ -958,10 +1372,12 @@ class WebApi:
         self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
         self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
         self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
         self._route("/api/v2/event", "POST", self.post_events)
         self._route("/api/v2/alarms", "GET", self.list_alarms)
+        self._route("/healthz", "GET", self.health, authenticated=False)
 
     def _route(self, path, method, handler, authenticated=True):
         wrapped = self._wrap(handler, authenticated)
@@ -1000,7 +1416,11 @@ class WebApi:
         return dump_json({"name": "", "description": description})
 
     def _authenticate(self):
-        user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
+        try:
+            user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
+        except Throttled:
+            raise ApiError(429, "too many failed authentication attempts, retry later",
+                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
         if user is None:
             raise ApiError(401, "authentication required",
                            headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
@@ -1044,6 +1464,16 @@ class WebApi:
         except NotFound:
             raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
 
+    def update_heartbeat(self, heartbeat_id, user):
+        fields = self._heartbeat_body(user)
+        try:
+            self.engine.update(heartbeat_id, fields)
+        except NotFound:
+            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
+        except PatternExists:
+            raise ApiError(400, PATTERN_EXISTS) from None
+        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
+
     def delete_heartbeat(self, heartbeat_id, user):
         try:
             self.engine.delete(heartbeat_id)
@@ -1067,6 +1497,14 @@ class WebApi:
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
+
+    def health(self):
+        try:
+            depth = self.engine.outbox_depth()
+        except StoreError as exc:
+            log.error("health check: database error: %s", exc)
+            return json_response({"status": "unavailable", "description": "the database does not answer"}, 503)
+        return json_response({"status": "ok", "outbox": depth})
 
 
 def _access_logged(app):
@@ -1104,26 +1542,42 @@ class Service:
     """One heartbeat-lite instance: its store, engine and WSGI application.
 
     Build it with :func:`create_app`. Nothing runs in the background until
-    :meth:`start` (which :func:`serve` calls); embedded, call :meth:`tick`.
-    Two services in one process share nothing. Use it as a context manager,
-    or call :meth:`close`.
+    :meth:`start` (which :func:`serve` calls); embedded, call :meth:`tick`
+    (and :meth:`deliver` when forwarding). Two services in one process share
+    nothing. Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, db, users, clock, busy_timeout, on_alarm):
+    def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url):
         self.uses_default_users = users is None
+        forwarder_url = parse_forward_url(forward_url)[0] if forward_url else None  # ConfigError first
+        authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = Store(db, busy_timeout=busy_timeout)
+        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=forwarder_url is not None)
         try:
-            self.engine = Engine(self.store, clock, on_alarm=on_alarm)
-            self.engine.resume()
+            self.engine.start()
         except StoreError as exc:
-            self.store.close()
-            raise ConfigError(f"cannot start on database {db}: {exc}") from exc
+            log.error("cannot start the engine yet (%s); it starts with the first change that succeeds", exc)
         self.scheduler = Scheduler(self.engine)
-        self.web = WebApi(self.engine, Authenticator(DEFAULT_USERS if users is None else users))
+        #: the :class:`Forwarder`, or None without a forward URL
+        self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
+        if self.forwarder is not None:
+            self.engine.outbox_waker = self.forwarder.wake
+        self._warn_about_a_stranded_outbox()
+        self.web = WebApi(self.engine, authenticator)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
         self.wsgi = _access_logged(self.app)
+
+    def _warn_about_a_stranded_outbox(self):
+        if self.forwarder is not None:
+            return
+        try:
+            depth = self.engine.outbox_depth()
+        except StoreError:
+            return  # already said at start
+        if depth:
+            log.warning("%d undelivered event(s) in the outbox; start with --forward-url to deliver them", depth)
 
     def tick(self):
         """Run expiry now, against the service's clock.
@@ -1132,13 +1586,32 @@ class Service:
         """
         return self.engine.tick()
 
+    def deliver(self):
+        """Deliver the outbox now (embedded forwarding), until it is empty or
+        an attempt fails.
+
+        :returns: None when the outbox is empty, else the backoff in seconds
+            before the next attempt.
+        """
+        if self.forwarder is None:
+            raise RuntimeError("no forward_url configured")
+        while True:
+            delay = self.forwarder.deliver_once()
+            if delay != 0:
+                return delay
+
     def start(self):
-        """Start the background work of server mode: the expiry scheduler."""
+        """Start the background work of server mode: the expiry scheduler
+        and, when forwarding, the delivery thread."""
         self.scheduler.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
 
     def stop(self):
         """Stop the background work; the service can still be used embedded."""
         self.scheduler.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
 
     def close(self):
         """Stop background work, record the shutdown time, close the database."""
@@ -1157,20 +1630,24 @@ class Service:
 
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
-               on_alarm=None):
+               on_alarm=None, forward_url=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``.
-    :param users: dict of user name to password; None means ``root:root``,
-        which :func:`serve` accepts only on a loopback address.
+    :param users: dict of user name to password (or to a hash from
+        ``hash-password``); None means ``root:root``, which :func:`serve`
+        accepts only on a loopback address.
     :param clock: callable returning Unix seconds (float); inject a fake one
         in tests and call ``service.tick()`` after moving it.
     :param busy_timeout: seconds to wait for a database lock held elsewhere.
     :param on_alarm: callable receiving every alarm (``state`` 3) and
         resolution (``state`` 0) event, in order, after it is committed.
-    :raises ConfigError: when the database cannot be opened or prepared.
+    :param forward_url: http(s) URL to POST alarms and resolutions to
+        (Canopsis' ``/api/v2/event``); they go through the outbox.
+    :raises ConfigError: a bad forward URL or password hash, a missing
+        database directory, a database newer than this code.
     """
-    return Service(db, users, clock, busy_timeout, on_alarm)
+    return Service(db, users, clock, busy_timeout, on_alarm, forward_url)
 
 
 ###############################################################################
@@ -1298,33 +1775,65 @@ def build_parser(environ=os.environ):
                         help="a user allowed to call the API; repeatable (env HEARTBEAT_LITE_USERS="
                         "name:password,name2:password2). With no user at all, root:root is "
                         "accepted on a loopback address only")
+    parser.add_argument("--users-file", default=_env(environ, "USERS_FILE"), metavar="PATH",
+                        help="file of users, one NAME:PASSWORD or NAME:<hash> per line (hashes from "
+                        "the hash-password command); adds to --user (env HEARTBEAT_LITE_USERS_FILE)")
+    parser.add_argument("--forward-url", default=_env(environ, "FORWARD_URL"), metavar="URL",
+                        help="POST every alarm and resolution, as a JSON array of Canopsis events, to "
+                        "this http(s) URL (e.g. Canopsis' /api/v2/event; user:password@ in it becomes "
+                        "Basic auth); at least once, in order, retried with backoff "
+                        "(env HEARTBEAT_LITE_FORWARD_URL)")
     parser.add_argument("--threads", type=int, default=_env(environ, "THREADS", str(DEFAULT_THREADS)),
                         help=f"HTTP worker threads (default {DEFAULT_THREADS}; env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", default=_env(environ, "LOG_LEVEL", DEFAULT_LOG_LEVEL),
                         type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help=f"log verbosity (default {DEFAULT_LOG_LEVEL}; env HEARTBEAT_LITE_LOG_LEVEL)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("hash-password", help="print a salted PBKDF2-SHA256 hash of a password read from "
+                        "stdin (or asked twice on a terminal), for a --users-file line NAME:<hash>")
     return parser
 
 
 def _users_from(args, environ):
+    """Users from --users-file, then --user (or, without it, HEARTBEAT_LITE_USERS)."""
+    users = load_users_file(args.users_file) if args.users_file else {}
     if args.user:
-        return parse_users(args.user)
-    env_users = _env(environ, "USERS", "")
-    entries = [entry for entry in env_users.split(",") if entry.strip()]
-    return parse_users(entry.strip() for entry in entries) if entries else None
+        users.update(parse_users(args.user, source="--user"))
+    else:
+        entries = [entry.strip() for entry in _env(environ, "USERS", "").split(",") if entry.strip()]
+        users.update(parse_users(entries, source="HEARTBEAT_LITE_USERS entry"))
+    return users or None
+
+
+def hash_password_command(stdin, stdout):
+    """``hash-password``: read a password, print its hash; return the exit status."""
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("heartbeat-lite: error: the passwords differ", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        print("heartbeat-lite: error: empty password", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(PasswordHash.create(password), file=stdout)
+    return 0
 
 
 def main(argv=None, environ=None):
     """Run the server until SIGINT or SIGTERM; return the exit status."""
     environ = os.environ if environ is None else environ
     args = build_parser(environ).parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password_command(sys.stdin, sys.stdout)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     try:
         if not 0 <= args.port <= 65535 or args.threads < 1:
             raise ConfigError("--port must be 0 to 65535 and --threads at least 1")
-        service = create_app(db=args.db, users=_users_from(args, environ))
+        service = create_app(db=args.db, users=_users_from(args, environ), forward_url=args.forward_url)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -1333,6 +1842,8 @@ def main(argv=None, environ=None):
         with service, serve(service, args.host, args.port, args.threads) as url:
             log.info("heartbeat-lite %s listening on %s (database %s)", __version__, url,
                      os.path.abspath(args.db) if args.db != ":memory:" else ":memory:")
+            if service.forwarder is not None:
+                log.info("forwarding alarms to %s", service.forwarder.url)
             while not stop.wait(3600):
                 pass
             log.info("shutting down")

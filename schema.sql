@@ -1,6 +1,8 @@
--- heartbeat-lite schema. Applied at every start, so every statement is
--- idempotent; PRAGMA user_version (last line) carries the schema version, and
--- heartbeat_lite.SCHEMA_VERSION must equal it.
+-- heartbeat-lite schema. PRAGMA user_version (last line) carries the schema
+-- version, and heartbeat_lite.SCHEMA_VERSION must equal it. Applied whenever a
+-- database's version is older than that (a new file is version 0). Every
+-- statement is idempotent and the version is set last, so an application
+-- interrupted half-way is simply completed at the next start.
 
 -- One row per heartbeat: the document the API serves.
 CREATE TABLE IF NOT EXISTS heartbeat (
@@ -42,6 +44,14 @@ CREATE INDEX IF NOT EXISTS heartbeat_alarms ON heartbeat (alarm_since) WHERE sta
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value REAL NOT NULL
+);
+
+-- Alarm and resolution events waiting for --forward-url, written in the same
+-- transaction as the state change they report; delivered oldest first, then
+-- deleted. AUTOINCREMENT: a seq is never reused, so order survives deletes.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL                      -- the Canopsis event, JSON
 );
 
 PRAGMA user_version = 1;

@@ -5,13 +5,18 @@ import base64
 import json
 import logging
 import os
+import random
+import re
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import webtest
@@ -675,6 +680,354 @@ def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, 
 
 
 ###############################################################################
+# Update
+###############################################################################
+
+
+def test_put_replaces_the_fields_and_keeps_id_and_created(eapp, clock):
+    heartbeat_id = create(eapp)
+    clock.advance(100)
+    answer = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}",
+                           {"name": "Renamed", "pattern": {"connector": "other"}, "expected_interval": "5m"})
+    assert answer.json == {"name": "heartbeat updated", "description": heartbeat_id}
+    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json == {
+        "_id": heartbeat_id, "name": "Renamed", "author": "root", "description": "",
+        "pattern": {"connector": "other"}, "expected_interval": "5m", "output": "",
+        "created": int(T0), "updated": int(T0 + 100),
+    }
+
+
+def test_put_accepts_a_get_body_back_with_its_own_pattern(eapp, clock):
+    heartbeat_id = create(eapp)
+    doc = eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json
+    doc["pattern"] = {"connector_name": "c01", "connector": "connect"}  # same pattern, keys reordered
+    doc["name"] = "same pattern, new name"
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}/", doc)
+    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json["name"] == "same pattern, new name"
+
+
+def test_put_refuses_another_heartbeats_pattern(eapp):
+    heartbeat_id = create(eapp)
+    create(eapp, body(pattern={"k": "v"}))
+    response = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"k": "v"}), status=400)
+    assert response.json == {"name": "", "description": "heartbeat pattern already exists"}
+    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json["pattern"] == C01
+
+
+def test_put_of_an_unknown_heartbeat_is_not_found(eapp):
+    response = eapp.put_json("/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93", body(), status=404)
+    assert response.json == {"name": "cf7097b6-71ba-48db-a749-e9474aa70c93", "description": "heartbeat not found"}
+    assert eapp.get("/api/v2/heartbeat").json == []
+
+
+def test_put_validates_like_post(eapp):
+    heartbeat_id = create(eapp)
+    before = eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json
+    response = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="1d"), status=400)
+    assert response.json["description"] == "invalid heartbeat payload."
+    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json == before
+
+
+def test_a_shorter_interval_applies_from_the_last_refresh(eapp, engine_service, clock):
+    heartbeat_id = create(eapp)
+    clock.advance(10)
+    send(eapp, C01)
+    clock.advance(10)
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="30s"))
+    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 40
+    clock.now = T0 + 40
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "down"
+
+
+def test_a_longer_interval_keeps_a_pending_heartbeat_up(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.advance(50)
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="2h"))
+    clock.advance(3600)
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id) == {
+        "_id": heartbeat_id, "status": "pending", "last_event": None, "deadline": T0 + 7200, "alarm_since": None,
+    }
+    assert alarms_seen == []
+
+
+def test_matching_follows_a_pattern_change(eapp):
+    heartbeat_id = create(eapp)
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
+    assert send(eapp, C01)["matched"] == []
+    assert send(eapp, {"host": "h1"})["matched"] == [heartbeat_id]
+
+
+def test_changing_a_down_heartbeats_pattern_moves_its_alarm(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.advance(60)
+    engine_service.tick()
+    clock.advance(5)
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
+    assert [(a["state"], a["resource"], a["timestamp"]) for a in alarms_seen] == [
+        (3, "connector:connect.connector_name:c01", int(T0 + 60)),
+        (0, "connector:connect.connector_name:c01", int(T0 + 65)),
+        (3, "host:h1", int(T0 + 65)),
+    ]
+    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    assert [a["resource"] for a in eapp.get("/api/v2/alarms").json] == ["host:h1"]
+
+
+def test_renaming_a_down_heartbeat_keeps_its_alarm(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.advance(60)
+    engine_service.tick()
+    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(name="renamed", expected_interval="2h"))
+    assert [a["state"] for a in alarms_seen] == [3]
+    assert status_of(eapp, heartbeat_id)["status"] == "down"  # only an event brings it back
+
+
+def test_a_shorter_interval_wakes_the_scheduler(tmp_path):
+    alarmed = threading.Event()
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), on_alarm=lambda e: alarmed.set()) as service:
+        with heartbeat_lite.serve(service, port=0) as base:
+            _, _, created = http("POST", f"{base}/api/v2/heartbeat", json.dumps(body(expected_interval="1h")).encode())
+            heartbeat_id = created["description"]
+            status, _, _ = http("PUT", f"{base}/api/v2/heartbeat/{heartbeat_id}",
+                                json.dumps(body(expected_interval="1s")).encode())
+            assert status == 200
+            assert alarmed.wait(3), "the scheduler slept through the new, earlier deadline"
+
+
+###############################################################################
+# Forwarding
+###############################################################################
+
+
+class Receiver:
+    """A local stand-in for Canopsis' /api/v2/event: records every POST and
+    answers the statuses queued in ``statuses`` (then 200)."""
+
+    def __init__(self):
+        self.requests = []  # (headers, parsed body, status answered)
+        self.statuses = []
+        self.received = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                receiver.requests.append((dict(self.headers), json.loads(data), status))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                receiver.received.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, userinfo=""):
+        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}/api/v2/event"
+
+    @property
+    def delivered(self):
+        """Every event of every request answered 2xx, in order."""
+        return [event for _, events, status in self.requests if status < 300 for event in events]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def unused_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api/v2/event"  # nothing listens there
+
+
+def forwarding_service(clock, url, alarms_seen, db=":memory:"):
+    return heartbeat_lite.create_app(db=db, clock=clock, forward_url=url, on_alarm=alarms_seen.append)
+
+
+def new_heartbeat(service, **changes):
+    return service.engine.create(heartbeat_lite.validate_heartbeat(body(**changes), "root"))
+
+
+def test_alarms_are_forwarded_with_basic_auth_from_the_url(receiver, clock, alarms_seen):
+    with forwarding_service(clock, receiver.url("canopsis:p%40ss:w@"), alarms_seen) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        assert service.engine.outbox_depth() == 1
+        assert service.deliver() is None
+        assert service.engine.outbox_depth() == 0
+    (headers, events, _), = receiver.requests
+    assert events == alarms_seen and events[0]["state"] == 3
+    assert headers["Content-Type"] == "application/json"
+    assert base64.b64decode(headers["Authorization"].split()[1]) == b"canopsis:p@ss:w"
+
+
+def test_forwarding_keeps_the_order_across_batches(receiver, clock, alarms_seen):
+    with forwarding_service(clock, receiver.url(), alarms_seen) as service:
+        count = heartbeat_lite.FORWARD_BATCH_EVENTS + 20
+        for i in range(count):
+            new_heartbeat(service, pattern={"n": str(i)}, expected_interval=f"{i + 1}s")
+        clock.advance(count)
+        service.tick()  # every one goes down, earliest deadline first
+        service.engine.ingest([{"n": "0"}, {"n": "7"}])  # two come back
+        clock.advance(1)
+        service.tick()  # "0" goes down again
+        assert service.deliver() is None
+    assert len(receiver.requests) == 2
+    assert receiver.delivered == alarms_seen
+    assert [e["resource"] for e in alarms_seen[:3]] == ["n:0", "n:1", "n:2"]
+    assert [(e["state"], e["resource"]) for e in alarms_seen[-3:]] == [(0, "n:0"), (0, "n:7"), (3, "n:0")]
+
+
+def test_a_failing_target_is_retried_with_capped_backoff(receiver, clock, alarms_seen, caplog):
+    with forwarding_service(clock, receiver.url("u:topsecret@"), alarms_seen) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        receiver.statuses = [500, 503]
+        assert service.deliver() == 1.0
+        assert service.deliver() == 2.0
+        assert service.engine.outbox_depth() == 1
+        assert "alarm delivery to http://127.0.0.1" in caplog.text and "failing" in caplog.text
+        assert service.deliver() is None
+        assert "recovered after 2 failed attempt(s)" in caplog.text
+        assert service.engine.outbox_depth() == 0
+    assert [status for _, _, status in receiver.requests] == [500, 503, 200]
+    assert receiver.delivered == alarms_seen
+    assert "topsecret" not in caplog.text
+
+
+def test_backoff_doubles_up_to_its_cap_while_the_target_is_down(clock, alarms_seen):
+    with forwarding_service(clock, unused_url(), alarms_seen) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        delays = [service.deliver() for _ in range(9)]
+        assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+        assert service.engine.outbox_depth() == 1
+
+
+def test_the_outbox_survives_a_restart(tmp_path, receiver, clock, alarms_seen):
+    db = str(tmp_path / "hb.db")
+    with forwarding_service(clock, unused_url(), alarms_seen, db) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        assert service.deliver() == 1.0
+    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+        assert service.engine.outbox_depth() == 1
+        assert service.deliver() is None
+    assert receiver.delivered == alarms_seen and len(alarms_seen) == 1
+
+
+def test_a_restart_does_not_alarm_a_down_heartbeat_twice(tmp_path, receiver, clock, alarms_seen):
+    db = str(tmp_path / "hb.db")
+    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        service.deliver()
+    clock.advance(600)
+    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+        service.tick()
+        clock.advance(600)
+        service.tick()
+        assert service.deliver() is None
+    assert [e["state"] for e in receiver.delivered] == [3]
+
+
+def test_the_outbox_row_and_the_state_change_commit_together(receiver, clock, alarms_seen, monkeypatch):
+    with forwarding_service(clock, receiver.url(), alarms_seen) as service:
+        heartbeat_id = new_heartbeat(service)
+        clock.advance(60)
+
+        def failing_enqueue(events):
+            raise heartbeat_lite.StoreError("disk full")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(service.store, "enqueue", failing_enqueue)
+            with pytest.raises(heartbeat_lite.StoreError):
+                service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "pending"  # rolled back with it
+        assert alarms_seen == []
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "down"
+        service.deliver()
+    assert [e["state"] for e in receiver.delivered] == [3]
+
+
+def test_without_a_forward_url_nothing_waits_in_the_outbox(eapp, engine_service, clock):
+    create(eapp)
+    clock.advance(60)
+    engine_service.tick()
+    assert engine_service.engine.outbox_depth() == 0
+    with pytest.raises(RuntimeError):
+        engine_service.deliver()
+
+
+def test_the_forwarder_thread_delivers_in_server_mode(tmp_path, receiver):
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), forward_url=receiver.url()) as service:
+        with heartbeat_lite.serve(service, port=0) as base:
+            http("POST", f"{base}/api/v2/heartbeat", json.dumps(body(expected_interval="1s")).encode())
+            assert receiver.received.wait(5), "no alarm delivered within 5 s"
+    assert receiver.delivered[0]["state"] == 3
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "example.com/api", "http://", "file:///etc/passwd",
+                                 "http://h:notaport/x"])
+def test_a_forward_url_must_be_http(url):
+    with pytest.raises(heartbeat_lite.ConfigError, match="--forward-url"):
+        heartbeat_lite.create_app(forward_url=url)
+
+
+def test_cli_refuses_a_bad_forward_url(tmp_path):
+    result = run_cli("--port", "0", "--db", str(tmp_path / "hb.db"), "--forward-url", "ftp://u:pw@host/x")
+    assert result.returncode == 2
+    assert "must be an http:// or https:// URL" in result.stderr
+    assert "pw" not in result.stderr.replace("https", "")
+
+
+###############################################################################
+# Health
+###############################################################################
+
+
+def test_health_needs_no_credentials(service):
+    response = webtest.TestApp(service.wsgi).get("/healthz")
+    assert response.json == {"status": "ok", "outbox": 0}
+
+
+def test_health_reports_the_outbox_depth(clock, alarms_seen):
+    with forwarding_service(clock, unused_url(), alarms_seen) as service:
+        new_heartbeat(service)
+        clock.advance(60)
+        service.tick()
+        assert webtest.TestApp(service.wsgi).get("/healthz").json == {"status": "ok", "outbox": 1}
+
+
+def test_health_is_503_when_the_database_fails(service, monkeypatch, caplog):
+    monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
+    response = webtest.TestApp(service.wsgi).get("/healthz", status=503)
+    assert response.json["status"] == "unavailable"
+    assert "disk I/O error" in caplog.text
+
+
+###############################################################################
 # Errors are JSON
 ###############################################################################
 
@@ -724,6 +1077,7 @@ ROUTES = [
     ("POST", "/api/v2/heartbeat"),
     ("GET", "/api/v2/heartbeat"),
     ("GET", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"),
+    ("PUT", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"),
     ("DELETE", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"),
     ("GET", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93/status"),
     ("POST", "/api/v2/event"),
@@ -768,6 +1122,247 @@ def test_parse_users():
             heartbeat_lite.parse_users([bad])
 
 
+def test_a_users_file_takes_passwords_and_hashes(tmp_path):
+    users_file = tmp_path / "users"
+    users_file.write_text("# operators\n\nalice:plain:pw\n  bob:%s  \n" % heartbeat_lite.PasswordHash.create("b0b", 1000))
+    args = heartbeat_lite.build_parser({}).parse_args(["--users-file", str(users_file), "--user", "carol:c"])
+    users = heartbeat_lite._users_from(args, {})
+    assert set(users) == {"alice", "bob", "carol"}
+    with heartbeat_lite.create_app(users=users) as service:
+        app = webtest.TestApp(service.wsgi)
+        for user, password, status in [("alice", "plain:pw", 200), ("bob", "b0b", 200), ("carol", "c", 200),
+                                       ("bob", "wrong", 401), ("alice", "plain", 401)]:
+            app.get("/api/v2/heartbeat", headers={"Authorization": _basic(user, password)}, status=status)
+
+
+@pytest.mark.parametrize("line", ["no-colon-s3cretpw", ":s3cretpw", "dave:pbkdf2_sha256$x$s3cretpw$abc",
+                                  "dave:pbkdf2_sha256$1000$!!!$s3cretpw"])
+def test_a_malformed_users_file_line_is_refused_without_echoing_it(tmp_path, line):
+    users_file = tmp_path / "users"
+    users_file.write_text("alice:ok\n" + line + "\n")
+    with pytest.raises(heartbeat_lite.ConfigError, match="line 2") as caught:
+        heartbeat_lite.load_users_file(str(users_file))
+    assert "s3cretpw" not in str(caught.value)
+
+
+def test_a_missing_users_file_is_a_config_error(tmp_path):
+    result = run_cli("--port", "0", "--db", str(tmp_path / "hb.db"), "--users-file", str(tmp_path / "none"))
+    assert result.returncode == 2 and "cannot read users file" in result.stderr
+
+
+def test_hash_password_reads_stdin_and_prints_a_verifiable_hash():
+    result = subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "hash-password"],
+                            input="correct horse\n", capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    hashed = heartbeat_lite.PasswordHash.parse(result.stdout.strip())
+    assert hashed.iterations == heartbeat_lite.PBKDF2_ITERATIONS
+    assert hashed.verify(b"correct horse") and not hashed.verify(b"correct horse\n")
+    assert "correct horse" not in result.stdout + result.stderr
+
+
+def test_hash_password_refuses_an_empty_password():
+    result = subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "hash-password"],
+                            input="\n", capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "empty password" in result.stderr
+
+
+@pytest.fixture
+def counted_derivations(monkeypatch):
+    calls = []
+    verify = heartbeat_lite.PasswordHash.verify
+
+    def counting_verify(self, password):
+        calls.append(password)
+        return verify(self, password)
+
+    monkeypatch.setattr(heartbeat_lite.PasswordHash, "verify", counting_verify)
+    return calls
+
+
+def test_a_hashed_password_is_derived_once_then_remembered(counted_derivations):
+    users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
+    with heartbeat_lite.create_app(users=users) as service:
+        app = webtest.TestApp(service.wsgi)
+        app.authorization = ("Basic", ("alice", "pw"))
+        for _ in range(20):
+            app.get("/api/v2/heartbeat")
+    assert len(counted_derivations) == 1
+
+
+def test_failed_derivations_are_throttled(counted_derivations):
+    clock = FakeClock(0)
+    auth = heartbeat_lite.Authenticator({"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}, clock=clock)
+    burst = heartbeat_lite.AUTH_FAILURE_BURST
+    for _ in range(burst):
+        assert auth.user(_basic("alice", "guess")) is None
+    with pytest.raises(heartbeat_lite.Throttled):
+        auth.user(_basic("alice", "guess"))
+    assert len(counted_derivations) == burst  # the refused attempt cost no derivation
+    clock.advance(heartbeat_lite.AUTH_FAILURE_REFILL_SECONDS)
+    assert auth.user(_basic("alice", "pw")) == "alice"  # one derivation earned back; a success keeps it
+    assert auth.user(_basic("alice", "pw")) == "alice"  # remembered: no derivation at all
+    assert auth.user(_basic("alice", "guess")) is None  # the kept one, spent
+    with pytest.raises(heartbeat_lite.Throttled):
+        auth.user(_basic("alice", "guess"))
+    assert len(counted_derivations) == burst + 2
+
+
+def test_throttling_is_a_json_429_with_retry_after():
+    users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
+    with heartbeat_lite.create_app(users=users) as service:
+        app = webtest.TestApp(service.wsgi)
+        bad = {"Authorization": _basic("alice", "guess")}
+        for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):
+            app.get("/api/v2/heartbeat", headers=bad, status=401)
+        response = app.get("/api/v2/heartbeat", headers=bad, status=429)
+        assert response.headers["Retry-After"] == "2"
+        assert response.json == {"name": "", "description": "too many failed authentication attempts, retry later"}
+
+
+def test_plain_users_are_never_throttled(service):
+    app = webtest.TestApp(service.wsgi)
+    for _ in range(50):
+        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "wrong")}, status=401)
+    app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "root")}, status=200)
+
+
+def test_no_password_reaches_the_log(tmp_path):
+    users_file = tmp_path / "users"
+    users_file.write_text("bob:%s\n" % heartbeat_lite.PasswordHash.create("FilePassw0rd", 1000))
+    process, base = start_server("--db", str(tmp_path / "hb.db"), "--user", "alice:FlagPassw0rd",
+                                 "--users-file", str(users_file), "--log-level", "DEBUG",
+                                 "--forward-url", "http://fwd:UrlPassw0rd@127.0.0.1:9/x")
+    try:
+        for user in ("alice:FlagPassw0rd", "bob:FilePassw0rd", "alice:WrongPassw0rd", "bob:WrongPassw0rd"):
+            http("GET", f"{base}/api/v2/heartbeat", user=user)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        process.wait(timeout=30)
+    assert "forwarding alarms to http://127.0.0.1:9/x" in rest
+    assert "Passw0rd" not in rest
+
+
+###############################################################################
+# Limits and hostile input
+###############################################################################
+
+
+def test_a_heartbeat_body_over_64_kib_is_413(app):
+    raw = json.dumps(body(description="d" * heartbeat_lite.MAX_HEARTBEAT_BODY_BYTES)).encode()
+    response = app.post("/api/v2/heartbeat", raw, status=413)
+    assert response.json == {"name": "", "description": "request body larger than 65536 bytes"}
+    assert app.get("/api/v2/heartbeat").json == []
+
+
+def test_an_event_body_over_1_mib_is_413(eapp):
+    heartbeat_id = create(eapp)
+    raw = json.dumps([C01] * 30_000).encode()
+    assert len(raw) > heartbeat_lite.MAX_EVENT_BODY_BYTES
+    response = eapp.post("/api/v2/event", raw, status=413)
+    assert response.json == {"name": "", "description": "request body larger than 1048576 bytes"}
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+
+
+def test_more_than_10000_events_is_413_and_applies_nothing(eapp):
+    heartbeat_id = create(eapp)
+    limit = heartbeat_lite.MAX_EVENTS_PER_REQUEST
+    response = eapp.post_json("/api/v2/event", [{}] * limit + [C01], status=413)
+    assert response.json == {"name": "", "description": "more than 10000 events in one request"}
+    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert send(eapp, [{}] * (limit - 1) + [C01]) == {"received": limit, "matched": [heartbeat_id]}
+
+
+def hostile_bodies(valid):
+    """A few hundred malformed variants of a valid JSON body (bytes), none of
+    them valid JSON; deterministic."""
+    rng = random.Random(valid)
+    bodies = {}
+    step = max(1, len(valid) // 60)
+    for cut in range(0, len(valid), step):
+        bodies[f"truncated at {cut}"] = valid[:cut]
+    for i in range(40):
+        bodies[f"garbage {i}"] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    for i in range(25):
+        at = rng.randrange(1, len(valid) - 1)
+        bodies[f"invalid utf-8 at {at}"] = valid[:at] + rng.choice([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\x80"]) + valid[at:]
+    text = valid.decode("utf-8")
+    inside = text.index('"') + 1  # just inside the first string
+    for char in ("\x00", "\x01", "\x1f", "\n", "\t"):
+        bodies[f"raw control char {ord(char)}"] = (text[:inside] + char + text[inside:]).encode()
+    bodies.update({
+        "empty": b"",
+        "whitespace": b" \n\t ",
+        "bom": b"\xef\xbb\xbf" + valid,
+        "utf-16": text.encode("utf-16"),
+        "utf-16-le": text.encode("utf-16-le"),
+        "utf-32": text.encode("utf-32"),
+        "trailing comma": valid[:-1] + b",}" if valid.endswith(b"}") else valid[:-1] + b",]",
+        "trailing garbage": valid + b"x",
+        "two documents": valid + valid,
+        "single quotes": text.replace('"', "'").encode(),
+        "unquoted key": re.sub(r'"(\w+)":', r"\1:", text, count=1).encode(),
+        "comment": b"/* hi */" + valid,
+        "nan": b'{"a": NaN}',
+        "infinity": b'{"a": Infinity}',
+        "-infinity": b'[{"a": -Infinity}]',
+        "huge float": b'{"a": 1e999}',
+        "huge negative float": b'[{"a": -1e999}]',
+        "huge integer": b'{"a": ' + b"9" * 5000 + b"}",
+        "leading zero": b'{"a": 01}',
+        "plus sign": b'{"a": +1}',
+        "hex": b'{"a": 0x1F}',
+        "bare dot": b'{"a": .5}',
+        "duplicate key": b'{"a": "1", "a": "2"}',
+        "nested duplicate key": b'[{"b": {"a": 1, "a": 2}}]',
+        "deep arrays": b"[" * 30_000 + b"]" * 30_000,
+        "deep objects": b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+        "unclosed deep": b"[" * 30_000,
+        "bad escape": b'{"a": "\\x41"}',
+        "short unicode escape": b'{"a": "\\u12"}',
+        "lone backslash": b'{"a": "\\"}',
+        "true": b"true",
+        "number": b"42",
+        "string": b'"event"',
+        "null": b"null",
+        "array of numbers": b"[1, 2, 3]",
+        "array with null": b"[null]",
+        "array of arrays": b"[[]]",
+    })
+    return bodies
+
+
+def database_snapshot(service):
+    engine = service.engine
+    docs = engine.list()
+    return docs, [engine.status(doc["_id"]) for doc in docs], engine.outbox_depth(), engine.alarms()
+
+
+@pytest.mark.parametrize("target", ["POST heartbeat", "PUT heartbeat", "POST event"])
+def test_hostile_json_gets_a_json_4xx_and_changes_nothing(eapp, engine_service, clock, target):
+    heartbeat_id = create(eapp)
+    clock.advance(1)
+    method, path, valid = {
+        "POST heartbeat": ("POST", "/api/v2/heartbeat", json.dumps(body(pattern={"k": "v"})).encode()),
+        "PUT heartbeat": ("PUT", f"/api/v2/heartbeat/{heartbeat_id}", json.dumps(body(name="new")).encode()),
+        "POST event": ("POST", "/api/v2/event", json.dumps([C01, {"connector": "x"}]).encode()),
+    }[target]
+    bodies = hostile_bodies(valid)
+    if target != "POST event":
+        bodies["lone surrogate"] = valid.replace(b'"Heartbeat"', b'"\\ud800"').replace(b'"new"', b'"\\udfff"')
+        bodies["an array"] = b"[" + valid + b"]"
+    assert len(bodies) >= 150
+    before = database_snapshot(engine_service)
+    for name, raw in bodies.items():
+        response = eapp.request(path, method=method, body=raw, headers={"Content-Type": "application/json"},
+                                expect_errors=True)
+        assert 400 <= response.status_int < 500, (name, response.status, response.body[:200])
+        assert response.content_type == "application/json", name
+        assert isinstance(response.json, dict) and "description" in response.json, name
+    assert database_snapshot(engine_service) == before
+    assert send(eapp, C01)["matched"] == [heartbeat_id]  # and it still serves
+
+
 ###############################################################################
 # Database errors
 ###############################################################################
@@ -783,28 +1378,116 @@ def file_service(tmp_path, clock):
         yield service
 
 
-def test_a_held_write_lock_gives_the_database_error_then_service_resumes(file_service, caplog):
+class LockHolder:
+    """Another process holding SQLite's write lock on a database file."""
+
+    SCRIPT = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "conn.execute('ROLLBACK')\n"
+    )
+
+    def __init__(self, path):
+        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT, path], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "locked"
+
+    def release(self):
+        self.process.communicate("\n", timeout=30)
+
+
+def test_a_write_lock_held_by_another_process_gives_the_database_error(file_service, caplog):
     app = file_service.test_app
     kept = create(app)
-    other = sqlite3.connect(file_service.store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    holder = LockHolder(file_service.store.path)
     try:
         response = app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400)
         assert response.json == DB_ERROR
         assert "database is locked" in caplog.text
         assert "locked" not in response.text
-        response = app.delete(f"/api/v2/heartbeat/{kept}", status=400)
-        assert response.json == DB_ERROR
+        assert app.delete(f"/api/v2/heartbeat/{kept}", status=400).json == DB_ERROR
+        assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
         assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # WAL: reads still served
+        assert app.get("/healthz").json["status"] == "ok"
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        holder.release()
     create(app, body(pattern={"k": "v"}))
     assert len(app.get("/api/v2/heartbeat").json) == 2
+    assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
+
+
+def test_a_database_locked_at_start_starts_degraded_then_recovers(tmp_path, clock, caplog):
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        heartbeat_id = new_heartbeat(service)
+        clock.advance(20)
+        service.tick()
+    clock.advance(100)
+    holder = LockHolder(path)
+    try:
+        service = heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05)
+        assert "cannot start the engine yet" in caplog.text
+        app = webtest.TestApp(service.wsgi)
+        app.authorization = ("Basic", ("root", "root"))
+        assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
+    finally:
+        holder.release()
+    with service:
+        assert app.post_json("/api/v2/event", C01).json["matched"] == [heartbeat_id]
+        # the outage was measured when the engine could finally start
+        assert service.engine.status(heartbeat_id)["last_event"] == T0 + 120
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A tmpfs mount this test may remount read-only (needs root)."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def remount(mount_point, mode):
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
+
+
+def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, clock, caplog):
+    path = str(tmpfs / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        heartbeat_id = new_heartbeat(service)
+    remount(tmpfs, "ro")  # root ignores file permissions, not a read-only mount
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        assert "unavailable at start" in caplog.text
+        app = webtest.TestApp(service.wsgi)
+        app.authorization = ("Basic", ("root", "root"))
+        assert app.get("/api/v2/heartbeat", status=400).json == DB_ERROR
+        assert app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400).json == DB_ERROR
+        assert app.get("/healthz", status=503).json["status"] == "unavailable"
+        assert "unable to open database file" in caplog.text
+        remount(tmpfs, "rw")
+        assert app.get("/healthz").json == {"status": "ok", "outbox": 0}
+        assert [doc["_id"] for doc in app.get("/api/v2/heartbeat").json] == [heartbeat_id]
+        create(app, body(pattern={"k": "v"}))
+        assert len(app.get("/api/v2/heartbeat").json) == 2
+
+
+def test_a_newer_schema_is_refused_by_the_cli(tmp_path):
+    path = str(tmp_path / "hb.db")
+    heartbeat_lite.create_app(db=path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    result = run_cli("--port", "0", "--db", path)
+    assert result.returncode == 2 and "schema version 7" in result.stderr
 
 
 def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, caplog):
-    monkeypatch.setattr(service.store, "_conn", _BrokenConnection())
+    monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
     for path in ("/api/v2/heartbeat", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"):
         assert app.get(path, status=400).json == DB_ERROR
     assert "disk I/O error" in caplog.text
@@ -923,6 +1606,66 @@ def test_the_scheduler_raises_alarms_with_no_tick(tmp_path):
         assert not scheduler_thread.is_alive()  # serve() stopped it
 
 
+def test_no_acknowledged_creation_is_lost_to_sigkill(tmp_path):
+    db = str(tmp_path / "hb.db")
+    process, base = start_server("--db", db)
+    acknowledged = []
+
+    def stream():
+        for i in range(100_000):
+            try:
+                status, _, answer = http("POST", f"{base}/api/v2/heartbeat",
+                                         json.dumps(body(pattern={"n": str(i)})).encode())
+            except OSError:  # the server is gone
+                return
+            assert status == 200
+            acknowledged.append(answer["description"])
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    try:
+        while len(acknowledged) < 200 and writer.is_alive():
+            writer.join(0.01)
+        process.kill()  # SIGKILL, in the middle of the stream
+        process.wait(timeout=30)
+        writer.join(timeout=30)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert len(acknowledged) >= 200
+    process, base = start_server("--db", db)
+    try:
+        status, _, docs = http("GET", f"{base}/api/v2/heartbeat")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        process.stderr.close()
+    assert status == 200
+    assert set(acknowledged) <= {doc["_id"] for doc in docs}
+
+
+def test_concurrent_creations_of_one_pattern_make_one_heartbeat(service):
+    answers = []
+    with heartbeat_lite.serve(service, port=0, threads=8) as base:
+        start = threading.Barrier(50)
+
+        def create_one(i):
+            start.wait()
+            answers.append(http("POST", f"{base}/api/v2/heartbeat", json.dumps(body(name=f"racer {i}")).encode()))
+
+        racers = [threading.Thread(target=create_one, args=(i,)) for i in range(50)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        status, _, docs = http("GET", f"{base}/api/v2/heartbeat")
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200] + [400] * 49
+    assert all(answer == {"name": "", "description": "heartbeat pattern already exists"}
+               for status, _, answer in answers if status == 400)
+    assert len(docs) == 1
+
+
 def test_the_http_server_answers_its_own_errors_in_json(service):
     with heartbeat_lite.serve(service, port=0) as base:
         request = urllib.request.Request(f"{base}/api/v2/heartbeat", data=b"x", method="POST")
@@ -934,6 +1677,26 @@ def test_the_http_server_answers_its_own_errors_in_json(service):
             assert error.code == 413
             assert error.headers["Content-Type"] == "application/json"
             assert json.loads(error.read())["description"] == "request entity too large"
+
+
+def test_stopping_lets_a_request_in_flight_finish(service, monkeypatch):
+    entered, proceed = threading.Event(), threading.Event()
+    real_list = service.engine.list
+
+    def slow_list():
+        entered.set()
+        proceed.wait(10)
+        return real_list()
+
+    monkeypatch.setattr(service.engine, "list", slow_list)
+    answers = []
+    with heartbeat_lite.serve(service, port=0) as base:
+        client = threading.Thread(target=lambda: answers.append(http("GET", f"{base}/api/v2/heartbeat")))
+        client.start()
+        assert entered.wait(10)
+        threading.Timer(0.2, proceed.set).start()  # still busy when the stop begins
+    client.join(10)
+    assert [(status, docs) for status, _, docs in answers] == [(200, [])]
 
 
 def test_serve_refuses_default_credentials_off_loopback(service):
