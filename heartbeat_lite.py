@@ -1723,31 +1723,75 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS):
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
-    thread = threading.Thread(target=server.run, name="heartbeat-lite-http", daemon=True)
-    thread.start()
+    runner = _ServerThread(server)
     service.start()
     display_host = f"[{host}]" if ":" in host else host
     try:
         yield f"http://{display_host}:{server.effective_port}"
     finally:
-        _stop_server(server, thread)
+        runner.stop()
         service.stop()
 
 
-def _stop_server(server, thread, grace=5.0):
-    from waitress import wasyncore
+class _ServerThread:
+    """waitress' event loop in a thread, stopped in phases: stop listening,
+    let the workers finish what they have, let the loop flush their answers,
+    close everything.
 
-    # Stop listening (in the loop's own thread), then let the workers finish
-    # what they have, let the loop flush their answers, and close everything.
-    server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
-    server.task_dispatcher.shutdown(cancel_pending=True, timeout=grace)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(
-        channel.total_outbufs_len for channel in list(server.active_channels.values())
-    ):
-        time.sleep(0.01)
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-    thread.join(grace)
+    The loop thread does every close itself, when told by a flag; it is woken
+    by pulling waitress' trigger, under a lock that the final close takes too,
+    so nothing ever writes to a closed (or, worse, reused) trigger pipe. (A
+    thunk that closes the trigger races with waitress' own pull: the thunk can
+    run before the pulling thread writes its wake-up byte.)
+    """
+
+    def __init__(self, server, grace=5.0):
+        self.server = server
+        self.grace = grace
+        self._stop_listening = threading.Event()
+        self._listening_stopped = threading.Event()
+        self._finish = threading.Event()
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
+        self._thread = threading.Thread(target=self._run, name="heartbeat-lite-http", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        from waitress import wasyncore
+
+        server, adj = self.server, self.server.adj
+        try:
+            for phase_over in (self._stop_listening, self._finish):
+                while not phase_over.is_set():
+                    wasyncore.loop(timeout=adj.asyncore_loop_timeout, map=server._map,
+                                   use_poll=adj.asyncore_use_poll, count=1)
+                if phase_over is self._stop_listening:
+                    wasyncore.dispatcher.close(server)  # the listening socket only
+                    self._listening_stopped.set()
+        finally:
+            self._listening_stopped.set()
+            with self._trigger_lock:
+                wasyncore.close_all(server._map)
+                self._trigger_closed = True
+
+    def _wake(self):
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.server.trigger.pull_trigger()
+
+    def stop(self):
+        self._stop_listening.set()
+        self._wake()
+        self._listening_stopped.wait(self.grace)
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=self.grace)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and any(
+            channel.total_outbufs_len for channel in list(self.server.active_channels.values())
+        ):
+            time.sleep(0.01)
+        self._finish.set()
+        self._wake()
+        self._thread.join(self.grace)
 
 
 def _env(environ, name, default=None):
