@@ -1873,6 +1873,10 @@ def main(argv=None, environ=None):
         return hash_password_command(sys.stdin, sys.stdout)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # waitress warns once per request that waits for a worker thread: under
+        # load that floods the log (and the CPU) with no news
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     stop = threading.Event()
     try:
         if not 0 <= args.port <= 65535 or args.threads < 1:
