@@ -28,6 +28,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -77,6 +78,9 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
+REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
+META_ALIVE_AT = "alive_at"  # meta keys
+META_STOPPED_CLEANLY = "stopped_cleanly"
 SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
 
 FORWARD_TIMEOUT_SECONDS = 10.0
@@ -279,6 +283,14 @@ def parse_json(body):
         raise Invalid([f"body: not valid JSON ({exc})"]) from None
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options builds one per call
+
+
+def dump_json(value):
+    """JSON bytes as the API sends them: UTF-8, non-ASCII kept as is."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
 def _is_text(value):
     """A str that can be stored as UTF-8 (no lone surrogates)."""
     if not isinstance(value, str):
@@ -438,10 +450,16 @@ _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter li
 class Store:
     """The SQLite database: the only code in this module that speaks SQL.
 
-    One connection, shared by all threads under a lock: SQLite writes one
-    transaction at a time anyway, and each statement here takes microseconds.
+    Writes go through one connection under a lock (SQLite writes one
+    transaction at a time anyway). Reads go through a connection of the
+    reading thread's own, with no lock: WAL lets readers run beside the
+    writer, and under concurrent load a shared lock held while SQLite runs
+    without the GIL turns every request into a queue of thread hand-offs. A
+    read inside the thread's own transaction uses the writer, to see its
+    uncommitted rows. An in-memory database has the one connection only.
+
     Rows come back as :class:`sqlite3.Row` (read them like dicts). Every
-    sqlite3 error leaves as :class:`StoreError`, and the connection is then
+    sqlite3 error leaves as :class:`StoreError`, and the failed connection is
     reopened before its next use: a connection that met a read-only file
     system or an I/O error stays broken even once the cause is gone.
 
@@ -468,10 +486,14 @@ class Store:
             raise ConfigError(f"cannot read the schema {SCHEMA_PATH}: {exc}") from exc
         self.path = path
         self.busy_timeout = busy_timeout
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the writer connection
         self._depth = 0  # nesting of atomic()
-        self._conn = None  # opened on first use, and again after a failure
-        self._stale = False  # the connection failed inside a transaction: drop it after
+        self._owner = None  # the thread inside atomic()
+        self._conn = None  # the writer: opened on first use, and again after a failure
+        self._stale = False  # the writer failed inside a transaction: drop it after
+        self._shared = path == ":memory:"  # no reader connections: they would see another database
+        self._local = threading.local()  # .reader: this thread's reader connection
+        self._readers = set()  # every open reader, to close them all
         try:
             with self._lock:
                 self._connection()
@@ -481,16 +503,20 @@ class Store:
             log.error("database %s unavailable at start: %s; answering database errors until it recovers",
                       path, exc)
 
+    def _open(self):
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        return conn
+
     def _connection(self):
-        """The open connection, opening and preparing one if needed (call
+        """The writer connection, opening and preparing one if needed (call
         under the lock)."""
         if self._conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open database: {exc}") from exc
-            conn.row_factory = sqlite3.Row
+            conn = self._open()
             try:
                 self._prepare(conn)
             except BaseException:
@@ -498,6 +524,33 @@ class Store:
                 raise
             self._conn = conn
         return self._conn
+
+    def _reader(self):
+        """This thread's reader connection, opened if needed (after the
+        writer, which prepares the schema)."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            if self._conn is None:
+                with self._lock:
+                    self._connection()
+            reader = self._open()
+            try:
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                reader.close()
+                raise StoreError(f"cannot open database: {exc}") from exc
+            with self._lock:
+                self._readers.add(reader)
+            self._local.reader = reader
+        return reader
+
+    def _discard_reader(self):
+        reader = getattr(self._local, "reader", None)
+        self._local.reader = None
+        if reader is not None:
+            with self._lock:
+                self._readers.discard(reader)
+            reader.close()
 
     def _prepare(self, conn):
         try:
@@ -526,6 +579,9 @@ class Store:
     def close(self):
         with self._lock:
             self._discard()
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -546,6 +602,7 @@ class Store:
                 return
             self._execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._owner = threading.get_ident()
             try:
                 yield self
                 self._execute("COMMIT")
@@ -554,6 +611,7 @@ class Store:
                 raise
             finally:
                 self._depth = 0
+                self._owner = None
                 if self._stale:
                     self._discard()
 
@@ -586,11 +644,17 @@ class Store:
                 raise self._failed(exc, sql) from exc
 
     def _query(self, sql, params=()):
-        with self._lock:
-            try:
-                return self._connection().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise self._failed(exc, sql) from exc
+        if self._shared or self._owner == threading.get_ident():
+            with self._lock:
+                try:
+                    return self._connection().execute(sql, params).fetchall()
+                except sqlite3.Error as exc:
+                    raise self._failed(exc, sql) from exc
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self._discard_reader()
+            raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -629,9 +693,17 @@ class Store:
         """Every heartbeat row, newest first (ties: last inserted first)."""
         return self._query(f"{_SELECT_HEARTBEAT} ORDER BY created DESC, rowid DESC")
 
-    def patterns(self):
-        """``(id, canonical pattern)`` of every heartbeat."""
-        return [(row["id"], row["pattern"]) for row in self._query("SELECT id, pattern FROM heartbeat")]
+    def each_heartbeat(self, batch=1000):
+        """Every heartbeat row, in id order, ``batch`` rows per query: a
+        whole table at once would set the process's memory high-water mark.
+        """
+        after = ""
+        while True:
+            rows = self._query(f"{_SELECT_HEARTBEAT} WHERE id > ? ORDER BY id LIMIT ?", (after, batch))
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1]["id"]
 
     def update_heartbeat(self, heartbeat_id, fields):
         """Replace a heartbeat's document fields (every document column but
@@ -687,6 +759,27 @@ class Store:
             came_back.sort(key=lambda row: position[row["id"]])
         return came_back
 
+    def refresh_if_not_down(self, heartbeat_id, now):
+        """Refresh one heartbeat at ``now`` unless it is down, in a single
+        statement (atomic by itself); True when it was refreshed.
+
+        Ingestion's hot path: every SQLite statement costs a release and a
+        re-acquisition of the GIL, which under concurrent load is what
+        throughput pays for, so the common case is one statement, not four.
+        """
+        return self._execute(
+            "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ? WHERE id = ? AND status <> 'down'",
+            (now, now, heartbeat_id),
+        ).rowcount == 1
+
+    def refresh_many(self, refreshes):
+        """Store ``(id, refresh time)`` pairs of heartbeats that are not down
+        (refreshes kept in memory until now)."""
+        self._executemany(
+            "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status <> 'down'",
+            [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
+        )
+
     def expire(self, now):
         """Put every heartbeat whose deadline is at or before ``now`` down,
         its alarm dated by its deadline (when it really went down).
@@ -708,13 +801,13 @@ class Store:
         """The rows of the heartbeats that are down, oldest alarm first."""
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid")
 
-    def alive_at(self):
-        """When the service last recorded that it was alive, or None."""
-        rows = self._query("SELECT value FROM meta WHERE key = 'alive_at'")
+    def meta(self, key):
+        """A service-wide value (a number), or None."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def set_alive(self, now):
-        self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('alive_at', ?)", (now,))
+    def set_meta(self, key, value):
+        self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def postpone(self, after, seconds):
         """Move later by ``seconds`` every deadline still ahead at ``after``
@@ -775,13 +868,17 @@ def api_time(value):
     return int(value) if value.is_integer() else value
 
 
-def status_document(row):
-    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row."""
+def status_document(row, pending_refresh=None):
+    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row, with the
+    refresh not yet written, if any."""
+    last_event, deadline = row["last_event"], row["deadline"]
+    if pending_refresh is not None:
+        last_event, deadline = pending_refresh, pending_refresh + row["interval_seconds"]
     return {
         "_id": row["id"],
         "status": row["status"],
-        "last_event": api_time(row["last_event"]),
-        "deadline": api_time(row["deadline"]),
+        "last_event": api_time(last_event),
+        "deadline": api_time(deadline),
         "alarm_since": api_time(row["alarm_since"]),
     }
 
@@ -858,10 +955,23 @@ class PatternIndex:
 class Engine:
     """The heartbeat rules: matching, deadlines, alarms.
 
-    Every change runs under one lock, so the in-memory pattern index, the
-    database and the order of published events agree. Each alarm and
-    resolution is written to the outbox (when forwarding) in the transaction
-    that changes the state it reports.
+    Every change runs under one lock, so the in-memory state, the database
+    and the order of published events agree. Each alarm and resolution is
+    written to the outbox (when forwarding) in the transaction that changes
+    the state it reports.
+
+    In memory, beside the database (which stays the truth, and from which
+    all of this is rebuilt at start):
+
+    - the pattern index, to match events;
+    - each heartbeat's document, JSON-encoded, so GET serves it without a
+      database round trip (each sqlite3 call hands the GIL around, which
+      under concurrent load costs far more than the query);
+    - the refresh times of heartbeats that are up: a heartbeat already up,
+      refreshed again within :data:`REFRESH_WRITE_SECONDS` of its last
+      stored refresh, is refreshed in memory ("pending") and written by the
+      next tick, so a chatty source costs one write per half second, not
+      one per event. Every refresh that changes a state is written at once.
 
     :param store: the :class:`Store`.
     :param clock: callable returning Unix seconds (float); read once per
@@ -877,32 +987,41 @@ class Engine:
         self.forwarding = forwarding
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
-        self._index = PatternIndex()
         self._started = False
+        self._index = PatternIndex()
+        self._documents = {}  # id -> the GET document, JSON bytes
+        self._stored = {}  # id -> refresh time in the database, for heartbeats that are up
+        self._pending = {}  # id -> later refresh time, not yet in the database
         self._alive_recorded = None
-        #: when the next tick is expected (clock time); a deadline earlier than
-        #: this calls :attr:`waker`
-        self.next_tick_at = float("inf")
-        #: called when a deadline earlier than :attr:`next_tick_at` appears
-        #: (the scheduler's wake-up); None when nothing runs in the background
+        #: when the next tick is due (clock time): the earliest deadline, the
+        #: next alive record, or the write of pending refreshes
+        self.next_tick_at = -math.inf
+        #: called when :attr:`next_tick_at` moves earlier (the scheduler's
+        #: wake-up, to sleep less); None when nothing runs in the background
         self.waker = None
         #: called after events were added to the outbox (the forwarder's wake-up)
         self.outbox_waker = None
 
     def start(self):
-        """Load the pattern index and resume after the outage (see
-        :meth:`resume`); every change does this first if it has not been done.
+        """Load the in-memory state and resume after the outage (see
+        :meth:`resume`); every operation does this first if it has not been
+        done.
 
         :raises StoreError: when the database does not answer.
         """
+        if self._started:  # the usual case, without the lock (GET serves from memory)
+            return
         with self._lock:
             if self._started:
                 return
-            index = PatternIndex()
-            for heartbeat_id, pattern in self.store.patterns():
-                index.add(heartbeat_id, json.loads(pattern))
-            self._index = index
             self.resume()
+            index, documents, stored = PatternIndex(), {}, {}
+            for row in self.store.each_heartbeat():
+                index.add(row["id"], json.loads(row["pattern"]))
+                documents[row["id"]] = dump_json(heartbeat_document(row))
+                if row["status"] == UP:
+                    stored[row["id"]] = row["refreshed"]
+            self._index, self._documents, self._stored, self._pending = index, documents, stored, {}
             self._started = True
 
     # -- heartbeats ----------------------------------------------------------
@@ -923,6 +1042,7 @@ class Engine:
             }
             self.store.insert_heartbeat(row)
             self._index.add(row["id"], fields["pattern"])
+            self._documents[row["id"]] = dump_json(heartbeat_document(row))
             self._deadline_added(now + fields["interval_seconds"])
         log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
         return row["id"]
@@ -962,14 +1082,24 @@ class Engine:
                 self._enqueue(events)
             self._index.remove(json.loads(old["pattern"]))
             self._index.add(heartbeat_id, fields["pattern"])
+            self._documents[heartbeat_id] = dump_json(heartbeat_document(new))
             self._publish(events)
             if new["status"] != DOWN:
-                self._deadline_added(new["deadline"])
+                refreshed = self._pending.get(heartbeat_id, new["refreshed"])
+                self._deadline_added(refreshed + new["interval_seconds"])
         log.info("heartbeat %s updated (%r, pattern %s)", heartbeat_id, new["name"], new["pattern"])
 
+    def document(self, heartbeat_id):
+        """The heartbeat's document as JSON bytes, from memory; :raises NotFound:."""
+        self.start()
+        try:
+            return self._documents[heartbeat_id]
+        except KeyError:
+            raise NotFound(heartbeat_id) from None
+
     def get(self, heartbeat_id):
-        """The heartbeat document; :raises NotFound:."""
-        return heartbeat_document(self.store.heartbeat(heartbeat_id))
+        """The heartbeat document (a dict); :raises NotFound:."""
+        return json.loads(self.document(heartbeat_id))
 
     def list(self):
         """Every heartbeat document, newest first."""
@@ -986,12 +1116,15 @@ class Engine:
                 events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] == DOWN else []
                 self._enqueue(events)
             self._index.remove(json.loads(row["pattern"]))
+            for memory in (self._documents, self._stored, self._pending):
+                memory.pop(heartbeat_id, None)
             log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
             self._publish(events)
 
     def status(self, heartbeat_id):
         """The heartbeat's state document; :raises NotFound:."""
-        return status_document(self.store.heartbeat(heartbeat_id))
+        row = self.store.heartbeat(heartbeat_id)
+        return status_document(row, self._pending.get(heartbeat_id))
 
     def alarms(self):
         """The active alarms, oldest first."""
@@ -1018,20 +1151,35 @@ class Engine:
                 for heartbeat_id in self._index.match(event):
                     matched[heartbeat_id] = None
             matched = list(matched)
-            if not matched:
-                return matched
-            with self.store.atomic():
-                came_back = self.store.refresh(matched, now)
-                resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
-                self._enqueue(resolutions)
+            to_write, to_keep = [], []
+            for heartbeat_id in matched:
+                fresh = now - self._stored.get(heartbeat_id, -math.inf) < REFRESH_WRITE_SECONDS
+                (to_keep if fresh else to_write).append(heartbeat_id)
+            came_back, resolutions = [], []
+            # One heartbeat that is not down (the common case) is one
+            # statement; otherwise a transaction that also reports those
+            # coming back up.
+            one_statement = len(to_write) == 1 and self.store.refresh_if_not_down(to_write[0], now)
+            if to_write and not one_statement:
+                with self.store.atomic():
+                    came_back = self.store.refresh(to_write, now)
+                    resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
+                    self._enqueue(resolutions)
+            for heartbeat_id in to_write:
+                self._stored[heartbeat_id] = now
+                self._pending.pop(heartbeat_id, None)
+            if to_keep:
+                if not self._pending:
+                    self._deadline_added(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
+                self._pending.update((heartbeat_id, now) for heartbeat_id in to_keep)
             if came_back:
                 self._publish(resolutions)
                 self._deadline_added(now + min(row["interval_seconds"] for row in came_back))
         return matched
 
     def tick(self):
-        """Put down every heartbeat whose deadline has passed, raising its
-        alarm; record that the service is alive.
+        """Write pending refreshes; put down every heartbeat whose deadline
+        has passed, raising its alarm; record that the service is alive.
 
         :returns: seconds until the next deadline, or None when no heartbeat
             can go down.
@@ -1040,50 +1188,79 @@ class Engine:
             self.start()
             now = self.clock()
             with self.store.atomic():
+                written = self._write_pending()
                 expired = self.store.expire(now)
                 alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
                 self._enqueue(alarms)
                 self._record_alive(now)
+            self._pending_written(written)
+            for row in expired:
+                self._stored.pop(row["id"], None)
             self._publish(alarms)
             next_deadline = self.store.next_deadline()
             delay = None if next_deadline is None else max(0.0, next_deadline - now)
-            self.next_tick_at = now + min(ALIVE_INTERVAL_SECONDS, float("inf") if delay is None else delay)
+            self.next_tick_at = now + min(ALIVE_INTERVAL_SECONDS, math.inf if delay is None else delay)
         return delay
+
+    def _write_pending(self):
+        written = dict(self._pending)
+        if written:
+            self.store.refresh_many(written.items())
+        return written
+
+    def _pending_written(self, written):
+        """After commit: what was pending is stored."""
+        self._stored.update(written)
+        for heartbeat_id, refreshed in written.items():
+            if self._pending.get(heartbeat_id) == refreshed:
+                del self._pending[heartbeat_id]
 
     def resume(self):
         """Stop the clock for the time the service was not running.
 
         Every deadline still ahead when the service last recorded it was
-        alive moves later by the length of the outage; heartbeats already down
-        stay down. Called once, by :meth:`start`.
+        alive moves later by the length of the outage, plus, after a stop
+        that was not clean, the :data:`REFRESH_WRITE_SECONDS` of refreshes
+        it may have cost; heartbeats already down stay down. Called once, by
+        :meth:`start`.
         """
         with self._lock:
             now = self.clock()
             moved = 0
             with self.store.atomic():
-                alive_at = self.store.alive_at()
+                alive_at = self.store.meta(META_ALIVE_AT)
+                clean = self.store.meta(META_STOPPED_CLEANLY) == 1
                 if alive_at is not None and now > alive_at:
-                    moved = self.store.postpone(alive_at, now - alive_at)
+                    moved = self.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
+                self.store.set_meta(META_STOPPED_CLEANLY, 0)
                 self._record_alive(now, force=True)
         if moved:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
 
-    def record_alive(self):
-        """Record now as the last time the service was alive (at shutdown);
-        nothing when the engine never started (the record would be a lie)."""
+    def shutdown(self):
+        """Write pending refreshes and record a clean stop, now; nothing when
+        the engine never started (the record would be a lie)."""
         with self._lock:
-            if self._started:
+            if not self._started:
+                return
+            with self.store.atomic():
+                written = self._write_pending()
                 self._record_alive(self.clock(), force=True)
+                self.store.set_meta(META_STOPPED_CLEANLY, 1)
+            self._pending_written(written)
 
     def _record_alive(self, now, force=False):
         last = self._alive_recorded
         if force or last is None or not 0 <= now - last < ALIVE_INTERVAL_SECONDS:
-            self.store.set_alive(now)
+            self.store.set_meta(META_ALIVE_AT, now)
             self._alive_recorded = now
 
     def _deadline_added(self, deadline):
-        if deadline < self.next_tick_at and self.waker is not None:
-            self.waker()
+        """Something is due at ``deadline``: make sure a tick comes by then."""
+        if deadline < self.next_tick_at:
+            self.next_tick_at = deadline
+            if self.waker is not None:
+                self.waker()
 
     def _enqueue(self, events):
         if events and self.forwarding:
@@ -1147,9 +1324,10 @@ class _Worker:
 
 
 class Scheduler(_Worker):
-    """Server mode: ticks the engine when the earliest deadline is due (and
-    every few seconds to record that the service is alive), sleeping in
-    between; the engine wakes it when an earlier deadline appears."""
+    """Server mode: ticks the engine when its next tick is due (the earliest
+    deadline, the write of pending refreshes, or every few seconds to record
+    that the service is alive), sleeping in between; the engine wakes it when
+    that time moves earlier."""
 
     name = "heartbeat-lite-scheduler"
 
@@ -1167,6 +1345,9 @@ class Scheduler(_Worker):
 
     def step(self):
         try:
+            wait = self.engine.next_tick_at - self.engine.clock()
+            if wait > 0:  # woken early: sleep again, less
+                return wait
             self.engine.tick()
             return max(0.0, self.engine.next_tick_at - self.engine.clock())
         except StoreError as exc:
@@ -1263,17 +1444,16 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def dump_json(value):
-    """JSON bytes as the API sends them: UTF-8, non-ASCII kept as is."""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8")
-
-
 def json_response(value, status=200, headers=None):
-    response = bottle.HTTPResponse(dump_json(value), status)
-    response.set_header("Content-Type", JSON_TYPE)
+    """Set the status and headers of the current answer and return its body,
+    ``value`` encoded (or as is, if already JSON bytes); cheaper than building
+    a ``bottle.HTTPResponse`` for bottle to copy."""
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
     for name, header in (headers or {}).items():
         response.set_header(name, header)
-    return response
+    return value if isinstance(value, bytes) else dump_json(value)
 
 
 class Throttled(Exception):
@@ -1460,7 +1640,7 @@ class WebApi:
 
     def get_heartbeat(self, heartbeat_id, user):
         try:
-            return json_response(self.engine.get(heartbeat_id))
+            return json_response(self.engine.document(heartbeat_id))
         except NotFound:
             raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
 
@@ -1617,9 +1797,9 @@ class Service:
         """Stop background work, record the shutdown time, close the database."""
         self.stop()
         try:
-            self.engine.record_alive()
+            self.engine.shutdown()
         except StoreError as exc:
-            log.error("could not record the shutdown time: %s", exc)
+            log.error("could not write pending refreshes and the shutdown time: %s", exc)
         self.store.close()
 
     def __enter__(self):

@@ -14,8 +14,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
+from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -586,6 +588,13 @@ def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
     assert "receiver exploded" in caplog.text
 
 
+def test_the_store_walks_every_heartbeat_in_batches(tmp_path):
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
+        ids = [new_heartbeat(service, pattern={"n": str(i)}) for i in range(7)]
+        assert [row["id"] for row in service.store.each_heartbeat(batch=3)] == sorted(ids)
+        assert [row["id"] for row in service.store.each_heartbeat(batch=7)] == sorted(ids)
+
+
 def test_expiry_reads_the_deadline_index(tmp_path):
     # O(expired * log N): the due and next-deadline queries are range scans of
     # the partial index, never a scan of the table.
@@ -607,6 +616,106 @@ def test_the_pattern_index_does_not_scan_heartbeats():
     assert index.match({"connector": "c", "connector_name": "n999", "host": "h"}) == ["id999", "other"]
     index.remove({"connector_name": "n999", "connector": "c"})
     assert index.match({"connector": "c", "connector_name": "n999"}) == []
+
+
+def stored_last_event(service, heartbeat_id):
+    """What the database itself holds (the API shows refreshes not yet written)."""
+    return service.store.heartbeat(heartbeat_id)["last_event"]
+
+
+def test_a_burst_of_events_is_written_once_per_half_second(eapp, engine_service, clock):
+    heartbeat_id = create(eapp)
+    clock.advance(10)
+    send(eapp, C01)  # pending -> up: written at once
+    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10
+    clock.advance(0.3)
+    assert send(eapp, C01)["matched"] == [heartbeat_id]  # up, stored 0.3 s ago: kept in memory
+    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10
+    assert status_of(eapp, heartbeat_id)["last_event"] == T0 + 10.3  # but the API shows it
+    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 70.3
+    engine_service.tick()  # the tick writes it
+    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10.3
+    clock.now = T0 + 10.9
+    send(eapp, C01)  # 0.6 s after the stored refresh: written at once
+    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10.9
+
+
+def test_a_pending_refresh_keeps_a_heartbeat_up(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp)
+    clock.now = T0 + 59.7
+    send(eapp, C01)
+    clock.now = T0 + 59.9
+    send(eapp, C01)  # kept in memory
+    clock.now = T0 + 119.8  # past the stored deadline (T0 + 119.7), not the real one
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "up"
+    clock.now = T0 + 119.9
+    engine_service.tick()
+    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    assert [a["timestamp"] for a in alarms_seen] == [int(T0 + 119.9)]
+
+
+def test_a_heartbeat_coming_back_up_is_written_at_once(eapp, engine_service, clock, alarms_seen):
+    heartbeat_id = create(eapp, body(expected_interval="1s"))
+    clock.advance(0.2)
+    send(eapp, C01)
+    clock.advance(1.1)
+    engine_service.tick()  # down
+    clock.advance(0.1)  # 0.1 s after... but down: a state change is never kept in memory
+    send(eapp, C01)
+    assert engine_service.store.heartbeat(heartbeat_id)["status"] == "up"
+    assert [a["state"] for a in alarms_seen] == [3, 0]
+
+
+def test_a_clean_stop_writes_pending_refreshes(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    with restarted(path, clock, alarms_seen) as service:
+        heartbeat_id = new_heartbeat(service)
+        clock.advance(1)
+        service.engine.ingest([C01])
+        clock.advance(0.2)
+        service.engine.ingest([C01])  # pending
+    with restarted(path, clock, alarms_seen) as service:
+        assert service.engine.status(heartbeat_id)["last_event"] == T0 + 1.2
+        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 61.2  # clean stop: no extra
+
+
+def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, alarms_seen):
+    path = str(tmp_path / "hb.db")
+    service = restarted(path, clock, alarms_seen)
+    heartbeat_id = new_heartbeat(service)
+    clock.now = T0 + 30
+    service.engine.ingest([C01])
+    clock.now = T0 + 30.4
+    service.engine.ingest([C01])  # pending, lost in the crash
+    service.store.close()  # SIGKILL: no shutdown
+    clock.now = T0 + 100
+    with restarted(path, clock, alarms_seen) as service:
+        # outage counted from the start's alive record (T0); the true deadline
+        # (T0 + 90.4, clock stopped while down) must not come early
+        true_deadline = T0 + 90.4 + (T0 + 100 - T0)
+        assert service.engine.status(heartbeat_id)["deadline"] >= true_deadline
+        clock.now = true_deadline - 0.01
+        service.tick()
+        assert service.engine.status(heartbeat_id)["status"] == "up"
+    assert alarms_seen == []
+
+
+def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
+        with heartbeat_lite.serve(service, port=0) as base:
+            _, _, created = http("POST", f"{base}/api/v2/heartbeat", json.dumps(body()).encode())
+            heartbeat_id = created["description"]
+            http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())
+            time.sleep(0.05)  # apart enough to tell the two refreshes apart, well within 0.5 s
+            http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())  # kept in memory
+            shown = http("GET", f"{base}/api/v2/heartbeat/{heartbeat_id}/status")[2]["last_event"]
+            assert stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
+            deadline = time.monotonic() + 3
+            while (stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)  # the scheduler writes it within about half a second
+            assert stored_last_event(service, heartbeat_id) == pytest.approx(shown, abs=1e-3)
 
 
 ###############################################################################
@@ -646,7 +755,8 @@ def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, a
     service.store.close()
     clock.advance(1000)
     with restarted(path, clock, alarms_seen) as service:
-        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 1002
+        # the outage, plus the refreshes a crash may have cost (not a clean stop)
+        assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 1002 + heartbeat_lite.REFRESH_WRITE_SECONDS
 
 
 def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, alarms_seen):
@@ -1487,10 +1597,13 @@ def test_a_newer_schema_is_refused_by_the_cli(tmp_path):
 
 
 def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, caplog):
+    heartbeat_id = create(app)
     monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
-    for path in ("/api/v2/heartbeat", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93"):
+    for path in ("/api/v2/heartbeat", f"/api/v2/heartbeat/{heartbeat_id}/status", "/api/v2/alarms"):
         assert app.get(path, status=400).json == DB_ERROR
     assert "disk I/O error" in caplog.text
+    # one heartbeat's document is served from memory, database or not
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
 class _BrokenConnection:
@@ -1616,7 +1729,7 @@ def test_no_acknowledged_creation_is_lost_to_sigkill(tmp_path):
             try:
                 status, _, answer = http("POST", f"{base}/api/v2/heartbeat",
                                          json.dumps(body(pattern={"n": str(i)})).encode())
-            except OSError:  # the server is gone
+            except (OSError, HTTPException):  # the server is gone, maybe mid-answer
                 return
             assert status == 200
             acknowledged.append(answer["description"])
