@@ -1896,6 +1896,42 @@ def test_cli_serves_then_stops_cleanly_on_a_signal(tmp_path, sig):
 
 
 ###############################################################################
+# Benchmark helpers
+###############################################################################
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40429/api/v2/event
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.73ms  586.52us   7.11ms   72.39%
+    Req/Sec     4.65k   310.50     4.97k    80.00%
+  Latency Distribution
+     50%  850.00us
+     75%    2.05ms
+     90%    2.47ms
+     99%    1.20s
+  9247 requests in 2.00s, 3.33MB read
+Requests/sec:   4622.98
+Transfer/sec:      1.67MB
+"""
+
+
+def test_bench_reads_wrk_output():
+    import bench
+
+    assert bench.parse_wrk(WRK_OUTPUT) == {"rps": 4622.98, "p50": pytest.approx(850e-6), "p99": 1.2}
+    with pytest.raises(RuntimeError, match="non-2xx"):
+        bench.parse_wrk(WRK_OUTPUT.replace("Requests/sec", "  Non-2xx or 3xx responses: 3\nRequests/sec"))
+
+
+def test_bench_percentiles():
+    import bench
+
+    values = sorted(range(1, 101))
+    assert (bench.percentile(values, 50), bench.percentile(values, 99), bench.percentile(values, 100)) == (50, 99, 100)
+    assert bench.percentile([7], 99) == 7
+
+
+###############################################################################
 # Documentation
 ###############################################################################
 

@@ -1,0 +1,449 @@
+"""Benchmark heartbeat-lite against the targets of DESIGN.md section 7.
+
+Every figure is a ratio (or a latency) measured in this one run on this one
+machine, against a baseline served the same way in the same run, so a shared,
+noisy machine skews both sides alike:
+
+- a bare bottle + waitress app that parses a JSON body of the same size and
+  answers ``{}`` (and a GET answering a small fixed object), and
+  heartbeat-lite, each in its own process, with the same waitress thread count;
+- the same concurrent HTTP load on each (wrk when installed, else a
+  multi-process standard-library client), in interleaved rounds (A B A B ...)
+  so that drift hits all alike; medians of requests/s, p50/p99 latency;
+- the cost of an expiry tick with nothing due, in process;
+- alarm latency in server mode, at a local --forward-url receiver;
+- resident memory of a server holding 100,000 heartbeats.
+
+    python bench.py           # the full run, a few minutes
+    python bench.py --quick   # a smoke run, under a minute
+
+Exit status 0 when every target is met, 1 otherwise.
+"""
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import heartbeat_lite
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+USER, PASSWORD = "bench", "bench"
+AUTHORIZATION = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+EVENT = {"connector": "bench", "connector_name": "c7", "component": "srv-7", "resource": "cpu",
+         "event_type": "check", "source_type": "resource", "state": 0, "output": "fine"}
+EVENT_BODY = json.dumps(EVENT).encode()
+N_SMALL, N_LARGE = 10, 100_000
+
+# The baseline: what any bottle + waitress JSON service costs, with no work.
+BASELINE_APP = r'''
+import json, logging, sys
+import bottle, waitress
+
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # as heartbeat-lite's CLI does
+
+FIXED = {"_id": "cf7097b6-71ba-48db-a749-e9474aa70c93", "name": "Heartbeat", "author": "root",
+         "description": "", "pattern": {"connector": "bench", "connector_name": "c7"},
+         "expected_interval": "1h", "output": "", "created": 1607680814, "updated": 1607680814}
+app = bottle.Bottle()
+
+@app.post("/api/v2/event")
+def post():
+    json.loads(bottle.request.body.read())
+    bottle.response.content_type = "application/json"
+    return "{}"
+
+@app.get("/api/v2/heartbeat/<heartbeat_id>")
+def get(heartbeat_id):
+    bottle.response.content_type = "application/json"
+    return json.dumps(FIXED)
+
+@app.get("/healthz")
+def health():
+    return "{}"
+
+waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]), _quiet=True)
+'''
+
+
+###############################################################################
+# Servers
+###############################################################################
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port, process, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("server did not become ready")
+
+
+@contextlib.contextmanager
+def server(command, port):
+    # stderr to a file, never an unread pipe: a full pipe would stall the server
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            wait_ready(port, process)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.returncode not in (0, -15):
+                errors.seek(0)
+                print(f"server {command[1]} exited with {process.returncode}:\n{errors.read()}", file=sys.stderr)
+
+
+def baseline_server(threads):
+    port = free_port()
+    return server([sys.executable, "-c", BASELINE_APP, str(port), str(threads)], port), port
+
+
+def heartbeat_server(db, threads, *extra):
+    port = free_port()
+    command = [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--db", db, "--port", str(port),
+               "--threads", str(threads), "--user", f"{USER}:{PASSWORD}", "--log-level", "WARNING", *extra]
+    return server(command, port), port
+
+
+def prefill(db, count):
+    """A database holding ``count`` heartbeats (pattern connector=bench,
+    connector_name=c<i>, interval 1h: none falls due during the run)."""
+    logging.getLogger("heartbeat_lite").setLevel(logging.WARNING)
+    with heartbeat_lite.create_app(db=db) as service:
+        with service.store.atomic():
+            for i in range(count):
+                service.engine.create(heartbeat_lite.validate_heartbeat(
+                    {"name": f"bench {i}", "pattern": {"connector": "bench", "connector_name": f"c{i}"},
+                     "expected_interval": "1h"}, USER))
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id FROM heartbeat WHERE pattern = ?",
+                            (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),)
+                            ).fetchone()[0]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+###############################################################################
+# Load
+###############################################################################
+
+
+def request_bytes(method, path, body=b"", close=False):
+    """One authenticated HTTP/1.1 request, keep-alive unless ``close``."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    head += f"Content-Type: application/json\r\nAuthorization: {AUTHORIZATION}\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def _client_process(port, raw, seconds, queue):
+    """One keep-alive connection sending ``raw`` back to back; reports the
+    count, the latencies and the non-2xx answers."""
+    latencies, bad = [], 0
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = b""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        sock.sendall(raw)
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+        while len(buffer) < length:
+            buffer += sock.recv(65536)
+        buffer = buffer[length:]
+        latencies.append(time.perf_counter() - started)
+        bad += not head.startswith(b"HTTP/1.1 2")
+    sock.close()
+    queue.put((latencies, bad))
+
+
+def load_stdlib(port, method, path, body, seconds, connections):
+    queue = multiprocessing.Queue()
+    raw = request_bytes(method, path, body)
+    workers = [multiprocessing.Process(target=_client_process, args=(port, raw, seconds, queue))
+               for _ in range(connections)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    latencies = sorted(x for lat, _ in results for x in lat)
+    bad = sum(b for _, b in results)
+    if bad:
+        raise RuntimeError(f"{bad} non-2xx answers on {method} {path}")
+    return {"rps": len(latencies) / seconds, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+
+
+WRK_SCRIPT = """
+wrk.method = "%s"
+wrk.body = %s
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "%s"
+"""
+
+
+def load_wrk(port, method, path, body, seconds, connections):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (method, json.dumps(body.decode()), AUTHORIZATION))
+    try:
+        output = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+             f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script.name)
+    return parse_wrk(output)
+
+
+def parse_wrk(output):
+    """requests/s and p50/p99 latency (seconds) from ``wrk --latency`` output."""
+    if "Non-2xx" in output:
+        raise RuntimeError("non-2xx answers:\n" + output)
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+        latency[pct] = float(value) * units[unit]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    return {"rps": rps, "p50": latency["50"], "p99": latency["99"]}
+
+
+def percentile(sorted_values, pct):
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+###############################################################################
+# In-process and server-mode measurements
+###############################################################################
+
+
+def tick_cost(dbs, ticks, blocks):
+    """Seconds per expiry tick with nothing due, per database, measured in
+    interleaved blocks; the median block."""
+    services = {name: heartbeat_lite.create_app(db=db) for name, db in dbs.items()}
+    per_tick = {name: [] for name in dbs}
+    try:
+        for _ in range(blocks):
+            for name, service in services.items():
+                started = time.perf_counter()
+                for _ in range(ticks):
+                    service.tick()
+                per_tick[name].append((time.perf_counter() - started) / ticks)
+    finally:
+        for service in services.values():
+            service.close()
+    return {name: statistics.median(values) for name, values in per_tick.items()}
+
+
+class AlarmReceiver:
+    """A local --forward-url target noting when each alarm arrives."""
+
+    def __init__(self):
+        self.arrived = {}  # heartbeat id -> arrival time of its alarm
+        self.done = threading.Event()
+        self.expected = None
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                now = time.time()
+                events = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for event in events:
+                    if event["state"] == 3:
+                        receiver.arrived.setdefault(event["heartbeat_id"], now)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                if receiver.expected is not None and len(receiver.arrived) >= receiver.expected:
+                    receiver.done.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v2/event"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _call(port, method, path, body=b""):
+    """One request on a fresh connection; the parsed JSON answer."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes(method, path, body, close=True))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+def alarm_latency(workdir, count, spread, threads):
+    """Seconds from each deadline to its alarm at the receiver, for ``count``
+    heartbeats of interval 2 s created over ``spread`` seconds."""
+    receiver = AlarmReceiver()
+    receiver.expected = count
+    (context, port) = heartbeat_server(os.path.join(workdir, "alarms.db"), threads, "--forward-url", receiver.url)
+    rng = random.Random(7)
+    try:
+        with context:
+            ids = []
+            for i in range(count):
+                answer = _call(port, "POST", "/api/v2/heartbeat", json.dumps(
+                    {"name": f"alarm {i}", "pattern": {"alarm": str(i)}, "expected_interval": "2s"}).encode())
+                ids.append(answer["description"])
+                time.sleep(rng.uniform(0, 2 * spread / count))
+            deadlines = {i: _call(port, "GET", f"/api/v2/heartbeat/{i}/status")["deadline"] for i in ids}
+            if not receiver.done.wait(spread + 30):
+                raise RuntimeError(f"only {len(receiver.arrived)} of {count} alarms arrived")
+    finally:
+        receiver.close()
+    return sorted(receiver.arrived[i] - deadlines[i] for i in ids)
+
+
+###############################################################################
+# The run
+###############################################################################
+
+
+def run(args):
+    cores = os.cpu_count()
+    use_wrk = shutil.which("wrk") is not None and not args.stdlib_client
+    load = load_wrk if use_wrk else load_stdlib
+    client = "wrk" if use_wrk else "standard-library client"
+    print(f"heartbeat-lite {heartbeat_lite.__version__} benchmark: {cores} cores, Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}; load: {client}, {args.connections} connections, "
+          f"{args.rounds} interleaved rounds x {args.seconds} s; waitress threads {args.threads}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="hl-bench-") as workdir:
+        dbs = {n: os.path.join(workdir, f"n{n}.db") for n in (N_SMALL, N_LARGE)}
+        started = time.perf_counter()
+        target_ids = {n: prefill(db, n) for n, db in dbs.items()}
+        print(f"pre-filled N={N_SMALL} and N={N_LARGE:,} in {time.perf_counter() - started:.1f} s", flush=True)
+
+        ticks = tick_cost({n: db for n, db in dbs.items()}, args.ticks, args.rounds)
+
+        baseline_context, baseline_port = baseline_server(args.threads)
+        small_context, small_port = heartbeat_server(dbs[N_SMALL], args.threads)
+        large_context, large_port = heartbeat_server(dbs[N_LARGE], args.threads)
+        with baseline_context, small_context, large_context as large_process:
+            scenarios = [
+                ("baseline POST (bare bottle+waitress)", baseline_port, "POST", "/api/v2/event", EVENT_BODY),
+                ("baseline GET (bare bottle+waitress)", baseline_port, "GET", "/api/v2/heartbeat/x", b""),
+                (f"ingest 1 matching event, N={N_SMALL}", small_port, "POST", "/api/v2/event", EVENT_BODY),
+                (f"ingest 1 matching event, N={N_LARGE:,}", large_port, "POST", "/api/v2/event", EVENT_BODY),
+                (f"GET /api/v2/heartbeat/<id>, N={N_SMALL}", small_port, "GET",
+                 f"/api/v2/heartbeat/{target_ids[N_SMALL]}", b""),
+            ]
+            samples = {name: [] for name, *_ in scenarios}
+            for round_number in range(args.rounds):
+                for name, port, method, path, body in scenarios:
+                    samples[name].append(load(port, method, path, body, args.seconds, args.connections))
+                print(f"round {round_number + 1}/{args.rounds} done", flush=True)
+            memory = rss_mib(large_process.pid)
+        latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
+
+    print()
+    print(f"{'scenario':44} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, runs in samples.items():
+        summary = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
+        results[name] = summary
+        print(f"{name:44} {summary['rps']:15.0f} {summary['p50'] * 1e3:8.2f} {summary['p99'] * 1e3:8.2f}")
+    print(f"{'expiry tick, none due, N=' + str(N_SMALL):44} {ticks[N_SMALL] * 1e6:12.1f} us per tick")
+    print(f"{'expiry tick, none due, N=' + format(N_LARGE, ','):44} {ticks[N_LARGE] * 1e6:12.1f} us per tick")
+    print(f"{'alarm latency after deadline (' + str(len(latencies)) + ' alarms)':44} "
+          f"p50 {percentile(latencies, 50) * 1e3:.1f} ms, p99 {percentile(latencies, 99) * 1e3:.1f} ms, "
+          f"max {latencies[-1] * 1e3:.1f} ms")
+    print(f"{'resident memory, N=' + format(N_LARGE, ','):44} {memory:12.1f} MiB")
+
+    base_post = results["baseline POST (bare bottle+waitress)"]
+    base_get = results["baseline GET (bare bottle+waitress)"]
+    ingest_small = results[f"ingest 1 matching event, N={N_SMALL}"]
+    ingest_large = results[f"ingest 1 matching event, N={N_LARGE:,}"]
+    get_one = results[f"GET /api/v2/heartbeat/<id>, N={N_SMALL}"]
+    checks = [
+        ("ingestion throughput / baseline POST", ingest_small["rps"] / base_post["rps"], ">=", 0.7, "{:.2f}"),
+        ("ingestion p99 / baseline POST p99", ingest_small["p99"] / base_post["p99"], "<=", 2.0, "{:.2f}"),
+        ("GET one heartbeat throughput / baseline GET", get_one["rps"] / base_get["rps"], ">=", 0.8, "{:.2f}"),
+        (f"ingestion N={N_LARGE:,} / N={N_SMALL}", ingest_large["rps"] / ingest_small["rps"], ">=", 0.8, "{:.2f}"),
+        (f"expiry tick N={N_LARGE:,} / N={N_SMALL}", ticks[N_LARGE] / ticks[N_SMALL], "<=", 2.0, "{:.2f}"),
+        ("alarm latency p99, server mode (ms)", percentile(latencies, 99) * 1e3, "<=", 100.0, "{:.1f}"),
+        (f"resident memory, N={N_LARGE:,} (MiB)", memory, "<=", 200.0, "{:.1f}"),
+    ]
+    print()
+    print(f"{'target (DESIGN.md section 7)':48} {'measured':>9}  {'target':>8}  verdict")
+    all_ok = True
+    for name, value, op, limit, fmt in checks:
+        ok = value >= limit if op == ">=" else value <= limit
+        all_ok &= ok
+        print(f"{name:48} {fmt.format(value):>9}  {op} {limit:<6g}  {'ok' if ok else 'MISS'}")
+    return 0 if all_ok else 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
+    parser.add_argument("--stdlib-client", action="store_true", help="use the standard-library client even "
+                        "when wrk is installed")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
+    parser.add_argument("--threads", type=int, default=heartbeat_lite.DEFAULT_THREADS,
+                        help="waitress threads of every server (default %(default)s)")
+    args = parser.parse_args(argv)
+    args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
+    args.ticks = 500 if args.quick else 3000
+    args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
