@@ -864,7 +864,7 @@ def api_time(value):
     """A time as the API shows it: Unix seconds to the millisecond, or None."""
     if value is None:
         return None
-    value = round(value, 3)
+    value = round(float(value), 3)  # SQLite may hand back an integral REAL as an int
     return int(value) if value.is_integer() else value
 
 

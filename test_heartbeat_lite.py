@@ -381,6 +381,13 @@ def test_a_matching_event_refreshes_the_heartbeat(eapp, clock):
     }
 
 
+def test_status_after_a_refresh_on_a_whole_second(eapp, clock):
+    heartbeat_id = create(eapp)
+    clock.advance(10)  # T0 is a whole second: SQLite stores the refresh as an integer
+    send(eapp, C01)
+    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 70
+
+
 NON_MATCHING = {
     "missing key": {"connector": "connect"},
     "other value": {"connector": "connect", "connector_name": "c02"},
