@@ -94,6 +94,9 @@ AUTH_FAILURE_BURST = 5  # derivations allowed at once before throttling ...
 AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds (failures only)
 
 JSON_TYPE = "application/json"
+HTML_TYPE = "text/html; charset=utf-8"
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATUS_PAGE_REFRESH_SECONDS = 5
 
 EXIT_CONFIG_ERROR = 2
 
@@ -993,6 +996,9 @@ class Engine:
         self._stored = {}  # id -> refresh time in the database, for heartbeats that are up
         self._pending = {}  # id -> later refresh time, not yet in the database
         self._alive_recorded = None
+        #: events received (valid requests) and alarms raised since the start
+        self.events_received = 0
+        self.alarms_raised = 0
         #: when the next tick is due (clock time): the earliest deadline, the
         #: next alive record, or the write of pending refreshes
         self.next_tick_at = -math.inf
@@ -1130,6 +1136,13 @@ class Engine:
         """The active alarms, oldest first."""
         return [active_alarm(row) for row in self.store.alarms()]
 
+    def overview(self):
+        """Every heartbeat, newest first, as its document merged with its
+        state document (one database read)."""
+        pending = self._pending
+        return [{**heartbeat_document(row), **status_document(row, pending.get(row["id"]))}
+                for row in self.store.heartbeats()]
+
     def outbox_depth(self):
         """Events waiting for delivery; :raises StoreError: when the database
         does not answer."""
@@ -1172,6 +1185,7 @@ class Engine:
                 if not self._pending:
                     self._deadline_added(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
                 self._pending.update((heartbeat_id, now) for heartbeat_id in to_keep)
+            self.events_received += len(events)
             if came_back:
                 self._publish(resolutions)
                 self._deadline_added(now + min(row["interval_seconds"] for row in came_back))
@@ -1196,6 +1210,7 @@ class Engine:
             self._pending_written(written)
             for row in expired:
                 self._stored.pop(row["id"], None)
+            self.alarms_raised += len(alarms)
             self._publish(alarms)
             next_deadline = self.store.next_deadline()
             delay = None if next_deadline is None else max(0.0, next_deadline - now)
@@ -1456,6 +1471,349 @@ def json_response(value, status=200, headers=None):
     return value if isinstance(value, bytes) else dump_json(value)
 
 
+def text_response(body, content_type):
+    """Set the status and type of the current answer; return ``body`` (bytes)."""
+    bottle.response.status = 200
+    bottle.response.content_type = content_type
+    return body
+
+
+def relative_time(when, now):
+    """``when`` (Unix seconds) said relative to ``now``: "2 min ago", "in 40 s"."""
+    seconds = abs(now - when)
+    if seconds < 5:
+        return "now"
+    for limit, unit, size in ((90, "s", 1), (90 * 60, "min", 60), (36 * 3600, "h", 3600), (math.inf, "d", 86400)):
+        if seconds < limit:
+            amount = f"{round(seconds / size)} {unit}"
+            return f"in {amount}" if when > now else f"{amount} ago"
+
+
+def time_html(when, now, missing="—"):
+    """A ``<time>`` element: relative text, the exact UTC time on hover. Built
+    from numbers only, so it is safe to put in the page unescaped."""
+    if when is None:
+        return missing
+    exact = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    return f'<time datetime="{iso}" title="{exact}">{relative_time(when, now)}</time>'
+
+
+# The status page (bottle SimpleTemplate: {{x}} is HTML-escaped, {{!x}} is not
+# and is only used for time_html). Inline CSS, a few lines of JavaScript that
+# swap in a fresh <main> every few seconds, nothing loaded from elsewhere.
+STATUS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{{f"{len(alarms)} down - " if alarms else ""}}heartbeat-lite</title>
+<style>
+:root { color-scheme: light dark; --up: #1a7f37; --pending: #8a5a00; --down: #cf222e; --muted: #6e7781; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 75rem; padding: 1rem; }
+h1 { font-size: 1.3rem; margin: 0; }
+h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
+.muted { color: var(--muted); }
+.badge { display: inline-block; min-width: 4.5em; padding: .1em .5em; border-radius: 1em; color: #fff;
+         font-size: .85em; font-weight: 600; text-align: center; }
+.badge.up { background: var(--up); } .badge.pending { background: var(--pending); } .badge.down { background: var(--down); }
+.alarm { border-left: 4px solid var(--down); padding: .4rem .75rem; margin: .5rem 0; background: #cf222e14; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .45rem .5rem; border-bottom: 1px solid #8884; vertical-align: top; }
+code, pre { font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; overflow-wrap: anywhere; }
+pre { background: #8881; padding: .75rem; white-space: pre-wrap; }
+main.stale { opacity: .55; }
+@media (max-width: 40rem) {
+  thead { display: none; }
+  table, tbody, tr, td { display: block; }
+  tr { border-bottom: 1px solid #8884; padding: .4rem 0; }
+  td { border: 0; padding: .15rem 0; }
+  td::before { content: attr(data-label) ": "; color: var(--muted); }
+}
+</style>
+</head>
+<body>
+<main id="main">
+<h1>heartbeat-lite</h1>
+<p class="muted">{{len(rows)}} heartbeat(s): {{counts["up"]}} up, {{counts["pending"]}} pending, {{counts["down"]}} down; as of {{time.strftime("%H:%M:%S UTC", time.gmtime(now))}}</p>
+<h2>Active alarms ({{len(alarms)}})</h2>
+% for alarm in alarms:
+<div class="alarm"><span class="badge down">down</span> <strong>{{alarm["heartbeat_name"]}}</strong>
+<code>{{alarm["resource"]}}</code>, since {{!time_html(alarm["since"], now)}}<br><span class="muted">{{alarm["output"]}}</span></div>
+% end
+% if not alarms:
+<p class="muted">No active alarm.</p>
+% end
+<h2>Heartbeats</h2>
+% if not rows:
+<p>No heartbeat yet. Create one: it goes down, and raises an alarm, when no event matching its pattern
+arrives within its expected interval.</p>
+<pre>curl -u USER:PASSWORD -d '{"name": "nightly backup", "pattern": {"connector": "backup"}, "expected_interval": "24h"}' \\
+     {{base_url}}/api/v2/heartbeat</pre>
+<p>Then send it events, as Canopsis does:</p>
+<pre>curl -u USER:PASSWORD -d '{"connector": "backup", "component": "db1"}' {{base_url}}/api/v2/event</pre>
+% else:
+<table>
+<thead><tr><th>Name</th><th>Pattern</th><th>Interval</th><th>Status</th><th>Last event</th><th>Deadline</th><th>Alarm since</th></tr></thead>
+<tbody>
+% for row in rows:
+<tr><td data-label="Name">{{row["name"]}}</td>
+<td data-label="Pattern"><code>{{", ".join(f"{key}: {value}" for key, value in row["pattern"].items())}}</code></td>
+<td data-label="Interval">{{row["expected_interval"]}}</td>
+<td data-label="Status"><span class="badge {{row["status"]}}">{{row["status"]}}</span></td>
+<td data-label="Last event">{{!time_html(row["last_event"], now, "never")}}</td>
+<td data-label="Deadline">{{!time_html(row["deadline"], now) if row["status"] != "down" else "passed"}}</td>
+<td data-label="Alarm since">{{!time_html(row["alarm_since"], now)}}</td></tr>
+% end
+</tbody>
+</table>
+% end
+</main>
+<script>
+setInterval(async () => {
+  const main = document.getElementById("main");
+  try {
+    const answer = await fetch(location.href, {cache: "no-store"});
+    const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+    if (!answer.ok || !page.getElementById("main")) throw new Error(answer.status);
+    main.replaceWith(page.getElementById("main"));
+    document.title = page.title;
+  } catch (error) { main.classList.add("stale"); }
+}, {{refresh_seconds * 1000}});
+</script>
+</body>
+</html>
+"""
+
+
+def prometheus_label(value):
+    """A label value escaped as the text exposition format requires."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth):
+    """Metrics in the Prometheus text exposition format 0.0.4.
+
+    :param overview: rows of :meth:`Engine.overview`.
+    """
+    lines = []
+
+    def family(name, kind, help_text, samples):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{key}="{prometheus_label(text)}"' for key, text in labels)
+            lines.append(f"{name}{{{label_text}}} {value!r}" if labels else f"{name} {value!r}")
+
+    counts = {status: 0 for status in (PENDING, UP, DOWN)}
+    for row in overview:
+        counts[row["status"]] += 1
+    identity = [(row, (("id", row["_id"]), ("name", row["name"]))) for row in overview]
+    family("heartbeat_lite_heartbeats", "gauge", "Heartbeats by status.",
+           [((("status", status),), count) for status, count in counts.items()])
+    family("heartbeat_lite_heartbeat_up", "gauge", "1 when the heartbeat is up, 0 when pending or down.",
+           [(labels, int(row["status"] == UP)) for row, labels in identity])
+    family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
+           "Receive time of the last matching event (heartbeats that had one).",
+           [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
+    family("heartbeat_lite_events_received_total", "counter", "Events received since the service started.",
+           [((), events_received)])
+    family("heartbeat_lite_alarms_raised_total", "counter", "Alarms raised since the service started.",
+           [((), alarms_raised)])
+    family("heartbeat_lite_outbox_events", "gauge", "Alarm and resolution events waiting for delivery.",
+           [((), outbox_depth)])
+    return "\n".join(lines) + "\n"
+
+
+def _json_content(schema):
+    return {"content": {JSON_TYPE: {"schema": schema}}}
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description, schema_name="Message"):
+    return {"description": description, **_json_content(_ref(schema_name))}
+
+
+def openapi_document():
+    """The OpenAPI 3.1 description of every route, served at
+    ``/api/v2/openapi.json``."""
+    string = {"type": "string"}
+    time_or_null = {"type": ["number", "null"], "description": "Unix seconds, to the millisecond"}
+    errors = {
+        "400": _answer("Invalid body, pattern already exists, or database error", "Error"),
+        "401": _answer("Missing or wrong credentials (with WWW-Authenticate: Basic)", "Error"),
+        "429": _answer("Too many failed password derivations lately (with Retry-After)", "Error"),
+    }
+    not_found = {"404": _answer("No heartbeat has this id (name: the id)", "Error")}
+    too_large = {"413": _answer("Body over its limit, or more than 10,000 events", "Error")}
+    heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
+    heartbeat_body = {"required": True, **_json_content(_ref("HeartbeatInput"))}
+    secured = [{"basicAuth": []}]
+
+    def operation(summary, responses, **more):
+        return {"summary": summary, "security": secured, "responses": responses, **more}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "heartbeat-lite",
+            "version": __version__,
+            "description": "The Canopsis Heartbeat API on SQLite, plus events, alarms, health and metrics. "
+                           "Every path also answers with a trailing slash. Every error body is JSON.",
+        },
+        "components": {
+            "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
+            "schemas": {
+                "Pattern": {
+                    "type": "object", "minProperties": 1, "maxProperties": MAX_PATTERN_ENTRIES,
+                    "propertyNames": {"minLength": 1, "maxLength": MAX_PATTERN_ITEM_CHARS},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS},
+                },
+                "HeartbeatInput": {
+                    "type": "object",
+                    "required": ["name", "pattern", "expected_interval"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                        "author": {"type": "string", "maxLength": MAX_NAME_CHARS},
+                        "description": {"type": "string", "maxLength": MAX_TEXT_CHARS},
+                        "output": {"type": "string", "maxLength": MAX_TEXT_CHARS},
+                        "pattern": _ref("Pattern"),
+                        "expected_interval": {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"},
+                        "_id": {"description": "ignored"}, "created": {"description": "ignored"},
+                        "updated": {"description": "ignored"},
+                    },
+                    "additionalProperties": False,
+                },
+                "Heartbeat": {
+                    "type": "object",
+                    "required": ["_id", "name", "author", "description", "pattern", "expected_interval",
+                                 "output", "created", "updated"],
+                    "properties": {
+                        "_id": string, "name": string, "author": string, "description": string,
+                        "pattern": _ref("Pattern"), "expected_interval": string, "output": string,
+                        "created": {"type": "integer"}, "updated": {"type": "integer"},
+                    },
+                    "additionalProperties": False,
+                },
+                "Message": {
+                    "type": "object", "required": ["name", "description"],
+                    "properties": {"name": string, "description": string}, "additionalProperties": False,
+                },
+                "Error": {
+                    "type": "object", "required": ["name", "description"],
+                    "properties": {"name": string, "description": string,
+                                   "errors": {"type": "array", "items": string}},
+                    "additionalProperties": False,
+                },
+                "Status": {
+                    "type": "object", "required": ["_id", "status", "last_event", "deadline", "alarm_since"],
+                    "properties": {"_id": string, "status": {"enum": [PENDING, UP, DOWN]},
+                                   "last_event": time_or_null, "deadline": {"type": "number"},
+                                   "alarm_since": time_or_null},
+                    "additionalProperties": False,
+                },
+                "Event": {"type": "object", "description": "A Canopsis event; any keys"},
+                "EventResult": {
+                    "type": "object", "required": ["received", "matched"],
+                    "properties": {"received": {"type": "integer", "minimum": 0},
+                                   "matched": {"type": "array", "items": string}},
+                    "additionalProperties": False,
+                },
+                "Alarm": {
+                    "type": "object",
+                    "required": ["connector", "connector_name", "event_type", "source_type", "component",
+                                 "resource", "state", "output", "timestamp", "heartbeat_id", "heartbeat_name",
+                                 "since"],
+                    "properties": {
+                        "connector": {"const": "heartbeat"}, "connector_name": {"const": "heartbeat"},
+                        "event_type": {"const": "check"}, "source_type": {"const": "resource"},
+                        "component": {"const": "heartbeats"}, "resource": string,
+                        "state": {"const": ALARM_STATE}, "output": string, "timestamp": {"type": "integer"},
+                        "heartbeat_id": string, "heartbeat_name": string, "since": {"type": "number"},
+                    },
+                    "additionalProperties": False,
+                },
+                "Health": {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
+                                   "description": string},
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "paths": {
+            "/api/v2/heartbeat": {
+                "post": operation("Create a heartbeat", {
+                    "200": _answer('{"name": "heartbeat created", "description": <new id>}'),
+                    **errors, **too_large}, requestBody=heartbeat_body),
+                "get": operation("Every heartbeat, newest first", {
+                    "200": {"description": "The heartbeats",
+                            **_json_content({"type": "array", "items": _ref("Heartbeat")})},
+                    **errors}),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}": {
+                "parameters": [heartbeat_id],
+                "get": operation("One heartbeat", {
+                    "200": {"description": "The heartbeat", **_json_content(_ref("Heartbeat"))},
+                    **errors, **not_found}),
+                "put": operation("Replace a heartbeat (keeps _id and created)", {
+                    "200": _answer('{"name": "heartbeat updated", "description": <id>}'),
+                    **errors, **not_found, **too_large}, requestBody=heartbeat_body),
+                "delete": operation("Delete a heartbeat, resolving its alarm if it is down", {
+                    "200": _answer('{"name": "heartbeat removed", "description": <id>}'),
+                    **errors, **not_found}),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}/status": {
+                "parameters": [heartbeat_id],
+                "get": operation("A heartbeat's state", {
+                    "200": {"description": "Its state", **_json_content(_ref("Status"))},
+                    **errors, **not_found}),
+            },
+            "/api/v2/event": {
+                "post": operation("Send Canopsis events; each refreshes the heartbeats it matches", {
+                    "200": {"description": "Events received, heartbeats refreshed",
+                            **_json_content(_ref("EventResult"))},
+                    **errors, **too_large},
+                    requestBody={"required": True, **_json_content({"oneOf": [
+                        _ref("Event"),
+                        {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
+            },
+            "/api/v2/alarms": {
+                "get": operation("The active alarms, oldest first", {
+                    "200": {"description": "The alarms",
+                            **_json_content({"type": "array", "items": _ref("Alarm")})},
+                    **errors}),
+            },
+            "/healthz": {
+                "get": {"summary": "Health (no authentication)", "security": [], "responses": {
+                    "200": {"description": "The database answers", **_json_content(_ref("Health"))},
+                    "503": {"description": "The database does not answer", **_json_content(_ref("Health"))},
+                }},
+            },
+            "/metrics": {
+                "get": operation("Prometheus metrics", {
+                    "200": {"description": "Text exposition format 0.0.4",
+                            "content": {PROMETHEUS_TYPE: {"schema": string}}},
+                    **errors}),
+            },
+            "/": {
+                "get": operation("The status page", {
+                    "200": {"description": "An HTML page", "content": {HTML_TYPE: {"schema": string}}},
+                    **errors}),
+            },
+            "/api/v2/openapi.json": {
+                "get": {"summary": "This description (no authentication)", "security": [], "responses": {
+                    "200": {"description": "OpenAPI 3.1", **_json_content({"type": "object"})},
+                }},
+            },
+        },
+    }
+
+
 class Throttled(Exception):
     """Too many failed password derivations lately (answered 429)."""
 
@@ -1558,10 +1916,15 @@ class WebApi:
         self._route("/api/v2/event", "POST", self.post_events)
         self._route("/api/v2/alarms", "GET", self.list_alarms)
         self._route("/healthz", "GET", self.health, authenticated=False)
+        self._route("/", "GET", self.status_page)
+        self._route("/metrics", "GET", self.metrics)
+        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
+        self._page = bottle.SimpleTemplate(STATUS_PAGE)
+        self._openapi = dump_json(openapi_document())
 
     def _route(self, path, method, handler, authenticated=True):
         wrapped = self._wrap(handler, authenticated)
-        for variant in (path, path + "/"):
+        for variant in {path, path.rstrip("/") + "/"}:
             self.app.route(variant, method, wrapped)
 
     def _wrap(self, handler, authenticated):
@@ -1677,6 +2040,26 @@ class WebApi:
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
+
+    def status_page(self, user):
+        rows = sorted(self.engine.overview(), key=lambda row: row["name"].casefold())
+        counts = {status: 0 for status in (PENDING, UP, DOWN)}
+        for row in rows:
+            counts[row["status"]] += 1
+        parts = bottle.request.urlparts
+        html = self._page.render(
+            rows=rows, alarms=self.engine.alarms(), counts=counts, now=self.engine.clock(), time=time, time_html=time_html,
+            base_url=f"{parts.scheme}://{parts.netloc}", refresh_seconds=STATUS_PAGE_REFRESH_SECONDS,
+        )
+        return text_response(html.encode("utf-8"), HTML_TYPE)
+
+    def metrics(self, user):
+        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
+                               self.engine.outbox_depth())
+        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
+
+    def openapi(self):
+        return json_response(self._openapi)
 
     def health(self):
         try:

@@ -4,6 +4,7 @@ plus a few real-server tests over HTTP."""
 import base64
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -1199,6 +1200,8 @@ ROUTES = [
     ("GET", "/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93/status"),
     ("POST", "/api/v2/event"),
     ("GET", "/api/v2/alarms"),
+    ("GET", "/"),
+    ("GET", "/metrics"),
 ]
 BAD_CREDENTIALS = {
     "none": None,
@@ -1900,6 +1903,319 @@ def test_cli_serves_then_stops_cleanly_on_a_signal(tmp_path, sig):
     assert '"POST /api/v2/heartbeat" 200' in rest
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT id FROM heartbeat").fetchall() == [(created["description"],)]
+
+
+###############################################################################
+# Status page
+###############################################################################
+
+HOSTILE = '<script>alert(1)</script>" \\ \n&amp;'
+
+
+def test_the_status_page_lists_alarms_then_every_heartbeat(eapp, engine_service, clock):
+    create(eapp, body(name="quiet one", pattern={"host": "db1"}, expected_interval="30s", output="db1 is silent"))
+    create(eapp, body(name="chatty one", pattern={"host": "web1"}, expected_interval="1h"))
+    create(eapp, body(name="new one", pattern={"host": "new"}, expected_interval="2h"))
+    clock.advance(10)
+    send(eapp, {"host": "web1"})
+    clock.advance(20)
+    engine_service.tick()  # "quiet one" goes down
+    clock.advance(120)
+    page = eapp.get("/")
+    assert page.content_type == "text/html"
+    html = page.text
+    alarms, heartbeats = html.split("<h2>Heartbeats</h2>")
+    assert "quiet one" in alarms and "db1 is silent" in alarms and "host:db1" in alarms
+    assert "chatty one" not in alarms
+    assert "3 heartbeat(s): 1 up, 1 pending, 1 down" in html
+    rows = heartbeats.split("<tr>")[2:]
+    assert [row.split("</td>")[0].rsplit(">", 1)[1] for row in rows] == ["chatty one", "new one", "quiet one"]
+    chatty, new, quiet_row = rows
+    assert '<span class="badge up">up</span>' in chatty and "host: web1" in chatty and ">1h<" in chatty
+    assert '<span class="badge pending">pending</span>' in new and ">never<" in new
+    assert '<span class="badge down">down</span>' in quiet_row and ">passed<" in quiet_row
+    assert 'title="2020-12-11 10:00:24 UTC">2 min ago</time>' in chatty  # last event, exact time on hover
+    assert ">in 58 min</time>" in chatty  # deadline: T0 + 10 + 1 h, seen at T0 + 150
+    assert 'title="2020-12-11 10:00:44 UTC">2 min ago</time>' in quiet_row  # alarm since
+
+
+def test_the_status_page_escapes_every_user_string(eapp, engine_service, clock):
+    create(eapp, body(name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE}, expected_interval="1s"))
+    clock.advance(2)
+    engine_service.tick()
+    html = eapp.get("/").text
+    assert "<script>alert(1)" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # alarm name, output, resource; row name, pattern
+    assert "&amp;amp;" in html
+
+
+def test_an_empty_service_shows_first_steps(eapp):
+    html = eapp.get("/", extra_environ={"HTTP_HOST": "monitor.example:8082"}).text
+    assert "No heartbeat yet" in html
+    assert "curl -u USER:PASSWORD -d" in html and "http://monitor.example:8082/api/v2/heartbeat" in html
+    assert "No active alarm." in html
+
+
+def test_the_status_page_loads_nothing_from_elsewhere_and_refreshes_itself(eapp):
+    html = eapp.get("/").text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert 'rel="icon" href="data:,"' in html  # no favicon request either
+    assert "<script src" not in html and html.count("<script>") == 1
+    assert f"}}, {heartbeat_lite.STATUS_PAGE_REFRESH_SECONDS * 1000});" in html
+    assert 'name="viewport"' in html and "@media (max-width: 40rem)" in html
+
+
+@pytest.mark.parametrize("offset,text", [
+    (0, "now"), (-3, "now"), (-42, "42 s ago"), (42, "in 42 s"),
+    (-170, "3 min ago"), (-2 * 3600, "2 h ago"), (5 * 3600, "in 5 h"), (-3 * 86400, "3 d ago"),
+])
+def test_relative_times(offset, text):
+    assert heartbeat_lite.relative_time(T0 + offset, T0) == text
+
+
+###############################################################################
+# Metrics
+###############################################################################
+
+_LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
+_SAMPLE = re.compile(
+    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    r"(?:\{(?P<labels>(?:[a-zA-Z_][a-zA-Z0-9_]*=" + _LABEL_VALUE + r")(?:,[a-zA-Z_][a-zA-Z0-9_]*=" + _LABEL_VALUE + r")*)?\})?"
+    r" (?P<value>[-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|NaN|Inf))(?: -?[0-9]+)?"
+)
+_COMMENT = re.compile(r"# (?:HELP (?P<help>[a-zA-Z_:][a-zA-Z0-9_:]*) .*|TYPE (?P<type>[a-zA-Z_:][a-zA-Z0-9_:]*) "
+                      r"(?:counter|gauge|histogram|summary|untyped))")
+
+
+def parse_prometheus(text):
+    """Check the text exposition format 0.0.4 line by line; return
+    {(name, ((label, value), ...)): value}, label values unescaped."""
+    assert text.endswith("\n")
+    samples, typed = {}, set()
+    for number, line in enumerate(text.splitlines(), 1):
+        comment = _COMMENT.fullmatch(line)
+        if comment:
+            if comment["type"]:
+                typed.add(comment["type"])
+            continue
+        sample = _SAMPLE.fullmatch(line)
+        assert sample, f"line {number} breaks the format: {line!r}"
+        assert sample["name"] in typed, f"line {number}: no TYPE before {sample['name']}"
+        labels = tuple(
+            (key, re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), raw[1:-1]))
+            for key, raw in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)=(" + _LABEL_VALUE + ")", sample["labels"] or "")
+        )
+        samples[(sample["name"], labels)] = float(sample["value"])
+    return samples
+
+
+def test_metrics_follow_the_exposition_format(eapp, engine_service, clock):
+    hostile = create(eapp, body(name=HOSTILE, pattern={"k": "hostile"}, expected_interval="1s"))
+    up = create(eapp, body(name="up one", pattern={"k": "up"}, expected_interval="1h"))
+    create(eapp, body(name="pending one", pattern={"k": "pending"}, expected_interval="1h"))
+    clock.advance(0.5)
+    send(eapp, [{"k": "up"}, {"k": "nothing"}])
+    clock.advance(1)
+    engine_service.tick()  # the hostile one goes down
+    response = eapp.get("/metrics")
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = parse_prometheus(response.text)
+    assert samples[("heartbeat_lite_heartbeats", (("status", "up"),))] == 1
+    assert samples[("heartbeat_lite_heartbeats", (("status", "pending"),))] == 1
+    assert samples[("heartbeat_lite_heartbeats", (("status", "down"),))] == 1
+    assert samples[("heartbeat_lite_heartbeat_up", (("id", up), ("name", "up one")))] == 1
+    assert samples[("heartbeat_lite_heartbeat_up", (("id", hostile), ("name", HOSTILE)))] == 0  # escaped, round trip
+    assert samples[("heartbeat_lite_heartbeat_last_event_timestamp_seconds", (("id", up), ("name", "up one")))] \
+        == T0 + 0.5
+    assert not any(name.endswith("last_event_timestamp_seconds") and ("id", hostile) in labels
+                   for name, labels in samples)  # no event yet: no sample
+    assert samples[("heartbeat_lite_events_received_total", ())] == 2
+    assert samples[("heartbeat_lite_alarms_raised_total", ())] == 1
+    assert samples[("heartbeat_lite_outbox_events", ())] == 0
+
+
+def test_the_metrics_grammar_check_can_fail():
+    for broken in ('m{a="x"} 1\n', '# TYPE m gauge\nm{a="un"escaped"} 1\n', '# TYPE m gauge\nm{a="x"}\n',
+                   '# TYPE m gauge\nm 1', '# TYPE m gauge\nm{a="new\nline"} 1\n'):
+        with pytest.raises(AssertionError):
+            parse_prometheus(broken)
+
+
+###############################################################################
+# OpenAPI
+###############################################################################
+
+
+def resolve(root, ref):
+    node = root
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+_TYPES = {
+    "string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+}
+
+
+def schema_errors(value, schema, root, path="$"):
+    """Every way ``value`` breaks ``schema`` (the JSON Schema subset the
+    description uses: $ref, type, const, enum, oneOf, properties, required,
+    additionalProperties, propertyNames, min/maxProperties, items, maxItems,
+    min/maxLength, pattern, minimum)."""
+    if "$ref" in schema:
+        return schema_errors(value, resolve(root, schema["$ref"]), root, path)
+    errors = []
+    if "oneOf" in schema:
+        fits = sum(not schema_errors(value, option, root, path) for option in schema["oneOf"])
+        if fits != 1:
+            errors.append(f"{path}: fits {fits} of oneOf")
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: {value!r} is not {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_TYPES[t](value) for t in types):
+            return errors + [f"{path}: {value!r} is not {types}"]
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", math.inf):
+            errors.append(f"{path}: length {len(value)} out of bounds")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
+    if isinstance(value, (int, float)) and value < schema.get("minimum", -math.inf):
+        errors.append(f"{path}: {value} under minimum")
+    if isinstance(value, dict):
+        if not schema.get("minProperties", 0) <= len(value) <= schema.get("maxProperties", math.inf):
+            errors.append(f"{path}: {len(value)} properties out of bounds")
+        errors += [f"{path}: {key} required" for key in schema.get("required", []) if key not in value]
+        for key, item in value.items():
+            if "propertyNames" in schema:
+                errors += schema_errors(key, schema["propertyNames"], root, f"{path} key {key!r}")
+            if key in schema.get("properties", {}):
+                errors += schema_errors(item, schema["properties"][key], root, f"{path}.{key}")
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{path}: unexpected {key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += schema_errors(item, schema["additionalProperties"], root, f"{path}.{key}")
+    if isinstance(value, list):
+        if len(value) > schema.get("maxItems", math.inf):
+            errors.append(f"{path}: too many items")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                errors += schema_errors(item, schema["items"], root, f"{path}[{i}]")
+    return errors
+
+
+def test_the_schema_checker_can_fail():
+    root = heartbeat_lite.openapi_document()
+    heartbeat = {"$ref": "#/components/schemas/Heartbeat"}
+    assert schema_errors({"_id": "x"}, heartbeat, root)
+    assert schema_errors({"name": "", "description": "d", "extra": 1}, {"$ref": "#/components/schemas/Error"}, root)
+    assert schema_errors({"_id": "x", "status": "sideways", "last_event": None, "deadline": 1, "alarm_since": None},
+                         {"$ref": "#/components/schemas/Status"}, root)
+    assert not schema_errors({"name": "", "description": "d", "errors": ["e"]}, {"$ref": "#/components/schemas/Error"}, root)
+
+
+@pytest.fixture
+def spec():
+    return json.loads(webtest.TestApp(heartbeat_lite.create_app().wsgi).get("/api/v2/openapi.json").body)
+
+
+def test_the_openapi_description_is_served_without_credentials(spec):
+    assert spec["openapi"] == "3.1.0"
+    assert spec["info"]["version"] == heartbeat_lite.__version__
+    refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))
+    assert refs and all(resolve(spec, ref) for ref in refs)
+
+
+def test_the_openapi_description_covers_every_route(spec, service):
+    routes = {(route.rule.rstrip("/") or "/", route.method.lower()) for route in service.app.routes}
+    routes = {(re.sub(r"<(\w+)>", r"{\1}", rule), method) for rule, method in routes}
+    described = {(path, method) for path, item in spec["paths"].items() for method in item if method != "parameters"}
+    assert routes == described
+
+
+class Recorder:
+    """A webtest app noting every answer, to replay against the description."""
+
+    def __init__(self, service, user=("root", "root")):
+        self.app = webtest.TestApp(service.wsgi)
+        if user:
+            self.app.authorization = ("Basic", user)
+        self.answers = []
+
+    def __call__(self, method, path, status, **kwargs):
+        response = self.app.request(path, method=method, expect_errors=True, **kwargs)
+        assert response.status_int == status, (method, path, response.status, response.text[:300])
+        self.answers.append((method, path, response))
+        return response
+
+
+def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
+    heartbeat_json = {"headers": {"Content-Type": "application/json"}}
+    recorders = []
+    with heartbeat_lite.create_app(clock=clock) as service:
+        call = Recorder(service)
+        recorders.append(call)
+        hid = call("POST", "/api/v2/heartbeat", 200, body=json.dumps(body(expected_interval="1s")).encode(),
+                   **heartbeat_json).json["description"]
+        call("POST", "/api/v2/heartbeat", 400, body=b'{"name": 1}', **heartbeat_json)
+        call("POST", "/api/v2/heartbeat", 400, body=json.dumps(body()).encode(), **heartbeat_json)
+        call("POST", "/api/v2/heartbeat", 413, body=b"x" * (heartbeat_lite.MAX_HEARTBEAT_BODY_BYTES + 1))
+        call("GET", "/api/v2/heartbeat", 200)
+        call("GET", f"/api/v2/heartbeat/{hid}", 200)
+        call("GET", "/api/v2/heartbeat/nope", 404)
+        call("PUT", f"/api/v2/heartbeat/{hid}/", 200, body=json.dumps(body(expected_interval="1s", output="o")).encode())
+        call("PUT", "/api/v2/heartbeat/nope", 404, body=json.dumps(body()).encode())
+        call("PUT", f"/api/v2/heartbeat/{hid}", 400, body=b"[]")
+        call("PUT", f"/api/v2/heartbeat/{hid}", 413, body=b"x" * (heartbeat_lite.MAX_HEARTBEAT_BODY_BYTES + 1))
+        call("GET", f"/api/v2/heartbeat/{hid}/status", 200)
+        call("GET", "/api/v2/heartbeat/nope/status", 404)
+        call("POST", "/api/v2/event", 200, body=json.dumps(C01).encode())
+        call("POST", "/api/v2/event", 200, body=json.dumps([C01, {"x": 1}]).encode())
+        call("POST", "/api/v2/event", 400, body=b"[1]")
+        call("POST", "/api/v2/event", 413, body=json.dumps([{}] * (heartbeat_lite.MAX_EVENTS_PER_REQUEST + 1)).encode())
+        clock.advance(2)
+        service.tick()
+        call("GET", f"/api/v2/heartbeat/{hid}/status", 200)
+        assert call("GET", "/api/v2/alarms", 200).json
+        call("GET", "/", 200)
+        call("GET", "/metrics", 200)
+        call("GET", "/healthz", 200)
+        call("GET", "/api/v2/openapi.json", 200)
+        call("DELETE", f"/api/v2/heartbeat/{hid}", 200)
+        call("DELETE", f"/api/v2/heartbeat/{hid}", 404)
+        call("GET", "/api/v2/heartbeat", 401, headers={"Authorization": _basic("root", "wrong")})
+        monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
+        call("GET", "/api/v2/heartbeat", 400)
+        call("GET", "/healthz", 503)
+    hashed = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
+    with heartbeat_lite.create_app(users=hashed) as service:
+        call = Recorder(service, user=("alice", "guess"))
+        recorders.append(call)
+        for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):
+            call("GET", "/api/v2/alarms", 401)
+        call("GET", "/api/v2/alarms", 429)
+
+    templates = [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", path) + "$"), path) for path in spec["paths"]]
+    seen_statuses = set()
+    for recorder in recorders:
+        for method, path, response in recorder.answers:
+            template = next(t for regex, t in templates if regex.match(path.rstrip("/") or "/"))
+            operation = spec["paths"][template][method.lower()]
+            where = f"{method} {path} {response.status_int}"
+            assert str(response.status_int) in operation["responses"], where
+            content = operation["responses"][str(response.status_int)]["content"]
+            assert response.headers["Content-Type"] in content or response.content_type in content, where
+            media = content.get(response.headers["Content-Type"], content.get(response.content_type))
+            if response.content_type == "application/json":
+                assert schema_errors(response.json, media["schema"], spec) == [], where
+            seen_statuses.add(response.status_int)
+    assert seen_statuses == {200, 400, 401, 404, 413, 429, 503}
 
 
 ###############################################################################
