@@ -67,22 +67,38 @@ def clock():
 
 
 @pytest.fixture
-def service(clock):
-    with heartbeat_lite.create_app(db=":memory:", clock=clock) as service:
+def alarms_seen():
+    """Every alarm and resolution the service publishes, in order."""
+    return []
+
+
+@pytest.fixture
+def service(clock, alarms_seen):
+    with heartbeat_lite.create_app(db=":memory:", clock=clock, on_alarm=alarms_seen.append) as service:
         yield service
+
+
+def client(service, user=("root", "root")):
+    """A webtest app for ``service``, with Basic credentials."""
+    app = webtest.TestApp(service.wsgi)
+    app.authorization = ("Basic", user)
+    return app
 
 
 @pytest.fixture
 def app(service):
-    app = webtest.TestApp(service.wsgi)
-    app.authorization = ("Basic", ("root", "root"))
-    return app
+    return client(service)
 
 
 def body(**changes):
     """The seed's example body with some fields changed (None removes one)."""
     doc = dict(SEED_BODY, **changes)
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def new_heartbeat(service, **changes):
+    """Create a heartbeat through the engine (no HTTP); return its id."""
+    return service.engine.create(heartbeat_lite.validate_heartbeat(body(**changes), "root"))
 
 
 def create(app, doc=None, **kwargs):
@@ -263,8 +279,7 @@ def test_non_ascii_is_sent_as_is(app):
 
 def test_author_defaults_to_the_authenticated_user():
     with heartbeat_lite.create_app(users={"alice": "s3cret"}) as service:
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("alice", "s3cret"))
+        app = client(service, ("alice", "s3cret"))
         heartbeat_id = create(app, body(author=None))
         assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["author"] == "alice"
 
@@ -324,10 +339,8 @@ def test_every_route_answers_with_and_without_trailing_slash(app):
 
 def test_two_services_share_nothing():
     with heartbeat_lite.create_app() as one, heartbeat_lite.create_app(users={"bob": "pw"}) as two:
-        app_one = webtest.TestApp(one.wsgi)
-        app_one.authorization = ("Basic", ("root", "root"))
-        app_two = webtest.TestApp(two.wsgi)
-        app_two.authorization = ("Basic", ("bob", "pw"))
+        app_one = client(one)
+        app_two = client(two, ("bob", "pw"))
         create(app_one)
         assert app_two.get("/api/v2/heartbeat").json == []
         app_two.get("/api/v2/heartbeat", extra_environ={"HTTP_AUTHORIZATION": _basic("root", "root")},
@@ -341,24 +354,6 @@ def test_two_services_share_nothing():
 C01 = {"connector": "connect", "connector_name": "c01"}
 
 
-@pytest.fixture
-def alarms_seen():
-    return []
-
-
-@pytest.fixture
-def engine_service(clock, alarms_seen):
-    with heartbeat_lite.create_app(clock=clock, on_alarm=alarms_seen.append) as service:
-        yield service
-
-
-@pytest.fixture
-def eapp(engine_service):
-    app = webtest.TestApp(engine_service.wsgi)
-    app.authorization = ("Basic", ("root", "root"))
-    return app
-
-
 def send(app, events, status=200):
     return app.post_json("/api/v2/event", events, status=status).json
 
@@ -367,26 +362,26 @@ def status_of(app, heartbeat_id):
     return app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json
 
 
-def test_a_matching_event_refreshes_the_heartbeat(eapp, clock):
-    heartbeat_id = create(eapp)
-    assert status_of(eapp, heartbeat_id) == {
+def test_a_matching_event_refreshes_the_heartbeat(app, clock):
+    heartbeat_id = create(app)
+    assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "pending", "last_event": None,
         "deadline": T0 + 60, "alarm_since": None,
     }
     clock.advance(10.5)
-    answer = send(eapp, {**C01, "component": "srv1", "resource": "cpu", "timestamp": 1})
+    answer = send(app, {**C01, "component": "srv1", "resource": "cpu", "timestamp": 1})
     assert answer == {"received": 1, "matched": [heartbeat_id]}
-    assert status_of(eapp, heartbeat_id) == {
+    assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "up", "last_event": T0 + 10.5,
         "deadline": T0 + 70.5, "alarm_since": None,
     }
 
 
-def test_status_after_a_refresh_on_a_whole_second(eapp, clock):
-    heartbeat_id = create(eapp)
+def test_status_after_a_refresh_on_a_whole_second(app, clock):
+    heartbeat_id = create(app)
     clock.advance(10)  # T0 is a whole second: SQLite stores the refresh as an integer
-    send(eapp, C01)
-    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 70
+    send(app, C01)
+    assert status_of(app, heartbeat_id)["deadline"] == T0 + 70
 
 
 NON_MATCHING = {
@@ -402,28 +397,28 @@ NON_MATCHING = {
 
 
 @pytest.mark.parametrize("event", NON_MATCHING.values(), ids=NON_MATCHING.keys())
-def test_a_non_matching_event_refreshes_nothing(eapp, clock, event):
-    heartbeat_id = create(eapp)
+def test_a_non_matching_event_refreshes_nothing(app, clock, event):
+    heartbeat_id = create(app)
     clock.advance(1)
-    assert send(eapp, event) == {"received": 1, "matched": []}
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert send(app, event) == {"received": 1, "matched": []}
+    assert status_of(app, heartbeat_id)["status"] == "pending"
 
 
-def test_one_event_matches_several_heartbeats(eapp):
-    both = create(eapp, body(pattern={"a": "1", "b": "2"}))
-    only_a = create(eapp, body(pattern={"a": "1"}))
-    only_b = create(eapp, body(pattern={"b": "2"}))
-    other = create(eapp, body(pattern={"a": "2"}))
-    answer = send(eapp, {"a": "1", "b": "2", "c": "3"})
+def test_one_event_matches_several_heartbeats(app):
+    both = create(app, body(pattern={"a": "1", "b": "2"}))
+    only_a = create(app, body(pattern={"a": "1"}))
+    only_b = create(app, body(pattern={"b": "2"}))
+    other = create(app, body(pattern={"a": "2"}))
+    answer = send(app, {"a": "1", "b": "2", "c": "3"})
     assert answer["received"] == 1
     assert sorted(answer["matched"]) == sorted([both, only_a, only_b])
-    assert status_of(eapp, other)["status"] == "pending"
+    assert status_of(app, other)["status"] == "pending"
 
 
-def test_a_batch_reports_each_heartbeat_once(eapp):
-    heartbeat_id = create(eapp)
-    assert send(eapp, [C01, {"x": "y"}, C01]) == {"received": 3, "matched": [heartbeat_id]}
-    assert send(eapp, []) == {"received": 0, "matched": []}
+def test_a_batch_reports_each_heartbeat_once(app):
+    heartbeat_id = create(app)
+    assert send(app, [C01, {"x": "y"}, C01]) == {"received": 3, "matched": [heartbeat_id]}
+    assert send(app, []) == {"received": 0, "matched": []}
 
 
 INVALID_EVENTS = {
@@ -436,33 +431,32 @@ INVALID_EVENTS = {
 
 
 @pytest.mark.parametrize("payload", INVALID_EVENTS.values(), ids=INVALID_EVENTS.keys())
-def test_an_invalid_event_body_applies_nothing(eapp, payload):
-    heartbeat_id = create(eapp)
-    answer = send(eapp, payload, status=400)
+def test_an_invalid_event_body_applies_nothing(app, payload):
+    heartbeat_id = create(app)
+    answer = send(app, payload, status=400)
     assert {k: answer[k] for k in ("name", "description")} == {"name": "", "description": "invalid event payload."}
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert status_of(app, heartbeat_id)["status"] == "pending"
 
 
-def test_a_malformed_event_body_applies_nothing(eapp):
-    heartbeat_id = create(eapp)
-    response = eapp.post("/api/v2/event", json.dumps([C01]).encode()[:-1], status=400)
+def test_a_malformed_event_body_applies_nothing(app):
+    heartbeat_id = create(app)
+    response = app.post("/api/v2/event", json.dumps([C01]).encode()[:-1], status=400)
     assert response.json["description"] == "invalid event payload."
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert status_of(app, heartbeat_id)["status"] == "pending"
 
 
-def test_matching_follows_creation_and_deletion(eapp, clock):
-    first = create(eapp)
-    eapp.delete(f"/api/v2/heartbeat/{first}")
-    assert send(eapp, C01)["matched"] == []
-    second = create(eapp)
-    assert send(eapp, C01)["matched"] == [second]
+def test_matching_follows_creation_and_deletion(app, clock):
+    first = create(app)
+    app.delete(f"/api/v2/heartbeat/{first}")
+    assert send(app, C01)["matched"] == []
+    second = create(app)
+    assert send(app, C01)["matched"] == [second]
 
 
 def test_the_pattern_index_survives_a_restart(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("root", "root"))
+        app = client(service)
         heartbeat_id = create(app)
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
         assert service.engine.ingest([C01]) == [heartbeat_id]
@@ -473,15 +467,15 @@ def test_the_pattern_index_survives_a_restart(tmp_path, clock):
 ###############################################################################
 
 
-def test_pending_goes_down_exactly_at_the_deadline(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_pending_goes_down_exactly_at_the_deadline(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.now = T0 + 59.999
-    assert engine_service.tick() == pytest.approx(0.001, abs=1e-6)
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
-    assert alarms_seen == [] and eapp.get("/api/v2/alarms").json == []
+    assert service.tick() == pytest.approx(0.001, abs=1e-6)
+    assert status_of(app, heartbeat_id)["status"] == "pending"
+    assert alarms_seen == [] and app.get("/api/v2/alarms").json == []
     clock.now = T0 + 60
-    assert engine_service.tick() is None  # nothing left that can go down
-    assert status_of(eapp, heartbeat_id) == {
+    assert service.tick() is None  # nothing left that can go down
+    assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "down", "last_event": None,
         "deadline": T0 + 60, "alarm_since": T0 + 60,
     }
@@ -493,95 +487,95 @@ def test_pending_goes_down_exactly_at_the_deadline(eapp, engine_service, clock, 
         "heartbeat_id": heartbeat_id, "heartbeat_name": "Heartbeat",
     }
     assert alarms_seen == [alarm]
-    assert eapp.get("/api/v2/alarms").json == [{**alarm, "since": T0 + 60}]
+    assert app.get("/api/v2/alarms").json == [{**alarm, "since": T0 + 60}]
 
 
-def test_a_late_tick_dates_the_alarm_by_the_deadline(eapp, engine_service, clock, alarms_seen):
-    create(eapp)
+def test_a_late_tick_dates_the_alarm_by_the_deadline(app, service, clock, alarms_seen):
+    create(app)
     clock.advance(3600)
-    engine_service.tick()
+    service.tick()
     assert alarms_seen[0]["timestamp"] == int(T0 + 60)
 
 
-def test_down_up_down_up(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp, body(expected_interval="30s"))
+def test_down_up_down_up(app, service, clock, alarms_seen):
+    heartbeat_id = create(app, body(expected_interval="30s"))
     clock.advance(30)
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "down"
-    engine_service.tick()
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "down"
+    service.tick()
     assert [a["state"] for a in alarms_seen] == [3]  # never alarmed twice
 
     clock.advance(5)
-    assert send(eapp, C01)["matched"] == [heartbeat_id]
-    assert status_of(eapp, heartbeat_id) == {
+    assert send(app, C01)["matched"] == [heartbeat_id]
+    assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "up", "last_event": T0 + 35, "deadline": T0 + 65, "alarm_since": None,
     }
     assert [(a["state"], a["timestamp"]) for a in alarms_seen] == [(3, int(T0 + 30)), (0, int(T0 + 35))]
-    assert eapp.get("/api/v2/alarms").json == []
+    assert app.get("/api/v2/alarms").json == []
 
     clock.now = T0 + 64.9
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "up"
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "up"
     clock.now = T0 + 65
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "down"
-    send(eapp, C01)
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "down"
+    send(app, C01)
     assert [a["state"] for a in alarms_seen] == [3, 0, 3, 0]
 
 
-def test_events_keep_it_up(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_events_keep_it_up(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     for _ in range(10):
         clock.advance(59)
-        send(eapp, C01)
-        engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "up"
+        send(app, C01)
+        service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "up"
     assert alarms_seen == []
 
 
-def test_alarms_are_listed_oldest_first(eapp, engine_service, clock):
-    slow = create(eapp, body(expected_interval="2m"))
-    fast = create(eapp, body(pattern={"k": "fast"}, expected_interval="1m"))
+def test_alarms_are_listed_oldest_first(app, service, clock):
+    slow = create(app, body(expected_interval="2m"))
+    fast = create(app, body(pattern={"k": "fast"}, expected_interval="1m"))
     clock.advance(300)
-    engine_service.tick()
-    assert [a["heartbeat_id"] for a in eapp.get("/api/v2/alarms").json] == [fast, slow]
+    service.tick()
+    assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms").json] == [fast, slow]
 
 
-def test_the_resource_joins_sorted_keys(eapp, engine_service, clock, alarms_seen):
-    create(eapp, body(pattern={"z": "1", "a": "2", "m": "é"}))
+def test_the_resource_joins_sorted_keys(app, service, clock, alarms_seen):
+    create(app, body(pattern={"z": "1", "a": "2", "m": "é"}))
     clock.advance(60)
-    engine_service.tick()
+    service.tick()
     assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
 
 
-def test_deleting_a_down_heartbeat_resolves_its_alarm(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_deleting_a_down_heartbeat_resolves_its_alarm(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.advance(61)
-    engine_service.tick()
+    service.tick()
     clock.advance(1)
-    eapp.delete(f"/api/v2/heartbeat/{heartbeat_id}")
+    app.delete(f"/api/v2/heartbeat/{heartbeat_id}")
     assert [(a["state"], a["heartbeat_id"], a["timestamp"]) for a in alarms_seen] == \
         [(3, heartbeat_id, int(T0 + 60)), (0, heartbeat_id, int(T0 + 62))]
-    assert eapp.get("/api/v2/alarms").json == []
-    eapp.get(f"/api/v2/heartbeat/{heartbeat_id}/status", status=404)
+    assert app.get("/api/v2/alarms").json == []
+    app.get(f"/api/v2/heartbeat/{heartbeat_id}/status", status=404)
 
 
-def test_deleting_a_healthy_heartbeat_emits_nothing(eapp, clock, alarms_seen):
-    eapp.delete(f"/api/v2/heartbeat/{create(eapp)}")
+def test_deleting_a_healthy_heartbeat_emits_nothing(app, clock, alarms_seen):
+    app.delete(f"/api/v2/heartbeat/{create(app)}")
     assert alarms_seen == []
 
 
-def test_status_of_an_unknown_heartbeat_is_not_found(eapp):
-    response = eapp.get("/api/v2/heartbeat/nope/status/", status=404)
+def test_status_of_an_unknown_heartbeat_is_not_found(app):
+    response = app.get("/api/v2/heartbeat/nope/status/", status=404)
     assert response.json == {"name": "nope", "description": "heartbeat not found"}
 
 
-def test_tick_reports_the_next_deadline(eapp, engine_service, clock):
-    assert engine_service.tick() is None
-    create(eapp, body(expected_interval="2m"))
-    create(eapp, body(pattern={"k": "v"}, expected_interval="90s"))
+def test_tick_reports_the_next_deadline(app, service, clock):
+    assert service.tick() is None
+    create(app, body(expected_interval="2m"))
+    create(app, body(pattern={"k": "v"}, expected_interval="90s"))
     clock.advance(30)
-    assert engine_service.tick() == 60
+    assert service.tick() == 60
 
 
 def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
@@ -589,7 +583,7 @@ def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
         raise RuntimeError("receiver exploded")
 
     with heartbeat_lite.create_app(clock=clock, on_alarm=broken) as service:
-        service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        new_heartbeat(service)
         clock.advance(60)
         service.tick()
         assert service.engine.alarms()[0]["state"] == 3
@@ -631,47 +625,47 @@ def stored_last_event(service, heartbeat_id):
     return service.store.heartbeat(heartbeat_id)["last_event"]
 
 
-def test_a_burst_of_events_is_written_once_per_half_second(eapp, engine_service, clock):
-    heartbeat_id = create(eapp)
+def test_a_burst_of_events_is_written_once_per_half_second(app, service, clock):
+    heartbeat_id = create(app)
     clock.advance(10)
-    send(eapp, C01)  # pending -> up: written at once
-    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10
+    send(app, C01)  # pending -> up: written at once
+    assert stored_last_event(service, heartbeat_id) == T0 + 10
     clock.advance(0.3)
-    assert send(eapp, C01)["matched"] == [heartbeat_id]  # up, stored 0.3 s ago: kept in memory
-    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10
-    assert status_of(eapp, heartbeat_id)["last_event"] == T0 + 10.3  # but the API shows it
-    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 70.3
-    engine_service.tick()  # the tick writes it
-    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10.3
+    assert send(app, C01)["matched"] == [heartbeat_id]  # up, stored 0.3 s ago: kept in memory
+    assert stored_last_event(service, heartbeat_id) == T0 + 10
+    assert status_of(app, heartbeat_id)["last_event"] == T0 + 10.3  # but the API shows it
+    assert status_of(app, heartbeat_id)["deadline"] == T0 + 70.3
+    service.tick()  # the tick writes it
+    assert stored_last_event(service, heartbeat_id) == T0 + 10.3
     clock.now = T0 + 10.9
-    send(eapp, C01)  # 0.6 s after the stored refresh: written at once
-    assert stored_last_event(engine_service, heartbeat_id) == T0 + 10.9
+    send(app, C01)  # 0.6 s after the stored refresh: written at once
+    assert stored_last_event(service, heartbeat_id) == T0 + 10.9
 
 
-def test_a_pending_refresh_keeps_a_heartbeat_up(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_a_pending_refresh_keeps_a_heartbeat_up(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.now = T0 + 59.7
-    send(eapp, C01)
+    send(app, C01)
     clock.now = T0 + 59.9
-    send(eapp, C01)  # kept in memory
+    send(app, C01)  # kept in memory
     clock.now = T0 + 119.8  # past the stored deadline (T0 + 119.7), not the real one
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "up"
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "up"
     clock.now = T0 + 119.9
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "down"
     assert [a["timestamp"] for a in alarms_seen] == [int(T0 + 119.9)]
 
 
-def test_a_heartbeat_coming_back_up_is_written_at_once(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp, body(expected_interval="1s"))
+def test_a_heartbeat_coming_back_up_is_written_at_once(app, service, clock, alarms_seen):
+    heartbeat_id = create(app, body(expected_interval="1s"))
     clock.advance(0.2)
-    send(eapp, C01)
+    send(app, C01)
     clock.advance(1.1)
-    engine_service.tick()  # down
+    service.tick()  # down
     clock.advance(0.1)  # 0.1 s after... but down: a state change is never kept in memory
-    send(eapp, C01)
-    assert engine_service.store.heartbeat(heartbeat_id)["status"] == "up"
+    send(app, C01)
+    assert service.store.heartbeat(heartbeat_id)["status"] == "up"
     assert [a["state"] for a in alarms_seen] == [3, 0]
 
 
@@ -738,7 +732,7 @@ def restarted(path, clock, alarms_seen):
 def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_seen):
     path = str(tmp_path / "hb.db")
     with restarted(path, clock, alarms_seen) as service:
-        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        heartbeat_id = new_heartbeat(service)
         clock.advance(20)
         service.tick()
     clock.advance(3600)  # the service is stopped for an hour
@@ -756,7 +750,7 @@ def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_s
 def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, alarms_seen):
     path = str(tmp_path / "hb.db")
     service = restarted(path, clock, alarms_seen)
-    heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+    heartbeat_id = new_heartbeat(service)
     clock.advance(heartbeat_lite.ALIVE_INTERVAL_SECONDS)
     service.tick()  # records T0 + 5
     clock.advance(2)  # runs 2 s more, then dies without a word: no close()
@@ -770,7 +764,7 @@ def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, a
 def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, alarms_seen):
     path = str(tmp_path / "hb.db")
     with restarted(path, clock, alarms_seen) as service:
-        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        heartbeat_id = new_heartbeat(service)
         clock.advance(60)
         service.tick()
     clock.advance(600)
@@ -788,7 +782,7 @@ def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, ala
 def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, alarms_seen):
     path = str(tmp_path / "hb.db")
     with restarted(path, clock, alarms_seen) as service:
-        heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+        heartbeat_id = new_heartbeat(service)
         clock.advance(90)  # overdue, but nobody ticked before the stop
     clock.advance(600)
     with restarted(path, clock, alarms_seen) as service:
@@ -802,103 +796,103 @@ def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, 
 ###############################################################################
 
 
-def test_put_replaces_the_fields_and_keeps_id_and_created(eapp, clock):
-    heartbeat_id = create(eapp)
+def test_put_replaces_the_fields_and_keeps_id_and_created(app, clock):
+    heartbeat_id = create(app)
     clock.advance(100)
-    answer = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}",
+    answer = app.put_json(f"/api/v2/heartbeat/{heartbeat_id}",
                            {"name": "Renamed", "pattern": {"connector": "other"}, "expected_interval": "5m"})
     assert answer.json == {"name": "heartbeat updated", "description": heartbeat_id}
-    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json == {
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json == {
         "_id": heartbeat_id, "name": "Renamed", "author": "root", "description": "",
         "pattern": {"connector": "other"}, "expected_interval": "5m", "output": "",
         "created": int(T0), "updated": int(T0 + 100),
     }
 
 
-def test_put_accepts_a_get_body_back_with_its_own_pattern(eapp, clock):
-    heartbeat_id = create(eapp)
-    doc = eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json
+def test_put_accepts_a_get_body_back_with_its_own_pattern(app, clock):
+    heartbeat_id = create(app)
+    doc = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
     doc["pattern"] = {"connector_name": "c01", "connector": "connect"}  # same pattern, keys reordered
     doc["name"] = "same pattern, new name"
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}/", doc)
-    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json["name"] == "same pattern, new name"
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}/", doc)
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["name"] == "same pattern, new name"
 
 
-def test_put_refuses_another_heartbeats_pattern(eapp):
-    heartbeat_id = create(eapp)
-    create(eapp, body(pattern={"k": "v"}))
-    response = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"k": "v"}), status=400)
+def test_put_refuses_another_heartbeats_pattern(app):
+    heartbeat_id = create(app)
+    create(app, body(pattern={"k": "v"}))
+    response = app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"k": "v"}), status=400)
     assert response.json == {"name": "", "description": "heartbeat pattern already exists"}
-    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json["pattern"] == C01
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["pattern"] == C01
 
 
-def test_put_of_an_unknown_heartbeat_is_not_found(eapp):
-    response = eapp.put_json("/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93", body(), status=404)
+def test_put_of_an_unknown_heartbeat_is_not_found(app):
+    response = app.put_json("/api/v2/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93", body(), status=404)
     assert response.json == {"name": "cf7097b6-71ba-48db-a749-e9474aa70c93", "description": "heartbeat not found"}
-    assert eapp.get("/api/v2/heartbeat").json == []
+    assert app.get("/api/v2/heartbeat").json == []
 
 
-def test_put_validates_like_post(eapp):
-    heartbeat_id = create(eapp)
-    before = eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json
-    response = eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="1d"), status=400)
+def test_put_validates_like_post(app):
+    heartbeat_id = create(app)
+    before = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
+    response = app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="1d"), status=400)
     assert response.json["description"] == "invalid heartbeat payload."
-    assert eapp.get(f"/api/v2/heartbeat/{heartbeat_id}").json == before
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json == before
 
 
-def test_a_shorter_interval_applies_from_the_last_refresh(eapp, engine_service, clock):
-    heartbeat_id = create(eapp)
+def test_a_shorter_interval_applies_from_the_last_refresh(app, service, clock):
+    heartbeat_id = create(app)
     clock.advance(10)
-    send(eapp, C01)
+    send(app, C01)
     clock.advance(10)
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="30s"))
-    assert status_of(eapp, heartbeat_id)["deadline"] == T0 + 40
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="30s"))
+    assert status_of(app, heartbeat_id)["deadline"] == T0 + 40
     clock.now = T0 + 40
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id)["status"] == "down"
+    service.tick()
+    assert status_of(app, heartbeat_id)["status"] == "down"
 
 
-def test_a_longer_interval_keeps_a_pending_heartbeat_up(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_a_longer_interval_keeps_a_pending_heartbeat_up(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.advance(50)
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="2h"))
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(expected_interval="2h"))
     clock.advance(3600)
-    engine_service.tick()
-    assert status_of(eapp, heartbeat_id) == {
+    service.tick()
+    assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "pending", "last_event": None, "deadline": T0 + 7200, "alarm_since": None,
     }
     assert alarms_seen == []
 
 
-def test_matching_follows_a_pattern_change(eapp):
-    heartbeat_id = create(eapp)
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
-    assert send(eapp, C01)["matched"] == []
-    assert send(eapp, {"host": "h1"})["matched"] == [heartbeat_id]
+def test_matching_follows_a_pattern_change(app):
+    heartbeat_id = create(app)
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
+    assert send(app, C01)["matched"] == []
+    assert send(app, {"host": "h1"})["matched"] == [heartbeat_id]
 
 
-def test_changing_a_down_heartbeats_pattern_moves_its_alarm(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_changing_a_down_heartbeats_pattern_moves_its_alarm(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.advance(60)
-    engine_service.tick()
+    service.tick()
     clock.advance(5)
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
     assert [(a["state"], a["resource"], a["timestamp"]) for a in alarms_seen] == [
         (3, "connector:connect.connector_name:c01", int(T0 + 60)),
         (0, "connector:connect.connector_name:c01", int(T0 + 65)),
         (3, "host:h1", int(T0 + 65)),
     ]
-    assert status_of(eapp, heartbeat_id)["status"] == "down"
-    assert [a["resource"] for a in eapp.get("/api/v2/alarms").json] == ["host:h1"]
+    assert status_of(app, heartbeat_id)["status"] == "down"
+    assert [a["resource"] for a in app.get("/api/v2/alarms").json] == ["host:h1"]
 
 
-def test_renaming_a_down_heartbeat_keeps_its_alarm(eapp, engine_service, clock, alarms_seen):
-    heartbeat_id = create(eapp)
+def test_renaming_a_down_heartbeat_keeps_its_alarm(app, service, clock, alarms_seen):
+    heartbeat_id = create(app)
     clock.advance(60)
-    engine_service.tick()
-    eapp.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(name="renamed", expected_interval="2h"))
+    service.tick()
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(name="renamed", expected_interval="2h"))
     assert [a["state"] for a in alarms_seen] == [3]
-    assert status_of(eapp, heartbeat_id)["status"] == "down"  # only an event brings it back
+    assert status_of(app, heartbeat_id)["status"] == "down"  # only an event brings it back
 
 
 def test_a_shorter_interval_wakes_the_scheduler(tmp_path):
@@ -975,10 +969,6 @@ def unused_url():
 
 def forwarding_service(clock, url, alarms_seen, db=":memory:"):
     return heartbeat_lite.create_app(db=db, clock=clock, forward_url=url, on_alarm=alarms_seen.append)
-
-
-def new_heartbeat(service, **changes):
-    return service.engine.create(heartbeat_lite.validate_heartbeat(body(**changes), "root"))
 
 
 def test_alarms_are_forwarded_with_basic_auth_from_the_url(receiver, clock, alarms_seen):
@@ -1089,13 +1079,13 @@ def test_the_outbox_row_and_the_state_change_commit_together(receiver, clock, al
     assert [e["state"] for e in receiver.delivered] == [3]
 
 
-def test_without_a_forward_url_nothing_waits_in_the_outbox(eapp, engine_service, clock):
-    create(eapp)
+def test_without_a_forward_url_nothing_waits_in_the_outbox(app, service, clock):
+    create(app)
     clock.advance(60)
-    engine_service.tick()
-    assert engine_service.engine.outbox_depth() == 0
+    service.tick()
+    assert service.engine.outbox_depth() == 0
     with pytest.raises(RuntimeError):
-        engine_service.deliver()
+        service.deliver()
 
 
 def test_the_forwarder_thread_delivers_in_server_mode(tmp_path, receiver):
@@ -1302,8 +1292,7 @@ def counted_derivations(monkeypatch):
 def test_a_hashed_password_is_derived_once_then_remembered(counted_derivations):
     users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
     with heartbeat_lite.create_app(users=users) as service:
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("alice", "pw"))
+        app = client(service, ("alice", "pw"))
         for _ in range(20):
             app.get("/api/v2/heartbeat")
     assert len(counted_derivations) == 1
@@ -1375,22 +1364,22 @@ def test_a_heartbeat_body_over_64_kib_is_413(app):
     assert app.get("/api/v2/heartbeat").json == []
 
 
-def test_an_event_body_over_1_mib_is_413(eapp):
-    heartbeat_id = create(eapp)
+def test_an_event_body_over_1_mib_is_413(app):
+    heartbeat_id = create(app)
     raw = json.dumps([C01] * 30_000).encode()
     assert len(raw) > heartbeat_lite.MAX_EVENT_BODY_BYTES
-    response = eapp.post("/api/v2/event", raw, status=413)
+    response = app.post("/api/v2/event", raw, status=413)
     assert response.json == {"name": "", "description": "request body larger than 1048576 bytes"}
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
+    assert status_of(app, heartbeat_id)["status"] == "pending"
 
 
-def test_more_than_10000_events_is_413_and_applies_nothing(eapp):
-    heartbeat_id = create(eapp)
+def test_more_than_10000_events_is_413_and_applies_nothing(app):
+    heartbeat_id = create(app)
     limit = heartbeat_lite.MAX_EVENTS_PER_REQUEST
-    response = eapp.post_json("/api/v2/event", [{}] * limit + [C01], status=413)
+    response = app.post_json("/api/v2/event", [{}] * limit + [C01], status=413)
     assert response.json == {"name": "", "description": "more than 10000 events in one request"}
-    assert status_of(eapp, heartbeat_id)["status"] == "pending"
-    assert send(eapp, [{}] * (limit - 1) + [C01]) == {"received": limit, "matched": [heartbeat_id]}
+    assert status_of(app, heartbeat_id)["status"] == "pending"
+    assert send(app, [{}] * (limit - 1) + [C01]) == {"received": limit, "matched": [heartbeat_id]}
 
 
 def hostile_bodies(valid):
@@ -1459,8 +1448,8 @@ def database_snapshot(service):
 
 
 @pytest.mark.parametrize("target", ["POST heartbeat", "PUT heartbeat", "POST event"])
-def test_hostile_json_gets_a_json_4xx_and_changes_nothing(eapp, engine_service, clock, target):
-    heartbeat_id = create(eapp)
+def test_hostile_json_gets_a_json_4xx_and_changes_nothing(app, service, clock, target):
+    heartbeat_id = create(app)
     clock.advance(1)
     method, path, valid = {
         "POST heartbeat": ("POST", "/api/v2/heartbeat", json.dumps(body(pattern={"k": "v"})).encode()),
@@ -1472,15 +1461,15 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(eapp, engine_service, 
         bodies["lone surrogate"] = valid.replace(b'"Heartbeat"', b'"\\ud800"').replace(b'"new"', b'"\\udfff"')
         bodies["an array"] = b"[" + valid + b"]"
     assert len(bodies) >= 150
-    before = database_snapshot(engine_service)
+    before = database_snapshot(service)
     for name, raw in bodies.items():
-        response = eapp.request(path, method=method, body=raw, headers={"Content-Type": "application/json"},
+        response = app.request(path, method=method, body=raw, headers={"Content-Type": "application/json"},
                                 expect_errors=True)
         assert 400 <= response.status_int < 500, (name, response.status, response.body[:200])
         assert response.content_type == "application/json", name
         assert isinstance(response.json, dict) and "description" in response.json, name
-    assert database_snapshot(engine_service) == before
-    assert send(eapp, C01)["matched"] == [heartbeat_id]  # and it still serves
+    assert database_snapshot(service) == before
+    assert send(app, C01)["matched"] == [heartbeat_id]  # and it still serves
 
 
 ###############################################################################
@@ -1492,8 +1481,7 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(eapp, engine_service, 
 def file_service(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     with heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05) as service:
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("root", "root"))
+        app = client(service)
         service.test_app = app
         yield service
 
@@ -1550,8 +1538,7 @@ def test_a_database_locked_at_start_starts_degraded_then_recovers(tmp_path, cloc
     try:
         service = heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05)
         assert "cannot start the engine yet" in caplog.text
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("root", "root"))
+        app = client(service)
         assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
     finally:
         holder.release()
@@ -1584,8 +1571,7 @@ def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpf
     remount(tmpfs, "ro")  # root ignores file permissions, not a read-only mount
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
         assert "unavailable at start" in caplog.text
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("root", "root"))
+        app = client(service)
         assert app.get("/api/v2/heartbeat", status=400).json == DB_ERROR
         assert app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400).json == DB_ERROR
         assert app.get("/healthz", status=503).json["status"] == "unavailable"
@@ -1643,8 +1629,7 @@ def test_the_schema_file_matches_the_code():
 def test_data_survives_a_restart(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
-        app = webtest.TestApp(service.wsgi)
-        app.authorization = ("Basic", ("root", "root"))
+        app = client(service)
         heartbeat_id = create(app)
         before = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
@@ -1912,16 +1897,16 @@ def test_cli_serves_then_stops_cleanly_on_a_signal(tmp_path, sig):
 HOSTILE = '<script>alert(1)</script>" \\ \n&amp;'
 
 
-def test_the_status_page_lists_alarms_then_every_heartbeat(eapp, engine_service, clock):
-    create(eapp, body(name="quiet one", pattern={"host": "db1"}, expected_interval="30s", output="db1 is silent"))
-    create(eapp, body(name="chatty one", pattern={"host": "web1"}, expected_interval="1h"))
-    create(eapp, body(name="new one", pattern={"host": "new"}, expected_interval="2h"))
+def test_the_status_page_lists_alarms_then_every_heartbeat(app, service, clock):
+    create(app, body(name="quiet one", pattern={"host": "db1"}, expected_interval="30s", output="db1 is silent"))
+    create(app, body(name="chatty one", pattern={"host": "web1"}, expected_interval="1h"))
+    create(app, body(name="new one", pattern={"host": "new"}, expected_interval="2h"))
     clock.advance(10)
-    send(eapp, {"host": "web1"})
+    send(app, {"host": "web1"})
     clock.advance(20)
-    engine_service.tick()  # "quiet one" goes down
+    service.tick()  # "quiet one" goes down
     clock.advance(120)
-    page = eapp.get("/")
+    page = app.get("/")
     assert page.content_type == "text/html"
     html = page.text
     alarms, heartbeats = html.split("<h2>Heartbeats</h2>")
@@ -1939,25 +1924,25 @@ def test_the_status_page_lists_alarms_then_every_heartbeat(eapp, engine_service,
     assert 'title="2020-12-11 10:00:44 UTC">2 min ago</time>' in quiet_row  # alarm since
 
 
-def test_the_status_page_escapes_every_user_string(eapp, engine_service, clock):
-    create(eapp, body(name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE}, expected_interval="1s"))
+def test_the_status_page_escapes_every_user_string(app, service, clock):
+    create(app, body(name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE}, expected_interval="1s"))
     clock.advance(2)
-    engine_service.tick()
-    html = eapp.get("/").text
+    service.tick()
+    html = app.get("/").text
     assert "<script>alert(1)" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # alarm name, output, resource; row name, pattern
     assert "&amp;amp;" in html
 
 
-def test_an_empty_service_shows_first_steps(eapp):
-    html = eapp.get("/", extra_environ={"HTTP_HOST": "monitor.example:8082"}).text
+def test_an_empty_service_shows_first_steps(app):
+    html = app.get("/", extra_environ={"HTTP_HOST": "monitor.example:8082"}).text
     assert "No heartbeat yet" in html
     assert "curl -u USER:PASSWORD -d" in html and "http://monitor.example:8082/api/v2/heartbeat" in html
     assert "No active alarm." in html
 
 
-def test_the_status_page_loads_nothing_from_elsewhere_and_refreshes_itself(eapp):
-    html = eapp.get("/").text
+def test_the_status_page_loads_nothing_from_elsewhere_and_refreshes_itself(app):
+    html = app.get("/").text
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert 'rel="icon" href="data:,"' in html  # no favicon request either
     assert "<script src" not in html and html.count("<script>") == 1
@@ -2009,15 +1994,15 @@ def parse_prometheus(text):
     return samples
 
 
-def test_metrics_follow_the_exposition_format(eapp, engine_service, clock):
-    hostile = create(eapp, body(name=HOSTILE, pattern={"k": "hostile"}, expected_interval="1s"))
-    up = create(eapp, body(name="up one", pattern={"k": "up"}, expected_interval="1h"))
-    create(eapp, body(name="pending one", pattern={"k": "pending"}, expected_interval="1h"))
+def test_metrics_follow_the_exposition_format(app, service, clock):
+    hostile = create(app, body(name=HOSTILE, pattern={"k": "hostile"}, expected_interval="1s"))
+    up = create(app, body(name="up one", pattern={"k": "up"}, expected_interval="1h"))
+    create(app, body(name="pending one", pattern={"k": "pending"}, expected_interval="1h"))
     clock.advance(0.5)
-    send(eapp, [{"k": "up"}, {"k": "nothing"}])
+    send(app, [{"k": "up"}, {"k": "nothing"}])
     clock.advance(1)
-    engine_service.tick()  # the hostile one goes down
-    response = eapp.get("/metrics")
+    service.tick()  # the hostile one goes down
+    response = app.get("/metrics")
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     samples = parse_prometheus(response.text)
     assert samples[("heartbeat_lite_heartbeats", (("status", "up"),))] == 1
