@@ -4,14 +4,19 @@
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
-It serves the Canopsis Heartbeat API (``/api/v2/heartbeat``) on SQLite.
+It serves the Canopsis Heartbeat API (``/api/v2/heartbeat``) on SQLite, and
+does the job that API exists for: it watches incoming events and raises an
+alarm (the Canopsis check event) when nothing matching a heartbeat's pattern
+arrived within its expected interval, and resolves it when events come back.
 
 Public API:
 
-- ``create_app(db=..., users=..., clock=...)`` builds a :class:`Service`: its
-  ``wsgi`` attribute is a WSGI application; nothing runs in the background.
+- ``create_app(db=..., users=..., clock=..., on_alarm=..., forward_url=...)``
+  builds a :class:`Service`: its ``wsgi`` attribute is a WSGI application;
+  nothing runs in the background, ``service.tick()`` runs expiry.
 - ``serve(service, host=..., port=0)`` is a context manager that runs the real
-  waitress server in a thread, yields its base URL and always stops it.
+  waitress server (and the expiry and delivery threads), yields its base URL
+  and always stops them.
 - ``main(argv)`` is the command line (``python heartbeat_lite.py --help``).
 
 The module is laid out in layers, each under a banner: Configuration,
@@ -2112,10 +2117,11 @@ class Service:
 
     def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url):
         self.uses_default_users = users is None
-        forwarder_url = parse_forward_url(forward_url)[0] if forward_url else None  # ConfigError first
+        if forward_url:
+            parse_forward_url(forward_url)  # refuse a bad URL before touching the database
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = Store(db, busy_timeout=busy_timeout)
-        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=forwarder_url is not None)
+        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url))
         try:
             self.engine.start()
         except StoreError as exc:
