@@ -1305,9 +1305,13 @@ class Engine:
 
 class _Worker:
     """A background thread running ``step()`` until stopped; ``step`` returns
-    the seconds to wait before the next step (None: until woken)."""
+    the seconds to wait before the next step (None: until woken). An
+    unexpected exception (a bug) is logged with its traceback and the step
+    retried: a background thread that died would stop alarms, or their
+    delivery, without a word."""
 
     name = "heartbeat-lite-worker"
+    retry_seconds = 1.0  # after a step that failed unexpectedly
 
     def __init__(self):
         self._wake = threading.Event()
@@ -1335,7 +1339,11 @@ class _Worker:
     def _run(self):
         while not self._stopping:
             self._wake.clear()
-            wait = self.step()
+            try:
+                wait = self.step()
+            except Exception:
+                log.exception("%s: unexpected error, retrying in %.0fs", self.name, self.retry_seconds)
+                wait = self.retry_seconds
             if wait is None or wait > 0:
                 self._wake.wait(wait)
 
@@ -1372,8 +1380,6 @@ class Scheduler(_Worker):
             return max(0.0, self.engine.next_tick_at - self.engine.clock())
         except StoreError as exc:
             log.error("expiry failed, retrying in %.0fs: %s", SCHEDULER_RETRY_SECONDS, exc)
-        except Exception:  # a bug: say it loudly, but keep alarms flowing
-            log.exception("expiry failed, retrying in %.0fs", SCHEDULER_RETRY_SECONDS)
         return SCHEDULER_RETRY_SECONDS
 
 

@@ -1088,6 +1088,31 @@ def test_without_a_forward_url_nothing_waits_in_the_outbox(app, service, clock):
         service.deliver()
 
 
+def test_a_bug_in_a_background_step_does_not_end_its_thread(caplog):
+    class Flaky(heartbeat_lite._Worker):
+        name, retry_seconds = "flaky", 0.01
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.recovered = threading.Event()
+
+        def step(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyError("a bug")
+            self.recovered.set()
+            return None
+
+    worker = Flaky()
+    worker.start()
+    try:
+        assert worker.recovered.wait(5), "the thread died with its first step"
+    finally:
+        worker.stop()
+    assert "flaky: unexpected error" in caplog.text and "KeyError" in caplog.text
+
+
 def test_the_forwarder_thread_delivers_in_server_mode(tmp_path, receiver):
     with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), forward_url=receiver.url()) as service:
         with heartbeat_lite.serve(service, port=0) as base:
