@@ -1419,7 +1419,7 @@ def hostile_bodies(valid):
         bodies[f"garbage {i}"] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
     for i in range(25):
         at = rng.randrange(1, len(valid) - 1)
-        bodies[f"invalid utf-8 at {at}"] = valid[:at] + rng.choice([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\x80"]) + valid[at:]
+        bodies[f"invalid utf-8 {i}, at {at}"] = valid[:at] + rng.choice([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\x80"]) + valid[at:]
     text = valid.decode("utf-8")
     inside = text.index('"') + 1  # just inside the first string
     for char in ("\x00", "\x01", "\x1f", "\n", "\t"):
