@@ -502,6 +502,10 @@ class Store:
         self._shared = path == ":memory:"  # no reader connections: they would see another database
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
+        #: None, or a callable ``(sql, params)`` run before every statement:
+        #: tests trace statements with it, or raise ``sqlite3.Error`` from it
+        #: to inject a failure
+        self.statement_hook = None
         try:
             with self._lock:
                 self._connection()
@@ -629,40 +633,40 @@ class Store:
         except sqlite3.Error as exc:  # no transaction left to roll back
             log.debug("rollback: %s", exc)
 
-    def _failed(self, exc, sql):
-        """Wrap a sqlite3 error; have the connection reopened before next use."""
-        if self._depth:
-            self._stale = True  # atomic() drops it once the transaction is over
-        else:
-            self._discard()
-        return StoreError(f"{exc} (in: {sql.split()[0]} ...)")
+    def _run(self, conn, sql, params, many=False, fetch=False):
+        """The one funnel every statement passes: the hook, then SQLite; a
+        sqlite3 error leaves as :class:`StoreError` and the failed connection
+        is dropped (the writer's once its transaction is over)."""
+        try:
+            if self.statement_hook is not None:
+                self.statement_hook(sql, params)
+            if many:
+                return conn.executemany(sql, params)
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor
+        except sqlite3.Error as exc:
+            if conn is self._conn:
+                if self._depth:
+                    self._stale = True  # atomic() drops it once the transaction is over
+                else:
+                    self._discard()
+            else:
+                self._discard_reader()
+            raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
 
     def _execute(self, sql, params=()):
         with self._lock:
-            try:
-                return self._connection().execute(sql, params)
-            except sqlite3.Error as exc:
-                raise self._failed(exc, sql) from exc
+            return self._run(self._connection(), sql, params)
 
     def _executemany(self, sql, rows):
         with self._lock:
-            try:
-                return self._connection().executemany(sql, rows)
-            except sqlite3.Error as exc:
-                raise self._failed(exc, sql) from exc
+            return self._run(self._connection(), sql, rows, many=True)
 
     def _query(self, sql, params=()):
         if self._shared or self._owner == threading.get_ident():
             with self._lock:
-                try:
-                    return self._connection().execute(sql, params).fetchall()
-                except sqlite3.Error as exc:
-                    raise self._failed(exc, sql) from exc
-        try:
-            return self._reader().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            self._discard_reader()
-            raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+                return self._run(self._connection(), sql, params, fetch=True)
+        return self._run(self._reader(), sql, params, fetch=True)
 
     # -- heartbeats ----------------------------------------------------------
 

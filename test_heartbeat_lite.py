@@ -1154,7 +1154,7 @@ def test_health_reports_the_outbox_depth(clock, alarms_seen):
 
 
 def test_health_is_503_when_the_database_fails(service, monkeypatch, caplog):
-    monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
+    service.store.statement_hook = _broken_statement
     response = webtest.TestApp(service.wsgi).get("/healthz", status=503)
     assert response.json["status"] == "unavailable"
     assert "disk I/O error" in caplog.text
@@ -1619,7 +1619,7 @@ def test_a_newer_schema_is_refused_by_the_cli(tmp_path):
 
 def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, caplog):
     heartbeat_id = create(app)
-    monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
+    service.store.statement_hook = _broken_statement
     for path in ("/api/v2/heartbeat", f"/api/v2/heartbeat/{heartbeat_id}/status", "/api/v2/alarms"):
         assert app.get(path, status=400).json == DB_ERROR
     assert "disk I/O error" in caplog.text
@@ -1627,12 +1627,8 @@ def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, capl
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
-class _BrokenConnection:
-    def execute(self, *args):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    def close(self):
-        pass
+def _broken_statement(sql, params):
+    raise sqlite3.OperationalError("disk I/O error")
 
 
 def test_the_schema_is_versioned(tmp_path):
@@ -1658,7 +1654,7 @@ def test_data_survives_a_restart(tmp_path, clock):
         heartbeat_id = create(app)
         before = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
-        assert service.engine.get(heartbeat_id) == before
+        assert json.loads(service.engine.document(heartbeat_id)) == before
 
 
 def test_a_missing_database_directory_is_a_config_error(tmp_path):
@@ -2200,7 +2196,7 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
         call("DELETE", f"/api/v2/heartbeat/{hid}", 200)
         call("DELETE", f"/api/v2/heartbeat/{hid}", 404)
         call("GET", "/api/v2/heartbeat", 401, headers={"Authorization": _basic("root", "wrong")})
-        monkeypatch.setattr(service.store, "_connection", _BrokenConnection)
+        service.store.statement_hook = _broken_statement
         call("GET", "/api/v2/heartbeat", 400)
         call("GET", "/healthz", 503)
     hashed = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
