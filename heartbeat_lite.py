@@ -155,42 +155,6 @@ def load_users_file(path):
     return users
 
 
-class PasswordHash:
-    """A salted PBKDF2-SHA256 password hash, written
-    ``pbkdf2_sha256$<iterations>$<salt, base64>$<hash, base64>``."""
-
-    def __init__(self, iterations, salt, digest):
-        self.iterations, self.salt, self.digest = iterations, salt, digest
-
-    @classmethod
-    def create(cls, password, iterations=PBKDF2_ITERATIONS):
-        """Hash ``password`` (str) with a new random salt."""
-        salt = os.urandom(16)
-        return cls(iterations, salt, hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations))
-
-    @classmethod
-    def parse(cls, text):
-        """:raises ValueError: when ``text`` is not a hash in the format above."""
-        parts = text.split("$")
-        if len(parts) != 4 or parts[0] != PASSWORD_HASH_SCHEME or not parts[1].isdigit():
-            raise ValueError(f"malformed password hash: expected {PASSWORD_HASH_SCHEME}$<iterations>$<salt>$<hash>")
-        try:
-            salt, digest = (base64.b64decode(part, validate=True) for part in parts[2:])
-        except ValueError:
-            raise ValueError("malformed password hash: salt and hash must be base64") from None
-        if int(parts[1]) < 1 or not salt or len(digest) != 32:
-            raise ValueError("malformed password hash: bad iterations, salt or hash length")
-        return cls(int(parts[1]), salt, digest)
-
-    def verify(self, password):
-        """True when ``password`` (bytes) hashes to this hash (a full PBKDF2 derivation)."""
-        return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations), self.digest)
-
-    def __str__(self):
-        encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
-        return f"{PASSWORD_HASH_SCHEME}${self.iterations}${encode(self.salt)}${encode(self.digest)}"
-
-
 def parse_forward_url(url):
     """Split ``--forward-url`` into the URL to POST to and its credentials.
 
@@ -1454,14 +1418,139 @@ class Forwarder(_Worker):
 
 
 ###############################################################################
-# Web
+# Authentication
 ###############################################################################
 
-INVALID_HEARTBEAT = "invalid heartbeat payload."
+
+class PasswordHash:
+    """A salted PBKDF2-SHA256 password hash, written
+    ``pbkdf2_sha256$<iterations>$<salt, base64>$<hash, base64>``."""
+
+    def __init__(self, iterations, salt, digest):
+        self.iterations, self.salt, self.digest = iterations, salt, digest
+
+    @classmethod
+    def create(cls, password, iterations=PBKDF2_ITERATIONS):
+        """Hash ``password`` (str) with a new random salt."""
+        salt = os.urandom(16)
+        return cls(iterations, salt, hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations))
+
+    @classmethod
+    def parse(cls, text):
+        """:raises ValueError: when ``text`` is not a hash in the format above."""
+        parts = text.split("$")
+        if len(parts) != 4 or parts[0] != PASSWORD_HASH_SCHEME or not parts[1].isdigit():
+            raise ValueError(f"malformed password hash: expected {PASSWORD_HASH_SCHEME}$<iterations>$<salt>$<hash>")
+        try:
+            salt, digest = (base64.b64decode(part, validate=True) for part in parts[2:])
+        except ValueError:
+            raise ValueError("malformed password hash: salt and hash must be base64") from None
+        if int(parts[1]) < 1 or not salt or len(digest) != 32:
+            raise ValueError("malformed password hash: bad iterations, salt or hash length")
+        return cls(int(parts[1]), salt, digest)
+
+    def verify(self, password):
+        """True when ``password`` (bytes) hashes to this hash (a full PBKDF2 derivation)."""
+        return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password, self.salt, self.iterations), self.digest)
+
+    def __str__(self):
+        encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
+        return f"{PASSWORD_HASH_SCHEME}${self.iterations}${encode(self.salt)}${encode(self.digest)}"
+
+
+class Throttled(Exception):
+    """Too many failed password derivations lately (answered 429)."""
+
+
+class Authenticator:
+    """HTTP Basic credentials, checked in constant time.
+
+    A password given as a :class:`PasswordHash` costs a PBKDF2 derivation, so
+    successful verifications are remembered in memory (under a keyed hash of
+    name and password, never the password itself), and derivations run one
+    at a time within a budget that failures spend: at most
+    :data:`AUTH_FAILURE_BURST` at once, then one per
+    :data:`AUTH_FAILURE_REFILL_SECONDS`. Past it, :class:`Throttled` is
+    raised instead of deriving, so guessing cannot keep the cores busy.
+
+    :param users: dict of name to password, or to a hash string.
+    :param clock: monotonic seconds, for the budget.
+    """
+
+    def __init__(self, users, clock=time.monotonic):
+        self._plain = {}
+        self._hashed = {}
+        for name, secret in users.items():
+            if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
+                self._hashed[name] = PasswordHash.parse(secret)
+            else:
+                self._plain[name] = secret.encode("utf-8")
+        self._decoy = b"\0" * 32  # compared against when the name is unknown
+        self._key = os.urandom(32)
+        self._verified = {}  # keyed digest of (name, password) -> True, oldest first
+        self._derive_lock = threading.Lock()
+        self._clock = clock
+        self._budget = float(AUTH_FAILURE_BURST)
+        self._budget_at = clock()
+
+    def user(self, header):
+        """The user name the ``Authorization`` header proves, or None.
+
+        :raises Throttled: when a hashed password would need a derivation
+            and the failure budget is spent.
+        """
+        credentials = bottle.parse_auth(header) if header else None
+        if not credentials:
+            return None
+        name, password = credentials
+        password = password.encode("utf-8")
+        hashed = self._hashed.get(name)
+        if hashed is not None:
+            return name if self._verify_hashed(name, password, hashed) else None
+        expected = self._plain.get(name)
+        ok = hmac.compare_digest(password, expected if expected is not None else self._decoy)
+        return name if ok and expected is not None else None
+
+    def _verify_hashed(self, name, password, hashed):
+        key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
+        if key in self._verified:
+            return True
+        with self._derive_lock:  # one derivation at a time: at most one core
+            if key in self._verified:
+                return True
+            if not self._spend():
+                raise Throttled()
+            if not hashed.verify(password):
+                return False
+            self._budget = min(AUTH_FAILURE_BURST, self._budget + 1)  # only failures spend
+            if len(self._verified) >= AUTH_CACHE_ENTRIES:
+                del self._verified[next(iter(self._verified))]
+            self._verified[key] = True
+            return True
+
+    def _spend(self):
+        now = self._clock()
+        self._budget = min(AUTH_FAILURE_BURST, self._budget + (now - self._budget_at) / AUTH_FAILURE_REFILL_SECONDS)
+        self._budget_at = now
+        if self._budget < 1:
+            return False
+        self._budget -= 1
+        return True
+
+
+###############################################################################
+# Web API
+###############################################################################
+
 PATTERN_EXISTS = "heartbeat pattern already exists"
-NOT_FOUND = "heartbeat not found"
-INVALID_EVENT = "invalid event payload."
 DATABASE_ERROR = "database error, please contact your administrator."
+INTERNAL_ERROR = "internal error"
+
+
+def error_body(description, name="", **extra):
+    """The API's one error shape: ``{"name", "description"}``, plus extras
+    such as ``errors`` (the reasons of an invalid payload)."""
+    return {"name": name, "description": description, **extra}
 
 
 class ApiError(Exception):
@@ -1470,7 +1559,7 @@ class ApiError(Exception):
     def __init__(self, status, description, name="", headers=None, **extra):
         super().__init__(description)
         self.status = status
-        self.body = {"name": name, "description": description, **extra}
+        self.body = error_body(description, name, **extra)
         self.headers = headers or {}
 
 
@@ -1491,6 +1580,200 @@ def text_response(body, content_type):
     bottle.response.status = 200
     bottle.response.content_type = content_type
     return body
+
+
+class WebApi:
+    """The bottle routes: parse the request, call the engine, format the answer.
+
+    :param engine: the :class:`Engine`.
+    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
+    """
+
+    def __init__(self, engine, authenticator):
+        self.engine = engine
+        self.auth = authenticator
+        self.app = bottle.Bottle()
+        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
+        self.app.default_error_handler = self._bottle_error
+        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
+        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
+        self._route("/api/v2/event", "POST", self.post_events, kind="event")
+        self._route("/api/v2/alarms", "GET", self.list_alarms)
+        self._route("/healthz", "GET", self.health, authenticated=False)
+        self._route("/", "GET", self.status_page)
+        self._route("/metrics", "GET", self.metrics)
+        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
+        self._page = bottle.SimpleTemplate(STATUS_PAGE)
+        self._openapi = dump_json(openapi_document())
+
+    def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
+        """Serve ``handler`` at ``path`` with and without a trailing slash;
+        ``kind`` names the document it handles, in its error answers."""
+        wrapped = self._wrap(handler, authenticated, kind)
+        for variant in {path, path.rstrip("/") + "/"}:
+            self.app.route(variant, method, wrapped)
+
+    def _wrap(self, handler, authenticated, kind):
+        """The one place where exceptions become JSON answers."""
+
+        def wrapper(**kwargs):
+            try:
+                if authenticated:
+                    kwargs["user"] = self._authenticate()
+                return handler(**kwargs)
+            except ApiError as exc:
+                return json_response(exc.body, exc.status, exc.headers)
+            except Invalid as exc:
+                return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
+            except NotFound as exc:
+                return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
+            except PatternExists:
+                return json_response(error_body(PATTERN_EXISTS), 400)
+            except TooLarge as exc:
+                return json_response(error_body(str(exc)), 413)
+            except StoreError as exc:
+                log.error("database error on %s %s: %s", bottle.request.method, bottle.request.path,
+                          exc, exc_info=exc.__cause__ is None)
+                return json_response(error_body(DATABASE_ERROR), 400)
+            except Exception:
+                log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
+                return json_response(error_body(INTERNAL_ERROR), 500)
+
+        return wrapper
+
+    def _bottle_error(self, error):
+        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
+        if error.status_code >= 500:
+            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
+        bottle.response.content_type = JSON_TYPE
+        descriptions = {404: "not found", 405: "method not allowed"}
+        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
+        return dump_json(error_body(description))
+
+    def _authenticate(self):
+        try:
+            user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
+        except Throttled:
+            raise ApiError(429, "too many failed authentication attempts, retry later",
+                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
+        if user is None:
+            raise ApiError(401, "authentication required",
+                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        return user
+
+    def _read_body(self, limit):
+        environ = bottle.request.environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise ApiError(400, "invalid Content-Length")
+        if length > limit:
+            raise TooLarge(f"request body larger than {limit} bytes")
+        return environ["wsgi.input"].read(length) if length else b""
+
+    # -- routes --------------------------------------------------------------
+
+    def create_heartbeat(self, user):
+        heartbeat_id = self.engine.create(self._heartbeat_body(user))
+        return json_response({"name": "heartbeat created", "description": heartbeat_id})
+
+    def _heartbeat_body(self, user):
+        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
+        return validate_heartbeat(parse_json(body), default_author=user)
+
+    def list_heartbeats(self, user):
+        return json_response(self.engine.list())
+
+    def get_heartbeat(self, heartbeat_id, user):
+        return json_response(self.engine.document(heartbeat_id))
+
+    def update_heartbeat(self, heartbeat_id, user):
+        self.engine.update(heartbeat_id, self._heartbeat_body(user))
+        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
+
+    def delete_heartbeat(self, heartbeat_id, user):
+        self.engine.delete(heartbeat_id)
+        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
+
+    def heartbeat_status(self, heartbeat_id, user):
+        return json_response(self.engine.status(heartbeat_id))
+
+    def post_events(self, user):
+        events = validate_events(parse_json(self._read_body(MAX_EVENT_BODY_BYTES)))
+        return json_response({"received": len(events), "matched": self.engine.ingest(events)})
+
+    def list_alarms(self, user):
+        return json_response(self.engine.alarms())
+
+    def status_page(self, user):
+        rows = sorted(self.engine.overview(), key=lambda row: row["name"].casefold())
+        counts = {status: 0 for status in (PENDING, UP, DOWN)}
+        for row in rows:
+            counts[row["status"]] += 1
+        parts = bottle.request.urlparts
+        html = self._page.render(
+            rows=rows, alarms=self.engine.alarms(), counts=counts, now=self.engine.clock(), time=time, time_html=time_html,
+            base_url=f"{parts.scheme}://{parts.netloc}", refresh_seconds=STATUS_PAGE_REFRESH_SECONDS,
+        )
+        return text_response(html.encode("utf-8"), HTML_TYPE)
+
+    def metrics(self, user):
+        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
+                               self.engine.outbox_depth())
+        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
+
+    def openapi(self):
+        return json_response(self._openapi)
+
+    def health(self):
+        try:
+            depth = self.engine.outbox_depth()
+        except StoreError as exc:
+            log.error("health check: database error: %s", exc)
+            return json_response({"status": "unavailable", "description": "the database does not answer"}, 503)
+        return json_response({"status": "ok", "outbox": depth})
+
+
+def _access_logged(app):
+    """WSGI middleware: one access-log line per request, JSON on a crash."""
+
+    def wsgi(environ, start_response):
+        started = time.perf_counter()
+        seen = []
+
+        def recording_start_response(status, headers, exc_info=None):
+            seen.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = app(environ, recording_start_response)
+        except Exception:  # bottle's own last resort failed: still answer JSON
+            log.exception("unhandled error in the WSGI application")
+            body = [dump_json(error_body(INTERNAL_ERROR))]
+            seen.append("500 Internal Server Error")
+            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
+        if access_log.isEnabledFor(logging.INFO):
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            access_log.info('%s "%s %s" %s %.1fms', environ.get("REMOTE_ADDR", "-"),
+                            environ.get("REQUEST_METHOD"), path,
+                            seen[-1].split(" ", 1)[0] if seen else "-",
+                            (time.perf_counter() - started) * 1000)
+        return body
+
+    return wsgi
+
+
+###############################################################################
+# Operator pages
+###############################################################################
 
 
 def relative_time(when, now):
@@ -1829,291 +2112,9 @@ def openapi_document():
     }
 
 
-class Throttled(Exception):
-    """Too many failed password derivations lately (answered 429)."""
-
-
-class Authenticator:
-    """HTTP Basic credentials, checked in constant time.
-
-    A password given as a :class:`PasswordHash` costs a PBKDF2 derivation, so
-    successful verifications are remembered in memory (under a keyed hash of
-    name and password, never the password itself), and derivations run one
-    at a time within a budget that failures spend: at most
-    :data:`AUTH_FAILURE_BURST` at once, then one per
-    :data:`AUTH_FAILURE_REFILL_SECONDS`. Past it, :class:`Throttled` is
-    raised instead of deriving, so guessing cannot keep the cores busy.
-
-    :param users: dict of name to password, or to a hash string.
-    :param clock: monotonic seconds, for the budget.
-    """
-
-    def __init__(self, users, clock=time.monotonic):
-        self._plain = {}
-        self._hashed = {}
-        for name, secret in users.items():
-            if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
-                self._hashed[name] = PasswordHash.parse(secret)
-            else:
-                self._plain[name] = secret.encode("utf-8")
-        self._decoy = b"\0" * 32  # compared against when the name is unknown
-        self._key = os.urandom(32)
-        self._verified = {}  # keyed digest of (name, password) -> True, oldest first
-        self._derive_lock = threading.Lock()
-        self._clock = clock
-        self._budget = float(AUTH_FAILURE_BURST)
-        self._budget_at = clock()
-
-    def user(self, header):
-        """The user name the ``Authorization`` header proves, or None.
-
-        :raises Throttled: when a hashed password would need a derivation
-            and the failure budget is spent.
-        """
-        credentials = bottle.parse_auth(header) if header else None
-        if not credentials:
-            return None
-        name, password = credentials
-        password = password.encode("utf-8")
-        hashed = self._hashed.get(name)
-        if hashed is not None:
-            return name if self._verify_hashed(name, password, hashed) else None
-        expected = self._plain.get(name)
-        ok = hmac.compare_digest(password, expected if expected is not None else self._decoy)
-        return name if ok and expected is not None else None
-
-    def _verify_hashed(self, name, password, hashed):
-        key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
-        if key in self._verified:
-            return True
-        with self._derive_lock:  # one derivation at a time: at most one core
-            if key in self._verified:
-                return True
-            if not self._spend():
-                raise Throttled()
-            if not hashed.verify(password):
-                return False
-            self._budget = min(AUTH_FAILURE_BURST, self._budget + 1)  # only failures spend
-            if len(self._verified) >= AUTH_CACHE_ENTRIES:
-                del self._verified[next(iter(self._verified))]
-            self._verified[key] = True
-            return True
-
-    def _spend(self):
-        now = self._clock()
-        self._budget = min(AUTH_FAILURE_BURST, self._budget + (now - self._budget_at) / AUTH_FAILURE_REFILL_SECONDS)
-        self._budget_at = now
-        if self._budget < 1:
-            return False
-        self._budget -= 1
-        return True
-
-
-class WebApi:
-    """The bottle routes: parse the request, call the engine, format the answer.
-
-    :param engine: the :class:`Engine`.
-    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
-    """
-
-    def __init__(self, engine, authenticator):
-        self.engine = engine
-        self.auth = authenticator
-        self.app = bottle.Bottle()
-        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
-        self.app.default_error_handler = self._bottle_error
-        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
-        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
-        self._route("/api/v2/event", "POST", self.post_events)
-        self._route("/api/v2/alarms", "GET", self.list_alarms)
-        self._route("/healthz", "GET", self.health, authenticated=False)
-        self._route("/", "GET", self.status_page)
-        self._route("/metrics", "GET", self.metrics)
-        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._page = bottle.SimpleTemplate(STATUS_PAGE)
-        self._openapi = dump_json(openapi_document())
-
-    def _route(self, path, method, handler, authenticated=True):
-        wrapped = self._wrap(handler, authenticated)
-        for variant in {path, path.rstrip("/") + "/"}:
-            self.app.route(variant, method, wrapped)
-
-    def _wrap(self, handler, authenticated):
-        """The one place where exceptions become JSON answers."""
-
-        def wrapper(**kwargs):
-            try:
-                if authenticated:
-                    kwargs["user"] = self._authenticate()
-                return handler(**kwargs)
-            except ApiError as exc:
-                return json_response(exc.body, exc.status, exc.headers)
-            except TooLarge as exc:
-                return json_response({"name": "", "description": str(exc)}, 413)
-            except StoreError as exc:
-                log.error("database error on %s %s: %s", bottle.request.method, bottle.request.path,
-                          exc, exc_info=exc.__cause__ is None)
-                return json_response({"name": "", "description": DATABASE_ERROR}, 400)
-            except Exception:
-                log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
-                return json_response({"name": "", "description": "internal error"}, 500)
-
-        return wrapper
-
-    def _bottle_error(self, error):
-        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
-        if error.status_code >= 500:
-            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
-        bottle.response.content_type = JSON_TYPE
-        descriptions = {404: "not found", 405: "method not allowed"}
-        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
-        return dump_json({"name": "", "description": description})
-
-    def _authenticate(self):
-        try:
-            user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
-        except Throttled:
-            raise ApiError(429, "too many failed authentication attempts, retry later",
-                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
-        if user is None:
-            raise ApiError(401, "authentication required",
-                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
-        return user
-
-    def _read_body(self, limit):
-        environ = bottle.request.environ
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise ApiError(400, "invalid Content-Length")
-        if length > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
-        return environ["wsgi.input"].read(length) if length else b""
-
-    # -- routes --------------------------------------------------------------
-
-    def create_heartbeat(self, user):
-        fields = self._heartbeat_body(user)
-        try:
-            heartbeat_id = self.engine.create(fields)
-        except PatternExists:
-            raise ApiError(400, PATTERN_EXISTS) from None
-        return json_response({"name": "heartbeat created", "description": heartbeat_id})
-
-    def _heartbeat_body(self, user):
-        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
-        try:
-            return validate_heartbeat(parse_json(body), default_author=user)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_HEARTBEAT, errors=exc.reasons) from None
-
-    def list_heartbeats(self, user):
-        return json_response(self.engine.list())
-
-    def get_heartbeat(self, heartbeat_id, user):
-        try:
-            return json_response(self.engine.document(heartbeat_id))
-        except NotFound:
-            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
-
-    def update_heartbeat(self, heartbeat_id, user):
-        fields = self._heartbeat_body(user)
-        try:
-            self.engine.update(heartbeat_id, fields)
-        except NotFound:
-            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
-        except PatternExists:
-            raise ApiError(400, PATTERN_EXISTS) from None
-        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
-
-    def delete_heartbeat(self, heartbeat_id, user):
-        try:
-            self.engine.delete(heartbeat_id)
-        except NotFound:
-            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
-        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
-
-    def heartbeat_status(self, heartbeat_id, user):
-        try:
-            return json_response(self.engine.status(heartbeat_id))
-        except NotFound:
-            raise ApiError(404, NOT_FOUND, name=heartbeat_id) from None
-
-    def post_events(self, user):
-        body = self._read_body(MAX_EVENT_BODY_BYTES)
-        try:
-            events = validate_events(parse_json(body))
-        except Invalid as exc:
-            raise ApiError(400, INVALID_EVENT, errors=exc.reasons) from None
-        return json_response({"received": len(events), "matched": self.engine.ingest(events)})
-
-    def list_alarms(self, user):
-        return json_response(self.engine.alarms())
-
-    def status_page(self, user):
-        rows = sorted(self.engine.overview(), key=lambda row: row["name"].casefold())
-        counts = {status: 0 for status in (PENDING, UP, DOWN)}
-        for row in rows:
-            counts[row["status"]] += 1
-        parts = bottle.request.urlparts
-        html = self._page.render(
-            rows=rows, alarms=self.engine.alarms(), counts=counts, now=self.engine.clock(), time=time, time_html=time_html,
-            base_url=f"{parts.scheme}://{parts.netloc}", refresh_seconds=STATUS_PAGE_REFRESH_SECONDS,
-        )
-        return text_response(html.encode("utf-8"), HTML_TYPE)
-
-    def metrics(self, user):
-        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth())
-        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
-
-    def openapi(self):
-        return json_response(self._openapi)
-
-    def health(self):
-        try:
-            depth = self.engine.outbox_depth()
-        except StoreError as exc:
-            log.error("health check: database error: %s", exc)
-            return json_response({"status": "unavailable", "description": "the database does not answer"}, 503)
-        return json_response({"status": "ok", "outbox": depth})
-
-
-def _access_logged(app):
-    """WSGI middleware: one access-log line per request, JSON on a crash."""
-
-    def wsgi(environ, start_response):
-        started = time.perf_counter()
-        seen = []
-
-        def recording_start_response(status, headers, exc_info=None):
-            seen.append(status)
-            return start_response(status, headers, exc_info)
-
-        try:
-            body = app(environ, recording_start_response)
-        except Exception:  # bottle's own last resort failed: still answer JSON
-            log.exception("unhandled error in the WSGI application")
-            body = [dump_json({"name": "", "description": "internal error"})]
-            seen.append("500 Internal Server Error")
-            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
-        if access_log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
-            if environ.get("QUERY_STRING"):
-                path += "?" + environ["QUERY_STRING"]
-            access_log.info('%s "%s %s" %s %.1fms', environ.get("REMOTE_ADDR", "-"),
-                            environ.get("REQUEST_METHOD"), path,
-                            seen[-1].split(" ", 1)[0] if seen else "-",
-                            (time.perf_counter() - started) * 1000)
-        return body
-
-    return wsgi
+###############################################################################
+# Embedding API
+###############################################################################
 
 
 class Service:
@@ -2244,7 +2245,7 @@ def _json_error_server_class():
     class JsonErrorTask(ErrorTask):
         def execute(self):
             error = self.request.error
-            body = dump_json({"name": "", "description": error.reason.lower()})
+            body = dump_json(error_body(error.reason.lower()))
             self.status = f"{error.code} {error.reason}"
             self.response_headers.append(("Content-Type", JSON_TYPE))
             self.set_close_on_finish()
