@@ -25,6 +25,7 @@ Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
 
 import argparse
 import base64
+import collections
 import contextlib
 import getpass
 import hashlib
@@ -748,9 +749,9 @@ class Store:
             (now, now, heartbeat_id),
         ).rowcount == 1
 
-    def refresh_many(self, refreshes):
+    def write_refreshes(self, refreshes):
         """Store ``(id, refresh time)`` pairs of heartbeats that are not down
-        (refreshes kept in memory until now)."""
+        (refreshes the engine kept in memory until now)."""
         self._executemany(
             "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status <> 'down'",
             [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
@@ -836,6 +837,31 @@ def heartbeat_document(row):
     }
 
 
+def deadline_of(row):
+    """The one deadline rule: a heartbeat is due ``expected_interval`` after
+    its last refresh (its creation, or its last matching event, moved later
+    by each outage); for one that is down, the deadline it missed. ``row``
+    needs ``refreshed`` and ``interval_seconds``. (schema.sql's generated
+    ``deadline`` column spells the same sum, so that SQLite can index it.)"""
+    return row["refreshed"] + row["interval_seconds"]
+
+
+def next_tick_at(now, earliest_deadline):
+    """When the engine needs its next tick, after one at ``now``: at the
+    earliest deadline of a heartbeat not down (None: there is none), and
+    at the latest when the next alive record is due."""
+    alive_at = now + ALIVE_INTERVAL_SECONDS
+    return alive_at if earliest_deadline is None else min(alive_at, max(now, earliest_deadline))
+
+
+def with_refresh(row, refreshed):
+    """``row`` as it reads once a refresh kept in memory (not yet written)
+    is counted: refreshed and last event at ``refreshed``; None: as is."""
+    if refreshed is None:
+        return row
+    return {**dict(row), "refreshed": refreshed, "last_event": refreshed}
+
+
 def api_time(value):
     """A time as the API shows it: Unix seconds to the millisecond, or None."""
     if value is None:
@@ -844,17 +870,13 @@ def api_time(value):
     return int(value) if value.is_integer() else value
 
 
-def status_document(row, pending_refresh=None):
-    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row, with the
-    refresh not yet written, if any."""
-    last_event, deadline = row["last_event"], row["deadline"]
-    if pending_refresh is not None:
-        last_event, deadline = pending_refresh, pending_refresh + row["interval_seconds"]
+def status_document(row):
+    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row."""
     return {
         "_id": row["id"],
         "status": row["status"],
-        "last_event": api_time(last_event),
-        "deadline": api_time(deadline),
+        "last_event": api_time(row["last_event"]),
+        "deadline": api_time(deadline_of(row)),
         "alarm_since": api_time(row["alarm_since"]),
     }
 
@@ -928,26 +950,119 @@ class PatternIndex:
         return found
 
 
-class Engine:
-    """The heartbeat rules: matching, deadlines, alarms.
-
-    Every change runs under one lock, so the in-memory state, the database
-    and the order of published events agree. Each alarm and resolution is
-    written to the outbox (when forwarding) in the transaction that changes
-    the state it reports.
-
-    In memory, beside the database (which stays the truth, and from which
-    all of this is rebuilt at start):
+class ReadModel:
+    """What the engine keeps in memory beside the database, which stays the
+    truth and from which this is rebuilt at start (:meth:`loaded`).
 
     - the pattern index, to match events;
     - each heartbeat's document, JSON-encoded, so GET serves it without a
       database round trip (each sqlite3 call hands the GIL around, which
       under concurrent load costs far more than the query);
-    - the refresh times of heartbeats that are up: a heartbeat already up,
-      refreshed again within :data:`REFRESH_WRITE_SECONDS` of its last
-      stored refresh, is refreshed in memory ("pending") and written by the
-      next tick, so a chatty source costs one write per half second, not
-      one per event. Every refresh that changes a state is written at once.
+    - for each heartbeat that is up, its refresh time as stored, and a later
+      one not yet written, if any: a heartbeat already up, refreshed again
+      within :data:`REFRESH_WRITE_SECONDS` of its stored refresh, is
+      refreshed in memory only and written by the next tick, so a chatty
+      source costs one write per half second, not one per event.
+
+    Invariant, after every committed change (the engine's lock guards it):
+    the index and the documents hold exactly the heartbeats of the database;
+    ``stored`` holds the refresh time of exactly those that are up in the
+    database, as written there; ``unwritten`` only ids of ``stored``, each
+    with a time later than its stored one. Every method is named by what
+    happened (created, updated, deleted, refreshed, written, went down);
+    call it after the change is committed.
+    """
+
+    def __init__(self):
+        self._index = PatternIndex()
+        self._documents = {}  # id -> the GET document, JSON bytes
+        self._stored = {}  # id -> refresh time in the database, for heartbeats that are up
+        self._unwritten = {}  # id -> later refresh time, not yet in the database
+
+    @classmethod
+    def loaded(cls, rows):
+        """A read model of ``rows`` (every heartbeat row of the database)."""
+        model = cls()
+        for row in rows:
+            model.created(row)
+            if row["status"] == UP:
+                model._stored[row["id"]] = row["refreshed"]
+        return model
+
+    # -- what happened -------------------------------------------------------
+
+    def created(self, row):
+        self._index.add(row["id"], json.loads(row["pattern"]))
+        self._documents[row["id"]] = dump_json(heartbeat_document(row))
+
+    def updated(self, old, new):
+        self._index.remove(json.loads(old["pattern"]))
+        self.created(new)
+
+    def deleted(self, row):
+        self._index.remove(json.loads(row["pattern"]))
+        for memory in (self._documents, self._stored, self._unwritten):
+            memory.pop(row["id"], None)
+
+    def refreshed(self, heartbeat_ids, now):
+        """Split heartbeats refreshed at ``now`` into those to write now and
+        those whose refresh can wait in memory (kept here as unwritten).
+
+        :returns: ``(to_write, kept)``, lists of ids.
+        """
+        to_write, kept = [], []
+        for heartbeat_id in heartbeat_ids:
+            recent = now - self._stored.get(heartbeat_id, -math.inf) < REFRESH_WRITE_SECONDS
+            (kept if recent else to_write).append(heartbeat_id)
+        self._unwritten.update((heartbeat_id, now) for heartbeat_id in kept)
+        return to_write, kept
+
+    def written(self, refreshes):
+        """``{id: refresh time}`` are now in the database (those heartbeats
+        are up)."""
+        self._stored.update(refreshes)
+        for heartbeat_id, refreshed in refreshes.items():
+            if self._unwritten.get(heartbeat_id, math.inf) <= refreshed:
+                del self._unwritten[heartbeat_id]
+
+    def went_down(self, heartbeat_ids):
+        for heartbeat_id in heartbeat_ids:
+            self._stored.pop(heartbeat_id, None)
+            self._unwritten.pop(heartbeat_id, None)
+
+    # -- questions -----------------------------------------------------------
+
+    def match(self, event):
+        return self._index.match(event)
+
+    def document(self, heartbeat_id):
+        """The GET document (JSON bytes); :raises NotFound:."""
+        try:
+            return self._documents[heartbeat_id]
+        except KeyError:
+            raise NotFound(heartbeat_id) from None
+
+    def unwritten(self):
+        """A copy of the refreshes waiting to be written, ``{id: time}``."""
+        return dict(self._unwritten)
+
+    def has_unwritten(self):
+        return bool(self._unwritten)
+
+    def unwritten_refresh(self, heartbeat_id):
+        """The refresh time of ``heartbeat_id`` not yet written, or None."""
+        return self._unwritten.get(heartbeat_id)
+
+
+class Engine:
+    """The heartbeat rules: matching, deadlines, alarms.
+
+    Every change runs under one lock, so the read model, the database and
+    the order of events agree. Each alarm and resolution is written to the
+    outbox (when forwarding) in the transaction that changes the state it
+    reports, and is published (logged, handed to ``on_alarm``) after the
+    lock is released, in commit order: a callback may call back into the
+    service, even over HTTP, without deadlock.
 
     :param store: the :class:`Store`.
     :param clock: callable returning Unix seconds (float); read once per
@@ -963,45 +1078,36 @@ class Engine:
         self.forwarding = forwarding
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
-        self._started = False
-        self._index = PatternIndex()
-        self._documents = {}  # id -> the GET document, JSON bytes
-        self._stored = {}  # id -> refresh time in the database, for heartbeats that are up
-        self._pending = {}  # id -> later refresh time, not yet in the database
+        self._loaded = False
+        self._model = ReadModel()
         self._alive_recorded = None
+        self._next_tick_at = -math.inf  # when a tick is due next (clock time)
+        self._outgoing = collections.deque()  # committed events not yet published, in order
+        self._outgoing_lock = threading.Lock()
+        self._publishing = False  # a thread is draining _outgoing
         #: events received (valid requests) and alarms raised since the start
         self.events_received = 0
         self.alarms_raised = 0
-        #: when the next tick is due (clock time): the earliest deadline, the
-        #: next alive record, or the write of pending refreshes
-        self.next_tick_at = -math.inf
-        #: called when :attr:`next_tick_at` moves earlier (the scheduler's
-        #: wake-up, to sleep less); None when nothing runs in the background
+        #: None, or called with a clock time when a tick becomes due earlier
+        #: than the last tick said (the scheduler's wake-up)
         self.waker = None
         #: called after events were added to the outbox (the forwarder's wake-up)
         self.outbox_waker = None
 
-    def start(self):
-        """Load the in-memory state and resume after the outage (see
-        :meth:`resume`); every operation does this first if it has not been
-        done.
+    def load(self):
+        """Resume after the outage (see :meth:`resume`) and load the read
+        model; every operation does this first if it has not been done.
 
         :raises StoreError: when the database does not answer.
         """
-        if self._started:  # the usual case, without the lock (GET serves from memory)
+        if self._loaded:  # the usual case, without the lock (GET serves from memory)
             return
         with self._lock:
-            if self._started:
+            if self._loaded:
                 return
             self.resume()
-            index, documents, stored = PatternIndex(), {}, {}
-            for row in self.store.each_heartbeat():
-                index.add(row["id"], json.loads(row["pattern"]))
-                documents[row["id"]] = dump_json(heartbeat_document(row))
-                if row["status"] == UP:
-                    stored[row["id"]] = row["refreshed"]
-            self._index, self._documents, self._stored, self._pending = index, documents, stored, {}
-            self._started = True
+            self._model = ReadModel.loaded(self.store.each_heartbeat())
+            self._loaded = True
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -1011,18 +1117,18 @@ class Engine:
         :raises PatternExists: when another heartbeat has the pattern.
         """
         with self._lock:
-            self.start()
+            self.load()
             now = self.clock()
             row = {
                 **self._document_columns(fields, now),
                 "id": str(uuid.uuid4()),
                 "created": int(now),
                 "refreshed": now,
+                "status": PENDING,
             }
             self.store.insert_heartbeat(row)
-            self._index.add(row["id"], fields["pattern"])
-            self._documents[row["id"]] = dump_json(heartbeat_document(row))
-            self._deadline_added(now + fields["interval_seconds"])
+            self._model.created(row)
+            self._due_by(deadline_of(row))
         log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
         return row["id"]
 
@@ -1051,7 +1157,7 @@ class Engine:
         :raises PatternExists: when another heartbeat has the new pattern.
         """
         with self._lock:
-            self.start()
+            self.load()
             now = self.clock()
             with self.store.atomic():
                 old, new = self.store.update_heartbeat(heartbeat_id, self._document_columns(fields, now))
@@ -1059,26 +1165,17 @@ class Engine:
                 if old["status"] == DOWN and old["pattern"] != new["pattern"]:
                     events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, ALARM_STATE, now)]
                 self._enqueue(events)
-            self._index.remove(json.loads(old["pattern"]))
-            self._index.add(heartbeat_id, fields["pattern"])
-            self._documents[heartbeat_id] = dump_json(heartbeat_document(new))
-            self._publish(events)
+            self._model.updated(old, new)
+            self._committed(events)
             if new["status"] != DOWN:
-                refreshed = self._pending.get(heartbeat_id, new["refreshed"])
-                self._deadline_added(refreshed + new["interval_seconds"])
+                self._due_by(deadline_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
         log.info("heartbeat %s updated (%r, pattern %s)", heartbeat_id, new["name"], new["pattern"])
+        self._publish()
 
     def document(self, heartbeat_id):
         """The heartbeat's document as JSON bytes, from memory; :raises NotFound:."""
-        self.start()
-        try:
-            return self._documents[heartbeat_id]
-        except KeyError:
-            raise NotFound(heartbeat_id) from None
-
-    def get(self, heartbeat_id):
-        """The heartbeat document (a dict); :raises NotFound:."""
-        return json.loads(self.document(heartbeat_id))
+        self.load()
+        return self._model.document(heartbeat_id)
 
     def list(self):
         """Every heartbeat document, newest first."""
@@ -1088,22 +1185,21 @@ class Engine:
         """Delete a heartbeat and its state, resolving its alarm if it is
         down; :raises NotFound:."""
         with self._lock:
-            self.start()
+            self.load()
             now = self.clock()
             with self.store.atomic():
                 row = self.store.delete_heartbeat(heartbeat_id)
                 events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] == DOWN else []
                 self._enqueue(events)
-            self._index.remove(json.loads(row["pattern"]))
-            for memory in (self._documents, self._stored, self._pending):
-                memory.pop(heartbeat_id, None)
-            log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
-            self._publish(events)
+            self._model.deleted(row)
+            self._committed(events)
+        log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
+        self._publish()
 
     def status(self, heartbeat_id):
         """The heartbeat's state document; :raises NotFound:."""
         row = self.store.heartbeat(heartbeat_id)
-        return status_document(row, self._pending.get(heartbeat_id))
+        return status_document(with_refresh(row, self._model.unwritten_refresh(heartbeat_id)))
 
     def alarms(self):
         """The active alarms, oldest first."""
@@ -1112,8 +1208,8 @@ class Engine:
     def overview(self):
         """Every heartbeat, newest first, as its document merged with its
         state document (one database read)."""
-        pending = self._pending
-        return [{**heartbeat_document(row), **status_document(row, pending.get(row["id"]))}
+        unwritten = self._model.unwritten()
+        return [{**heartbeat_document(row), **status_document(with_refresh(row, unwritten.get(row["id"])))}
                 for row in self.store.heartbeats()]
 
     def outbox_depth(self):
@@ -1130,17 +1226,15 @@ class Engine:
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         with self._lock:
-            self.start()
+            self.load()
             now = self.clock()
             matched = {}
             for event in events:
-                for heartbeat_id in self._index.match(event):
+                for heartbeat_id in self._model.match(event):
                     matched[heartbeat_id] = None
             matched = list(matched)
-            to_write, to_keep = [], []
-            for heartbeat_id in matched:
-                fresh = now - self._stored.get(heartbeat_id, -math.inf) < REFRESH_WRITE_SECONDS
-                (to_keep if fresh else to_write).append(heartbeat_id)
+            had_unwritten = self._model.has_unwritten()
+            to_write, kept = self._model.refreshed(matched, now)
             came_back, resolutions = [], []
             # One heartbeat that is not down (the common case) is one
             # statement; otherwise a transaction that also reports those
@@ -1151,57 +1245,44 @@ class Engine:
                     came_back = self.store.refresh(to_write, now)
                     resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
                     self._enqueue(resolutions)
-            for heartbeat_id in to_write:
-                self._stored[heartbeat_id] = now
-                self._pending.pop(heartbeat_id, None)
-            if to_keep:
-                if not self._pending:
-                    self._deadline_added(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
-                self._pending.update((heartbeat_id, now) for heartbeat_id in to_keep)
+            self._model.written(dict.fromkeys(to_write, now))
+            if kept and not had_unwritten:
+                self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
             if came_back:
-                self._publish(resolutions)
-                self._deadline_added(now + min(row["interval_seconds"] for row in came_back))
+                self._committed(resolutions)
+                self._due_by(now + min(row["interval_seconds"] for row in came_back))
+        if came_back:
+            self._publish()
         return matched
 
     def tick(self):
-        """Write pending refreshes; put down every heartbeat whose deadline
-        has passed, raising its alarm; record that the service is alive.
+        """Write the refreshes kept in memory; put down every heartbeat whose
+        deadline has passed, raising its alarm; record that the service is
+        alive.
 
-        :returns: seconds until the next deadline, or None when no heartbeat
-            can go down.
+        :returns: seconds until the next tick is due: the earliest deadline,
+            the next write of refreshes kept in memory, or the next alive
+            record, whichever comes first (the scheduler sleeps that long).
         """
         with self._lock:
-            self.start()
+            self.load()
             now = self.clock()
             with self.store.atomic():
-                written = self._write_pending()
+                unwritten = self._model.unwritten()
+                if unwritten:
+                    self.store.write_refreshes(unwritten.items())
                 expired = self.store.expire(now)
                 alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
                 self._enqueue(alarms)
                 self._record_alive(now)
-            self._pending_written(written)
-            for row in expired:
-                self._stored.pop(row["id"], None)
+            self._model.written(unwritten)
+            self._model.went_down([row["id"] for row in expired])
             self.alarms_raised += len(alarms)
-            self._publish(alarms)
-            next_deadline = self.store.next_deadline()
-            delay = None if next_deadline is None else max(0.0, next_deadline - now)
-            self.next_tick_at = now + min(ALIVE_INTERVAL_SECONDS, math.inf if delay is None else delay)
-        return delay
-
-    def _write_pending(self):
-        written = dict(self._pending)
-        if written:
-            self.store.refresh_many(written.items())
-        return written
-
-    def _pending_written(self, written):
-        """After commit: what was pending is stored."""
-        self._stored.update(written)
-        for heartbeat_id, refreshed in written.items():
-            if self._pending.get(heartbeat_id) == refreshed:
-                del self._pending[heartbeat_id]
+            self._committed(alarms)
+            next_at = self._next_tick_at = next_tick_at(now, self.store.next_deadline())
+        self._publish()
+        return next_at - now
 
     def resume(self):
         """Stop the clock for the time the service was not running.
@@ -1210,7 +1291,7 @@ class Engine:
         alive moves later by the length of the outage, plus, after a stop
         that was not clean, the :data:`REFRESH_WRITE_SECONDS` of refreshes
         it may have cost; heartbeats already down stay down. Called once, by
-        :meth:`start`.
+        :meth:`load`.
         """
         with self._lock:
             now = self.clock()
@@ -1226,16 +1307,18 @@ class Engine:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
 
     def shutdown(self):
-        """Write pending refreshes and record a clean stop, now; nothing when
-        the engine never started (the record would be a lie)."""
+        """Write the refreshes kept in memory and record a clean stop, now;
+        nothing when the engine never loaded (the record would be a lie)."""
         with self._lock:
-            if not self._started:
+            if not self._loaded:
                 return
             with self.store.atomic():
-                written = self._write_pending()
+                unwritten = self._model.unwritten()
+                if unwritten:
+                    self.store.write_refreshes(unwritten.items())
                 self._record_alive(self.clock(), force=True)
                 self.store.set_meta(META_STOPPED_CLEANLY, 1)
-            self._pending_written(written)
+            self._model.written(unwritten)
 
     def _record_alive(self, now, force=False):
         last = self._alive_recorded
@@ -1243,32 +1326,64 @@ class Engine:
             self.store.set_meta(META_ALIVE_AT, now)
             self._alive_recorded = now
 
-    def _deadline_added(self, deadline):
-        """Something is due at ``deadline``: make sure a tick comes by then."""
-        if deadline < self.next_tick_at:
-            self.next_tick_at = deadline
+    def _due_by(self, at):
+        """Something is due at ``at`` (clock time): make sure a tick comes by
+        then, waking the scheduler if the last tick said later."""
+        if at < self._next_tick_at:
+            self._next_tick_at = at
             if self.waker is not None:
-                self.waker()
+                self.waker(at)
 
     def _enqueue(self, events):
         if events and self.forwarding:
             self.store.enqueue(events)
 
-    def _publish(self, events):
-        """After commit: log each event, hand it to on_alarm, wake the forwarder."""
-        for event in events:
-            if event["state"] == ALARM_STATE:
-                log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
-                            event["heartbeat_id"], event["heartbeat_name"], event["resource"])
-            else:
-                log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
-            if self._on_alarm is not None:
-                try:
-                    self._on_alarm(event)
-                except Exception:  # the embedder's bug must not stop the engine
-                    log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
-        if events and self.forwarding and self.outbox_waker is not None:
+    # -- publishing, outside the lock ----------------------------------------
+
+    def _committed(self, events):
+        """Under the lock, after commit: queue the events for publishing
+        (commit order, since commits happen under the lock)."""
+        if events:
+            with self._outgoing_lock:
+                self._outgoing.extend(events)
+
+    def _publish(self):
+        """Without the lock: log each queued event, hand it to on_alarm, wake
+        the forwarder. One thread drains the queue at a time, in order; a
+        thread that finds another draining leaves its events to it (so an
+        on_alarm that calls back into the engine never waits on itself)."""
+        with self._outgoing_lock:
+            if self._publishing or not self._outgoing:
+                return
+            self._publishing = True
+        published = 0
+        try:
+            while True:
+                with self._outgoing_lock:
+                    if not self._outgoing:
+                        self._publishing = False
+                        break
+                    event = self._outgoing.popleft()
+                self._announce(event)
+                published += 1
+        except BaseException:
+            with self._outgoing_lock:
+                self._publishing = False
+            raise
+        if published and self.forwarding and self.outbox_waker is not None:
             self.outbox_waker()
+
+    def _announce(self, event):
+        if event["state"] == ALARM_STATE:
+            log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
+                        event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+        else:
+            log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
+        if self._on_alarm is not None:
+            try:
+                self._on_alarm(event)
+            except Exception:  # the embedder's bug must not stop the engine
+                log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
 
 
 class _Worker:
@@ -1320,35 +1435,50 @@ class _Worker:
 
 
 class Scheduler(_Worker):
-    """Server mode: ticks the engine when its next tick is due (the earliest
-    deadline, the write of pending refreshes, or every few seconds to record
-    that the service is alive), sleeping in between; the engine wakes it when
-    that time moves earlier."""
+    """Server mode: ticks the engine when the last tick said the next one is
+    due (the earliest deadline, the write of refreshes kept in memory, or the
+    next alive record), sleeping in between; the engine wakes it when
+    something becomes due earlier."""
 
     name = "heartbeat-lite-scheduler"
 
     def __init__(self, engine):
         super().__init__()
         self.engine = engine
+        self._due_lock = threading.Lock()
+        self._due_at = -math.inf  # clock time of the next tick
 
     def start(self):
-        self.engine.waker = self.wake
+        self.engine.waker = self._due_by
         super().start()
 
     def stop(self):
         self.engine.waker = None
         super().stop()
 
+    def _due_by(self, at):
+        with self._due_lock:
+            self._due_at = min(self._due_at, at)
+        self.wake()
+
     def step(self):
-        try:
-            wait = self.engine.next_tick_at - self.engine.clock()
+        clock = self.engine.clock
+        with self._due_lock:
+            wait = self._due_at - clock()
             if wait > 0:  # woken early: sleep again, less
                 return wait
-            self.engine.tick()
-            return max(0.0, self.engine.next_tick_at - self.engine.clock())
+            self._due_at = math.inf  # what becomes due during the tick lowers it again
+        try:
+            delay = self.engine.tick()
         except StoreError as exc:
             log.error("expiry failed, retrying in %.0fs: %s", SCHEDULER_RETRY_SECONDS, exc)
-        return SCHEDULER_RETRY_SECONDS
+            delay = SCHEDULER_RETRY_SECONDS
+        except BaseException:
+            self._due_by(clock() + self.retry_seconds)
+            raise
+        with self._due_lock:
+            self._due_at = min(self._due_at, clock() + delay)
+            return max(0.0, self._due_at - clock())
 
 
 class Forwarder(_Worker):
@@ -2134,7 +2264,7 @@ class Service:
         self.store = Store(db, busy_timeout=busy_timeout)
         self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url))
         try:
-            self.engine.start()
+            self.engine.load()
         except StoreError as exc:
             log.error("cannot start the engine yet (%s); it starts with the first change that succeeds", exc)
         self.scheduler = Scheduler(self.engine)

@@ -474,7 +474,7 @@ def test_pending_goes_down_exactly_at_the_deadline(app, service, clock, alarms_s
     assert status_of(app, heartbeat_id)["status"] == "pending"
     assert alarms_seen == [] and app.get("/api/v2/alarms").json == []
     clock.now = T0 + 60
-    assert service.tick() is None  # nothing left that can go down
+    assert service.tick() == heartbeat_lite.ALIVE_INTERVAL_SECONDS  # nothing left to go down
     assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "down", "last_event": None,
         "deadline": T0 + 60, "alarm_since": T0 + 60,
@@ -570,12 +570,18 @@ def test_status_of_an_unknown_heartbeat_is_not_found(app):
     assert response.json == {"name": "nope", "description": "heartbeat not found"}
 
 
-def test_tick_reports_the_next_deadline(app, service, clock):
-    assert service.tick() is None
+def test_tick_says_when_the_next_tick_is_due(app, service, clock):
+    alive = heartbeat_lite.ALIVE_INTERVAL_SECONDS
+    assert service.tick() == alive  # nothing can go down: only the alive record
     create(app, body(expected_interval="2m"))
     create(app, body(pattern={"k": "v"}, expected_interval="90s"))
-    clock.advance(30)
-    assert service.tick() == 60
+    clock.advance(88)
+    assert service.tick() == 2  # the earliest deadline, sooner than the alive record
+    clock.advance(1)
+    send(app, {"k": "v"})
+    clock.advance(0.1)
+    send(app, {"k": "v"})  # kept in memory: written by a tick half a second after the first
+    assert service.tick() == pytest.approx(alive)  # written now; the alive record is next
 
 
 def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
@@ -2283,3 +2289,93 @@ def test_the_readme_leads_with_the_ci_test_command():
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         readme_head = f.read()[:800]
     assert ci_command in readme_head
+
+
+###############################################################################
+# Engine structure: pure deadline rules, read model, publishing
+###############################################################################
+
+
+def test_the_deadline_is_the_last_refresh_plus_the_interval():
+    row = {"status": "up", "refreshed": 100.0, "interval_seconds": 60, "last_event": 100.0}
+    assert heartbeat_lite.deadline_of(row) == 160
+    assert heartbeat_lite.deadline_of({**row, "status": "down"}) == 160  # the one it missed
+    later = heartbeat_lite.with_refresh(row, 130.5)
+    assert (later["refreshed"], later["last_event"], heartbeat_lite.deadline_of(later)) == (130.5, 130.5, 190.5)
+    assert heartbeat_lite.with_refresh(row, None) is row
+
+
+def test_the_next_tick_is_the_earliest_deadline_or_the_alive_record():
+    alive = heartbeat_lite.ALIVE_INTERVAL_SECONDS
+    assert heartbeat_lite.next_tick_at(100, None) == 100 + alive
+    assert heartbeat_lite.next_tick_at(100, 101) == 101
+    assert heartbeat_lite.next_tick_at(100, 90) == 100  # overdue: now
+    assert heartbeat_lite.next_tick_at(100, 100 + alive + 1) == 100 + alive
+
+
+def test_the_status_document_reads_only_the_row():
+    row = {"id": "x", "status": "pending", "refreshed": 10.25, "interval_seconds": 60,
+           "last_event": None, "alarm_since": None}
+    assert heartbeat_lite.status_document(row) == {
+        "_id": "x", "status": "pending", "last_event": None, "deadline": 70.25, "alarm_since": None}
+
+
+def test_the_read_model_keeps_recent_refreshes_in_memory_until_written():
+    row = {"id": "a", "pattern": '{"k":"v"}', "status": "up", "refreshed": 100.0, "name": "n",
+           "author": "u", "description": "", "output": "", "expected_interval": "1m", "created": 1,
+           "updated": 1}
+    model = heartbeat_lite.ReadModel.loaded([row])
+    assert model.match({"k": "v", "other": "x"}) == ["a"]
+    assert model.refreshed(["a"], 100.2) == ([], ["a"])  # within the write interval: kept
+    assert model.unwritten() == {"a": 100.2}
+    assert model.refreshed(["a"], 101.0) == (["a"], [])  # stale stored time: write it
+    model.written({"a": 101.0})
+    assert model.unwritten() == {}
+    model.deleted(row)
+    assert model.match({"k": "v"}) == []
+    with pytest.raises(heartbeat_lite.NotFound):
+        model.document("a")
+
+
+def test_on_alarm_can_call_back_into_the_service_over_http(clock):
+    answers = []
+
+    def on_alarm(event):
+        if event["state"] == 3:  # the heartbeat's own event, sent back over HTTP: it comes back up
+            request = urllib.request.Request(
+                base_url + "/api/v2/event", data=json.dumps(SEED_BODY["pattern"]).encode(), method="POST",
+                headers={"Authorization": "Basic " + base64.b64encode(b"root:root").decode()})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers.append(json.loads(response.read()))
+        seen.append(event["state"])
+
+    seen = []
+    with heartbeat_lite.create_app(clock=clock, on_alarm=on_alarm) as service:
+        with heartbeat_lite.serve(service, port=0) as base_url:
+            heartbeat_id = new_heartbeat(service)
+            clock.advance(61)
+            started = time.monotonic()
+            service.tick()  # the alarm's callback posts the event back while the tick runs
+            assert time.monotonic() - started < 5  # no deadlock waiting for the timeout
+            assert answers == [{"received": 1, "matched": [heartbeat_id]}]
+            assert seen == [3, 0]  # the alarm, then the resolution its callback caused, in order
+            assert service.engine.status(heartbeat_id)["status"] == "up"
+
+
+def test_events_are_published_in_commit_order_by_one_thread_at_a_time(clock):
+    seen, inside = [], []
+
+    def on_alarm(event):
+        inside.append(threading.get_ident())
+        seen.append((event["heartbeat_name"], event["state"]))
+        if len(inside) == 1:  # while the first is being published, more commits happen
+            service.engine.ingest([{"k": "a"}])
+            service.engine.ingest([{"k": "b"}])
+        assert len(set(inside)) == 1
+
+    with heartbeat_lite.create_app(clock=clock, on_alarm=on_alarm) as service:
+        new_heartbeat(service, name="a", pattern={"k": "a"})
+        new_heartbeat(service, name="b", pattern={"k": "b"})
+        clock.advance(61)
+        service.tick()
+    assert seen == [("a", 3), ("b", 3), ("a", 0), ("b", 0)]
