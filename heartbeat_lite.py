@@ -910,44 +910,65 @@ def active_alarm(row):
 
 
 class PatternIndex:
-    """Which heartbeat owns a pattern, grouped by the pattern's key set.
+    """Which heartbeat owns a pattern: a trie of the patterns' ``(key,
+    value)`` pairs, each pattern's pairs in sorted order.
 
-    Matching an event costs one dictionary look-up per distinct key set,
-    whatever the number of heartbeats. Not thread-safe: the engine's lock
-    guards it.
+    Matching walks only the nodes whose pairs the event has: at each node
+    it looks the event's remaining pairs up among the node's children (a
+    dictionary look-up each), never the other way round. So an event costs
+    about its pairs times the depth of the patterns it (partly) matches,
+    whatever the number of heartbeats and however many distinct key sets
+    their patterns use. Not thread-safe: the engine's lock guards changes;
+    a match reads a trie that changes only under that lock too.
     """
 
     def __init__(self):
-        self._by_keys = {}  # sorted keys -> {values in that key order: heartbeat id}
-
-    @staticmethod
-    def _split(pattern):
-        keys = tuple(sorted(pattern))
-        return keys, tuple(pattern[key] for key in keys)
+        self._root = _TrieNode()
 
     def add(self, heartbeat_id, pattern):
-        keys, values = self._split(pattern)
-        self._by_keys.setdefault(keys, {})[values] = heartbeat_id
+        node = self._root
+        for pair in sorted(pattern.items()):
+            node = node.children.setdefault(pair, _TrieNode())
+        node.heartbeat_id = heartbeat_id
 
     def remove(self, pattern):
-        keys, values = self._split(pattern)
-        table = self._by_keys.get(keys, {})
-        table.pop(values, None)
-        if not table:
-            self._by_keys.pop(keys, None)
+        path = [self._root]
+        for pair in sorted(pattern.items()):
+            node = path[-1].children.get(pair)
+            if node is None:
+                return
+            path.append(node)
+        path[-1].heartbeat_id = None
+        for pair, node, parent in zip(reversed(sorted(pattern.items())), reversed(path), reversed(path[:-1])):
+            if node.children or node.heartbeat_id is not None:
+                break
+            del parent.children[pair]  # prune what no pattern uses any more
 
     def match(self, event):
         """Ids of the heartbeats whose every ``key: value`` the event has, with
         the same string value (a number never equals a string)."""
+        pairs = sorted(item for item in event.items() if type(item[1]) is str)
         found = []
-        for keys, table in self._by_keys.items():
-            try:
-                heartbeat_id = table.get(tuple(map(event.__getitem__, keys)))
-            except (KeyError, TypeError):  # a key is missing; a value is a list or an object
-                continue
-            if heartbeat_id is not None:
-                found.append(heartbeat_id)
+        stack = [(self._root, 0)]
+        while stack:
+            node, start = stack.pop()
+            if node.heartbeat_id is not None:
+                found.append(node.heartbeat_id)
+            children = node.children
+            if children:
+                for position in range(start, len(pairs)):
+                    child = children.get(pairs[position])
+                    if child is not None:
+                        stack.append((child, position + 1))
         return found
+
+
+class _TrieNode:
+    __slots__ = ("children", "heartbeat_id")
+
+    def __init__(self):
+        self.children = {}  # (key, value) -> _TrieNode
+        self.heartbeat_id = None  # the heartbeat whose pattern ends here
 
 
 class ReadModel:

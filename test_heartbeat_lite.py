@@ -615,15 +615,57 @@ def test_expiry_reads_the_deadline_index(tmp_path):
             assert "SEARCH heartbeat USING INDEX heartbeat_due" in plan
 
 
-def test_the_pattern_index_does_not_scan_heartbeats():
+class CountingDict(dict):
+    lookups = 0
+
+    def get(self, key, default=None):
+        CountingDict.lookups += 1
+        return super().get(key, default)
+
+
+def count_lookups(index):
+    """Make every trie node of ``index`` count its child look-ups."""
+    stack = [index._root]
+    while stack:
+        node = stack.pop()
+        node.children = CountingDict(node.children)
+        stack.extend(node.children.values())
+    CountingDict.lookups = 0
+
+
+def test_matching_costs_the_event_pairs_not_the_heartbeats_or_key_sets():
     index = heartbeat_lite.PatternIndex()
     for i in range(1000):
         index.add(f"id{i}", {"connector": "c", "connector_name": f"n{i}"})
+    for i in range(5000):  # 5,000 distinct key sets
+        index.add(f"k{i}", {f"key{i}": "v", "host": "h"})
     index.add("other", {"host": "h"})
-    assert len(index._by_keys) == 2  # one table per key set
-    assert index.match({"connector": "c", "connector_name": "n999", "host": "h"}) == ["id999", "other"]
+    count_lookups(index)
+    event = {"connector": "c", "connector_name": "n999", "host": "h", "key42": "v", "state": 3, "x": "y"}
+    assert sorted(index.match(event)) == ["id999", "k42", "other"]
+    assert CountingDict.lookups <= 5 * 5  # pairs times depth, whatever N and the key sets
     index.remove({"connector_name": "n999", "connector": "c"})
+    assert sorted(index.match(event)) == ["k42", "other"]
     assert index.match({"connector": "c", "connector_name": "n999"}) == []
+
+
+def test_removing_a_pattern_prunes_the_trie_but_keeps_its_prefixes():
+    index = heartbeat_lite.PatternIndex()
+    index.add("short", {"a": "1"})
+    index.add("long", {"a": "1", "b": "2"})
+    index.remove({"a": "1", "b": "2"})
+    assert index.match({"a": "1", "b": "2"}) == ["short"]
+    assert index._root.children[("a", "1")].children == {}
+    index.remove({"a": "1"})
+    assert index._root.children == {}
+    index.remove({"never": "added"})  # nothing to do
+
+
+@pytest.mark.parametrize("value", [1, 1.0, None, True, ["v"], {"v": "v"}])
+def test_only_a_string_value_matches(value):
+    index = heartbeat_lite.PatternIndex()
+    index.add("x", {"k": "1" if value in (1, 1.0, True) else "v"})
+    assert index.match({"k": value}) == []
 
 
 def stored_last_event(service, heartbeat_id):
