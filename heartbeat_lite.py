@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.9"
-# dependencies = ["bottle>=0.13", "waitress>=3.0"]
+# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
@@ -70,7 +70,20 @@ REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
 SCHEMA_VERSION = 1
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+
+
+def _data_path(name):
+    """Where a data file shipped with the module is: ``heartbeat_lite.<name>``
+    beside the module once installed from a wheel (pyproject.toml renames it,
+    so that site-packages gets no generic ``schema.sql``), else ``<name>``
+    beside it, as in a checkout.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "heartbeat_lite." + name)
+    return installed if os.path.exists(installed) else os.path.join(here, name)
+
+
+SCHEMA_PATH = _data_path("schema.sql")
 BUSY_TIMEOUT_SECONDS = 5.0
 
 MAX_NAME_CHARS = 255
