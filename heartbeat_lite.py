@@ -2548,8 +2548,8 @@ def build_parser(environ=os.environ):
     parser.add_argument("--forward-url", default=_env(environ, "FORWARD_URL"), metavar="URL",
                         help="POST every alarm and resolution, as a JSON array of Canopsis events, to "
                         "this http(s) URL (e.g. Canopsis' /api/v2/event; user:password@ in it becomes "
-                        "Basic auth); at least once, in order, retried with backoff "
-                        "(env HEARTBEAT_LITE_FORWARD_URL)")
+                        "Basic auth); at least once, in order, retried with backoff. With a password in "
+                        "it, prefer the env HEARTBEAT_LITE_FORWARD_URL: the command line shows in ps")
     parser.add_argument("--threads", type=int, default=_env(environ, "THREADS", str(DEFAULT_THREADS)),
                         help=f"HTTP worker threads (default {DEFAULT_THREADS}; env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", default=_env(environ, "LOG_LEVEL", DEFAULT_LOG_LEVEL),
