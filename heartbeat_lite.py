@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.9"
-# dependencies = ["bottle>=0.13", "waitress>=3.0"]
+# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
@@ -70,7 +70,20 @@ REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
 SCHEMA_VERSION = 1
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+
+
+def _data_path(name):
+    """Where a data file shipped with the module is: ``heartbeat_lite.<name>``
+    beside the module once installed from a wheel (pyproject.toml renames it,
+    so that site-packages gets no generic ``schema.sql``), else ``<name>``
+    beside it, as in a checkout.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "heartbeat_lite." + name)
+    return installed if os.path.exists(installed) else os.path.join(here, name)
+
+
+SCHEMA_PATH = _data_path("schema.sql")
 BUSY_TIMEOUT_SECONDS = 5.0
 
 MAX_NAME_CHARS = 255
@@ -2556,8 +2569,8 @@ def build_parser(environ=os.environ):
     parser.add_argument("--forward-url", default=_env(environ, "FORWARD_URL"), metavar="URL",
                         help="POST every alarm and resolution, as a JSON array of Canopsis events, to "
                         "this http(s) URL (e.g. Canopsis' /api/v2/event; user:password@ in it becomes "
-                        "Basic auth); at least once, in order, retried with backoff "
-                        "(env HEARTBEAT_LITE_FORWARD_URL)")
+                        "Basic auth); at least once, in order, retried with backoff. With a password in "
+                        "it, prefer the env HEARTBEAT_LITE_FORWARD_URL: the command line shows in ps")
     parser.add_argument("--threads", type=int, default=_env(environ, "THREADS", str(DEFAULT_THREADS)),
                         help=f"HTTP worker threads (default {DEFAULT_THREADS}; env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", default=_env(environ, "LOG_LEVEL", DEFAULT_LOG_LEVEL),
