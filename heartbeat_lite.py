@@ -101,6 +101,9 @@ REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; mus
 META_ALIVE_AT = "alive_at"  # meta keys
 META_STOPPED_CLEANLY = "stopped_cleanly"
 SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
+STORM_CHUNK_HEARTBEATS = 1000  # state changes per transaction and per hold of the engine lock in a storm
+STORM_YIELD_SECONDS = 0.001  # the lock is let go this long between chunks, so requests get in
+LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as one summary line
 
 FORWARD_TIMEOUT_SECONDS = 10.0
 FORWARD_BATCH_EVENTS = 100
@@ -770,17 +773,19 @@ class Store:
             [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
         )
 
-    def expire(self, now):
-        """Put every heartbeat whose deadline is at or before ``now`` down,
-        its alarm dated by its deadline (when it really went down).
+    def expire(self, now, limit):
+        """Put down the (at most ``limit``) heartbeats whose deadline is
+        earliest and at or before ``now``, each alarm dated by its deadline
+        (when it really went down).
 
         :returns: their rows as they were, earliest deadline first.
         """
-        due_sql = "WHERE status <> 'down' AND deadline <= ?"
         with self.atomic():
-            due = self._query(f"{_SELECT_HEARTBEAT} {due_sql} ORDER BY deadline", (now,))
+            due = self._query(f"{_SELECT_HEARTBEAT} WHERE status <> 'down' AND deadline <= ? "
+                              "ORDER BY deadline LIMIT ?", (now, limit))
             if due:
-                self._execute(f"UPDATE heartbeat SET status = 'down', alarm_since = deadline {due_sql}", (now,))
+                self._executemany("UPDATE heartbeat SET status = 'down', alarm_since = deadline WHERE id = ?",
+                                  [(row["id"],) for row in due])
         return due
 
     def next_deadline(self):
@@ -941,6 +946,8 @@ class PatternIndex:
     def add(self, heartbeat_id, pattern):
         node = self._root
         for pair in sorted(pattern.items()):
+            if node.children is _NO_CHILDREN:
+                node.children = {}
             node = node.children.setdefault(pair, _TrieNode())
         node.heartbeat_id = heartbeat_id
 
@@ -976,11 +983,14 @@ class PatternIndex:
         return found
 
 
+_NO_CHILDREN = {}  # shared by every leaf (most nodes): never written to
+
+
 class _TrieNode:
     __slots__ = ("children", "heartbeat_id")
 
     def __init__(self):
-        self.children = {}  # (key, value) -> _TrieNode
+        self.children = _NO_CHILDREN  # (key, value) -> _TrieNode, once it has any
         self.heartbeat_id = None  # the heartbeat whose pattern ends here
 
 
@@ -1054,10 +1064,20 @@ class ReadModel:
     def written(self, refreshes):
         """``{id: refresh time}`` are now in the database (those heartbeats
         are up)."""
-        self._stored.update(refreshes)
         for heartbeat_id, refreshed in refreshes.items():
+            if heartbeat_id not in self._documents:
+                continue  # deleted meanwhile (between the chunks of a storm)
+            self._stored[heartbeat_id] = refreshed
             if self._unwritten.get(heartbeat_id, math.inf) <= refreshed:
                 del self._unwritten[heartbeat_id]
+
+    def deferred(self, heartbeat_ids, now):
+        """Refreshes at ``now`` that a later chunk of a storm writes: those
+        of heartbeats up wait as unwritten, so that a tick in between writes
+        them before it looks for what is due."""
+        for heartbeat_id in heartbeat_ids:
+            if heartbeat_id in self._stored:
+                self._unwritten[heartbeat_id] = now
 
     def went_down(self, heartbeat_ids):
         for heartbeat_id in heartbeat_ids:
@@ -1256,6 +1276,9 @@ class Engine:
     def ingest(self, events):
         """Refresh every heartbeat an event matches, at the receive time.
 
+        Heartbeats coming back in a storm are written in chunks of
+        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
+
         :param events: validated events (dicts).
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
@@ -1269,54 +1292,75 @@ class Engine:
             matched = list(matched)
             had_unwritten = self._model.has_unwritten()
             to_write, kept = self._model.refreshed(matched, now)
-            came_back, resolutions = [], []
-            # One heartbeat that is not down (the common case) is one
-            # statement; otherwise a transaction that also reports those
-            # coming back up.
-            one_statement = len(to_write) == 1 and self.store.refresh_if_not_down(to_write[0], now)
-            if to_write and not one_statement:
-                with self.store.atomic():
-                    came_back = self.store.refresh(to_write, now)
-                    resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
-                    self._enqueue(resolutions)
-            self._model.written(dict.fromkeys(to_write, now))
             if kept and not had_unwritten:
                 self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
-            if came_back:
-                self._committed(resolutions)
-                self._due_by(now + min(row["interval_seconds"] for row in came_back))
-        if came_back:
+            # One heartbeat that is not down (the common case) is one
+            # statement; otherwise transactions that also report those
+            # coming back up.
+            if len(to_write) == 1 and self.store.refresh_if_not_down(to_write[0], now):
+                self._model.written({to_write[0]: now})
+                return matched
+            self._model.deferred(to_write[STORM_CHUNK_HEARTBEATS:], now)
+            self._refresh_chunk(to_write[:STORM_CHUNK_HEARTBEATS], now)
+        self._publish()
+        for start in range(STORM_CHUNK_HEARTBEATS, len(to_write), STORM_CHUNK_HEARTBEATS):
+            time.sleep(STORM_YIELD_SECONDS)
+            with self._lock:
+                self._refresh_chunk(to_write[start:start + STORM_CHUNK_HEARTBEATS], now)
             self._publish()
         return matched
+
+    def _refresh_chunk(self, heartbeat_ids, now):
+        """Under the lock: write refreshes at ``now``; resolve the alarms of
+        those that were down."""
+        if not heartbeat_ids:
+            return
+        with self.store.atomic():
+            came_back = self.store.refresh(heartbeat_ids, now)
+            resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
+            self._enqueue(resolutions)
+        self._model.written(dict.fromkeys(heartbeat_ids, now))
+        if came_back:
+            self._committed(resolutions)
+            self._due_by(now + min(row["interval_seconds"] for row in came_back))
 
     def tick(self):
         """Write the refreshes kept in memory; put down every heartbeat whose
         deadline has passed, raising its alarm; record that the service is
-        alive.
+        alive. A storm is put down in chunks of
+        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
 
         :returns: seconds until the next tick is due: the earliest deadline,
             the next write of refreshes kept in memory, or the next alive
             record, whichever comes first (the scheduler sleeps that long).
         """
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                unwritten = self._model.unwritten()
-                if unwritten:
-                    self.store.write_refreshes(unwritten.items())
-                expired = self.store.expire(now)
-                alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
-                self._enqueue(alarms)
-                self._record_alive(now)
-            self._model.written(unwritten)
-            self._model.went_down([row["id"] for row in expired])
-            self.alarms_raised += len(alarms)
-            self._committed(alarms)
-            next_at = self._next_tick_at = next_tick_at(now, self.store.next_deadline())
-        self._publish()
-        return next_at - now
+        now = None
+        while True:
+            with self._lock:
+                self.load()
+                if now is None:
+                    now = self.clock()
+                with self.store.atomic():
+                    unwritten = self._model.unwritten()
+                    if unwritten:
+                        self.store.write_refreshes(unwritten.items())
+                    expired = self.store.expire(now, STORM_CHUNK_HEARTBEATS)
+                    alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
+                    self._enqueue(alarms)
+                    self._record_alive(now)
+                self._model.written(unwritten)
+                self._model.went_down([row["id"] for row in expired])
+                self.alarms_raised += len(alarms)
+                self._committed(alarms)
+                more = len(expired) == STORM_CHUNK_HEARTBEATS
+                if not more:
+                    later = self.clock()  # a storm takes time: say when next from its end
+                    next_at = self._next_tick_at = next_tick_at(later, self.store.next_deadline())
+            self._publish()
+            if not more:
+                return next_at - later
+            time.sleep(STORM_YIELD_SECONDS)
 
     def resume(self):
         """Stop the clock for the time the service was not running.
@@ -1375,11 +1419,11 @@ class Engine:
     # -- publishing, outside the lock ----------------------------------------
 
     def _committed(self, events):
-        """Under the lock, after commit: queue the events for publishing
-        (commit order, since commits happen under the lock)."""
+        """Under the lock, after commit: queue the events of one transaction
+        for publishing (commit order, since commits happen under the lock)."""
         if events:
             with self._outgoing_lock:
-                self._outgoing.extend(events)
+                self._outgoing.append(events)
 
     def _publish(self):
         """Without the lock: log each queued event, hand it to on_alarm, wake
@@ -1397,9 +1441,9 @@ class Engine:
                     if not self._outgoing:
                         self._publishing = False
                         break
-                    event = self._outgoing.popleft()
-                self._announce(event)
-                published += 1
+                    events = self._outgoing.popleft()
+                self._announce(events)
+                published += len(events)
         except BaseException:
             with self._outgoing_lock:
                 self._publishing = False
@@ -1407,17 +1451,29 @@ class Engine:
         if published and self.forwarding and self.outbox_waker is not None:
             self.outbox_waker()
 
-    def _announce(self, event):
-        if event["state"] == ALARM_STATE:
-            log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
-                        event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+    def _announce(self, events):
+        """Log the events of one transaction (one line each, or one summary
+        line for many: a storm says it once, not 100,000 times) and hand
+        each to on_alarm."""
+        if len(events) <= LOG_EACH_EVENT_UP_TO:
+            for event in events:
+                if event["state"] == ALARM_STATE:
+                    log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
+                                event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+                else:
+                    log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
         else:
-            log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
+            raised = sum(event["state"] == ALARM_STATE for event in events)
+            names = ", ".join(repr(event["heartbeat_name"]) for event in events[:3])
+            log.log(logging.WARNING if raised else logging.INFO,
+                    "%d alarm(s) raised, %d resolved at once (%s and %d more)",
+                    raised, len(events) - raised, names, len(events) - 3)
         if self._on_alarm is not None:
-            try:
-                self._on_alarm(event)
-            except Exception:  # the embedder's bug must not stop the engine
-                log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
+            for event in events:
+                try:
+                    self._on_alarm(event)
+                except Exception:  # the embedder's bug must not stop the engine
+                    log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
 
 
 class _Worker:

@@ -2421,3 +2421,79 @@ def test_events_are_published_in_commit_order_by_one_thread_at_a_time(clock):
         clock.advance(61)
         service.tick()
     assert seen == [("a", 3), ("b", 3), ("a", 0), ("b", 0)]
+
+
+###############################################################################
+# Storms
+###############################################################################
+
+
+def many_heartbeats(service, count, interval="1m"):
+    with service.store.atomic():
+        return [new_heartbeat(service, name=f"hb {i}", pattern={"storm": str(i)}, expected_interval=interval)
+                for i in range(count)]
+
+
+def test_a_storm_goes_down_in_chunks_with_one_log_line_each(clock, caplog):
+    published, down_when_published = [], []
+
+    def on_alarm(event):
+        if not published:  # between the first chunk and the next: the lock is free for requests
+            other = threading.Thread(target=service.engine.ingest, args=([{"storm": "other"}],))
+            other.start()
+            other.join(5)
+            down_when_published.append((other.is_alive(), len(service.engine.alarms())))
+        published.append(event)
+
+    chunk = heartbeat_lite.STORM_CHUNK_HEARTBEATS
+    with heartbeat_lite.create_app(clock=clock, on_alarm=on_alarm) as service:
+        ids = many_heartbeats(service, 2 * chunk + 500)
+        clock.advance(61)
+        with caplog.at_level(logging.INFO, logger="heartbeat_lite"):
+            service.tick()
+        assert len(service.engine.alarms()) == len(ids)
+    assert down_when_published == [(False, chunk)]  # ingestion got in; only the first chunk was down yet
+    assert [event["heartbeat_id"] for event in published] == ids  # every alarm, in deadline order
+    storm_lines = [r.getMessage() for r in caplog.records if "at once" in r.getMessage()]
+    assert storm_lines == [f"{chunk} alarm(s) raised, 0 resolved at once ('hb 0', 'hb 1', 'hb 2' and {chunk - 3} more)",
+                           f"{chunk} alarm(s) raised, 0 resolved at once ('hb 1000', 'hb 1001', 'hb 1002' "
+                           f"and {chunk - 3} more)",
+                           "500 alarm(s) raised, 0 resolved at once ('hb 2000', 'hb 2001', 'hb 2002' and 497 more)"]
+    assert not any("is down" in r.getMessage() for r in caplog.records)
+
+
+def test_a_storm_comes_back_in_chunks(service, clock, alarms_seen, caplog):
+    ids = many_heartbeats(service, 2500)
+    clock.advance(61)
+    service.tick()
+    alarms_seen.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="heartbeat_lite"):
+        assert service.engine.ingest([{"storm": str(i)} for i in range(2500)]) == ids
+    assert [e["state"] for e in alarms_seen] == [0] * 2500
+    assert service.engine.alarms() == []
+    assert len([r for r in caplog.records if "resolved at once" in r.getMessage()]) == 3
+
+
+def test_a_tick_between_storm_chunks_does_not_put_down_what_a_later_chunk_refreshes(clock, alarms_seen):
+    chunk = heartbeat_lite.STORM_CHUNK_HEARTBEATS
+
+    def on_alarm(event):
+        alarms_seen.append(event)
+        if len(alarms_seen) == 1:  # publishing the first chunk's resolutions
+            clock.advance(1)  # past the up heartbeat's deadline: its refresh is not written yet
+            service.tick()
+
+    with heartbeat_lite.create_app(clock=clock, on_alarm=on_alarm) as service:
+        many_heartbeats(service, chunk + 1, interval="1h")
+        clock.advance(3601)
+        service.tick()  # all down
+        alarms_seen.clear()
+        up = new_heartbeat(service, pattern={"up": "1"}, expected_interval="30s")
+        clock.advance(20)
+        service.engine.ingest([{"up": "1"}])
+        clock.advance(29.5)  # 0.5 s before its deadline, the storm and its event arrive together
+        events = [{"storm": str(i)} for i in range(chunk + 1)] + [{"up": "1"}]
+        service.engine.ingest(events)
+        assert service.engine.status(up)["status"] == "up"
+    assert [e["state"] for e in alarms_seen] == [0] * (chunk + 1)  # and no alarm for it
