@@ -12,7 +12,11 @@ noisy machine skews both sides alike:
   so that drift hits all alike; medians of requests/s, p50/p99 latency;
 - the cost of an expiry tick with nothing due, in process;
 - alarm latency in server mode, at a local --forward-url receiver;
-- resident memory of a server holding 100,000 heartbeats.
+- resident memory of a server holding 100,000 heartbeats;
+- a 1,000-event batch, each event matching its own heartbeat, against the
+  baseline parsing the same body;
+- one-event ingestion while 100,000 heartbeats go down in one storm;
+- matching with 5,000 distinct pattern key sets against one.
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
@@ -51,6 +55,9 @@ EVENT = {"connector": "bench", "connector_name": "c7", "component": "srv-7", "re
          "event_type": "check", "source_type": "resource", "state": 0, "output": "fine"}
 EVENT_BODY = json.dumps(EVENT).encode()
 N_SMALL, N_LARGE = 10, 100_000
+BATCH = 1000  # events per request in the batch scenario, each matching its own heartbeat
+KEY_SETS = 5000  # distinct pattern key sets in the matching scenario
+BATCH_BODY = json.dumps([{**EVENT, "connector_name": f"c{i}"} for i in range(BATCH)]).encode()
 
 # The targets, as run() checks them: (what is measured, comparison, limit, why).
 TARGETS = (
@@ -66,6 +73,13 @@ TARGETS = (
     ("alarm latency p99, server mode (ms)", "<=", 100.0,
      "from a deadline to the alarm reaching a local --forward-url receiver"),
     (f"resident memory, N={N_LARGE:,} (MiB)", "<=", 200.0, "of a server holding that many heartbeats"),
+    (f"{BATCH:,}-event batch events/s / baseline", ">=", 0.8,
+     f"POST /api/v2/event with {BATCH:,} events matching {BATCH:,} heartbeats, against the baseline "
+     "parsing the same body"),
+    (f"ingestion p99 in a {N_LARGE:,}-heartbeat storm (ms)", "<=", 100.0,
+     f"one-event ingestion while {N_LARGE:,} heartbeats go down at once on the same server"),
+    (f"ingestion, {KEY_SETS:,} pattern key sets / 1", ">=", 0.8,
+     "matching does not depend on how patterns are shaped (index by pairs, not key sets)"),
 )
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
@@ -158,16 +172,17 @@ def heartbeat_server(db, threads, *extra):
     return server(command, port), port
 
 
-def prefill(db, count):
+def prefill(db, count, extra_patterns=()):
     """A database holding ``count`` heartbeats (pattern connector=bench,
-    connector_name=c<i>, interval 1h: none falls due during the run)."""
+    connector_name=c<i>, interval 1h: none falls due during the run), plus
+    one per extra pattern."""
     logging.getLogger("heartbeat_lite").setLevel(logging.WARNING)
+    patterns = [{"connector": "bench", "connector_name": f"c{i}"} for i in range(count)] + list(extra_patterns)
     with heartbeat_lite.create_app(db=db) as service:
         with service.store.atomic():
-            for i in range(count):
+            for i, pattern in enumerate(patterns):
                 service.engine.create(heartbeat_lite.validate_heartbeat(
-                    {"name": f"bench {i}", "pattern": {"connector": "bench", "connector_name": f"c{i}"},
-                     "expected_interval": "1h"}, USER))
+                    {"name": f"bench {i}", "pattern": pattern, "expected_interval": "1h"}, USER))
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT id FROM heartbeat WHERE pattern = ?",
                             (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),)
@@ -345,6 +360,32 @@ def _call(port, method, path, body=b""):
     return json.loads(data.partition(b"\r\n\r\n")[2])
 
 
+def storm_ingestion(db, threads, load, seconds, connections):
+    """One-event ingestion on a server whose every heartbeat but the one
+    the event matches goes down at once, a second into the load (the
+    database is made due behind the server's back; its next tick, within
+    the alive interval, finds them all)."""
+    context, port = heartbeat_server(db, threads)
+    target = heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"})
+
+    def make_due():
+        time.sleep(1)
+        with sqlite3.connect(db, timeout=30) as conn:
+            conn.execute("UPDATE heartbeat SET refreshed = refreshed - interval_seconds WHERE pattern <> ?",
+                         (target,))
+
+    with context:
+        trigger = threading.Thread(target=make_due)
+        trigger.start()
+        result = load(port, "POST", "/api/v2/event", EVENT_BODY, seconds, connections)
+        trigger.join()
+        down = _call(port, "GET", "/healthz")  # still answering after the storm
+    with sqlite3.connect(db) as conn:
+        result["down"] = conn.execute("SELECT COUNT(*) FROM heartbeat WHERE status = 'down'").fetchone()[0]
+    result["health"] = down
+    return result
+
+
 def alarm_latency(workdir, count, spread, threads):
     """Seconds from each deadline to its alarm at the receiver, for ``count``
     heartbeats of interval 2 s created over ``spread`` seconds."""
@@ -386,14 +427,21 @@ def run(args):
         dbs = {n: os.path.join(workdir, f"n{n}.db") for n in (N_SMALL, N_LARGE)}
         started = time.perf_counter()
         target_ids = {n: prefill(db, n) for n, db in dbs.items()}
-        print(f"pre-filled N={N_SMALL} and N={N_LARGE:,} in {time.perf_counter() - started:.1f} s", flush=True)
+        batch_db, key_sets_db, storm_db = (os.path.join(workdir, name) for name in ("batch.db", "keysets.db",
+                                                                                      "storm.db"))
+        prefill(batch_db, BATCH)
+        prefill(key_sets_db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
+        shutil.copy(dbs[N_LARGE], storm_db)
+        print(f"pre-filled the databases in {time.perf_counter() - started:.1f} s", flush=True)
 
         ticks = tick_cost({n: db for n, db in dbs.items()}, args.ticks, args.rounds)
 
         baseline_context, baseline_port = baseline_server(args.threads)
         small_context, small_port = heartbeat_server(dbs[N_SMALL], args.threads)
         large_context, large_port = heartbeat_server(dbs[N_LARGE], args.threads)
-        with baseline_context, small_context, large_context as large_process:
+        batch_context, batch_port = heartbeat_server(batch_db, args.threads)
+        key_sets_context, key_sets_port = heartbeat_server(key_sets_db, args.threads)
+        with baseline_context, small_context, large_context as large_process, batch_context, key_sets_context:
             scenarios = [
                 ("baseline POST (bare bottle+waitress)", baseline_port, "POST", "/api/v2/event", EVENT_BODY),
                 ("baseline GET (bare bottle+waitress)", baseline_port, "GET", "/api/v2/heartbeat/x", b""),
@@ -401,6 +449,11 @@ def run(args):
                 (f"ingest 1 matching event, N={N_LARGE:,}", large_port, "POST", "/api/v2/event", EVENT_BODY),
                 (f"GET /api/v2/heartbeat/<id>, N={N_SMALL}", small_port, "GET",
                  f"/api/v2/heartbeat/{target_ids[N_SMALL]}", b""),
+                (f"baseline POST {BATCH:,}-event batch", baseline_port, "POST", "/api/v2/event", BATCH_BODY),
+                (f"ingest {BATCH:,}-event batch, {BATCH:,} matched", batch_port, "POST", "/api/v2/event",
+                 BATCH_BODY),
+                (f"ingest 1 matching event, {KEY_SETS:,} key sets", key_sets_port, "POST", "/api/v2/event",
+                 EVENT_BODY),
             ]
             samples = {name: [] for name, *_ in scenarios}
             for round_number in range(args.rounds):
@@ -408,6 +461,7 @@ def run(args):
                     samples[name].append(load(port, method, path, body, args.seconds, args.connections))
                 print(f"round {round_number + 1}/{args.rounds} done", flush=True)
             memory = rss_mib(large_process.pid)
+        storm = storm_ingestion(storm_db, args.threads, load, args.storm_seconds, args.connections)
         latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
 
     print()
@@ -422,12 +476,17 @@ def run(args):
           f"p50 {percentile(latencies, 50) * 1e3:.1f} ms, p99 {percentile(latencies, 99) * 1e3:.1f} ms, "
           f"max {latencies[-1] * 1e3:.1f} ms")
     print(f"{'resident memory, N=' + format(N_LARGE, ','):44} {memory:12.1f} MiB")
+    print(f"{'ingest 1 event during a storm':44} {storm['rps']:15.0f} {storm['p50'] * 1e3:8.2f} "
+          f"{storm['p99'] * 1e3:8.2f}  ({storm['down']:,} went down; /healthz then: {storm['health']})")
 
     base_post = results["baseline POST (bare bottle+waitress)"]
     base_get = results["baseline GET (bare bottle+waitress)"]
     ingest_small = results[f"ingest 1 matching event, N={N_SMALL}"]
     ingest_large = results[f"ingest 1 matching event, N={N_LARGE:,}"]
     get_one = results[f"GET /api/v2/heartbeat/<id>, N={N_SMALL}"]
+    base_batch = results[f"baseline POST {BATCH:,}-event batch"]
+    batch = results[f"ingest {BATCH:,}-event batch, {BATCH:,} matched"]
+    key_sets = results[f"ingest 1 matching event, {KEY_SETS:,} key sets"]
     measured = [  # one per target, in the order of TARGETS
         ingest_small["rps"] / base_post["rps"],
         ingest_small["p99"] / base_post["p99"],
@@ -436,6 +495,9 @@ def run(args):
         ticks[N_LARGE] / ticks[N_SMALL],
         percentile(latencies, 99) * 1e3,
         memory,
+        batch["rps"] / base_batch["rps"],
+        storm["p99"] * 1e3 if storm["down"] >= N_LARGE - 1 else float("inf"),  # no storm, no figure
+        key_sets["rps"] / ingest_small["rps"],
     ]
     print()
     print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")
@@ -467,6 +529,7 @@ def main(argv=None):
     args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
+    args.storm_seconds = 10  # the storm comes at the first tick after 1 s: within the alive interval (5 s)
     return run(args)
 
 
