@@ -4,7 +4,6 @@ plus a few real-server tests over HTTP."""
 import base64
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -21,8 +20,13 @@ import urllib.request
 from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jsonschema
+import openapi_spec_validator
 import pytest
+import referencing
 import webtest
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from referencing.jsonschema import DRAFT202012
 
 import heartbeat_lite
 from heartbeat_lite import (
@@ -79,9 +83,10 @@ def service(clock, alarms_seen):
 
 
 def client(service, user=("root", "root")):
-    """A webtest app for ``service``, with Basic credentials."""
+    """A webtest app for ``service``, with Basic credentials (none if ``user`` is None)."""
     app = webtest.TestApp(service.wsgi)
-    app.authorization = ("Basic", user)
+    if user:
+        app.authorization = ("Basic", user)
     return app
 
 
@@ -1226,11 +1231,12 @@ def test_wrong_method_is_a_json_405_with_allow(app):
     assert response.json["description"] == "method not allowed"
 
 
-def test_an_unexpected_error_is_a_json_500_and_logged(app, service, caplog, monkeypatch):
-    def boom():
-        raise RuntimeError("kaboom")
+def _kaboom():
+    raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(service.engine, "list", boom)
+
+def test_an_unexpected_error_is_a_json_500_and_logged(app, service, caplog, monkeypatch):
+    monkeypatch.setattr(service.engine, "list", _kaboom)
     response = app.get("/api/v2/heartbeat", status=500)
     assert response.content_type == "application/json"
     assert response.json == {"name": "", "description": "internal error"}
@@ -2100,106 +2106,89 @@ def test_the_metrics_grammar_check_can_fail():
 ###############################################################################
 
 
-def resolve(root, ref):
-    node = root
-    for part in ref.lstrip("#/").split("/"):
-        node = node[part]
-    return node
+OPENAPI_URI = "urn:heartbeat-lite:openapi.json"
 
 
-_TYPES = {
-    "string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
-    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-}
+def pointer(*parts):
+    """A JSON pointer (RFC 6901) to ``parts`` of a document, as a URI fragment."""
+    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
 
 
-def schema_errors(value, schema, root, path="$"):
-    """Every way ``value`` breaks ``schema`` (the JSON Schema subset the
-    description uses: $ref, type, const, enum, oneOf, properties, required,
-    additionalProperties, propertyNames, min/maxProperties, items, maxItems,
-    min/maxLength, pattern, minimum)."""
-    if "$ref" in schema:
-        return schema_errors(value, resolve(root, schema["$ref"]), root, path)
-    errors = []
-    if "oneOf" in schema:
-        fits = sum(not schema_errors(value, option, root, path) for option in schema["oneOf"])
-        if fits != 1:
-            errors.append(f"{path}: fits {fits} of oneOf")
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{path}: {value!r} is not {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} not in {schema['enum']}")
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](value) for t in types):
-            return errors + [f"{path}: {value!r} is not {types}"]
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", math.inf):
-            errors.append(f"{path}: length {len(value)} out of bounds")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
-    if isinstance(value, (int, float)) and value < schema.get("minimum", -math.inf):
-        errors.append(f"{path}: {value} under minimum")
-    if isinstance(value, dict):
-        if not schema.get("minProperties", 0) <= len(value) <= schema.get("maxProperties", math.inf):
-            errors.append(f"{path}: {len(value)} properties out of bounds")
-        errors += [f"{path}: {key} required" for key in schema.get("required", []) if key not in value]
-        for key, item in value.items():
-            if "propertyNames" in schema:
-                errors += schema_errors(key, schema["propertyNames"], root, f"{path} key {key!r}")
-            if key in schema.get("properties", {}):
-                errors += schema_errors(item, schema["properties"][key], root, f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}: unexpected {key}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += schema_errors(item, schema["additionalProperties"], root, f"{path}.{key}")
-    if isinstance(value, list):
-        if len(value) > schema.get("maxItems", math.inf):
-            errors.append(f"{path}: too many items")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                errors += schema_errors(item, schema["items"], root, f"{path}[{i}]")
-    return errors
+def openapi_registry(spec):
+    """A referencing registry holding ``spec``, so that its "#/..." $refs resolve."""
+    return referencing.Registry().with_resource(OPENAPI_URI, DRAFT202012.create_resource(spec))
 
 
-def test_the_schema_checker_can_fail():
-    root = heartbeat_lite.openapi_document()
-    heartbeat = {"$ref": "#/components/schemas/Heartbeat"}
-    assert schema_errors({"_id": "x"}, heartbeat, root)
-    assert schema_errors({"name": "", "description": "d", "extra": 1}, {"$ref": "#/components/schemas/Error"}, root)
-    assert schema_errors({"_id": "x", "status": "sideways", "last_event": None, "deadline": 1, "alarm_since": None},
-                         {"$ref": "#/components/schemas/Status"}, root)
-    assert not schema_errors({"name": "", "description": "d", "errors": ["e"]}, {"$ref": "#/components/schemas/Error"}, root)
+def lookup(spec, fragment):
+    return openapi_registry(spec).resolver().lookup(OPENAPI_URI + fragment).contents
+
+
+def schema_errors(spec, fragment, value):
+    """Every way ``value`` breaks the schema at ``fragment`` of the OpenAPI
+    document ``spec``, checked by jsonschema, $refs resolved within ``spec``."""
+    validator = jsonschema.Draft202012Validator({"$ref": OPENAPI_URI + fragment}, registry=openapi_registry(spec))
+    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(value)]
 
 
 @pytest.fixture
 def spec():
-    return json.loads(webtest.TestApp(heartbeat_lite.create_app().wsgi).get("/api/v2/openapi.json").body)
+    with heartbeat_lite.create_app() as service:
+        return client(service, user=None).get("/api/v2/openapi.json").json
+
+
+def test_the_schema_check_can_fail(spec):
+    heartbeat, error = pointer("components", "schemas", "Heartbeat"), pointer("components", "schemas", "Error")
+    assert schema_errors(spec, heartbeat, {"_id": "x"})
+    assert schema_errors(spec, error, {"name": "", "description": "d", "extra": 1})
+    assert schema_errors(spec, pointer("components", "schemas", "Status"),
+                         {"_id": "x", "status": "sideways", "last_event": None, "deadline": 1, "alarm_since": None})
+    listed = pointer("paths", "/api/v2/heartbeat", "get", "responses", "200", "content", "application/json", "schema")
+    assert schema_errors(spec, listed, [{"_id": "x"}])  # through the array's $ref
+    assert not schema_errors(spec, error, {"name": "", "description": "d", "errors": ["e"]})
+    with pytest.raises(OpenAPIValidationError):
+        openapi_spec_validator.validate({**spec, "paths": {"/x": {"get": {"responses": {"200": {}}}}}})
 
 
 def test_the_openapi_description_is_served_without_credentials(spec):
     assert spec["openapi"] == "3.1.0"
     assert spec["info"]["version"] == heartbeat_lite.__version__
     refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))
-    assert refs and all(resolve(spec, ref) for ref in refs)
+    assert refs and all(lookup(spec, ref) for ref in refs)
+
+
+def test_the_openapi_description_is_a_valid_openapi_3_1_document(spec):
+    openapi_spec_validator.validate(spec)
+    assert [server["url"] for server in spec["servers"]] == ["/"]  # whatever host serves it
+
+
+def operations(spec):
+    """(path, method, operation) for every operation of the description."""
+    return [(path, method, operation) for path, item in spec["paths"].items()
+            for method, operation in item.items() if method != "parameters"]
+
+
+def test_every_operation_has_a_unique_operation_id_and_tags(spec):
+    ids = [operation["operationId"] for _, _, operation in operations(spec)]
+    assert len(ids) == len(set(ids)) == len(operations(spec))
+    assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]*)*", operation_id) for operation_id in ids)
+    declared = {tag["name"] for tag in spec["tags"]}
+    for path, method, operation in operations(spec):
+        assert operation["tags"] and set(operation["tags"]) <= declared, (path, method)
+        assert "500" in operation["responses"], (path, method)
+    assert declared == {"heartbeat", "event", "alarm", "operator"}
 
 
 def test_the_openapi_description_covers_every_route(spec, service):
     routes = {(route.rule.rstrip("/") or "/", route.method.lower()) for route in service.app.routes}
     routes = {(re.sub(r"<(\w+)>", r"{\1}", rule), method) for rule, method in routes}
-    described = {(path, method) for path, item in spec["paths"].items() for method in item if method != "parameters"}
-    assert routes == described
+    assert routes == {(path, method) for path, method, _ in operations(spec)}
 
 
 class Recorder:
     """A webtest app noting every answer, to replay against the description."""
 
     def __init__(self, service, user=("root", "root")):
-        self.app = webtest.TestApp(service.wsgi)
-        if user:
-            self.app.authorization = ("Basic", user)
+        self.app = client(service, user)
         self.answers = []
 
     def __call__(self, method, path, status, **kwargs):
@@ -2207,6 +2196,19 @@ class Recorder:
         assert response.status_int == status, (method, path, response.status, response.text[:300])
         self.answers.append((method, path, response))
         return response
+
+
+def described_answer(spec, method, path, status):
+    """Where the description says what ``method path`` answers with ``status``:
+    the pointer to its response object, or to the shared 405 answer."""
+    template = next(template for template in spec["paths"]
+                    if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path.rstrip("/") or "/"))
+    if method.lower() not in spec["paths"][template]:
+        assert status == 405, (method, path, status)
+        return pointer("components", "responses", "MethodNotAllowed")
+    responses = spec["paths"][template][method.lower()]["responses"]
+    assert str(status) in responses, (method, path, status)
+    return pointer("paths", template, method.lower(), "responses", str(status))
 
 
 def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
@@ -2227,6 +2229,9 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
         call("PUT", "/api/v2/heartbeat/nope", 404, body=json.dumps(body()).encode())
         call("PUT", f"/api/v2/heartbeat/{hid}", 400, body=b"[]")
         call("PUT", f"/api/v2/heartbeat/{hid}", 413, body=b"x" * (heartbeat_lite.MAX_HEARTBEAT_BODY_BYTES + 1))
+        call("PUT", "/api/v2/heartbeat", 405, body=json.dumps(body()).encode())
+        call("PATCH", f"/api/v2/heartbeat/{hid}", 405)
+        call("POST", "/healthz", 405)
         call("GET", f"/api/v2/heartbeat/{hid}/status", 200)
         call("GET", "/api/v2/heartbeat/nope/status", 404)
         call("POST", "/api/v2/event", 200, body=json.dumps(C01).encode())
@@ -2244,6 +2249,9 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
         call("DELETE", f"/api/v2/heartbeat/{hid}", 200)
         call("DELETE", f"/api/v2/heartbeat/{hid}", 404)
         call("GET", "/api/v2/heartbeat", 401, headers={"Authorization": _basic("root", "wrong")})
+        with monkeypatch.context() as patch:
+            patch.setattr(service.engine, "list", _kaboom)
+            call("GET", "/api/v2/heartbeat", 500)
         service.store.statement_hook = _broken_statement
         call("GET", "/api/v2/heartbeat", 400)
         call("GET", "/healthz", 503)
@@ -2255,21 +2263,22 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
             call("GET", "/api/v2/alarms", 401)
         call("GET", "/api/v2/alarms", 429)
 
-    templates = [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", path) + "$"), path) for path in spec["paths"]]
     seen_statuses = set()
     for recorder in recorders:
         for method, path, response in recorder.answers:
-            template = next(t for regex, t in templates if regex.match(path.rstrip("/") or "/"))
-            operation = spec["paths"][template][method.lower()]
             where = f"{method} {path} {response.status_int}"
-            assert str(response.status_int) in operation["responses"], where
-            content = operation["responses"][str(response.status_int)]["content"]
-            assert response.headers["Content-Type"] in content or response.content_type in content, where
-            media = content.get(response.headers["Content-Type"], content.get(response.content_type))
+            answer = described_answer(spec, method, path, response.status_int)
+            content = lookup(spec, answer)
+            media_type = next((t for t in (response.headers["Content-Type"], response.content_type)
+                               if t in content["content"]), None)
+            assert media_type, where
             if response.content_type == "application/json":
-                assert schema_errors(response.json, media["schema"], spec) == [], where
+                assert schema_errors(spec, answer + pointer("content", media_type, "schema")[1:],
+                                     response.json) == [], where
+            for header in content.get("headers", {}):
+                assert header in response.headers, where
             seen_statuses.add(response.status_int)
-    assert seen_statuses == {200, 400, 401, 404, 413, 429, 503}
+    assert seen_statuses == {200, 400, 401, 404, 405, 413, 429, 500, 503}
 
 
 ###############################################################################
