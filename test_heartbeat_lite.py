@@ -2,6 +2,7 @@
 plus a few real-server tests over HTTP."""
 
 import base64
+import concurrent.futures
 import json
 import logging
 import os
@@ -63,6 +64,28 @@ class FakeClock:
 
     def advance(self, seconds):
         self.now += seconds
+
+
+class SteppedClock(FakeClock):
+    """Real time, plus the steps the test adds: for server mode, where the
+    background threads wait in real time."""
+
+    def __init__(self):
+        super().__init__(0.0)
+
+    def __call__(self):
+        return time.time() + self.now
+
+
+def wait_until(condition, timeout=5.0):
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass (for what
+    a background thread does); return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.fixture
@@ -757,20 +780,18 @@ def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, ala
 
 
 def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
-    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
+    clock = SteppedClock()
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), clock=clock) as service:
         with heartbeat_lite.serve(service, port=0) as base:
             _, _, created = http("POST", f"{base}/api/v2/heartbeat", json.dumps(body()).encode())
             heartbeat_id = created["description"]
             http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())
-            time.sleep(0.05)  # apart enough to tell the two refreshes apart, well within 0.5 s
+            clock.advance(0.05)  # apart enough to tell the two refreshes apart, well within 0.5 s
             http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())  # kept in memory
             shown = http("GET", f"{base}/api/v2/heartbeat/{heartbeat_id}/status")[2]["last_event"]
             assert stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
-            deadline = time.monotonic() + 3
-            while (stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
-                   and time.monotonic() < deadline):
-                time.sleep(0.05)  # the scheduler writes it within about half a second
-            assert stored_last_event(service, heartbeat_id) == pytest.approx(shown, abs=1e-3)
+            # the scheduler writes it within about half a second
+            assert wait_until(lambda: stored_last_event(service, heartbeat_id) == pytest.approx(shown, abs=1e-3))
 
 
 ###############################################################################
@@ -1801,20 +1822,20 @@ def test_no_acknowledged_creation_is_lost_to_sigkill(tmp_path):
                                          json.dumps(body(pattern={"n": str(i)})).encode())
             except (OSError, HTTPException):  # the server is gone, maybe mid-answer
                 return
-            assert status == 200
+            assert status == 200, answer  # raised again in the test's thread by writer.result()
             acknowledged.append(answer["description"])
 
-    writer = threading.Thread(target=stream)
-    writer.start()
-    try:
-        while len(acknowledged) < 200 and writer.is_alive():
-            writer.join(0.01)
-        process.kill()  # SIGKILL, in the middle of the stream
-        process.wait(timeout=30)
-        writer.join(timeout=30)
-    finally:
-        process.kill()
-        process.stderr.close()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        writer = pool.submit(stream)
+        try:
+            while len(acknowledged) < 200 and not writer.done():
+                concurrent.futures.wait([writer], timeout=0.01)
+            process.kill()  # SIGKILL, in the middle of the stream
+            process.wait(timeout=30)
+            writer.result(timeout=30)
+        finally:
+            process.kill()
+            process.stderr.close()
     assert len(acknowledged) >= 200
     process, base = start_server("--db", db)
     try:
