@@ -134,6 +134,74 @@ def create(app, doc=None, **kwargs):
     return response.json["description"]
 
 
+@pytest.fixture
+def restart(tmp_path, clock, alarms_seen):
+    """Open the service on this test's database file; each further call is a
+    restart on the same file: ``with restart() as service: ...``. Keyword
+    arguments go to ``create_app``; ``restart.path`` is the file."""
+    path = str(tmp_path / "hb.db")
+
+    def start(**options):
+        return heartbeat_lite.create_app(**{"db": path, "clock": clock, "on_alarm": alarms_seen.append, **options})
+
+    start.path = path
+    return start
+
+
+def down_heartbeat(service, clock, **changes):
+    """Create a heartbeat (the seed's body with ``changes``), move the clock
+    to its deadline and tick: it goes down. Return its id."""
+    heartbeat_id = new_heartbeat(service, **changes)
+    clock.now = service.engine.status(heartbeat_id)["deadline"]
+    service.tick()
+    assert service.engine.status(heartbeat_id)["status"] == "down"
+    return heartbeat_id
+
+
+def _broken_statement(sql, params):
+    """A ``Store.statement_hook`` for a database that fails every statement."""
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def _basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def http(method, url, data=None, user="root:root", content_type=None):
+    """One request with the standard library; returns (status, headers, parsed body)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if user:
+        request.add_header("Authorization", _basic(*user.split(":", 1)))
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, json.loads(error.read())
+
+
+def run_cli(*args, env=None, timeout=30):
+    """Run ``python heartbeat_lite.py`` with ``args`` to its end."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def start_server(*args, env=None):
+    """Start `python heartbeat_lite.py` on a free port; return (process, base URL)."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )
+    for line in process.stderr:  # the start-up line says where it listens
+        if "listening on " in line:
+            return process, line.split("listening on ")[1].split()[0]
+    process.kill()
+    raise AssertionError("the server did not start")
+
+
 ###############################################################################
 # Validation
 ###############################################################################
@@ -481,12 +549,10 @@ def test_matching_follows_creation_and_deletion(app, clock):
     assert send(app, C01)["matched"] == [second]
 
 
-def test_the_pattern_index_survives_a_restart(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
-        app = client(service)
-        heartbeat_id = create(app)
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_the_pattern_index_survives_a_restart(restart):
+    with restart() as service:
+        heartbeat_id = create(client(service))
+    with restart() as service:
         assert service.engine.ingest([C01]) == [heartbeat_id]
 
 
@@ -526,9 +592,7 @@ def test_a_late_tick_dates_the_alarm_by_the_deadline(app, service, clock, alarms
 
 
 def test_down_up_down_up(app, service, clock, alarms_seen):
-    heartbeat_id = create(app, body(expected_interval="30s"))
-    clock.advance(30)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock, expected_interval="30s")
     assert status_of(app, heartbeat_id)["status"] == "down"
     service.tick()
     assert [a["state"] for a in alarms_seen] == [3]  # never alarmed twice
@@ -569,18 +633,14 @@ def test_alarms_are_listed_oldest_first(app, service, clock):
     assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms").json] == [fast, slow]
 
 
-def test_the_resource_joins_sorted_keys(app, service, clock, alarms_seen):
-    create(app, body(pattern={"z": "1", "a": "2", "m": "é"}))
-    clock.advance(60)
-    service.tick()
+def test_the_resource_joins_sorted_keys(service, clock, alarms_seen):
+    down_heartbeat(service, clock, pattern={"z": "1", "a": "2", "m": "é"})
     assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
 
 
 def test_deleting_a_down_heartbeat_resolves_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(61)
-    service.tick()
-    clock.advance(1)
+    heartbeat_id = down_heartbeat(service, clock)
+    clock.advance(2)
     app.delete(f"/api/v2/heartbeat/{heartbeat_id}")
     assert [(a["state"], a["heartbeat_id"], a["timestamp"]) for a in alarms_seen] == \
         [(3, heartbeat_id, int(T0 + 60)), (0, heartbeat_id, int(T0 + 62))]
@@ -617,9 +677,7 @@ def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
         raise RuntimeError("receiver exploded")
 
     with heartbeat_lite.create_app(clock=clock, on_alarm=broken) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         assert service.engine.alarms()[0]["state"] == 3
     assert "receiver exploded" in caplog.text
 
@@ -745,22 +803,20 @@ def test_a_heartbeat_coming_back_up_is_written_at_once(app, service, clock, alar
     assert [a["state"] for a in alarms_seen] == [3, 0]
 
 
-def test_a_clean_stop_writes_pending_refreshes(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_clean_stop_writes_pending_refreshes(restart, clock):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(1)
         service.engine.ingest([C01])
         clock.advance(0.2)
         service.engine.ingest([C01])  # pending
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["last_event"] == T0 + 1.2
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 61.2  # clean stop: no extra
 
 
-def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    service = restarted(path, clock, alarms_seen)
+def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(restart, clock, alarms_seen):
+    service = restart()
     heartbeat_id = new_heartbeat(service)
     clock.now = T0 + 30
     service.engine.ingest([C01])
@@ -768,7 +824,7 @@ def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, ala
     service.engine.ingest([C01])  # pending, lost in the crash
     service.store.close()  # SIGKILL: no shutdown
     clock.now = T0 + 100
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         # outage counted from the start's alive record (T0); the true deadline
         # (T0 + 90.4, clock stopped while down) must not come early
         true_deadline = T0 + 90.4 + (T0 + 100 - T0)
@@ -799,18 +855,13 @@ def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
 ###############################################################################
 
 
-def restarted(path, clock, alarms_seen):
-    return heartbeat_lite.create_app(db=path, clock=clock, on_alarm=alarms_seen.append)
-
-
-def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_restart_pushes_deadlines_back_by_the_outage(restart, clock, alarms_seen):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(20)
         service.tick()
     clock.advance(3600)  # the service is stopped for an hour
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 3600
         clock.now = T0 + 3600 + 59.9  # 20 s ran before the outage, 39.9 s after: not yet 60
         service.tick()
@@ -821,28 +872,24 @@ def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_s
     assert [a["state"] for a in alarms_seen] == [3]
 
 
-def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    service = restarted(path, clock, alarms_seen)
+def test_a_crash_counts_the_outage_from_the_last_alive_record(restart, clock):
+    service = restart()
     heartbeat_id = new_heartbeat(service)
     clock.advance(heartbeat_lite.ALIVE_INTERVAL_SECONDS)
     service.tick()  # records T0 + 5
     clock.advance(2)  # runs 2 s more, then dies without a word: no close()
     service.store.close()
     clock.advance(1000)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         # the outage, plus the refreshes a crash may have cost (not a clean stop)
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 1002 + heartbeat_lite.REFRESH_WRITE_SECONDS
 
 
-def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
-        heartbeat_id = new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_a_down_heartbeat_stays_down_without_a_second_alarm(restart, clock, alarms_seen):
+    with restart() as service:
+        heartbeat_id = down_heartbeat(service, clock)
     clock.advance(600)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         service.tick()
         clock.advance(600)
         service.tick()
@@ -853,13 +900,12 @@ def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, ala
     assert [a["state"] for a in alarms_seen] == [3, 0]
 
 
-def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_deadline_passed_before_the_outage_goes_down_at_once(restart, clock):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(90)  # overdue, but nobody ticked before the stop
     clock.advance(600)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60
         service.tick()
         assert service.engine.status(heartbeat_id)["status"] == "down"
@@ -946,9 +992,7 @@ def test_matching_follows_a_pattern_change(app):
 
 
 def test_changing_a_down_heartbeats_pattern_moves_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(60)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock)
     clock.advance(5)
     app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
     assert [(a["state"], a["resource"], a["timestamp"]) for a in alarms_seen] == [
@@ -961,9 +1005,7 @@ def test_changing_a_down_heartbeats_pattern_moves_its_alarm(app, service, clock,
 
 
 def test_renaming_a_down_heartbeat_keeps_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(60)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock)
     app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(name="renamed", expected_interval="2h"))
     assert [a["state"] for a in alarms_seen] == [3]
     assert status_of(app, heartbeat_id)["status"] == "down"  # only an event brings it back
@@ -1041,15 +1083,14 @@ def unused_url():
     return f"http://127.0.0.1:{port}/api/v2/event"  # nothing listens there
 
 
-def forwarding_service(clock, url, alarms_seen, db=":memory:"):
-    return heartbeat_lite.create_app(db=db, clock=clock, forward_url=url, on_alarm=alarms_seen.append)
+def forwarding_service(clock, url, alarms_seen):
+    """An in-memory service forwarding its alarms to ``url``."""
+    return heartbeat_lite.create_app(clock=clock, forward_url=url, on_alarm=alarms_seen.append)
 
 
 def test_alarms_are_forwarded_with_basic_auth_from_the_url(receiver, clock, alarms_seen):
     with forwarding_service(clock, receiver.url("canopsis:p%40ss:w@"), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         assert service.engine.outbox_depth() == 1
         assert service.deliver() is None
         assert service.engine.outbox_depth() == 0
@@ -1078,9 +1119,7 @@ def test_forwarding_keeps_the_order_across_batches(receiver, clock, alarms_seen)
 
 def test_a_failing_target_is_retried_with_capped_backoff(receiver, clock, alarms_seen, caplog):
     with forwarding_service(clock, receiver.url("u:topsecret@"), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         receiver.statuses = [500, 503]
         assert service.deliver() == 1.0
         assert service.deliver() == 2.0
@@ -1096,36 +1135,28 @@ def test_a_failing_target_is_retried_with_capped_backoff(receiver, clock, alarms
 
 def test_backoff_doubles_up_to_its_cap_while_the_target_is_down(clock, alarms_seen):
     with forwarding_service(clock, unused_url(), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         delays = [service.deliver() for _ in range(9)]
         assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
         assert service.engine.outbox_depth() == 1
 
 
-def test_the_outbox_survives_a_restart(tmp_path, receiver, clock, alarms_seen):
-    db = str(tmp_path / "hb.db")
-    with forwarding_service(clock, unused_url(), alarms_seen, db) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_the_outbox_survives_a_restart(restart, receiver, clock, alarms_seen):
+    with restart(forward_url=unused_url()) as service:
+        down_heartbeat(service, clock)
         assert service.deliver() == 1.0
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+    with restart(forward_url=receiver.url()) as service:
         assert service.engine.outbox_depth() == 1
         assert service.deliver() is None
     assert receiver.delivered == alarms_seen and len(alarms_seen) == 1
 
 
-def test_a_restart_does_not_alarm_a_down_heartbeat_twice(tmp_path, receiver, clock, alarms_seen):
-    db = str(tmp_path / "hb.db")
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_a_restart_does_not_alarm_a_down_heartbeat_twice(restart, receiver, clock):
+    with restart(forward_url=receiver.url()) as service:
+        down_heartbeat(service, clock)
         service.deliver()
     clock.advance(600)
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+    with restart(forward_url=receiver.url()) as service:
         service.tick()
         clock.advance(600)
         service.tick()
@@ -1153,10 +1184,8 @@ def test_the_outbox_row_and_the_state_change_commit_together(receiver, clock, al
     assert [e["state"] for e in receiver.delivered] == [3]
 
 
-def test_without_a_forward_url_nothing_waits_in_the_outbox(app, service, clock):
-    create(app)
-    clock.advance(60)
-    service.tick()
+def test_without_a_forward_url_nothing_waits_in_the_outbox(service, clock):
+    down_heartbeat(service, clock)
     assert service.engine.outbox_depth() == 0
     with pytest.raises(RuntimeError):
         service.deliver()
@@ -1215,21 +1244,19 @@ def test_cli_refuses_a_bad_forward_url(tmp_path):
 
 
 def test_health_needs_no_credentials(service):
-    response = webtest.TestApp(service.wsgi).get("/healthz")
+    response = client(service, user=None).get("/healthz")
     assert response.json == {"status": "ok", "outbox": 0}
 
 
 def test_health_reports_the_outbox_depth(clock, alarms_seen):
     with forwarding_service(clock, unused_url(), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
-        assert webtest.TestApp(service.wsgi).get("/healthz").json == {"status": "ok", "outbox": 1}
+        down_heartbeat(service, clock)
+        assert client(service, user=None).get("/healthz").json == {"status": "ok", "outbox": 1}
 
 
 def test_health_is_503_when_the_database_fails(service, monkeypatch, caplog):
     service.store.statement_hook = _broken_statement
-    response = webtest.TestApp(service.wsgi).get("/healthz", status=503)
+    response = client(service, user=None).get("/healthz", status=503)
     assert response.json["status"] == "unavailable"
     assert "disk I/O error" in caplog.text
 
@@ -1277,10 +1304,6 @@ def test_every_request_is_access_logged(app, caplog):
 ###############################################################################
 
 
-def _basic(user, password):
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 ROUTES = [
     ("POST", "/api/v2/heartbeat"),
     ("GET", "/api/v2/heartbeat"),
@@ -1307,7 +1330,7 @@ BAD_CREDENTIALS = {
 @pytest.mark.parametrize("method,path", ROUTES)
 @pytest.mark.parametrize("authorization", BAD_CREDENTIALS.values(), ids=BAD_CREDENTIALS.keys())
 def test_every_api_route_needs_credentials(service, method, path, authorization):
-    app = webtest.TestApp(service.wsgi)
+    app = client(service, user=None)
     headers = {"Authorization": authorization} if authorization else {}
     response = app.request(path, method=method, headers=headers, body=json.dumps(SEED_BODY).encode(),
                            expect_errors=True)
@@ -1319,10 +1342,9 @@ def test_every_api_route_needs_credentials(service, method, path, authorization)
 
 def test_configured_users_replace_root(clock):
     with heartbeat_lite.create_app(users={"alice": "pw:with:colons", "bob": "b"}, clock=clock) as service:
-        app = webtest.TestApp(service.wsgi)
         for user, password, status in [("alice", "pw:with:colons", 200), ("bob", "b", 200),
                                        ("root", "root", 401), ("alice", "b", 401)]:
-            app.get("/api/v2/heartbeat", headers={"Authorization": _basic(user, password)}, status=status)
+            client(service, (user, password)).get("/api/v2/heartbeat", status=status)
 
 
 def test_parse_users():
@@ -1339,10 +1361,9 @@ def test_a_users_file_takes_passwords_and_hashes(tmp_path):
     users = heartbeat_lite._users_from(args, {})
     assert set(users) == {"alice", "bob", "carol"}
     with heartbeat_lite.create_app(users=users) as service:
-        app = webtest.TestApp(service.wsgi)
         for user, password, status in [("alice", "plain:pw", 200), ("bob", "b0b", 200), ("carol", "c", 200),
                                        ("bob", "wrong", 401), ("alice", "plain", 401)]:
-            app.get("/api/v2/heartbeat", headers={"Authorization": _basic(user, password)}, status=status)
+            client(service, (user, password)).get("/api/v2/heartbeat", status=status)
 
 
 @pytest.mark.parametrize("line", ["no-colon-s3cretpw", ":s3cretpw", "dave:pbkdf2_sha256$x$s3cretpw$abc",
@@ -1419,20 +1440,19 @@ def test_failed_derivations_are_throttled(counted_derivations):
 def test_throttling_is_a_json_429_with_retry_after():
     users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
     with heartbeat_lite.create_app(users=users) as service:
-        app = webtest.TestApp(service.wsgi)
-        bad = {"Authorization": _basic("alice", "guess")}
+        guessing = client(service, ("alice", "guess"))
         for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):
-            app.get("/api/v2/heartbeat", headers=bad, status=401)
-        response = app.get("/api/v2/heartbeat", headers=bad, status=429)
+            guessing.get("/api/v2/heartbeat", status=401)
+        response = guessing.get("/api/v2/heartbeat", status=429)
         assert response.headers["Retry-After"] == "2"
         assert response.json == {"name": "", "description": "too many failed authentication attempts, retry later"}
 
 
 def test_plain_users_are_never_throttled(service):
-    app = webtest.TestApp(service.wsgi)
+    guessing = client(service, ("root", "wrong"))
     for _ in range(50):
-        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "wrong")}, status=401)
-    app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "root")}, status=200)
+        guessing.get("/api/v2/heartbeat", status=401)
+    client(service).get("/api/v2/heartbeat", status=200)
 
 
 def test_no_password_reaches_the_log(tmp_path):
@@ -1577,15 +1597,6 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(app, service, clock, t
 ###############################################################################
 
 
-@pytest.fixture
-def file_service(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05) as service:
-        app = client(service)
-        service.test_app = app
-        yield service
-
-
 class LockHolder:
     """Another process holding SQLite's write lock on a database file."""
 
@@ -1607,36 +1618,36 @@ class LockHolder:
         self.process.communicate("\n", timeout=30)
 
 
-def test_a_write_lock_held_by_another_process_gives_the_database_error(file_service, caplog):
-    app = file_service.test_app
-    kept = create(app)
-    holder = LockHolder(file_service.store.path)
-    try:
-        response = app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400)
-        assert response.json == DB_ERROR
-        assert "database is locked" in caplog.text
-        assert "locked" not in response.text
-        assert app.delete(f"/api/v2/heartbeat/{kept}", status=400).json == DB_ERROR
-        assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
-        assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # WAL: reads still served
-        assert app.get("/healthz").json["status"] == "ok"
-    finally:
-        holder.release()
-    create(app, body(pattern={"k": "v"}))
-    assert len(app.get("/api/v2/heartbeat").json) == 2
-    assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
+def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, caplog):
+    with restart(busy_timeout=0.05) as service:
+        app = client(service)
+        kept = create(app)
+        holder = LockHolder(restart.path)
+        try:
+            response = app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400)
+            assert response.json == DB_ERROR
+            assert "database is locked" in caplog.text
+            assert "locked" not in response.text
+            assert app.delete(f"/api/v2/heartbeat/{kept}", status=400).json == DB_ERROR
+            assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
+            assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # WAL: reads still served
+            assert app.get("/healthz").json["status"] == "ok"
+        finally:
+            holder.release()
+        create(app, body(pattern={"k": "v"}))
+        assert len(app.get("/api/v2/heartbeat").json) == 2
+        assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
 
 
-def test_a_database_locked_at_start_starts_degraded_then_recovers(tmp_path, clock, caplog):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_a_database_locked_at_start_starts_degraded_then_recovers(restart, clock, caplog):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(20)
         service.tick()
     clock.advance(100)
-    holder = LockHolder(path)
+    holder = LockHolder(restart.path)
     try:
-        service = heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05)
+        service = restart(busy_timeout=0.05)
         assert "cannot start the engine yet" in caplog.text
         app = client(service)
         assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
@@ -1664,12 +1675,12 @@ def remount(mount_point, mode):
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
 
 
-def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, clock, caplog):
+def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, restart, caplog):
     path = str(tmpfs / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart(db=path) as service:
         heartbeat_id = new_heartbeat(service)
     remount(tmpfs, "ro")  # root ignores file permissions, not a read-only mount
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart(db=path) as service:
         assert "unavailable at start" in caplog.text
         app = client(service)
         assert app.get("/api/v2/heartbeat", status=400).json == DB_ERROR
@@ -1702,19 +1713,14 @@ def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, capl
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
-def _broken_statement(sql, params):
-    raise sqlite3.OperationalError("disk I/O error")
-
-
-def test_the_schema_is_versioned(tmp_path):
-    path = str(tmp_path / "hb.db")
-    heartbeat_lite.create_app(db=path).close()
-    with sqlite3.connect(path) as conn:
+def test_the_schema_is_versioned(restart):
+    restart().close()
+    with sqlite3.connect(restart.path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(heartbeat_lite.ConfigError, match="schema version 99"):
-        heartbeat_lite.create_app(db=path)
+        restart()
 
 
 def test_the_schema_file_matches_the_code():
@@ -1722,13 +1728,12 @@ def test_the_schema_file_matches_the_code():
         assert f"PRAGMA user_version = {heartbeat_lite.SCHEMA_VERSION};" in f.read()
 
 
-def test_data_survives_a_restart(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_data_survives_a_restart(restart):
+    with restart() as service:
         app = client(service)
         heartbeat_id = create(app)
         before = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart() as service:
         assert json.loads(service.engine.document(heartbeat_id)) == before
 
 
@@ -1741,21 +1746,6 @@ def test_a_missing_database_directory_is_a_config_error(tmp_path):
 ###############################################################################
 # Real server
 ###############################################################################
-
-
-def http(method, url, data=None, user="root:root", content_type=None):
-    """One request with the standard library; returns (status, headers, parsed body)."""
-    request = urllib.request.Request(url, data=data, method=method)
-    if user:
-        request.add_header("Authorization", _basic(*user.split(":", 1)))
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read())
 
 
 def test_the_seed_examples_over_http(service):
@@ -1922,12 +1912,6 @@ def test_serve_stops_even_when_the_block_fails(service):
 ###############################################################################
 
 
-def run_cli(*args, env=None, timeout=30):
-    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
 def test_cli_version_and_help():
     assert run_cli("--version").stdout.strip() == f"heartbeat-lite {heartbeat_lite.__version__}"
     help_text = run_cli("--help").stdout
@@ -1951,19 +1935,6 @@ def test_cli_refuses_a_missing_database_directory(tmp_path):
 def test_cli_rejects_a_malformed_environment_value():
     result = run_cli("--port", "0", env={"HEARTBEAT_LITE_THREADS": "many"})
     assert result.returncode == 2 and "--threads" in result.stderr
-
-
-def start_server(*args, env=None):
-    """Start `python heartbeat_lite.py` on a free port; return (process, base URL)."""
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )
-    for line in process.stderr:  # the start-up line says where it listens
-        if "listening on " in line:
-            return process, line.split("listening on ")[1].split()[0]
-    process.kill()
-    raise AssertionError("the server did not start")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -2021,9 +1992,8 @@ def test_the_status_page_lists_alarms_then_every_heartbeat(app, service, clock):
 
 
 def test_the_status_page_escapes_every_user_string(app, service, clock):
-    create(app, body(name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE}, expected_interval="1s"))
-    clock.advance(2)
-    service.tick()
+    down_heartbeat(service, clock, name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE},
+                   expected_interval="1s")
     html = app.get("/").text
     assert "<script>alert(1)" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # alarm name, output, resource; row name, pattern
