@@ -2166,14 +2166,16 @@ def openapi_document():
         "401": _answer("Missing or wrong credentials (with WWW-Authenticate: Basic)", "Error"),
         "429": _answer("Too many failed password derivations lately (with Retry-After)", "Error"),
     }
+    internal_error = {"500": _answer("An unexpected error, logged with its traceback", "Error")}
     not_found = {"404": _answer("No heartbeat has this id (name: the id)", "Error")}
     too_large = {"413": _answer("Body over its limit, or more than 10,000 events", "Error")}
     heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
     heartbeat_body = {"required": True, **_json_content(_ref("HeartbeatInput"))}
     secured = [{"basicAuth": []}]
 
-    def operation(summary, responses, **more):
-        return {"summary": summary, "security": secured, "responses": responses, **more}
+    def operation(operation_id, tag, summary, responses, security=secured, **more):
+        return {"operationId": operation_id, "tags": [tag], "summary": summary, "security": security,
+                "responses": {**responses, **internal_error}, **more}
 
     return {
         "openapi": "3.1.0",
@@ -2181,9 +2183,26 @@ def openapi_document():
             "title": "heartbeat-lite",
             "version": __version__,
             "description": "The Canopsis Heartbeat API on SQLite, plus events, alarms, health and metrics. "
-                           "Every path also answers with a trailing slash. Every error body is JSON.",
+                           "Every path also answers with a trailing slash. Every error body is JSON. "
+                           "A method a path does not describe answers 405 (components/responses/"
+                           "MethodNotAllowed), with an Allow header naming the methods it does.",
         },
+        "servers": [{"url": "/", "description": "wherever this document is served from"}],
+        "tags": [
+            {"name": "heartbeat", "description": "Heartbeats: what to expect, and how often"},
+            {"name": "event", "description": "Incoming Canopsis events"},
+            {"name": "alarm", "description": "Heartbeats gone silent"},
+            {"name": "operator", "description": "Health, metrics, the status page and this description"},
+        ],
         "components": {
+            "responses": {
+                "MethodNotAllowed": {
+                    "description": "The path exists, not with this method",
+                    "headers": {"Allow": {"description": "The methods the path answers, comma-separated",
+                                          "schema": string}},
+                    **_json_content(_ref("Error")),
+                },
+            },
             "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
             "schemas": {
                 "Pattern": {
@@ -2265,34 +2284,36 @@ def openapi_document():
         },
         "paths": {
             "/api/v2/heartbeat": {
-                "post": operation("Create a heartbeat", {
+                "post": operation("createHeartbeat", "heartbeat", "Create a heartbeat", {
                     "200": _answer('{"name": "heartbeat created", "description": <new id>}'),
                     **errors, **too_large}, requestBody=heartbeat_body),
-                "get": operation("Every heartbeat, newest first", {
+                "get": operation("listHeartbeats", "heartbeat", "Every heartbeat, newest first", {
                     "200": {"description": "The heartbeats",
                             **_json_content({"type": "array", "items": _ref("Heartbeat")})},
                     **errors}),
             },
             "/api/v2/heartbeat/{heartbeat_id}": {
                 "parameters": [heartbeat_id],
-                "get": operation("One heartbeat", {
+                "get": operation("getHeartbeat", "heartbeat", "One heartbeat", {
                     "200": {"description": "The heartbeat", **_json_content(_ref("Heartbeat"))},
                     **errors, **not_found}),
-                "put": operation("Replace a heartbeat (keeps _id and created)", {
+                "put": operation("replaceHeartbeat", "heartbeat", "Replace a heartbeat (keeps _id and created)", {
                     "200": _answer('{"name": "heartbeat updated", "description": <id>}'),
                     **errors, **not_found, **too_large}, requestBody=heartbeat_body),
-                "delete": operation("Delete a heartbeat, resolving its alarm if it is down", {
+                "delete": operation("deleteHeartbeat", "heartbeat",
+                                    "Delete a heartbeat, resolving its alarm if it is down", {
                     "200": _answer('{"name": "heartbeat removed", "description": <id>}'),
                     **errors, **not_found}),
             },
             "/api/v2/heartbeat/{heartbeat_id}/status": {
                 "parameters": [heartbeat_id],
-                "get": operation("A heartbeat's state", {
+                "get": operation("getHeartbeatStatus", "heartbeat", "A heartbeat's state", {
                     "200": {"description": "Its state", **_json_content(_ref("Status"))},
                     **errors, **not_found}),
             },
             "/api/v2/event": {
-                "post": operation("Send Canopsis events; each refreshes the heartbeats it matches", {
+                "post": operation("sendEvents", "event",
+                                  "Send Canopsis events; each refreshes the heartbeats it matches", {
                     "200": {"description": "Events received, heartbeats refreshed",
                             **_json_content(_ref("EventResult"))},
                     **errors, **too_large},
@@ -2301,32 +2322,32 @@ def openapi_document():
                         {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
             },
             "/api/v2/alarms": {
-                "get": operation("The active alarms, oldest first", {
+                "get": operation("listAlarms", "alarm", "The active alarms, oldest first", {
                     "200": {"description": "The alarms",
                             **_json_content({"type": "array", "items": _ref("Alarm")})},
                     **errors}),
             },
             "/healthz": {
-                "get": {"summary": "Health (no authentication)", "security": [], "responses": {
+                "get": operation("getHealth", "operator", "Health (no authentication)", {
                     "200": {"description": "The database answers", **_json_content(_ref("Health"))},
                     "503": {"description": "The database does not answer", **_json_content(_ref("Health"))},
-                }},
+                }, security=[]),
             },
             "/metrics": {
-                "get": operation("Prometheus metrics", {
+                "get": operation("getMetrics", "operator", "Prometheus metrics", {
                     "200": {"description": "Text exposition format 0.0.4",
                             "content": {PROMETHEUS_TYPE: {"schema": string}}},
                     **errors}),
             },
             "/": {
-                "get": operation("The status page", {
+                "get": operation("getStatusPage", "operator", "The status page", {
                     "200": {"description": "An HTML page", "content": {HTML_TYPE: {"schema": string}}},
                     **errors}),
             },
             "/api/v2/openapi.json": {
-                "get": {"summary": "This description (no authentication)", "security": [], "responses": {
+                "get": operation("getOpenApiDocument", "operator", "This description (no authentication)", {
                     "200": {"description": "OpenAPI 3.1", **_json_content({"type": "object"})},
-                }},
+                }, security=[]),
             },
         },
     }

@@ -2,9 +2,9 @@
 plus a few real-server tests over HTTP."""
 
 import base64
+import concurrent.futures
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -21,8 +21,13 @@ import urllib.request
 from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jsonschema
+import openapi_spec_validator
 import pytest
+import referencing
 import webtest
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from referencing.jsonschema import DRAFT202012
 
 import heartbeat_lite
 from heartbeat_lite import (
@@ -61,6 +66,28 @@ class FakeClock:
         self.now += seconds
 
 
+class SteppedClock(FakeClock):
+    """Real time, plus the steps the test adds: for server mode, where the
+    background threads wait in real time."""
+
+    def __init__(self):
+        super().__init__(0.0)
+
+    def __call__(self):
+        return time.time() + self.now
+
+
+def wait_until(condition, timeout=5.0):
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass (for what
+    a background thread does); return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.fixture
 def clock():
     return FakeClock()
@@ -79,9 +106,10 @@ def service(clock, alarms_seen):
 
 
 def client(service, user=("root", "root")):
-    """A webtest app for ``service``, with Basic credentials."""
+    """A webtest app for ``service``, with Basic credentials (none if ``user`` is None)."""
     app = webtest.TestApp(service.wsgi)
-    app.authorization = ("Basic", user)
+    if user:
+        app.authorization = ("Basic", user)
     return app
 
 
@@ -104,6 +132,74 @@ def new_heartbeat(service, **changes):
 def create(app, doc=None, **kwargs):
     response = app.post_json("/api/v2/heartbeat", doc or body(), **kwargs)
     return response.json["description"]
+
+
+@pytest.fixture
+def restart(tmp_path, clock, alarms_seen):
+    """Open the service on this test's database file; each further call is a
+    restart on the same file: ``with restart() as service: ...``. Keyword
+    arguments go to ``create_app``; ``restart.path`` is the file."""
+    path = str(tmp_path / "hb.db")
+
+    def start(**options):
+        return heartbeat_lite.create_app(**{"db": path, "clock": clock, "on_alarm": alarms_seen.append, **options})
+
+    start.path = path
+    return start
+
+
+def down_heartbeat(service, clock, **changes):
+    """Create a heartbeat (the seed's body with ``changes``), move the clock
+    to its deadline and tick: it goes down. Return its id."""
+    heartbeat_id = new_heartbeat(service, **changes)
+    clock.now = service.engine.status(heartbeat_id)["deadline"]
+    service.tick()
+    assert service.engine.status(heartbeat_id)["status"] == "down"
+    return heartbeat_id
+
+
+def _broken_statement(sql, params):
+    """A ``Store.statement_hook`` for a database that fails every statement."""
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def _basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def http(method, url, data=None, user="root:root", content_type=None):
+    """One request with the standard library; returns (status, headers, parsed body)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if user:
+        request.add_header("Authorization", _basic(*user.split(":", 1)))
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, json.loads(error.read())
+
+
+def run_cli(*args, env=None, timeout=30):
+    """Run ``python heartbeat_lite.py`` with ``args`` to its end."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def start_server(*args, env=None):
+    """Start `python heartbeat_lite.py` on a free port; return (process, base URL)."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )
+    for line in process.stderr:  # the start-up line says where it listens
+        if "listening on " in line:
+            return process, line.split("listening on ")[1].split()[0]
+    process.kill()
+    raise AssertionError("the server did not start")
 
 
 ###############################################################################
@@ -453,12 +549,10 @@ def test_matching_follows_creation_and_deletion(app, clock):
     assert send(app, C01)["matched"] == [second]
 
 
-def test_the_pattern_index_survives_a_restart(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
-        app = client(service)
-        heartbeat_id = create(app)
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_the_pattern_index_survives_a_restart(restart):
+    with restart() as service:
+        heartbeat_id = create(client(service))
+    with restart() as service:
         assert service.engine.ingest([C01]) == [heartbeat_id]
 
 
@@ -498,9 +592,7 @@ def test_a_late_tick_dates_the_alarm_by_the_deadline(app, service, clock, alarms
 
 
 def test_down_up_down_up(app, service, clock, alarms_seen):
-    heartbeat_id = create(app, body(expected_interval="30s"))
-    clock.advance(30)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock, expected_interval="30s")
     assert status_of(app, heartbeat_id)["status"] == "down"
     service.tick()
     assert [a["state"] for a in alarms_seen] == [3]  # never alarmed twice
@@ -541,18 +633,14 @@ def test_alarms_are_listed_oldest_first(app, service, clock):
     assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms").json] == [fast, slow]
 
 
-def test_the_resource_joins_sorted_keys(app, service, clock, alarms_seen):
-    create(app, body(pattern={"z": "1", "a": "2", "m": "é"}))
-    clock.advance(60)
-    service.tick()
+def test_the_resource_joins_sorted_keys(service, clock, alarms_seen):
+    down_heartbeat(service, clock, pattern={"z": "1", "a": "2", "m": "é"})
     assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
 
 
 def test_deleting_a_down_heartbeat_resolves_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(61)
-    service.tick()
-    clock.advance(1)
+    heartbeat_id = down_heartbeat(service, clock)
+    clock.advance(2)
     app.delete(f"/api/v2/heartbeat/{heartbeat_id}")
     assert [(a["state"], a["heartbeat_id"], a["timestamp"]) for a in alarms_seen] == \
         [(3, heartbeat_id, int(T0 + 60)), (0, heartbeat_id, int(T0 + 62))]
@@ -589,9 +677,7 @@ def test_a_failing_on_alarm_callback_does_not_stop_the_engine(clock, caplog):
         raise RuntimeError("receiver exploded")
 
     with heartbeat_lite.create_app(clock=clock, on_alarm=broken) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         assert service.engine.alarms()[0]["state"] == 3
     assert "receiver exploded" in caplog.text
 
@@ -717,22 +803,20 @@ def test_a_heartbeat_coming_back_up_is_written_at_once(app, service, clock, alar
     assert [a["state"] for a in alarms_seen] == [3, 0]
 
 
-def test_a_clean_stop_writes_pending_refreshes(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_clean_stop_writes_pending_refreshes(restart, clock):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(1)
         service.engine.ingest([C01])
         clock.advance(0.2)
         service.engine.ingest([C01])  # pending
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["last_event"] == T0 + 1.2
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 61.2  # clean stop: no extra
 
 
-def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    service = restarted(path, clock, alarms_seen)
+def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(restart, clock, alarms_seen):
+    service = restart()
     heartbeat_id = new_heartbeat(service)
     clock.now = T0 + 30
     service.engine.ingest([C01])
@@ -740,7 +824,7 @@ def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, ala
     service.engine.ingest([C01])  # pending, lost in the crash
     service.store.close()  # SIGKILL: no shutdown
     clock.now = T0 + 100
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         # outage counted from the start's alive record (T0); the true deadline
         # (T0 + 90.4, clock stopped while down) must not come early
         true_deadline = T0 + 90.4 + (T0 + 100 - T0)
@@ -752,20 +836,18 @@ def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(tmp_path, clock, ala
 
 
 def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
-    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
+    clock = SteppedClock()
+    with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), clock=clock) as service:
         with heartbeat_lite.serve(service, port=0) as base:
             _, _, created = http("POST", f"{base}/api/v2/heartbeat", json.dumps(body()).encode())
             heartbeat_id = created["description"]
             http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())
-            time.sleep(0.05)  # apart enough to tell the two refreshes apart, well within 0.5 s
+            clock.advance(0.05)  # apart enough to tell the two refreshes apart, well within 0.5 s
             http("POST", f"{base}/api/v2/event", json.dumps(C01).encode())  # kept in memory
             shown = http("GET", f"{base}/api/v2/heartbeat/{heartbeat_id}/status")[2]["last_event"]
             assert stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
-            deadline = time.monotonic() + 3
-            while (stored_last_event(service, heartbeat_id) != pytest.approx(shown, abs=1e-3)
-                   and time.monotonic() < deadline):
-                time.sleep(0.05)  # the scheduler writes it within about half a second
-            assert stored_last_event(service, heartbeat_id) == pytest.approx(shown, abs=1e-3)
+            # the scheduler writes it within about half a second
+            assert wait_until(lambda: stored_last_event(service, heartbeat_id) == pytest.approx(shown, abs=1e-3))
 
 
 ###############################################################################
@@ -773,18 +855,13 @@ def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
 ###############################################################################
 
 
-def restarted(path, clock, alarms_seen):
-    return heartbeat_lite.create_app(db=path, clock=clock, on_alarm=alarms_seen.append)
-
-
-def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_restart_pushes_deadlines_back_by_the_outage(restart, clock, alarms_seen):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(20)
         service.tick()
     clock.advance(3600)  # the service is stopped for an hour
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 3600
         clock.now = T0 + 3600 + 59.9  # 20 s ran before the outage, 39.9 s after: not yet 60
         service.tick()
@@ -795,28 +872,24 @@ def test_a_restart_pushes_deadlines_back_by_the_outage(tmp_path, clock, alarms_s
     assert [a["state"] for a in alarms_seen] == [3]
 
 
-def test_a_crash_counts_the_outage_from_the_last_alive_record(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    service = restarted(path, clock, alarms_seen)
+def test_a_crash_counts_the_outage_from_the_last_alive_record(restart, clock):
+    service = restart()
     heartbeat_id = new_heartbeat(service)
     clock.advance(heartbeat_lite.ALIVE_INTERVAL_SECONDS)
     service.tick()  # records T0 + 5
     clock.advance(2)  # runs 2 s more, then dies without a word: no close()
     service.store.close()
     clock.advance(1000)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         # the outage, plus the refreshes a crash may have cost (not a clean stop)
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60 + 1002 + heartbeat_lite.REFRESH_WRITE_SECONDS
 
 
-def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
-        heartbeat_id = new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_a_down_heartbeat_stays_down_without_a_second_alarm(restart, clock, alarms_seen):
+    with restart() as service:
+        heartbeat_id = down_heartbeat(service, clock)
     clock.advance(600)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         service.tick()
         clock.advance(600)
         service.tick()
@@ -827,13 +900,12 @@ def test_a_down_heartbeat_stays_down_without_a_second_alarm(tmp_path, clock, ala
     assert [a["state"] for a in alarms_seen] == [3, 0]
 
 
-def test_a_deadline_passed_before_the_outage_goes_down_at_once(tmp_path, clock, alarms_seen):
-    path = str(tmp_path / "hb.db")
-    with restarted(path, clock, alarms_seen) as service:
+def test_a_deadline_passed_before_the_outage_goes_down_at_once(restart, clock):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(90)  # overdue, but nobody ticked before the stop
     clock.advance(600)
-    with restarted(path, clock, alarms_seen) as service:
+    with restart() as service:
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 60
         service.tick()
         assert service.engine.status(heartbeat_id)["status"] == "down"
@@ -920,9 +992,7 @@ def test_matching_follows_a_pattern_change(app):
 
 
 def test_changing_a_down_heartbeats_pattern_moves_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(60)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock)
     clock.advance(5)
     app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern={"host": "h1"}))
     assert [(a["state"], a["resource"], a["timestamp"]) for a in alarms_seen] == [
@@ -935,9 +1005,7 @@ def test_changing_a_down_heartbeats_pattern_moves_its_alarm(app, service, clock,
 
 
 def test_renaming_a_down_heartbeat_keeps_its_alarm(app, service, clock, alarms_seen):
-    heartbeat_id = create(app)
-    clock.advance(60)
-    service.tick()
+    heartbeat_id = down_heartbeat(service, clock)
     app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(name="renamed", expected_interval="2h"))
     assert [a["state"] for a in alarms_seen] == [3]
     assert status_of(app, heartbeat_id)["status"] == "down"  # only an event brings it back
@@ -1015,15 +1083,14 @@ def unused_url():
     return f"http://127.0.0.1:{port}/api/v2/event"  # nothing listens there
 
 
-def forwarding_service(clock, url, alarms_seen, db=":memory:"):
-    return heartbeat_lite.create_app(db=db, clock=clock, forward_url=url, on_alarm=alarms_seen.append)
+def forwarding_service(clock, url, alarms_seen):
+    """An in-memory service forwarding its alarms to ``url``."""
+    return heartbeat_lite.create_app(clock=clock, forward_url=url, on_alarm=alarms_seen.append)
 
 
 def test_alarms_are_forwarded_with_basic_auth_from_the_url(receiver, clock, alarms_seen):
     with forwarding_service(clock, receiver.url("canopsis:p%40ss:w@"), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         assert service.engine.outbox_depth() == 1
         assert service.deliver() is None
         assert service.engine.outbox_depth() == 0
@@ -1052,9 +1119,7 @@ def test_forwarding_keeps_the_order_across_batches(receiver, clock, alarms_seen)
 
 def test_a_failing_target_is_retried_with_capped_backoff(receiver, clock, alarms_seen, caplog):
     with forwarding_service(clock, receiver.url("u:topsecret@"), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         receiver.statuses = [500, 503]
         assert service.deliver() == 1.0
         assert service.deliver() == 2.0
@@ -1070,36 +1135,28 @@ def test_a_failing_target_is_retried_with_capped_backoff(receiver, clock, alarms
 
 def test_backoff_doubles_up_to_its_cap_while_the_target_is_down(clock, alarms_seen):
     with forwarding_service(clock, unused_url(), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+        down_heartbeat(service, clock)
         delays = [service.deliver() for _ in range(9)]
         assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
         assert service.engine.outbox_depth() == 1
 
 
-def test_the_outbox_survives_a_restart(tmp_path, receiver, clock, alarms_seen):
-    db = str(tmp_path / "hb.db")
-    with forwarding_service(clock, unused_url(), alarms_seen, db) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_the_outbox_survives_a_restart(restart, receiver, clock, alarms_seen):
+    with restart(forward_url=unused_url()) as service:
+        down_heartbeat(service, clock)
         assert service.deliver() == 1.0
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+    with restart(forward_url=receiver.url()) as service:
         assert service.engine.outbox_depth() == 1
         assert service.deliver() is None
     assert receiver.delivered == alarms_seen and len(alarms_seen) == 1
 
 
-def test_a_restart_does_not_alarm_a_down_heartbeat_twice(tmp_path, receiver, clock, alarms_seen):
-    db = str(tmp_path / "hb.db")
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
+def test_a_restart_does_not_alarm_a_down_heartbeat_twice(restart, receiver, clock):
+    with restart(forward_url=receiver.url()) as service:
+        down_heartbeat(service, clock)
         service.deliver()
     clock.advance(600)
-    with forwarding_service(clock, receiver.url(), alarms_seen, db) as service:
+    with restart(forward_url=receiver.url()) as service:
         service.tick()
         clock.advance(600)
         service.tick()
@@ -1127,10 +1184,8 @@ def test_the_outbox_row_and_the_state_change_commit_together(receiver, clock, al
     assert [e["state"] for e in receiver.delivered] == [3]
 
 
-def test_without_a_forward_url_nothing_waits_in_the_outbox(app, service, clock):
-    create(app)
-    clock.advance(60)
-    service.tick()
+def test_without_a_forward_url_nothing_waits_in_the_outbox(service, clock):
+    down_heartbeat(service, clock)
     assert service.engine.outbox_depth() == 0
     with pytest.raises(RuntimeError):
         service.deliver()
@@ -1189,21 +1244,19 @@ def test_cli_refuses_a_bad_forward_url(tmp_path):
 
 
 def test_health_needs_no_credentials(service):
-    response = webtest.TestApp(service.wsgi).get("/healthz")
+    response = client(service, user=None).get("/healthz")
     assert response.json == {"status": "ok", "outbox": 0}
 
 
 def test_health_reports_the_outbox_depth(clock, alarms_seen):
     with forwarding_service(clock, unused_url(), alarms_seen) as service:
-        new_heartbeat(service)
-        clock.advance(60)
-        service.tick()
-        assert webtest.TestApp(service.wsgi).get("/healthz").json == {"status": "ok", "outbox": 1}
+        down_heartbeat(service, clock)
+        assert client(service, user=None).get("/healthz").json == {"status": "ok", "outbox": 1}
 
 
 def test_health_is_503_when_the_database_fails(service, monkeypatch, caplog):
     service.store.statement_hook = _broken_statement
-    response = webtest.TestApp(service.wsgi).get("/healthz", status=503)
+    response = client(service, user=None).get("/healthz", status=503)
     assert response.json["status"] == "unavailable"
     assert "disk I/O error" in caplog.text
 
@@ -1226,11 +1279,12 @@ def test_wrong_method_is_a_json_405_with_allow(app):
     assert response.json["description"] == "method not allowed"
 
 
-def test_an_unexpected_error_is_a_json_500_and_logged(app, service, caplog, monkeypatch):
-    def boom():
-        raise RuntimeError("kaboom")
+def _kaboom():
+    raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(service.engine, "list", boom)
+
+def test_an_unexpected_error_is_a_json_500_and_logged(app, service, caplog, monkeypatch):
+    monkeypatch.setattr(service.engine, "list", _kaboom)
     response = app.get("/api/v2/heartbeat", status=500)
     assert response.content_type == "application/json"
     assert response.json == {"name": "", "description": "internal error"}
@@ -1248,10 +1302,6 @@ def test_every_request_is_access_logged(app, caplog):
 ###############################################################################
 # Authentication
 ###############################################################################
-
-
-def _basic(user, password):
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 ROUTES = [
@@ -1280,7 +1330,7 @@ BAD_CREDENTIALS = {
 @pytest.mark.parametrize("method,path", ROUTES)
 @pytest.mark.parametrize("authorization", BAD_CREDENTIALS.values(), ids=BAD_CREDENTIALS.keys())
 def test_every_api_route_needs_credentials(service, method, path, authorization):
-    app = webtest.TestApp(service.wsgi)
+    app = client(service, user=None)
     headers = {"Authorization": authorization} if authorization else {}
     response = app.request(path, method=method, headers=headers, body=json.dumps(SEED_BODY).encode(),
                            expect_errors=True)
@@ -1292,10 +1342,9 @@ def test_every_api_route_needs_credentials(service, method, path, authorization)
 
 def test_configured_users_replace_root(clock):
     with heartbeat_lite.create_app(users={"alice": "pw:with:colons", "bob": "b"}, clock=clock) as service:
-        app = webtest.TestApp(service.wsgi)
         for user, password, status in [("alice", "pw:with:colons", 200), ("bob", "b", 200),
                                        ("root", "root", 401), ("alice", "b", 401)]:
-            app.get("/api/v2/heartbeat", headers={"Authorization": _basic(user, password)}, status=status)
+            client(service, (user, password)).get("/api/v2/heartbeat", status=status)
 
 
 def test_parse_users():
@@ -1312,10 +1361,9 @@ def test_a_users_file_takes_passwords_and_hashes(tmp_path):
     users = heartbeat_lite._users_from(args, {})
     assert set(users) == {"alice", "bob", "carol"}
     with heartbeat_lite.create_app(users=users) as service:
-        app = webtest.TestApp(service.wsgi)
         for user, password, status in [("alice", "plain:pw", 200), ("bob", "b0b", 200), ("carol", "c", 200),
                                        ("bob", "wrong", 401), ("alice", "plain", 401)]:
-            app.get("/api/v2/heartbeat", headers={"Authorization": _basic(user, password)}, status=status)
+            client(service, (user, password)).get("/api/v2/heartbeat", status=status)
 
 
 @pytest.mark.parametrize("line", ["no-colon-s3cretpw", ":s3cretpw", "dave:pbkdf2_sha256$x$s3cretpw$abc",
@@ -1392,20 +1440,19 @@ def test_failed_derivations_are_throttled(counted_derivations):
 def test_throttling_is_a_json_429_with_retry_after():
     users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
     with heartbeat_lite.create_app(users=users) as service:
-        app = webtest.TestApp(service.wsgi)
-        bad = {"Authorization": _basic("alice", "guess")}
+        guessing = client(service, ("alice", "guess"))
         for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):
-            app.get("/api/v2/heartbeat", headers=bad, status=401)
-        response = app.get("/api/v2/heartbeat", headers=bad, status=429)
+            guessing.get("/api/v2/heartbeat", status=401)
+        response = guessing.get("/api/v2/heartbeat", status=429)
         assert response.headers["Retry-After"] == "2"
         assert response.json == {"name": "", "description": "too many failed authentication attempts, retry later"}
 
 
 def test_plain_users_are_never_throttled(service):
-    app = webtest.TestApp(service.wsgi)
+    guessing = client(service, ("root", "wrong"))
     for _ in range(50):
-        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "wrong")}, status=401)
-    app.get("/api/v2/heartbeat", headers={"Authorization": _basic("root", "root")}, status=200)
+        guessing.get("/api/v2/heartbeat", status=401)
+    client(service).get("/api/v2/heartbeat", status=200)
 
 
 def test_no_password_reaches_the_log(tmp_path):
@@ -1550,15 +1597,6 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(app, service, clock, t
 ###############################################################################
 
 
-@pytest.fixture
-def file_service(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05) as service:
-        app = client(service)
-        service.test_app = app
-        yield service
-
-
 class LockHolder:
     """Another process holding SQLite's write lock on a database file."""
 
@@ -1580,36 +1618,36 @@ class LockHolder:
         self.process.communicate("\n", timeout=30)
 
 
-def test_a_write_lock_held_by_another_process_gives_the_database_error(file_service, caplog):
-    app = file_service.test_app
-    kept = create(app)
-    holder = LockHolder(file_service.store.path)
-    try:
-        response = app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400)
-        assert response.json == DB_ERROR
-        assert "database is locked" in caplog.text
-        assert "locked" not in response.text
-        assert app.delete(f"/api/v2/heartbeat/{kept}", status=400).json == DB_ERROR
-        assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
-        assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # WAL: reads still served
-        assert app.get("/healthz").json["status"] == "ok"
-    finally:
-        holder.release()
-    create(app, body(pattern={"k": "v"}))
-    assert len(app.get("/api/v2/heartbeat").json) == 2
-    assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
+def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, caplog):
+    with restart(busy_timeout=0.05) as service:
+        app = client(service)
+        kept = create(app)
+        holder = LockHolder(restart.path)
+        try:
+            response = app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400)
+            assert response.json == DB_ERROR
+            assert "database is locked" in caplog.text
+            assert "locked" not in response.text
+            assert app.delete(f"/api/v2/heartbeat/{kept}", status=400).json == DB_ERROR
+            assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
+            assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # WAL: reads still served
+            assert app.get("/healthz").json["status"] == "ok"
+        finally:
+            holder.release()
+        create(app, body(pattern={"k": "v"}))
+        assert len(app.get("/api/v2/heartbeat").json) == 2
+        assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
 
 
-def test_a_database_locked_at_start_starts_degraded_then_recovers(tmp_path, clock, caplog):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_a_database_locked_at_start_starts_degraded_then_recovers(restart, clock, caplog):
+    with restart() as service:
         heartbeat_id = new_heartbeat(service)
         clock.advance(20)
         service.tick()
     clock.advance(100)
-    holder = LockHolder(path)
+    holder = LockHolder(restart.path)
     try:
-        service = heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=0.05)
+        service = restart(busy_timeout=0.05)
         assert "cannot start the engine yet" in caplog.text
         app = client(service)
         assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
@@ -1637,12 +1675,12 @@ def remount(mount_point, mode):
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
 
 
-def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, clock, caplog):
+def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, restart, caplog):
     path = str(tmpfs / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart(db=path) as service:
         heartbeat_id = new_heartbeat(service)
     remount(tmpfs, "ro")  # root ignores file permissions, not a read-only mount
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart(db=path) as service:
         assert "unavailable at start" in caplog.text
         app = client(service)
         assert app.get("/api/v2/heartbeat", status=400).json == DB_ERROR
@@ -1675,19 +1713,14 @@ def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, capl
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
-def _broken_statement(sql, params):
-    raise sqlite3.OperationalError("disk I/O error")
-
-
-def test_the_schema_is_versioned(tmp_path):
-    path = str(tmp_path / "hb.db")
-    heartbeat_lite.create_app(db=path).close()
-    with sqlite3.connect(path) as conn:
+def test_the_schema_is_versioned(restart):
+    restart().close()
+    with sqlite3.connect(restart.path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(heartbeat_lite.ConfigError, match="schema version 99"):
-        heartbeat_lite.create_app(db=path)
+        restart()
 
 
 def test_the_schema_file_matches_the_code():
@@ -1695,13 +1728,12 @@ def test_the_schema_file_matches_the_code():
         assert f"PRAGMA user_version = {heartbeat_lite.SCHEMA_VERSION};" in f.read()
 
 
-def test_data_survives_a_restart(tmp_path, clock):
-    path = str(tmp_path / "hb.db")
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+def test_data_survives_a_restart(restart):
+    with restart() as service:
         app = client(service)
         heartbeat_id = create(app)
         before = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
-    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+    with restart() as service:
         assert json.loads(service.engine.document(heartbeat_id)) == before
 
 
@@ -1714,21 +1746,6 @@ def test_a_missing_database_directory_is_a_config_error(tmp_path):
 ###############################################################################
 # Real server
 ###############################################################################
-
-
-def http(method, url, data=None, user="root:root", content_type=None):
-    """One request with the standard library; returns (status, headers, parsed body)."""
-    request = urllib.request.Request(url, data=data, method=method)
-    if user:
-        request.add_header("Authorization", _basic(*user.split(":", 1)))
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read())
 
 
 def test_the_seed_examples_over_http(service):
@@ -1795,20 +1812,20 @@ def test_no_acknowledged_creation_is_lost_to_sigkill(tmp_path):
                                          json.dumps(body(pattern={"n": str(i)})).encode())
             except (OSError, HTTPException):  # the server is gone, maybe mid-answer
                 return
-            assert status == 200
+            assert status == 200, answer  # raised again in the test's thread by writer.result()
             acknowledged.append(answer["description"])
 
-    writer = threading.Thread(target=stream)
-    writer.start()
-    try:
-        while len(acknowledged) < 200 and writer.is_alive():
-            writer.join(0.01)
-        process.kill()  # SIGKILL, in the middle of the stream
-        process.wait(timeout=30)
-        writer.join(timeout=30)
-    finally:
-        process.kill()
-        process.stderr.close()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        writer = pool.submit(stream)
+        try:
+            while len(acknowledged) < 200 and not writer.done():
+                concurrent.futures.wait([writer], timeout=0.01)
+            process.kill()  # SIGKILL, in the middle of the stream
+            process.wait(timeout=30)
+            writer.result(timeout=30)
+        finally:
+            process.kill()
+            process.stderr.close()
     assert len(acknowledged) >= 200
     process, base = start_server("--db", db)
     try:
@@ -1895,12 +1912,6 @@ def test_serve_stops_even_when_the_block_fails(service):
 ###############################################################################
 
 
-def run_cli(*args, env=None, timeout=30):
-    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
 def test_cli_version_and_help():
     assert run_cli("--version").stdout.strip() == f"heartbeat-lite {heartbeat_lite.__version__}"
     help_text = run_cli("--help").stdout
@@ -1924,19 +1935,6 @@ def test_cli_refuses_a_missing_database_directory(tmp_path):
 def test_cli_rejects_a_malformed_environment_value():
     result = run_cli("--port", "0", env={"HEARTBEAT_LITE_THREADS": "many"})
     assert result.returncode == 2 and "--threads" in result.stderr
-
-
-def start_server(*args, env=None):
-    """Start `python heartbeat_lite.py` on a free port; return (process, base URL)."""
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )
-    for line in process.stderr:  # the start-up line says where it listens
-        if "listening on " in line:
-            return process, line.split("listening on ")[1].split()[0]
-    process.kill()
-    raise AssertionError("the server did not start")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -1994,9 +1992,8 @@ def test_the_status_page_lists_alarms_then_every_heartbeat(app, service, clock):
 
 
 def test_the_status_page_escapes_every_user_string(app, service, clock):
-    create(app, body(name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE}, expected_interval="1s"))
-    clock.advance(2)
-    service.tick()
+    down_heartbeat(service, clock, name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE},
+                   expected_interval="1s")
     html = app.get("/").text
     assert "<script>alert(1)" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # alarm name, output, resource; row name, pattern
@@ -2100,106 +2097,89 @@ def test_the_metrics_grammar_check_can_fail():
 ###############################################################################
 
 
-def resolve(root, ref):
-    node = root
-    for part in ref.lstrip("#/").split("/"):
-        node = node[part]
-    return node
+OPENAPI_URI = "urn:heartbeat-lite:openapi.json"
 
 
-_TYPES = {
-    "string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
-    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-}
+def pointer(*parts):
+    """A JSON pointer (RFC 6901) to ``parts`` of a document, as a URI fragment."""
+    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
 
 
-def schema_errors(value, schema, root, path="$"):
-    """Every way ``value`` breaks ``schema`` (the JSON Schema subset the
-    description uses: $ref, type, const, enum, oneOf, properties, required,
-    additionalProperties, propertyNames, min/maxProperties, items, maxItems,
-    min/maxLength, pattern, minimum)."""
-    if "$ref" in schema:
-        return schema_errors(value, resolve(root, schema["$ref"]), root, path)
-    errors = []
-    if "oneOf" in schema:
-        fits = sum(not schema_errors(value, option, root, path) for option in schema["oneOf"])
-        if fits != 1:
-            errors.append(f"{path}: fits {fits} of oneOf")
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{path}: {value!r} is not {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} not in {schema['enum']}")
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](value) for t in types):
-            return errors + [f"{path}: {value!r} is not {types}"]
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", math.inf):
-            errors.append(f"{path}: length {len(value)} out of bounds")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
-    if isinstance(value, (int, float)) and value < schema.get("minimum", -math.inf):
-        errors.append(f"{path}: {value} under minimum")
-    if isinstance(value, dict):
-        if not schema.get("minProperties", 0) <= len(value) <= schema.get("maxProperties", math.inf):
-            errors.append(f"{path}: {len(value)} properties out of bounds")
-        errors += [f"{path}: {key} required" for key in schema.get("required", []) if key not in value]
-        for key, item in value.items():
-            if "propertyNames" in schema:
-                errors += schema_errors(key, schema["propertyNames"], root, f"{path} key {key!r}")
-            if key in schema.get("properties", {}):
-                errors += schema_errors(item, schema["properties"][key], root, f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}: unexpected {key}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += schema_errors(item, schema["additionalProperties"], root, f"{path}.{key}")
-    if isinstance(value, list):
-        if len(value) > schema.get("maxItems", math.inf):
-            errors.append(f"{path}: too many items")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                errors += schema_errors(item, schema["items"], root, f"{path}[{i}]")
-    return errors
+def openapi_registry(spec):
+    """A referencing registry holding ``spec``, so that its "#/..." $refs resolve."""
+    return referencing.Registry().with_resource(OPENAPI_URI, DRAFT202012.create_resource(spec))
 
 
-def test_the_schema_checker_can_fail():
-    root = heartbeat_lite.openapi_document()
-    heartbeat = {"$ref": "#/components/schemas/Heartbeat"}
-    assert schema_errors({"_id": "x"}, heartbeat, root)
-    assert schema_errors({"name": "", "description": "d", "extra": 1}, {"$ref": "#/components/schemas/Error"}, root)
-    assert schema_errors({"_id": "x", "status": "sideways", "last_event": None, "deadline": 1, "alarm_since": None},
-                         {"$ref": "#/components/schemas/Status"}, root)
-    assert not schema_errors({"name": "", "description": "d", "errors": ["e"]}, {"$ref": "#/components/schemas/Error"}, root)
+def lookup(spec, fragment):
+    return openapi_registry(spec).resolver().lookup(OPENAPI_URI + fragment).contents
+
+
+def schema_errors(spec, fragment, value):
+    """Every way ``value`` breaks the schema at ``fragment`` of the OpenAPI
+    document ``spec``, checked by jsonschema, $refs resolved within ``spec``."""
+    validator = jsonschema.Draft202012Validator({"$ref": OPENAPI_URI + fragment}, registry=openapi_registry(spec))
+    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(value)]
 
 
 @pytest.fixture
 def spec():
-    return json.loads(webtest.TestApp(heartbeat_lite.create_app().wsgi).get("/api/v2/openapi.json").body)
+    with heartbeat_lite.create_app() as service:
+        return client(service, user=None).get("/api/v2/openapi.json").json
+
+
+def test_the_schema_check_can_fail(spec):
+    heartbeat, error = pointer("components", "schemas", "Heartbeat"), pointer("components", "schemas", "Error")
+    assert schema_errors(spec, heartbeat, {"_id": "x"})
+    assert schema_errors(spec, error, {"name": "", "description": "d", "extra": 1})
+    assert schema_errors(spec, pointer("components", "schemas", "Status"),
+                         {"_id": "x", "status": "sideways", "last_event": None, "deadline": 1, "alarm_since": None})
+    listed = pointer("paths", "/api/v2/heartbeat", "get", "responses", "200", "content", "application/json", "schema")
+    assert schema_errors(spec, listed, [{"_id": "x"}])  # through the array's $ref
+    assert not schema_errors(spec, error, {"name": "", "description": "d", "errors": ["e"]})
+    with pytest.raises(OpenAPIValidationError):
+        openapi_spec_validator.validate({**spec, "paths": {"/x": {"get": {"responses": {"200": {}}}}}})
 
 
 def test_the_openapi_description_is_served_without_credentials(spec):
     assert spec["openapi"] == "3.1.0"
     assert spec["info"]["version"] == heartbeat_lite.__version__
     refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))
-    assert refs and all(resolve(spec, ref) for ref in refs)
+    assert refs and all(lookup(spec, ref) for ref in refs)
+
+
+def test_the_openapi_description_is_a_valid_openapi_3_1_document(spec):
+    openapi_spec_validator.validate(spec)
+    assert [server["url"] for server in spec["servers"]] == ["/"]  # whatever host serves it
+
+
+def operations(spec):
+    """(path, method, operation) for every operation of the description."""
+    return [(path, method, operation) for path, item in spec["paths"].items()
+            for method, operation in item.items() if method != "parameters"]
+
+
+def test_every_operation_has_a_unique_operation_id_and_tags(spec):
+    ids = [operation["operationId"] for _, _, operation in operations(spec)]
+    assert len(ids) == len(set(ids)) == len(operations(spec))
+    assert all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]*)*", operation_id) for operation_id in ids)
+    declared = {tag["name"] for tag in spec["tags"]}
+    for path, method, operation in operations(spec):
+        assert operation["tags"] and set(operation["tags"]) <= declared, (path, method)
+        assert "500" in operation["responses"], (path, method)
+    assert declared == {"heartbeat", "event", "alarm", "operator"}
 
 
 def test_the_openapi_description_covers_every_route(spec, service):
     routes = {(route.rule.rstrip("/") or "/", route.method.lower()) for route in service.app.routes}
     routes = {(re.sub(r"<(\w+)>", r"{\1}", rule), method) for rule, method in routes}
-    described = {(path, method) for path, item in spec["paths"].items() for method in item if method != "parameters"}
-    assert routes == described
+    assert routes == {(path, method) for path, method, _ in operations(spec)}
 
 
 class Recorder:
     """A webtest app noting every answer, to replay against the description."""
 
     def __init__(self, service, user=("root", "root")):
-        self.app = webtest.TestApp(service.wsgi)
-        if user:
-            self.app.authorization = ("Basic", user)
+        self.app = client(service, user)
         self.answers = []
 
     def __call__(self, method, path, status, **kwargs):
@@ -2207,6 +2187,19 @@ class Recorder:
         assert response.status_int == status, (method, path, response.status, response.text[:300])
         self.answers.append((method, path, response))
         return response
+
+
+def described_answer(spec, method, path, status):
+    """Where the description says what ``method path`` answers with ``status``:
+    the pointer to its response object, or to the shared 405 answer."""
+    template = next(template for template in spec["paths"]
+                    if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path.rstrip("/") or "/"))
+    if method.lower() not in spec["paths"][template]:
+        assert status == 405, (method, path, status)
+        return pointer("components", "responses", "MethodNotAllowed")
+    responses = spec["paths"][template][method.lower()]["responses"]
+    assert str(status) in responses, (method, path, status)
+    return pointer("paths", template, method.lower(), "responses", str(status))
 
 
 def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
@@ -2227,6 +2220,9 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
         call("PUT", "/api/v2/heartbeat/nope", 404, body=json.dumps(body()).encode())
         call("PUT", f"/api/v2/heartbeat/{hid}", 400, body=b"[]")
         call("PUT", f"/api/v2/heartbeat/{hid}", 413, body=b"x" * (heartbeat_lite.MAX_HEARTBEAT_BODY_BYTES + 1))
+        call("PUT", "/api/v2/heartbeat", 405, body=json.dumps(body()).encode())
+        call("PATCH", f"/api/v2/heartbeat/{hid}", 405)
+        call("POST", "/healthz", 405)
         call("GET", f"/api/v2/heartbeat/{hid}/status", 200)
         call("GET", "/api/v2/heartbeat/nope/status", 404)
         call("POST", "/api/v2/event", 200, body=json.dumps(C01).encode())
@@ -2244,6 +2240,9 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
         call("DELETE", f"/api/v2/heartbeat/{hid}", 200)
         call("DELETE", f"/api/v2/heartbeat/{hid}", 404)
         call("GET", "/api/v2/heartbeat", 401, headers={"Authorization": _basic("root", "wrong")})
+        with monkeypatch.context() as patch:
+            patch.setattr(service.engine, "list", _kaboom)
+            call("GET", "/api/v2/heartbeat", 500)
         service.store.statement_hook = _broken_statement
         call("GET", "/api/v2/heartbeat", 400)
         call("GET", "/healthz", 503)
@@ -2255,21 +2254,22 @@ def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):
             call("GET", "/api/v2/alarms", 401)
         call("GET", "/api/v2/alarms", 429)
 
-    templates = [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", path) + "$"), path) for path in spec["paths"]]
     seen_statuses = set()
     for recorder in recorders:
         for method, path, response in recorder.answers:
-            template = next(t for regex, t in templates if regex.match(path.rstrip("/") or "/"))
-            operation = spec["paths"][template][method.lower()]
             where = f"{method} {path} {response.status_int}"
-            assert str(response.status_int) in operation["responses"], where
-            content = operation["responses"][str(response.status_int)]["content"]
-            assert response.headers["Content-Type"] in content or response.content_type in content, where
-            media = content.get(response.headers["Content-Type"], content.get(response.content_type))
+            answer = described_answer(spec, method, path, response.status_int)
+            content = lookup(spec, answer)
+            media_type = next((t for t in (response.headers["Content-Type"], response.content_type)
+                               if t in content["content"]), None)
+            assert media_type, where
             if response.content_type == "application/json":
-                assert schema_errors(response.json, media["schema"], spec) == [], where
+                assert schema_errors(spec, answer + pointer("content", media_type, "schema")[1:],
+                                     response.json) == [], where
+            for header in content.get("headers", {}):
+                assert header in response.headers, where
             seen_statuses.add(response.status_int)
-    assert seen_statuses == {200, 400, 401, 404, 413, 429, 503}
+    assert seen_statuses == {200, 400, 401, 404, 405, 413, 429, 500, 503}
 
 
 ###############################################################################
