@@ -728,30 +728,55 @@ def test_matching_costs_the_event_pairs_not_the_heartbeats_or_key_sets():
     index.add("other", {"host": "h"})
     count_lookups(index)
     event = {"connector": "c", "connector_name": "n999", "host": "h", "key42": "v", "state": 3, "x": "y"}
-    assert sorted(index.match(event)) == ["id999", "k42", "other"]
+    assert sorted(index.match([event])) == ["id999", "k42", "other"]
     assert CountingDict.lookups <= 5 * 5  # pairs times depth, whatever N and the key sets
     index.remove({"connector_name": "n999", "connector": "c"})
-    assert sorted(index.match(event)) == ["k42", "other"]
-    assert index.match({"connector": "c", "connector_name": "n999"}) == []
+    assert sorted(index.match([event])) == ["k42", "other"]
+    assert index.match([{"connector": "c", "connector_name": "n999"}]) == []
 
 
-def test_removing_a_pattern_prunes_the_trie_but_keeps_its_prefixes():
+@pytest.fixture(params=["key sets", "trie"])
+def matching(request, monkeypatch):
+    """Run a matching test both ways: scanning key sets, and walking the trie."""
+    monkeypatch.setattr(heartbeat_lite, "KEY_SETS_SCANNED", 0 if request.param == "trie" else 10**9)
+    return request.param
+
+
+def test_removing_a_pattern_prunes_the_trie_but_keeps_its_prefixes(matching):
     index = heartbeat_lite.PatternIndex()
     index.add("short", {"a": "1"})
     index.add("long", {"a": "1", "b": "2"})
+    assert index.match([{"a": "1", "b": "2", "c": "3"}]) in (["short", "long"], ["long", "short"])
     index.remove({"a": "1", "b": "2"})
-    assert index.match({"a": "1", "b": "2"}) == ["short"]
+    assert index.match([{"a": "1", "b": "2"}]) == ["short"]
     assert index._root.children[("a", "1")].children == {}
     index.remove({"a": "1"})
-    assert index._root.children == {}
+    assert index._root.children == {} and index._by_keys == {}
+    assert index.match([{"a": "1"}]) == []
     index.remove({"never": "added"})  # nothing to do
 
 
 @pytest.mark.parametrize("value", [1, 1.0, None, True, ["v"], {"v": "v"}])
-def test_only_a_string_value_matches(value):
+def test_only_a_string_value_matches(value, matching):
     index = heartbeat_lite.PatternIndex()
     index.add("x", {"k": "1" if value in (1, 1.0, True) else "v"})
-    assert index.match({"k": value}) == []
+    assert index.match([{"k": value}]) == []
+
+
+def test_both_ways_of_matching_agree(matching):
+    rng = random.Random(5)
+    index = heartbeat_lite.PatternIndex()
+    patterns = {}
+    for i in range(300):
+        pattern = {rng.choice("abcd"): rng.choice("xy") for _ in range(rng.randint(1, 3))}
+        if heartbeat_lite.canonical_pattern(pattern) not in patterns:
+            patterns[heartbeat_lite.canonical_pattern(pattern)] = f"id{i}"
+            index.add(f"id{i}", pattern)
+    for _ in range(200):
+        event = {rng.choice("abcde"): rng.choice(["x", "y", 1]) for _ in range(rng.randint(0, 5))}
+        expected = {heartbeat_id for text, heartbeat_id in patterns.items()
+                    if all(event.get(k) == v for k, v in json.loads(text).items())}
+        assert set(index.match([event])) == expected, event
 
 
 def stored_last_event(service, heartbeat_id):
@@ -1577,7 +1602,9 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(app, service, clock, t
         "POST event": ("POST", "/api/v2/event", json.dumps([C01, {"connector": "x"}]).encode()),
     }[target]
     bodies = hostile_bodies(valid)
-    if target != "POST event":
+    if target == "POST event":  # a duplicate key in an event keeps its last value, as in Canopsis
+        del bodies["duplicate key"], bodies["nested duplicate key"]
+    else:
         bodies["lone surrogate"] = valid.replace(b'"Heartbeat"', b'"\\ud800"').replace(b'"new"', b'"\\udfff"')
         bodies["an array"] = b"[" + valid + b"]"
     assert len(bodies) >= 150
@@ -1590,6 +1617,12 @@ def test_hostile_json_gets_a_json_4xx_and_changes_nothing(app, service, clock, t
         assert isinstance(response.json, dict) and "description" in response.json, name
     assert database_snapshot(service) == before
     assert send(app, C01)["matched"] == [heartbeat_id]  # and it still serves
+
+
+def test_a_duplicate_key_in_an_event_keeps_its_last_value(app):
+    heartbeat_id = create(app)
+    raw = b'{"connector": "other", "connector": "connect", "connector_name": "c01"}'
+    assert app.post("/api/v2/event", raw).json == {"received": 1, "matched": [heartbeat_id]}
 
 
 ###############################################################################
@@ -2367,14 +2400,14 @@ def test_the_read_model_keeps_recent_refreshes_in_memory_until_written():
            "author": "u", "description": "", "output": "", "expected_interval": "1m", "created": 1,
            "updated": 1}
     model = heartbeat_lite.ReadModel.loaded([row])
-    assert model.match({"k": "v", "other": "x"}) == ["a"]
+    assert model.match([{"k": "v", "other": "x"}]) == ["a"]
     assert model.refreshed(["a"], 100.2) == ([], ["a"])  # within the write interval: kept
     assert model.unwritten() == {"a": 100.2}
     assert model.refreshed(["a"], 101.0) == (["a"], [])  # stale stored time: write it
     model.written({"a": 101.0})
     assert model.unwritten() == {}
     model.deleted(row)
-    assert model.match({"k": "v"}) == []
+    assert model.match([{"k": "v"}]) == []
     with pytest.raises(heartbeat_lite.NotFound):
         model.document("a")
 
