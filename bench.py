@@ -360,29 +360,29 @@ def _call(port, method, path, body=b""):
     return json.loads(data.partition(b"\r\n\r\n")[2])
 
 
-def storm_ingestion(db, threads, load, seconds, connections):
+STORM_DELAY_SECONDS = 25  # from setting the storm up to its deadline: covers the server's start
+STORM_AFTER_SECONDS = 8  # load kept on after the storm's deadline
+
+
+def storm_ingestion(db, threads, load, connections):
     """One-event ingestion on a server whose every heartbeat but the one
-    the event matches goes down at once, a second into the load (the
-    database is made due behind the server's back; its next tick, within
-    the alive interval, finds them all)."""
-    context, port = heartbeat_server(db, threads)
+    the event matches falls due at the same moment, during the load. The
+    database is set up before the server starts (deadlines a little ahead,
+    no alive record, so the start moves nothing)."""
+    due_at = time.time() + STORM_DELAY_SECONDS
     target = heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"})
-
-    def make_due():
-        time.sleep(1)
-        with sqlite3.connect(db, timeout=30) as conn:
-            conn.execute("UPDATE heartbeat SET refreshed = refreshed - interval_seconds WHERE pattern <> ?",
-                         (target,))
-
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE heartbeat SET refreshed = ? - interval_seconds WHERE pattern <> ?", (due_at, target))
+        conn.execute("DELETE FROM meta")
+    context, port = heartbeat_server(db, threads)
     with context:
-        trigger = threading.Thread(target=make_due)
-        trigger.start()
-        result = load(port, "POST", "/api/v2/event", EVENT_BODY, seconds, connections)
-        trigger.join()
-        down = _call(port, "GET", "/healthz")  # still answering after the storm
+        ahead = due_at - time.time()
+        if ahead < 1:
+            raise RuntimeError(f"the server took too long to start: raise STORM_DELAY_SECONDS ({ahead:.1f} s)")
+        result = load(port, "POST", "/api/v2/event", EVENT_BODY, round(ahead + STORM_AFTER_SECONDS), connections)
+        result["health"] = _call(port, "GET", "/healthz")  # still answering after the storm
     with sqlite3.connect(db) as conn:
         result["down"] = conn.execute("SELECT COUNT(*) FROM heartbeat WHERE status = 'down'").fetchone()[0]
-    result["health"] = down
     return result
 
 
@@ -461,7 +461,7 @@ def run(args):
                     samples[name].append(load(port, method, path, body, args.seconds, args.connections))
                 print(f"round {round_number + 1}/{args.rounds} done", flush=True)
             memory = rss_mib(large_process.pid)
-        storm = storm_ingestion(storm_db, args.threads, load, args.storm_seconds, args.connections)
+        storm = storm_ingestion(storm_db, args.threads, load, args.connections)
         latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
 
     print()
@@ -529,7 +529,6 @@ def main(argv=None):
     args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
-    args.storm_seconds = 10  # the storm comes at the first tick after 1 s: within the alive interval (5 s)
     return run(args)
 
 
