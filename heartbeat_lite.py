@@ -113,8 +113,14 @@ FORWARD_BACKOFF_SECONDS = (1.0, 60.0)  # first retry, cap; doubling in between
 PASSWORD_HASH_SCHEME = "pbkdf2_sha256"
 PBKDF2_ITERATIONS = 600_000  # about 0.15 s of one core per derivation
 AUTH_CACHE_ENTRIES = 1024  # remembered successful verifications of hashed passwords
-AUTH_FAILURE_BURST = 5  # derivations allowed at once before throttling ...
-AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds (failures only)
+AUTH_FAILURE_BURST = 5  # failed derivations one client address may cause at once ...
+AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds
+AUTH_SOURCES_TRACKED = 10_000  # client addresses whose failure budget is remembered (least recent forgotten)
+AUTH_GLOBAL_FAILURE_BURST = 20  # failed derivations all clients together may cause at once ...
+AUTH_GLOBAL_FAILURES_PER_SECOND = 2.0  # ... then this many per second (with one at a time: a bound on CPU)
+
+HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this for a lock
+MAX_LOGGED_CHARS = 1024  # a request's URL, a name, a pattern: cut at this in a log line
 
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
@@ -196,6 +202,33 @@ def parse_forward_url(url):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), authorization
 
 
+# C0 and C1 controls, DEL, backslash (so an escape cannot be forged either),
+# line and paragraph separators, bidirectional-text controls
+_UNSAFE_IN_LOG = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_LOG_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_for_log(match):
+    char = match.group()
+    if char in _LOG_ESCAPES:
+        return _LOG_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def log_safe(text, limit=MAX_LOGGED_CHARS):
+    """``text`` (anything; str() of it) fit for one log line: control
+    characters and the like escaped (no forged lines, no terminal escapes,
+    no reordered text), cut at ``limit`` characters with a marker saying so.
+    """
+    text = text if isinstance(text, str) else str(text)
+    cut = len(text) > limit
+    if cut:
+        total, text = len(text), text[:limit]
+    text = _UNSAFE_IN_LOG.sub(_escape_for_log, text)
+    return f"{text}...[cut, {total} chars]" if cut else text
+
+
 def is_loopback(host):
     """True when every address ``host`` names is a loopback address."""
     try:
@@ -223,8 +256,9 @@ class Invalid(ValueError):
     """Input that breaks the contract; ``reasons`` says every way it does."""
 
     def __init__(self, reasons):
-        super().__init__("; ".join(reasons))
-        self.reasons = list(reasons)
+        # a reason may quote the input: keep it encodable (no lone surrogate)
+        self.reasons = [reason.encode("utf-8", "backslashreplace").decode("utf-8") for reason in reasons]
+        super().__init__("; ".join(self.reasons))
 
 
 def _no_duplicate_keys(pairs):
@@ -271,11 +305,33 @@ def parse_json(body, duplicate_keys=False):
     except UnicodeDecodeError:
         raise Invalid(["body: not valid UTF-8"]) from None
     try:
-        return (_LAST_WINS_DECODER if duplicate_keys else _DECODER).decode(text)
+        value = (_LAST_WINS_DECODER if duplicate_keys else _DECODER).decode(text)
     except RecursionError:
         raise Invalid(["body: nested too deeply"]) from None
     except ValueError as exc:  # JSONDecodeError and the hooks' errors
         raise Invalid([f"body: not valid JSON ({exc})"]) from None
+    if _SURROGATE_ESCAPE.search(text):  # only a \uD800-\uDFFF escape can make one
+        _refuse_lone_surrogates(value)
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value):
+    """:raises Invalid: when a string anywhere in ``value`` (key or value, at
+    any depth) holds a lone surrogate: it is not Unicode text, and could not
+    be stored or answered as UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not _is_text(item):
+            raise Invalid(["body: a string holds a lone surrogate (\\ud800 to \\udfff), which is not text"])
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options builds one per call
@@ -1229,7 +1285,8 @@ class Engine:
             self.store.insert_heartbeat(row)
             self._model.created(row)
             self._due_by(deadline_of(row))
-        log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
+        log.info('heartbeat %s created ("%s", pattern %s)', row["id"], log_safe(row["name"]),
+                 log_safe(row["pattern"]))
         return row["id"]
 
     @staticmethod
@@ -1269,7 +1326,8 @@ class Engine:
             self._committed(events)
             if new["status"] != DOWN:
                 self._due_by(deadline_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
-        log.info("heartbeat %s updated (%r, pattern %s)", heartbeat_id, new["name"], new["pattern"])
+        log.info('heartbeat %s updated ("%s", pattern %s)', heartbeat_id, log_safe(new["name"]),
+                 log_safe(new["pattern"]))
         self._publish()
 
     def document(self, heartbeat_id):
@@ -1293,7 +1351,7 @@ class Engine:
                 self._enqueue(events)
             self._model.deleted(row)
             self._committed(events)
-        log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
+        log.info('heartbeat %s deleted ("%s")', row["id"], log_safe(row["name"]))
         self._publish()
 
     def status(self, heartbeat_id):
@@ -1500,13 +1558,14 @@ class Engine:
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
                 if event["state"] == ALARM_STATE:
-                    log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
-                                event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+                    log.warning('alarm: heartbeat %s ("%s") is down: no matching event for %s',
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
-                    log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
+                    log.info('resolved: heartbeat %s ("%s")', event["heartbeat_id"],
+                             log_safe(event["heartbeat_name"]))
         else:
             raised = sum(event["state"] == ALARM_STATE for event in events)
-            names = ", ".join(repr(event["heartbeat_name"]) for event in events[:3])
+            names = ", ".join(f'"{log_safe(event["heartbeat_name"])}"' for event in events[:3])
             log.log(logging.WARNING if raised else logging.INFO,
                     "%d alarm(s) raised, %d resolved at once (%s and %d more)",
                     raised, len(events) - raised, names, len(events) - 3)
@@ -1659,9 +1718,9 @@ class Forwarder(_Worker):
             delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
             if self.failures == 1:
                 log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
-                            self.url, exc, self.store.outbox_depth())
+                            self.url, log_safe(exc), self.store.outbox_depth())
             else:
-                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, exc, delay)
+                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, log_safe(exc), delay)
             return delay
         self.store.outbox_ack(batch[-1][0])
         if self.failures:
@@ -1805,6 +1864,9 @@ class Authenticator:
 ###############################################################################
 
 PATTERN_EXISTS = "heartbeat pattern already exists"
+CROSS_SITE_REFUSED = "cross-site request refused"
+STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
 INTERNAL_ERROR = "internal error"
 
@@ -1823,6 +1885,48 @@ class ApiError(Exception):
         self.status = status
         self.body = error_body(description, name, **extra)
         self.headers = headers or {}
+
+
+def _origin_of(scheme, netloc):
+    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
+    explicit; None when it is not one."""
+    scheme = scheme.lower()
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, parts.hostname, port) if parts.hostname else None
+
+
+def is_cross_site(environ):
+    """True when a browser says the request comes from another site: a
+    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
+    service's own scheme, host and port (``Origin: null`` included). A client
+    sending neither header (curl, scripts) is not cross-site."""
+    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
+        return True
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    scheme, _, rest = origin.strip().partition("://")
+    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
+
+
+def is_hostile_path(environ):
+    """True when the request's path is not valid UTF-8, or has an encoded
+    ``/`` (``%2F``) in it: no resource has such a path, and the server's
+    decoding would otherwise make it another one (bottle drops bytes that are
+    not UTF-8; waitress decodes ``%2F`` into a ``/``)."""
+    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
+    try:
+        path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return True
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
+    return "%2f" in raw.partition("?")[0].lower()
 
 
 def json_response(value, status=200, headers=None):
@@ -1884,8 +1988,15 @@ class WebApi:
 
         def wrapper(**kwargs):
             try:
+                environ = bottle.request.environ
+                if is_hostile_path(environ):
+                    raise ApiError(404, "not found")
+                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
+                    raise ApiError(403, CROSS_SITE_REFUSED)
                 if authenticated:
                     kwargs["user"] = self._authenticate()
+                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
+                    raise NotFound(kwargs["heartbeat_id"])
                 return handler(**kwargs)
             except ApiError as exc:
                 return json_response(exc.body, exc.status, exc.headers)
@@ -1898,11 +2009,12 @@ class WebApi:
             except TooLarge as exc:
                 return json_response(error_body(str(exc)), 413)
             except StoreError as exc:
-                log.error("database error on %s %s: %s", bottle.request.method, bottle.request.path,
-                          exc, exc_info=exc.__cause__ is None)
+                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
+                          log_safe(bottle.request.path), exc, exc_info=exc.__cause__ is None)
                 return json_response(error_body(DATABASE_ERROR), 400)
             except Exception:
-                log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
+                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
+                              log_safe(bottle.request.path))
                 return json_response(error_body(INTERNAL_ERROR), 500)
 
         return wrapper
@@ -2024,8 +2136,8 @@ def _access_logged(app):
             path = environ.get("PATH_INFO", "")
             if environ.get("QUERY_STRING"):
                 path += "?" + environ["QUERY_STRING"]
-            access_log.info('%s "%s %s" %s %.1fms', environ.get("REMOTE_ADDR", "-"),
-                            environ.get("REQUEST_METHOD"), path,
+            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
+                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
                             seen[-1].split(" ", 1)[0] if seen else "-",
                             (time.perf_counter() - started) * 1000)
         return body
@@ -2582,7 +2694,8 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS):
     try:
         server = server_class(
             service.wsgi, map={}, host=host, port=port, threads=threads,
-            max_request_body_size=MAX_REQUEST_BODY_BYTES, ident="heartbeat-lite",
+            # waitress refuses a body of its limit or more; ours are "at most"
+            max_request_body_size=MAX_REQUEST_BODY_BYTES + 1, ident="heartbeat-lite",
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
