@@ -141,14 +141,16 @@ def parse_users(entries, source="user"):
         itself contain ``:``, or be a hash (see :class:`PasswordHash`).
     :param source: how to name an entry in an error (never by its text,
         which may hold a password).
-    :raises ConfigError: on an entry with no ``:``, an empty name or a
-        malformed hash.
+    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
+        password or a malformed hash.
     """
     users = {}
     for number, entry in enumerate(entries, 1):
         name, sep, secret = entry.partition(":")
         if not sep or not name:
             raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
+        if not secret:
+            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
         if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
             try:
                 PasswordHash.parse(secret)
@@ -1784,41 +1786,71 @@ class Throttled(Exception):
 
 
 class Authenticator:
-    """HTTP Basic credentials, checked in constant time.
+    """HTTP Basic credentials.
 
-    A password given as a :class:`PasswordHash` costs a PBKDF2 derivation, so
-    successful verifications are remembered in memory (under a keyed hash of
-    name and password, never the password itself), and derivations run one
-    at a time within a budget that failures spend: at most
-    :data:`AUTH_FAILURE_BURST` at once, then one per
-    :data:`AUTH_FAILURE_REFILL_SECONDS`. Past it, :class:`Throttled` is
-    raised instead of deriving, so guessing cannot keep the cores busy.
+    A plain password is compared in constant time (as SHA-256 digests, so
+    its length does not show either), and is not throttled: it costs
+    nothing to check. A password given as a :class:`PasswordHash` costs a
+    PBKDF2 derivation, so:
+
+    - successful verifications are remembered in memory (under a keyed hash
+      of name and password, never the password itself);
+    - when any user is hashed, an unknown name costs a derivation too,
+      against a decoy hash of the same strength, and gets the same answer,
+      so neither time nor answer tells which names exist;
+    - derivations run one at a time, and failures spend two budgets: the
+      client address's own (:data:`AUTH_FAILURE_BURST` at once, then one
+      per :data:`AUTH_FAILURE_REFILL_SECONDS`; the last
+      :data:`AUTH_SOURCES_TRACKED` addresses are remembered) and a global
+      one (:data:`AUTH_GLOBAL_FAILURE_BURST` at once, then
+      :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`), which bounds the CPU that
+      guessing can take. Past either, :class:`Throttled` is raised instead
+      of deriving. A success gives back what it spent, so one address
+      guessing never locks out correct credentials from another.
 
     :param users: dict of name to password, or to a hash string.
-    :param clock: monotonic seconds, for the budget.
+    :param clock: monotonic seconds, for the budgets.
+    :raises ConfigError: an empty password, or a malformed hash.
     """
 
     def __init__(self, users, clock=time.monotonic):
         self._plain = {}
         self._hashed = {}
         for name, secret in users.items():
+            if not secret:
+                raise ConfigError(f"user {log_safe(name)}: empty password")
             if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
-                self._hashed[name] = PasswordHash.parse(secret)
+                try:
+                    self._hashed[name] = PasswordHash.parse(secret)
+                except ValueError as exc:
+                    raise ConfigError(f"user {log_safe(name)}: {exc}") from None
             else:
-                self._plain[name] = secret.encode("utf-8")
-        self._decoy = b"\0" * 32  # compared against when the name is unknown
+                self._plain[name] = self._digest(secret.encode("utf-8"))
+        #: what an unknown name is checked against: a random 32 bytes, or,
+        #: when some user is hashed, a hash no password matches
+        self._decoy = os.urandom(32)
+        self._decoy_hash = None
+        if self._hashed:
+            iterations = max(hashed.iterations for hashed in self._hashed.values())
+            self._decoy_hash = PasswordHash(iterations, os.urandom(16), os.urandom(32))
         self._key = os.urandom(32)
         self._verified = {}  # keyed digest of (name, password) -> True, oldest first
         self._derive_lock = threading.Lock()
         self._clock = clock
-        self._budget = float(AUTH_FAILURE_BURST)
-        self._budget_at = clock()
+        self._global = [float(AUTH_GLOBAL_FAILURE_BURST), clock()]  # budget, when last refilled
+        self._sources = collections.OrderedDict()  # client address -> [budget, when], least recent first
 
-    def user(self, header):
+    @staticmethod
+    def _digest(password):
+        return hashlib.sha256(password).digest()
+
+    def user(self, header, source=None):
         """The user name the ``Authorization`` header proves, or None.
 
-        :raises Throttled: when a hashed password would need a derivation
-            and the failure budget is spent.
+        :param source: the client's address, whose failures are budgeted.
+        :raises Throttled: when a hashed password (or an unknown name, when
+            some user is hashed) would need a derivation and the client's or
+            the global failure budget is spent.
         """
         credentials = bottle.parse_auth(header) if header else None
         if not credentials:
@@ -1827,36 +1859,51 @@ class Authenticator:
         password = password.encode("utf-8")
         hashed = self._hashed.get(name)
         if hashed is not None:
-            return name if self._verify_hashed(name, password, hashed) else None
+            return name if self._verify_hashed(name, password, hashed, source) else None
         expected = self._plain.get(name)
-        ok = hmac.compare_digest(password, expected if expected is not None else self._decoy)
+        if expected is None and self._decoy_hash is not None:
+            self._verify_hashed(name, password, self._decoy_hash, source)  # the same cost and answer
+            return None
+        ok = hmac.compare_digest(self._digest(password), expected if expected is not None else self._decoy)
         return name if ok and expected is not None else None
 
-    def _verify_hashed(self, name, password, hashed):
+    def _verify_hashed(self, name, password, hashed, source):
         key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
         if key in self._verified:
             return True
         with self._derive_lock:  # one derivation at a time: at most one core
             if key in self._verified:
                 return True
-            if not self._spend():
+            budgets = (self._source_budget(source), self._global)
+            rates = (1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_GLOBAL_FAILURES_PER_SECOND)
+            bursts = (AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST)
+            now = self._clock()
+            for budget, rate, burst in zip(budgets, rates, bursts):
+                budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
+                budget[1] = now
+            if any(budget[0] < 1 for budget in budgets):
                 raise Throttled()
+            for budget in budgets:
+                budget[0] -= 1
             if not hashed.verify(password):
                 return False
-            self._budget = min(AUTH_FAILURE_BURST, self._budget + 1)  # only failures spend
+            for budget, burst in zip(budgets, bursts):  # only failures spend
+                budget[0] = min(burst, budget[0] + 1)
             if len(self._verified) >= AUTH_CACHE_ENTRIES:
                 del self._verified[next(iter(self._verified))]
             self._verified[key] = True
             return True
 
-    def _spend(self):
-        now = self._clock()
-        self._budget = min(AUTH_FAILURE_BURST, self._budget + (now - self._budget_at) / AUTH_FAILURE_REFILL_SECONDS)
-        self._budget_at = now
-        if self._budget < 1:
-            return False
-        self._budget -= 1
-        return True
+    def _source_budget(self, source):
+        """The failure budget of a client address (call under the lock)."""
+        budget = self._sources.get(source)
+        if budget is None:
+            budget = self._sources[source] = [float(AUTH_FAILURE_BURST), self._clock()]
+            if len(self._sources) > AUTH_SOURCES_TRACKED:
+                self._sources.popitem(last=False)
+        else:
+            self._sources.move_to_end(source)
+        return budget
 
 
 ###############################################################################
@@ -2030,7 +2077,8 @@ class WebApi:
 
     def _authenticate(self):
         try:
-            user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
+            environ = bottle.request.environ
+            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
         except Throttled:
             raise ApiError(429, "too many failed authentication attempts, retry later",
                            headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None

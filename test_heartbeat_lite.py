@@ -1373,8 +1373,8 @@ def test_configured_users_replace_root(clock):
 
 
 def test_parse_users():
-    assert heartbeat_lite.parse_users(["a:b", "c:d:e", "f:"]) == {"a": "b", "c": "d:e", "f": ""}
-    for bad in ("nocolon", ":password"):
+    assert heartbeat_lite.parse_users(["a:b", "c:d:e"]) == {"a": "b", "c": "d:e"}
+    for bad in ("nocolon", ":password", "f:"):
         with pytest.raises(heartbeat_lite.ConfigError):
             heartbeat_lite.parse_users([bad])
 

@@ -1,6 +1,7 @@
 """Tests for DESIGN.md §9 (trust): hostile input and paths, cross-site
 requests, log injection, credentials, an honest /healthz."""
 
+import contextlib
 import http.client
 import json
 import logging
@@ -16,6 +17,7 @@ from heartbeat_lite import MAX_EVENT_BODY_BYTES
 from test_heartbeat_lite import (  # noqa: F401  (fixtures are used by name)
     C01,
     DB_ERROR,
+    FakeClock,
     INVALID,
     LockHolder,
     _basic,
@@ -244,3 +246,114 @@ def test_hostile_names_and_pattern_values_cannot_forge_log_lines(app, service, c
         assert not UNSAFE_IN_LOG.search(line), line
         assert "evil\\n2020-01-01 WARNING forged\\x1b[31m\\u2028" in line
     assert "k\\x1b:v\\r\\nforged\\x85" in lines[1]
+
+
+###############################################################################
+# Credentials
+###############################################################################
+
+
+@pytest.fixture
+def counted_derivations(monkeypatch):
+    """Every PBKDF2 verification (the users' hashes and the decoy's)."""
+    calls = []
+    verify = heartbeat_lite.PasswordHash.verify
+
+    def counting_verify(self, password):
+        calls.append(password)
+        return verify(self, password)
+
+    monkeypatch.setattr(heartbeat_lite.PasswordHash, "verify", counting_verify)
+    return calls
+
+
+def hashed_users(**passwords):
+    return {name: str(heartbeat_lite.PasswordHash.create(password, 1000)) for name, password in passwords.items()}
+
+
+def from_address(service, address):
+    return webtest.TestApp(service.wsgi, extra_environ={"REMOTE_ADDR": address})
+
+
+def test_a_guessing_flood_from_one_address_does_not_lock_out_another(counted_derivations):
+    with heartbeat_lite.create_app(users=hashed_users(alice="pw")) as service:
+        attacker, operator = from_address(service, "10.0.0.1"), from_address(service, "10.0.0.2")
+        guess = {"Authorization": _basic("alice", "guess")}
+        for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):
+            attacker.get("/api/v2/heartbeat", headers=guess, status=401)
+        for _ in range(50):
+            attacker.get("/api/v2/heartbeat", headers=guess, status=429)
+        assert len(counted_derivations) == heartbeat_lite.AUTH_FAILURE_BURST  # refused ones cost nothing
+        operator.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "pw")}, status=200)
+        operator.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "typo")}, status=401)
+
+
+def test_derivations_from_every_address_together_stay_bounded(counted_derivations):
+    clock = FakeClock(0)
+    auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=clock)
+    refused = 0
+    for n in range(200):  # 200 addresses, two guesses each
+        for _ in range(2):
+            try:
+                assert auth.user(_basic("alice", "guess"), f"10.1.{n // 256}.{n % 256}") is None
+            except heartbeat_lite.Throttled:
+                refused += 1
+    assert len(counted_derivations) == heartbeat_lite.AUTH_GLOBAL_FAILURE_BURST and refused == 400 - 20
+    clock.advance(10)
+    for n in range(200):
+        with pytest.raises(heartbeat_lite.Throttled) if n >= 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND \
+                else contextlib.nullcontext():
+            auth.user(_basic("alice", "guess"), f"10.2.0.{n}")
+    assert len(counted_derivations) == 20 + 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND
+
+
+def test_the_source_table_is_bounded(monkeypatch):
+    monkeypatch.setattr(heartbeat_lite, "AUTH_SOURCES_TRACKED", 3)
+    auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=FakeClock(0))
+    for n in range(10):
+        auth.user(_basic("alice", "guess"), f"10.0.0.{n}")
+    assert list(auth._sources) == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]
+
+
+def test_an_unknown_name_costs_a_derivation_and_gets_the_same_answer(counted_derivations):
+    users = {**hashed_users(alice="pw"), "bob": "plain"}
+    with heartbeat_lite.create_app(users=users) as service:
+        app = webtest.TestApp(service.wsgi)
+        answers = []
+        for name in ("alice", "mallory"):
+            before = len(counted_derivations)
+            response = app.get("/api/v2/heartbeat", headers={"Authorization": _basic(name, "guess")}, status=401)
+            assert len(counted_derivations) == before + 1, name
+            answers.append((response.headers["WWW-Authenticate"], response.body))
+        assert answers[0] == answers[1]
+        decoy = service.web.auth._decoy_hash
+        assert decoy.iterations == heartbeat_lite.PasswordHash.parse(users["alice"]).iterations
+        for _ in range(heartbeat_lite.AUTH_FAILURE_BURST):  # unknown names spend the budget too
+            app.get("/api/v2/heartbeat", headers={"Authorization": _basic("mallory", "x")}, status=(401, 429))
+        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("mallory", "x")}, status=429)
+
+
+def test_without_hashed_users_an_unknown_name_costs_no_derivation(counted_derivations, app):
+    app.get("/api/v2/heartbeat", headers={"Authorization": _basic("mallory", "root")}, status=401)
+    assert counted_derivations == []
+
+
+def test_create_app_refuses_an_empty_password():
+    with pytest.raises(heartbeat_lite.ConfigError, match="empty password"):
+        heartbeat_lite.create_app(users={"a": ""})
+
+
+@pytest.mark.parametrize("source", ["--user", "HEARTBEAT_LITE_USERS", "--users-file"])
+def test_an_empty_password_exits_2_from_every_source(tmp_path, source):
+    args, env = ["--port", "0", "--db", str(tmp_path / "hb.db")], {}
+    if source == "--user":
+        args += ["--user", "alice:"]
+    elif source == "HEARTBEAT_LITE_USERS":
+        env["HEARTBEAT_LITE_USERS"] = "bob:b,alice:"
+    else:
+        users_file = tmp_path / "users"
+        users_file.write_text("bob:b\nalice:\n")
+        args += ["--users-file", str(users_file)]
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2 and "empty password for user alice" in result.stderr
+    assert not (tmp_path / "hb.db").exists()
