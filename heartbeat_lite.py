@@ -498,6 +498,11 @@ _DOCUMENT_COLUMNS = (
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_READS = ("SELECT", "PRAGMA")
+
+#: the outcome of the store's last write: ``ok``, ``at`` (Unix seconds, None
+#: before any write) and, when it failed, ``reason`` (SQLite's message)
+WriteOutcome = collections.namedtuple("WriteOutcome", "ok at reason")
 
 
 class Store:
@@ -547,6 +552,13 @@ class Store:
         self._shared = path == ":memory:"  # no reader connections: they would see another database
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
+        self._readers_lock = threading.Lock()  # guards _readers (never the writer's lock: reads must not wait)
+        self._prepared = False  # the schema is in place: readers need not go through the writer
+        self._health_conn = None  # /healthz's own reader, with a short busy timeout
+        self._health_lock = threading.Lock()
+        #: the :data:`WriteOutcome` of the last write (statement outside a
+        #: transaction, or a transaction's commit), or of the last failure
+        self.last_write = WriteOutcome(True, None, None)
         #: None, or a callable ``(sql, params)`` run before every statement:
         #: tests trace statements with it, or raise ``sqlite3.Error`` from it
         #: to inject a failure
@@ -560,10 +572,10 @@ class Store:
             log.error("database %s unavailable at start: %s; answering database errors until it recovers",
                       path, exc)
 
-    def _open(self):
+    def _open(self, timeout=None):
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout if timeout is None else timeout,
+                                   isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         conn.row_factory = sqlite3.Row
@@ -573,13 +585,18 @@ class Store:
         """The writer connection, opening and preparing one if needed (call
         under the lock)."""
         if self._conn is None:
-            conn = self._open()
             try:
-                self._prepare(conn)
-            except BaseException:
-                conn.close()
+                conn = self._open()
+                try:
+                    self._prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+            except StoreError as exc:
+                self._wrote(exc.__cause__ or exc)
                 raise
             self._conn = conn
+            self._prepared = True
         return self._conn
 
     def _reader(self):
@@ -587,7 +604,7 @@ class Store:
         writer, which prepares the schema)."""
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            if self._conn is None:
+            if not self._prepared:
                 with self._lock:
                     self._connection()
             reader = self._open()
@@ -596,7 +613,7 @@ class Store:
             except sqlite3.Error as exc:
                 reader.close()
                 raise StoreError(f"cannot open database: {exc}") from exc
-            with self._lock:
+            with self._readers_lock:
                 self._readers.add(reader)
             self._local.reader = reader
         return reader
@@ -605,7 +622,7 @@ class Store:
         reader = getattr(self._local, "reader", None)
         self._local.reader = None
         if reader is not None:
-            with self._lock:
+            with self._readers_lock:
                 self._readers.discard(reader)
             reader.close()
 
@@ -636,9 +653,21 @@ class Store:
     def close(self):
         with self._lock:
             self._discard()
+        with self._readers_lock:
             for reader in self._readers:
                 reader.close()
             self._readers.clear()
+        with self._health_lock:
+            self._discard_health()
+
+    def _discard_health(self):
+        if self._health_conn is not None:
+            self._health_conn.close()
+            self._health_conn = None
+
+    def _wrote(self, error=None):
+        """Record the outcome of a write: success, or the sqlite3 error."""
+        self.last_write = WriteOutcome(error is None, time.time(), None if error is None else str(error))
 
     # -- plumbing ------------------------------------------------------------
 
@@ -686,18 +715,26 @@ class Store:
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
             if many:
-                return conn.executemany(sql, params)
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor
+                result = conn.executemany(sql, params)
+            else:
+                cursor = conn.execute(sql, params)
+                result = cursor.fetchall() if fetch else cursor
         except sqlite3.Error as exc:
             if conn is self._conn:
+                if self._depth or not sql.startswith(_READS):  # a read beside no write is no write failure
+                    self._wrote(exc)
                 if self._depth:
                     self._stale = True  # atomic() drops it once the transaction is over
                 else:
                     self._discard()
+            elif conn is self._health_conn:
+                self._discard_health()
             else:
                 self._discard_reader()
             raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+        if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
+            self._wrote()
+        return result
 
     def _execute(self, sql, params=()):
         with self._lock:
@@ -894,6 +931,48 @@ class Store:
     def outbox_depth(self):
         """How many events wait in the outbox (also proves the database answers)."""
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]
+
+    def health(self):
+        """Whether the database answers reads and the last write succeeded,
+        found without waiting on the writer: a read on a connection of its
+        own, with a busy timeout of :data:`HEALTH_TIMEOUT_SECONDS`, and the
+        recorded :attr:`last_write`.
+
+        :returns: ``(outbox depth, or None when the read could not run in
+            time; problem or None; since when, Unix seconds, or None)``; the
+            problem says what fails.
+        """
+        try:
+            depth = self._health_read("SELECT COUNT(*) FROM outbox")
+        except StoreError as exc:
+            return None, f"database reads fail: {exc.__cause__ or exc}", time.time()
+        last = self.last_write
+        if not last.ok:
+            return depth, f"database writes fail: {last.reason}", last.at
+        return depth, None, None
+
+    def _health_read(self, sql):
+        if self._shared:  # one connection: wait for it briefly, else skip the read
+            if not self._lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+                return None
+            try:
+                return self._run(self._connection(), sql, (), fetch=True)[0][0]
+            finally:
+                self._lock.release()
+        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+            return None  # another health check is reading
+        try:
+            if self._health_conn is None:
+                conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
+                try:
+                    conn.execute("PRAGMA query_only = ON")
+                except sqlite3.Error as exc:
+                    conn.close()
+                    raise StoreError(f"cannot open database: {exc}") from exc
+                self._health_conn = conn
+            return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+        finally:
+            self._health_lock.release()
 
 
 ###############################################################################
@@ -1376,6 +1455,11 @@ class Engine:
         """Events waiting for delivery; :raises StoreError: when the database
         does not answer."""
         return self.store.outbox_depth()
+
+    def health(self):
+        """``(outbox depth or None, problem or None, since)``; never waits on the
+        engine's lock or the database writer (see :meth:`Store.health`)."""
+        return self.store.health()
 
     # -- events and time -----------------------------------------------------
 
@@ -2154,12 +2238,11 @@ class WebApi:
         return json_response(self._openapi)
 
     def health(self):
-        try:
-            depth = self.engine.outbox_depth()
-        except StoreError as exc:
-            log.error("health check: database error: %s", exc)
-            return json_response({"status": "unavailable", "description": "the database does not answer"}, 503)
-        return json_response({"status": "ok", "outbox": depth})
+        depth, problem, since = self.engine.health()
+        if problem is not None:
+            log.error("health check: %s", problem)
+            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
+        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
 
 
 def _access_logged(app):
@@ -2479,7 +2562,7 @@ def openapi_document():
                 "Health": {
                     "type": "object", "required": ["status"],
                     "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
-                                   "description": string},
+                                   "description": string, "since": {"type": "number"}},
                     "additionalProperties": False,
                 },
             },
@@ -2531,8 +2614,10 @@ def openapi_document():
             },
             "/healthz": {
                 "get": operation("getHealth", "operator", "Health (no authentication)", {
-                    "200": {"description": "The database answers", **_json_content(_ref("Health"))},
-                    "503": {"description": "The database does not answer", **_json_content(_ref("Health"))},
+                    "200": {"description": "The database answers reads and the last write succeeded",
+                            **_json_content(_ref("Health"))},
+                    "503": {"description": "Reads or writes fail: `description` says which and why, `since` "
+                            "since when (Unix seconds)", **_json_content(_ref("Health"))},
                 }, security=[]),
             },
             "/metrics": {

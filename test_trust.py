@@ -357,3 +357,61 @@ def test_an_empty_password_exits_2_from_every_source(tmp_path, source):
     result = run_cli(*args, env=env)
     assert result.returncode == 2 and "empty password for user alice" in result.stderr
     assert not (tmp_path / "hb.db").exists()
+
+
+###############################################################################
+# Health
+###############################################################################
+
+
+def test_health_is_503_with_the_reason_while_writes_fail_then_200_after_one_succeeds(app, service):
+    heartbeat_id = create(app)
+
+    def writes_fail(sql, params):
+        if not sql.startswith("SELECT"):
+            raise heartbeat_lite.sqlite3.OperationalError("database or disk is full")
+
+    service.store.statement_hook = writes_fail
+    assert app.get("/healthz").json == {"status": "ok", "outbox": 0}  # no write has failed yet
+    assert app.post_json("/api/v2/event", C01, status=400).json == DB_ERROR
+    health = app.get("/healthz", status=503).json
+    assert health["status"] == "unavailable"
+    assert health["description"] == "database writes fail: database or disk is full"
+    assert health["since"] == pytest.approx(time.time(), abs=5)
+    app.get(f"/api/v2/heartbeat/{heartbeat_id}")  # reads still served
+    service.store.statement_hook = None
+    assert app.get("/healthz", status=503).json["status"] == "unavailable"  # until a write succeeds
+    service.tick()
+    assert app.get("/healthz").json == {"status": "ok", "outbox": 0}
+
+
+def test_health_and_reads_from_memory_answer_while_a_write_waits_on_another_process(tmp_path, clock):
+    path = str(tmp_path / "hb.db")
+    busy_timeout = 1.5
+    with heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=busy_timeout) as service, \
+            heartbeat_lite.serve(service, port=0) as base:
+        heartbeat_id = new_heartbeat(service)
+        holder = LockHolder(path)
+        try:
+            writing = threading.Event()
+            service.store.statement_hook = lambda sql, params: sql.startswith(("BEGIN", "UPDATE")) and writing.set()
+            answers = []
+            writer = threading.Thread(target=lambda: answers.append(
+                raw_request(base, "POST", "/api/v2/event", json.dumps(C01).encode())))
+            writer.start()
+            assert writing.wait(10)
+            started = time.monotonic()
+            assert raw_request(base, "GET", "/healthz") == (200, {"status": "ok", "outbox": 0})
+            status, document = raw_request(base, "GET", f"/api/v2/heartbeat/{heartbeat_id}")
+            assert status == 200 and document["_id"] == heartbeat_id
+            assert time.monotonic() - started < 1.0
+            assert writer.is_alive()  # the write still waits
+            writer.join(30)
+            assert answers == [(400, DB_ERROR)]
+            status, health = raw_request(base, "GET", "/healthz")
+            assert status == 503 and health["description"] == "database writes fail: database is locked"
+        finally:
+            holder.release()
+        status, answer = raw_request(base, "POST", "/api/v2/event", json.dumps(C01).encode())
+        assert (status, answer["matched"]) == (200, [heartbeat_id])
+        assert raw_request(base, "GET", "/healthz") == (200, {"status": "ok", "outbox": 0})
