@@ -1366,7 +1366,7 @@ class Engine:
             self.store.insert_heartbeat(row)
             self._model.created(row)
             self._due_by(deadline_of(row))
-        log.info('heartbeat %s created ("%s", pattern %s)', row["id"], log_safe(row["name"]),
+        log.info("heartbeat %s created ('%s', pattern %s)", row["id"], log_safe(row["name"]),
                  log_safe(row["pattern"]))
         return row["id"]
 
@@ -1407,7 +1407,7 @@ class Engine:
             self._committed(events)
             if new["status"] != DOWN:
                 self._due_by(deadline_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
-        log.info('heartbeat %s updated ("%s", pattern %s)', heartbeat_id, log_safe(new["name"]),
+        log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
         self._publish()
 
@@ -1432,7 +1432,7 @@ class Engine:
                 self._enqueue(events)
             self._model.deleted(row)
             self._committed(events)
-        log.info('heartbeat %s deleted ("%s")', row["id"], log_safe(row["name"]))
+        log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
         self._publish()
 
     def status(self, heartbeat_id):
@@ -1644,14 +1644,14 @@ class Engine:
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
                 if event["state"] == ALARM_STATE:
-                    log.warning('alarm: heartbeat %s ("%s") is down: no matching event for %s',
+                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
                                 event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
-                    log.info('resolved: heartbeat %s ("%s")', event["heartbeat_id"],
+                    log.info("resolved: heartbeat %s ('%s')", event["heartbeat_id"],
                              log_safe(event["heartbeat_name"]))
         else:
             raised = sum(event["state"] == ALARM_STATE for event in events)
-            names = ", ".join(f'"{log_safe(event["heartbeat_name"])}"' for event in events[:3])
+            names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
             log.log(logging.WARNING if raised else logging.INFO,
                     "%d alarm(s) raised, %d resolved at once (%s and %d more)",
                     raised, len(events) - raised, names, len(events) - 3)
@@ -2454,6 +2454,7 @@ def openapi_document():
     internal_error = {"500": _answer("An unexpected error, logged with its traceback", "Error")}
     not_found = {"404": _answer("No heartbeat has this id (name: the id)", "Error")}
     too_large = {"413": _answer("Body over its limit, or more than 10,000 events", "Error")}
+    cross_site = {"403": _answer("Sent by a browser from another site (Origin or Sec-Fetch-Site): refused", "Error")}
     heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
     heartbeat_body = {"required": True, **_json_content(_ref("HeartbeatInput"))}
     secured = [{"basicAuth": []}]
@@ -2571,7 +2572,7 @@ def openapi_document():
             "/api/v2/heartbeat": {
                 "post": operation("createHeartbeat", "heartbeat", "Create a heartbeat", {
                     "200": _answer('{"name": "heartbeat created", "description": <new id>}'),
-                    **errors, **too_large}, requestBody=heartbeat_body),
+                    **errors, **too_large, **cross_site}, requestBody=heartbeat_body),
                 "get": operation("listHeartbeats", "heartbeat", "Every heartbeat, newest first", {
                     "200": {"description": "The heartbeats",
                             **_json_content({"type": "array", "items": _ref("Heartbeat")})},
@@ -2584,11 +2585,11 @@ def openapi_document():
                     **errors, **not_found}),
                 "put": operation("replaceHeartbeat", "heartbeat", "Replace a heartbeat (keeps _id and created)", {
                     "200": _answer('{"name": "heartbeat updated", "description": <id>}'),
-                    **errors, **not_found, **too_large}, requestBody=heartbeat_body),
+                    **errors, **not_found, **too_large, **cross_site}, requestBody=heartbeat_body),
                 "delete": operation("deleteHeartbeat", "heartbeat",
                                     "Delete a heartbeat, resolving its alarm if it is down", {
                     "200": _answer('{"name": "heartbeat removed", "description": <id>}'),
-                    **errors, **not_found}),
+                    **errors, **not_found, **cross_site}),
             },
             "/api/v2/heartbeat/{heartbeat_id}/status": {
                 "parameters": [heartbeat_id],
@@ -2601,7 +2602,7 @@ def openapi_document():
                                   "Send Canopsis events; each refreshes the heartbeats it matches", {
                     "200": {"description": "Events received, heartbeats refreshed",
                             **_json_content(_ref("EventResult"))},
-                    **errors, **too_large},
+                    **errors, **too_large, **cross_site},
                     requestBody={"required": True, **_json_content({"oneOf": [
                         _ref("Event"),
                         {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
