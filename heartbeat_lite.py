@@ -114,8 +114,14 @@ FORWARD_BACKOFF_SECONDS = (1.0, 60.0)  # first retry, cap; doubling in between
 PASSWORD_HASH_SCHEME = "pbkdf2_sha256"
 PBKDF2_ITERATIONS = 600_000  # about 0.15 s of one core per derivation
 AUTH_CACHE_ENTRIES = 1024  # remembered successful verifications of hashed passwords
-AUTH_FAILURE_BURST = 5  # derivations allowed at once before throttling ...
-AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds (failures only)
+AUTH_FAILURE_BURST = 5  # failed derivations one client address may cause at once ...
+AUTH_FAILURE_REFILL_SECONDS = 2.0  # ... then one per this many seconds
+AUTH_SOURCES_TRACKED = 10_000  # client addresses whose failure budget is remembered (least recent forgotten)
+AUTH_GLOBAL_FAILURE_BURST = 20  # failed derivations all clients together may cause at once ...
+AUTH_GLOBAL_FAILURES_PER_SECOND = 2.0  # ... then this many per second (with one at a time: a bound on CPU)
+
+HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this for a lock
+MAX_LOGGED_CHARS = 1024  # a request's URL, a name, a pattern: cut at this in a log line
 
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
@@ -136,14 +142,16 @@ def parse_users(entries, source="user"):
         itself contain ``:``, or be a hash (see :class:`PasswordHash`).
     :param source: how to name an entry in an error (never by its text,
         which may hold a password).
-    :raises ConfigError: on an entry with no ``:``, an empty name or a
-        malformed hash.
+    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
+        password or a malformed hash.
     """
     users = {}
     for number, entry in enumerate(entries, 1):
         name, sep, secret = entry.partition(":")
         if not sep or not name:
             raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
+        if not secret:
+            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
         if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
             try:
                 PasswordHash.parse(secret)
@@ -197,6 +205,33 @@ def parse_forward_url(url):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), authorization
 
 
+# C0 and C1 controls, DEL, backslash (so an escape cannot be forged either),
+# line and paragraph separators, bidirectional-text controls
+_UNSAFE_IN_LOG = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_LOG_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_for_log(match):
+    char = match.group()
+    if char in _LOG_ESCAPES:
+        return _LOG_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def log_safe(text, limit=MAX_LOGGED_CHARS):
+    """``text`` (anything; str() of it) fit for one log line: control
+    characters and the like escaped (no forged lines, no terminal escapes,
+    no reordered text), cut at ``limit`` characters with a marker saying so.
+    """
+    text = text if isinstance(text, str) else str(text)
+    cut = len(text) > limit
+    if cut:
+        total, text = len(text), text[:limit]
+    text = _UNSAFE_IN_LOG.sub(_escape_for_log, text)
+    return f"{text}...[cut, {total} chars]" if cut else text
+
+
 def is_loopback(host):
     """True when every address ``host`` names is a loopback address."""
     try:
@@ -224,8 +259,9 @@ class Invalid(ValueError):
     """Input that breaks the contract; ``reasons`` says every way it does."""
 
     def __init__(self, reasons):
-        super().__init__("; ".join(reasons))
-        self.reasons = list(reasons)
+        # a reason may quote the input: keep it encodable (no lone surrogate)
+        self.reasons = [reason.encode("utf-8", "backslashreplace").decode("utf-8") for reason in reasons]
+        super().__init__("; ".join(self.reasons))
 
 
 def _no_duplicate_keys(pairs):
@@ -272,11 +308,33 @@ def parse_json(body, duplicate_keys=False):
     except UnicodeDecodeError:
         raise Invalid(["body: not valid UTF-8"]) from None
     try:
-        return (_LAST_WINS_DECODER if duplicate_keys else _DECODER).decode(text)
+        value = (_LAST_WINS_DECODER if duplicate_keys else _DECODER).decode(text)
     except RecursionError:
         raise Invalid(["body: nested too deeply"]) from None
     except ValueError as exc:  # JSONDecodeError and the hooks' errors
         raise Invalid([f"body: not valid JSON ({exc})"]) from None
+    if _SURROGATE_ESCAPE.search(text):  # only a \uD800-\uDFFF escape can make one
+        _refuse_lone_surrogates(value)
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value):
+    """:raises Invalid: when a string anywhere in ``value`` (key or value, at
+    any depth) holds a lone surrogate: it is not Unicode text, and could not
+    be stored or answered as UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not _is_text(item):
+            raise Invalid(["body: a string holds a lone surrogate (\\ud800 to \\udfff), which is not text"])
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options builds one per call
@@ -441,6 +499,11 @@ _DOCUMENT_COLUMNS = (
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_READS = ("SELECT", "PRAGMA")
+
+#: the outcome of the store's last write: ``ok``, ``at`` (Unix seconds, None
+#: before any write) and, when it failed, ``reason`` (SQLite's message)
+WriteOutcome = collections.namedtuple("WriteOutcome", "ok at reason")
 
 
 class Store:
@@ -490,6 +553,13 @@ class Store:
         self._shared = path == ":memory:"  # no reader connections: they would see another database
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
+        self._readers_lock = threading.Lock()  # guards _readers (never the writer's lock: reads must not wait)
+        self._prepared = False  # the schema is in place: readers need not go through the writer
+        self._health_conn = None  # /healthz's own reader, with a short busy timeout
+        self._health_lock = threading.Lock()
+        #: the :data:`WriteOutcome` of the last write (statement outside a
+        #: transaction, or a transaction's commit), or of the last failure
+        self.last_write = WriteOutcome(True, None, None)
         #: None, or a callable ``(sql, params)`` run before every statement:
         #: tests trace statements with it, or raise ``sqlite3.Error`` from it
         #: to inject a failure
@@ -503,10 +573,10 @@ class Store:
             log.error("database %s unavailable at start: %s; answering database errors until it recovers",
                       path, exc)
 
-    def _open(self):
+    def _open(self, timeout=None):
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout if timeout is None else timeout,
+                                   isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         conn.row_factory = sqlite3.Row
@@ -516,13 +586,18 @@ class Store:
         """The writer connection, opening and preparing one if needed (call
         under the lock)."""
         if self._conn is None:
-            conn = self._open()
             try:
-                self._prepare(conn)
-            except BaseException:
-                conn.close()
+                conn = self._open()
+                try:
+                    self._prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+            except StoreError as exc:
+                self._wrote(exc.__cause__ or exc)
                 raise
             self._conn = conn
+            self._prepared = True
         return self._conn
 
     def _reader(self):
@@ -530,7 +605,7 @@ class Store:
         writer, which prepares the schema)."""
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            if self._conn is None:
+            if not self._prepared:
                 with self._lock:
                     self._connection()
             reader = self._open()
@@ -539,7 +614,7 @@ class Store:
             except sqlite3.Error as exc:
                 reader.close()
                 raise StoreError(f"cannot open database: {exc}") from exc
-            with self._lock:
+            with self._readers_lock:
                 self._readers.add(reader)
             self._local.reader = reader
         return reader
@@ -548,7 +623,7 @@ class Store:
         reader = getattr(self._local, "reader", None)
         self._local.reader = None
         if reader is not None:
-            with self._lock:
+            with self._readers_lock:
                 self._readers.discard(reader)
             reader.close()
 
@@ -579,9 +654,21 @@ class Store:
     def close(self):
         with self._lock:
             self._discard()
+        with self._readers_lock:
             for reader in self._readers:
                 reader.close()
             self._readers.clear()
+        with self._health_lock:
+            self._discard_health()
+
+    def _discard_health(self):
+        if self._health_conn is not None:
+            self._health_conn.close()
+            self._health_conn = None
+
+    def _wrote(self, error=None):
+        """Record the outcome of a write: success, or the sqlite3 error."""
+        self.last_write = WriteOutcome(error is None, time.time(), None if error is None else str(error))
 
     # -- plumbing ------------------------------------------------------------
 
@@ -629,18 +716,26 @@ class Store:
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
             if many:
-                return conn.executemany(sql, params)
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor
+                result = conn.executemany(sql, params)
+            else:
+                cursor = conn.execute(sql, params)
+                result = cursor.fetchall() if fetch else cursor
         except sqlite3.Error as exc:
             if conn is self._conn:
+                if self._depth or not sql.startswith(_READS):  # a read beside no write is no write failure
+                    self._wrote(exc)
                 if self._depth:
                     self._stale = True  # atomic() drops it once the transaction is over
                 else:
                     self._discard()
+            elif conn is self._health_conn:
+                self._discard_health()
             else:
                 self._discard_reader()
             raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+        if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
+            self._wrote()
+        return result
 
     def _execute(self, sql, params=()):
         with self._lock:
@@ -837,6 +932,48 @@ class Store:
     def outbox_depth(self):
         """How many events wait in the outbox (also proves the database answers)."""
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]
+
+    def health(self):
+        """Whether the database answers reads and the last write succeeded,
+        found without waiting on the writer: a read on a connection of its
+        own, with a busy timeout of :data:`HEALTH_TIMEOUT_SECONDS`, and the
+        recorded :attr:`last_write`.
+
+        :returns: ``(outbox depth, or None when the read could not run in
+            time; problem or None; since when, Unix seconds, or None)``; the
+            problem says what fails.
+        """
+        try:
+            depth = self._health_read("SELECT COUNT(*) FROM outbox")
+        except StoreError as exc:
+            return None, f"database reads fail: {exc.__cause__ or exc}", time.time()
+        last = self.last_write
+        if not last.ok:
+            return depth, f"database writes fail: {last.reason}", last.at
+        return depth, None, None
+
+    def _health_read(self, sql):
+        if self._shared:  # one connection: wait for it briefly, else skip the read
+            if not self._lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+                return None
+            try:
+                return self._run(self._connection(), sql, (), fetch=True)[0][0]
+            finally:
+                self._lock.release()
+        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+            return None  # another health check is reading
+        try:
+            if self._health_conn is None:
+                conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
+                try:
+                    conn.execute("PRAGMA query_only = ON")
+                except sqlite3.Error as exc:
+                    conn.close()
+                    raise StoreError(f"cannot open database: {exc}") from exc
+                self._health_conn = conn
+            return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+        finally:
+            self._health_lock.release()
 
 
 ###############################################################################
@@ -1231,7 +1368,8 @@ class Engine:
             self.store.insert_heartbeat(row)
             self._model.created(row)
             self._due_by(deadline_of(row))
-        log.info("heartbeat %s created (%r, pattern %s)", row["id"], row["name"], row["pattern"])
+        log.info("heartbeat %s created ('%s', pattern %s)", row["id"], log_safe(row["name"]),
+                 log_safe(row["pattern"]))
         return row["id"]
 
     @staticmethod
@@ -1271,7 +1409,8 @@ class Engine:
             self._committed(events)
             if new["status"] != DOWN:
                 self._due_by(deadline_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
-        log.info("heartbeat %s updated (%r, pattern %s)", heartbeat_id, new["name"], new["pattern"])
+        log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
+                 log_safe(new["pattern"]))
         self._publish()
 
     def document(self, heartbeat_id):
@@ -1295,7 +1434,7 @@ class Engine:
                 self._enqueue(events)
             self._model.deleted(row)
             self._committed(events)
-        log.info("heartbeat %s deleted (%r)", row["id"], row["name"])
+        log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
         self._publish()
 
     def status(self, heartbeat_id):
@@ -1318,6 +1457,11 @@ class Engine:
         """Events waiting for delivery; :raises StoreError: when the database
         does not answer."""
         return self.store.outbox_depth()
+
+    def health(self):
+        """``(outbox depth or None, problem or None, since)``; never waits on the
+        engine's lock or the database writer (see :meth:`Store.health`)."""
+        return self.store.health()
 
     # -- events and time -----------------------------------------------------
 
@@ -1515,13 +1659,14 @@ class Engine:
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
                 if event["state"] == ALARM_STATE:
-                    log.warning("alarm: heartbeat %s (%r) is down: no matching event for %s",
-                                event["heartbeat_id"], event["heartbeat_name"], event["resource"])
+                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
-                    log.info("resolved: heartbeat %s (%r)", event["heartbeat_id"], event["heartbeat_name"])
+                    log.info("resolved: heartbeat %s ('%s')", event["heartbeat_id"],
+                             log_safe(event["heartbeat_name"]))
         else:
             raised = sum(event["state"] == ALARM_STATE for event in events)
-            names = ", ".join(repr(event["heartbeat_name"]) for event in events[:3])
+            names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
             log.log(logging.WARNING if raised else logging.INFO,
                     "%d alarm(s) raised, %d resolved at once (%s and %d more)",
                     raised, len(events) - raised, names, len(events) - 3)
@@ -1674,9 +1819,9 @@ class Forwarder(_Worker):
             delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
             if self.failures == 1:
                 log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
-                            self.url, exc, self.store.outbox_depth())
+                            self.url, log_safe(exc), self.store.outbox_depth())
             else:
-                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, exc, delay)
+                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, log_safe(exc), delay)
             return delay
         self.store.outbox_ack(batch[-1][0])
         if self.failures:
@@ -1740,41 +1885,71 @@ class Throttled(Exception):
 
 
 class Authenticator:
-    """HTTP Basic credentials, checked in constant time.
+    """HTTP Basic credentials.
 
-    A password given as a :class:`PasswordHash` costs a PBKDF2 derivation, so
-    successful verifications are remembered in memory (under a keyed hash of
-    name and password, never the password itself), and derivations run one
-    at a time within a budget that failures spend: at most
-    :data:`AUTH_FAILURE_BURST` at once, then one per
-    :data:`AUTH_FAILURE_REFILL_SECONDS`. Past it, :class:`Throttled` is
-    raised instead of deriving, so guessing cannot keep the cores busy.
+    A plain password is compared in constant time (as SHA-256 digests, so
+    its length does not show either), and is not throttled: it costs
+    nothing to check. A password given as a :class:`PasswordHash` costs a
+    PBKDF2 derivation, so:
+
+    - successful verifications are remembered in memory (under a keyed hash
+      of name and password, never the password itself);
+    - when any user is hashed, an unknown name costs a derivation too,
+      against a decoy hash of the same strength, and gets the same answer,
+      so neither time nor answer tells which names exist;
+    - derivations run one at a time, and failures spend two budgets: the
+      client address's own (:data:`AUTH_FAILURE_BURST` at once, then one
+      per :data:`AUTH_FAILURE_REFILL_SECONDS`; the last
+      :data:`AUTH_SOURCES_TRACKED` addresses are remembered) and a global
+      one (:data:`AUTH_GLOBAL_FAILURE_BURST` at once, then
+      :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`), which bounds the CPU that
+      guessing can take. Past either, :class:`Throttled` is raised instead
+      of deriving. A success gives back what it spent, so one address
+      guessing never locks out correct credentials from another.
 
     :param users: dict of name to password, or to a hash string.
-    :param clock: monotonic seconds, for the budget.
+    :param clock: monotonic seconds, for the budgets.
+    :raises ConfigError: an empty password, or a malformed hash.
     """
 
     def __init__(self, users, clock=time.monotonic):
         self._plain = {}
         self._hashed = {}
         for name, secret in users.items():
+            if not secret:
+                raise ConfigError(f"user {log_safe(name)}: empty password")
             if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
-                self._hashed[name] = PasswordHash.parse(secret)
+                try:
+                    self._hashed[name] = PasswordHash.parse(secret)
+                except ValueError as exc:
+                    raise ConfigError(f"user {log_safe(name)}: {exc}") from None
             else:
-                self._plain[name] = secret.encode("utf-8")
-        self._decoy = b"\0" * 32  # compared against when the name is unknown
+                self._plain[name] = self._digest(secret.encode("utf-8"))
+        #: what an unknown name is checked against: a random 32 bytes, or,
+        #: when some user is hashed, a hash no password matches
+        self._decoy = os.urandom(32)
+        self._decoy_hash = None
+        if self._hashed:
+            iterations = max(hashed.iterations for hashed in self._hashed.values())
+            self._decoy_hash = PasswordHash(iterations, os.urandom(16), os.urandom(32))
         self._key = os.urandom(32)
         self._verified = {}  # keyed digest of (name, password) -> True, oldest first
         self._derive_lock = threading.Lock()
         self._clock = clock
-        self._budget = float(AUTH_FAILURE_BURST)
-        self._budget_at = clock()
+        self._global = [float(AUTH_GLOBAL_FAILURE_BURST), clock()]  # budget, when last refilled
+        self._sources = collections.OrderedDict()  # client address -> [budget, when], least recent first
 
-    def user(self, header):
+    @staticmethod
+    def _digest(password):
+        return hashlib.sha256(password).digest()
+
+    def user(self, header, source=None):
         """The user name the ``Authorization`` header proves, or None.
 
-        :raises Throttled: when a hashed password would need a derivation
-            and the failure budget is spent.
+        :param source: the client's address, whose failures are budgeted.
+        :raises Throttled: when a hashed password (or an unknown name, when
+            some user is hashed) would need a derivation and the client's or
+            the global failure budget is spent.
         """
         credentials = bottle.parse_auth(header) if header else None
         if not credentials:
@@ -1783,36 +1958,51 @@ class Authenticator:
         password = password.encode("utf-8")
         hashed = self._hashed.get(name)
         if hashed is not None:
-            return name if self._verify_hashed(name, password, hashed) else None
+            return name if self._verify_hashed(name, password, hashed, source) else None
         expected = self._plain.get(name)
-        ok = hmac.compare_digest(password, expected if expected is not None else self._decoy)
+        if expected is None and self._decoy_hash is not None:
+            self._verify_hashed(name, password, self._decoy_hash, source)  # the same cost and answer
+            return None
+        ok = hmac.compare_digest(self._digest(password), expected if expected is not None else self._decoy)
         return name if ok and expected is not None else None
 
-    def _verify_hashed(self, name, password, hashed):
+    def _verify_hashed(self, name, password, hashed, source):
         key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
         if key in self._verified:
             return True
         with self._derive_lock:  # one derivation at a time: at most one core
             if key in self._verified:
                 return True
-            if not self._spend():
+            budgets = (self._source_budget(source), self._global)
+            rates = (1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_GLOBAL_FAILURES_PER_SECOND)
+            bursts = (AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST)
+            now = self._clock()
+            for budget, rate, burst in zip(budgets, rates, bursts):
+                budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
+                budget[1] = now
+            if any(budget[0] < 1 for budget in budgets):
                 raise Throttled()
+            for budget in budgets:
+                budget[0] -= 1
             if not hashed.verify(password):
                 return False
-            self._budget = min(AUTH_FAILURE_BURST, self._budget + 1)  # only failures spend
+            for budget, burst in zip(budgets, bursts):  # only failures spend
+                budget[0] = min(burst, budget[0] + 1)
             if len(self._verified) >= AUTH_CACHE_ENTRIES:
                 del self._verified[next(iter(self._verified))]
             self._verified[key] = True
             return True
 
-    def _spend(self):
-        now = self._clock()
-        self._budget = min(AUTH_FAILURE_BURST, self._budget + (now - self._budget_at) / AUTH_FAILURE_REFILL_SECONDS)
-        self._budget_at = now
-        if self._budget < 1:
-            return False
-        self._budget -= 1
-        return True
+    def _source_budget(self, source):
+        """The failure budget of a client address (call under the lock)."""
+        budget = self._sources.get(source)
+        if budget is None:
+            budget = self._sources[source] = [float(AUTH_FAILURE_BURST), self._clock()]
+            if len(self._sources) > AUTH_SOURCES_TRACKED:
+                self._sources.popitem(last=False)
+        else:
+            self._sources.move_to_end(source)
+        return budget
 
 
 ###############################################################################
@@ -1820,6 +2010,9 @@ class Authenticator:
 ###############################################################################
 
 PATTERN_EXISTS = "heartbeat pattern already exists"
+CROSS_SITE_REFUSED = "cross-site request refused"
+STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
 INTERNAL_ERROR = "internal error"
 
@@ -1838,6 +2031,48 @@ class ApiError(Exception):
         self.status = status
         self.body = error_body(description, name, **extra)
         self.headers = headers or {}
+
+
+def _origin_of(scheme, netloc):
+    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
+    explicit; None when it is not one."""
+    scheme = scheme.lower()
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, parts.hostname, port) if parts.hostname else None
+
+
+def is_cross_site(environ):
+    """True when a browser says the request comes from another site: a
+    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
+    service's own scheme, host and port (``Origin: null`` included). A client
+    sending neither header (curl, scripts) is not cross-site."""
+    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
+        return True
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    scheme, _, rest = origin.strip().partition("://")
+    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
+
+
+def is_hostile_path(environ):
+    """True when the request's path is not valid UTF-8, or has an encoded
+    ``/`` (``%2F``) in it: no resource has such a path, and the server's
+    decoding would otherwise make it another one (bottle drops bytes that are
+    not UTF-8; waitress decodes ``%2F`` into a ``/``)."""
+    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
+    try:
+        path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return True
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
+    return "%2f" in raw.partition("?")[0].lower()
 
 
 def json_response(value, status=200, headers=None):
@@ -1899,8 +2134,15 @@ class WebApi:
 
         def wrapper(**kwargs):
             try:
+                environ = bottle.request.environ
+                if is_hostile_path(environ):
+                    raise ApiError(404, "not found")
+                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
+                    raise ApiError(403, CROSS_SITE_REFUSED)
                 if authenticated:
                     kwargs["user"] = self._authenticate()
+                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
+                    raise NotFound(kwargs["heartbeat_id"])
                 return handler(**kwargs)
             except ApiError as exc:
                 return json_response(exc.body, exc.status, exc.headers)
@@ -1913,11 +2155,12 @@ class WebApi:
             except TooLarge as exc:
                 return json_response(error_body(str(exc)), 413)
             except StoreError as exc:
-                log.error("database error on %s %s: %s", bottle.request.method, bottle.request.path,
-                          exc, exc_info=exc.__cause__ is None)
+                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
+                          log_safe(bottle.request.path), exc, exc_info=exc.__cause__ is None)
                 return json_response(error_body(DATABASE_ERROR), 400)
             except Exception:
-                log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
+                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
+                              log_safe(bottle.request.path))
                 return json_response(error_body(INTERNAL_ERROR), 500)
 
         return wrapper
@@ -1933,7 +2176,8 @@ class WebApi:
 
     def _authenticate(self):
         try:
-            user = self.auth.user(bottle.request.environ.get("HTTP_AUTHORIZATION"))
+            environ = bottle.request.environ
+            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
         except Throttled:
             raise ApiError(429, "too many failed authentication attempts, retry later",
                            headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
@@ -2009,12 +2253,11 @@ class WebApi:
         return json_response(self._openapi)
 
     def health(self):
-        try:
-            depth = self.engine.outbox_depth()
-        except StoreError as exc:
-            log.error("health check: database error: %s", exc)
-            return json_response({"status": "unavailable", "description": "the database does not answer"}, 503)
-        return json_response({"status": "ok", "outbox": depth})
+        depth, problem, since = self.engine.health()
+        if problem is not None:
+            log.error("health check: %s", problem)
+            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
+        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
 
 
 def _access_logged(app):
@@ -2039,8 +2282,8 @@ def _access_logged(app):
             path = environ.get("PATH_INFO", "")
             if environ.get("QUERY_STRING"):
                 path += "?" + environ["QUERY_STRING"]
-            access_log.info('%s "%s %s" %s %.1fms', environ.get("REMOTE_ADDR", "-"),
-                            environ.get("REQUEST_METHOD"), path,
+            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
+                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
                             seen[-1].split(" ", 1)[0] if seen else "-",
                             (time.perf_counter() - started) * 1000)
         return body
@@ -2226,6 +2469,7 @@ def openapi_document():
     internal_error = {"500": _answer("An unexpected error, logged with its traceback", "Error")}
     not_found = {"404": _answer("No heartbeat has this id (name: the id)", "Error")}
     too_large = {"413": _answer("Body over its limit, or more than 10,000 events", "Error")}
+    cross_site = {"403": _answer("Sent by a browser from another site (Origin or Sec-Fetch-Site): refused", "Error")}
     heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
     heartbeat_body = {"required": True, **_json_content(_ref("HeartbeatInput"))}
     secured = [{"basicAuth": []}]
@@ -2334,7 +2578,7 @@ def openapi_document():
                 "Health": {
                     "type": "object", "required": ["status"],
                     "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
-                                   "description": string},
+                                   "description": string, "since": {"type": "number"}},
                     "additionalProperties": False,
                 },
             },
@@ -2343,7 +2587,7 @@ def openapi_document():
             "/api/v2/heartbeat": {
                 "post": operation("createHeartbeat", "heartbeat", "Create a heartbeat", {
                     "200": _answer('{"name": "heartbeat created", "description": <new id>}'),
-                    **errors, **too_large}, requestBody=heartbeat_body),
+                    **errors, **too_large, **cross_site}, requestBody=heartbeat_body),
                 "get": operation("listHeartbeats", "heartbeat", "Every heartbeat, newest first", {
                     "200": {"description": "The heartbeats",
                             **_json_content({"type": "array", "items": _ref("Heartbeat")})},
@@ -2356,11 +2600,11 @@ def openapi_document():
                     **errors, **not_found}),
                 "put": operation("replaceHeartbeat", "heartbeat", "Replace a heartbeat (keeps _id and created)", {
                     "200": _answer('{"name": "heartbeat updated", "description": <id>}'),
-                    **errors, **not_found, **too_large}, requestBody=heartbeat_body),
+                    **errors, **not_found, **too_large, **cross_site}, requestBody=heartbeat_body),
                 "delete": operation("deleteHeartbeat", "heartbeat",
                                     "Delete a heartbeat, resolving its alarm if it is down", {
                     "200": _answer('{"name": "heartbeat removed", "description": <id>}'),
-                    **errors, **not_found}),
+                    **errors, **not_found, **cross_site}),
             },
             "/api/v2/heartbeat/{heartbeat_id}/status": {
                 "parameters": [heartbeat_id],
@@ -2373,7 +2617,7 @@ def openapi_document():
                                   "Send Canopsis events; each refreshes the heartbeats it matches", {
                     "200": {"description": "Events received, heartbeats refreshed",
                             **_json_content(_ref("EventResult"))},
-                    **errors, **too_large},
+                    **errors, **too_large, **cross_site},
                     requestBody={"required": True, **_json_content({"oneOf": [
                         _ref("Event"),
                         {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
@@ -2386,8 +2630,10 @@ def openapi_document():
             },
             "/healthz": {
                 "get": operation("getHealth", "operator", "Health (no authentication)", {
-                    "200": {"description": "The database answers", **_json_content(_ref("Health"))},
-                    "503": {"description": "The database does not answer", **_json_content(_ref("Health"))},
+                    "200": {"description": "The database answers reads and the last write succeeded",
+                            **_json_content(_ref("Health"))},
+                    "503": {"description": "Reads or writes fail: `description` says which and why, `since` "
+                            "since when (Unix seconds)", **_json_content(_ref("Health"))},
                 }, security=[]),
             },
             "/metrics": {
@@ -2597,7 +2843,8 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS):
     try:
         server = server_class(
             service.wsgi, map={}, host=host, port=port, threads=threads,
-            max_request_body_size=MAX_REQUEST_BODY_BYTES, ident="heartbeat-lite",
+            # waitress refuses a body of its limit or more; ours are "at most"
+            max_request_body_size=MAX_REQUEST_BODY_BYTES + 1, ident="heartbeat-lite",
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
