@@ -26,6 +26,7 @@ from test_heartbeat_lite import (  # noqa: F401  (fixtures are used by name)
     body,
     client,
     clock,
+    counted_derivations,
     create,
     new_heartbeat,
     run_cli,
@@ -251,20 +252,6 @@ def test_hostile_names_and_pattern_values_cannot_forge_log_lines(app, service, c
 ###############################################################################
 # Credentials
 ###############################################################################
-
-
-@pytest.fixture
-def counted_derivations(monkeypatch):
-    """Every PBKDF2 verification (the users' hashes and the decoy's)."""
-    calls = []
-    verify = heartbeat_lite.PasswordHash.verify
-
-    def counting_verify(self, password):
-        calls.append(password)
-        return verify(self, password)
-
-    monkeypatch.setattr(heartbeat_lite.PasswordHash, "verify", counting_verify)
-    return calls
 
 
 def hashed_users(**passwords):
