@@ -29,6 +29,7 @@ import collections
 import contextlib
 import gc
 import getpass
+import gzip
 import hashlib
 import hmac
 import http.client
@@ -127,6 +128,12 @@ JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUS_PAGE_REFRESH_SECONDS = 5
+STATUS_PAGE_ROWS = 100  # heartbeats per status page: 10,000 heartbeats stay a 100-row page
+STATUS_PAGE_ALARMS_SHOWN = 5  # the oldest alarms named on the status page; the rest are counted
+MAX_SEARCH_CHARS = 255
+MAX_PAGE_NUMBER = 1_000_000
+TIMELINE_SECONDS = 24 * 3600  # what the timelines show
+TIMELINE_STEP_SECONDS = 60  # their right end moves by whole minutes, so an unchanged page keeps its ETag
 
 EXIT_CONFIG_ERROR = 2
 
@@ -894,9 +901,41 @@ class Store:
         """The earliest deadline of a heartbeat that is not down, or None."""
         return self._query("SELECT MIN(deadline) FROM heartbeat WHERE status <> 'down'")[0][0]
 
-    def alarms(self):
-        """The rows of the heartbeats that are down, oldest alarm first."""
-        return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid")
+    def alarms(self, limit=-1):
+        """The rows of the heartbeats that are down, oldest alarm first (at
+        most ``limit``; all when negative)."""
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid LIMIT ?",
+                           (limit,))
+
+    def status_counts(self):
+        """``{status: number of heartbeats}``, statuses with none left out."""
+        return dict(self._query("SELECT status, COUNT(*) FROM heartbeat GROUP BY status"))
+
+    def heartbeat_page(self, statuses, terms, limit, offset):
+        """One page of the heartbeats whose status is one of ``statuses``
+        (any, when empty) and whose name or pattern contains every one of
+        ``terms`` (case-insensitive for ASCII letters, as SQLite's LIKE;
+        the pattern is searched as its canonical JSON without quotes, so
+        ``connector:backup`` finds ``{"connector": "backup"}``), ordered by
+        name, case-insensitive, then id: a stable order to page through.
+
+        A scan of the table; 10,000 heartbeats take a few milliseconds.
+
+        :returns: ``(how many match in all, the rows of this page)``.
+        """
+        where, params = [], []
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += statuses
+        for term in terms:
+            like = "%" + re.sub(r"([\\%_])", r"\\\1", term) + "%"
+            where.append("(name LIKE ? ESCAPE '\\' OR replace(pattern, '\"', '') LIKE ? ESCAPE '\\')")
+            params += [like, like]
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        total = self._query(f"SELECT COUNT(*) FROM heartbeat {condition}", params)[0][0]
+        rows = self._query(f"{_SELECT_HEARTBEAT} {condition} ORDER BY name COLLATE NOCASE, id LIMIT ? OFFSET ?",
+                           params + [limit, offset])
+        return total, rows
 
     def meta(self, key):
         """A service-wide value (a number), or None."""
@@ -1442,9 +1481,29 @@ class Engine:
         row = self.store.heartbeat(heartbeat_id)
         return status_document(with_refresh(row, self._model.unwritten_refresh(heartbeat_id)))
 
-    def alarms(self):
-        """The active alarms, oldest first."""
-        return [active_alarm(row) for row in self.store.alarms()]
+    def alarms(self, limit=None):
+        """The active alarms, oldest first (the ``limit`` oldest, if given)."""
+        return [active_alarm(row) for row in self.store.alarms(-1 if limit is None else limit)]
+
+    def page(self, statuses=(), terms=(), offset=0, limit=100):
+        """One page of the heartbeats for the status page, each as in
+        :meth:`overview`: those whose status is one of ``statuses`` (any,
+        when empty) and whose name or pattern contains every search term,
+        by name; see :meth:`Store.heartbeat_page`.
+
+        :returns: ``{"rows", "total" (matching, all pages), "counts"
+            ({status: n} over every heartbeat)}``.
+        """
+        self.load()
+        counts = self.store.status_counts()
+        total, rows = self.store.heartbeat_page(list(statuses), list(terms), limit, offset)
+        unwritten = self._model.unwritten_refresh
+        return {
+            "rows": [{**heartbeat_document(row), **status_document(with_refresh(row, unwritten(row["id"])))}
+                     for row in rows],
+            "total": total,
+            "counts": counts,
+        }
 
     def overview(self):
         """Every heartbeat, newest first, as its document merged with its
@@ -2117,9 +2176,14 @@ class WebApi:
         self._route("/api/v2/alarms", "GET", self.list_alarms)
         self._route("/healthz", "GET", self.health, authenticated=False)
         self._route("/", "GET", self.status_page)
+        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
         self._route("/metrics", "GET", self.metrics)
         self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._page = bottle.SimpleTemplate(STATUS_PAGE)
+        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
+            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
+            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
+        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
+                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
         self._openapi = dump_json(openapi_document())
 
     def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
@@ -2233,16 +2297,80 @@ class WebApi:
         return json_response(self.engine.alarms())
 
     def status_page(self, user):
-        rows = sorted(self.engine.overview(), key=lambda row: row["name"].casefold())
-        counts = {status: 0 for status in (PENDING, UP, DOWN)}
-        for row in rows:
-            counts[row["status"]] += 1
+        query = parse_page_query(bottle.request.query_string)
+        found = self.engine.page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+                                 STATUS_PAGE_ROWS)
+        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
+        page = min(query["page"], pages)
+        if page != query["page"]:  # past the end (the list shrank): the last page
+            found = self.engine.page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+                                     STATUS_PAGE_ROWS)
+        now = self.engine.clock()
+        counts, rows = found["counts"], found["rows"]
+        timelines = self._timelines(rows, now)
         parts = bottle.request.urlparts
-        html = self._page.render(
-            rows=rows, alarms=self.engine.alarms(), counts=counts, now=self.engine.clock(), time=time, time_html=time_html,
-            base_url=f"{parts.scheme}://{parts.netloc}", refresh_seconds=STATUS_PAGE_REFRESH_SECONDS,
+        live = self._templates["status"].render(
+            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
+            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
+            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
+            q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=page_query_string,
+            timelines=timelines, timelines_recorded=False, now=now, time_html=time_html, shorten=shorten,
+            pattern_text=pattern_text, base=bottle.request.script_name,
+            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
         )
-        return text_response(html.encode("utf-8"), HTML_TYPE)
+        down = counts.get(DOWN, 0)
+        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
+        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
+                                                   base=bottle.request.script_name)
+        return self._html_answer(title, live, top=top)
+
+    def heartbeat_page(self, heartbeat_id, user):
+        doc = json.loads(self.engine.document(heartbeat_id))
+        state = self.engine.status(heartbeat_id)
+        now = self.engine.clock()
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        base = bottle.request.script_name
+        history = availability = events = None  # not recorded by this version
+        live = self._templates["detail"].render(
+            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            timeline=timeline_svg(history, end - TIMELINE_SECONDS, end, slots=288).replace(
+                'class="timeline"', 'class="timeline large"', 1),
+            statuses_all=PAGE_STATUSES, time_html=time_html, pattern_text=pattern_text,
+            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
+        )
+        bottom = self._templates["detail bottom"].render(
+            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
+        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
+
+    def _timelines(self, rows, now):
+        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
+        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        return {row["_id"]: timeline_svg(None, end - TIMELINE_SECONDS, end) for row in rows}
+
+    def _html_answer(self, title, live, top="", bottom=""):
+        """An operator page: ``live`` (the part the page's script refreshes)
+        in the shell. Its weak ETag hashes the URL and ``live``, which
+        depend on the state only (not on the second), so the script's
+        conditional refresh gets a body-less 304 while nothing changed.
+        Gzipped when the client accepts it."""
+        request, response = bottle.request, bottle.response
+        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
+        etag = f'W/"{digest.hexdigest()[:32]}"'
+        response.set_header("ETag", etag)
+        response.set_header("Vary", "Accept-Encoding")
+        response.set_header("Cache-Control", "no-cache")
+        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
+        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
+            response.status = 304
+            return b""
+        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
+                                               live=live, top=top, bottom=bottom, base=request.script_name)
+        body = html.encode("utf-8")
+        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            response.set_header("Content-Encoding", "gzip")
+        return text_response(body, HTML_TYPE)
 
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
@@ -2296,112 +2424,525 @@ def _access_logged(app):
 ###############################################################################
 
 
-def relative_time(when, now):
-    """``when`` (Unix seconds) said relative to ``now``: "2 min ago", "in 40 s"."""
-    seconds = abs(now - when)
-    if seconds < 5:
-        return "now"
-    for limit, unit, size in ((90, "s", 1), (90 * 60, "min", 60), (36 * 3600, "h", 3600), (math.inf, "d", 86400)):
-        if seconds < limit:
-            amount = f"{round(seconds / size)} {unit}"
-            return f"in {amount}" if when > now else f"{amount} ago"
+PAGE_STATUSES = ("down", "late", "pending", "up", "paused", "maintenance")  # the filters, worst first
+# In one slice of a timeline that saw several states, the worst shows.
+_TIMELINE_SEVERITY = {"down": 6, "late": 5, "pending": 4, "up": 3, "maintenance": 2, "paused": 1}
+
+
+def parse_page_query(query_string):
+    """The status page's query parameters, checked: ``q`` (search text),
+    ``status`` (comma-separated, or repeated; see :data:`PAGE_STATUSES`)
+    and ``page`` (from 1). Other parameters are ignored.
+
+    :returns: ``{"q", "terms", "statuses", "page"}``; statuses in the
+        order of :data:`PAGE_STATUSES`.
+    :raises ApiError: 400 with every reason.
+    """
+    reasons = []
+    try:
+        params = urllib.parse.parse_qs(query_string, errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid status page parameters.", errors=["the query is not valid UTF-8"]) from None
+    q = " ".join(params.get("q", [])).strip()
+    if len(q) > MAX_SEARCH_CHARS:
+        reasons.append(f"q: at most {MAX_SEARCH_CHARS} characters")
+    wanted = {status.strip() for value in params.get("status", []) for status in value.split(",")} - {""}
+    if wanted - set(PAGE_STATUSES):
+        reasons.append(f"status: {', '.join(sorted(wanted - set(PAGE_STATUSES)))} unknown; "
+                       f"choose among {', '.join(PAGE_STATUSES)}")
+    page = params.get("page", ["1"])[-1]
+    if not (page.isascii() and page.isdigit() and 1 <= int(page) <= MAX_PAGE_NUMBER):
+        reasons.append(f"page: a whole number from 1 to {MAX_PAGE_NUMBER}")
+    if reasons:
+        raise ApiError(400, "invalid status page parameters.", errors=reasons)
+    return {"q": q, "terms": q.split(), "statuses": [s for s in PAGE_STATUSES if s in wanted], "page": int(page)}
+
+
+def page_query_string(q="", statuses=(), page=1):
+    """The query string (with its ``?``) of a status page view; the
+    inverse of :func:`parse_page_query`. ``?`` alone is the unfiltered
+    first page (a link to it keeps the page's path)."""
+    params = [("q", q)] if q else []
+    if statuses:
+        params.append(("status", ",".join(s for s in PAGE_STATUSES if s in statuses)))
+    if page > 1:
+        params.append(("page", str(page)))
+    return "?" + urllib.parse.urlencode(params)
+
+
+def accepts_gzip(header):
+    """Whether an ``Accept-Encoding`` header value accepts gzip (an explicit
+    ``gzip`` entry decides, else ``*``; ``q=0`` refuses)."""
+    decision = {}
+    for item in (header or "").split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if coding not in ("gzip", "*"):
+            continue
+        match = re.search(r"q\s*=\s*([0-9.]+)", params)
+        try:
+            decision[coding] = float(match.group(1)) > 0 if match else True
+        except ValueError:
+            decision[coding] = False
+    return decision.get("gzip", decision.get("*", False))
+
+
+def shorten(text, limit):
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def pattern_text(pattern):
+    """A pattern as the pages show it: ``key: value, key: value``."""
+    return ", ".join(f"{key}: {value}" for key, value in pattern.items())
+
+
+def duration_text(seconds):
+    """A duration in words, to the minute: "2 h 05 min", "40 min", "< 1 min"."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "< 1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
 
 
 def time_html(when, now, missing="—"):
-    """A ``<time>`` element: relative text, the exact UTC time on hover. Built
-    from numbers only, so it is safe to put in the page unescaped."""
+    """A ``<time>`` element: the UTC time of day (the date too, when not
+    today), the exact time on hover; the page's script turns it into
+    "2 min ago". It does not depend on the second it is rendered, so an
+    unchanged page has an unchanged ETag. Built from numbers only, so it
+    is safe to put in the page unescaped."""
     if when is None:
         return missing
-    exact = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
-    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-    return f'<time datetime="{iso}" title="{exact}">{relative_time(when, now)}</time>'
+    moment = time.gmtime(when)
+    exact = time.strftime("%Y-%m-%d %H:%M:%S UTC", moment)
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)
+    same_day = moment[:3] == time.gmtime(now)[:3]
+    shown = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", moment)
+    return f'<time datetime="{iso}" title="{exact}">{shown}</time>'
 
 
-# The status page (bottle SimpleTemplate: {{x}} is HTML-escaped, {{!x}} is not
-# and is only used for time_html). Inline CSS, a few lines of JavaScript that
-# swap in a fresh <main> every few seconds, nothing loaded from elsewhere.
-STATUS_PAGE = """<!doctype html>
+def timeline_svg(changes, start, end, initial=None, slots=48):
+    """A heartbeat's states between ``start`` and ``end`` (Unix seconds) as
+    a small inline SVG bar, one colour per state (CSS classes ``s-up``,
+    ``s-down``, ...; see the pages' style sheet).
+
+    The window is cut into ``slots`` equal slices; a slice that saw several
+    states shows the worst (down > late > pending > up > maintenance >
+    paused), and a run of equal slices is one rectangle of one path per
+    state: the markup stays under a kilobyte however often the heartbeat
+    flapped. Time before the first known state is left blank.
+
+    :param changes: state changes, ``{"at": Unix seconds, "status": ...}``
+        (history entries; other keys ignored), in any order; None when no
+        history is recorded (an empty bar that says so).
+    :param initial: the state at ``start``, when known.
+    :returns: SVG markup (statuses outside the known set are drawn as
+        ``s-unknown``; nothing user-written goes into it).
+    """
+    if changes is None:
+        return ('<svg class="timeline" viewBox="0 0 1 1" preserveAspectRatio="none" role="img" '
+                'aria-label="no history recorded"><title>no history recorded</title></svg>')
+    span = max(end - start, 1e-9)
+    step = span / slots
+    worst = [None] * slots
+    spent = collections.Counter()
+    ordered = sorted(changes, key=lambda change: change["at"])
+    segments = [(start, initial)] + [(c["at"], c["status"]) for c in ordered if c["at"] > start]
+    for c in ordered:  # the last change at or before start sets the initial state
+        if c["at"] <= start:
+            segments[0] = (start, c["status"])
+    for (begin, status), (finish, _) in zip(segments, segments[1:] + [(end, None)]):
+        begin, finish = max(begin, start), min(finish, end)
+        if status is None or finish <= begin:
+            continue
+        status = status if status in _TIMELINE_SEVERITY else "unknown"
+        spent[status] += finish - begin
+        first = int((begin - start) / step)
+        last = min(slots - 1, max(first, math.ceil((finish - start) / step) - 1))
+        for slot in range(first, last + 1):
+            if worst[slot] is None or _TIMELINE_SEVERITY.get(status, 0) > _TIMELINE_SEVERITY.get(worst[slot], 0):
+                worst[slot] = status
+    runs = collections.defaultdict(list)
+    slot = 0
+    while slot < slots:
+        length = 1
+        while slot + length < slots and worst[slot + length] == worst[slot]:
+            length += 1
+        if worst[slot] is not None:
+            runs[worst[slot]].append(f"M{slot} 0h{length}v1h-{length}z")
+        slot += length
+    said = ", ".join(f"{status} {duration_text(seconds)}" for status, seconds in spent.most_common())
+    paths = "".join(f'<path class="s-{status}" d="{"".join(parts)}"><title>{status} '
+                    f'{duration_text(spent[status])}</title></path>' for status, parts in runs.items())
+    return (f'<svg class="timeline" viewBox="0 0 {slots} 1" preserveAspectRatio="none" role="img" '
+            f'aria-label="{said or "no state known"}">{paths}</svg>')
+
+
+def availability_text(share):
+    """An availability share (0 to 1, or None) as a percentage."""
+    if share is None:
+        return "—"
+    return f"{share * 100:.2f} %" if share < 1 else "100 %"
+
+
+# The pages share a style sheet and a script. The script refreshes the
+# <main id="live"> part every few seconds: it asks for the same URL with
+# If-None-Match, gets a 304 (no body) when nothing changed, and says in words
+# when the service stops answering.
+PAGE_STYLE = """
+:root { color-scheme: light dark; --up: #1a7f37; --pending: #d4a72c; --late: #e16f24; --down: #cf222e;
+        --paused: #8c959f; --maintenance: #0969da; --muted: #6e7781; --line: #8886; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 75rem;
+       padding: 1rem; overflow-wrap: anywhere; }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem 1rem; }
+h1 { font-size: 1.3rem; margin: 0; }
+h2 { font-size: 1.05rem; margin: 1.25rem 0 .5rem; }
+a { color: inherit; }
+.muted { color: var(--muted); }
+.badge { display: inline-block; min-width: 4.5em; padding: .1em .5em; border-radius: 1em; color: #fff;
+         font-size: .85em; font-weight: 600; text-align: center; white-space: nowrap; }
+.badge.up { background: var(--up); } .badge.down { background: var(--down); }
+.badge.maintenance { background: var(--maintenance); }
+.badge.pending { background: var(--pending); color: #1f2328; } .badge.late { background: var(--late); color: #1f2328; }
+.badge.paused { background: var(--paused); color: #1f2328; }
+#unreachable { background: var(--down); color: #fff; padding: .5rem .75rem; border-radius: .3rem; font-weight: 600;
+               margin: .75rem 0; }
+body.stale main { opacity: .55; }
+form.search { display: flex; gap: .5rem; margin: .75rem 0 .5rem; }
+form.search input { flex: 1; min-width: 0; font: inherit; padding: .3rem .5rem; }
+form.search button { font: inherit; }
+.filters { display: flex; flex-wrap: wrap; gap: .4rem; margin: .5rem 0; padding: 0; list-style: none; }
+.filters a { display: inline-block; border: 1px solid var(--line); border-radius: 1em; padding: .1em .7em;
+             text-decoration: none; white-space: nowrap; }
+.filters a.on { border-color: currentColor; box-shadow: inset 0 0 0 1px currentColor; font-weight: 600; }
+.dot { display: inline-block; width: .65em; height: .65em; border-radius: 50%; margin-right: .35em; }
+.alarms { border-left: 4px solid var(--down); background: #cf222e14; padding: .25rem .75rem .5rem; margin: .75rem 0; }
+.alarms h2 { margin: .4rem 0; } p.alarms { padding: .5rem .75rem; }
+.alarms ol { margin: .25rem 0; padding-left: 1.5rem; }
+.alarms li { margin: .2rem 0; }
+table { border-collapse: collapse; width: 100%; table-layout: fixed; }
+th, td { text-align: left; padding: .4rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { font-weight: 600; }
+col.name { width: 24%; } col.pattern { width: 21%; } col.every { width: 4.5rem; } col.status { width: 7.5rem; }
+col.timeline { width: 14%; } col.time { width: 12%; }
+svg.timeline { display: block; width: 100%; height: .9rem; margin-top: .2rem; background: #8882; border-radius: 2px; }
+svg.timeline.large { height: 1.6rem; }
+.s-up { fill: var(--up); background: var(--up); } .s-down { fill: var(--down); background: var(--down); }
+.s-pending { fill: var(--pending); background: var(--pending); } .s-late { fill: var(--late); background: var(--late); }
+.s-paused { fill: var(--paused); background: var(--paused); }
+.s-maintenance { fill: var(--maintenance); background: var(--maintenance); } .s-unknown { fill: #888; background: #888; }
+code, pre { font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; overflow-wrap: anywhere; }
+pre { background: #8881; padding: .6rem; white-space: pre-wrap; margin: .3rem 0; }
+.pager { display: flex; flex-wrap: wrap; gap: .5rem 1.25rem; align-items: baseline; margin: .75rem 0; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; margin: .5rem 0; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; min-width: 0; }
+.legend { display: flex; flex-wrap: wrap; gap: .25rem 1rem; font-size: .9em; margin: .3rem 0; }
+.availability { display: flex; flex-wrap: wrap; gap: .5rem 2rem; }
+.availability b { font-size: 1.3em; display: block; }
+textarea { width: 100%; font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; }
+.error { color: var(--down); font-weight: 600; }
+@media (max-width: 40rem) {
+  body { padding: .75rem; }
+  colgroup, thead { display: none; }
+  table, tbody, tr, td { display: block; }
+  tr { border-bottom: 1px solid var(--line); padding: .5rem 0; }
+  td { border: 0; padding: .1rem 0; display: grid; grid-template-columns: 6.5rem minmax(0, 1fr); }
+  td::before { color: var(--muted); }
+  td .badge { justify-self: start; }
+  td:nth-child(1)::before { content: "Name"; } td:nth-child(2)::before { content: "Pattern"; }
+  td:nth-child(3)::before { content: "Every"; } td:nth-child(4)::before { content: "Status"; }
+  td:nth-child(5)::before { content: "Last 24 h"; } td:nth-child(6)::before { content: "Last event"; }
+  td:nth-child(7)::before { content: "Deadline"; }
+  dl.facts { grid-template-columns: 1fr; gap: 0; } dl.facts dd { margin-bottom: .4rem; }
+  .alarms .wide { display: none; }
+}
+"""
+
+PAGE_SCRIPT = """
+(() => {
+  const banner = document.getElementById("unreachable"), stamp = document.getElementById("updated");
+  let skew = 0, failingSince = null;
+  const utc = (ms) => new Date(ms).toISOString().slice(11, 19) + " UTC";
+  function relative(when, now) {
+    const seconds = Math.abs(now - when) / 1000;
+    if (seconds < 5) return "now";
+    for (const [limit, unit, size] of [[90, "s", 1], [5400, "min", 60], [129600, "h", 3600], [Infinity, "d", 86400]]) {
+      if (seconds < limit) {
+        const amount = Math.round(seconds / size) + " " + unit;
+        return when > now ? "in " + amount : amount + " ago";
+      }
+    }
+  }
+  function relativeTimes() {
+    const now = Date.now() + skew;
+    for (const element of document.querySelectorAll("#live time[datetime]")) {
+      element.textContent = relative(Date.parse(element.dateTime), now);
+    }
+  }
+  async function refresh() {
+    const live = document.getElementById("live");
+    try {
+      const answer = await fetch(location.pathname + location.search, {cache: "no-store", headers: {"If-None-Match": live.dataset.etag}});
+      const date = Date.parse(answer.headers.get("Date"));
+      if (date) skew = date - Date.now();
+      if (answer.status === 200) {
+        const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+        const fresh = page.getElementById("live");
+        if (!fresh) throw new Error("not a status page");
+        live.replaceWith(fresh);
+        document.title = page.title;
+      } else if (answer.status !== 304) {
+        throw new Error("HTTP " + answer.status);
+      }
+      failingSince = null;
+      banner.hidden = true;
+      document.body.classList.remove("stale");
+      stamp.textContent = "updated " + utc(Date.now() + skew);
+    } catch (error) {
+      if (failingSince === null) failingSince = Date.now() + skew;
+      const why = error.message.startsWith("HTTP") ? " (" + error.message + ")" : "";
+      banner.textContent = "Service unreachable since " + utc(failingSince) + why +
+        "; what you see is from " + stamp.textContent.replace("updated ", "") + ". Retrying every %(seconds)d s.";
+      banner.hidden = false;
+      document.body.classList.add("stale");
+    }
+    relativeTimes();
+  }
+  stamp.textContent = "updated " + utc(Date.now());
+  relativeTimes();
+  setInterval(refresh, %(milliseconds)d);
+  const tester = document.getElementById("tester");
+  if (tester) tester.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const out = document.getElementById("tester-result");
+    out.replaceChildren();
+    const say = (tag, text, kind) => {
+      const element = out.appendChild(document.createElement(tag));
+      element.textContent = text;
+      if (kind) element.className = kind;
+    };
+    let pattern;
+    try { pattern = JSON.parse(tester.elements.pattern.value); }
+    catch (error) { say("p", "The pattern is not JSON: " + error.message, "error"); return; }
+    let answer, result;
+    try {
+      answer = await fetch(tester.action, {method: "POST", headers: {"Content-Type": "application/json"},
+                                            body: JSON.stringify({pattern})});
+      result = await answer.json();
+    } catch (error) { say("p", "Service unreachable: " + error.message, "error"); return; }
+    if (answer.status === 404) { say("p", "This server has no pattern tester.", "error"); return; }
+    if (!answer.ok) {
+      say("p", "HTTP " + answer.status + ": " + [result.description, ...(result.errors || [])].join("; "), "error");
+      return;
+    }
+    say("p", result.matched.length + " of the last " + result.examined + " events received match.");
+    for (const match of result.matched) say("pre", new Date(match.received * 1000).toISOString() + "  " +
+                                                    JSON.stringify(match.event));
+    if (result.near_misses.length) say("h3", "Closest events that do not match");
+    for (const miss of result.near_misses) {
+      say("p", Object.entries(miss.mismatched).map(([key, pair]) => key + ": expected " +
+          JSON.stringify(pair.expected) + ", got " + (pair.got === null ? "nothing" : JSON.stringify(pair.got)))
+          .join("; "));
+      say("pre", new Date(miss.received * 1000).toISOString() + "  " + JSON.stringify(miss.event));
+    }
+  });
+})();
+"""
+
+# Each page is a shell (bottle SimpleTemplate: {{x}} is HTML-escaped, {{!x}}
+# is not, and only takes our own markup) around its live part, rendered first:
+# the ETag is a hash of the live part and the URL, so the shell carries it.
+PAGE_SHELL = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{{f"{len(alarms)} down - " if alarms else ""}}heartbeat-lite</title>
-<style>
-:root { color-scheme: light dark; --up: #1a7f37; --pending: #8a5a00; --down: #cf222e; --muted: #6e7781; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 75rem; padding: 1rem; }
-h1 { font-size: 1.3rem; margin: 0; }
-h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
-.muted { color: var(--muted); }
-.badge { display: inline-block; min-width: 4.5em; padding: .1em .5em; border-radius: 1em; color: #fff;
-         font-size: .85em; font-weight: 600; text-align: center; }
-.badge.up { background: var(--up); } .badge.pending { background: var(--pending); } .badge.down { background: var(--down); }
-.alarm { border-left: 4px solid var(--down); padding: .4rem .75rem; margin: .5rem 0; background: #cf222e14; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .45rem .5rem; border-bottom: 1px solid #8884; vertical-align: top; }
-code, pre { font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; overflow-wrap: anywhere; }
-pre { background: #8881; padding: .75rem; white-space: pre-wrap; }
-main.stale { opacity: .55; }
-@media (max-width: 40rem) {
-  thead { display: none; }
-  table, tbody, tr, td { display: block; }
-  tr { border-bottom: 1px solid #8884; padding: .4rem 0; }
-  td { border: 0; padding: .15rem 0; }
-  td::before { content: attr(data-label) ": "; color: var(--muted); }
-}
-</style>
+<title>{{title}}</title>
+<style>{{!style}}</style>
 </head>
 <body>
-<main id="main">
-<h1>heartbeat-lite</h1>
-<p class="muted">{{len(rows)}} heartbeat(s): {{counts["up"]}} up, {{counts["pending"]}} pending, {{counts["down"]}} down; as of {{time.strftime("%H:%M:%S UTC", time.gmtime(now))}}</p>
-<h2>Active alarms ({{len(alarms)}})</h2>
-% for alarm in alarms:
-<div class="alarm"><span class="badge down">down</span> <strong>{{alarm["heartbeat_name"]}}</strong>
-<code>{{alarm["resource"]}}</code>, since {{!time_html(alarm["since"], now)}}<br><span class="muted">{{alarm["output"]}}</span></div>
+<header><h1><a href="{{base}}">heartbeat-lite</a></h1><span class="muted" id="updated"></span></header>
+<div id="unreachable" role="alert" hidden></div>
+{{!top}}
+<main id="live" data-etag="{{etag}}">
+{{!live}}
+</main>
+{{!bottom}}
+<script>{{!script}}</script>
+</body>
+</html>
+"""
+
+STATUS_PAGE_TOP = """<form class="search" method="get" action="{{base}}" role="search">
+<input type="search" name="q" value="{{q}}" placeholder="Search names and patterns" aria-label="Search names and patterns">
+% if statuses:
+<input type="hidden" name="status" value="{{",".join(statuses)}}">
 % end
-% if not alarms:
+<button>Search</button>
+</form>
+"""
+
+# The list: filters with counts over every heartbeat, the alarms summed up,
+# one page of heartbeats.
+STATUS_PAGE = """<ul class="filters">
+% for status in statuses_all:
+<li><a href="{{query(q, set(statuses) ^ {status}, 1)}}" class="{{"on" if status in statuses else ""}}" title="{{"remove" if status in statuses else "add"}} this filter"><span class="dot s-{{status}}"></span>{{status}} {{f"{counts.get(status, 0):,}"}}</a></li>
+% end
+<li><a href="{{query(q, (), 1)}}" class="{{"" if statuses else "on"}}">all {{f"{sum(counts.values()):,}"}}</a></li>
+</ul>
+% down = counts.get("down", 0)
+% if down and (q or statuses):
+<p class="alarms">{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down: <a href="{{query("", ["down"], 1)}}">show {{"them" if down > 1 else "it"}}</a></p>
+% elif down:
+<section class="alarms">
+<h2>{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down{{f", the oldest {len(alarms)}:" if down > len(alarms) else ""}}</h2>
+<ol>
+% for alarm in alarms:
+<li><a href="{{base}}heartbeat/{{alarm["heartbeat_id"]}}"><strong>{{shorten(alarm["heartbeat_name"], 80)}}</strong></a> since {{!time_html(alarm["since"], now)}}<span class="wide"> <code>{{shorten(alarm["resource"], 80)}}</code> <span class="muted">{{shorten(alarm["output"], 120)}}</span></span></li>
+% end
+</ol>
+% if down > len(alarms):
+<a href="{{query("", ["down"], 1)}}">All {{f"{down:,}"}} heartbeats down</a>
+% end
+</section>
+% else:
 <p class="muted">No active alarm.</p>
 % end
-<h2>Heartbeats</h2>
-% if not rows:
-<p>No heartbeat yet. Create one: it goes down, and raises an alarm, when no event matching its pattern
+% if not total and not (q or statuses):
+<h2>No heartbeat yet</h2>
+<p>Create one: it goes down, and raises an alarm, when no event matching its pattern
 arrives within its expected interval.</p>
 <pre>curl -u USER:PASSWORD -d '{"name": "nightly backup", "pattern": {"connector": "backup"}, "expected_interval": "24h"}' \\
      {{base_url}}/api/v2/heartbeat</pre>
 <p>Then send it events, as Canopsis does:</p>
 <pre>curl -u USER:PASSWORD -d '{"connector": "backup", "component": "db1"}' {{base_url}}/api/v2/event</pre>
+% elif not total:
+<p>No heartbeat matches{{f" “{q}”" if q else ""}}{{f" with status {' or '.join(statuses)}" if statuses else ""}}.
+<a href="{{query("", (), 1)}}">Show all</a></p>
 % else:
+<p class="muted">{{f"{first:,}–{last:,} of {total:,}" if pages > 1 else f"{total:,} heartbeat{'s' if total > 1 else ''}"}}{{f" matching (of {sum(counts.values()):,})" if q or statuses else ""}}, by name.
+% if not timelines_recorded:
+The 24 h timelines stay empty: this version records no history.
+% end
+</p>
 <table>
-<thead><tr><th>Name</th><th>Pattern</th><th>Interval</th><th>Status</th><th>Last event</th><th>Deadline</th><th>Alarm since</th></tr></thead>
+<colgroup><col class="name"><col class="pattern"><col class="every"><col class="status"><col class="timeline"><col class="time"><col class="time"></colgroup>
+<thead><tr><th>Name</th><th>Pattern</th><th>Every</th><th>Status</th><th>Last 24 h</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
 % for row in rows:
-<tr><td data-label="Name">{{row["name"]}}</td>
-<td data-label="Pattern"><code>{{", ".join(f"{key}: {value}" for key, value in row["pattern"].items())}}</code></td>
-<td data-label="Interval">{{row["expected_interval"]}}</td>
-<td data-label="Status"><span class="badge {{row["status"]}}">{{row["status"]}}</span></td>
-<td data-label="Last event">{{!time_html(row["last_event"], now, "never")}}</td>
-<td data-label="Deadline">{{!time_html(row["deadline"], now) if row["status"] != "down" else "passed"}}</td>
-<td data-label="Alarm since">{{!time_html(row["alarm_since"], now)}}</td></tr>
+<tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
+<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
+<td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
+% if row.get("maintenance"):
+ <span class="badge maintenance" title="{{row["maintenance"]["name"]}}">maintenance</span>\\\\
+% end
+</td><td>{{!timelines[row["_id"]]}}</td><td>{{!time_html(row["last_event"], now, "never")}}</td>
+<td>{{!(("down since " + time_html(row["alarm_since"], now)) if row["status"] == "down" else time_html(row["deadline"], now))}}</td></tr>
+% end
+</tbody>
+</table>
+% if pages > 1:
+<nav class="pager">
+% if page > 1:
+<a href="{{query(q, statuses, 1)}}">« first</a><a href="{{query(q, statuses, page - 1)}}" rel="prev">‹ previous</a>
+% end
+<span>page {{page}} of {{pages}}</span>
+% if page < pages:
+<a href="{{query(q, statuses, page + 1)}}" rel="next">next ›</a><a href="{{query(q, statuses, pages)}}">last »</a>
+% end
+</nav>
+% end
+% end
+"""
+
+# One heartbeat: its facts, 24 h timeline, availability, history, last events.
+DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
+<h2>{{doc["name"]}} <span class="badge {{state["status"]}}">{{state["status"]}}</span>\\\\
+% if state.get("maintenance"):
+ <span class="badge maintenance">maintenance</span>\\\\
+% end
+</h2>
+<dl class="facts">
+<dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
+<dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
+<dt>Last event</dt><dd>{{!time_html(state["last_event"], now, "never")}}</dd>
+% if state["status"] == "down":
+<dt>Down since</dt><dd>{{!time_html(state["alarm_since"], now)}}</dd>
+% else:
+<dt>Deadline</dt><dd>{{!time_html(state["deadline"], now)}}</dd>
+% end
+% if state.get("maintenance"):
+<dt>Maintenance</dt><dd>{{state["maintenance"]["name"]}} until {{!time_html(state["maintenance"]["until"], now)}}</dd>
+% end
+% if doc["description"]:
+<dt>Description</dt><dd>{{doc["description"]}}</dd>
+% end
+% if doc["output"]:
+<dt>Alarm output</dt><dd>{{doc["output"]}}</dd>
+% end
+<dt>Created</dt><dd>{{!time_html(doc["created"], now)}} by {{doc["author"]}}</dd>
+<dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
+<dt>Id</dt><dd><code>{{doc["_id"]}}</code></dd>
+</dl>
+<h2>Last 24 h</h2>
+{{!timeline}}
+<div class="legend">
+% for status in statuses_all:
+<span><span class="dot s-{{status}}"></span>{{status}}</span>
+% end
+</div>
+<h2>Availability</h2>
+% if availability is None:
+<p class="muted">Not recorded by this version.</p>
+% else:
+<div class="availability">
+% for window in ("24h", "7d", "30d"):
+<div><b>{{availability_text(availability.get(window))}}</b><span class="muted">last {{window}}</span></div>
+% end
+</div>
+% end
+<h2>History</h2>
+% if history is None:
+<p class="muted">Not recorded by this version.</p>
+% elif not history:
+<p class="muted">No state change recorded yet.</p>
+% else:
+<table>
+<colgroup><col class="time"><col class="status"><col></colgroup>
+<thead><tr><th>When</th><th>Status</th><th>Reason</th></tr></thead>
+<tbody>
+% for change in history:
+<tr><td>{{!time_html(change["at"], now)}}</td><td><span class="badge {{change["status"]}}">{{change["status"]}}</span></td><td>{{change.get("reason") or ""}}</td></tr>
 % end
 </tbody>
 </table>
 % end
-</main>
-<script>
-setInterval(async () => {
-  const main = document.getElementById("main");
-  try {
-    const answer = await fetch(location.href, {cache: "no-store"});
-    const page = new DOMParser().parseFromString(await answer.text(), "text/html");
-    if (!answer.ok || !page.getElementById("main")) throw new Error(answer.status);
-    main.replaceWith(page.getElementById("main"));
-    document.title = page.title;
-  } catch (error) { main.classList.add("stale"); }
-}, {{refresh_seconds * 1000}});
-</script>
-</body>
-</html>
+<h2>Last matching events</h2>
+% if events is None:
+<p class="muted">Not recorded by this version.</p>
+% elif not events:
+<p class="muted">None received since the service started.</p>
+% else:
+% for entry in events:
+<pre>{{!time_html(entry["received"], now)}}  {{entry["event"] if isinstance(entry["event"], str) else dump_text(entry["event"])}}</pre>
+% end
+% end
+"""
+
+DETAIL_PAGE_BOTTOM = """<section>
+<h2>Pattern tester</h2>
+<p class="muted">Which of the last events received match a pattern, and how the closest others differ.</p>
+<form id="tester" method="post" action="{{base}}api/v2/pattern/test">
+<textarea name="pattern" rows="{{min(12, 2 + len(doc["pattern"]))}}" spellcheck="false" aria-label="pattern (JSON)">{{pattern_json}}</textarea>
+<button>Test</button>
+</form>
+<div id="tester-result" aria-live="polite"></div>
+</section>
 """
 
 
@@ -2643,9 +3184,28 @@ def openapi_document():
                     **errors}),
             },
             "/": {
-                "get": operation("getStatusPage", "operator", "The status page", {
-                    "200": {"description": "An HTML page", "content": {HTML_TYPE: {"schema": string}}},
-                    **errors}),
+                "get": operation("getStatusPage", "operator",
+                                 "The status page: heartbeats by name, 100 a page, with counts per status", {
+                    "200": {"description": "An HTML page (gzipped when accepted)",
+                            "content": {HTML_TYPE: {"schema": string}}},
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+                    **errors}, parameters=[
+                    {"name": "q", "in": "query", "description": "words the name or pattern must all contain",
+                     "schema": {"type": "string", "maxLength": MAX_SEARCH_CHARS}},
+                    {"name": "status", "in": "query", "description": "comma-separated statuses to show",
+                     "schema": {"type": "string"}, "example": "down,late"},
+                    {"name": "page", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_NUMBER}},
+                ]),
+            },
+            "/heartbeat/{heartbeat_id}": {
+                "parameters": [heartbeat_id],
+                "get": operation("getHeartbeatPage", "operator", "A heartbeat's page: state, 24 h timeline, "
+                                 "history, last events, pattern tester", {
+                    "200": {"description": "An HTML page (gzipped when accepted)",
+                            "content": {HTML_TYPE: {"schema": string}}},
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+                    **errors, **not_found}),
             },
             "/api/v2/openapi.json": {
                 "get": operation("getOpenApiDocument", "operator", "This description (no authentication)", {

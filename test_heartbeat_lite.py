@@ -2000,64 +2000,7 @@ def test_cli_serves_then_stops_cleanly_on_a_signal(tmp_path, sig):
 HOSTILE = '<script>alert(1)</script>" \\ \n&amp;'
 
 
-def test_the_status_page_lists_alarms_then_every_heartbeat(app, service, clock):
-    create(app, body(name="quiet one", pattern={"host": "db1"}, expected_interval="30s", output="db1 is silent"))
-    create(app, body(name="chatty one", pattern={"host": "web1"}, expected_interval="1h"))
-    create(app, body(name="new one", pattern={"host": "new"}, expected_interval="2h"))
-    clock.advance(10)
-    send(app, {"host": "web1"})
-    clock.advance(20)
-    service.tick()  # "quiet one" goes down
-    clock.advance(120)
-    page = app.get("/")
-    assert page.content_type == "text/html"
-    html = page.text
-    alarms, heartbeats = html.split("<h2>Heartbeats</h2>")
-    assert "quiet one" in alarms and "db1 is silent" in alarms and "host:db1" in alarms
-    assert "chatty one" not in alarms
-    assert "3 heartbeat(s): 1 up, 1 pending, 1 down" in html
-    rows = heartbeats.split("<tr>")[2:]
-    assert [row.split("</td>")[0].rsplit(">", 1)[1] for row in rows] == ["chatty one", "new one", "quiet one"]
-    chatty, new, quiet_row = rows
-    assert '<span class="badge up">up</span>' in chatty and "host: web1" in chatty and ">1h<" in chatty
-    assert '<span class="badge pending">pending</span>' in new and ">never<" in new
-    assert '<span class="badge down">down</span>' in quiet_row and ">passed<" in quiet_row
-    assert 'title="2020-12-11 10:00:24 UTC">2 min ago</time>' in chatty  # last event, exact time on hover
-    assert ">in 58 min</time>" in chatty  # deadline: T0 + 10 + 1 h, seen at T0 + 150
-    assert 'title="2020-12-11 10:00:44 UTC">2 min ago</time>' in quiet_row  # alarm since
-
-
-def test_the_status_page_escapes_every_user_string(app, service, clock):
-    down_heartbeat(service, clock, name=HOSTILE, author=HOSTILE, output=HOSTILE, pattern={HOSTILE: HOSTILE},
-                   expected_interval="1s")
-    html = app.get("/").text
-    assert "<script>alert(1)" not in html
-    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # alarm name, output, resource; row name, pattern
-    assert "&amp;amp;" in html
-
-
-def test_an_empty_service_shows_first_steps(app):
-    html = app.get("/", extra_environ={"HTTP_HOST": "monitor.example:8082"}).text
-    assert "No heartbeat yet" in html
-    assert "curl -u USER:PASSWORD -d" in html and "http://monitor.example:8082/api/v2/heartbeat" in html
-    assert "No active alarm." in html
-
-
-def test_the_status_page_loads_nothing_from_elsewhere_and_refreshes_itself(app):
-    html = app.get("/").text
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
-    assert 'rel="icon" href="data:,"' in html  # no favicon request either
-    assert "<script src" not in html and html.count("<script>") == 1
-    assert f"}}, {heartbeat_lite.STATUS_PAGE_REFRESH_SECONDS * 1000});" in html
-    assert 'name="viewport"' in html and "@media (max-width: 40rem)" in html
-
-
-@pytest.mark.parametrize("offset,text", [
-    (0, "now"), (-3, "now"), (-42, "42 s ago"), (42, "in 42 s"),
-    (-170, "3 min ago"), (-2 * 3600, "2 h ago"), (5 * 3600, "in 5 h"), (-3 * 86400, "3 d ago"),
-])
-def test_relative_times(offset, text):
-    assert heartbeat_lite.relative_time(T0 + offset, T0) == text
+# The status page's tests are in test_status_page.py and test_status_page_browser.py.
 
 
 ###############################################################################
