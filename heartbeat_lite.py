@@ -2686,7 +2686,7 @@ PAGE_SCRIPT = """
   async function refresh() {
     const live = document.getElementById("live");
     try {
-      const answer = await fetch(location.pathname + location.search, {cache: "no-store", headers: {"If-None-Match": live.dataset.etag}});
+      const answer = await fetch(location.origin + location.pathname + location.search, {cache: "no-store", headers: {"If-None-Match": live.dataset.etag}});
       const date = Date.parse(answer.headers.get("Date"));
       if (date) skew = date - Date.now();
       if (answer.status === 200) {
@@ -2730,7 +2730,7 @@ PAGE_SCRIPT = """
     catch (error) { say("p", "The pattern is not JSON: " + error.message, "error"); return; }
     let answer, result;
     try {
-      answer = await fetch(tester.action, {method: "POST", headers: {"Content-Type": "application/json"},
+      answer = await fetch(location.origin + tester.getAttribute("action"), {method: "POST", headers: {"Content-Type": "application/json"},
                                             body: JSON.stringify({pattern})});
       result = await answer.json();
     } catch (error) { say("p", "Service unreachable: " + error.message, "error"); return; }

@@ -93,18 +93,23 @@ def chromium(url, size, *args, budget_ms=1000):
         return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
-def take_screenshots(url, ids, outdir):
-    """Screenshots of the list, a search and a detail view at every size;
-    returns their paths."""
-    views = {"list": "/", "search": "/?q=backup&status=down,up&page=2", "long": "/?q=unbroken",
+VIEWS = ("list", "search", "long", "detail")
+
+
+def take_screenshots(url, ids, outdir, views=VIEWS, sizes=tuple(SIZES)):
+    """Screenshots of the list, a search, the longest name and a detail
+    view at every size; returns their paths (``<view>-<size>.png``)."""
+    paths = {"list": "/", "search": "/?q=backup&status=down,up&page=2", "long": "/?q=unbroken",
              "detail": f"/heartbeat/{ids[0]}"}
-    paths = []
-    for size_name, size in SIZES.items():
-        for view, path in views.items():
+    taken = []
+    for size_name in sizes:
+        size = SIZES[size_name]
+        for view in views:
+            path = paths[view]
             target = os.path.join(outdir, f"{view}-{size_name}.png")
             chromium(url + path, size, f"--screenshot={target}")
-            paths.append(target)
-    return paths
+            taken.append(target)
+    return taken
 
 
 def png_size(path):
@@ -115,17 +120,31 @@ def png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+def recording(seen):
+    """WSGI middleware noting ``(time, path, If-None-Match, status)`` of each request in ``seen``."""
+    def middleware(app):
+        def wsgi(environ, start_response):
+            def noting_start_response(status, headers, exc_info=None):
+                seen.append((time.time(), environ["PATH_INFO"], environ.get("HTTP_IF_NONE_MATCH"), status[:3]))
+                return start_response(status, headers, exc_info)
+            return app(environ, noting_start_response)
+        return wsgi
+    return middleware
+
+
 @pytest.fixture(scope="module")
 def served():
-    with fixture_server() as (url, ids):
-        yield url, ids
+    seen = []
+    with fixture_server(wrap=recording(seen)) as (url, ids):
+        yield url, ids, seen
 
 
 @needs_chromium
 @pytest.mark.slow
 def test_screenshots_are_taken_at_both_sizes(served, tmp_path):
-    url, ids = served
-    paths = take_screenshots(url, ids, str(tmp_path))
+    url, ids, _ = served
+    paths = take_screenshots(url, ids, str(tmp_path), views=("long", "detail"))  # all of them: run the file
+    assert len(paths) == 4
     for path in paths:
         expected = SIZES["desktop"] if path.endswith("-desktop.png") else SIZES["phone"]
         assert png_size(path) == expected
@@ -135,13 +154,19 @@ def test_screenshots_are_taken_at_both_sizes(served, tmp_path):
 @needs_chromium
 @pytest.mark.slow
 def test_the_browser_runs_the_page_script_and_shows_relative_times(served):
-    url, ids = served
-    dom = chromium(url + "/", SIZES["desktop"], "--dump-dom", budget_ms=1500)
-    assert "200 heartbeats down, the oldest 5:" in dom
+    url, ids, seen = served
+    del seen[:]
+    dom = chromium(url + "/", SIZES["desktop"], "--dump-dom",
+                   budget_ms=heartbeat_lite.STATUS_PAGE_REFRESH_SECONDS * 1000 + 1500)
+    assert re.search(r"\d+ heartbeats down, the oldest 5:", dom)
     assert re.search(r'<span class="muted" id="updated">updated \d\d:\d\d:\d\d UTC</span>', dom)
     assert re.search(r'title="[^"]+ UTC">(\d+ min|\d+ h) ago</time>', dom)  # the script rewrote the times
     assert "<script>alert(" not in dom and "api &lt;script&gt;alert('hostile')" in dom
     assert 'id="unreachable" role="alert" hidden=""' in dom
+    # the refresh asked with the page's ETag, with the credentials: 304, unless a minute turned meanwhile
+    page, refresh = [entry for entry in seen if entry[1] == "/" and entry[3] != "401"][:2]
+    assert page[2] is None and refresh[2] is not None and refresh[2].startswith('W/"')
+    assert refresh[3] == "304" or int(page[0] // 60) != int(refresh[0] // 60), seen
 
 
 @needs_chromium
@@ -154,8 +179,12 @@ def test_the_page_says_in_words_when_the_service_stops_answering():
             if environ["PATH_INFO"] == "/" and answered:
                 start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
                 return [b"down for the test"]
-            answered.append(environ["PATH_INFO"])
-            return app(environ, start_response)
+
+            def noting_start_response(status, headers, exc_info=None):
+                if status.startswith("200") and environ["PATH_INFO"] == "/":
+                    answered.append(status)
+                return start_response(status, headers, exc_info)
+            return app(environ, noting_start_response)
         return wsgi
 
     with fixture_server(count=20, wrap=refuse_after_the_first_page) as (url, ids):
