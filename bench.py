@@ -16,7 +16,10 @@ noisy machine skews both sides alike:
 - a 1,000-event batch, each event matching its own heartbeat, against the
   baseline parsing the same body;
 - one-event ingestion while 100,000 heartbeats go down in one storm;
-- matching with 5,000 distinct pattern key sets against one.
+- matching with 5,000 distinct pattern key sets against one;
+- the status page with 10,000 heartbeats: bytes per load (plain and
+  gzipped) and time to serve (sequential requests: the first page, a deep
+  page, a search, a filter).
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
@@ -57,6 +60,8 @@ EVENT_BODY = json.dumps(EVENT).encode()
 N_SMALL, N_LARGE = 10, 100_000
 BATCH = 1000  # events per request in the batch scenario, each matching its own heartbeat
 KEY_SETS = 5000  # distinct pattern key sets in the matching scenario
+N_PAGE = 10_000  # heartbeats behind the status page scenario (one in ten down)
+PAGE_PATHS = ("/", "/?page=50", "/?q=bench+99", "/?status=down")  # what an operator opens
 BATCH_BODY = json.dumps([{**EVENT, "connector_name": f"c{i}"} for i in range(BATCH)]).encode()
 
 # The targets, as run() checks them: (what is measured, comparison, limit, why).
@@ -80,6 +85,10 @@ TARGETS = (
      f"one-event ingestion while {N_LARGE:,} heartbeats go down at once on the same server"),
     (f"ingestion, {KEY_SETS:,} pattern key sets / 1", ">=", 0.8,
      "matching does not depend on how patterns are shaped (index by pairs, not key sets)"),
+    (f"status page, N={N_PAGE:,}: KB per load", "<=", 200.0,
+     "bytes of the largest of those pages, uncompressed (gzipped is printed too)"),
+    (f"status page, N={N_PAGE:,}: p99 ms to serve", "<=", 100.0,
+     f"sequential GETs of {', '.join(PAGE_PATHS)} on waitress, each from request to last byte"),
 )
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
@@ -386,6 +395,52 @@ def storm_ingestion(db, threads, load, connections):
     return result
 
 
+def _get(sock, path, headers=""):
+    """One GET on a keep-alive connection; ``(head bytes, body bytes)``."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTHORIZATION}\r\n{headers}\r\n"
+                 .encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"GET {path}: {head.splitlines()[0].decode()}")
+    return head, body
+
+
+def status_page_cost(db, threads, requests):
+    """Size and time to serve of the status page on a server holding the
+    heartbeats of ``db``, one in ten down: for each of :data:`PAGE_PATHS`,
+    bytes plain and gzipped; seconds per request, ``requests`` sequential
+    requests in all, alternating paths and encodings."""
+    with sqlite3.connect(db) as conn:  # one in ten due: down at the server's first tick
+        conn.execute("UPDATE heartbeat SET refreshed = refreshed - interval_seconds WHERE rowid % 10 = 0")
+    context, port = heartbeat_server(db, threads)
+    sizes, times = {}, []
+    with context, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        deadline = time.monotonic() + 30
+        while b"heartbeats down" not in _get(sock, "/")[1]:  # wait for that tick
+            if time.monotonic() > deadline:
+                raise RuntimeError("the status page shows no alarm")
+            time.sleep(0.2)
+        for path in PAGE_PATHS:
+            plain = _get(sock, path)[1]
+            head, zipped = _get(sock, path, "Accept-Encoding: gzip\r\n")
+            if b"content-encoding: gzip" not in head.lower():
+                raise RuntimeError(f"GET {path} was not gzipped")
+            sizes[path] = (len(plain), len(zipped))
+        for i in range(requests):
+            path = PAGE_PATHS[i % len(PAGE_PATHS)]
+            started = time.perf_counter()
+            _get(sock, path, "Accept-Encoding: gzip\r\n" if (i // len(PAGE_PATHS)) % 2 else "")
+            times.append(time.perf_counter() - started)
+    return sizes, sorted(times)
+
+
 def alarm_latency(workdir, count, spread, threads):
     """Seconds from each deadline to its alarm at the receiver, for ``count``
     heartbeats of interval 2 s created over ``spread`` seconds."""
@@ -427,9 +482,10 @@ def run(args):
         dbs = {n: os.path.join(workdir, f"n{n}.db") for n in (N_SMALL, N_LARGE)}
         started = time.perf_counter()
         target_ids = {n: prefill(db, n) for n, db in dbs.items()}
-        batch_db, key_sets_db, storm_db = (os.path.join(workdir, name) for name in ("batch.db", "keysets.db",
-                                                                                      "storm.db"))
+        batch_db, key_sets_db, storm_db, page_db = (os.path.join(workdir, name) for name in (
+            "batch.db", "keysets.db", "storm.db", "page.db"))
         prefill(batch_db, BATCH)
+        prefill(page_db, N_PAGE)
         prefill(key_sets_db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
         shutil.copy(dbs[N_LARGE], storm_db)
         print(f"pre-filled the databases in {time.perf_counter() - started:.1f} s", flush=True)
@@ -463,6 +519,7 @@ def run(args):
             memory = rss_mib(large_process.pid)
         storm = storm_ingestion(storm_db, args.threads, load, args.connections)
         latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
+        page_sizes, page_times = status_page_cost(page_db, args.threads, args.page_requests)
 
     print()
     print(f"{'scenario':44} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
@@ -478,6 +535,12 @@ def run(args):
     print(f"{'resident memory, N=' + format(N_LARGE, ','):44} {memory:12.1f} MiB")
     print(f"{'ingest 1 event during a storm':44} {storm['rps']:15.0f} {storm['p50'] * 1e3:8.2f} "
           f"{storm['p99'] * 1e3:8.2f}  ({storm['down']:,} went down; /healthz then: {storm['health']})")
+    for path, (plain, zipped) in page_sizes.items():
+        print(f"{'status page ' + path + ', N=' + format(N_PAGE, ','):44} {plain / 1000:9.1f} KB, gzipped "
+              f"{zipped / 1000:.1f} KB")
+    print(f"{'status page, ' + str(len(page_times)) + ' sequential GETs':44} "
+          f"p50 {percentile(page_times, 50) * 1e3:.1f} ms, p99 {percentile(page_times, 99) * 1e3:.1f} ms, "
+          f"max {page_times[-1] * 1e3:.1f} ms")
 
     base_post = results["baseline POST (bare bottle+waitress)"]
     base_get = results["baseline GET (bare bottle+waitress)"]
@@ -498,6 +561,8 @@ def run(args):
         batch["rps"] / base_batch["rps"],
         storm["p99"] * 1e3 if storm["down"] >= N_LARGE - 1 else float("inf"),  # no storm, no figure
         key_sets["rps"] / ingest_small["rps"],
+        max(plain for plain, _ in page_sizes.values()) / 1000,
+        percentile(page_times, 99) * 1e3,
     ]
     print()
     print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")
@@ -529,6 +594,7 @@ def main(argv=None):
     args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
+    args.page_requests = 200 if args.quick else 1000
     return run(args)
 
 
