@@ -907,7 +907,7 @@ class Store:
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid LIMIT ?",
                            (limit,))
 
-    def heartbeat_page(self, statuses, terms, limit, offset):
+    def status_page(self, statuses, terms, limit, offset):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
         ``terms`` (case-insensitive for ASCII letters, as SQLite's LIKE;
@@ -1484,17 +1484,17 @@ class Engine:
         """The active alarms, oldest first (the ``limit`` oldest, if given)."""
         return [active_alarm(row) for row in self.store.alarms(-1 if limit is None else limit)]
 
-    def page(self, statuses=(), terms=(), offset=0, limit=100):
+    def status_page(self, statuses=(), terms=(), offset=0, limit=100):
         """One page of the heartbeats for the status page, each as in
         :meth:`overview`: those whose status is one of ``statuses`` (any,
         when empty) and whose name or pattern contains every search term,
-        by name; see :meth:`Store.heartbeat_page`.
+        by name; see :meth:`Store.status_page`.
 
         :returns: ``{"rows", "total" (matching, all pages), "counts"
             ({status: n} over every heartbeat)}``.
         """
         self.load()
-        counts, total, rows = self.store.heartbeat_page(list(statuses), list(terms), limit, offset)
+        counts, total, rows = self.store.status_page(list(statuses), list(terms), limit, offset)
         unwritten = self._model.unwritten_refresh
         return {
             "rows": [{**heartbeat_document(row), **status_document(with_refresh(row, unwritten(row["id"])))}
@@ -2295,13 +2295,13 @@ class WebApi:
         return json_response(self.engine.alarms())
 
     def status_page(self, user):
-        query = parse_page_query(bottle.request.query_string)
-        found = self.engine.page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+        query = parse_status_query(bottle.request.query_string)
+        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
                                  STATUS_PAGE_ROWS)
         pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
         page = min(query["page"], pages)
         if page != query["page"]:  # past the end (the list shrank): the last page
-            found = self.engine.page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
                                      STATUS_PAGE_ROWS)
         now = self.engine.clock()
         counts, rows = found["counts"], found["rows"]
@@ -2311,7 +2311,7 @@ class WebApi:
             rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
             first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
             alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
-            q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=page_query_string,
+            q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=status_query_string,
             timelines=timelines, timelines_recorded=False, now=now, time_html=time_html, shorten=shorten,
             pattern_text=pattern_text, base=bottle.request.script_name,
             base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
@@ -2427,7 +2427,7 @@ PAGE_STATUSES = ("down", "late", "pending", "up", "paused", "maintenance")  # th
 _TIMELINE_SEVERITY = {"down": 6, "late": 5, "pending": 4, "up": 3, "maintenance": 2, "paused": 1}
 
 
-def parse_page_query(query_string):
+def parse_status_query(query_string):
     """The status page's query parameters, checked: ``q`` (search text),
     ``status`` (comma-separated, or repeated; see :data:`PAGE_STATUSES`)
     and ``page`` (from 1). Other parameters are ignored.
@@ -2456,9 +2456,9 @@ def parse_page_query(query_string):
     return {"q": q, "terms": q.split(), "statuses": [s for s in PAGE_STATUSES if s in wanted], "page": int(page)}
 
 
-def page_query_string(q="", statuses=(), page=1):
+def status_query_string(q="", statuses=(), page=1):
     """The query string (with its ``?``) of a status page view; the
-    inverse of :func:`parse_page_query`. ``?`` alone is the unfiltered
+    inverse of :func:`parse_status_query`. ``?`` alone is the unfiltered
     first page (a link to it keeps the page's path)."""
     params = [("q", q)] if q else []
     if statuses:
@@ -2533,9 +2533,10 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
     state: the markup stays under a kilobyte however often the heartbeat
     flapped. Time before the first known state is left blank.
 
-    :param changes: state changes, ``{"at": Unix seconds, "status": ...}``
-        (history entries; other keys ignored), in any order; None when no
-        history is recorded (an empty bar that says so).
+    :param changes: state changes, each ``{"at": Unix seconds, "status":
+        ...}`` (a history entry; other keys ignored) or an ``(at, status)``
+        pair, in any order; None when no history is recorded (an empty bar
+        that says so).
     :param initial: the state at ``start``, when known.
     :returns: SVG markup (statuses outside the known set are drawn as
         ``s-unknown``; nothing user-written goes into it).
@@ -2547,11 +2548,11 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
     step = span / slots
     worst = [None] * slots
     spent = collections.Counter()
-    ordered = sorted(changes, key=lambda change: change["at"])
-    segments = [(start, initial)] + [(c["at"], c["status"]) for c in ordered if c["at"] > start]
-    for c in ordered:  # the last change at or before start sets the initial state
-        if c["at"] <= start:
-            segments[0] = (start, c["status"])
+    ordered = sorted((c["at"], c["status"]) if isinstance(c, dict) else tuple(c) for c in changes)
+    segments = [(start, initial)] + [(at, status) for at, status in ordered if at > start]
+    for at, status in ordered:  # the last change at or before start sets the initial state
+        if at <= start:
+            segments[0] = (start, status)
     for (begin, status), (finish, _) in zip(segments, segments[1:] + [(end, None)]):
         begin, finish = max(begin, start), min(finish, end)
         if status is None or finish <= begin:

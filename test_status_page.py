@@ -345,6 +345,8 @@ def test_a_timeline_draws_each_state_where_it_was():
 def test_a_timeline_takes_the_state_before_its_window_and_any_order():
     changes = [{"at": DAY + 3600, "status": "late"}, {"at": -5, "status": "down"}, {"at": -100, "status": "up"}]
     assert runs(timeline_svg(changes, 0, 2 * DAY, slots=48)) == {"down": [(0, 25)], "late": [(25, 23)]}
+    pairs = [(-100, "up"), (-5, "down"), (DAY + 3600, "late")]  # as the store hands them over
+    assert timeline_svg(pairs, 0, 2 * DAY) == timeline_svg(changes, 0, 2 * DAY)
 
 
 def test_a_timeline_leaves_unknown_time_blank_and_draws_other_states_grey():
