@@ -73,14 +73,19 @@ def fixture_server(count=2000, wrap=None):
     """A served, populated service; yields ``(base URL with credentials, ids)``.
     ``wrap``: optional WSGI middleware put around the service's application."""
     offset = [0.0]
-    logging.getLogger("heartbeat_lite").setLevel(logging.ERROR)
-    with heartbeat_lite.create_app(db=":memory:", users={USER: PASSWORD},
-                                   clock=lambda: time.time() + offset[0]) as service:
-        ids = populate(service, count, clock_offset=offset)
-        if wrap is not None:
-            service.wsgi = wrap(service.wsgi)
-        with heartbeat_lite.serve(service, port=0) as url:
-            yield url.replace("http://", f"http://{USER}:{PASSWORD}@"), ids
+    logger = logging.getLogger("heartbeat_lite")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # not 200 alarm lines
+    try:
+        with heartbeat_lite.create_app(db=":memory:", users={USER: PASSWORD},
+                                       clock=lambda: time.time() + offset[0]) as service:
+            ids = populate(service, count, clock_offset=offset)
+            if wrap is not None:
+                service.wsgi = wrap(service.wsgi)
+            with heartbeat_lite.serve(service, port=0) as url:
+                yield url.replace("http://", f"http://{USER}:{PASSWORD}@"), ids
+    finally:
+        logger.setLevel(level)  # other tests read the log
 
 
 def chromium(url, size, *args, budget_ms=1000):
