@@ -441,7 +441,7 @@ def validate_heartbeat(doc, default_author):
 
     late_after = doc.get("late_after")
     late_seconds = parse_interval(late_after)
-    if late_after is not None and late_seconds is None:
+    if "late_after" in doc and late_seconds is None:
         reasons.append("late_after: must look like 30s, 5m or 2h")
     elif late_seconds is not None and seconds is not None and late_seconds >= seconds:
         reasons.append("late_after: must be shorter than expected_interval")
@@ -559,7 +559,7 @@ def validate_maintenance(doc):
 
     text = doc.get("rrule")
     rule = None
-    if text is not None:
+    if "rrule" in doc:
         if not _is_text(text) or len(text) > MAX_TEXT_CHARS:
             reasons.append(f"rrule: must be a string of at most {MAX_TEXT_CHARS} characters")
         elif start is not None:
@@ -661,8 +661,7 @@ _SELECT_MAINTENANCE = "SELECT " + ", ".join(_MAINTENANCE_COLUMNS) + " FROM maint
 # one transaction with schema.sql between them: (before it, after it).
 _MIGRATIONS = {
     # Version 2 widens the status CHECK (late, paused) and adds late_after and
-    # the generated ``due``. SQLite cannot alter a CHECK or add a generated
-    # column the index uses, so the table is rebuilt: the old one steps aside
+    # the generated ``due``. SQLite cannot alter a CHECK, so the table is rebuilt: the old one steps aside
     # without its indexes (schema.sql makes the new table and its indexes),
     # then its rows move over. Rebuilding keeps the CHECK, which catches a bug
     # writing a status that does not exist; dropping it would have been a

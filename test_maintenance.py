@@ -211,8 +211,9 @@ def test_late_after_is_validated_and_shown_only_when_set(app):
     for late_after, reason in (("60s", "late_after: must be shorter than expected_interval"),
                                ("2m", "late_after: must be shorter than expected_interval"),
                                ("soon", "late_after: must look like 30s, 5m or 2h"),
-                               (30, "late_after: must look like 30s, 5m or 2h")):
-        answer = app.post_json("/api/v2/heartbeat", body(late_after=late_after), status=400).json
+                               (30, "late_after: must look like 30s, 5m or 2h"),
+                               (None, "late_after: must look like 30s, 5m or 2h")):
+        answer = app.post_json("/api/v2/heartbeat", {**body(), "late_after": late_after}, status=400).json
         assert {k: answer[k] for k in ("name", "description")} == INVALID
         assert reason in answer["errors"]
     plain = create(app)
@@ -358,6 +359,7 @@ def test_maintenance_windows_are_created_read_replaced_and_removed(app, clock):
     ({"end": "2026-12-06T01:00:00"}, "end: must be after start"),
     ({"rrule": "FREQ=SOMETIMES"}, "rrule: not a valid RFC 5545 recurrence rule"),
     ({"rrule": "FREQ=MINUTELY"}, "rrule: FREQ must be HOURLY or slower"),
+    ({"rrule": 7}, "rrule: must be a string"),
     ({"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=DAILY"}, "rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU"),
     ({"start": "next sunday"}, "start: must be an ISO 8601 local time such as 2026-12-06T02:00:00"),
     ({"start": "2026-12-06T02:00:00+01:00"}, "start: must be a local time without an offset"),
