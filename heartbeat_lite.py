@@ -25,8 +25,10 @@ Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
 
 import argparse
 import base64
+import bisect
 import collections
 import contextlib
+import datetime
 import gc
 import getpass
 import gzip
@@ -48,8 +50,10 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+import zoneinfo
 
 import bottle
+import dateutil.rrule
 
 __version__ = "0.1.0"
 __all__ = ["create_app", "serve", "main", "Service", "ConfigError"]
@@ -71,7 +75,7 @@ DEFAULT_USERS = {"root": "root"}  # only ever used on a loopback address
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _data_path(name):
@@ -97,6 +101,9 @@ MAX_HEARTBEAT_BODY_BYTES = 64 * 1024
 MAX_EVENT_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
+MAX_MAINTENANCE_BODY_BYTES = 64 * 1024
+MAX_MAINTENANCE_WINDOWS = 1000  # every window lives in memory and is consulted at each expiry
+UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
@@ -256,7 +263,8 @@ def is_loopback(host):
 # Validation
 ###############################################################################
 
-HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output")
+HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after")
+MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -438,6 +446,13 @@ def validate_heartbeat(doc, default_author):
     elif seconds > MAX_INTERVAL_SECONDS:
         reasons.append("expected_interval: at most 365 days (8760h)")
 
+    late_after = doc.get("late_after")
+    late_seconds = parse_interval(late_after)
+    if "late_after" in doc and late_seconds is None:
+        reasons.append("late_after: must look like 30s, 5m or 2h")
+    elif late_seconds is not None and seconds is not None and late_seconds >= seconds:
+        reasons.append("late_after: must be shorter than expected_interval")
+
     if reasons:
         raise Invalid(reasons)
     return {
@@ -448,7 +463,141 @@ def validate_heartbeat(doc, default_author):
         "expected_interval": interval,
         "output": output,
         "interval_seconds": seconds,
+        "late_after": late_after,
+        "late_seconds": late_seconds,
     }
+
+
+def _local_time(reasons, field, value, zone):
+    """A naive ``datetime`` from an ISO 8601 local time that exists in
+    ``zone``, or None after appending the reason."""
+    if not isinstance(value, str):
+        reasons.append(f"{field}: must be an ISO 8601 local time such as 2026-12-06T02:00:00")
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        reasons.append(f"{field}: must be an ISO 8601 local time such as 2026-12-06T02:00:00")
+        return None
+    if moment.tzinfo is not None:
+        reasons.append(f"{field}: must be a local time without an offset (timezone says where)")
+        return None
+    if not 1970 <= moment.year <= 9000:
+        reasons.append(f"{field}: the year must be 1970 to 9000")
+        return None
+    if zone is not None and local_timestamp(moment, zone) is None:
+        reasons.append(f"{field}: {value} does not exist in {getattr(zone, 'key', 'UTC')} (a daylight saving gap)")
+        return None
+    return moment
+
+
+def time_zone(name):
+    """The ``tzinfo`` of an IANA zone name; ``UTC`` needs no zone database.
+
+    :raises ValueError: an unknown or malformed name.
+    """
+    if name == "UTC":
+        return UTC_ZONE
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(str(exc) or name) from None
+
+
+def local_timestamp(moment, zone):
+    """Unix seconds of the naive local ``moment`` in ``zone``; None when that
+    wall time does not exist there (a daylight saving gap). An ambiguous one
+    (the hour repeated when clocks go back) is its first occurrence (fold=0)."""
+    aware = moment.replace(tzinfo=zone, fold=0)
+    timestamp = aware.timestamp()
+    back = datetime.datetime.fromtimestamp(timestamp, zone).replace(tzinfo=None, fold=0)
+    return timestamp if back == moment else None
+
+
+def validate_maintenance(doc):
+    """Check a maintenance window's POST or PUT body; return its clean fields.
+
+    :returns: a dict with every key of :data:`MAINTENANCE_FIELDS` (``start``
+        and ``end`` as naive datetimes, ``timezone`` a name, ``rrule`` text
+        or None), plus ``zone`` (the tzinfo) and ``rule`` (the parsed rule).
+    :raises Invalid: with every reason the body is refused.
+    """
+    if not isinstance(doc, dict):
+        raise Invalid(["body: must be a JSON object"])
+    reasons = []
+    unknown = sorted(set(doc) - set(MAINTENANCE_FIELDS) - set(IGNORED_FIELDS))
+    if unknown:
+        reasons.append("unknown field(s): " + ", ".join(unknown))
+    name = doc.get("name")
+    if "name" not in doc:
+        reasons.append("name: required")
+    else:
+        _check_string(reasons, "name", name, MAX_NAME_CHARS)
+        if isinstance(name, str) and not name.strip():
+            reasons.append("name: must not be blank")
+    pattern = doc.get("pattern")
+    if "pattern" not in doc:
+        reasons.append("pattern: required ({} selects every heartbeat)")
+    elif pattern == {}:
+        pass
+    else:
+        _check_pattern(reasons, pattern)
+
+    timezone_name = doc.get("timezone", "UTC")
+    zone = None
+    if not _is_text(timezone_name):
+        reasons.append("timezone: must be an IANA time zone name such as Europe/Paris")
+    else:
+        try:
+            zone = time_zone(timezone_name)
+        except ValueError:
+            reasons.append(f"timezone: unknown time zone {timezone_name[:MAX_NAME_CHARS]!r}")
+    start = end = None
+    for field in ("start", "end"):
+        if field not in doc:
+            reasons.append(f"{field}: required")
+    if "start" in doc:
+        start = _local_time(reasons, "start", doc["start"], zone)
+    if "end" in doc:
+        end = _local_time(reasons, "end", doc["end"], zone)
+    if start is not None and end is not None and (
+            end <= start or local_timestamp(end, zone) <= local_timestamp(start, zone)):
+        reasons.append("end: must be after start")
+
+    text = doc.get("rrule")
+    rule = None
+    if "rrule" in doc:
+        if not _is_text(text) or len(text) > MAX_TEXT_CHARS:
+            reasons.append(f"rrule: must be a string of at most {MAX_TEXT_CHARS} characters")
+        elif start is not None:
+            rule = _parse_rrule(reasons, text, start)
+
+    if reasons:
+        raise Invalid(reasons)
+    return {"name": name, "pattern": dict(pattern), "start": start, "end": end, "timezone": timezone_name,
+            "rrule": text, "zone": zone, "rule": rule}
+
+
+def _parse_rrule(reasons, text, start):
+    body = text.strip()
+    if body.upper().startswith("RRULE:"):
+        body = body[len("RRULE:"):]
+    if "\n" in body or ":" in body or "DTSTART" in body.upper():
+        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU (start gives the first occurrence)")
+        return None
+    freq = re.search(r"(?:^|;)\s*FREQ\s*=\s*(\w+)", body, re.IGNORECASE)
+    if freq and freq.group(1).upper() in ("SECONDLY", "MINUTELY"):
+        reasons.append("rrule: FREQ must be HOURLY or slower")
+        return None
+    try:
+        rule = dateutil.rrule.rrulestr(body, dtstart=start)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        reasons.append(f"rrule: not a valid RFC 5545 recurrence rule ({exc})")
+        return None
+    if not isinstance(rule, dateutil.rrule.rrule):
+        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU")
+        return None
+    return rule
 
 
 def canonical_pattern(pattern):
@@ -501,16 +650,44 @@ class PatternExists(Exception):
 
 _DOCUMENT_COLUMNS = (
     "id", "name", "author", "description", "output", "pattern", "expected_interval",
-    "interval_seconds", "created", "updated",
+    "interval_seconds", "late_after", "late_seconds", "created", "updated",
 )
-_STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline")
+_STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
+_CONTAINS_PAIR = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _READS = ("SELECT", "PRAGMA")
 
 #: the outcome of the store's last write: ``ok``, ``at`` (Unix seconds, None
 #: before any write) and, when it failed, ``reason`` (SQLite's message)
 WriteOutcome = collections.namedtuple("WriteOutcome", "ok at reason")
+
+_MAINTENANCE_COLUMNS = ("id", "name", "pattern", "start_local", "end_local", "timezone", "rrule", "created", "updated")
+_SELECT_MAINTENANCE = "SELECT " + ", ".join(_MAINTENANCE_COLUMNS) + " FROM maintenance"
+
+# Steps that bring a database of schema version v (the key) to v + 1, run in
+# one transaction with schema.sql between them: (before it, after it).
+_MIGRATIONS = {
+    # Version 2 widens the status CHECK (late, paused) and adds late_after and
+    # the generated ``due``. SQLite cannot alter a CHECK, so the table is rebuilt: the old one steps aside
+    # without its indexes (schema.sql makes the new table and its indexes),
+    # then its rows move over. Rebuilding keeps the CHECK, which catches a bug
+    # writing a status that does not exist; dropping it would have been a
+    # one-line ALTER but would leave the rule to the code alone.
+    1: ("""
+ALTER TABLE heartbeat RENAME TO heartbeat_v1;
+DROP INDEX IF EXISTS heartbeat_pattern;
+DROP INDEX IF EXISTS heartbeat_newest;
+DROP INDEX IF EXISTS heartbeat_due;
+DROP INDEX IF EXISTS heartbeat_alarms;
+""", """
+INSERT INTO heartbeat (id, name, author, description, output, pattern, expected_interval, interval_seconds,
+                       created, updated, status, refreshed, last_event, alarm_since)
+SELECT id, name, author, description, output, pattern, expected_interval, interval_seconds,
+       created, updated, status, refreshed, last_event, alarm_since FROM heartbeat_v1 ORDER BY rowid;
+DROP TABLE heartbeat_v1;
+"""),
+}
 
 
 class Store:
@@ -645,7 +822,17 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             if version < SCHEMA_VERSION:  # schema.sql sets the version last: equal means fully applied
-                conn.executescript(self._schema)
+                steps = [_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION) if version]  # none for a new file
+                script = "\n".join(["BEGIN IMMEDIATE;", *(before for before, _ in steps), self._schema,
+                                     *(after for _, after in steps), "COMMIT;"])
+                try:
+                    conn.executescript(script)
+                except sqlite3.Error:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                if steps:
+                    log.info("database %s migrated from schema version %d to %d", self.path, version, SCHEMA_VERSION)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare database: {exc}") from exc
 
@@ -838,31 +1025,37 @@ class Store:
     # -- state ---------------------------------------------------------------
 
     def refresh(self, heartbeat_ids, now):
-        """Record a matching event at ``now`` for each id: each goes ``up``.
+        """Record a matching event at ``now`` for each id: each goes ``up``,
+        except a paused one, whose ``last_event`` only moves.
 
-        :returns: the rows, as they were, of those that were down, in the
-            order of ``heartbeat_ids``.
+        :returns: the rows, as they were, of those that were late, down or
+            paused, in the order of ``heartbeat_ids``.
         """
         with self.atomic():
-            came_back = []
+            special = []
             for start in range(0, len(heartbeat_ids), _ID_CHUNK):
                 chunk = heartbeat_ids[start:start + _ID_CHUNK]
-                came_back += self._query(
-                    f"{_SELECT_HEARTBEAT} WHERE status = 'down' AND id IN ({', '.join('?' * len(chunk))})",
+                special += self._query(
+                    f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down', 'paused') "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 )
             self._executemany(
                 "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
-                "WHERE id = ?",
+                "WHERE id = ? AND status <> 'paused'",
                 [(now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
             )
-        if len(came_back) > 1:
+            paused = [row["id"] for row in special if row["status"] == "paused"]
+            if paused:
+                self._executemany("UPDATE heartbeat SET last_event = ? WHERE id = ?",
+                                  [(now, heartbeat_id) for heartbeat_id in paused])
+        if len(special) > 1:
             position = {heartbeat_id: i for i, heartbeat_id in enumerate(heartbeat_ids)}
-            came_back.sort(key=lambda row: position[row["id"]])
-        return came_back
+            special.sort(key=lambda row: position[row["id"]])
+        return special
 
     def refresh_if_not_down(self, heartbeat_id, now):
-        """Refresh one heartbeat at ``now`` unless it is down, in a single
+        """Refresh one heartbeat at ``now`` if it is pending or up, in a single
         statement (atomic by itself); True when it was refreshed.
 
         Ingestion's hot path: every SQLite statement costs a release and a
@@ -870,50 +1063,79 @@ class Store:
         throughput pays for, so the common case is one statement, not four.
         """
         return self._execute(
-            "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ? WHERE id = ? AND status <> 'down'",
+            "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ? WHERE id = ? AND status IN ('pending', 'up')",
             (now, now, heartbeat_id),
         ).rowcount == 1
 
     def write_refreshes(self, refreshes):
-        """Store ``(id, refresh time)`` pairs of heartbeats that are not down
+        """Store ``(id, refresh time)`` pairs of heartbeats that are up
         (refreshes the engine kept in memory until now)."""
         self._executemany(
-            "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status <> 'down'",
+            "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
             [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
         )
 
-    def expire(self, now, limit):
-        """Put down the (at most ``limit``) heartbeats whose deadline is
-        earliest and at or before ``now``, each alarm dated by its deadline
-        (when it really went down).
+    def due(self, now, limit=None):
+        """The rows of the heartbeats whose next transition (going late or
+        down) is at or before ``now``, earliest first; at most ``limit``."""
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status NOT IN ('down', 'paused') AND due <= ? "
+                           "ORDER BY due LIMIT ?", (now, -1 if limit is None else limit))
 
-        :returns: their rows as they were, earliest deadline first.
+    def set_states(self, states):
+        """Write ``(id, status, refreshed, alarm_since)`` tuples."""
+        self._executemany("UPDATE heartbeat SET status = ?, refreshed = ?, alarm_since = ? WHERE id = ?",
+                          [(status, refreshed, alarm_since, heartbeat_id)
+                           for heartbeat_id, status, refreshed, alarm_since in states])
+
+    def set_state(self, heartbeat_id, status, refreshed, last_event, alarm_since):
+        """Set one heartbeat's whole state."""
+        self._execute("UPDATE heartbeat SET status = ?, refreshed = ?, last_event = ?, alarm_since = ? WHERE id = ?",
+                      (status, refreshed, last_event, alarm_since, heartbeat_id))
+
+    def next_due(self):
+        """The earliest next transition of a heartbeat that is neither down
+        nor paused, or None."""
+        return self._query("SELECT MIN(due) FROM heartbeat WHERE status NOT IN ('down', 'paused')")[0][0]
+
+    def end_maintenance(self, pattern, end, pushed_to=None):
+        """A maintenance window selecting ``pattern`` (a dict) ended at
+        ``end``: every selected heartbeat neither down nor paused gets
+        ``refreshed = max(refreshed, end)`` (its deadline is then at least
+        end + interval); with ``pushed_to`` (a window ended early), also those
+        whose refresh the window had pushed to that time get ``end``.
+
+        A scan of the table (json_each per row, in SQLite's C): once per
+        window end, never per tick.
+
+        :returns: ``(id, status)`` of the heartbeats changed.
         """
+        where = ["status NOT IN ('down', 'paused')", "(refreshed < ? OR refreshed = ?)"]
+        params = [end, pushed_to]
+        for key, value in sorted(pattern.items()):
+            where.append(_CONTAINS_PAIR)
+            params += [key, value]
         with self.atomic():
-            due = self._query(f"{_SELECT_HEARTBEAT} WHERE status <> 'down' AND deadline <= ? "
-                              "ORDER BY deadline LIMIT ?", (now, limit))
-            if due:
-                self._executemany("UPDATE heartbeat SET status = 'down', alarm_since = deadline WHERE id = ?",
-                                  [(row["id"],) for row in due])
-        return due
-
-    def next_deadline(self):
-        """The earliest deadline of a heartbeat that is not down, or None."""
-        return self._query("SELECT MIN(deadline) FROM heartbeat WHERE status <> 'down'")[0][0]
+            rows = [tuple(row) for row in self._query(f"SELECT id, status FROM heartbeat WHERE {' AND '.join(where)}",
+                                                      params)]
+            self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
+        return rows
 
     def alarms(self, limit=-1):
-        """The rows of the heartbeats that are down, oldest alarm first (at
+        """The rows of the heartbeats that are late or down, oldest alarm first (at
         most ``limit``; all when negative)."""
-        return self._query(f"{_SELECT_HEARTBEAT} WHERE status = 'down' ORDER BY alarm_since, rowid LIMIT ?",
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') ORDER BY alarm_since, rowid LIMIT ?",
                            (limit,))
 
-    def status_page(self, statuses, terms, limit, offset):
+    def status_page(self, statuses, terms, limit, offset, maintenance=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
         ``terms`` (case-insensitive for ASCII letters, as SQLite's LIKE;
         the pattern is searched as its canonical JSON without quotes, so
         ``connector:backup`` finds ``{"connector": "backup"}``), ordered by
         name, case-insensitive, then id: a stable order to page through.
+        ``maintenance`` holds the patterns (dicts) of the windows active
+        now: a heartbeat one of them selects is counted under
+        ``"maintenance"`` too, and that "status" in ``statuses`` selects it.
 
         Two scans of the table, one counting, one for the page: 10,000
         heartbeats take a few milliseconds.
@@ -921,20 +1143,33 @@ class Store:
         :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
             over the whole table, how many match, the rows of this page.
         """
+        covered, covered_params = "0", []
+        for pattern in maintenance:
+            contains = [_CONTAINS_PAIR] * len(pattern) or ["1"]
+            covered += " OR (" + " AND ".join(contains) + ")"
+            covered_params += [item for pair in sorted(pattern.items()) for item in pair]
         conditions, params = [], []
-        if statuses:
-            conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params += statuses
+        wanted = [status for status in statuses if status != "maintenance"]
+        either = [f"status IN ({', '.join('?' * len(wanted))})"] if wanted else []
+        params += wanted
+        if "maintenance" in statuses:
+            either.append(f"({covered})")
+            params += covered_params
+        if either:
+            conditions.append("(" + " OR ".join(either) + ")")
         for term in terms:
             like = "%" + re.sub(r"([\\%_])", r"\\\1", term) + "%"
             conditions.append("(name LIKE ? ESCAPE '\\' OR replace(pattern, '\"', '') LIKE ? ESCAPE '\\')")
             params += [like, like]
         condition = " AND ".join(conditions) or "1"
-        counted = self._query(f"SELECT status, COUNT(*), SUM({condition}) FROM heartbeat GROUP BY status", params)
+        counted = self._query(f"SELECT status, COUNT(*), SUM({condition}), SUM({covered}) FROM heartbeat "
+                              "GROUP BY status", params + covered_params)
         matching = sum(row[2] for row in counted)
         rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY name COLLATE NOCASE, id "
                            "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
-        return {row[0]: row[1] for row in counted}, matching, rows
+        counts = {row[0]: row[1] for row in counted}
+        counts["maintenance"] = sum(row[3] for row in counted)
+        return counts, matching, rows
 
     def meta(self, key):
         """A service-wide value (a number), or None."""
@@ -945,12 +1180,46 @@ class Store:
         self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def postpone(self, after, seconds):
-        """Move later by ``seconds`` every deadline still ahead at ``after``
-        (of heartbeats that are not down); return how many moved."""
+        """Move later by ``seconds`` every transition still ahead at ``after``
+        (of heartbeats neither down nor paused); return how many moved."""
         return self._execute(
-            "UPDATE heartbeat SET refreshed = refreshed + ? WHERE status <> 'down' AND deadline > ?",
+            "UPDATE heartbeat SET refreshed = refreshed + ? WHERE status NOT IN ('down', 'paused') AND due > ?",
             (seconds, after),
         ).rowcount
+
+    # -- maintenance windows -------------------------------------------------
+
+    def insert_maintenance(self, row):
+        """Insert a maintenance window (a dict with every column)."""
+        self._execute(f"INSERT INTO maintenance ({', '.join(_MAINTENANCE_COLUMNS)}) "
+                      f"VALUES ({', '.join(':' + c for c in _MAINTENANCE_COLUMNS)})", row)
+
+    def maintenance(self, maintenance_id):
+        """The window with that id; :raises NotFound:."""
+        rows = self._query(f"{_SELECT_MAINTENANCE} WHERE id = ?", (maintenance_id,))
+        if not rows:
+            raise NotFound(maintenance_id)
+        return rows[0]
+
+    def maintenances(self):
+        """Every window, newest first."""
+        return self._query(f"{_SELECT_MAINTENANCE} ORDER BY created DESC, rowid DESC")
+
+    def update_maintenance(self, maintenance_id, row):
+        """Replace a window's fields but ``id`` and ``created``; return ``(old, new)``; :raises NotFound:."""
+        columns = [c for c in _MAINTENANCE_COLUMNS if c not in ("id", "created")]
+        with self.atomic():
+            old = self.maintenance(maintenance_id)
+            self._execute(f"UPDATE maintenance SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
+                          {**{c: row[c] for c in columns}, "id": maintenance_id})
+            return old, self.maintenance(maintenance_id)
+
+    def delete_maintenance(self, maintenance_id):
+        """Delete a window; return its row as it was; :raises NotFound:."""
+        with self.atomic():
+            row = self.maintenance(maintenance_id)
+            self._execute("DELETE FROM maintenance WHERE id = ?", (maintenance_id,))
+        return row
 
     # -- outbox --------------------------------------------------------------
 
@@ -1018,13 +1287,24 @@ class Store:
 # Engine
 ###############################################################################
 
-PENDING, UP, DOWN = "pending", "up", "down"
-ALARM_STATE, RESOLVED_STATE = 3, 0  # Canopsis check states: critical, ok
+PENDING, UP, LATE, DOWN, PAUSED = "pending", "up", "late", "down", "paused"
+STATUSES = (PENDING, UP, LATE, DOWN, PAUSED)
+ALARM_STATE, LATE_STATE, RESOLVED_STATE = 3, 1, 0  # Canopsis check states: critical, minor, ok
+
+
+def _optional(row, key):
+    """``row[key]``, or None when the row has no such column (a row built by
+    hand, or by code that predates the column)."""
+    try:
+        return row[key]
+    except (KeyError, IndexError):
+        return None
 
 
 def heartbeat_document(row):
-    """The API's JSON document for a heartbeat row."""
-    return {
+    """The API's JSON document for a heartbeat row; optional fields only
+    when set."""
+    doc = {
         "_id": row["id"],
         "name": row["name"],
         "author": row["author"],
@@ -1035,6 +1315,21 @@ def heartbeat_document(row):
         "created": row["created"],
         "updated": row["updated"],
     }
+    late_after = _optional(row, "late_after")
+    if late_after is not None:
+        doc["late_after"] = late_after
+    return doc
+
+
+def maintenance_document(row):
+    """The API's JSON document for a maintenance window row (``rrule`` only
+    when set)."""
+    doc = {"_id": row["id"], "name": row["name"], "pattern": json.loads(row["pattern"]),
+           "start": row["start_local"], "end": row["end_local"], "timezone": row["timezone"]}
+    if row["rrule"] is not None:
+        doc["rrule"] = row["rrule"]
+    doc.update(created=row["created"], updated=row["updated"])
+    return doc
 
 
 def deadline_of(row):
@@ -1046,12 +1341,23 @@ def deadline_of(row):
     return row["refreshed"] + row["interval_seconds"]
 
 
-def next_tick_at(now, earliest_deadline):
+def due_of(row):
+    """When a heartbeat's next transition is due (schema.sql's generated
+    ``due`` spells the same): its late time while pending or up with a
+    ``late_after``, else its deadline. Meaningless when down or paused."""
+    late_seconds = _optional(row, "late_seconds")
+    if late_seconds is None or row["status"] not in (PENDING, UP):
+        return deadline_of(row)
+    return row["refreshed"] + late_seconds
+
+
+def next_tick_at(now, earliest_deadline, next_boundary=None):
     """When the engine needs its next tick, after one at ``now``: at the
-    earliest deadline of a heartbeat not down (None: there is none), and
-    at the latest when the next alive record is due."""
-    alive_at = now + ALIVE_INTERVAL_SECONDS
-    return alive_at if earliest_deadline is None else min(alive_at, max(now, earliest_deadline))
+    earliest transition of a heartbeat neither down nor paused (None: there
+    is none), at the next start or end of a maintenance window (None: there
+    is none), and at the latest when the next alive record is due."""
+    times = [t for t in (earliest_deadline, next_boundary) if t is not None]
+    return min([now + ALIVE_INTERVAL_SECONDS, *(max(now, t) for t in times)])
 
 
 def with_refresh(row, refreshed):
@@ -1070,14 +1376,27 @@ def api_time(value):
     return int(value) if value.is_integer() else value
 
 
-def status_document(row):
-    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row."""
+def status_document(row, maintenance=None):
+    """``GET /api/v2/heartbeat/<id>/status`` for a heartbeat row.
+
+    :param maintenance: None, or ``(until, window)``: the maintenance window
+        covering the heartbeat now that ends last. Its deadline then says
+        when it can go down at the earliest: not before until + interval
+        (the end rule). A paused heartbeat has no deadline.
+    """
+    deadline = deadline_of(row)
+    if row["status"] == PAUSED:
+        deadline = None
+    elif maintenance is not None and row["status"] != DOWN:
+        deadline = max(deadline, maintenance[0] + row["interval_seconds"])
     return {
         "_id": row["id"],
         "status": row["status"],
         "last_event": api_time(row["last_event"]),
-        "deadline": api_time(deadline_of(row)),
+        "deadline": api_time(deadline),
         "alarm_since": api_time(row["alarm_since"]),
+        "maintenance": None if maintenance is None else {
+            "_id": maintenance[1].id, "name": maintenance[1].name, "until": api_time(maintenance[0])},
     }
 
 
@@ -1105,8 +1424,93 @@ def alarm_event(row, state, timestamp):
 
 
 def active_alarm(row):
-    """An entry of ``GET /api/v2/alarms``: the alarm event plus ``since``."""
-    return {**alarm_event(row, ALARM_STATE, row["alarm_since"]), "since": api_time(row["alarm_since"])}
+    """An entry of ``GET /api/v2/alarms``: the alarm event (state 3 when
+    down, 1 when late) plus ``since``."""
+    state = LATE_STATE if row["status"] == LATE else ALARM_STATE
+    return {**alarm_event(row, state, row["alarm_since"]), "since": api_time(row["alarm_since"])}
+
+
+class MaintenanceWindow:
+    """A maintenance window as the engine uses it: its occurrences as Unix
+    time intervals ``[start, start + length)``.
+
+    Occurrences follow the zone's wall time: the rule (``dateutil.rrule``,
+    started at the local ``start``) yields local times, each made a Unix time
+    in the zone; one that does not exist that day (a daylight saving gap) is
+    skipped, as RFC 5545 says, and an ambiguous one (the hour repeated when
+    clocks go back) is its first occurrence (fold=0). Each lasts the exact
+    length of the first one, ``end - start`` (RFC 5545's "exact duration").
+
+    Occurrence starts are computed once, lazily, and kept in a sorted list
+    extended as time goes on: a question about any time is a bisection.
+    Safe to share between threads.
+
+    :param row: the window's store row.
+    """
+
+    def __init__(self, row):
+        self.id = row["id"]
+        self.name = row["name"]
+        self.pattern = json.loads(row["pattern"])
+        self.row = row
+        zone = time_zone(row["timezone"])
+        start = datetime.datetime.fromisoformat(row["start_local"])
+        end = datetime.datetime.fromisoformat(row["end_local"])
+        self.length = local_timestamp(end, zone) - local_timestamp(start, zone)
+        self._zone = zone
+        self._local = iter(dateutil.rrule.rrulestr(row["rrule"], dtstart=start) if row["rrule"] else [start])
+        self._starts = []  # Unix times, ascending
+        self._exhausted = False
+        self._lock = threading.Lock()
+
+    def selects(self, pattern):
+        """True when ``pattern`` (a heartbeat's, a dict) has all of the window's pairs."""
+        return all(pattern.get(key) == value for key, value in self.pattern.items())
+
+    def _starts_past(self, t):
+        """The starts, computed until one is after ``t`` (or there is no more)."""
+        with self._lock:
+            while not self._exhausted and (not self._starts or self._starts[-1] <= t):
+                try:
+                    local = next(self._local)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                start = local_timestamp(local, self._zone)
+                if start is not None and (not self._starts or start > self._starts[-1]):
+                    self._starts.append(start)
+            return self._starts
+
+    def occurrence_at(self, t):
+        """``(start, end)`` of the occurrence covering ``t`` (start <= t < end),
+        or None. Of overlapping occurrences, the one ending last."""
+        starts = self._starts_past(t)
+        i = bisect.bisect_right(starts, t) - 1
+        if i >= 0 and t < starts[i] + self.length:
+            return starts[i], starts[i] + self.length
+        return None
+
+    def next_boundary(self, t):
+        """The first start or end of an occurrence after ``t``, or None."""
+        starts = self._starts_past(t)
+        i = bisect.bisect_right(starts, t)
+        times = [starts[i]] if i < len(starts) else []
+        if i and starts[i - 1] + self.length > t:
+            times.append(starts[i - 1] + self.length)
+        return min(times, default=None)
+
+    def last_end(self, after, until):
+        """The last end of an occurrence in ``(after, until]``, or None."""
+        starts = self._starts_past(until)
+        i = bisect.bisect_right(starts, until - self.length) - 1
+        if i >= 0 and starts[i] + self.length > after:
+            return starts[i] + self.length
+        return None
+
+    def started(self, after, until):
+        """True when an occurrence started in ``(after, until]``."""
+        starts = self._starts_past(until)
+        return bisect.bisect_right(starts, until) > bisect.bisect_right(starts, after)
 
 
 class PatternIndex:
@@ -1302,6 +1706,8 @@ class ReadModel:
                 self._unwritten[heartbeat_id] = now
 
     def went_down(self, heartbeat_ids):
+        """Those heartbeats left ``up`` other than by a refresh: they went
+        late or down, or were paused."""
         for heartbeat_id in heartbeat_ids:
             self._stored.pop(heartbeat_id, None)
             self._unwritten.pop(heartbeat_id, None)
@@ -1359,6 +1765,8 @@ class Engine:
         self._alive_recorded = None
         self._next_tick_at = -math.inf  # when a tick is due next (clock time)
         self._last_chunk_seconds = 0.0  # how long the last chunk of a storm held the lock
+        self._windows = {}  # id -> MaintenanceWindow; replaced, never changed in place (readers hold no lock)
+        self._windows_checked_at = None  # the clock time up to which window starts and ends were handled
         self._outgoing = collections.deque()  # committed events not yet published, in order
         self._outgoing_lock = threading.Lock()
         self._publishing = False  # a thread is draining _outgoing
@@ -1384,7 +1792,18 @@ class Engine:
                 return
             self.resume()
             self._model = ReadModel.loaded(self.store.each_heartbeat())
+            self._windows = self._load_windows()
             self._loaded = True
+
+    def _load_windows(self):
+        windows = {}
+        for row in self.store.maintenances():
+            try:
+                windows[row["id"]] = MaintenanceWindow(row)
+            except (ValueError, OverflowError) as exc:  # e.g. a zone the system no longer has
+                log.error("maintenance window %s ('%s') cannot be used, it protects nothing: %s",
+                          row["id"], log_safe(row["name"]), exc)
+        return windows
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -1405,7 +1824,7 @@ class Engine:
             }
             self.store.insert_heartbeat(row)
             self._model.created(row)
-            self._due_by(deadline_of(row))
+            self._due_by(due_of(row))
         log.info("heartbeat %s created ('%s', pattern %s)", row["id"], log_safe(row["name"]),
                  log_safe(row["pattern"]))
         return row["id"]
@@ -1420,16 +1839,22 @@ class Engine:
             "pattern": canonical_pattern(fields["pattern"]),
             "expected_interval": fields["expected_interval"],
             "interval_seconds": fields["interval_seconds"],
+            "late_after": fields.get("late_after"),
+            "late_seconds": fields.get("late_seconds"),
             "updated": int(now),
         }
 
     def update(self, heartbeat_id, fields):
         """Replace a heartbeat's fields, keeping its id, creation and state.
 
-        A changed interval applies from the last refresh. A heartbeat that is
-        down stays down; if its pattern changed, its alarm is resolved under
-        the old resource and raised again under the new one, so no alarm is
-        left open under a resource nobody will resolve.
+        A changed interval (or ``late_after``) applies from the last refresh.
+        A heartbeat that is down stays down; if its pattern changed, its
+        alarm is resolved under the old resource and raised again under the
+        new one, so no alarm is left open under a resource nobody will
+        resolve. One that is late stays late only if its new ``late_after``
+        has passed since its last refresh; otherwise it goes back to ``up``
+        (``pending`` if it never had a matching event) and its minor alarm
+        is resolved.
 
         :raises NotFound: when there is none.
         :raises PatternExists: when another heartbeat has the new pattern.
@@ -1440,13 +1865,22 @@ class Engine:
             with self.store.atomic():
                 old, new = self.store.update_heartbeat(heartbeat_id, self._document_columns(fields, now))
                 events = []
-                if old["status"] == DOWN and old["pattern"] != new["pattern"]:
-                    events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, ALARM_STATE, now)]
+                late_seconds = new["late_seconds"]
+                if old["status"] == LATE and (late_seconds is None or new["refreshed"] + late_seconds > now):
+                    status = UP if new["last_event"] is not None else PENDING
+                    self.store.set_state(heartbeat_id, status, new["refreshed"], new["last_event"], None)
+                    events = [alarm_event(old, RESOLVED_STATE, now)]
+                    new = self.store.heartbeat(heartbeat_id)
+                elif old["status"] in (LATE, DOWN) and old["pattern"] != new["pattern"]:
+                    state = LATE_STATE if old["status"] == LATE else ALARM_STATE
+                    events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, state, now)]
                 self._enqueue(events)
             self._model.updated(old, new)
+            if old["status"] == LATE and new["status"] == UP:
+                self._model.written({heartbeat_id: new["refreshed"]})
             self._committed(events)
-            if new["status"] != DOWN:
-                self._due_by(deadline_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
+            if new["status"] not in (DOWN, PAUSED):
+                self._due_by(due_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
         self._publish()
@@ -1468,20 +1902,61 @@ class Engine:
             now = self.clock()
             with self.store.atomic():
                 row = self.store.delete_heartbeat(heartbeat_id)
-                events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] == DOWN else []
+                events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] in (LATE, DOWN) else []
                 self._enqueue(events)
             self._model.deleted(row)
             self._committed(events)
         log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
         self._publish()
 
+    def pause(self, heartbeat_id):
+        """Pause a heartbeat: no alarm until it is resumed; matching events
+        only move its ``last_event``. An open alarm (late or down) is
+        resolved. A no-op when it is paused already; :raises NotFound:."""
+        with self._lock:
+            self.load()
+            now = self.clock()
+            events = []
+            with self.store.atomic():
+                row = self.store.heartbeat(heartbeat_id)
+                changed = row["status"] != PAUSED
+                if changed:
+                    last_event = self._model.unwritten_refresh(heartbeat_id) or row["last_event"]
+                    self.store.set_state(heartbeat_id, PAUSED, row["refreshed"], last_event, None)
+                    if row["status"] in (LATE, DOWN):
+                        events = [alarm_event(row, RESOLVED_STATE, now)]
+                    self._enqueue(events)
+            if changed:
+                self._model.went_down([heartbeat_id])
+            self._committed(events)
+        if changed:
+            log.info("heartbeat %s paused ('%s', was %s)", heartbeat_id, log_safe(row["name"]), row["status"])
+        self._publish()
+
+    def resume_heartbeat(self, heartbeat_id):
+        """Resume a paused heartbeat: it starts afresh, ``pending``, its
+        deadline an interval from now. A no-op when it is not paused;
+        :raises NotFound:."""
+        with self._lock:
+            self.load()
+            now = self.clock()
+            with self.store.atomic():
+                row = self.store.heartbeat(heartbeat_id)
+                changed = row["status"] == PAUSED
+                if changed:
+                    self.store.set_state(heartbeat_id, PENDING, now, row["last_event"], None)
+            if changed:
+                self._due_by(now + (row["late_seconds"] or row["interval_seconds"]))
+        if changed:
+            log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
+
     def status(self, heartbeat_id):
         """The heartbeat's state document; :raises NotFound:."""
-        row = self.store.heartbeat(heartbeat_id)
-        return status_document(with_refresh(row, self._model.unwritten_refresh(heartbeat_id)))
+        row = with_refresh(self.store.heartbeat(heartbeat_id), self._model.unwritten_refresh(heartbeat_id))
+        return status_document(row, self._covering(row["pattern"], self.clock()))
 
     def alarms(self, limit=None):
-        """The active alarms, oldest first (the ``limit`` oldest, if given)."""
+        """The active alarms (down, and late), oldest first (the ``limit`` oldest, if given)."""
         return [active_alarm(row) for row in self.store.alarms(-1 if limit is None else limit)]
 
     def status_page(self, statuses=(), terms=(), offset=0, limit=100):
@@ -1494,11 +1969,13 @@ class Engine:
             ({status: n} over every heartbeat)}``.
         """
         self.load()
-        counts, total, rows = self.store.status_page(list(statuses), list(terms), limit, offset)
+        now = self.clock()
+        active = [window.pattern for window in self._windows.values() if window.occurrence_at(now)]
+        counts, total, rows = self.store.status_page(list(statuses), list(terms), limit, offset, active)
         unwritten = self._model.unwritten_refresh
         return {
-            "rows": [{**heartbeat_document(row), **status_document(with_refresh(row, unwritten(row["id"])))}
-                     for row in rows],
+            "rows": [{**heartbeat_document(row), **status_document(row, self._covering(row["pattern"], now))}
+                     for row in (with_refresh(row, unwritten(row["id"])) for row in rows)],
             "total": total,
             "counts": counts,
         }
@@ -1507,8 +1984,122 @@ class Engine:
         """Every heartbeat, newest first, as its document merged with its
         state document (one database read)."""
         unwritten = self._model.unwritten()
-        return [{**heartbeat_document(row), **status_document(with_refresh(row, unwritten.get(row["id"])))}
-                for row in self.store.heartbeats()]
+        now = self.clock()
+        active = [window for window in self._windows.values() if window.occurrence_at(now)]
+        overview = []
+        for row in self.store.heartbeats():
+            row = with_refresh(row, unwritten.get(row["id"]))
+            maintenance = self._covering(row["pattern"], now, active) if active else None
+            overview.append({**heartbeat_document(row), **status_document(row, maintenance)})
+        return overview
+
+    # -- maintenance windows -------------------------------------------------
+
+    def _covering(self, pattern, at, windows=None):
+        """``(until, window)``: of the maintenance windows selecting
+        ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
+        the one ending last; None when there is none."""
+        windows = self._windows.values() if windows is None else windows
+        if not windows:
+            return None
+        if isinstance(pattern, str):
+            pattern = json.loads(pattern)
+        best = None
+        for window in windows:
+            if window.selects(pattern):
+                occurrence = window.occurrence_at(at)
+                if occurrence is not None and (best is None or occurrence[1] > best[0]):
+                    best = (occurrence[1], window)
+        return best
+
+    @staticmethod
+    def _maintenance_row(fields, now):
+        return {
+            "name": fields["name"],
+            "pattern": canonical_pattern(fields["pattern"]),
+            "start_local": fields["start"].isoformat(),
+            "end_local": fields["end"].isoformat(),
+            "timezone": fields["timezone"],
+            "rrule": fields["rrule"],
+            "updated": int(now),
+        }
+
+    def create_maintenance(self, fields):
+        """Create a maintenance window from validated fields; return its id.
+
+        :raises Invalid: when there are :data:`MAX_MAINTENANCE_WINDOWS` already.
+        """
+        with self._lock:
+            self.load()
+            now = self.clock()
+            if len(self._windows) >= MAX_MAINTENANCE_WINDOWS:
+                raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
+            row = {**self._maintenance_row(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
+            self.store.insert_maintenance(row)
+            window = MaintenanceWindow(row)
+            self._windows = {**self._windows, window.id: window}
+            self._due_by_boundary(window, now)
+        log.info("maintenance %s created ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
+        return window.id
+
+    def update_maintenance(self, maintenance_id, fields):
+        """Replace a maintenance window. One active now ends now first (see
+        :meth:`_end_early`), then the new definition applies.
+        :raises NotFound:."""
+        with self._lock:
+            self.load()
+            now = self.clock()
+            with self.store.atomic():
+                _, row = self.store.update_maintenance(maintenance_id, self._maintenance_row(fields, now))
+                changed = self._end_early(self._windows.get(maintenance_id), now)
+            window = MaintenanceWindow(row)
+            self._windows = {**self._windows, window.id: window}
+            self._model.written({heartbeat_id: now for heartbeat_id, status in changed if status == UP})
+            self._due_by_boundary(window, now)
+        log.info("maintenance %s updated ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
+
+    def delete_maintenance(self, maintenance_id):
+        """Delete a maintenance window; one active now ends now (see
+        :meth:`_end_early`). :raises NotFound:."""
+        with self._lock:
+            self.load()
+            now = self.clock()
+            with self.store.atomic():
+                row = self.store.delete_maintenance(maintenance_id)
+                changed = self._end_early(self._windows.get(maintenance_id), now)
+            self._windows = {key: window for key, window in self._windows.items() if key != maintenance_id}
+            self._model.written({heartbeat_id: now for heartbeat_id, status in changed if status == UP})
+        log.info("maintenance %s deleted ('%s')", maintenance_id, log_safe(row["name"]))
+
+    def _end_early(self, window, now):
+        """A window edited or deleted while active ends now: the end rule
+        applies as of now (deadline at least now + interval), including to
+        the heartbeats whose refresh it had pushed to its planned end."""
+        occurrence = window.occurrence_at(now) if window is not None else None
+        if occurrence is None:
+            return []
+        changed = self.store.end_maintenance(window.pattern, now, pushed_to=occurrence[1])
+        log.info("maintenance %s ('%s') ended early, at its change: %d heartbeat(s) get a full interval from now",
+                 window.id, log_safe(window.name), len(changed))
+        return changed
+
+    def _due_by_boundary(self, window, now):
+        boundary = window.next_boundary(now)
+        if boundary is not None:
+            self._due_by(boundary)
+
+    def maintenance(self, maintenance_id):
+        """A window's document; :raises NotFound:."""
+        return maintenance_document(self.store.maintenance(maintenance_id))
+
+    def maintenances(self, active=False):
+        """Every window, newest first; with ``active``, only those active now."""
+        rows = self.store.maintenances()
+        if active:
+            now = self.clock()
+            windows = self._windows
+            rows = [row for row in rows if row["id"] in windows and windows[row["id"]].occurrence_at(now)]
+        return [maintenance_document(row) for row in rows]
 
     def outbox_depth(self):
         """Events waiting for delivery; :raises StoreError: when the database
@@ -1557,53 +2148,73 @@ class Engine:
 
     def _refresh_chunk(self, heartbeat_ids, now):
         """Under the lock: write refreshes at ``now``; resolve the alarms of
-        those that were down."""
+        those that were late or down; a paused one only counts the event."""
         if not heartbeat_ids:
             return
         with self.store.atomic():
-            came_back = self.store.refresh(heartbeat_ids, now)
+            special = self.store.refresh(heartbeat_ids, now)
+            came_back = [row for row in special if row["status"] != PAUSED]
             resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
             self._enqueue(resolutions)
-        self._model.written(dict.fromkeys(heartbeat_ids, now))
+        paused = {row["id"] for row in special if row["status"] == PAUSED}
+        self._model.written({heartbeat_id: now for heartbeat_id in heartbeat_ids if heartbeat_id not in paused})
         if came_back:
             self._committed(resolutions)
-            self._due_by(now + min(row["interval_seconds"] for row in came_back))
+            self._due_by(now + min(row["late_seconds"] or row["interval_seconds"] for row in came_back))
 
     def tick(self):
-        """Write the refreshes kept in memory; put down every heartbeat whose
-        deadline has passed, raising its alarm; record that the service is
-        alive. A storm is put down in chunks of
-        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
+        """Write the refreshes kept in memory; apply the end rule of the
+        maintenance windows that ended; put every heartbeat whose late time
+        or deadline has passed late or down, raising its alarm, unless a
+        window protects it; record that the service is alive. A storm is
+        handled in chunks of :data:`STORM_CHUNK_HEARTBEATS`, letting go of
+        the lock in between.
 
-        :returns: seconds until the next tick is due: the earliest deadline,
-            the next write of refreshes kept in memory, or the next alive
-            record, whichever comes first (the scheduler sleeps that long).
+        :returns: seconds until the next tick is due: the earliest late time
+            or deadline, the next start or end of a maintenance window, the
+            next write of refreshes kept in memory, or the next alive record,
+            whichever comes first (the scheduler sleeps that long).
         """
         now = None
         while True:
             with self._storm_chunk(pause=now is not None):
                 self.load()
-                if now is None:
+                first = now is None
+                if first:
                     now = self.clock()
                 with self.store.atomic():
                     unwritten = self._model.unwritten()
                     if unwritten:
                         self.store.write_refreshes(unwritten.items())
-                    expired = self.store.expire(now, STORM_CHUNK_HEARTBEATS)
-                    alarms = [alarm_event(row, ALARM_STATE, row["deadline"]) for row in expired]
+                    started, ended, moved_up = self._window_boundaries(now) if first else ([], [], {})
+                    handled, alarms, left_up, protected_up = self._expire(now, STORM_CHUNK_HEARTBEATS)
                     self._enqueue(alarms)
                     self._record_alive(now)
                 self._model.written(unwritten)
-                self._model.went_down([row["id"] for row in expired])
+                self._model.written({**moved_up, **protected_up})
+                self._model.went_down(left_up)
+                if first:
+                    self._windows_checked_at = now
                 self.alarms_raised += len(alarms)
                 self._committed(alarms)
-                more = len(expired) == STORM_CHUNK_HEARTBEATS
+                more = handled == STORM_CHUNK_HEARTBEATS
                 if not more:
                     later = self.clock()  # a storm takes time: say when next from its end
-                    next_at = self._next_tick_at = next_tick_at(later, self.store.next_deadline())
+                    next_at = self._next_tick_at = next_tick_at(later, self.store.next_due(),
+                                                                self._next_window_boundary(later))
+            for window in started:
+                log.info("maintenance %s ('%s') started", window.id, log_safe(window.name))
+            for window, count in ended:
+                log.info("maintenance %s ('%s') ended: %d heartbeat(s) get a full interval from its end",
+                         window.id, log_safe(window.name), count)
             self._publish()
             if not more:
                 return next_at - later
+
+    def _next_window_boundary(self, now):
+        """The next start or end of a maintenance window after ``now``, or None."""
+        boundaries = (window.next_boundary(now) for window in self._windows.values())
+        return min((boundary for boundary in boundaries if boundary is not None), default=None)
 
     @contextlib.contextmanager
     def _storm_chunk(self, pause=True):
@@ -1619,6 +2230,64 @@ class Engine:
                 yield
             finally:
                 self._last_chunk_seconds = min(time.perf_counter() - started, 0.1)
+
+    def _window_boundaries(self, now):
+        """The end rule of every window occurrence that ended since the last
+        tick: the heartbeats it selects that are neither down nor paused get
+        ``refreshed = max(refreshed, end)``. A window boundary costs one scan
+        then, not one per tick.
+
+        :returns: ``(windows started, [(window, heartbeats changed)], {id: refresh} of those up)``.
+        """
+        after = self._windows_checked_at
+        if after is None or after >= now or not self._windows:
+            return [], [], {}
+        started, ended, moved_up = [], [], {}
+        for window in self._windows.values():
+            if window.started(after, now):
+                started.append(window)
+            end = window.last_end(after, now)
+            if end is not None:
+                changed = self.store.end_maintenance(window.pattern, end)
+                moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
+                ended.append((window, len(changed)))
+        return started, ended, moved_up
+
+    def _expire(self, now, limit):
+        """Every heartbeat whose next transition is due by ``now`` goes late
+        (pending or up with a ``late_after``) or down, with its alarm dated
+        by when it was due; one that a maintenance window protects at that
+        time instead gets its refresh moved to the window's end (which is
+        what the end rule would give it), so it is not due again before.
+
+        :returns: ``(how many were due (at most ``limit``), alarm events,
+            ids that left up, {id: refresh} of those still up)``.
+        """
+        states, alarms, left_up, protected_up = [], [], [], {}
+        for row in self.store.due(now, limit):
+            state = dict(row)
+            while True:  # a tick late by more than an interval may see both transitions
+                at = due_of(state)
+                if at > now:
+                    break
+                covering = self._covering(row["pattern"], at)
+                if covering is not None:
+                    state["refreshed"] = covering[0]
+                elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
+                    state["status"], state["alarm_since"] = LATE, at
+                    alarms.append(alarm_event(row, LATE_STATE, at))
+                else:
+                    state["status"], state["alarm_since"] = DOWN, at
+                    alarms.append(alarm_event(row, ALARM_STATE, at))
+                    break
+            states.append((row["id"], state["status"], state["refreshed"], state["alarm_since"]))
+            if state["status"] != row["status"]:
+                left_up.append(row["id"])
+            elif state["status"] == UP:
+                protected_up[row["id"]] = state["refreshed"]
+        if states:
+            self.store.set_states(states)
+        return len(states), alarms, left_up, protected_up
 
     def resume(self):
         """Stop the clock for the time the service was not running.
@@ -1639,6 +2308,8 @@ class Engine:
                     moved = self.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
                 self.store.set_meta(META_STOPPED_CLEANLY, 0)
                 self._record_alive(now, force=True)
+            # window ends missed while stopped get their end rule at the first tick
+            self._windows_checked_at = alive_at if alive_at is not None and alive_at < now else now
         if moved:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
 
@@ -1718,11 +2389,14 @@ class Engine:
                 if event["state"] == ALARM_STATE:
                     log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
                                 event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                elif event["state"] == LATE_STATE:
+                    log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
                     log.info("resolved: heartbeat %s ('%s')", event["heartbeat_id"],
                              log_safe(event["heartbeat_name"]))
         else:
-            raised = sum(event["state"] == ALARM_STATE for event in events)
+            raised = sum(event["state"] != RESOLVED_STATE for event in events)
             names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
             log.log(logging.WARNING if raised else logging.INFO,
                     "%d alarm(s) raised, %d resolved at once (%s and %d more)",
@@ -2170,6 +2844,13 @@ class WebApi:
         self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
+        self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
         self._route("/api/v2/event", "POST", self.post_events, kind="event")
         self._route("/api/v2/alarms", "GET", self.list_alarms)
         self._route("/healthz", "GET", self.health, authenticated=False)
@@ -2286,6 +2967,38 @@ class WebApi:
 
     def heartbeat_status(self, heartbeat_id, user):
         return json_response(self.engine.status(heartbeat_id))
+
+    def pause_heartbeat(self, heartbeat_id, user):
+        self.engine.pause(heartbeat_id)
+        return json_response({"name": "heartbeat paused", "description": heartbeat_id})
+
+    def resume_heartbeat(self, heartbeat_id, user):
+        self.engine.resume_heartbeat(heartbeat_id)
+        return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
+
+    def _maintenance_body(self):
+        return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
+
+    def create_maintenance(self, user):
+        maintenance_id = self.engine.create_maintenance(self._maintenance_body())
+        return json_response({"name": "maintenance created", "description": maintenance_id})
+
+    def list_maintenance(self, user):
+        active = bottle.request.query.get("active", "0")
+        if active not in ("0", "1"):
+            raise Invalid(["active: must be 1 (the windows active now) or 0 (all)"])
+        return json_response(self.engine.maintenances(active=active == "1"))
+
+    def get_maintenance(self, maintenance_id, user):
+        return json_response(self.engine.maintenance(maintenance_id))
+
+    def update_maintenance(self, maintenance_id, user):
+        self.engine.update_maintenance(maintenance_id, self._maintenance_body())
+        return json_response({"name": "maintenance updated", "description": maintenance_id})
+
+    def delete_maintenance(self, maintenance_id, user):
+        self.engine.delete_maintenance(maintenance_id)
+        return json_response({"name": "maintenance removed", "description": maintenance_id})
 
     def post_events(self, user):
         events = validate_events(parse_json(self._read_body(MAX_EVENT_BODY_BYTES), duplicate_keys=True))
@@ -2838,7 +3551,7 @@ The 24 h timelines stay empty: this version records no history.
 <td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
 % if row.get("maintenance"):
- <span class="badge maintenance" title="{{row["maintenance"]["name"]}}">maintenance</span>\\\\
+ <span class="badge maintenance">maintenance</span> <span class="muted">maintenance: {{shorten(row["maintenance"]["name"], 80)}}, until {{!time_html(row["maintenance"]["until"], now)}}</span>\\\\
 % end
 </td><td>{{!timelines[row["_id"]]}}</td><td>{{!time_html(row["last_event"], now, "never")}}</td>
 <td>{{!(("down since " + time_html(row["alarm_since"], now)) if row["status"] == "down" else time_html(row["deadline"], now))}}</td></tr>
@@ -2964,20 +3677,28 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth):
             label_text = ",".join(f'{key}="{prometheus_label(text)}"' for key, text in labels)
             lines.append(f"{name}{{{label_text}}} {value!r}" if labels else f"{name} {value!r}")
 
-    counts = {status: 0 for status in (PENDING, UP, DOWN)}
+    counts = {status: 0 for status in STATUSES}
     for row in overview:
         counts[row["status"]] += 1
     identity = [(row, (("id", row["_id"]), ("name", row["name"]))) for row in overview]
     family("heartbeat_lite_heartbeats", "gauge", "Heartbeats by status.",
            [((("status", status),), count) for status, count in counts.items()])
-    family("heartbeat_lite_heartbeat_up", "gauge", "1 when the heartbeat is up, 0 when pending or down.",
+    family("heartbeat_lite_heartbeat_up", "gauge", "1 when the heartbeat is up, 0 otherwise.",
            [(labels, int(row["status"] == UP)) for row, labels in identity])
+    family("heartbeat_lite_heartbeat_status", "gauge",
+           "1 for the heartbeat's status (pending, up, late, down, paused), 0 for the others.",
+           [(labels + (("status", status),), int(row["status"] == status))
+            for row, labels in identity for status in STATUSES])
+    family("heartbeat_lite_heartbeat_in_maintenance", "gauge",
+           "1 while a maintenance window covers the heartbeat, else 0.",
+           [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
            "Receive time of the last matching event (heartbeats that had one).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_events_received_total", "counter", "Events received since the service started.",
            [((), events_received)])
-    family("heartbeat_lite_alarms_raised_total", "counter", "Alarms raised since the service started.",
+    family("heartbeat_lite_alarms_raised_total", "counter",
+           "Alarms raised (down, and late warnings) since the service started.",
            [((), alarms_raised)])
     family("heartbeat_lite_outbox_events", "gauge", "Alarm and resolution events waiting for delivery.",
            [((), outbox_depth)])
@@ -3012,6 +3733,11 @@ def openapi_document():
     cross_site = {"403": _answer("Sent by a browser from another site (Origin or Sec-Fetch-Site): refused", "Error")}
     heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
     heartbeat_body = {"required": True, **_json_content(_ref("HeartbeatInput"))}
+    maintenance_id = {"name": "maintenance_id", "in": "path", "required": True, "schema": string}
+    maintenance_body = {"required": True, **_json_content(_ref("MaintenanceInput"))}
+    maintenance_not_found = {"404": _answer("No maintenance window has this id (name: the id)", "Error")}
+    interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
+    local_time = {"type": "string", "description": "ISO 8601 local time, no offset: 2026-12-06T02:00:00"}
     secured = [{"basicAuth": []}]
 
     def operation(operation_id, tag, summary, responses, security=secured, **more):
@@ -3031,6 +3757,7 @@ def openapi_document():
         "servers": [{"url": "/", "description": "wherever this document is served from"}],
         "tags": [
             {"name": "heartbeat", "description": "Heartbeats: what to expect, and how often"},
+            {"name": "maintenance", "description": "Maintenance windows: when no alarm is raised"},
             {"name": "event", "description": "Incoming Canopsis events"},
             {"name": "alarm", "description": "Heartbeats gone silent"},
             {"name": "operator", "description": "Health, metrics, the status page and this description"},
@@ -3060,7 +3787,9 @@ def openapi_document():
                         "description": {"type": "string", "maxLength": MAX_TEXT_CHARS},
                         "output": {"type": "string", "maxLength": MAX_TEXT_CHARS},
                         "pattern": _ref("Pattern"),
-                        "expected_interval": {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"},
+                        "expected_interval": interval,
+                        "late_after": {**interval, "description": "shorter than expected_interval: when it "
+                                       "passes with no matching event, the heartbeat is late (a state 1 alarm)"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -3073,6 +3802,38 @@ def openapi_document():
                     "properties": {
                         "_id": string, "name": string, "author": string, "description": string,
                         "pattern": _ref("Pattern"), "expected_interval": string, "output": string,
+                        "late_after": {**string, "description": "present only when set"},
+                        "created": {"type": "integer"}, "updated": {"type": "integer"},
+                    },
+                    "additionalProperties": False,
+                },
+                "MaintenanceInput": {
+                    "type": "object",
+                    "required": ["name", "pattern", "start", "end"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                        "pattern": {"type": "object", "maxProperties": MAX_PATTERN_ENTRIES,
+                                    "additionalProperties": {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS},
+                                    "description": "selects the heartbeats whose pattern has all of these pairs; "
+                                                   "{} selects every heartbeat"},
+                        "start": local_time, "end": {**local_time, "description": "after start; end - start is "
+                                                     "the length of every occurrence"},
+                        "timezone": {"type": "string", "default": "UTC", "description": "IANA zone name"},
+                        "rrule": {"type": "string", "description": "RFC 5545 recurrence rule, e.g. "
+                                  "FREQ=WEEKLY;BYDAY=SU (HOURLY or slower); absent: once"},
+                        "_id": {"description": "ignored"}, "created": {"description": "ignored"},
+                        "updated": {"description": "ignored"},
+                    },
+                    "additionalProperties": False,
+                },
+                "Maintenance": {
+                    "type": "object",
+                    "required": ["_id", "name", "pattern", "start", "end", "timezone", "created", "updated"],
+                    "properties": {
+                        "_id": string, "name": string,
+                        "pattern": {"type": "object", "additionalProperties": string},
+                        "start": string, "end": string, "timezone": string,
+                        "rrule": {**string, "description": "present only when set"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
                     "additionalProperties": False,
@@ -3088,10 +3849,17 @@ def openapi_document():
                     "additionalProperties": False,
                 },
                 "Status": {
-                    "type": "object", "required": ["_id", "status", "last_event", "deadline", "alarm_since"],
-                    "properties": {"_id": string, "status": {"enum": [PENDING, UP, DOWN]},
-                                   "last_event": time_or_null, "deadline": {"type": "number"},
-                                   "alarm_since": time_or_null},
+                    "type": "object",
+                    "required": ["_id", "status", "last_event", "deadline", "alarm_since", "maintenance"],
+                    "properties": {"_id": string, "status": {"enum": list(STATUSES)},
+                                   "last_event": time_or_null,
+                                   "deadline": {**time_or_null, "description": "when it goes down at the earliest; "
+                                                "null when paused"},
+                                   "alarm_since": {**time_or_null, "description": "when it went late or down"},
+                                   "maintenance": {"oneOf": [{"type": "null"}, {
+                                       "type": "object", "required": ["_id", "name", "until"],
+                                       "properties": {"_id": string, "name": string, "until": {"type": "number"}},
+                                       "additionalProperties": False}]}},
                     "additionalProperties": False,
                 },
                 "Event": {"type": "object", "description": "A Canopsis event; any keys"},
@@ -3110,7 +3878,8 @@ def openapi_document():
                         "connector": {"const": "heartbeat"}, "connector_name": {"const": "heartbeat"},
                         "event_type": {"const": "check"}, "source_type": {"const": "resource"},
                         "component": {"const": "heartbeats"}, "resource": string,
-                        "state": {"const": ALARM_STATE}, "output": string, "timestamp": {"type": "integer"},
+                        "state": {"enum": [ALARM_STATE, LATE_STATE]}, "output": string,
+                        "timestamp": {"type": "integer"},
                         "heartbeat_id": string, "heartbeat_name": string, "since": {"type": "number"},
                     },
                     "additionalProperties": False,
@@ -3151,6 +3920,45 @@ def openapi_document():
                 "get": operation("getHeartbeatStatus", "heartbeat", "A heartbeat's state", {
                     "200": {"description": "Its state", **_json_content(_ref("Status"))},
                     **errors, **not_found}),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}/pause": {
+                "parameters": [heartbeat_id],
+                "post": operation("pauseHeartbeat", "heartbeat",
+                                  "Pause a heartbeat: no alarm until resumed; resolves an open alarm", {
+                    "200": _answer('{"name": "heartbeat paused", "description": <id>} (also when paused already)'),
+                    **errors, **not_found, **cross_site}),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}/resume": {
+                "parameters": [heartbeat_id],
+                "post": operation("resumeHeartbeat", "heartbeat",
+                                  "Resume a paused heartbeat: pending, deadline = now + interval", {
+                    "200": _answer('{"name": "heartbeat resumed", "description": <id>} (also when not paused)'),
+                    **errors, **not_found, **cross_site}),
+            },
+            "/api/v2/maintenance": {
+                "post": operation("createMaintenance", "maintenance", "Create a maintenance window", {
+                    "200": _answer('{"name": "maintenance created", "description": <new id>}'),
+                    **errors, **too_large, **cross_site}, requestBody=maintenance_body),
+                "get": operation("listMaintenance", "maintenance", "Every maintenance window, newest first", {
+                    "200": {"description": "The windows",
+                            **_json_content({"type": "array", "items": _ref("Maintenance")})},
+                    **errors}, parameters=[{"name": "active", "in": "query", "required": False,
+                                            "schema": {"enum": ["0", "1"]},
+                                            "description": "1: only the windows active now"}]),
+            },
+            "/api/v2/maintenance/{maintenance_id}": {
+                "parameters": [maintenance_id],
+                "get": operation("getMaintenance", "maintenance", "One maintenance window", {
+                    "200": {"description": "The window", **_json_content(_ref("Maintenance"))},
+                    **errors, **maintenance_not_found}),
+                "put": operation("replaceMaintenance", "maintenance",
+                                 "Replace a maintenance window (one active now ends now, then the new one applies)", {
+                    "200": _answer('{"name": "maintenance updated", "description": <id>}'),
+                    **errors, **maintenance_not_found, **too_large, **cross_site}, requestBody=maintenance_body),
+                "delete": operation("deleteMaintenance", "maintenance",
+                                    "Delete a maintenance window (one active now ends now)", {
+                    "200": _answer('{"name": "maintenance removed", "description": <id>}'),
+                    **errors, **maintenance_not_found, **cross_site}),
             },
             "/api/v2/event": {
                 "post": operation("sendEvents", "event",

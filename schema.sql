@@ -2,7 +2,9 @@
 -- version, and heartbeat_lite.SCHEMA_VERSION must equal it. Applied whenever a
 -- database's version is older than that (a new file is version 0). Every
 -- statement is idempotent and the version is set last, so an application
--- interrupted half-way is simply completed at the next start.
+-- interrupted half-way is simply completed at the next start. An older
+-- database is migrated in the same transaction (heartbeat_lite's _MIGRATIONS:
+-- steps before and after this file), so a migration is all or nothing.
 
 -- One row per heartbeat: the document the API serves.
 CREATE TABLE IF NOT EXISTS heartbeat (
@@ -14,15 +16,23 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     pattern           TEXT NOT NULL,         -- canonical JSON: keys sorted, compact, UTF-8
     expected_interval TEXT NOT NULL,         -- as given ("1m")
     interval_seconds  INTEGER NOT NULL,      -- expected_interval in seconds
+    late_after        TEXT,                  -- as given ("30s"), NULL when not set (version 2)
+    late_seconds      INTEGER,               -- late_after in seconds, NULL when not set (version 2)
     created           INTEGER NOT NULL,      -- Unix seconds
     updated           INTEGER NOT NULL,      -- Unix seconds
     -- State, times in Unix seconds (REAL: alarms are due to the millisecond).
-    status            TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'up', 'down')),
-    refreshed         REAL NOT NULL,         -- last refresh: creation or last matching event,
-                                             -- moved later by the length of each outage
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'up', 'late', 'down', 'paused')),
+    refreshed         REAL NOT NULL,         -- last refresh: creation, resume or last matching event,
+                                             -- moved later by each outage and maintenance window
     last_event        REAL,                  -- receive time of the last matching event
-    alarm_since       REAL,                  -- when it went down; NULL unless down
-    deadline          REAL GENERATED ALWAYS AS (refreshed + interval_seconds) VIRTUAL
+    alarm_since       REAL,                  -- when it went late or down; NULL unless late or down
+    deadline          REAL GENERATED ALWAYS AS (refreshed + interval_seconds) VIRTUAL,
+    -- The next transition: going late (pending or up with a late_after), else
+    -- going down. Meaningless when down or paused (no transition is due).
+    due               REAL GENERATED ALWAYS AS (refreshed + CASE
+                          WHEN late_seconds IS NULL OR status = 'late' THEN interval_seconds
+                          ELSE late_seconds END) VIRTUAL
 );
 
 -- Two heartbeats may not share a pattern; the canonical form makes key order
@@ -32,12 +42,29 @@ CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_pattern ON heartbeat (pattern);
 -- GET /api/v2/heartbeat lists newest first.
 CREATE INDEX IF NOT EXISTS heartbeat_newest ON heartbeat (created DESC);
 
--- Expiry: "what is due by now" and "when is the next deadline" are range
--- scans of this index, O(expired * log N) and O(log N); down rows leave it.
-CREATE INDEX IF NOT EXISTS heartbeat_due ON heartbeat (deadline) WHERE status <> 'down';
+-- Expiry: "what is due by now" and "when is the next transition" are range
+-- scans of this index, O(expired * log N) and O(log N); down and paused rows
+-- leave it (nothing is due for them).
+CREATE INDEX IF NOT EXISTS heartbeat_due ON heartbeat (due) WHERE status NOT IN ('down', 'paused');
 
--- GET /api/v2/alarms: the down heartbeats, oldest alarm first.
-CREATE INDEX IF NOT EXISTS heartbeat_alarms ON heartbeat (alarm_since) WHERE status = 'down';
+-- GET /api/v2/alarms: the late and down heartbeats, oldest alarm first.
+CREATE INDEX IF NOT EXISTS heartbeat_alarms ON heartbeat (alarm_since) WHERE status IN ('late', 'down');
+
+-- Maintenance windows (version 2): during an occurrence, the heartbeats whose
+-- pattern contains all of the window's pairs raise no alarm. Few rows (at most
+-- MAX_MAINTENANCE_WINDOWS), all held in memory by the engine: the primary key
+-- serves GET/PUT/DELETE one, and the list reads the whole table.
+CREATE TABLE IF NOT EXISTS maintenance (
+    id          TEXT PRIMARY KEY,             -- UUID4, as served in "_id"
+    name        TEXT NOT NULL,
+    pattern     TEXT NOT NULL,                -- canonical JSON, may be {} (every heartbeat)
+    start_local TEXT NOT NULL,                -- ISO 8601 local time, no offset ("2026-12-06T02:00:00")
+    end_local   TEXT NOT NULL,                -- the same; end - start is each occurrence's length
+    timezone    TEXT NOT NULL,                -- IANA name ("Europe/Paris")
+    rrule       TEXT,                         -- RFC 5545 rule ("FREQ=WEEKLY;BYDAY=SU"), NULL: once
+    created     INTEGER NOT NULL,             -- Unix seconds
+    updated     INTEGER NOT NULL
+);
 
 -- Service-wide values. 'alive_at': the last time the service recorded that it
 -- was running, from which a restart measures the outage.
@@ -54,4 +81,4 @@ CREATE TABLE IF NOT EXISTS outbox (
     event TEXT NOT NULL                      -- the Canopsis event, JSON
 );
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

@@ -462,14 +462,14 @@ def test_a_matching_event_refreshes_the_heartbeat(app, clock):
     heartbeat_id = create(app)
     assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "pending", "last_event": None,
-        "deadline": T0 + 60, "alarm_since": None,
+        "deadline": T0 + 60, "alarm_since": None, "maintenance": None,
     }
     clock.advance(10.5)
     answer = send(app, {**C01, "component": "srv1", "resource": "cpu", "timestamp": 1})
     assert answer == {"received": 1, "matched": [heartbeat_id]}
     assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "up", "last_event": T0 + 10.5,
-        "deadline": T0 + 70.5, "alarm_since": None,
+        "deadline": T0 + 70.5, "alarm_since": None, "maintenance": None,
     }
 
 
@@ -571,7 +571,7 @@ def test_pending_goes_down_exactly_at_the_deadline(app, service, clock, alarms_s
     assert service.tick() == heartbeat_lite.ALIVE_INTERVAL_SECONDS  # nothing left to go down
     assert status_of(app, heartbeat_id) == {
         "_id": heartbeat_id, "status": "down", "last_event": None,
-        "deadline": T0 + 60, "alarm_since": T0 + 60,
+        "deadline": T0 + 60, "alarm_since": T0 + 60, "maintenance": None,
     }
     alarm = {
         "connector": "heartbeat", "connector_name": "heartbeat", "event_type": "check",
@@ -600,7 +600,7 @@ def test_down_up_down_up(app, service, clock, alarms_seen):
     clock.advance(5)
     assert send(app, C01)["matched"] == [heartbeat_id]
     assert status_of(app, heartbeat_id) == {
-        "_id": heartbeat_id, "status": "up", "last_event": T0 + 35, "deadline": T0 + 65, "alarm_since": None,
+        "_id": heartbeat_id, "status": "up", "last_event": T0 + 35, "deadline": T0 + 65, "alarm_since": None, "maintenance": None,
     }
     assert [(a["state"], a["timestamp"]) for a in alarms_seen] == [(3, int(T0 + 30)), (0, int(T0 + 35))]
     assert app.get("/api/v2/alarms").json == []
@@ -695,8 +695,8 @@ def test_expiry_reads_the_deadline_index(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()
     with sqlite3.connect(path) as conn:
-        for query in ("SELECT id FROM heartbeat WHERE status <> 'down' AND deadline <= 1 ORDER BY deadline",
-                      "SELECT MIN(deadline) FROM heartbeat WHERE status <> 'down'"):
+        for query in ("SELECT id FROM heartbeat WHERE status NOT IN ('down', 'paused') AND due <= 1 ORDER BY due",
+                      "SELECT MIN(due) FROM heartbeat WHERE status NOT IN ('down', 'paused')"):
             plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query))
             assert "SEARCH heartbeat USING INDEX heartbeat_due" in plan
 
@@ -1004,7 +1004,7 @@ def test_a_longer_interval_keeps_a_pending_heartbeat_up(app, service, clock, ala
     clock.advance(3600)
     service.tick()
     assert status_of(app, heartbeat_id) == {
-        "_id": heartbeat_id, "status": "pending", "last_event": None, "deadline": T0 + 7200, "alarm_since": None,
+        "_id": heartbeat_id, "status": "pending", "last_event": None, "deadline": T0 + 7200, "alarm_since": None, "maintenance": None,
     }
     assert alarms_seen == []
 
@@ -2145,7 +2145,7 @@ def test_every_operation_has_a_unique_operation_id_and_tags(spec):
     for path, method, operation in operations(spec):
         assert operation["tags"] and set(operation["tags"]) <= declared, (path, method)
         assert "500" in operation["responses"], (path, method)
-    assert declared == {"heartbeat", "event", "alarm", "operator"}
+    assert declared == {"heartbeat", "maintenance", "event", "alarm", "operator"}
 
 
 def test_the_openapi_description_covers_every_route(spec, service):
@@ -2338,7 +2338,7 @@ def test_the_status_document_reads_only_the_row():
     row = {"id": "x", "status": "pending", "refreshed": 10.25, "interval_seconds": 60,
            "last_event": None, "alarm_since": None}
     assert heartbeat_lite.status_document(row) == {
-        "_id": "x", "status": "pending", "last_event": None, "deadline": 70.25, "alarm_since": None}
+        "_id": "x", "status": "pending", "last_event": None, "deadline": 70.25, "alarm_since": None, "maintenance": None}
 
 
 def test_the_read_model_keeps_recent_refreshes_in_memory_until_written():
