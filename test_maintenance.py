@@ -1,5 +1,5 @@
-"""Tests for pause/resume, late warnings and maintenance windows (DESIGN.md
-section 10): every edge on a fake clock, ticked by hand."""
+"""Tests for pause/resume, late warnings and maintenance windows: every
+edge on a fake clock, ticked by hand."""
 
 import datetime
 import json

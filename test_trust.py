@@ -1,4 +1,4 @@
-"""Tests for DESIGN.md §9 (trust): hostile input and paths, cross-site
+"""Tests for trust: hostile input and paths, cross-site
 requests, log injection, credentials, an honest /healthz."""
 
 import contextlib
