@@ -1,0 +1,142 @@
+"""Trust at the network and process boundary (DESIGN.md §9): connections,
+forwarding, one database per service, configuration errors."""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+import heartbeat_lite
+from test_heartbeat_lite import (  # noqa: F401 - fixtures used by name
+    DB_ERROR,
+    HERE,
+    T0,
+    FakeClock,
+    alarms_seen,
+    body,
+    client,
+    clock,
+    create,
+    new_heartbeat,
+)
+
+
+def run_cli(*args, env=None, timeout=30):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(heartbeat_lite.ENV_PREFIX)}
+    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**environment, **(env or {})})
+
+
+def one_error_line(result, alone=True):
+    """The CLI failed as a configuration error: exit 2, one error line (the
+    only line unless ``alone`` is false: after logging started), no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("heartbeat-lite: error: ")]
+    assert len(errors) == 1 and (len(lines) == 1 or not alone), result.stderr
+    return errors[0]
+
+
+###############################################################################
+# One database, one service
+###############################################################################
+
+
+def database_state(path):
+    """What a start could change: meta (alive_at, stopped_cleanly) and rows."""
+    with sqlite3.connect(path) as conn:
+        return (sorted(conn.execute("SELECT key, value FROM meta")),
+                sorted(conn.execute("SELECT id, status, refreshed, deadline FROM heartbeat")))
+
+
+def files_in(directory):
+    """Every file's bytes, but the lock file's (it holds the last holder's pid)."""
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if not name.endswith(".lock")}
+
+
+@pytest.fixture
+def stopped_db(tmp_path, clock):
+    """A database with one heartbeat, stopped cleanly a while ago."""
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        new_heartbeat(service)
+        clock.advance(10)
+        service.tick()
+    return path
+
+
+def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopped_db, clock):
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
+        before = database_state(stopped_db)
+        result = run_cli("--port", "0", "--db", stopped_db)
+        line = one_error_line(result)
+        assert "in use by another heartbeat-lite" in line and f"process {os.getpid()}" in line
+        assert database_state(stopped_db) == before
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):  # in one process too
+            heartbeat_lite.create_app(db=stopped_db, clock=clock)
+        assert client(first).get("/healthz").json["status"] == "ok"
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock):  # released at close
+        pass
+
+
+def test_a_start_on_a_port_in_use_changes_nothing_in_the_database(stopped_db):
+    before = files_in(os.path.dirname(stopped_db))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--port", str(port), "--db", stopped_db)
+    line = one_error_line(result, alone=False)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert files_in(os.path.dirname(stopped_db)) == before  # not resumed: no alive_at, no WAL
+
+
+def test_a_new_database_is_not_even_created_by_a_failed_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        one_error_line(run_cli("--port", str(taken.getsockname()[1]), "--db", str(tmp_path / "new.db")),
+                       alone=False)
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
+    assert "is a directory" in one_error_line(run_cli("--port", "0", "--db", str(tmp_path)))
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not a database\n")
+    assert "not a SQLite database" in one_error_line(run_cli("--port", "0", "--db", str(text)))
+    assert text.read_text() == "these are my notes, not a database\n"
+    with pytest.raises(heartbeat_lite.ConfigError, match="not a SQLite database"):
+        heartbeat_lite.create_app(db=str(text))
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_while_running_is_detected(tmp_path, clock, caplog, monkeypatch, how):
+    monkeypatch.setattr(heartbeat_lite, "DATABASE_IDENTITY_CHECK_SECONDS", 0.0)
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        app = client(service)
+        kept = create(app)
+        if how == "deleted":
+            os.remove(path)
+        else:
+            with heartbeat_lite.create_app(db=str(tmp_path / "other.db")):
+                pass
+            os.replace(str(tmp_path / "other.db"), path)
+            replacement = open(path, "rb").read()
+        for _ in range(3):
+            assert app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400).json == DB_ERROR
+            health = app.get("/healthz", status=503).json
+            assert (health["status"], health["description"]) == ("unavailable",
+                                                                 "the database file was deleted or replaced")
+            with pytest.raises(heartbeat_lite.StoreError):
+                service.tick()
+        assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # reads from memory still answer
+        assert caplog.text.count("was deleted or replaced while running") == 1
+        if how == "replaced":
+            assert open(path, "rb").read() == replacement  # nothing written to the file that took its place
