@@ -140,3 +140,61 @@ def test_a_database_file_deleted_or_replaced_while_running_is_detected(tmp_path,
         assert caplog.text.count("was deleted or replaced while running") == 1
         if how == "replaced":
             assert open(path, "rb").read() == replacement  # nothing written to the file that took its place
+
+
+###############################################################################
+# Configuration errors
+###############################################################################
+
+
+@pytest.mark.parametrize("args,env,named", [
+    (["--port", "abc"], {}, "--port: not a number: 'abc'"),
+    (["--port", "70000"], {}, "--port: must be 0 to 65535"),
+    ([], {"HEARTBEAT_LITE_PORT": "abc"}, "HEARTBEAT_LITE_PORT: not a number: 'abc'"),
+    (["--threads", "0"], {}, "--threads: must be 1 to 1024"),
+    ([], {"HEARTBEAT_LITE_THREADS": "-3"}, "HEARTBEAT_LITE_THREADS: must be 1 to 1024"),
+    (["--log-level", "loud"], {}, "--log-level: not one of DEBUG, INFO, WARNING, ERROR: 'loud'"),
+    ([], {"HEARTBEAT_LITE_LOG_LEVEL": "verbose"}, "HEARTBEAT_LITE_LOG_LEVEL: not one of"),
+    ([], {"HEARTBEAT_LITE_HOST": " "}, "HEARTBEAT_LITE_HOST: empty"),
+    (["--db", ""], {}, "--db: the database path is empty"),
+    ([], {"HEARTBEAT_LITE_DB": "/nonexistent/dir/hb.db"}, "HEARTBEAT_LITE_DB: database directory"),
+    (["--user", "nocolon"], {}, "--user 1: expected NAME:PASSWORD"),
+    ([], {"HEARTBEAT_LITE_USERS": "a:b,nocolon"}, "HEARTBEAT_LITE_USERS entry 2"),
+    (["--users-file", "/nonexistent"], {}, "--users-file: cannot read users file"),
+    ([], {"HEARTBEAT_LITE_USERS_FILE": "/nonexistent"}, "HEARTBEAT_LITE_USERS_FILE: cannot read users file"),
+    (["--forward-url", "ftp://x/y"], {}, "--forward-url must be an http:// or https:// URL"),
+    ([], {"HEARTBEAT_LITE_FORWARD_URL": "nope"}, "HEARTBEAT_LITE_FORWARD_URL must be an http://"),
+    (["--prot", "8083"], {}, "unrecognized arguments: --prot 8083"),
+    (["serve"], {}, "unrecognized arguments: serve"),
+])
+def test_a_bad_setting_exits_2_with_one_line_naming_it(tmp_path, capsys, args, env, named):
+    argv = args if any(a.startswith("--db") for a in args) or "HEARTBEAT_LITE_DB" in env \
+        else ["--db", str(tmp_path / "hb.db"), *args]
+    assert heartbeat_lite.main(argv, env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("heartbeat-lite: error: ") and named in err, err
+    assert not os.path.exists(tmp_path / "hb.db")
+
+
+def test_a_bad_log_level_from_the_environment_is_one_line_not_a_traceback():
+    line = one_error_line(run_cli("--port", "0", env={"HEARTBEAT_LITE_LOG_LEVEL": "verbose"}))
+    assert line == ("heartbeat-lite: error: HEARTBEAT_LITE_LOG_LEVEL: not one of DEBUG, INFO, WARNING, "
+                    "ERROR: 'verbose'")
+
+
+def test_usage_does_not_ask_for_a_command_and_help_still_names_it():
+    help_text = run_cli("--help").stdout
+    usage = help_text.split("\n\n")[0]
+    assert "COMMAND" not in usage and "hash-password" not in usage
+    assert "hash-password" in help_text
+    assert "invalid choice" not in one_error_line(run_cli("--prot", "8083"))
+    assert run_cli("hash-password", "--help").returncode == 0
+
+
+def test_settings_come_from_the_flag_then_the_environment_then_the_default():
+    parser = heartbeat_lite.build_parser({})
+    env = {"HEARTBEAT_LITE_PORT": "9000", "HEARTBEAT_LITE_LOG_LEVEL": "debug", "HEARTBEAT_LITE_THREADS": "8"}
+    args = heartbeat_lite.check_settings(parser.parse_args(["--port", "9001"]), env)
+    assert (args.port, args.log_level, args.threads, args.host) == (9001, "DEBUG", 8, "127.0.0.1")
+    args = heartbeat_lite.check_settings(parser.parse_args([]), {})
+    assert (args.port, args.db, args.forward_url) == (8082, "heartbeat_lite.db", None)
