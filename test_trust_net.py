@@ -1,11 +1,16 @@
 """Trust at the network and process boundary (DESIGN.md §9): connections,
 forwarding, one database per service, configuration errors."""
 
+import base64
+import http.client
 import os
+import resource
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.parse
 
 import pytest
 
@@ -198,3 +203,128 @@ def test_settings_come_from_the_flag_then_the_environment_then_the_default():
     assert (args.port, args.log_level, args.threads, args.host) == (9001, "DEBUG", 8, "127.0.0.1")
     args = heartbeat_lite.check_settings(parser.parse_args([]), {})
     assert (args.port, args.db, args.forward_url) == (8082, "heartbeat_lite.db", None)
+
+
+###############################################################################
+# Connections: exhaustion and slow clients
+###############################################################################
+
+
+def timed_get(base, path, user=None, timeout=1.0):
+    """GET over a new connection; return (status, seconds); fails past ``timeout``."""
+    started = time.monotonic()
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        headers = {"Authorization": "Basic " + base64.b64encode(user.encode()).decode()} if user else {}
+        conn.request("GET", path, headers=headers)
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status, time.monotonic() - started
+
+
+def open_connections(base, count):
+    parts = urllib.parse.urlsplit(base)
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        sockets.append(sock)
+    return sockets
+
+
+def others_are_answered(base, rounds=3):
+    timed_get(base, "/healthz", timeout=10)  # the server has caught up with the attack
+    for _ in range(rounds):
+        for path, user in (("/healthz", None), ("/api/v2/heartbeat", "root:root")):
+            status, seconds = timed_get(base, path, user)
+            assert status == 200 and seconds < 1.0, (path, status, seconds)
+
+
+@pytest.fixture
+def file_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2600:
+        pytest.skip("needs 2,600 open files (client and server in one process)")
+    if soft != resource.RLIM_INFINITY and soft < 2600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2600, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+def test_a_thousand_idle_connections_do_not_stop_other_clients(file_limit, clock):
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        sockets = open_connections(base, 1000)
+        try:
+            others_are_answered(base)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+@pytest.mark.slow
+def test_a_thousand_slowloris_connections_do_not_stop_other_clients(file_limit, clock):
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        sockets = open_connections(base, 1000)
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /api/v2/heartbeat HTTP/1.1\r\n")
+            for second in range(3):
+                started = time.monotonic()
+                for sock in sockets:
+                    sock.sendall(b"X-Slow-%d: still coming\r\n" % second)
+                others_are_answered(base, rounds=1)
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def closed_after(sock, dribble, interval=0.1, limit=5.0):
+    """Send ``dribble`` every ``interval`` until the server closes the
+    connection; return the seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(interval)
+    while time.monotonic() - started < limit:
+        try:
+            sock.sendall(dribble)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:  # reset
+            return time.monotonic() - started
+    raise AssertionError("the connection was never closed")
+
+
+@pytest.mark.slow
+def test_a_request_head_or_body_that_does_not_arrive_in_time_is_cut(clock):
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, head_deadline=0.5, body_deadline=0.5) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port)) as head:
+            head.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert 0.5 <= closed_after(head, b"X-Slow: 1\r\n") < 2.0
+        with socket.create_connection((parts.hostname, parts.port)) as payload:
+            payload.sendall(b"POST /api/v2/event HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[")
+            assert 1.0 <= closed_after(payload, b" ") < 2.5
+        # a connection idle between requests is not "late": keep-alive still works
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+        time.sleep(1.2)  # beyond both deadlines
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_near_the_connection_limit_the_oldest_idle_connections_make_room(clock):
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, connection_limit=300) as base:
+        sockets = open_connections(base, 400)
+        try:
+            others_are_answered(base, rounds=1)
+        finally:
+            for sock in sockets:
+                sock.close()
