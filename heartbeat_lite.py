@@ -46,7 +46,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import urllib.request
 import uuid
 
 import bottle
@@ -110,6 +109,7 @@ LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as on
 
 FORWARD_TIMEOUT_SECONDS = 10.0  # one delivery attempt, whole: connect, send, headers and body of the answer
 FORWARD_BATCH_EVENTS = 100
+FORWARD_ANSWER_BYTES = 64 * 1024  # of the target's answer, read at most
 FORWARD_BACKOFF_SECONDS = (1.0, 60.0)  # first retry, cap; doubling in between
 
 PASSWORD_HASH_SCHEME = "pbkdf2_sha256"
@@ -1994,16 +1994,24 @@ class Forwarder(_Worker):
     of events, at least once (an entry is deleted only after a 2xx answer),
     with capped exponential backoff while the target fails.
 
+    An attempt that is not a 2xx answer fails, a redirect (3xx) included: it
+    is never followed, so the credentials go to the configured URL only.
+    Each attempt ends within ``timeout`` seconds whatever the target does
+    (connect, send, the answer's head and body; a target dribbling bytes is
+    cut), so stopping waits at most that long.
+
     :param store: the :class:`Store` holding the outbox.
     :param url: an http(s) URL; userinfo in it becomes Basic auth.
+    :param timeout: seconds one attempt may take, overall.
     """
 
     name = "heartbeat-lite-forwarder"
 
-    def __init__(self, store, url):
+    def __init__(self, store, url, timeout=FORWARD_TIMEOUT_SECONDS):
         super().__init__()
         self.store = store
         self.url, self._authorization = parse_forward_url(url)
+        self.timeout = timeout
         self.failures = 0  # consecutive failed attempts
 
     def wake(self):
@@ -2047,12 +2055,50 @@ class Forwarder(_Worker):
         return 0.0
 
     def _post(self, body):
-        request = urllib.request.Request(self.url, data=body, method="POST")
-        request.add_header("Content-Type", JSON_TYPE)
+        """One attempt, over http.client (no redirect handling to switch
+        off); a watchdog shuts the socket down at the deadline, which ends a
+        read blocked on a target that sends a byte now and then (a socket
+        timeout alone is per read).
+
+        :raises OSError: the attempt failed (not 2xx, too slow, network).
+        """
+        parts = urllib.parse.urlsplit(self.url)
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = connection_class(parts.hostname, parts.port, timeout=self.timeout)
+        expired = threading.Event()
+        closing = threading.Lock()
+
+        def cut():
+            with closing:
+                if not expired.is_set() and conn.sock is not None:
+                    expired.set()
+                    try:
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        watchdog = threading.Timer(self.timeout, cut)
+        watchdog.daemon = True
+        watchdog.start()
+        headers = {"Content-Type": JSON_TYPE}
         if self._authorization:
-            request.add_header("Authorization", self._authorization)
-        with urllib.request.urlopen(request, timeout=FORWARD_TIMEOUT_SECONDS) as response:
-            response.read()  # any 2xx; urlopen raises HTTPError for the rest
+            headers["Authorization"] = self._authorization
+        try:
+            conn.request("POST", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body, headers)
+            response = conn.getresponse()
+            response.read(FORWARD_ANSWER_BYTES)  # enough of the answer; the rest is not waited for
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {self.timeout:g}s") from exc
+            raise
+        finally:
+            with closing:
+                expired.set()  # from here on the watchdog does nothing
+            watchdog.cancel()
+            conn.close()
+        if not 200 <= response.status < 300:
+            redirect = " (a redirect: not followed)" if 300 <= response.status < 400 else ""
+            raise ConnectionRefusedError(f"HTTP {response.status}{redirect}")
 
 
 ###############################################################################

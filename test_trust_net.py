@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -328,3 +329,156 @@ def test_near_the_connection_limit_the_oldest_idle_connections_make_room(clock):
         finally:
             for sock in sockets:
                 sock.close()
+
+
+###############################################################################
+# Forwarding to a misbehaving target
+###############################################################################
+
+
+class Target:
+    """A local HTTP target answering each request with the next of
+    ``answers`` (status, extra headers), recording (path, headers)."""
+
+    def __init__(self, answers=()):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        target = self
+        self.answers = list(answers)
+        self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self._answer()
+
+            def do_GET(self):
+                self._answer()
+
+            def _answer(self):
+                target.requests.append((self.command, self.path, dict(self.headers)))
+                status, headers = target.answers.pop(0) if target.answers else (200, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path="/api/v2/event", userinfo=""):
+        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Dribbler:
+    """A target that reads the request, then sends its answer one byte every
+    ``interval`` seconds, for as long as the connection stays open."""
+
+    def __init__(self, interval=0.05):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self):
+        return f"http://u:secret@127.0.0.1:{self.listener.getsockname()[1]}/api/v2/event"
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+
+    def _dribble(self, conn):
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Padding: " + b"x" * 100000
+        with conn:
+            conn.recv(65536)
+            for byte in answer:
+                if self.stopping.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self):
+        self.stopping.set()
+        self.listener.close()
+
+
+def alarmed_forwarding_service(clock, url, db=":memory:"):
+    service = heartbeat_lite.create_app(db=db, clock=clock, forward_url=url)
+    new_heartbeat(service)
+    clock.advance(61)
+    service.tick()  # one alarm in the outbox
+    assert service.engine.outbox_depth() == 1
+    return service
+
+
+def test_a_redirect_is_a_failed_attempt_never_followed_and_credentials_stay_home(clock):
+    elsewhere = Target()
+    target = Target([(302, {"Location": elsewhere.url("/steal")}), (307, {"Location": elsewhere.url("/steal")}),
+                     (301, {"Location": elsewhere.url("/steal")})])
+    try:
+        with alarmed_forwarding_service(clock, target.url(userinfo="canopsis:s3cret@")) as service:
+            for attempt in (1, 2, 3):
+                assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0] * 2 ** (attempt - 1)
+                assert service.forwarder.failures == attempt
+                assert service.engine.outbox_depth() == 1  # not delivered: kept for the retry
+            assert service.deliver() is None  # the target answers 200 now
+            assert service.engine.outbox_depth() == 0
+        assert elsewhere.requests == []
+        assert len(target.requests) == 4
+        assert all(headers["Authorization"] == "Basic " + base64.b64encode(b"canopsis:s3cret").decode()
+                   for _, _, headers in target.requests)
+    finally:
+        target.close()
+        elsewhere.close()
+
+
+def test_a_dribbling_target_is_cut_at_the_attempt_deadline(clock, caplog):
+    dribbler = Dribbler()
+    try:
+        with alarmed_forwarding_service(clock, dribbler.url()) as service:
+            service.forwarder.timeout = 0.5
+            started = time.monotonic()
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert 0.5 <= time.monotonic() - started < 1.5
+            assert service.engine.outbox_depth() == 1
+            assert "no complete answer within 0.5s" in caplog.text
+    finally:
+        dribbler.close()
+
+
+def test_stopping_waits_for_a_stuck_attempt_at_most_its_deadline(tmp_path):
+    dribbler = Dribbler()
+    try:
+        clock = FakeClock(time.time())
+        with alarmed_forwarding_service(clock, dribbler.url(), db=str(tmp_path / "hb.db")) as service:
+            service.forwarder.timeout = 0.5
+            with heartbeat_lite.serve(service, port=0):
+                deadline = time.monotonic() + 5
+                while dribbler.connections == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert dribbler.connections == 1  # the forwarder thread is in its attempt
+                started = time.monotonic()
+            assert time.monotonic() - started < 1.5
+    finally:
+        dribbler.close()
