@@ -146,7 +146,7 @@ HEAD_DEADLINE_SECONDS = 10.0
 BODY_DEADLINE_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 60
 CONNECTION_LIMIT = 4000
-CONNECTION_SPARE = 100  # idle connections are evicted when fewer slots than this are left
+CONNECTION_SPARE = 100  # waiting connections are evicted when fewer slots than this (or a tenth of the limit) are left
 FILE_DESCRIPTORS_SPARE = 200  # beyond the connections: database, threads, pipes
 
 DATABASE_IDENTITY_CHECK_SECONDS = 1.0  # how often the database file's identity is checked
@@ -3623,9 +3623,10 @@ def _json_error_server_class():
             if now >= self._next_deadline_check:
                 self._next_deadline_check = now + min(1.0, self.head_deadline / 4)
                 closed += self._cut_late_requests(now)
+            spare = min(CONNECTION_SPARE, max(1, self.adj.connection_limit // 10))
             free = self.adj.connection_limit - len(self._map)
-            if free < CONNECTION_SPARE:
-                closed += self._evict(2 * CONNECTION_SPARE - free)
+            if free < spare:
+                closed += self._evict(2 * spare - free)
             if closed:
                 self.cut += closed
                 # channels closed now may have been registered with this
