@@ -1970,7 +1970,7 @@ def test_cli_refuses_a_missing_database_directory(tmp_path):
 
 def test_cli_rejects_a_malformed_environment_value():
     result = run_cli("--port", "0", env={"HEARTBEAT_LITE_THREADS": "many"})
-    assert result.returncode == 2 and "--threads" in result.stderr
+    assert result.returncode == 2 and "HEARTBEAT_LITE_THREADS: not a number: 'many'" in result.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

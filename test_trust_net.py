@@ -1,0 +1,484 @@
+"""Trust at the network and process boundary (DESIGN.md §9): connections,
+forwarding, one database per service, configuration errors."""
+
+import base64
+import http.client
+import os
+import resource
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+import heartbeat_lite
+from test_heartbeat_lite import (  # noqa: F401 - fixtures used by name
+    DB_ERROR,
+    HERE,
+    T0,
+    FakeClock,
+    alarms_seen,
+    body,
+    client,
+    clock,
+    create,
+    new_heartbeat,
+)
+
+
+def run_cli(*args, env=None, timeout=30):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(heartbeat_lite.ENV_PREFIX)}
+    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**environment, **(env or {})})
+
+
+def one_error_line(result, alone=True):
+    """The CLI failed as a configuration error: exit 2, one error line (the
+    only line unless ``alone`` is false: after logging started), no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("heartbeat-lite: error: ")]
+    assert len(errors) == 1 and (len(lines) == 1 or not alone), result.stderr
+    return errors[0]
+
+
+###############################################################################
+# One database, one service
+###############################################################################
+
+
+def database_state(path):
+    """What a start could change: meta (alive_at, stopped_cleanly) and rows."""
+    with sqlite3.connect(path) as conn:
+        return (sorted(conn.execute("SELECT key, value FROM meta")),
+                sorted(conn.execute("SELECT id, status, refreshed, deadline FROM heartbeat")))
+
+
+def files_in(directory):
+    """Every file's bytes, but the lock file's (it holds the last holder's pid)."""
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if not name.endswith(".lock")}
+
+
+@pytest.fixture
+def stopped_db(tmp_path, clock):
+    """A database with one heartbeat, stopped cleanly a while ago."""
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        new_heartbeat(service)
+        clock.advance(10)
+        service.tick()
+    return path
+
+
+def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopped_db, clock):
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
+        before = database_state(stopped_db)
+        result = run_cli("--port", "0", "--db", stopped_db)
+        line = one_error_line(result)
+        assert "in use by another heartbeat-lite" in line and f"process {os.getpid()}" in line
+        assert database_state(stopped_db) == before
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):  # in one process too
+            heartbeat_lite.create_app(db=stopped_db, clock=clock)
+        assert client(first).get("/healthz").json["status"] == "ok"
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock):  # released at close
+        pass
+
+
+def test_a_start_on_a_port_in_use_changes_nothing_in_the_database(stopped_db):
+    before = files_in(os.path.dirname(stopped_db))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--port", str(port), "--db", stopped_db)
+    line = one_error_line(result, alone=False)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert files_in(os.path.dirname(stopped_db)) == before  # not resumed: no alive_at, no WAL
+
+
+def test_a_new_database_is_not_even_created_by_a_failed_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        one_error_line(run_cli("--port", str(taken.getsockname()[1]), "--db", str(tmp_path / "new.db")),
+                       alone=False)
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
+    assert "is a directory" in one_error_line(run_cli("--port", "0", "--db", str(tmp_path)))
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not a database\n")
+    assert "not a SQLite database" in one_error_line(run_cli("--port", "0", "--db", str(text)))
+    assert text.read_text() == "these are my notes, not a database\n"
+    with pytest.raises(heartbeat_lite.ConfigError, match="not a SQLite database"):
+        heartbeat_lite.create_app(db=str(text))
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_while_running_is_detected(tmp_path, clock, caplog, monkeypatch, how):
+    monkeypatch.setattr(heartbeat_lite, "DATABASE_IDENTITY_CHECK_SECONDS", 0.0)
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        app = client(service)
+        kept = create(app)
+        if how == "deleted":
+            os.remove(path)
+        else:
+            with heartbeat_lite.create_app(db=str(tmp_path / "other.db")):
+                pass
+            os.replace(str(tmp_path / "other.db"), path)
+            replacement = open(path, "rb").read()
+        for _ in range(3):
+            assert app.post_json("/api/v2/heartbeat", body(pattern={"k": "v"}), status=400).json == DB_ERROR
+            health = app.get("/healthz", status=503).json
+            assert (health["status"], health["description"]) == ("unavailable",
+                                                                 "the database file was deleted or replaced")
+            with pytest.raises(heartbeat_lite.StoreError):
+                service.tick()
+        assert app.get(f"/api/v2/heartbeat/{kept}").status_int == 200  # reads from memory still answer
+        assert caplog.text.count("was deleted or replaced while running") == 1
+        if how == "replaced":
+            assert open(path, "rb").read() == replacement  # nothing written to the file that took its place
+
+
+###############################################################################
+# Configuration errors
+###############################################################################
+
+
+@pytest.mark.parametrize("args,env,named", [
+    (["--port", "abc"], {}, "--port: not a number: 'abc'"),
+    (["--port", "70000"], {}, "--port: must be 0 to 65535"),
+    ([], {"HEARTBEAT_LITE_PORT": "abc"}, "HEARTBEAT_LITE_PORT: not a number: 'abc'"),
+    (["--threads", "0"], {}, "--threads: must be 1 to 1024"),
+    ([], {"HEARTBEAT_LITE_THREADS": "-3"}, "HEARTBEAT_LITE_THREADS: must be 1 to 1024"),
+    (["--log-level", "loud"], {}, "--log-level: not one of DEBUG, INFO, WARNING, ERROR: 'loud'"),
+    ([], {"HEARTBEAT_LITE_LOG_LEVEL": "verbose"}, "HEARTBEAT_LITE_LOG_LEVEL: not one of"),
+    ([], {"HEARTBEAT_LITE_HOST": " "}, "HEARTBEAT_LITE_HOST: empty"),
+    (["--db", ""], {}, "--db: the database path is empty"),
+    ([], {"HEARTBEAT_LITE_DB": "/nonexistent/dir/hb.db"}, "HEARTBEAT_LITE_DB: database directory"),
+    (["--user", "nocolon"], {}, "--user 1: expected NAME:PASSWORD"),
+    ([], {"HEARTBEAT_LITE_USERS": "a:b,nocolon"}, "HEARTBEAT_LITE_USERS entry 2"),
+    (["--users-file", "/nonexistent"], {}, "--users-file: cannot read users file"),
+    ([], {"HEARTBEAT_LITE_USERS_FILE": "/nonexistent"}, "HEARTBEAT_LITE_USERS_FILE: cannot read users file"),
+    (["--forward-url", "ftp://x/y"], {}, "--forward-url must be an http:// or https:// URL"),
+    ([], {"HEARTBEAT_LITE_FORWARD_URL": "nope"}, "HEARTBEAT_LITE_FORWARD_URL must be an http://"),
+    (["--prot", "8083"], {}, "unrecognized arguments: --prot 8083"),
+    (["serve"], {}, "unrecognized arguments: serve"),
+])
+def test_a_bad_setting_exits_2_with_one_line_naming_it(tmp_path, capsys, args, env, named):
+    argv = args if any(a.startswith("--db") for a in args) or "HEARTBEAT_LITE_DB" in env \
+        else ["--db", str(tmp_path / "hb.db"), *args]
+    assert heartbeat_lite.main(argv, env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("heartbeat-lite: error: ") and named in err, err
+    assert not os.path.exists(tmp_path / "hb.db")
+
+
+def test_a_bad_log_level_from_the_environment_is_one_line_not_a_traceback():
+    line = one_error_line(run_cli("--port", "0", env={"HEARTBEAT_LITE_LOG_LEVEL": "verbose"}))
+    assert line == ("heartbeat-lite: error: HEARTBEAT_LITE_LOG_LEVEL: not one of DEBUG, INFO, WARNING, "
+                    "ERROR: 'verbose'")
+
+
+def test_usage_does_not_ask_for_a_command_and_help_still_names_it():
+    help_text = run_cli("--help").stdout
+    usage = help_text.split("\n\n")[0]
+    assert "COMMAND" not in usage and "hash-password" not in usage
+    assert "hash-password" in help_text
+    assert "invalid choice" not in one_error_line(run_cli("--prot", "8083"))
+    assert run_cli("hash-password", "--help").returncode == 0
+
+
+def test_settings_come_from_the_flag_then_the_environment_then_the_default():
+    parser = heartbeat_lite.build_parser({})
+    env = {"HEARTBEAT_LITE_PORT": "9000", "HEARTBEAT_LITE_LOG_LEVEL": "debug", "HEARTBEAT_LITE_THREADS": "8"}
+    args = heartbeat_lite.check_settings(parser.parse_args(["--port", "9001"]), env)
+    assert (args.port, args.log_level, args.threads, args.host) == (9001, "DEBUG", 8, "127.0.0.1")
+    args = heartbeat_lite.check_settings(parser.parse_args([]), {})
+    assert (args.port, args.db, args.forward_url) == (8082, "heartbeat_lite.db", None)
+
+
+###############################################################################
+# Connections: exhaustion and slow clients
+###############################################################################
+
+
+def timed_get(base, path, user=None, timeout=1.0):
+    """GET over a new connection; return (status, seconds); fails past ``timeout``."""
+    started = time.monotonic()
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        headers = {"Authorization": "Basic " + base64.b64encode(user.encode()).decode()} if user else {}
+        conn.request("GET", path, headers=headers)
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status, time.monotonic() - started
+
+
+def open_connections(base, count):
+    parts = urllib.parse.urlsplit(base)
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        sockets.append(sock)
+    return sockets
+
+
+def others_are_answered(base, rounds=3):
+    timed_get(base, "/healthz", timeout=10)  # the server has caught up with the attack
+    for _ in range(rounds):
+        for path, user in (("/healthz", None), ("/api/v2/heartbeat", "root:root")):
+            status, seconds = timed_get(base, path, user)
+            assert status == 200 and seconds < 1.0, (path, status, seconds)
+
+
+@pytest.fixture
+def file_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2600:
+        pytest.skip("needs 2,600 open files (client and server in one process)")
+    if soft != resource.RLIM_INFINITY and soft < 2600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2600, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+def test_a_thousand_idle_connections_do_not_stop_other_clients(file_limit, clock):
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        sockets = open_connections(base, 1000)
+        try:
+            others_are_answered(base)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+@pytest.mark.slow
+def test_a_thousand_slowloris_connections_do_not_stop_other_clients(file_limit, clock):
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        sockets = open_connections(base, 1000)
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /api/v2/heartbeat HTTP/1.1\r\n")
+            for second in range(3):
+                started = time.monotonic()
+                for sock in sockets:
+                    sock.sendall(b"X-Slow-%d: still coming\r\n" % second)
+                others_are_answered(base, rounds=1)
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def closed_after(sock, dribble, interval=0.1, limit=5.0):
+    """Send ``dribble`` every ``interval`` until the server closes the
+    connection; return the seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(interval)
+    while time.monotonic() - started < limit:
+        try:
+            sock.sendall(dribble)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:  # reset
+            return time.monotonic() - started
+    raise AssertionError("the connection was never closed")
+
+
+@pytest.mark.slow
+def test_a_request_head_or_body_that_does_not_arrive_in_time_is_cut(clock):
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, head_deadline=0.5, body_deadline=0.5) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port)) as head:
+            head.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert 0.5 <= closed_after(head, b"X-Slow: 1\r\n") < 2.0
+        with socket.create_connection((parts.hostname, parts.port)) as payload:
+            payload.sendall(b"POST /api/v2/event HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[")
+            assert 1.0 <= closed_after(payload, b" ") < 2.5
+        # a connection idle between requests is not "late": keep-alive still works
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+        time.sleep(1.2)  # beyond both deadlines
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_near_the_connection_limit_the_oldest_idle_connections_make_room(clock):
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, connection_limit=300) as base:
+        sockets = open_connections(base, 400)
+        try:
+            others_are_answered(base, rounds=1)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+###############################################################################
+# Forwarding to a misbehaving target
+###############################################################################
+
+
+class Target:
+    """A local HTTP target answering each request with the next of
+    ``answers`` (status, extra headers), recording (path, headers)."""
+
+    def __init__(self, answers=()):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        target = self
+        self.answers = list(answers)
+        self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self._answer()
+
+            def do_GET(self):
+                self._answer()
+
+            def _answer(self):
+                target.requests.append((self.command, self.path, dict(self.headers)))
+                status, headers = target.answers.pop(0) if target.answers else (200, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path="/api/v2/event", userinfo=""):
+        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Dribbler:
+    """A target that reads the request, then sends its answer one byte every
+    ``interval`` seconds, for as long as the connection stays open."""
+
+    def __init__(self, interval=0.05):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self):
+        return f"http://u:secret@127.0.0.1:{self.listener.getsockname()[1]}/api/v2/event"
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+
+    def _dribble(self, conn):
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Padding: " + b"x" * 100000
+        with conn:
+            conn.recv(65536)
+            for byte in answer:
+                if self.stopping.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self):
+        self.stopping.set()
+        self.listener.close()
+
+
+def alarmed_forwarding_service(clock, url, db=":memory:"):
+    service = heartbeat_lite.create_app(db=db, clock=clock, forward_url=url)
+    new_heartbeat(service)
+    clock.advance(61)
+    service.tick()  # one alarm in the outbox
+    assert service.engine.outbox_depth() == 1
+    return service
+
+
+def test_a_redirect_is_a_failed_attempt_never_followed_and_credentials_stay_home(clock):
+    elsewhere = Target()
+    target = Target([(302, {"Location": elsewhere.url("/steal")}), (307, {"Location": elsewhere.url("/steal")}),
+                     (301, {"Location": elsewhere.url("/steal")})])
+    try:
+        with alarmed_forwarding_service(clock, target.url(userinfo="canopsis:s3cret@")) as service:
+            for attempt in (1, 2, 3):
+                assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0] * 2 ** (attempt - 1)
+                assert service.forwarder.failures == attempt
+                assert service.engine.outbox_depth() == 1  # not delivered: kept for the retry
+            assert service.deliver() is None  # the target answers 200 now
+            assert service.engine.outbox_depth() == 0
+        assert elsewhere.requests == []
+        assert len(target.requests) == 4
+        assert all(headers["Authorization"] == "Basic " + base64.b64encode(b"canopsis:s3cret").decode()
+                   for _, _, headers in target.requests)
+    finally:
+        target.close()
+        elsewhere.close()
+
+
+def test_a_dribbling_target_is_cut_at_the_attempt_deadline(clock, caplog):
+    dribbler = Dribbler()
+    try:
+        with alarmed_forwarding_service(clock, dribbler.url()) as service:
+            service.forwarder.timeout = 0.5
+            started = time.monotonic()
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert 0.5 <= time.monotonic() - started < 1.5
+            assert service.engine.outbox_depth() == 1
+            assert "no complete answer within 0.5s" in caplog.text
+    finally:
+        dribbler.close()
+
+
+def test_stopping_waits_for_a_stuck_attempt_at_most_its_deadline(tmp_path):
+    dribbler = Dribbler()
+    try:
+        clock = FakeClock(time.time())
+        with alarmed_forwarding_service(clock, dribbler.url(), db=str(tmp_path / "hb.db")) as service:
+            service.forwarder.timeout = 0.5
+            with heartbeat_lite.serve(service, port=0):
+                deadline = time.monotonic() + 5
+                while dribbler.connections == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert dribbler.connections == 1  # the forwarder thread is in its attempt
+                started = time.monotonic()
+            assert time.monotonic() - started < 1.5
+    finally:
+        dribbler.close()
