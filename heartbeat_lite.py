@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import math
+import operator
 import os
 import re
 import signal
@@ -110,6 +111,7 @@ META_ALIVE_AT = "alive_at"  # meta keys
 META_STOPPED_CLEANLY = "stopped_cleanly"
 SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
 STORM_CHUNK_HEARTBEATS = 250  # state changes per transaction and per hold of the engine lock in a storm
+REFRESH_CHUNK_HEARTBEATS = 2000  # refreshes of heartbeats up (one UPDATE each) per transaction in a big batch
 STORM_YIELD_SECONDS = 0.001  # between chunks the lock is let go this long, or as long as the chunk took
 KEY_SETS_SCANNED = 8  # up to this many pattern key sets, matching scans them; beyond, it walks a trie
 LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as one summary line
@@ -1726,12 +1728,11 @@ class PatternIndex:
         order of first match, without duplicates."""
         found = {}
         if len(self._by_keys) <= KEY_SETS_SCANNED:
-            tables = list(self._by_keys.items())
+            tables = [(_values_getter(keys), table) for keys, table in self._by_keys.items()]
             for event in events:  # the hot loop of ingestion: kept flat
-                value = event.__getitem__
-                for keys, table in tables:
+                for values, table in tables:
                     try:
-                        heartbeat_id = table.get(tuple(map(value, keys)))
+                        heartbeat_id = table.get(values(event))
                     except (KeyError, TypeError):  # a key is missing; a value is a list or an object
                         continue
                     if heartbeat_id is not None:
@@ -1759,6 +1760,13 @@ class PatternIndex:
                     if child is not None:
                         stack.append(child)
         return found
+
+
+def _values_getter(keys):
+    """A function of an event giving the tuple of its values at ``keys``
+    (KeyError when one is missing), in C."""
+    getter = operator.itemgetter(*keys)
+    return getter if len(keys) > 1 else lambda event: (getter(event),)
 
 
 _NO_CHILDREN = {}  # shared by every leaf (most nodes): never written to
@@ -1832,11 +1840,13 @@ class ReadModel:
 
         :returns: ``(to_write, kept)``, lists of ids.
         """
-        to_write, kept = [], []
-        for heartbeat_id in heartbeat_ids:
-            recent = now - self._stored.get(heartbeat_id, -math.inf) < REFRESH_WRITE_SECONDS
-            (kept if recent else to_write).append(heartbeat_id)
-        self._unwritten.update((heartbeat_id, now) for heartbeat_id in kept)
+        stored_after = now - REFRESH_WRITE_SECONDS  # a refresh stored later than this is recent
+        stored = self._stored.get
+        kept = [heartbeat_id for heartbeat_id in heartbeat_ids if stored(heartbeat_id, -math.inf) > stored_after]
+        if not kept:
+            return heartbeat_ids, kept
+        to_write = [heartbeat_id for heartbeat_id in heartbeat_ids if stored(heartbeat_id, -math.inf) <= stored_after]
+        self._unwritten.update(dict.fromkeys(kept, now))
         return to_write, kept
 
     def written(self, refreshes):
@@ -1848,6 +1858,11 @@ class ReadModel:
             self._stored[heartbeat_id] = refreshed
             if self._unwritten.get(heartbeat_id, math.inf) <= refreshed:
                 del self._unwritten[heartbeat_id]
+
+    def up_among(self, heartbeat_ids):
+        """Those of ``heartbeat_ids`` that are up, in their order."""
+        stored = self._stored
+        return [heartbeat_id for heartbeat_id in heartbeat_ids if heartbeat_id in stored]
 
     def deferred(self, heartbeat_ids, now):
         """Refreshes at ``now`` that a later chunk of a storm writes: those
@@ -2289,14 +2304,33 @@ class Engine:
             if len(to_write) == 1 and self.store.refresh_if_not_down(to_write[0], now):
                 self._model.written({to_write[0]: now})
                 return matched
-            self._model.deferred(to_write[STORM_CHUNK_HEARTBEATS:], now)
-            self._refresh_chunk(to_write[:STORM_CHUNK_HEARTBEATS], now)
+            # Heartbeats up only need their refresh written (one cheap
+            # statement each, no state change), in big chunks; the others
+            # may come back up, in storm-sized chunks.
+            up = self._model.up_among(to_write)
+            up_set = set(up)
+            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set]
+            chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
+                      for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
+            chunks += [(self._refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
+                       for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
+            for _, later in chunks[1:]:
+                self._model.deferred(later, now)
+            if chunks:
+                write, first = chunks[0]
+                write(first, now)
         self._publish()
-        for start in range(STORM_CHUNK_HEARTBEATS, len(to_write), STORM_CHUNK_HEARTBEATS):
+        for write, heartbeat_ids in chunks[1:]:
             with self._storm_chunk():
-                self._refresh_chunk(to_write[start:start + STORM_CHUNK_HEARTBEATS], now)
+                write(heartbeat_ids, now)
             self._publish()
         return matched
+
+    def _write_up_chunk(self, heartbeat_ids, now):
+        """Under the lock: write refreshes at ``now`` of heartbeats up."""
+        refreshes = dict.fromkeys(heartbeat_ids, now)
+        self.store.write_refreshes(refreshes.items())
+        self._model.written(refreshes)
 
     def _refresh_chunk(self, heartbeat_ids, now):
         """Under the lock: write refreshes at ``now``; resolve the alarms of
@@ -4394,15 +4428,19 @@ def _json_error_server_class():
 
     class JsonErrorChannel(HTTPChannel):
         error_task_class = JsonErrorTask
-        request_started = None  # time.monotonic() of the first byte of the request being received
+        # When the server's periodic check first saw the request being
+        # received (within a second of its first byte): nothing is done per
+        # read, which is the hot path of every request.
+        request_started = None
         _timed_request = None  # the parser request_started belongs to
 
-        def received(self, data):
-            result = super().received(data)
-            if self.request is not self._timed_request:  # a request began (or ended) in this data
+        def request_age(self, now):
+            """Seconds since the request being received was first seen, or
+            None when none is."""
+            if self.request is not self._timed_request:
                 self._timed_request = self.request
-                self.request_started = None if self.request is None else time.monotonic()
-            return result
+                self.request_started = None if self.request is None else now
+            return None if self.request_started is None else now - self.request_started
 
         def is_waiting(self):
             """True when nothing is being served or sent: the connection is
@@ -4423,7 +4461,9 @@ def _json_error_server_class():
         _next_deadline_check = 0.0
         cut = 0  # connections closed by a deadline or evicted, since the start
 
-        def readable(self):
+        _spare = None  # connection slots kept free: computed at the first turn
+
+        def readable(self):  # once per turn of the event loop: kept cheap
             if not self.accepting:
                 return super().readable()
             now = time.monotonic()
@@ -4431,7 +4471,9 @@ def _json_error_server_class():
             if now >= self._next_deadline_check:
                 self._next_deadline_check = now + min(1.0, self.head_deadline / 4)
                 closed += self._cut_late_requests(now)
-            spare = min(CONNECTION_SPARE, max(1, self.adj.connection_limit // 10))
+            spare = self._spare
+            if spare is None:
+                spare = self._spare = min(CONNECTION_SPARE, max(1, self.adj.connection_limit // 10))
             free = self.adj.connection_limit - len(self._map)
             if free < spare:
                 closed += self._evict(2 * spare - free)
@@ -4446,13 +4488,13 @@ def _json_error_server_class():
         def _cut_late_requests(self, now):
             late = []
             for channel in list(self.active_channels.values()):
-                started = channel.request_started
-                if started is None or channel.request is None or not channel.is_waiting():
+                age = channel.request_age(now)
+                if age is None or not channel.is_waiting():
                     continue
                 allowed = self.head_deadline
                 if channel.request.headers_finished:
                     allowed += self.body_deadline
-                if now - started > allowed:
+                if age > allowed:
                     late.append(channel)
             for channel in late:
                 channel.handle_close()
