@@ -1881,6 +1881,15 @@ def with_refresh(row, refreshed):
     return {**dict(row), "refreshed": refreshed, "last_event": refreshed}
 
 
+def seconds_text(seconds):
+    """A duration in the syntax of expected_interval when it is one ("5m",
+    "2h"), else in seconds ("7.3s")."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds, 1):g}s"
+
+
 def iso_time(t):
     """Unix seconds as ISO 8601 UTC text, to the second (for the log)."""
     return datetime.datetime.fromtimestamp(t, UTC_ZONE).isoformat(timespec="seconds")
@@ -1980,7 +1989,7 @@ def intake_event(state, timestamp, silence_seconds):
         "component": INTAKE_COMPONENT,
         "resource": INTAKE_RESOURCE,
         "state": state,
-        "output": f"no event received for {duration_text(silence_seconds)}: the feed into the monitor may be "
+        "output": f"no event received for {seconds_text(silence_seconds)}: the feed into the monitor may be "
                   "broken; heartbeat deadlines are stopped until events come back",
         "timestamp": int(timestamp),
         "heartbeat_id": None,
@@ -3304,7 +3313,7 @@ class Engine:
         self.alarms_raised += 1
         self._committed([event])
         log.warning("intake silence: no event received for %s; deadlines are stopped until events come back",
-                    duration_text(self.intake_silence))
+                    seconds_text(self.intake_silence))
 
     def _intake(self, now):
         """Under the lock: events arrived at ``now``. Ends an intake silence
@@ -3335,7 +3344,7 @@ class Engine:
         self._silent_since = None
         self._committed([event])
         log.info("intake silence over (%s) after %s: %d deadline(s) moved later", why,
-                 duration_text(max(0.0, now - since)), moved)
+                 seconds_text(max(0.0, now - since)), moved)
 
     # -- member expiry -------------------------------------------------------
 
@@ -3593,8 +3602,9 @@ class Engine:
                     log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
                                 event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
-                    log.info("resolved: heartbeat %s ('%s')", event["heartbeat_id"],
-                             log_safe(event["heartbeat_name"]))
+                    log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
+                             log_safe(event["heartbeat_name"]),
+                             f" for {log_safe(event['resource'])}" if "member" in event else "")
         else:
             raised = sum(event["state"] != RESOLVED_STATE for event in events)
             names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
