@@ -728,13 +728,22 @@ def test_intake_silence_is_off_by_default(service, clock, alarms_seen):
     assert alarms_seen == []
 
 
-def test_the_intake_silence_flag_and_its_environment_twin(tmp_path):
-    parser = heartbeat_lite.build_parser({"HEARTBEAT_LITE_INTAKE_SILENCE": "5m"})
-    assert parser.parse_args([]).intake_silence == "5m"
-    assert parser.parse_args(["--intake-silence", "30s"]).intake_silence == "30s"
+def test_the_intake_silence_flag_and_its_environment_twin(tmp_path, capsys):
+    db = ["--db", str(tmp_path / "x.db")]
+
+    def setting(argv, environ):
+        return heartbeat_lite.check_settings(heartbeat_lite.build_parser(environ).parse_args(db + argv),
+                                             environ).intake_silence
+
+    assert setting([], {}) is None
+    assert setting([], {"HEARTBEAT_LITE_INTAKE_SILENCE": "5m"}) == 300
+    assert setting(["--intake-silence", "30s"], {"HEARTBEAT_LITE_INTAKE_SILENCE": "5m"}) == 30
     with pytest.raises(heartbeat_lite.ConfigError, match="intake silence"):
         heartbeat_lite.create_app(intake_silence="5 minutes")
-    assert heartbeat_lite.main(["--db", str(tmp_path / "x.db"), "--intake-silence", "soon"], {}) == 2
+    assert heartbeat_lite.main(db + ["--intake-silence", "soon"], {}) == 2
+    assert "--intake-silence: must look like 30s" in capsys.readouterr().err
+    assert heartbeat_lite.main(db, {"HEARTBEAT_LITE_INTAKE_SILENCE": "0s"}) == 2
+    assert "HEARTBEAT_LITE_INTAKE_SILENCE: must look like" in capsys.readouterr().err
 
 
 ###############################################################################
