@@ -19,7 +19,10 @@ noisy machine skews both sides alike:
 - matching with 5,000 distinct pattern key sets against one;
 - the status page with 10,000 heartbeats: bytes per load (plain and
   gzipped) and time to serve (sequential requests: the first page, a deep
-  page, a search, a filter).
+  page, a search, a filter);
+- one heartbeat grouped by connector_name with 100,000 members: ingestion
+  (the event refreshes one member) against 10 heartbeats, the expiry tick
+  against 10 heartbeats, resident memory.
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
@@ -89,6 +92,11 @@ TARGETS = (
      "bytes of the largest of those pages, uncompressed (gzipped is printed too)"),
     (f"status page, N={N_PAGE:,}: p99 ms to serve", "<=", 100.0,
      f"sequential GETs of {', '.join(PAGE_PATHS)} on waitress, each from request to last byte"),
+    (f"ingestion {N_LARGE:,} members / N={N_SMALL}", ">=", 0.8,
+     f"one heartbeat with group_by and {N_LARGE:,} members, the event refreshing one of them, against "
+     f"{N_SMALL} heartbeats"),
+    (f"expiry tick {N_LARGE:,} members / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due"),
+    (f"resident memory, {N_LARGE:,} members (MiB)", "<=", 200.0, "of a server holding that many members"),
 )
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
@@ -196,6 +204,27 @@ def prefill(db, count, extra_patterns=()):
         return conn.execute("SELECT id FROM heartbeat WHERE pattern = ?",
                             (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),)
                             ).fetchone()[0]
+
+
+def prefill_members(db, count):
+    """A database holding one heartbeat (pattern connector=bench, grouped by
+    connector_name, interval 1h) with ``count`` members c0 ... c<count-1>,
+    up. They are written to the store directly: as many first events would
+    take the engine minutes of storm chunks, and this is set-up."""
+    logging.getLogger("heartbeat_lite").setLevel(logging.WARNING)
+    with heartbeat_lite.create_app(db=db) as service:
+        engine = service.engine
+        heartbeat_id = engine.create(heartbeat_lite.validate_heartbeat(
+            {"name": "bench members", "pattern": {"connector": "bench"}, "expected_interval": "1h",
+             "group_by": ["connector_name"]}, USER))
+        row = service.store.heartbeat(heartbeat_id)
+        now = time.time()
+        with service.store.atomic():
+            service.store.insert_members([
+                engine._member_row(row, heartbeat_lite.member_key({"connector_name": f"c{i}"}), now, "up",
+                                   last_event=now) for i in range(count)])
+            service.store.update_group_status([heartbeat_id])
+    return heartbeat_id
 
 
 def rss_mib(pid):
@@ -482,22 +511,25 @@ def run(args):
         dbs = {n: os.path.join(workdir, f"n{n}.db") for n in (N_SMALL, N_LARGE)}
         started = time.perf_counter()
         target_ids = {n: prefill(db, n) for n, db in dbs.items()}
-        batch_db, key_sets_db, storm_db, page_db = (os.path.join(workdir, name) for name in (
-            "batch.db", "keysets.db", "storm.db", "page.db"))
+        batch_db, key_sets_db, storm_db, page_db, members_db = (os.path.join(workdir, name) for name in (
+            "batch.db", "keysets.db", "storm.db", "page.db", "members.db"))
+        prefill_members(members_db, N_LARGE)
         prefill(batch_db, BATCH)
         prefill(page_db, N_PAGE)
         prefill(key_sets_db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
         shutil.copy(dbs[N_LARGE], storm_db)
         print(f"pre-filled the databases in {time.perf_counter() - started:.1f} s", flush=True)
 
-        ticks = tick_cost({n: db for n, db in dbs.items()}, args.ticks, args.rounds)
+        ticks = tick_cost({**dbs, "members": members_db}, args.ticks, args.rounds)
 
         baseline_context, baseline_port = baseline_server(args.threads)
         small_context, small_port = heartbeat_server(dbs[N_SMALL], args.threads)
         large_context, large_port = heartbeat_server(dbs[N_LARGE], args.threads)
         batch_context, batch_port = heartbeat_server(batch_db, args.threads)
         key_sets_context, key_sets_port = heartbeat_server(key_sets_db, args.threads)
-        with baseline_context, small_context, large_context as large_process, batch_context, key_sets_context:
+        members_context, members_port = heartbeat_server(members_db, args.threads)
+        with baseline_context, small_context, large_context as large_process, batch_context, key_sets_context, \
+                members_context as members_process:
             scenarios = [
                 ("baseline POST (bare bottle+waitress)", baseline_port, "POST", "/api/v2/event", EVENT_BODY),
                 ("baseline GET (bare bottle+waitress)", baseline_port, "GET", "/api/v2/heartbeat/x", b""),
@@ -510,6 +542,7 @@ def run(args):
                  BATCH_BODY),
                 (f"ingest 1 matching event, {KEY_SETS:,} key sets", key_sets_port, "POST", "/api/v2/event",
                  EVENT_BODY),
+                (f"ingest 1 event, {N_LARGE:,} members", members_port, "POST", "/api/v2/event", EVENT_BODY),
             ]
             samples = {name: [] for name, *_ in scenarios}
             for round_number in range(args.rounds):
@@ -517,6 +550,7 @@ def run(args):
                     samples[name].append(load(port, method, path, body, args.seconds, args.connections))
                 print(f"round {round_number + 1}/{args.rounds} done", flush=True)
             memory = rss_mib(large_process.pid)
+            members_memory = rss_mib(members_process.pid)
         storm = storm_ingestion(storm_db, args.threads, load, args.connections)
         latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
         page_sizes, page_times = status_page_cost(page_db, args.threads, args.page_requests)
@@ -532,7 +566,9 @@ def run(args):
     print(f"{'alarm latency after deadline (' + str(len(latencies)) + ' alarms)':44} "
           f"p50 {percentile(latencies, 50) * 1e3:.1f} ms, p99 {percentile(latencies, 99) * 1e3:.1f} ms, "
           f"max {latencies[-1] * 1e3:.1f} ms")
+    print(f"{'expiry tick, none due, ' + format(N_LARGE, ',') + ' members':44} {ticks['members'] * 1e6:12.1f} us per tick")
     print(f"{'resident memory, N=' + format(N_LARGE, ','):44} {memory:12.1f} MiB")
+    print(f"{'resident memory, ' + format(N_LARGE, ',') + ' members':44} {members_memory:12.1f} MiB")
     print(f"{'ingest 1 event during a storm':44} {storm['rps']:15.0f} {storm['p50'] * 1e3:8.2f} "
           f"{storm['p99'] * 1e3:8.2f}  ({storm['down']:,} went down; /healthz then: {storm['health']})")
     for path, (plain, zipped) in page_sizes.items():
@@ -550,6 +586,7 @@ def run(args):
     base_batch = results[f"baseline POST {BATCH:,}-event batch"]
     batch = results[f"ingest {BATCH:,}-event batch, {BATCH:,} matched"]
     key_sets = results[f"ingest 1 matching event, {KEY_SETS:,} key sets"]
+    ingest_members = results[f"ingest 1 event, {N_LARGE:,} members"]
     measured = [  # one per target, in the order of TARGETS
         ingest_small["rps"] / base_post["rps"],
         ingest_small["p99"] / base_post["p99"],
@@ -563,6 +600,9 @@ def run(args):
         key_sets["rps"] / ingest_small["rps"],
         max(plain for plain, _ in page_sizes.values()) / 1000,
         percentile(page_times, 99) * 1e3,
+        ingest_members["rps"] / ingest_small["rps"],
+        ticks["members"] / ticks[N_SMALL],
+        members_memory,
     ]
     print()
     print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")

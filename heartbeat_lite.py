@@ -75,7 +75,7 @@ DEFAULT_USERS = {"root": "root"}  # only ever used on a loopback address
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _data_path(name):
@@ -103,12 +103,18 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
 MAX_MAINTENANCE_BODY_BYTES = 64 * 1024
 MAX_MAINTENANCE_WINDOWS = 1000  # every window lives in memory and is consulted at each expiry
+MAX_GROUP_BY_KEYS = 4
+MAX_EXPECTED_MEMBERS = 10_000  # and the heartbeat body stays within MAX_HEARTBEAT_BODY_BYTES
+MAX_MEMBERS_PER_HEARTBEAT = 100_000  # beyond, new members are refused (and the log says it once)
+DEFAULT_MEMBERS_PAGE = 100  # GET .../members without limit
+MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
 META_ALIVE_AT = "alive_at"  # meta keys
 META_STOPPED_CLEANLY = "stopped_cleanly"
+META_INTAKE_SILENT_SINCE = "intake_silent_since"  # present while the intake is silent (--intake-silence)
 SCHEDULER_RETRY_SECONDS = 1.0  # after a failed tick
 STORM_CHUNK_HEARTBEATS = 250  # state changes per transaction and per hold of the engine lock in a storm
 REFRESH_CHUNK_HEARTBEATS = 2000  # refreshes of heartbeats up (one UPDATE each) per transaction in a big batch
@@ -139,6 +145,7 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUS_PAGE_REFRESH_SECONDS = 5
 STATUS_PAGE_ROWS = 100  # heartbeats per status page: 10,000 heartbeats stay a 100-row page
 STATUS_PAGE_ALARMS_SHOWN = 5  # the oldest alarms named on the status page; the rest are counted
+DETAIL_PAGE_MEMBERS = 50  # members listed on a grouped heartbeat's page, the worst first
 MAX_SEARCH_CHARS = 255
 MAX_PAGE_NUMBER = 1_000_000
 TIMELINE_SECONDS = 24 * 3600  # what the timelines show
@@ -281,7 +288,8 @@ def is_loopback(host):
 # Validation
 ###############################################################################
 
-HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after")
+HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after",
+                    "group_by", "expected_members", "retire_after")
 MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
@@ -371,6 +379,11 @@ def _refuse_lone_surrogates(value):
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # built once: json.dumps with options builds one per call
+
+
+def _json_text(value):
+    """``value`` as compact JSON text to store, or None for None."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def dump_json(value):
@@ -471,6 +484,8 @@ def validate_heartbeat(doc, default_author):
     elif late_seconds is not None and seconds is not None and late_seconds >= seconds:
         reasons.append("late_after: must be shorter than expected_interval")
 
+    group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
+
     if reasons:
         raise Invalid(reasons)
     return {
@@ -483,7 +498,63 @@ def validate_heartbeat(doc, default_author):
         "interval_seconds": seconds,
         "late_after": late_after,
         "late_seconds": late_seconds,
+        "group_by": group_by,
+        "expected_members": expected,
+        "retire_after": retire_after,
+        "retire_seconds": retire_seconds,
     }
+
+
+def _check_grouping(reasons, doc):
+    """Check ``group_by``, ``expected_members`` and ``retire_after`` (each
+    optional; the last two need the first); append every reason to
+    ``reasons``. :returns: ``(group_by, expected_members, retire_after,
+    retire_seconds)``, each None when not given."""
+    group_by = doc.get("group_by")
+    keys_ok = False
+    if "group_by" in doc:
+        if (not isinstance(group_by, list) or not 1 <= len(group_by) <= MAX_GROUP_BY_KEYS
+                or not all(_is_text(key) and 1 <= len(key) <= MAX_PATTERN_ITEM_CHARS for key in group_by)):
+            reasons.append(f"group_by: must be a list of 1 to {MAX_GROUP_BY_KEYS} event keys (strings of 1 to "
+                           f"{MAX_PATTERN_ITEM_CHARS} characters)")
+        elif len(set(group_by)) != len(group_by):
+            reasons.append("group_by: a key appears twice")
+        else:
+            in_pattern = sorted(set(group_by) & set(doc["pattern"])) if isinstance(doc.get("pattern"), dict) else []
+            if in_pattern:
+                reasons.append("group_by: a key of the pattern cannot group its events: " + ", ".join(in_pattern))
+            else:
+                keys_ok = True
+    expected = doc.get("expected_members")
+    if "expected_members" in doc:
+        if "group_by" not in doc:
+            reasons.append("expected_members: needs group_by")
+        elif not isinstance(expected, list) or len(expected) > MAX_EXPECTED_MEMBERS:
+            reasons.append(f"expected_members: must be a list of at most {MAX_EXPECTED_MEMBERS} member objects")
+        elif keys_ok:
+            wanted, seen = set(group_by), set()
+            for i, member in enumerate(expected):
+                if (not isinstance(member, dict) or set(member) != wanted
+                        or not all(_is_text(value) and len(value) <= MAX_PATTERN_ITEM_CHARS for value in member.values())):
+                    reasons.append(f"expected_members[{i}]: must give a string (at most {MAX_PATTERN_ITEM_CHARS} "
+                                   "characters) for every group_by key, and nothing else")
+                    break
+                key = member_key(member)
+                if key in seen:
+                    reasons.append(f"expected_members[{i}]: listed twice")
+                    break
+                seen.add(key)
+    retire_after = doc.get("retire_after")
+    retire_seconds = parse_interval(retire_after)
+    if "retire_after" in doc:
+        if "group_by" not in doc:
+            reasons.append("retire_after: needs group_by")
+        elif retire_seconds is None:
+            reasons.append("retire_after: must look like 30s, 5m or 2h")
+        elif retire_seconds > MAX_INTERVAL_SECONDS:
+            reasons.append("retire_after: at most 365 days (8760h)")
+    return (list(group_by) if "group_by" in doc else None, list(expected) if "expected_members" in doc else None,
+            retire_after, retire_seconds)
 
 
 def _local_time(reasons, field, value, zone):
@@ -618,9 +689,42 @@ def _parse_rrule(reasons, text, start):
     return rule
 
 
+def parse_members_query(query):
+    """``status``, ``limit`` and ``after`` of ``GET .../members`` (a bottle
+    query dict): ``(statuses, after key or None, limit)``.
+
+    :raises Invalid: with every reason.
+    """
+    reasons = []
+    unknown = sorted(set(query.keys()) - {"status", "limit", "after"})
+    if unknown:
+        reasons.append("unknown parameter(s): " + ", ".join(unknown))
+    statuses = [status for status in query.get("status", "").split(",") if status]
+    if any(status not in ("pending", "up", "late", "down", "paused") for status in statuses):
+        reasons.append("status: one or more of pending, up, late, down, paused, comma-separated")
+    limit = query.get("limit", str(DEFAULT_MEMBERS_PAGE))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_MEMBERS_PAGE):
+        reasons.append(f"limit: a whole number from 1 to {MAX_MEMBERS_PAGE}")
+    after = query.get("after")
+    key = None
+    if after is not None:
+        key = decode_member_cursor(after)
+        if key is None:
+            reasons.append("after: not a cursor this service gave (the next of a members page)")
+    if reasons:
+        raise Invalid(reasons)
+    return list(dict.fromkeys(statuses)), key, int(limit)
+
+
 def canonical_pattern(pattern):
     """The pattern's canonical serialization: keys sorted, compact, UTF-8 text."""
     return json.dumps(pattern, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def member_key(member):
+    """A member's key, as stored and paged by: its pairs (a dict) in the
+    pattern's canonical serialization."""
+    return canonical_pattern(member)
 
 
 class TooLarge(Exception):
@@ -671,9 +775,14 @@ class PatternExists(Exception):
     """Another heartbeat already has that pattern."""
 
 
+class MemberNotFound(NotFound):
+    """The heartbeat has no such member (``args[0]``: the member key)."""
+
+
 _DOCUMENT_COLUMNS = (
     "id", "name", "author", "description", "output", "pattern", "expected_interval",
-    "interval_seconds", "late_after", "late_seconds", "created", "updated",
+    "interval_seconds", "late_after", "late_seconds", "group_by", "expected_members", "retire_after",
+    "retire_seconds", "created", "updated",
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
@@ -685,31 +794,47 @@ _READS = ("SELECT", "PRAGMA")
 #: before any write) and, when it failed, ``reason`` (SQLite's message)
 WriteOutcome = collections.namedtuple("WriteOutcome", "ok at reason")
 
+_MEMBER_COLUMNS = ("heartbeat_id", "member", "expected", "interval_seconds", "late_seconds", "retire_seconds",
+                   "status", "refreshed", "last_event", "alarm_since")
+_SELECT_MEMBER = "SELECT " + ", ".join(_MEMBER_COLUMNS + ("deadline", "due")) + " FROM member"
+# A member with what its alarm event needs of its heartbeat (``id`` is the heartbeat's).
+_SELECT_MEMBER_AND_HEARTBEAT = ("SELECT " + ", ".join(f"m.{c}" for c in _MEMBER_COLUMNS + ("deadline", "due"))
+                                + ", h.id AS id, h.name AS name, h.output AS output, h.pattern AS pattern"
+                                + " FROM member m JOIN heartbeat h ON h.id = m.heartbeat_id")
+_WORST_FIRST = ("down", "late", "pending", "up")  # a grouped heartbeat's status: the first its members have
+
 _MAINTENANCE_COLUMNS = ("id", "name", "pattern", "start_local", "end_local", "timezone", "rrule", "created", "updated")
 _SELECT_MAINTENANCE = "SELECT " + ", ".join(_MAINTENANCE_COLUMNS) + " FROM maintenance"
 
-# Steps that bring a database of schema version v (the key) to v + 1, run in
-# one transaction with schema.sql between them: (before it, after it).
-_MIGRATIONS = {
-    # Version 2 widens the status CHECK (late, paused) and adds late_after and
-    # the generated ``due``. SQLite cannot alter a CHECK, so the table is rebuilt: the old one steps aside
-    # without its indexes (schema.sql makes the new table and its indexes),
-    # then its rows move over. Rebuilding keeps the CHECK, which catches a bug
-    # writing a status that does not exist; dropping it would have been a
-    # one-line ALTER but would leave the rule to the code alone.
-    1: ("""
-ALTER TABLE heartbeat RENAME TO heartbeat_v1;
+# For each older schema version v, the steps that bring a database of that
+# version straight to SCHEMA_VERSION, run in one transaction with schema.sql
+# between them: (before it, after it). Each version changed the heartbeat
+# table in a way SQLite cannot ALTER (a CHECK, a generated column), so each
+# step rebuilds it: the old table steps aside without its indexes (schema.sql
+# makes the new table and its indexes), then its rows move over, the columns
+# that version had. Rebuilding keeps the CHECK, which catches a bug writing a
+# status that does not exist.
+_SET_ASIDE = """
+ALTER TABLE heartbeat RENAME TO heartbeat_v{v};
 DROP INDEX IF EXISTS heartbeat_pattern;
 DROP INDEX IF EXISTS heartbeat_newest;
 DROP INDEX IF EXISTS heartbeat_due;
 DROP INDEX IF EXISTS heartbeat_alarms;
-""", """
-INSERT INTO heartbeat (id, name, author, description, output, pattern, expected_interval, interval_seconds,
-                       created, updated, status, refreshed, last_event, alarm_since)
-SELECT id, name, author, description, output, pattern, expected_interval, interval_seconds,
-       created, updated, status, refreshed, last_event, alarm_since FROM heartbeat_v1 ORDER BY rowid;
-DROP TABLE heartbeat_v1;
-"""),
+"""
+_V1_COLUMNS = ("id, name, author, description, output, pattern, expected_interval, interval_seconds, "
+               "created, updated, status, refreshed, last_event, alarm_since")
+_V2_COLUMNS = _V1_COLUMNS + ", late_after, late_seconds"
+_MOVE_OVER = """
+INSERT INTO heartbeat ({columns}) SELECT {columns} FROM heartbeat_v{v} ORDER BY rowid;
+DROP TABLE heartbeat_v{v};
+"""
+_MIGRATIONS = {
+    # Version 2 widened the status CHECK (late, paused) and added late_after
+    # and the generated ``due``.
+    1: (_SET_ASIDE.format(v=1), _MOVE_OVER.format(v=1, columns=_V1_COLUMNS)),
+    # Version 3 added the group_by columns, made ``due`` NULL for a grouped
+    # heartbeat, and the member table (schema.sql creates it).
+    2: (_SET_ASIDE.format(v=2), _MOVE_OVER.format(v=2, columns=_V2_COLUMNS)),
 }
 
 
@@ -970,16 +1095,15 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             if version < SCHEMA_VERSION:  # schema.sql sets the version last: equal means fully applied
-                steps = [_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION) if version]  # none for a new file
-                script = "\n".join(["BEGIN IMMEDIATE;", *(before for before, _ in steps), self._schema,
-                                     *(after for _, after in steps), "COMMIT;"])
+                before, after = _MIGRATIONS[version] if version else ("", "")  # none for a new file
+                script = "\n".join(["BEGIN IMMEDIATE;", before, self._schema, after, "COMMIT;"])
                 try:
                     conn.executescript(script)
                 except sqlite3.Error:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                if steps:
+                if version:
                     log.info("database %s migrated from schema version %d to %d", self.path, version, SCHEMA_VERSION)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare database: {exc}") from exc
@@ -1259,24 +1383,34 @@ class Store:
         A scan of the table (json_each per row, in SQLite's C): once per
         window end, never per tick.
 
-        :returns: ``(id, status)`` of the heartbeats changed.
+        The members of grouped heartbeats it selects get the same.
+
+        :returns: ``(id, status)`` of the (not grouped) heartbeats changed.
         """
-        where = ["status NOT IN ('down', 'paused')", "(refreshed < ? OR refreshed = ?)"]
-        params = [end, pushed_to]
+        selects, selects_params = [], []
         for key, value in sorted(pattern.items()):
-            where.append(_CONTAINS_PAIR)
-            params += [key, value]
+            selects.append(_CONTAINS_PAIR)
+            selects_params += [key, value]
+        where = ["((group_by IS NULL AND status NOT IN ('down', 'paused') AND (refreshed < ? OR refreshed = ?)) "
+                 "OR (group_by IS NOT NULL AND status <> 'paused'))", *selects]
         with self.atomic():
-            rows = [tuple(row) for row in self._query(f"SELECT id, status FROM heartbeat WHERE {' AND '.join(where)}",
-                                                      params)]
+            selected = self._query(f"SELECT id, status, group_by IS NOT NULL FROM heartbeat WHERE {' AND '.join(where)}",
+                                   [end, pushed_to, *selects_params])
+            rows = [(row[0], row[1]) for row in selected if not row[2]]
             self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
+            # the members of grouped ones (refreshes the engine holds for
+            # them stay lower than these: at worst written sooner)
+            self._executemany("UPDATE member SET refreshed = ? WHERE heartbeat_id = ? AND status IN "
+                              "('pending', 'up', 'late') AND (refreshed < ? OR refreshed = ?)",
+                              [(end, row[0], end, pushed_to) for row in selected if row[2]])
         return rows
 
     def alarms(self, limit=-1):
         """The rows of the heartbeats that are late or down, oldest alarm first (at
-        most ``limit``; all when negative)."""
-        return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') ORDER BY alarm_since, rowid LIMIT ?",
-                           (limit,))
+        most ``limit``; all when negative); not grouped ones (their members
+        have the alarms: :meth:`member_alarms`)."""
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
+                           "ORDER BY alarm_since, rowid LIMIT ?", (limit,))
 
     def status_page(self, statuses, terms, limit, offset, maintenance=()):
         """One page of the heartbeats whose status is one of ``statuses``
@@ -1331,13 +1465,202 @@ class Store:
     def set_meta(self, key, value):
         self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key):
+        self._execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def postpone(self, after, seconds):
         """Move later by ``seconds`` every transition still ahead at ``after``
-        (of heartbeats neither down nor paused); return how many moved."""
-        return self._execute(
-            "UPDATE heartbeat SET refreshed = refreshed + ? WHERE status NOT IN ('down', 'paused') AND due > ?",
-            (seconds, after),
-        ).rowcount
+        (of heartbeats and members neither down nor paused); return how many
+        moved."""
+        with self.atomic():
+            moved = self._execute(
+                "UPDATE heartbeat SET refreshed = refreshed + ? WHERE status NOT IN ('down', 'paused') AND due > ?",
+                (seconds, after),
+            ).rowcount
+            return moved + self._execute(
+                "UPDATE member SET refreshed = refreshed + ? WHERE due > ? AND status IN ('pending', 'up', 'late')",
+                (seconds, after),
+            ).rowcount
+
+    # -- members -------------------------------------------------------------
+    # A member is named by (heartbeat id, member key): see member_key().
+
+    def insert_members(self, rows):
+        """Insert members: dicts with every column of the member table but
+        ``alarm_since`` (None)."""
+        columns = [c for c in _MEMBER_COLUMNS if c != "alarm_since"]
+        self._executemany(f"INSERT INTO member ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})",
+                          rows)
+
+    def members_by_key(self, heartbeat_id, keys):
+        """The rows of those of ``keys`` that are members of the heartbeat,
+        ``{key: row}``."""
+        found = {}
+        for start in range(0, len(keys), _ID_CHUNK):
+            chunk = keys[start:start + _ID_CHUNK]
+            found.update((row["member"], row) for row in self._query(
+                f"{_SELECT_MEMBER} WHERE heartbeat_id = ? AND member IN ({', '.join('?' * len(chunk))})",
+                [heartbeat_id, *chunk]))
+        return found
+
+    def each_member(self, batch=5000):
+        """``(heartbeat id, member key, status, refreshed)`` of every member,
+        ``batch`` rows per query (see :meth:`each_heartbeat`)."""
+        after = ("", "")
+        while True:
+            rows = [tuple(row) for row in self._query(
+                "SELECT heartbeat_id, member, status, refreshed FROM member WHERE (heartbeat_id, member) > (?, ?) "
+                "ORDER BY heartbeat_id, member LIMIT ?", (*after, batch))]
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1][:2]
+
+    def refresh_member_if_up(self, heartbeat_id, key, now):
+        """Refresh one member that is up, in a single statement; True when
+        it was (ingestion's hot path, as :meth:`refresh_if_not_down`)."""
+        return self._execute("UPDATE member SET refreshed = ?, last_event = ? WHERE heartbeat_id = ? AND member = ? "
+                             "AND status = 'up'", (now, now, heartbeat_id, key)).rowcount == 1
+
+    def refresh_members(self, items, now):
+        """Members ``(heartbeat id, key)`` had a matching event at ``now``:
+        each goes ``up`` (a paused one is handled by :meth:`touch_members`)."""
+        self._executemany("UPDATE member SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
+                          "WHERE heartbeat_id = ? AND member = ? AND status <> 'paused'",
+                          [(now, now, heartbeat_id, key) for heartbeat_id, key in items])
+
+    def touch_members(self, items, now):
+        """Paused members ``(heartbeat id, key)`` had a matching event at ``now``: only ``last_event`` moves."""
+        self._executemany("UPDATE member SET last_event = ? WHERE heartbeat_id = ? AND member = ?",
+                          [(now, heartbeat_id, key) for heartbeat_id, key in items])
+
+    def write_member_refreshes(self, refreshes):
+        """Store ``(heartbeat id, key, refresh time)`` of members that are up
+        (refreshes the engine kept in memory until now)."""
+        self._executemany("UPDATE member SET refreshed = ?, last_event = ? WHERE heartbeat_id = ? AND member = ? "
+                          "AND status = 'up'", [(t, t, heartbeat_id, key) for heartbeat_id, key, t in refreshes])
+
+    def due_members(self, now, limit=None):
+        """The members (with their heartbeat's id, name, output and pattern)
+        whose next transition (late, down, retired) is at or before ``now``,
+        earliest first; at most ``limit``."""
+        return self._query(f"{_SELECT_MEMBER_AND_HEARTBEAT} WHERE m.due IS NOT NULL AND m.due <= ? "
+                           "ORDER BY m.due LIMIT ?", (now, -1 if limit is None else limit))
+
+    def next_member_due(self):
+        """The earliest next transition of a member, or None."""
+        return self._query("SELECT MIN(due) FROM member WHERE due IS NOT NULL")[0][0]
+
+    def set_member_states(self, states):
+        """Write ``(heartbeat id, key, status, refreshed, alarm_since)`` tuples."""
+        self._executemany("UPDATE member SET status = ?, refreshed = ?, alarm_since = ? "
+                          "WHERE heartbeat_id = ? AND member = ?",
+                          [(status, refreshed, alarm_since, heartbeat_id, key)
+                           for heartbeat_id, key, status, refreshed, alarm_since in states])
+
+    def delete_members(self, items):
+        """Delete members ``(heartbeat id, key)``."""
+        self._executemany("DELETE FROM member WHERE heartbeat_id = ? AND member = ?", items)
+
+    def delete_all_members(self, heartbeat_id):
+        """Delete every member of a heartbeat; :returns: the rows, as they
+        were, of those that were late or down."""
+        with self.atomic():
+            alarmed = self._query(f"{_SELECT_MEMBER} WHERE heartbeat_id = ? AND status IN ('late', 'down') "
+                                  "ORDER BY member", (heartbeat_id,))
+            self._execute("DELETE FROM member WHERE heartbeat_id = ?", (heartbeat_id,))
+        return alarmed
+
+    def members_with_status(self, heartbeat_id, status):
+        """The rows of a heartbeat's members in ``status``, by key."""
+        return self._query(f"{_SELECT_MEMBER} WHERE heartbeat_id = ? AND status = ? ORDER BY member",
+                           (heartbeat_id, status))
+
+    def set_member_timing(self, heartbeat_id, interval_seconds, late_seconds, retire_seconds):
+        """Copy a heartbeat's interval, late and retire seconds to its
+        members (an expected member is never retired)."""
+        self._execute("UPDATE member SET interval_seconds = ?, late_seconds = ?, "
+                      "retire_seconds = CASE WHEN expected THEN NULL ELSE ? END WHERE heartbeat_id = ?",
+                      (interval_seconds, late_seconds, retire_seconds, heartbeat_id))
+
+    def set_expected(self, heartbeat_id, keys, expected, retire_seconds):
+        """Mark members ``keys`` expected (never retired), or no longer
+        (``expected`` false: retired after ``retire_seconds`` down)."""
+        self._executemany("UPDATE member SET expected = ?, retire_seconds = ? WHERE heartbeat_id = ? AND member = ?",
+                          [(int(expected), None if expected else retire_seconds, heartbeat_id, key) for key in keys])
+
+    def pause_members(self, heartbeat_id):
+        """Pause every member of a heartbeat; :returns: the rows, as they
+        were, of those that were late or down."""
+        with self.atomic():
+            alarmed = self.members_with_status(heartbeat_id, LATE) + self.members_with_status(heartbeat_id, DOWN)
+            self._execute("UPDATE member SET status = 'paused', alarm_since = NULL "
+                          "WHERE heartbeat_id = ? AND status <> 'paused'", (heartbeat_id,))
+        return sorted(alarmed, key=lambda row: row["member"])
+
+    def resume_members(self, heartbeat_id, now):
+        """Every member of a heartbeat starts afresh: pending, refreshed now."""
+        self._execute("UPDATE member SET status = 'pending', refreshed = ?, alarm_since = NULL "
+                      "WHERE heartbeat_id = ?", (now, heartbeat_id))
+
+    def update_group_status(self, heartbeat_ids):
+        """Set each grouped heartbeat's status to the worst of its members'
+        (``down`` > ``late`` > ``pending`` > ``up``; ``pending`` with no
+        member), unless it is paused: one index probe per status."""
+        for heartbeat_id in dict.fromkeys(heartbeat_ids):
+            worst = PENDING
+            for status in _WORST_FIRST:
+                if self._query("SELECT 1 FROM member WHERE heartbeat_id = ? AND status = ? LIMIT 1",
+                               (heartbeat_id, status)):
+                    worst = status
+                    break
+            self._execute("UPDATE heartbeat SET status = ? WHERE id = ? AND status NOT IN ('paused', ?)",
+                          (worst, heartbeat_id, worst))
+
+    def member_counts(self, heartbeat_ids=None):
+        """``{heartbeat id: {status: members}}`` of those heartbeats (all
+        that have members, when None); from the status index alone."""
+        if heartbeat_ids is None:
+            rows = self._query("SELECT heartbeat_id, status, COUNT(*) FROM member GROUP BY heartbeat_id, status")
+        else:
+            rows = []
+            for start in range(0, len(heartbeat_ids), _ID_CHUNK):
+                chunk = heartbeat_ids[start:start + _ID_CHUNK]
+                rows += self._query(f"SELECT heartbeat_id, status, COUNT(*) FROM member WHERE heartbeat_id IN "
+                                    f"({', '.join('?' * len(chunk))}) GROUP BY heartbeat_id, status", chunk)
+        counts = {}
+        for heartbeat_id, status, count in rows:
+            counts.setdefault(heartbeat_id, {})[status] = count
+        return counts
+
+    def member_summary(self, heartbeat_id):
+        """``(last event, earliest deadline of a member pending, up or late,
+        earliest alarm)`` over a heartbeat's members (Nones when none); a
+        scan of its members."""
+        row = self._query("SELECT MAX(last_event), MIN(CASE WHEN status IN ('pending', 'up', 'late') THEN deadline END), "
+                          "MIN(alarm_since) FROM member WHERE heartbeat_id = ?", (heartbeat_id,))[0]
+        return tuple(row)
+
+    def members_page(self, heartbeat_id, statuses, after, limit):
+        """A heartbeat's members by key after ``after`` (a key, or None),
+        with one of ``statuses`` (any, when empty); at most ``limit``."""
+        where, params = ["heartbeat_id = ?"], [heartbeat_id]
+        if after is not None:
+            where.append("member > ?")
+            params.append(after)
+        if len(statuses) == 1:
+            where.append("status = ?")  # the status index, in key order
+        elif statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params += statuses
+        return self._query(f"{_SELECT_MEMBER} WHERE {' AND '.join(where)} ORDER BY member LIMIT ?", params + [limit])
+
+    def member_alarms(self, limit=-1):
+        """The members that are late or down (with their heartbeat's id,
+        name, output and pattern), oldest alarm first (at most ``limit``;
+        all when negative)."""
+        return self._query(f"{_SELECT_MEMBER_AND_HEARTBEAT} WHERE m.status IN ('late', 'down') "
+                           "ORDER BY m.alarm_since, m.rowid LIMIT ?", (limit,))
 
     # -- maintenance windows -------------------------------------------------
 
@@ -1472,7 +1795,45 @@ def heartbeat_document(row):
     late_after = _optional(row, "late_after")
     if late_after is not None:
         doc["late_after"] = late_after
+    for field in ("group_by", "expected_members"):
+        value = _optional(row, field)
+        if value is not None:
+            doc[field] = json.loads(value)
+    retire_after = _optional(row, "retire_after")
+    if retire_after is not None:
+        doc["retire_after"] = retire_after
     return doc
+
+
+def group_keys(row):
+    """A heartbeat row's group_by keys, sorted (the order of a member's
+    values in memory), or None when it is not grouped."""
+    group_by = _optional(row, "group_by")
+    return None if group_by is None else tuple(sorted(json.loads(group_by)))
+
+
+def member_values(event, keys):
+    """The values of ``keys`` in ``event``, a tuple, when each is a string;
+    otherwise None (the event names no member)."""
+    values = []
+    for key in keys:
+        value = event.get(key)
+        if type(value) is not str:
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+def member_due_of(row):
+    """When a member's next transition is due (schema.sql's generated
+    ``due`` on the member table spells the same): as :func:`due_of` while
+    pending, up or late; retirement (``retire_seconds`` after it went down)
+    when down; None when paused or down for good."""
+    if row["status"] == PAUSED:
+        return None
+    if row["status"] == DOWN:
+        return None if row["retire_seconds"] is None else row["alarm_since"] + row["retire_seconds"]
+    return due_of(row)
 
 
 def maintenance_document(row):
@@ -1522,6 +1883,20 @@ def with_refresh(row, refreshed):
     return {**dict(row), "refreshed": refreshed, "last_event": refreshed}
 
 
+def seconds_text(seconds):
+    """A duration in the syntax of expected_interval when it is one ("5m",
+    "2h"), else in seconds ("7.3s")."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds, 1):g}s"
+
+
+def iso_time(t):
+    """Unix seconds as ISO 8601 UTC text, to the second (for the log)."""
+    return datetime.datetime.fromtimestamp(t, UTC_ZONE).isoformat(timespec="seconds")
+
+
 def api_time(value):
     """A time as the API shows it: Unix seconds to the millisecond, or None."""
     if value is None:
@@ -1554,34 +1929,103 @@ def status_document(row, maintenance=None):
     }
 
 
-def alarm_event(row, state, timestamp):
+def alarm_event(row, state, timestamp, member=None):
     """The check event Canopsis' engine-heartbeat emits for a heartbeat.
 
-    :param row: the heartbeat row.
-    :param state: :data:`ALARM_STATE` (down) or :data:`RESOLVED_STATE`.
+    :param row: the heartbeat row (``id``, ``name``, ``output``, ``pattern``).
+    :param state: :data:`ALARM_STATE` (down), :data:`LATE_STATE` or
+        :data:`RESOLVED_STATE`.
     :param timestamp: Unix seconds (sent as an integer, as Canopsis does).
+    :param member: for a member of a grouped heartbeat, its pairs (a dict):
+        they join the pattern's in ``resource``, and the event says
+        ``member``.
     """
-    pattern = json.loads(row["pattern"])
-    return {
+    pairs = json.loads(row["pattern"])
+    if member is not None:
+        pairs.update(member)
+    event = {
         "connector": "heartbeat",
         "connector_name": "heartbeat",
         "event_type": "check",
         "source_type": "resource",
         "component": "heartbeats",
-        "resource": ".".join(f"{key}:{value}" for key, value in sorted(pattern.items())),
+        "resource": ".".join(f"{key}:{value}" for key, value in sorted(pairs.items())),
         "state": state,
         "output": row["output"],
         "timestamp": int(timestamp),
         "heartbeat_id": row["id"],
         "heartbeat_name": row["name"],
     }
+    if member is not None:
+        event["member"] = member
+    return event
+
+
+def member_alarm_event(row, state, timestamp):
+    """:func:`alarm_event` for a member row joined with its heartbeat's
+    ``id``, ``name``, ``output`` and ``pattern``."""
+    return alarm_event(row, state, timestamp, json.loads(row["member"]))
 
 
 def active_alarm(row):
     """An entry of ``GET /api/v2/alarms``: the alarm event (state 3 when
-    down, 1 when late) plus ``since``."""
+    down, 1 when late) plus ``since``; ``row`` a heartbeat's, or a member's
+    joined with its heartbeat."""
     state = LATE_STATE if row["status"] == LATE else ALARM_STATE
-    return {**alarm_event(row, state, row["alarm_since"]), "since": api_time(row["alarm_since"])}
+    member = json.loads(row["member"]) if "member" in row.keys() else None
+    return {**alarm_event(row, state, row["alarm_since"], member), "since": api_time(row["alarm_since"])}
+
+
+INTAKE_COMPONENT, INTAKE_RESOURCE = "heartbeat-lite", "intake"
+
+
+def intake_event(state, timestamp, silence_seconds):
+    """The one alarm (or its resolution) of an intake silence: the shape of
+    :func:`alarm_event`, for ``component`` heartbeat-lite, ``resource``
+    intake, no heartbeat (``heartbeat_id`` null)."""
+    return {
+        "connector": "heartbeat",
+        "connector_name": "heartbeat",
+        "event_type": "check",
+        "source_type": "resource",
+        "component": INTAKE_COMPONENT,
+        "resource": INTAKE_RESOURCE,
+        "state": state,
+        "output": f"no event received for {seconds_text(silence_seconds)}: the feed into the monitor may be "
+                  "broken; heartbeat deadlines are stopped until events come back",
+        "timestamp": int(timestamp),
+        "heartbeat_id": None,
+        "heartbeat_name": "intake",
+    }
+
+
+def member_document(row, maintenance=None, refreshed=None):
+    """An entry of ``GET .../members`` for a member row: as
+    :func:`status_document` (``maintenance`` the same), the member's pairs
+    in place of the id. ``refreshed``: a refresh kept in memory, or None."""
+    row = with_refresh(row, refreshed)
+    deadline = deadline_of(row)
+    if row["status"] == PAUSED:
+        deadline = None
+    elif maintenance is not None and row["status"] != DOWN:
+        deadline = max(deadline, maintenance[0] + row["interval_seconds"])
+    return {"member": json.loads(row["member"]), "status": row["status"], "last_event": api_time(row["last_event"]),
+            "deadline": api_time(deadline), "alarm_since": api_time(row["alarm_since"])}
+
+
+def encode_member_cursor(key):
+    """The opaque ``next`` cursor of a members page ending at member ``key``."""
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_member_cursor(text):
+    """The member key in :func:`encode_member_cursor`'s text; None if it is not one."""
+    try:
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+        member = json.loads(key)
+    except (ValueError, UnicodeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        return None
+    return key if isinstance(member, dict) and member_key(member) == key else None
 
 
 class MaintenanceWindow:
@@ -1722,11 +2166,18 @@ class PatternIndex:
                 break
             del parent.children[pair]  # prune what no pattern uses any more
 
-    def match(self, events):
+    def match(self, events, groups=None, members=None):
         """Ids of the heartbeats whose every ``key: value`` one of the events
         has, with the same string value (a number never equals a string), in
-        order of first match, without duplicates."""
+        order of first match, without duplicates.
+
+        :param groups: ``{heartbeat id: its group_by keys, sorted}`` of the
+            grouped heartbeats: an event matches one of those only when it
+            has a string for each key (:func:`member_values`), and names a
+            member, added to ``members`` as ``(heartbeat id, values)``.
+        """
         found = {}
+        groups = groups or _NO_CHILDREN
         if len(self._by_keys) <= KEY_SETS_SCANNED:
             tables = [(_values_getter(keys), table) for keys, table in self._by_keys.items()]
             for event in events:  # the hot loop of ingestion: kept flat
@@ -1736,10 +2187,21 @@ class PatternIndex:
                     except (KeyError, TypeError):  # a key is missing; a value is a list or an object
                         continue
                     if heartbeat_id is not None:
+                        if heartbeat_id in groups:
+                            values = member_values(event, groups[heartbeat_id])
+                            if values is None:
+                                continue
+                            members[(heartbeat_id, values)] = None
                         found[heartbeat_id] = None
         else:
             for event in events:
-                found.update(dict.fromkeys(self._walk_trie(event)))
+                for heartbeat_id in self._walk_trie(event):
+                    if heartbeat_id in groups:
+                        values = member_values(event, groups[heartbeat_id])
+                        if values is None:
+                            continue
+                        members[(heartbeat_id, values)] = None
+                    found[heartbeat_id] = None
         return list(found)
 
     def _walk_trie(self, event):
@@ -1801,6 +2263,11 @@ class ReadModel:
     with a time later than its stored one. Every method is named by what
     happened (created, updated, deleted, refreshed, written, went down);
     call it after the change is committed.
+
+    Members of grouped heartbeats have the same: refresh times as stored of
+    those up, later ones unwritten (both ``{heartbeat id: {values:
+    time}}``, the values of the sorted group_by keys naming the member), and
+    how many members each heartbeat has (for the member cap).
     """
 
     def __init__(self):
@@ -1808,15 +2275,28 @@ class ReadModel:
         self._documents = {}  # id -> the GET document, JSON bytes
         self._stored = {}  # id -> refresh time in the database, for heartbeats that are up
         self._unwritten = {}  # id -> later refresh time, not yet in the database
+        self._groups = {}  # id of a grouped heartbeat -> its group_by keys, sorted
+        self._member_stored = {}  # id -> {values: refresh time in the database}, members up
+        self._member_unwritten = {}  # id -> {values: later refresh time}
+        self._member_counts = {}  # id -> how many members it has
 
     @classmethod
-    def loaded(cls, rows):
-        """A read model of ``rows`` (every heartbeat row of the database)."""
+    def loaded(cls, rows, members=()):
+        """A read model of ``rows`` (every heartbeat row of the database) and
+        ``members`` (``(heartbeat id, key, status, refreshed)`` of every member)."""
         model = cls()
         for row in rows:
             model.created(row)
-            if row["status"] == UP:
+            if row["status"] == UP and row["id"] not in model._groups:
                 model._stored[row["id"]] = row["refreshed"]
+        for heartbeat_id, key, status, refreshed in members:
+            keys = model._groups.get(heartbeat_id)
+            if keys is None:
+                continue  # a member of a heartbeat no longer grouped (cannot happen: removed together)
+            model._member_counts[heartbeat_id] += 1
+            if status == UP:
+                member = json.loads(key)
+                model._member_stored[heartbeat_id][tuple(member[k] for k in keys)] = refreshed
         return model
 
     # -- what happened -------------------------------------------------------
@@ -1824,15 +2304,36 @@ class ReadModel:
     def created(self, row):
         self._index.add(row["id"], json.loads(row["pattern"]))
         self._documents[row["id"]] = dump_json(heartbeat_document(row))
+        keys = group_keys(row)
+        if keys is not None:
+            self._groups[row["id"]] = keys
+            self._member_stored.setdefault(row["id"], {})
+            self._member_unwritten.setdefault(row["id"], {})
+            self._member_counts.setdefault(row["id"], 0)
 
     def updated(self, old, new):
+        """A heartbeat changed; when its grouping changed (or its pattern,
+        for a grouped one), its members went with it (see :meth:`Engine.update`)."""
         self._index.remove(json.loads(old["pattern"]))
+        regrouped = group_keys(old) != group_keys(new) or (group_keys(old) is not None
+                                                           and old["pattern"] != new["pattern"])
+        if regrouped:
+            self._forget_members(old["id"])
+            self._groups.pop(old["id"], None)
+        if group_keys(new) is not None:
+            self._stored.pop(new["id"], None)
+            self._unwritten.pop(new["id"], None)
         self.created(new)
 
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
-        for memory in (self._documents, self._stored, self._unwritten):
+        for memory in (self._documents, self._stored, self._unwritten, self._groups):
             memory.pop(row["id"], None)
+        self._forget_members(row["id"])
+
+    def _forget_members(self, heartbeat_id):
+        for memory in (self._member_stored, self._member_unwritten, self._member_counts):
+            memory.pop(heartbeat_id, None)
 
     def refreshed(self, heartbeat_ids, now):
         """Split heartbeats refreshed at ``now`` into those to write now and
@@ -1879,10 +2380,104 @@ class ReadModel:
             self._stored.pop(heartbeat_id, None)
             self._unwritten.pop(heartbeat_id, None)
 
+    def members_refreshed(self, members, now):
+        """As :meth:`refreshed`, for members ``(heartbeat id, values)``.
+
+        :returns: ``(to_write, kept)``: ``(heartbeat id, keys, values)`` to
+            write now (``keys`` the group_by keys they go with), and how many
+            were kept.
+        """
+        to_write, kept = [], 0
+        for heartbeat_id, values in members:
+            stored = self._member_stored[heartbeat_id].get(values, -math.inf)
+            if now - stored < REFRESH_WRITE_SECONDS:
+                self._member_unwritten[heartbeat_id][values] = now
+                kept += 1
+            else:
+                to_write.append((heartbeat_id, self._groups[heartbeat_id], values))
+        return to_write, kept
+
+    def members_written(self, refreshes):
+        """``{(heartbeat id, values): refresh time}`` are in the database (those members are up)."""
+        for (heartbeat_id, values), refreshed in refreshes.items():
+            stored = self._member_stored.get(heartbeat_id)
+            if stored is None:
+                continue  # deleted or regrouped meanwhile
+            stored[values] = refreshed
+            unwritten = self._member_unwritten[heartbeat_id]
+            if unwritten.get(values, math.inf) <= refreshed:
+                del unwritten[values]
+
+    def members_deferred(self, items, now):
+        """As :meth:`deferred`, for members ``(heartbeat id, keys, values)``."""
+        for heartbeat_id, _, values in items:
+            if values in self._member_stored[heartbeat_id]:
+                self._member_unwritten[heartbeat_id][values] = now
+
+    def members_went_down(self, heartbeat_id, values_list=None):
+        """Those members (all of the heartbeat's, when None) left ``up``
+        other than by a refresh."""
+        stored, unwritten = self._member_stored.get(heartbeat_id), self._member_unwritten.get(heartbeat_id)
+        if stored is None:
+            return
+        if values_list is None:
+            stored.clear()
+            unwritten.clear()
+            return
+        for values in values_list:
+            stored.pop(values, None)
+            unwritten.pop(values, None)
+
+    def members_added(self, heartbeat_id, count):
+        if heartbeat_id in self._member_counts:
+            self._member_counts[heartbeat_id] += count
+
+    def members_removed(self, heartbeat_id, values_list):
+        """Those members were deleted (or retired)."""
+        if heartbeat_id not in self._member_counts:
+            return
+        self.members_went_down(heartbeat_id, values_list)
+        self._member_counts[heartbeat_id] -= len(values_list)
+
     # -- questions -----------------------------------------------------------
 
-    def match(self, events):
-        return self._index.match(events)
+    def match(self, events, members=None):
+        """Ids of the heartbeats the events match (see
+        :meth:`PatternIndex.match`); the members they name go to
+        ``members`` (a dict used as an ordered set)."""
+        return self._index.match(events, self._groups, {} if members is None else members)
+
+    def is_grouped(self, heartbeat_id):
+        return heartbeat_id in self._groups
+
+    def plain(self, heartbeat_ids):
+        """Those of ``heartbeat_ids`` that are not grouped."""
+        groups = self._groups
+        return [heartbeat_id for heartbeat_id in heartbeat_ids if heartbeat_id not in groups]
+
+    def group_keys(self, heartbeat_id):
+        """A grouped heartbeat's group_by keys, sorted; None when it is not."""
+        return self._groups.get(heartbeat_id)
+
+    def member_count(self, heartbeat_id):
+        return self._member_counts.get(heartbeat_id, 0)
+
+    def member_is_up(self, heartbeat_id, values):
+        return values in self._member_stored.get(heartbeat_id, _NO_CHILDREN)
+
+    def member_values(self, heartbeat_id, key):
+        """The values (sorted group_by key order) of member ``key``."""
+        member = json.loads(key)
+        return tuple(member[k] for k in self._groups[heartbeat_id])
+
+    def unwritten_members(self, heartbeat_id=None):
+        """The member refreshes waiting to be written, ``[(heartbeat id,
+        values, time)]`` (of one heartbeat, or all)."""
+        ids = self._member_unwritten if heartbeat_id is None else [heartbeat_id]
+        return [(hid, values, t) for hid in ids for values, t in self._member_unwritten.get(hid, {}).items()]
+
+    def member_unwritten_refresh(self, heartbeat_id, values):
+        return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
 
     def document(self, heartbeat_id):
         """The GET document (JSON bytes); :raises NotFound:."""
@@ -1896,7 +2491,7 @@ class ReadModel:
         return dict(self._unwritten)
 
     def has_unwritten(self):
-        return bool(self._unwritten)
+        return bool(self._unwritten) or any(self._member_unwritten.values())
 
     def unwritten_refresh(self, heartbeat_id):
         """The refresh time of ``heartbeat_id`` not yet written, or None."""
@@ -1919,12 +2514,19 @@ class Engine:
     :param on_alarm: optional callable receiving each alarm and resolution
         event (a dict), in order, once it is committed.
     :param forwarding: write alarms and resolutions to the outbox.
+    :param intake_silence: None, or seconds: when no event at all arrived
+        for that long, raise the one intake alarm and stop every deadline
+        until events come back (see :meth:`tick`).
     """
 
-    def __init__(self, store, clock, on_alarm=None, forwarding=False):
+    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None):
         self.store = store
         self.clock = clock
         self.forwarding = forwarding
+        self.intake_silence = intake_silence
+        self._intake_at = None  # clock time of the last event received (or of the start)
+        self._silent_since = None  # when the intake silence began; None while events arrive
+        self._capped = set()  # grouped heartbeats whose member cap was said in the log
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
         self._loaded = False
@@ -1958,9 +2560,14 @@ class Engine:
             if self._loaded:
                 return
             self.resume()
-            self._model = ReadModel.loaded(self.store.each_heartbeat())
+            self._model = ReadModel.loaded(self.store.each_heartbeat(), self.store.each_member())
             self._windows = self._load_windows()
             self._loaded = True
+            ended = self._silent_since is not None and self.intake_silence is None
+            if ended:
+                self._end_silence(self.clock(), "--intake-silence is no longer set")
+        if ended:
+            self._publish()
 
     def _load_windows(self):
         windows = {}
@@ -1989,8 +2596,14 @@ class Engine:
                 "refreshed": now,
                 "status": PENDING,
             }
-            self.store.insert_heartbeat(row)
+            expected = [member_key(member) for member in fields.get("expected_members") or ()]
+            with self.store.atomic():
+                self.store.insert_heartbeat(row)
+                if expected:
+                    self.store.insert_members([self._member_row(row, key, now, PENDING, expected=True)
+                                               for key in expected])
             self._model.created(row)
+            self._model.members_added(row["id"], len(expected))
             self._due_by(due_of(row))
         log.info("heartbeat %s created ('%s', pattern %s)", row["id"], log_safe(row["name"]),
                  log_safe(row["pattern"]))
@@ -2008,8 +2621,20 @@ class Engine:
             "interval_seconds": fields["interval_seconds"],
             "late_after": fields.get("late_after"),
             "late_seconds": fields.get("late_seconds"),
+            "group_by": _json_text(fields.get("group_by")),
+            "expected_members": _json_text(fields.get("expected_members")),
+            "retire_after": fields.get("retire_after"),
+            "retire_seconds": fields.get("retire_seconds"),
             "updated": int(now),
         }
+
+    @staticmethod
+    def _member_row(heartbeat, key, now, status, expected=False, last_event=None):
+        """A new member row of ``heartbeat`` (its row, or its columns)."""
+        return {"heartbeat_id": heartbeat["id"], "member": key, "expected": int(expected),
+                "interval_seconds": heartbeat["interval_seconds"], "late_seconds": heartbeat["late_seconds"],
+                "retire_seconds": None if expected else heartbeat["retire_seconds"], "status": status,
+                "refreshed": now, "last_event": last_event}
 
     def update(self, heartbeat_id, fields):
         """Replace a heartbeat's fields, keeping its id, creation and state.
@@ -2029,11 +2654,15 @@ class Engine:
         with self._lock:
             self.load()
             now = self.clock()
+            regrouped = None
             with self.store.atomic():
                 old, new = self.store.update_heartbeat(heartbeat_id, self._document_columns(fields, now))
                 events = []
                 late_seconds = new["late_seconds"]
-                if old["status"] == LATE and (late_seconds is None or new["refreshed"] + late_seconds > now):
+                if old["group_by"] is not None or new["group_by"] is not None:
+                    events, regrouped = self._update_group(old, new, now)
+                    new = self.store.heartbeat(heartbeat_id)
+                elif old["status"] == LATE and (late_seconds is None or new["refreshed"] + late_seconds > now):
                     status = UP if new["last_event"] is not None else PENDING
                     self.store.set_state(heartbeat_id, status, new["refreshed"], new["last_event"], None)
                     events = [alarm_event(old, RESOLVED_STATE, now)]
@@ -2043,14 +2672,78 @@ class Engine:
                     events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, state, now)]
                 self._enqueue(events)
             self._model.updated(old, new)
-            if old["status"] == LATE and new["status"] == UP:
+            if regrouped is not None:
+                added, back_up = regrouped
+                self._model.members_added(heartbeat_id, added)
+                self._model.members_written(back_up)
+            elif old["status"] == LATE and new["status"] == UP:
                 self._model.written({heartbeat_id: new["refreshed"]})
             self._committed(events)
             if new["status"] not in (DOWN, PAUSED):
                 self._due_by(due_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
+            if new["group_by"] is not None:
+                self._due_by(now + (new["late_seconds"] or new["interval_seconds"]))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
         self._publish()
+
+    def _update_group(self, old, new, now):
+        """Under the lock, in the update's transaction: what an update does
+        to a heartbeat that is or was grouped.
+
+        A changed ``group_by``, or a changed pattern of a grouped heartbeat,
+        starts afresh: every member goes (their open alarms resolved), the
+        expected ones come back pending, the heartbeat is pending (paused
+        stays paused); a heartbeat that was not grouped has its own alarm
+        resolved. Otherwise the members get the new timing; expected
+        members added are created pending (or marked expected, if they
+        exist); those no longer listed stay, as ordinary members (retired
+        once down for ``retire_after``); a late member stays late only if
+        the new ``late_after`` has passed since its refresh.
+
+        :returns: ``(events, (members added, {(id, values): refresh} of
+            members back up))``.
+        """
+        heartbeat_id, events = old["id"], []
+        paused = old["status"] == PAUSED
+        afresh = old["group_by"] != new["group_by"] or old["pattern"] != new["pattern"]
+        expected_old = {member_key(m) for m in json.loads(old["expected_members"] or "[]")}
+        expected_new = [member_key(m) for m in json.loads(new["expected_members"] or "[]")]
+        added, back_up = 0, {}
+        if afresh:
+            if old["group_by"] is not None:
+                events += [alarm_event(old, RESOLVED_STATE, now, json.loads(row["member"]))
+                           for row in self.store.delete_all_members(heartbeat_id)]
+            elif old["status"] in (LATE, DOWN):
+                events.append(alarm_event(old, RESOLVED_STATE, now))
+            self.store.set_state(heartbeat_id, PAUSED if paused else PENDING, now, old["last_event"], None)
+            to_create = expected_new if new["group_by"] is not None else []
+        else:
+            self.store.set_member_timing(heartbeat_id, new["interval_seconds"], new["late_seconds"],
+                                         new["retire_seconds"])
+            self.store.set_expected(heartbeat_id, sorted(expected_old - set(expected_new)), False,
+                                    new["retire_seconds"])
+            fresh = [key for key in expected_new if key not in expected_old]
+            existing = self.store.members_by_key(heartbeat_id, fresh)
+            self.store.set_expected(heartbeat_id, list(existing), True, None)
+            to_create = [key for key in fresh if key not in existing]
+            late_seconds, states = new["late_seconds"], []
+            for row in self.store.members_with_status(heartbeat_id, LATE):
+                if late_seconds is None or row["refreshed"] + late_seconds > now:
+                    status = UP if row["last_event"] is not None else PENDING
+                    states.append((heartbeat_id, row["member"], status, row["refreshed"], None))
+                    events.append(alarm_event(old, RESOLVED_STATE, now, json.loads(row["member"])))
+                    if status == UP:
+                        back_up[(heartbeat_id, tuple(json.loads(row["member"])[k] for k in group_keys(new)))] = \
+                            row["refreshed"]
+            self.store.set_member_states(states)
+        if to_create:
+            self.store.insert_members([self._member_row(new, key, now, PAUSED if paused else PENDING, expected=True)
+                                       for key in to_create])
+            added = len(to_create)
+        if new["group_by"] is not None:
+            self.store.update_group_status([heartbeat_id])
+        return events, (added, back_up)
 
     def document(self, heartbeat_id):
         """The heartbeat's document as JSON bytes, from memory; :raises NotFound:."""
@@ -2062,14 +2755,19 @@ class Engine:
         return [heartbeat_document(row) for row in self.store.heartbeats()]
 
     def delete(self, heartbeat_id):
-        """Delete a heartbeat and its state, resolving its alarm if it is
-        down; :raises NotFound:."""
+        """Delete a heartbeat and its state (and members), resolving its
+        alarm if it is late or down (those of its members);
+        :raises NotFound:."""
         with self._lock:
             self.load()
             now = self.clock()
             with self.store.atomic():
                 row = self.store.delete_heartbeat(heartbeat_id)
-                events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] in (LATE, DOWN) else []
+                if row["group_by"] is not None:
+                    events = [alarm_event(row, RESOLVED_STATE, now, json.loads(member["member"]))
+                              for member in self.store.delete_all_members(heartbeat_id)]
+                else:
+                    events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] in (LATE, DOWN) else []
                 self._enqueue(events)
             self._model.deleted(row)
             self._committed(events)
@@ -2079,7 +2777,8 @@ class Engine:
     def pause(self, heartbeat_id):
         """Pause a heartbeat: no alarm until it is resumed; matching events
         only move its ``last_event``. An open alarm (late or down) is
-        resolved. A no-op when it is paused already; :raises NotFound:."""
+        resolved. A grouped heartbeat pauses every member the same way. A
+        no-op when it is paused already; :raises NotFound:."""
         with self._lock:
             self.load()
             now = self.clock()
@@ -2090,11 +2789,17 @@ class Engine:
                 if changed:
                     last_event = self._model.unwritten_refresh(heartbeat_id) or row["last_event"]
                     self.store.set_state(heartbeat_id, PAUSED, row["refreshed"], last_event, None)
-                    if row["status"] in (LATE, DOWN):
+                    if row["group_by"] is not None:
+                        unwritten = self._model.unwritten_members(heartbeat_id)
+                        self.store.write_member_refreshes(self._member_refreshes(unwritten))
+                        events = [alarm_event(row, RESOLVED_STATE, now, json.loads(member["member"]))
+                                  for member in self.store.pause_members(heartbeat_id)]
+                    elif row["status"] in (LATE, DOWN):
                         events = [alarm_event(row, RESOLVED_STATE, now)]
                     self._enqueue(events)
             if changed:
                 self._model.went_down([heartbeat_id])
+                self._model.members_went_down(heartbeat_id)
             self._committed(events)
         if changed:
             log.info("heartbeat %s paused ('%s', was %s)", heartbeat_id, log_safe(row["name"]), row["status"])
@@ -2102,8 +2807,8 @@ class Engine:
 
     def resume_heartbeat(self, heartbeat_id):
         """Resume a paused heartbeat: it starts afresh, ``pending``, its
-        deadline an interval from now. A no-op when it is not paused;
-        :raises NotFound:."""
+        deadline an interval from now (each of its members, for a grouped
+        one). A no-op when it is not paused; :raises NotFound:."""
         with self._lock:
             self.load()
             now = self.clock()
@@ -2112,19 +2817,110 @@ class Engine:
                 changed = row["status"] == PAUSED
                 if changed:
                     self.store.set_state(heartbeat_id, PENDING, now, row["last_event"], None)
+                    if row["group_by"] is not None:
+                        self.store.resume_members(heartbeat_id, now)
+                        self.store.update_group_status([heartbeat_id])
             if changed:
                 self._due_by(now + (row["late_seconds"] or row["interval_seconds"]))
         if changed:
             log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
 
     def status(self, heartbeat_id):
-        """The heartbeat's state document; :raises NotFound:."""
-        row = with_refresh(self.store.heartbeat(heartbeat_id), self._model.unwritten_refresh(heartbeat_id))
-        return status_document(row, self._covering(row["pattern"], self.clock()))
+        """The heartbeat's state document; :raises NotFound:.
+
+        A grouped heartbeat's status is the worst of its members' (or
+        paused), ``last_event`` the latest of theirs, ``deadline`` the
+        earliest of those pending, up or late, ``alarm_since`` the oldest
+        member alarm, and ``members`` counts them by status.
+        """
+        row = self.store.heartbeat(heartbeat_id)
+        covering = self._covering(row["pattern"], self.clock())
+        if row["group_by"] is None:
+            return status_document(with_refresh(row, self._model.unwritten_refresh(heartbeat_id)), covering)
+        last_event, deadline, alarm_since = self.store.member_summary(heartbeat_id)
+        kept = [t for _, _, t in self._model.unwritten_members(heartbeat_id)]
+        last_event = max([t for t in (last_event, *kept) if t is not None], default=None)
+        if row["status"] == PAUSED:
+            deadline = None
+        elif covering is not None and deadline is not None:
+            deadline = max(deadline, covering[0] + row["interval_seconds"])
+        document = status_document({**dict(row), "last_event": last_event, "alarm_since": alarm_since}, covering)
+        document["deadline"] = api_time(deadline)
+        document["members"] = self._counts(self.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+        return document
+
+    @staticmethod
+    def _counts(counts):
+        """Members per status, every status named."""
+        return {status: counts.get(status, 0) for status in STATUSES}
 
     def alarms(self, limit=None):
-        """The active alarms (down, and late), oldest first (the ``limit`` oldest, if given)."""
-        return [active_alarm(row) for row in self.store.alarms(-1 if limit is None else limit)]
+        """The active alarms (heartbeats and members late or down, and the
+        intake silence), oldest first (the ``limit`` oldest, if given)."""
+        limit = -1 if limit is None else limit
+        alarms = [active_alarm(row) for row in self.store.alarms(limit)]
+        alarms += [active_alarm(row) for row in self.store.member_alarms(limit)]
+        silent_since = self._silent_since
+        if silent_since is not None:
+            alarms.append({**intake_event(ALARM_STATE, silent_since, self._silence_seconds()),
+                           "since": api_time(silent_since)})
+        alarms.sort(key=lambda alarm: alarm["since"])  # stable: heartbeats, then members, at the same time
+        return alarms if limit < 0 else alarms[:limit]
+
+    # -- members -------------------------------------------------------------
+
+    def members(self, heartbeat_id, statuses=(), after=None, limit=DEFAULT_MEMBERS_PAGE):
+        """A page of a heartbeat's members, by member key: those after the
+        key ``after`` (None: from the first) whose status is one of
+        ``statuses`` (any, when empty); ``{"members": [...], "next": cursor
+        or None}`` (see :func:`member_document`). A heartbeat that is not
+        grouped has none. :raises NotFound:."""
+        self.load()
+        row = self.store.heartbeat(heartbeat_id)
+        if row["group_by"] is None:
+            return {"members": [], "next": None}
+        rows = self.store.members_page(heartbeat_id, list(statuses), after, limit + 1)
+        covering = self._covering(row["pattern"], self.clock())
+        model = self._model
+        documents = [member_document(member, covering, model.member_unwritten_refresh(
+            heartbeat_id, model.member_values(heartbeat_id, member["member"]))) for member in rows[:limit]]
+        more = len(rows) > limit
+        return {"members": documents, "next": encode_member_cursor(rows[limit - 1]["member"]) if more else None}
+
+    def delete_member(self, heartbeat_id, member):
+        """Remove one member (``member``: its pairs), resolving its alarm if
+        it is late or down. :raises NotFound: no such heartbeat;
+        :raises MemberNotFound:; :raises Invalid: when ``member`` does
+        not give exactly the heartbeat's group_by keys."""
+        with self._lock:
+            self.load()
+            now = self.clock()
+            with self.store.atomic():
+                row = self.store.heartbeat(heartbeat_id)
+                keys = group_keys(row)
+                if keys is None:
+                    raise Invalid(["this heartbeat has no group_by: it has no members"])
+                if set(member) != set(keys):
+                    raise Invalid(["the query must give exactly the group_by keys, each once: " + ", ".join(keys)])
+                key = member_key(member)
+                found = self.store.members_by_key(heartbeat_id, [key]).get(key)
+                if found is None:
+                    raise MemberNotFound(key)
+                self.store.delete_members([(heartbeat_id, key)])
+                self.store.update_group_status([heartbeat_id])
+                events = [alarm_event(row, RESOLVED_STATE, now, member)] if found["status"] in (LATE, DOWN) else []
+                self._enqueue(events)
+            self._model.members_removed(heartbeat_id, [tuple(member[k] for k in keys)])
+            self._committed(events)
+        log.info("member %s of heartbeat %s ('%s') removed", log_safe(key), heartbeat_id, log_safe(row["name"]))
+        self._publish()
+
+    def _member_key(self, heartbeat_id, values):
+        return member_key(dict(zip(self._model.group_keys(heartbeat_id), values)))
+
+    def _member_refreshes(self, unwritten):
+        """``(heartbeat id, values, time)`` as the store takes them: ``(heartbeat id, key, time)``."""
+        return [(heartbeat_id, self._member_key(heartbeat_id, values), t) for heartbeat_id, values, t in unwritten]
 
     def status_page(self, statuses=(), terms=(), offset=0, limit=100):
         """One page of the heartbeats for the status page, each as in
@@ -2140,24 +2936,32 @@ class Engine:
         active = [window.pattern for window in self._windows.values() if window.occurrence_at(now)]
         counts, total, rows = self.store.status_page(list(statuses), list(terms), limit, offset, active)
         unwritten = self._model.unwritten_refresh
-        return {
-            "rows": [{**heartbeat_document(row), **status_document(row, self._covering(row["pattern"], now))}
-                     for row in (with_refresh(row, unwritten(row["id"])) for row in rows)],
-            "total": total,
-            "counts": counts,
-        }
+        members = self.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
+        page = []
+        for row in rows:
+            row = with_refresh(row, unwritten(row["id"]))
+            entry = {**heartbeat_document(row), **status_document(row, self._covering(row["pattern"], now))}
+            if row["group_by"] is not None:
+                entry["members"] = self._counts(members.get(row["id"], {}))
+            page.append(entry)
+        return {"rows": page, "total": total, "counts": counts}
 
     def overview(self):
         """Every heartbeat, newest first, as its document merged with its
-        state document (one database read)."""
+        state document, and for a grouped one its members per status in
+        ``members`` (two database reads)."""
         unwritten = self._model.unwritten()
         now = self.clock()
         active = [window for window in self._windows.values() if window.occurrence_at(now)]
+        members = self.store.member_counts()
         overview = []
         for row in self.store.heartbeats():
             row = with_refresh(row, unwritten.get(row["id"]))
             maintenance = self._covering(row["pattern"], now, active) if active else None
-            overview.append({**heartbeat_document(row), **status_document(row, maintenance)})
+            entry = {**heartbeat_document(row), **status_document(row, maintenance)}
+            if row["group_by"] is not None:
+                entry["members"] = self._counts(members.get(row["id"], {}))
+            overview.append(entry)
         return overview
 
     # -- maintenance windows -------------------------------------------------
@@ -2292,30 +3096,42 @@ class Engine:
         with self._lock:
             self.load()
             now = self.clock()
-            matched = self._model.match(events)
+            back = self._intake(now) if events else False
+            members = {}
+            matched = self._model.match(events, members)
             had_unwritten = self._model.has_unwritten()
-            to_write, kept = self._model.refreshed(matched, now)
-            if kept and not had_unwritten:
+            to_write, kept = self._model.refreshed(self._model.plain(matched) if members else matched, now)
+            members_to_write, members_kept = self._model.members_refreshed(members, now)
+            if (kept or members_kept) and not had_unwritten:
                 self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
-            # One heartbeat that is not down (the common case) is one
-            # statement; otherwise transactions that also report those
-            # coming back up.
-            if len(to_write) == 1 and self.store.refresh_if_not_down(to_write[0], now):
+            # One heartbeat that is not down, or one member up (the common
+            # cases), is one statement; otherwise transactions that also
+            # report those coming back up.
+            if not back and not members_to_write and len(to_write) == 1 \
+                    and self.store.refresh_if_not_down(to_write[0], now):
                 self._model.written({to_write[0]: now})
                 return matched
+            if not back and not to_write and len(members_to_write) == 1:
+                heartbeat_id, keys, values = members_to_write[0]
+                if self._model.member_is_up(heartbeat_id, values) and self.store.refresh_member_if_up(
+                        heartbeat_id, self._member_key(heartbeat_id, values), now):
+                    self._model.members_written({(heartbeat_id, values): now})
+                    return matched
             # Heartbeats up only need their refresh written (one cheap
             # statement each, no state change), in big chunks; the others
-            # may come back up, in storm-sized chunks.
+            # (heartbeats that may come back up, then members: tuples) in
+            # storm-sized chunks.
             up = self._model.up_among(to_write)
             up_set = set(up)
-            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set]
+            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
             chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
                       for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
             chunks += [(self._refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
                        for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
             for _, later in chunks[1:]:
-                self._model.deferred(later, now)
+                self._model.deferred([item for item in later if type(item) is str], now)
+                self._model.members_deferred([item for item in later if type(item) is tuple], now)
             if chunks:
                 write, first = chunks[0]
                 write(first, now)
@@ -2332,21 +3148,98 @@ class Engine:
         self.store.write_refreshes(refreshes.items())
         self._model.written(refreshes)
 
-    def _refresh_chunk(self, heartbeat_ids, now):
-        """Under the lock: write refreshes at ``now``; resolve the alarms of
+    def _refresh_chunk(self, items, now):
+        """Under the lock: write refreshes at ``now`` of heartbeats (ids) and
+        members (``(heartbeat id, keys, values)``); resolve the alarms of
         those that were late or down; a paused one only counts the event."""
-        if not heartbeat_ids:
+        heartbeat_ids = [item for item in items if type(item) is str]
+        members = [item for item in items if type(item) is tuple]
+        if not items:
             return
+        special, member_changes = [], None
         with self.store.atomic():
-            special = self.store.refresh(heartbeat_ids, now)
+            if heartbeat_ids:
+                special = self.store.refresh(heartbeat_ids, now)
             came_back = [row for row in special if row["status"] != PAUSED]
             resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
+            if members:
+                member_changes = self._refresh_members(members, now)
+                resolutions += member_changes[0]
             self._enqueue(resolutions)
         paused = {row["id"] for row in special if row["status"] == PAUSED}
         self._model.written({heartbeat_id: now for heartbeat_id in heartbeat_ids if heartbeat_id not in paused})
+        if member_changes is not None:
+            _, written, added, due = member_changes
+            self._model.members_written(written)
+            for heartbeat_id, count in added.items():
+                self._model.members_added(heartbeat_id, count)
+            if due is not None:
+                self._due_by(due)
+        self._committed(resolutions)
         if came_back:
-            self._committed(resolutions)
             self._due_by(now + min(row["late_seconds"] or row["interval_seconds"] for row in came_back))
+
+    def _refresh_members(self, items, now):
+        """Under the lock, in a transaction: members ``(heartbeat id, keys,
+        values)`` had a matching event at ``now``. Each goes up (resolving
+        its alarm if it was late or down); one of a paused heartbeat only
+        moves its ``last_event``; a member not seen before is created (up,
+        or paused), unless its heartbeat has :data:`MAX_MEMBERS_PER_HEARTBEAT`
+        members already. Items whose heartbeat was deleted or regrouped
+        since they were matched (between the chunks of a storm) are dropped.
+
+        :returns: ``(resolutions, {(id, values): now} of members up,
+            {id: members created}, earliest time a tick is due, or None)``.
+        """
+        by_heartbeat = {}
+        for heartbeat_id, keys, values in items:
+            if self._model.group_keys(heartbeat_id) == keys:
+                by_heartbeat.setdefault(heartbeat_id, {})[member_key(dict(zip(keys, values)))] = values
+        resolutions, written, added, due = [], {}, {}, None
+        for heartbeat_id, wanted in by_heartbeat.items():
+            heartbeat = self.store.heartbeat(heartbeat_id)
+            rows = self.store.members_by_key(heartbeat_id, list(wanted))
+            refresh, touch, insert, changed = [], [], [], False
+            room = MAX_MEMBERS_PER_HEARTBEAT - self._model.member_count(heartbeat_id)
+            if room > 0:
+                self._capped.discard(heartbeat_id)  # say it again when it fills up again
+            for key, values in wanted.items():
+                row = rows.get(key)
+                if row is None:
+                    if heartbeat["status"] == PAUSED:
+                        insert.append(self._member_row(heartbeat, key, now, PAUSED, last_event=now))
+                    elif len(insert) < room:
+                        insert.append(self._member_row(heartbeat, key, now, UP, last_event=now))
+                        written[(heartbeat_id, values)] = now
+                        changed = True
+                    else:
+                        self._refuse_member(heartbeat)
+                elif row["status"] == PAUSED:
+                    touch.append((heartbeat_id, key))
+                else:
+                    refresh.append((heartbeat_id, key))
+                    written[(heartbeat_id, values)] = now
+                    if row["status"] != UP:
+                        changed = True
+                        if row["status"] in (LATE, DOWN):
+                            resolutions.append(alarm_event(heartbeat, RESOLVED_STATE, now, json.loads(key)))
+            self.store.refresh_members(refresh, now)
+            self.store.touch_members(touch, now)
+            self.store.insert_members(insert)
+            if insert:
+                added[heartbeat_id] = len(insert)
+            if changed:
+                self.store.update_group_status([heartbeat_id])
+                at = now + (heartbeat["late_seconds"] or heartbeat["interval_seconds"])
+                due = at if due is None else min(due, at)
+        return resolutions, written, added, due
+
+    def _refuse_member(self, heartbeat):
+        if heartbeat["id"] not in self._capped:
+            self._capped.add(heartbeat["id"])
+            log.warning("heartbeat %s ('%s') has %d members, the most it may have: events naming new members "
+                        "are ignored (they still refresh the members it has)", heartbeat["id"],
+                        log_safe(heartbeat["name"]), MAX_MEMBERS_PER_HEARTBEAT)
 
     def tick(self):
         """Write the refreshes kept in memory; apply the end rule of the
@@ -2368,34 +3261,188 @@ class Engine:
                 first = now is None
                 if first:
                     now = self.clock()
+                    horizon = self._expiry_horizon(now)
                 with self.store.atomic():
                     unwritten = self._model.unwritten()
                     if unwritten:
                         self.store.write_refreshes(unwritten.items())
+                    unwritten_members = self._model.unwritten_members()
+                    if unwritten_members:
+                        self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
                     started, ended, moved_up = self._window_boundaries(now) if first else ([], [], {})
-                    handled, alarms, left_up, protected_up = self._expire(now, STORM_CHUNK_HEARTBEATS)
+                    handled, alarms, left_up, protected_up = (0, [], [], {}) if horizon is None else \
+                        self._expire(horizon, STORM_CHUNK_HEARTBEATS)
+                    members = None
+                    if horizon is not None and handled < STORM_CHUNK_HEARTBEATS:
+                        members = self._expire_members(horizon, STORM_CHUNK_HEARTBEATS - handled)
+                        handled += members["handled"]
+                        alarms += members["events"]
                     self._enqueue(alarms)
                     self._record_alive(now)
                 self._model.written(unwritten)
+                self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
                 self._model.written({**moved_up, **protected_up})
                 self._model.went_down(left_up)
+                if members is not None:
+                    self._members_expired(members)
                 if first:
                     self._windows_checked_at = now
-                self.alarms_raised += len(alarms)
+                self.alarms_raised += sum(event["state"] != RESOLVED_STATE for event in alarms)
                 self._committed(alarms)
                 more = handled == STORM_CHUNK_HEARTBEATS
                 if not more:
+                    silence = self._silence_due()
+                    if silence is not None and silence <= now:
+                        self._start_silence(silence)
                     later = self.clock()  # a storm takes time: say when next from its end
-                    next_at = self._next_tick_at = next_tick_at(later, self.store.next_due(),
+                    earliest = [t for t in (self.store.next_due(), self.store.next_member_due(),
+                                            self._silence_due()) if t is not None]
+                    next_at = self._next_tick_at = next_tick_at(later, min(earliest, default=None),
                                                                 self._next_window_boundary(later))
             for window in started:
                 log.info("maintenance %s ('%s') started", window.id, log_safe(window.name))
             for window, count in ended:
                 log.info("maintenance %s ('%s') ended: %d heartbeat(s) get a full interval from its end",
                          window.id, log_safe(window.name), count)
+            if members is not None:
+                for heartbeat_id, name, key, down_since in members["retired"]:
+                    log.info("member %s of heartbeat %s ('%s') retired: down since %s", log_safe(key), heartbeat_id,
+                             log_safe(name), iso_time(down_since))
             self._publish()
             if not more:
                 return next_at - later
+
+    # -- intake silence ------------------------------------------------------
+
+    def _silence_seconds(self):
+        return self.intake_silence or 0
+
+    def _silence_due(self):
+        """When the intake falls silent if no event arrives by then; None
+        when it is silent, or not watched."""
+        if self.intake_silence is None or self._silent_since is not None:
+            return None
+        return self._intake_at + self.intake_silence
+
+    def _expiry_horizon(self, now):
+        """Up to when deadlines may expire in a tick at ``now``: now; the
+        start of an intake silence that began since (expiry stops there);
+        None during a silence (the clock is stopped)."""
+        if self._silent_since is not None:
+            return None
+        silence = self._silence_due()
+        return now if silence is None or silence > now else silence
+
+    def _start_silence(self, since):
+        """Under the lock: no event arrived from ``since - intake_silence``
+        to ``since``. Raise the one intake alarm, record the silence (it
+        survives a restart), stop expiry until events come back."""
+        event = intake_event(ALARM_STATE, since, self.intake_silence)
+        with self.store.atomic():
+            self.store.set_meta(META_INTAKE_SILENT_SINCE, since)
+            self._enqueue([event])
+        self._silent_since = since
+        self.alarms_raised += 1
+        self._committed([event])
+        log.warning("intake silence: no event received for %s; deadlines are stopped until events come back",
+                    seconds_text(self.intake_silence))
+
+    def _intake(self, now):
+        """Under the lock: events arrived at ``now``. Ends an intake silence
+        (see :meth:`_end_silence`); True when it did."""
+        self._intake_at = now
+        if self._silent_since is None:
+            return False
+        self._end_silence(now, "events came back")
+        return True
+
+    def _end_silence(self, now, why):
+        """Under the lock: the intake silence is over at ``now``. Every
+        deadline still ahead when it began (all of them: expiry stopped)
+        moves later by its length, as after an outage of the monitor; the
+        intake alarm is resolved."""
+        since = self._silent_since
+        event = intake_event(RESOLVED_STATE, now, self._silence_seconds())
+        with self.store.atomic():
+            unwritten = self._model.unwritten()
+            self.store.write_refreshes(unwritten.items())
+            unwritten_members = self._model.unwritten_members()
+            self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
+            moved = self.store.postpone(since, max(0.0, now - since))
+            self.store.delete_meta(META_INTAKE_SILENT_SINCE)
+            self._enqueue([event])
+        self._model.written(unwritten)
+        self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
+        self._silent_since = None
+        self._committed([event])
+        log.info("intake silence over (%s) after %s: %d deadline(s) moved later", why,
+                 seconds_text(max(0.0, now - since)), moved)
+
+    # -- member expiry -------------------------------------------------------
+
+    def _expire_members(self, now, limit):
+        """As :meth:`_expire`, for members: late, down (a maintenance window
+        protecting their heartbeat at that time moves them to its end
+        instead), and retired: one down for its ``retire_seconds`` is
+        removed, its alarm resolved. A grouped heartbeat's status follows.
+
+        :returns: a dict: ``handled`` (at most ``limit``), ``events``,
+            ``left_up`` (``[(id, values)]``), ``protected_up`` (``{(id,
+            values): refresh}``), ``gone`` (``[(id, key)]``, retired) and
+            ``retired`` (``[(id, name, key, down since)]``, for the log).
+        """
+        states, events, left_up, protected_up, gone, retired, touched = [], [], [], {}, [], [], set()
+        rows = self.store.due_members(now, limit)
+        for row in rows:
+            state, member, removed = dict(row), None, False
+            while True:
+                at = member_due_of(state)
+                if at is None or at > now:
+                    break
+                if member is None:
+                    member = json.loads(row["member"])
+                if state["status"] == DOWN:  # down for retire_seconds
+                    removed = True
+                    events.append(alarm_event(row, RESOLVED_STATE, at, member))
+                    break
+                covering = self._covering(row["pattern"], at)
+                if covering is not None:
+                    state["refreshed"] = covering[0]
+                elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
+                    state["status"], state["alarm_since"] = LATE, at
+                    events.append(alarm_event(row, LATE_STATE, at, member))
+                else:
+                    state["status"], state["alarm_since"] = DOWN, at
+                    events.append(alarm_event(row, ALARM_STATE, at, member))
+            heartbeat_id = row["heartbeat_id"]
+            values = None if member is None else tuple(member[k] for k in self._model.group_keys(heartbeat_id) or ())
+            if removed:
+                gone.append((heartbeat_id, row["member"]))
+                retired.append((heartbeat_id, row["name"], row["member"], state["alarm_since"]))
+                touched.add(heartbeat_id)
+                continue
+            states.append((heartbeat_id, row["member"], state["status"], state["refreshed"], state["alarm_since"]))
+            if state["status"] != row["status"]:
+                touched.add(heartbeat_id)
+                if row["status"] == UP:
+                    left_up.append((heartbeat_id, values))
+            elif state["status"] == UP and values is not None:
+                protected_up[(heartbeat_id, values)] = state["refreshed"]
+        self.store.set_member_states(states)
+        self.store.delete_members(gone)
+        self.store.update_group_status(touched)
+        return {"handled": len(rows), "events": events, "left_up": left_up, "protected_up": protected_up,
+                "gone": gone, "retired": retired}
+
+    def _members_expired(self, result):
+        """After :meth:`_expire_members` committed: the read model follows."""
+        model = self._model
+        for heartbeat_id, values in result["left_up"]:
+            model.members_went_down(heartbeat_id, [values])
+        model.members_written(result["protected_up"])
+        for heartbeat_id, key in result["gone"]:
+            if model.group_keys(heartbeat_id) is not None:
+                model.members_removed(heartbeat_id, [model.member_values(heartbeat_id, key)])
 
     def _next_window_boundary(self, now):
         """The next start or end of a maintenance window after ``now``, or None."""
@@ -2481,7 +3528,9 @@ class Engine:
         Every deadline still ahead when the service last recorded it was
         alive moves later by the length of the outage, plus, after a stop
         that was not clean, the :data:`REFRESH_WRITE_SECONDS` of refreshes
-        it may have cost; heartbeats already down stay down. Called once, by
+        it may have cost; heartbeats already down stay down. During an
+        intake silence nothing moves now: the silence's end moves them. The
+        intake counts as heard from at the start. Called once, by
         :meth:`load`.
         """
         with self._lock:
@@ -2490,7 +3539,11 @@ class Engine:
             with self.store.atomic():
                 alive_at = self.store.meta(META_ALIVE_AT)
                 clean = self.store.meta(META_STOPPED_CLEANLY) == 1
-                if alive_at is not None and now > alive_at:
+                # During an intake silence the clock is stopped already: its
+                # end moves every deadline by the whole silence, outage included.
+                self._silent_since = self.store.meta(META_INTAKE_SILENT_SINCE)
+                self._intake_at = now
+                if alive_at is not None and now > alive_at and self._silent_since is None:
                     moved = self.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
                 self.store.set_meta(META_STOPPED_CLEANLY, 0)
                 self._record_alive(now, force=True)
@@ -2572,15 +3625,18 @@ class Engine:
         each to on_alarm."""
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
-                if event["state"] == ALARM_STATE:
+                if event["heartbeat_id"] is None:  # the intake: said when it starts and ends
+                    pass
+                elif event["state"] == ALARM_STATE:
                     log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
                                 event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 elif event["state"] == LATE_STATE:
                     log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
                                 event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
                 else:
-                    log.info("resolved: heartbeat %s ('%s')", event["heartbeat_id"],
-                             log_safe(event["heartbeat_name"]))
+                    log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
+                             log_safe(event["heartbeat_name"]),
+                             f" for {log_safe(event['resource'])}" if "member" in event else "")
         else:
             raised = sum(event["state"] != RESOLVED_STATE for event in events)
             names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
@@ -2984,6 +4040,7 @@ CROSS_SITE_REFUSED = "cross-site request refused"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
 _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
+INVALID_QUERY = "invalid query parameters."
 INTERNAL_ERROR = "internal error"
 
 
@@ -3086,6 +4143,8 @@ class WebApi:
         self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
         self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
         self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "GET", self.list_members)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "DELETE", self.delete_member)
         self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
         self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
         self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
@@ -3131,6 +4190,8 @@ class WebApi:
                 return json_response(exc.body, exc.status, exc.headers)
             except Invalid as exc:
                 return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
+            except MemberNotFound as exc:
+                return json_response(error_body("member not found", name=str(exc.args[0])), 404)
             except NotFound as exc:
                 return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
             except PatternExists:
@@ -3217,6 +4278,33 @@ class WebApi:
         self.engine.resume_heartbeat(heartbeat_id)
         return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
 
+    def list_members(self, heartbeat_id, user):
+        statuses, after, limit = self._query_parameters(parse_members_query)
+        return json_response(self.engine.members(heartbeat_id, statuses, after, limit))
+
+    def delete_member(self, heartbeat_id, user):
+        query = bottle.request.query
+        member = {}
+        for key in query.keys():
+            values = query.getall(key)
+            if len(values) != 1 or not _is_text(key) or not _is_text(values[0]):
+                raise ApiError(400, INVALID_QUERY, errors=[f"{key}: give each group_by key once"])
+            member[key] = values[0]
+        try:
+            self.engine.delete_member(heartbeat_id, member)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+        return json_response({"name": "member removed", "description": heartbeat_id})
+
+    @staticmethod
+    def _query_parameters(parse):
+        """The query string, parsed by ``parse``; 400 ``invalid query
+        parameters.`` with every reason when it is refused."""
+        try:
+            return parse(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+
     def _maintenance_body(self):
         return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
 
@@ -3267,6 +4355,7 @@ class WebApi:
             alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
             q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=status_query_string,
             timelines=timelines, timelines_recorded=False, now=now, time_html=time_html, shorten=shorten,
+            member_counts_text=member_counts_text,
             pattern_text=pattern_text, base=bottle.request.script_name,
             base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
         )
@@ -3283,8 +4372,16 @@ class WebApi:
         end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
         base = bottle.request.script_name
         history = availability = events = None  # not recorded by this version
+        members = None
+        if "group_by" in doc:  # the worst first: those not up, then the others
+            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
+            if len(members) < DETAIL_PAGE_MEMBERS:
+                members += self.engine.members(heartbeat_id, ("up", "paused"),
+                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
+            members.sort(key=lambda entry: _MEMBER_ORDER[entry["status"]])
         live = self._templates["detail"].render(
             doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            members=members, member_counts_text=member_counts_text,
             timeline=timeline_svg(history, end - TIMELINE_SECONDS, end, slots=288).replace(
                 'class="timeline"', 'class="timeline large"', 1),
             statuses_all=PAGE_STATUSES, time_html=time_html, pattern_text=pattern_text,
@@ -3440,6 +4537,14 @@ def accepts_gzip(header):
         except ValueError:
             decision[coding] = False
     return decision.get("gzip", decision.get("*", False))
+
+
+_MEMBER_ORDER = {"down": 0, "late": 1, "pending": 2, "up": 3, "paused": 4}
+
+
+def member_counts_text(counts):
+    """``{status: members}`` as "2 down, 5 up", the worst first, zeros left out."""
+    return ", ".join(f"{counts[status]:,} {status}" for status in _MEMBER_ORDER if counts.get(status))
 
 
 def shorten(text, limit):
@@ -3759,7 +4864,13 @@ STATUS_PAGE = """<ul class="filters">
 <h2>{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down{{f", the oldest {len(alarms)}:" if down > len(alarms) else ""}}</h2>
 <ol>
 % for alarm in alarms:
-<li><a href="{{base}}heartbeat/{{alarm["heartbeat_id"]}}"><strong>{{shorten(alarm["heartbeat_name"], 80)}}</strong></a> since {{!time_html(alarm["since"], now)}}<span class="wide"> <code>{{shorten(alarm["resource"], 80)}}</code> <span class="muted">{{shorten(alarm["output"], 120)}}</span></span></li>
+<li>\\\\
+% if alarm["heartbeat_id"]:
+<a href="{{base}}heartbeat/{{alarm["heartbeat_id"]}}"><strong>{{shorten(alarm["heartbeat_name"], 80)}}</strong></a>\\\\
+% else:
+<strong>{{alarm["heartbeat_name"]}}</strong>\\\\
+% end
+ since {{!time_html(alarm["since"], now)}}<span class="wide"> <code>{{shorten(alarm["resource"], 80)}}</code> <span class="muted">{{shorten(alarm["output"], 120)}}</span></span></li>
 % end
 </ol>
 % if down > len(alarms):
@@ -3794,6 +4905,9 @@ The 24 h timelines stay empty: this version records no history.
 <tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
 <td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
+% if row.get("members"):
+ <span class="muted">members: {{member_counts_text(row["members"])}}</span>\\\\
+% end
 % if row.get("maintenance"):
  <span class="badge maintenance">maintenance</span> <span class="muted">maintenance: {{shorten(row["maintenance"]["name"], 80)}}, until {{!time_html(row["maintenance"]["until"], now)}}</span>\\\\
 % end
@@ -3845,6 +4959,27 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 <dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
 <dt>Id</dt><dd><code>{{doc["_id"]}}</code></dd>
 </dl>
+% if members is not None:
+<h2>Members</h2>
+<p class="muted">{{member_counts_text(state["members"]) or "none yet"}}\\\\
+% if len(members) < sum(state["members"].values()):
+; the first {{len(members)}}, the worst first (all of them: <code>GET {{base}}api/v2/heartbeat/{{doc["_id"]}}/members</code>)\\\\
+% end
+</p>
+% if members:
+<table>
+<colgroup><col class="name"><col class="status"><col class="time"><col class="time"></colgroup>
+<thead><tr><th>Member</th><th>Status</th><th>Last event</th><th>Deadline</th></tr></thead>
+<tbody>
+% for entry in members:
+<tr><td><code>{{pattern_text(entry["member"])}}</code></td><td><span class="badge {{entry["status"]}}">{{entry["status"]}}</span></td>
+<td>{{!time_html(entry["last_event"], now, "never")}}</td>
+<td>{{!(("down since " + time_html(entry["alarm_since"], now)) if entry["status"] == "down" else time_html(entry["deadline"], now))}}</td></tr>
+% end
+</tbody>
+</table>
+% end
+% end
 <h2>Last 24 h</h2>
 {{!timeline}}
 <div class="legend">
@@ -3933,6 +5068,10 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth):
            "1 for the heartbeat's status (pending, up, late, down, paused), 0 for the others.",
            [(labels + (("status", status),), int(row["status"] == status))
             for row, labels in identity for status in STATUSES])
+    family("heartbeat_lite_heartbeat_members", "gauge",
+           "Members of a grouped heartbeat by status (no series per member: their number is unbounded).",
+           [(labels + (("status", status),), count) for row, labels in identity if "members" in row
+            for status, count in row["members"].items()])
     family("heartbeat_lite_heartbeat_in_maintenance", "gauge",
            "1 while a maintenance window covers the heartbeat, else 0.",
            [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
@@ -3981,6 +5120,12 @@ def openapi_document():
     maintenance_body = {"required": True, **_json_content(_ref("MaintenanceInput"))}
     maintenance_not_found = {"404": _answer("No maintenance window has this id (name: the id)", "Error")}
     interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
+    item = {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS}
+    group_by = {"type": "array", "items": {**item, "minLength": 1}, "minItems": 1, "maxItems": MAX_GROUP_BY_KEYS,
+                "uniqueItems": True, "description": "event keys (none of the pattern's): each distinct combination "
+                "of their values in matching events is a member, with its own deadline, state and alarm"}
+    member_pairs = {"type": "object", "additionalProperties": item}
+    expected_members = {"type": "array", "items": member_pairs, "maxItems": MAX_EXPECTED_MEMBERS}
     local_time = {"type": "string", "description": "ISO 8601 local time, no offset: 2026-12-06T02:00:00"}
     secured = [{"basicAuth": []}]
 
@@ -4034,6 +5179,12 @@ def openapi_document():
                         "expected_interval": interval,
                         "late_after": {**interval, "description": "shorter than expected_interval: when it "
                                        "passes with no matching event, the heartbeat is late (a state 1 alarm)"},
+                        "group_by": group_by,
+                        "expected_members": {**expected_members, "description": "members that exist from "
+                                             "creation (pending), so that one never reporting alarms too; "
+                                             "needs group_by"},
+                        "retire_after": {**interval, "description": "a member down this long (at most 8760h) is "
+                                         "removed and its alarm resolved; never an expected one; needs group_by"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -4047,8 +5198,34 @@ def openapi_document():
                         "_id": string, "name": string, "author": string, "description": string,
                         "pattern": _ref("Pattern"), "expected_interval": string, "output": string,
                         "late_after": {**string, "description": "present only when set"},
+                        "group_by": {**group_by, "description": "present only when set"},
+                        "expected_members": {**expected_members, "description": "present only when set"},
+                        "retire_after": {**string, "description": "present only when set"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
+                    "additionalProperties": False,
+                },
+                "MemberCounts": {
+                    "type": "object", "description": "members per status (grouped heartbeats only)",
+                    "required": list(STATUSES),
+                    "properties": {status: {"type": "integer", "minimum": 0} for status in STATUSES},
+                    "additionalProperties": False,
+                },
+                "Member": {
+                    "type": "object",
+                    "required": ["member", "status", "last_event", "deadline", "alarm_since"],
+                    "properties": {"member": member_pairs, "status": {"enum": list(STATUSES)},
+                                   "last_event": time_or_null,
+                                   "deadline": {**time_or_null, "description": "when it goes down at the earliest "
+                                                "(the deadline it missed, when down); null when paused"},
+                                   "alarm_since": {**time_or_null, "description": "when it went late or down"}},
+                    "additionalProperties": False,
+                },
+                "MemberPage": {
+                    "type": "object", "required": ["members", "next"],
+                    "properties": {"members": {"type": "array", "items": _ref("Member")},
+                                   "next": {"type": ["string", "null"], "description": "pass as after= for the "
+                                            "next page; null on the last"}},
                     "additionalProperties": False,
                 },
                 "MaintenanceInput": {
@@ -4103,7 +5280,10 @@ def openapi_document():
                                    "maintenance": {"oneOf": [{"type": "null"}, {
                                        "type": "object", "required": ["_id", "name", "until"],
                                        "properties": {"_id": string, "name": string, "until": {"type": "number"}},
-                                       "additionalProperties": False}]}},
+                                       "additionalProperties": False}]},
+                                   "members": {**_ref("MemberCounts"), "description": "grouped heartbeats only: "
+                                               "members per status; the status is the worst of theirs "
+                                               "(down > late > pending > up), or paused"}},
                     "additionalProperties": False,
                 },
                 "Event": {"type": "object", "description": "A Canopsis event; any keys"},
@@ -4121,10 +5301,15 @@ def openapi_document():
                     "properties": {
                         "connector": {"const": "heartbeat"}, "connector_name": {"const": "heartbeat"},
                         "event_type": {"const": "check"}, "source_type": {"const": "resource"},
-                        "component": {"const": "heartbeats"}, "resource": string,
+                        "component": {"enum": ["heartbeats", INTAKE_COMPONENT], "description": "heartbeat-lite: "
+                                      "the intake silence (resource intake, heartbeat_id null)"},
+                        "resource": {**string, "description": "the pattern's pairs, and a member's, key:value "
+                                     "sorted by key, joined by '.'"},
                         "state": {"enum": [ALARM_STATE, LATE_STATE]}, "output": string,
                         "timestamp": {"type": "integer"},
-                        "heartbeat_id": string, "heartbeat_name": string, "since": {"type": "number"},
+                        "heartbeat_id": {"type": ["string", "null"]}, "heartbeat_name": string,
+                        "member": {**member_pairs, "description": "a member's alarm: its pairs"},
+                        "since": {"type": "number"},
                     },
                     "additionalProperties": False,
                 },
@@ -4178,6 +5363,30 @@ def openapi_document():
                                   "Resume a paused heartbeat: pending, deadline = now + interval", {
                     "200": _answer('{"name": "heartbeat resumed", "description": <id>} (also when not paused)'),
                     **errors, **not_found, **cross_site}),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}/members": {
+                "parameters": [heartbeat_id],
+                "get": operation("listMembers", "heartbeat", "A page of a grouped heartbeat's members, by member", {
+                    "200": {"description": "The page (empty for a heartbeat that is not grouped)",
+                            **_json_content(_ref("MemberPage"))},
+                    "400": _answer("invalid query parameters. (errors says why), or database error", "Error"),
+                    **{code: answer for code, answer in errors.items() if code != "400"}, **not_found},
+                    parameters=[
+                        {"name": "status", "in": "query", "description": "comma-separated statuses to list",
+                         "schema": string, "example": "down,late"},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                    "maximum": MAX_MEMBERS_PAGE,
+                                                                    "default": DEFAULT_MEMBERS_PAGE}},
+                        {"name": "after", "in": "query", "description": "the next of the previous page",
+                         "schema": string}]),
+                "delete": operation("deleteMember", "heartbeat", "Remove one member, resolving its alarm; the "
+                                    "query names it: one parameter per group_by key (?host=db1)", {
+                    "200": _answer('{"name": "member removed", "description": <heartbeat id>}'),
+                    "400": _answer("invalid query parameters.: the keys are not exactly group_by's", "Error"),
+                    **{code: answer for code, answer in errors.items() if code != "400"},
+                    "404": _answer("heartbeat not found (name: the id), or member not found (name: the "
+                                   "member as JSON)", "Error"),
+                    **cross_site}),
             },
             "/api/v2/maintenance": {
                 "post": operation("createMaintenance", "maintenance", "Create a maintenance window", {
@@ -4281,13 +5490,15 @@ class Service:
     nothing. Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True):
+    def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True,
+                 intake_silence=None):
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = Store(db, busy_timeout=busy_timeout)  # takes the lock; writes nothing
-        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url))
+        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
+                             intake_silence=intake_silence)
         self.scheduler = Scheduler(self.engine)
         #: the :class:`Forwarder`, or None without a forward URL
         self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
@@ -4384,7 +5595,7 @@ class Service:
 
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
-               on_alarm=None, forward_url=None):
+               on_alarm=None, forward_url=None, intake_silence=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``.
@@ -4398,10 +5609,21 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         resolution (``state`` 0) event, in order, after it is committed.
     :param forward_url: http(s) URL to POST alarms and resolutions to
         (Canopsis' ``/api/v2/event``); they go through the outbox.
-    :raises ConfigError: a bad forward URL or password hash, a missing
-        database directory, a database newer than this code.
+    :param intake_silence: None (the default), or seconds (or a duration
+        such as ``"5m"``): when no event at all arrives for that long, raise
+        the one intake alarm and stop every deadline until events come back.
+    :raises ConfigError: a bad forward URL, password hash or intake
+        silence, a missing database directory, a database newer than this
+        code.
     """
-    return Service(db, users, clock, busy_timeout, on_alarm, forward_url)
+    if isinstance(intake_silence, str):
+        seconds = parse_interval(intake_silence)
+        if seconds is None or seconds > MAX_INTERVAL_SECONDS:
+            raise ConfigError(f"intake silence {intake_silence!r}: must look like 30s, 5m or 2h (at most 8760h)")
+        intake_silence = seconds
+    elif intake_silence is not None and not (isinstance(intake_silence, (int, float)) and intake_silence > 0):
+        raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
+    return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence)
 
 
 ###############################################################################
@@ -4716,6 +5938,11 @@ def build_parser(environ=os.environ):
                         "this http(s) URL (e.g. Canopsis' /api/v2/event; user:password@ in it becomes "
                         "Basic auth); at least once, in order, retried with backoff. With a password in "
                         "it, prefer the env HEARTBEAT_LITE_FORWARD_URL: the command line shows in ps")
+    parser.add_argument("--intake-silence", metavar="DURATION",
+                        help="when no event at all arrived for this long (30s, 5m, 2h), raise one alarm "
+                        "(component heartbeat-lite, resource intake) and stop every heartbeat's clock until "
+                        "events come back, instead of paging for each heartbeat (default: off; "
+                        "env HEARTBEAT_LITE_INTAKE_SILENCE)")
     parser.add_argument("--threads", help=f"HTTP worker threads (default {DEFAULT_THREADS}; "
                         "env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}",
@@ -4770,6 +5997,12 @@ def check_settings(args, environ):
     args.forward_url = args.forward_url or None  # empty: no forwarding
     if args.forward_url:
         parse_forward_url(args.forward_url, name)
+    silence, name = _setting(args, environ, "intake_silence")
+    args.intake_silence = None
+    if silence:  # empty: off
+        args.intake_silence = parse_interval(silence.strip())
+        if args.intake_silence is None or args.intake_silence > MAX_INTERVAL_SECONDS:
+            raise ConfigError(f"{name}: must look like 30s, 5m or 2h (at most 8760h), not {silence!r}")
     return args
 
 
@@ -4834,7 +6067,7 @@ def main(argv=None, environ=None):
     try:
         # takes the database's lock, opens nothing; serve() binds, then opens
         service = Service(args.db, users, time.time, BUSY_TIMEOUT_SECONDS, None, args.forward_url,
-                          open_now=False)
+                          open_now=False, intake_silence=args.intake_silence)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

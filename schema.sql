@@ -4,7 +4,8 @@
 -- statement is idempotent and the version is set last, so an application
 -- interrupted half-way is simply completed at the next start. An older
 -- database is migrated in the same transaction (heartbeat_lite's _MIGRATIONS:
--- steps before and after this file), so a migration is all or nothing.
+-- for its version, a step before and one after this file), so a migration is
+-- all or nothing.
 
 -- One row per heartbeat: the document the API serves.
 CREATE TABLE IF NOT EXISTS heartbeat (
@@ -18,6 +19,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     interval_seconds  INTEGER NOT NULL,      -- expected_interval in seconds
     late_after        TEXT,                  -- as given ("30s"), NULL when not set (version 2)
     late_seconds      INTEGER,               -- late_after in seconds, NULL when not set (version 2)
+    group_by          TEXT,                  -- JSON array of event keys as given, NULL: not grouped (version 3)
+    expected_members  TEXT,                  -- JSON array of member objects as given, NULL when not set (version 3)
+    retire_after      TEXT,                  -- as given ("168h"), NULL when not set (version 3)
+    retire_seconds    INTEGER,               -- retire_after in seconds (version 3)
     created           INTEGER NOT NULL,      -- Unix seconds
     updated           INTEGER NOT NULL,      -- Unix seconds
     -- State, times in Unix seconds (REAL: alarms are due to the millisecond).
@@ -30,9 +35,11 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     deadline          REAL GENERATED ALWAYS AS (refreshed + interval_seconds) VIRTUAL,
     -- The next transition: going late (pending or up with a late_after), else
     -- going down. Meaningless when down or paused (no transition is due).
-    due               REAL GENERATED ALWAYS AS (refreshed + CASE
+    -- NULL for a grouped heartbeat: its members fall due, not it; its status
+    -- is the worst of theirs (or paused), kept up to date with each change.
+    due               REAL GENERATED ALWAYS AS (CASE WHEN group_by IS NOT NULL THEN NULL ELSE refreshed + CASE
                           WHEN late_seconds IS NULL OR status = 'late' THEN interval_seconds
-                          ELSE late_seconds END) VIRTUAL
+                          ELSE late_seconds END END) VIRTUAL
 );
 
 -- Two heartbeats may not share a pattern; the canonical form makes key order
@@ -66,8 +73,47 @@ CREATE TABLE IF NOT EXISTS maintenance (
     updated     INTEGER NOT NULL
 );
 
+-- Members of grouped heartbeats (version 3): one row per distinct combination
+-- of the group_by keys' values seen in matching events (or expected). The
+-- same state as a heartbeat's; interval, late and retire seconds are copied
+-- from the heartbeat (and rewritten when it changes) so that ``due`` can be
+-- a generated column and indexed. Deleted with their heartbeat.
+CREATE TABLE IF NOT EXISTS member (
+    heartbeat_id     TEXT NOT NULL,
+    member           TEXT NOT NULL,          -- canonical JSON of the member's pairs: {"host":"db1"}
+    expected         INTEGER NOT NULL DEFAULT 0,  -- 1: listed in expected_members (never retired)
+    interval_seconds INTEGER NOT NULL,
+    late_seconds     INTEGER,
+    retire_seconds   INTEGER,                -- NULL: never retired (no retire_after, or expected)
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'up', 'late', 'down', 'paused')),
+    refreshed        REAL NOT NULL,
+    last_event       REAL,
+    alarm_since      REAL,
+    deadline         REAL GENERATED ALWAYS AS (refreshed + interval_seconds) VIRTUAL,
+    -- The next transition: late, down, or (down with a retire_seconds)
+    -- retirement; NULL when none is due (paused, or down for good).
+    due              REAL GENERATED ALWAYS AS (CASE
+                         WHEN status = 'paused' THEN NULL
+                         WHEN status = 'down' THEN alarm_since + retire_seconds
+                         WHEN late_seconds IS NULL OR status = 'late' THEN refreshed + interval_seconds
+                         ELSE refreshed + late_seconds END) VIRTUAL,
+    PRIMARY KEY (heartbeat_id, member)       -- GET .../members pages by it; the refresh look-up
+);
+
+-- Expiry of members, as heartbeat_due: O(expired * log N) and O(log N).
+CREATE INDEX IF NOT EXISTS member_due ON member (due) WHERE due IS NOT NULL;
+
+-- Counts per status (covering), the worst status of a heartbeat (one probe
+-- per status), a members page filtered by one status.
+CREATE INDEX IF NOT EXISTS member_status ON member (heartbeat_id, status, member);
+
+-- GET /api/v2/alarms: the late and down members, oldest alarm first.
+CREATE INDEX IF NOT EXISTS member_alarms ON member (alarm_since) WHERE status IN ('late', 'down');
+
 -- Service-wide values. 'alive_at': the last time the service recorded that it
--- was running, from which a restart measures the outage.
+-- was running, from which a restart measures the outage. 'intake_silent_since'
+-- (only during an intake silence, --intake-silence): when it began.
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value REAL NOT NULL
@@ -81,4 +127,4 @@ CREATE TABLE IF NOT EXISTS outbox (
     event TEXT NOT NULL                      -- the Canopsis event, JSON
 );
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
