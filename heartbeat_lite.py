@@ -29,6 +29,7 @@ import bisect
 import collections
 import contextlib
 import datetime
+import functools
 import gc
 import getpass
 import gzip
@@ -50,6 +51,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import zlib
 import zoneinfo
 
 import bottle
@@ -112,6 +114,10 @@ UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no 
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
+COALESCE_MIN_PERIOD_SECONDS = 4 * REFRESH_WRITE_SECONDS  # a shorter late time or interval: each refresh written at once
+SYNC_SECONDS = 0.2  # several instances on PostgreSQL: how often each reads the others' changes
+OUTBOX_POLL_SECONDS = 1.0  # several instances: how often an idle forwarder looks at the shared outbox
+INSTANCE_ALIVE_SECONDS = 2 * ALIVE_INTERVAL_SECONDS  # an instance recorded alive this recently still runs
 META_ALIVE_AT = "alive_at"  # meta keys
 META_STOPPED_CLEANLY = "stopped_cleanly"
 META_INTAKE_SILENT_SINCE = "intake_silent_since"  # present while the intake is silent (--intake-silence)
@@ -916,7 +922,17 @@ class DatabaseLock:
 
 
 class Store:
-    """The SQLite database: the only code in this module that speaks SQL.
+    """The SQLite database: the only code in this module that speaks SQL
+    (with :class:`PostgresStore`, which inherits the statements below; the
+    single-instance lock and the file checks are SQLite's only).
+
+    The statements are written in the SQL that SQLite and PostgreSQL share
+    (``?`` and ``:name`` placeholders, ``ON CONFLICT`` upserts, ``TRUE`` and
+    ``FALSE``); where the two differ, a class attribute or a small method
+    names the difference and :class:`PostgresStore` overrides it. A new
+    method written here in that shared SQL works on both; one that changes a
+    heartbeat's or a window's document calls :meth:`_changed` (other
+    instances on PostgreSQL reload it from there).
 
     Writes go through one connection under a lock (SQLite writes one
     transaction at a time anyway). Reads go through a connection of the
@@ -946,6 +962,15 @@ class Store:
     file's identity is watched: deleted or replaced, every call raises
     :class:`DatabaseGone` from then on (said in the log once).
     """
+
+    #: several instances may share this database (see :class:`PostgresStore`)
+    shared_by_instances = False
+    _BEGIN = "BEGIN IMMEDIATE"  # takes the write lock at once: writers queue here, not mid-transaction
+    _NO_LIMIT = -1  # a LIMIT that limits nothing
+    _LIKE = "LIKE"  # ASCII case-insensitive in SQLite
+    _BY_NAME = "name COLLATE NOCASE, id"
+    _CONTAINS = _CONTAINS_PAIR  # the heartbeat's pattern has the pair (key, value)
+    _SPECIAL_ONLY = "status IN ('late', 'down', 'paused') AND "  # refresh(): the rows it must read
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
         if sqlite3.sqlite_version_info < (3, 31):
@@ -1155,7 +1180,7 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._execute("BEGIN IMMEDIATE")
+            self._execute(self._BEGIN)
             self._depth = 1
             self._owner = threading.get_ident()
             try:
@@ -1221,6 +1246,35 @@ class Store:
                 return self._run(self._connection(), sql, params, fetch=True)
         return self._run(self._reader(), sql, params, fetch=True)
 
+    def _for_update(self, skip_locked=False):
+        """The clause that locks the rows a read inside :meth:`atomic` is
+        about to change, so that another instance changes them before or
+        after, never in between: nothing in SQLite, whose ``BEGIN
+        IMMEDIATE`` already lets one writer in at a time."""
+        return ""
+
+    def _changed(self, kind, object_id):
+        """A heartbeat's or a window's document changed (``kind``:
+        ``heartbeat`` or ``maintenance``): nothing to tell in SQLite, where
+        one service owns the database."""
+
+    def changes(self, after):
+        """The documents other instances changed since change ``after``:
+        ``(last change, [(kind, id), ...])``, or ``(last, None)`` when
+        changes since ``after`` were forgotten (reload everything). One
+        service owns a SQLite database: there are none."""
+        return after, []
+
+    def last_change(self):
+        """The number of the last change recorded (see :meth:`changes`)."""
+        return 0
+
+    @contextlib.contextmanager
+    def outbox_lease(self):
+        """Yields True when this instance may deliver the outbox now (one
+        at a time, so that delivery stays in order): always, in SQLite."""
+        yield True
+
     # -- heartbeats ----------------------------------------------------------
 
     def insert_heartbeat(self, row):
@@ -1237,6 +1291,7 @@ class Store:
                 f"VALUES ({', '.join(':' + c for c in columns)})",
                 row,
             )
+            self._changed("heartbeat", row["id"])
 
     def _check_pattern_free(self, pattern, own_id):
         # Inside the write transaction, so no other writer can slip in between
@@ -1249,7 +1304,7 @@ class Store:
 
         :raises NotFound: when there is none.
         """
-        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE id = ?", (heartbeat_id,))
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE id = ?{self._for_update()}", (heartbeat_id,))
         if not rows:
             raise NotFound(heartbeat_id)
         return rows[0]
@@ -1286,6 +1341,7 @@ class Store:
                 f"UPDATE heartbeat SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
                 {**{c: fields[c] for c in columns}, "id": heartbeat_id},
             )
+            self._changed("heartbeat", heartbeat_id)
             return old, self.heartbeat(heartbeat_id)
 
     def delete_heartbeat(self, heartbeat_id):
@@ -1296,6 +1352,7 @@ class Store:
         with self.atomic():
             row = self.heartbeat(heartbeat_id)
             self._execute("DELETE FROM heartbeat WHERE id = ?", (heartbeat_id,))
+            self._changed("heartbeat", heartbeat_id)
         return row
 
     # -- state ---------------------------------------------------------------
@@ -1311,11 +1368,11 @@ class Store:
             special = []
             for start in range(0, len(heartbeat_ids), _ID_CHUNK):
                 chunk = heartbeat_ids[start:start + _ID_CHUNK]
-                special += self._query(
-                    f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down', 'paused') "
-                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                special += [row for row in self._query(
+                    f"{_SELECT_HEARTBEAT} WHERE {self._SPECIAL_ONLY}id IN ({', '.join('?' * len(chunk))})"
+                    f"{self._for_update()}",
                     chunk,
-                )
+                ) if row["status"] in (LATE, DOWN, PAUSED)]
             self._executemany(
                 "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
@@ -1345,17 +1402,24 @@ class Store:
 
     def write_refreshes(self, refreshes):
         """Store ``(id, refresh time)`` pairs of heartbeats that are up
-        (refreshes the engine kept in memory until now)."""
+        (refreshes the engine kept in memory until now).
+
+        :returns: the ids that were not up any more, whose refresh was not
+            written: none here, where the engine's read model knows every
+            state change (see :meth:`PostgresStore.write_refreshes`).
+        """
         self._executemany(
             "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
             [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
         )
+        return []
 
     def due(self, now, limit=None):
         """The rows of the heartbeats whose next transition (going late or
         down) is at or before ``now``, earliest first; at most ``limit``."""
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status NOT IN ('down', 'paused') AND due <= ? "
-                           "ORDER BY due LIMIT ?", (now, -1 if limit is None else limit))
+                           f"ORDER BY due LIMIT ?{self._for_update(skip_locked=True)}",
+                           (now, self._NO_LIMIT if limit is None else limit))
 
     def set_states(self, states):
         """Write ``(id, status, refreshed, alarm_since)`` tuples."""
@@ -1389,13 +1453,13 @@ class Store:
         """
         selects, selects_params = [], []
         for key, value in sorted(pattern.items()):
-            selects.append(_CONTAINS_PAIR)
+            selects.append(self._CONTAINS)
             selects_params += [key, value]
         where = ["((group_by IS NULL AND status NOT IN ('down', 'paused') AND (refreshed < ? OR refreshed = ?)) "
                  "OR (group_by IS NOT NULL AND status <> 'paused'))", *selects]
         with self.atomic():
-            selected = self._query(f"SELECT id, status, group_by IS NOT NULL FROM heartbeat WHERE {' AND '.join(where)}",
-                                   [end, pushed_to, *selects_params])
+            selected = self._query(f"SELECT id, status, group_by IS NOT NULL FROM heartbeat WHERE {' AND '.join(where)} "
+                                   f"ORDER BY id{self._for_update()}", [end, pushed_to, *selects_params])
             rows = [(row[0], row[1]) for row in selected if not row[2]]
             self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
             # the members of grouped ones (refreshes the engine holds for
@@ -1410,7 +1474,7 @@ class Store:
         most ``limit``; all when negative); not grouped ones (their members
         have the alarms: :meth:`member_alarms`)."""
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
-                           "ORDER BY alarm_since, rowid LIMIT ?", (limit,))
+                           "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
     def status_page(self, statuses, terms, limit, offset, maintenance=()):
         """One page of the heartbeats whose status is one of ``statuses``
@@ -1429,9 +1493,9 @@ class Store:
         :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
             over the whole table, how many match, the rows of this page.
         """
-        covered, covered_params = "0", []
+        covered, covered_params = "FALSE", []
         for pattern in maintenance:
-            contains = [_CONTAINS_PAIR] * len(pattern) or ["1"]
+            contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
             covered += " OR (" + " AND ".join(contains) + ")"
             covered_params += [item for pair in sorted(pattern.items()) for item in pair]
         conditions, params = [], []
@@ -1445,13 +1509,14 @@ class Store:
             conditions.append("(" + " OR ".join(either) + ")")
         for term in terms:
             like = "%" + re.sub(r"([\\%_])", r"\\\1", term) + "%"
-            conditions.append("(name LIKE ? ESCAPE '\\' OR replace(pattern, '\"', '') LIKE ? ESCAPE '\\')")
+            conditions.append(f"(name {self._LIKE} ? ESCAPE '\\' OR replace(pattern, '\"', '') {self._LIKE} ? ESCAPE '\\')")
             params += [like, like]
-        condition = " AND ".join(conditions) or "1"
-        counted = self._query(f"SELECT status, COUNT(*), SUM({condition}), SUM({covered}) FROM heartbeat "
+        condition = " AND ".join(conditions) or "TRUE"
+        counted = self._query(f"SELECT status, COUNT(*), SUM(CASE WHEN {condition} THEN 1 ELSE 0 END), "
+                              f"SUM(CASE WHEN {covered} THEN 1 ELSE 0 END) FROM heartbeat "
                               "GROUP BY status", params + covered_params)
         matching = sum(row[2] for row in counted)
-        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY name COLLATE NOCASE, id "
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {self._BY_NAME} "
                            "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
         counts = {row[0]: row[1] for row in counted}
         counts["maintenance"] = sum(row[3] for row in counted)
@@ -1463,7 +1528,32 @@ class Store:
         return rows[0][0] if rows else None
 
     def set_meta(self, key, value):
-        self._execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                      (key, value))
+
+    # -- the service's life (restart semantics, DESIGN 5.3) -------------------
+
+    def last_alive(self, now):
+        """When the service was last known to run, before this start, and
+        whether it then stopped cleanly: ``(Unix seconds or None, bool)``;
+        ``(now, True)`` when it runs still (another instance; never in
+        SQLite, which one service owns)."""
+        return self.meta(META_ALIVE_AT), self.meta(META_STOPPED_CLEANLY) == 1
+
+    def record_start(self, now):
+        """This instance runs, from ``now`` (a stop from now on is unclean
+        until :meth:`record_stop`)."""
+        self.set_meta(META_STOPPED_CLEANLY, 0)
+        self.record_alive(now)
+
+    def record_alive(self, now):
+        """This instance is running at ``now``."""
+        self.set_meta(META_ALIVE_AT, now)
+
+    def record_stop(self, now):
+        """This instance stops cleanly at ``now``."""
+        self.record_alive(now)
+        self.set_meta(META_STOPPED_CLEANLY, 1)
 
     def delete_meta(self, key):
         self._execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -1666,12 +1756,14 @@ class Store:
 
     def insert_maintenance(self, row):
         """Insert a maintenance window (a dict with every column)."""
-        self._execute(f"INSERT INTO maintenance ({', '.join(_MAINTENANCE_COLUMNS)}) "
-                      f"VALUES ({', '.join(':' + c for c in _MAINTENANCE_COLUMNS)})", row)
+        with self.atomic():
+            self._execute(f"INSERT INTO maintenance ({', '.join(_MAINTENANCE_COLUMNS)}) "
+                          f"VALUES ({', '.join(':' + c for c in _MAINTENANCE_COLUMNS)})", row)
+            self._changed("maintenance", row["id"])
 
     def maintenance(self, maintenance_id):
         """The window with that id; :raises NotFound:."""
-        rows = self._query(f"{_SELECT_MAINTENANCE} WHERE id = ?", (maintenance_id,))
+        rows = self._query(f"{_SELECT_MAINTENANCE} WHERE id = ?{self._for_update()}", (maintenance_id,))
         if not rows:
             raise NotFound(maintenance_id)
         return rows[0]
@@ -1687,6 +1779,7 @@ class Store:
             old = self.maintenance(maintenance_id)
             self._execute(f"UPDATE maintenance SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
                           {**{c: row[c] for c in columns}, "id": maintenance_id})
+            self._changed("maintenance", maintenance_id)
             return old, self.maintenance(maintenance_id)
 
     def delete_maintenance(self, maintenance_id):
@@ -1694,6 +1787,7 @@ class Store:
         with self.atomic():
             row = self.maintenance(maintenance_id)
             self._execute("DELETE FROM maintenance WHERE id = ?", (maintenance_id,))
+            self._changed("maintenance", maintenance_id)
         return row
 
     # -- outbox --------------------------------------------------------------
@@ -1758,6 +1852,391 @@ class Store:
             return self._run(self._health_conn, sql, (), fetch=True)[0][0]
         finally:
             self._health_lock.release()
+
+
+POSTGRES_SCHEMA_PATH = _data_path("schema.postgresql.sql")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts at least 2
+CHANGES_KEPT = "1 day"  # another instance's changes are kept this long; one further behind reloads everything
+# advisory lock kinds (the first key); the second is the schema's own, so
+# that databases of separate services in one PostgreSQL cluster never meet
+_LOCK_SCHEMA, _LOCK_OUTBOX, _LOCK_CHANGES, _LOCK_START = 0x4842_0001, 0x4842_0002, 0x4842_0003, 0x4842_0004
+_PLACEHOLDERS = re.compile(r"'(?:[^']|'')*'|(?<![:\w]):([A-Za-z_]\w*)|\?|%")
+
+
+def is_postgres_url(db):
+    """True when ``db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(db, busy_timeout=BUSY_TIMEOUT_SECONDS):
+    """The store for ``db``: a :class:`PostgresStore` for a
+    ``postgresql://`` (or ``postgres://``) URL, else a SQLite :class:`Store`."""
+    if is_postgres_url(db):
+        return PostgresStore(db, busy_timeout=busy_timeout)
+    return Store(db, busy_timeout=busy_timeout)
+
+
+def database_label(db):
+    """``db`` as a log line may show it: a URL without its password, a
+    SQLite path made absolute."""
+    if is_postgres_url(db):
+        parts = urllib.parse.urlsplit(db)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+        return urllib.parse.urlunsplit(parts)
+    return os.path.abspath(db) if db != ":memory:" else ":memory:"
+
+
+@functools.lru_cache(maxsize=4096)
+def _pyformat(sql):
+    """SQL with ``?`` and ``:name`` placeholders (sqlite3's) spelt as
+    psycopg's ``%s`` and ``%(name)s``, and any other ``%`` doubled; string
+    literals and ``::`` casts are left alone."""
+    def replace(match):
+        text = match.group(0)
+        if text[0] == "'":
+            return text
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        return f"%({match.group(1)})s"
+    return _PLACEHOLDERS.sub(replace, sql)
+
+
+class _PgRow(tuple):
+    """A row as :class:`sqlite3.Row` reads: by index or by column name,
+    ``keys()``, ``dict(row)``, ``tuple(row)``."""
+
+    __slots__ = ()
+    _index = {}
+
+    def __getitem__(self, key):
+        if type(key) is str:
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self):
+        return list(self._index)
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_row_class(names):
+    return type("Row", (_PgRow,), {"__slots__": (), "_index": {name: i for i, name in enumerate(names)}})
+
+
+def _pg_rows(cursor):
+    """psycopg row factory making :class:`_PgRow` rows."""
+    if cursor.description is None:
+        return tuple
+    return _pg_row_class(tuple(column.name for column in cursor.description))
+
+
+class PostgresStore(Store):
+    """The same store on PostgreSQL (13 or newer), through psycopg 3, which
+    is imported only here: SQLite users need not install it
+    (``pip install heartbeat-lite[postgresql]``).
+
+    It inherits every statement of :class:`Store` (written in the SQL both
+    share; placeholders are translated once per statement) and overrides
+    what differs: connections, the schema (``schema.postgresql.sql``,
+    applied idempotently under an advisory lock, its version in ``meta``),
+    and what several instances on one database need:
+
+    - reads inside :meth:`atomic` lock the rows about to change (``FOR
+      UPDATE``; expiry takes ``FOR UPDATE SKIP LOCKED``), so that each state
+      change, and so each alarm, happens once across instances;
+    - a document change is recorded in ``changes`` (``seq`` in commit order:
+      writers of changes queue on an advisory lock), which the other
+      instances read every :data:`SYNC_SECONDS` (:meth:`changes`);
+    - each instance records that it is alive in ``instance``: a restart
+      postpones deadlines only for a time when none was alive
+      (:meth:`last_alive`);
+    - one instance at a time delivers the outbox (:meth:`outbox_lease`, a
+      session advisory lock).
+
+    Transactions are READ COMMITTED; the busy timeout becomes
+    ``lock_timeout``. Errors leave as :class:`StoreError` and a failed
+    connection is opened again before its next use, as in SQLite.
+    """
+
+    shared_by_instances = True
+    _BEGIN = "BEGIN"
+    _NO_LIMIT = None
+    _LIKE = "ILIKE"
+    _BY_NAME = 'lower(name) COLLATE "C", id'
+    _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
+    _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
+
+    def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):  # pylint: disable=super-init-not-called
+        try:
+            import psycopg
+            import psycopg.errors
+        except ImportError as exc:
+            raise ConfigError("a PostgreSQL database needs psycopg 3: pip install \"psycopg[binary]\" "
+                              "(or heartbeat-lite[postgresql])") from exc
+        self._psycopg = psycopg
+        self._errors = (psycopg.Error, sqlite3.Error)  # sqlite3's: what tests' statement hooks inject
+        try:
+            with open(POSTGRES_SCHEMA_PATH, encoding="utf-8") as f:
+                self._schema = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the schema {POSTGRES_SCHEMA_PATH}: {exc}") from exc
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {exc}") from exc
+        self.path = database_label(url)  # what messages show
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self.instance_id = str(uuid.uuid4())
+        self._key = None  # the second key of advisory locks, from the schema's name
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._owner = None
+        self._conn = None
+        self._stale = False
+        self._shared = False
+        self._local = threading.local()
+        self._readers = set()
+        self._readers_lock = threading.Lock()
+        self._prepared = False
+        self._health_conn = None
+        self._health_lock = threading.Lock()
+        self._lease_conn = None  # the forwarder's, holding the outbox lock while it delivers
+        self._lease_lock = threading.Lock()
+        self.last_write = WriteOutcome(True, None, None)
+        self.statement_hook = None
+        # SQLite's file guards do not apply: several instances share the database (DESIGN 13)
+        self._file_lock = None
+        self._identity = None
+        self._gone = self._gone_at = None
+
+    # -- connections -----------------------------------------------------------
+
+    def _open(self, timeout=None):
+        psycopg = self._psycopg
+        wait = self.busy_timeout if timeout is None else timeout
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows,
+                                   connect_timeout=max(2, int(math.ceil(min(wait, POSTGRES_CONNECT_TIMEOUT_SECONDS)))))
+            conn.execute(f"SET lock_timeout = {int(wait * 1000)}")
+            if timeout is not None:
+                conn.execute(f"SET statement_timeout = {int(wait * 1000)}")
+            if self._key is None:
+                schema = conn.execute("SELECT current_schema()").fetchone()[0]
+                if schema is None:
+                    conn.close()
+                    raise StoreError("cannot open database: its search_path names no schema that exists")
+                self._key = zlib.crc32(schema.encode("utf-8")) - 2 ** 31
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open database: {exc}") from exc
+        return conn
+
+    def _prepare(self, conn):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SCHEMA, self._key))
+                version = 0
+                if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise SchemaTooNew(
+                        f"database {self.path} has schema version {version}, newer than the "
+                        f"{SCHEMA_VERSION} this heartbeat-lite {__version__} knows; upgrade heartbeat-lite")
+                if version < SCHEMA_VERSION:
+                    conn.execute(self._schema)
+                    if version:
+                        log.info("database %s migrated from schema version %d to %d", self.path, version,
+                                 SCHEMA_VERSION)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"cannot prepare database: {exc}") from exc
+
+    def _reader(self):
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            if not self._prepared:
+                with self._lock:
+                    self._connection()
+            reader = self._open()
+            with self._readers_lock:
+                self._readers.add(reader)
+            self._local.reader = reader
+        return reader
+
+    def _health_read(self, sql):
+        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+            return None
+        try:
+            if self._health_conn is None:
+                self._health_conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
+            return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+        finally:
+            self._health_lock.release()
+
+    def _rollback(self):
+        try:
+            self._conn.execute("ROLLBACK")
+        except self._errors as exc:
+            log.debug("rollback: %s", exc)
+            self._stale = True
+
+    def close(self):
+        super().close()
+        with self._lease_lock:
+            if self._lease_conn is not None:
+                self._lease_conn.close()
+                self._lease_conn = None
+
+    def _run(self, conn, sql, params, many=False, fetch=False):
+        """As :meth:`Store._run`, on psycopg: placeholders translated; the
+        UNIQUE index on patterns refusing a row is :class:`PatternExists`
+        (two instances creating one pattern at once)."""
+        errors = self._psycopg.errors
+        try:
+            if self.statement_hook is not None:
+                self.statement_hook(sql, params)
+            text = _pyformat(sql)
+            if many:
+                with conn.cursor() as cursor:
+                    cursor.executemany(text, params)
+                result = None
+            else:
+                cursor = conn.execute(text, params)
+                result = cursor.fetchall() if fetch else cursor
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "heartbeat_pattern":
+                raise PatternExists(exc.diag.message_detail) from exc
+            error = exc
+        except self._errors as exc:
+            error = exc
+        else:
+            if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
+                self._wrote()
+            return result
+        if conn is self._conn:
+            if self._depth or not sql.startswith(_READS):
+                self._wrote(error)
+            if self._depth:
+                self._stale = self._stale or getattr(conn, "broken", False) or isinstance(error, sqlite3.Error)
+            else:
+                self._discard()
+        elif conn is self._health_conn:
+            self._discard_health()
+        else:
+            self._discard_reader()
+        raise StoreError(f"{error} (in: {sql.split()[0]} ...)") from error
+
+    def _for_update(self, skip_locked=False):
+        if self._depth and self._owner == threading.get_ident():
+            return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+        return ""
+
+    # -- what differs ----------------------------------------------------------
+
+    def write_refreshes(self, refreshes):
+        """As :meth:`Store.write_refreshes`, but another instance may have
+        put a heartbeat down (or paused it) meanwhile: its refresh is not
+        written, and its id returned, for the engine to apply as a refresh
+        that resolves."""
+        refreshes = sorted(refreshes)  # rows locked in id order: no deadlock with another instance
+        ids = [heartbeat_id for heartbeat_id, _ in refreshes]
+        with self.atomic():
+            self._query("SELECT id FROM heartbeat WHERE id = ANY(?::text[]) ORDER BY id FOR UPDATE", (ids,))
+            written = self._query(
+                "UPDATE heartbeat SET refreshed = v.t, last_event = v.t "
+                "FROM (SELECT unnest(?::text[]) AS id, unnest(?::float8[]) AS t) AS v "
+                "WHERE heartbeat.id = v.id AND heartbeat.status = 'up' RETURNING heartbeat.id",
+                (ids, [refreshed for _, refreshed in refreshes]))
+        written = {row[0] for row in written}
+        return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
+
+    def _changed(self, kind, object_id):
+        # Writers of changes queue here until they commit: seq order is commit order.
+        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_CHANGES, self._key))
+        self._execute("INSERT INTO changes (instance, kind, object_id) VALUES (?, ?, ?)",
+                      (self.instance_id, kind, object_id))
+
+    def changes(self, after):
+        pruned = self.meta("changes_pruned")
+        rows = self._query("SELECT seq, instance, kind, object_id FROM changes WHERE seq > ? ORDER BY seq", (after,))
+        last = rows[-1][0] if rows else after
+        if pruned is not None and after < pruned:
+            return max(last, int(pruned)), None
+        return last, [(row[2], row[3]) for row in rows if row[1] != self.instance_id]
+
+    def last_change(self):
+        return self._query("SELECT COALESCE(MAX(seq), 0) FROM changes")[0][0]
+
+    @contextlib.contextmanager
+    def outbox_lease(self):
+        """Yields whether this instance holds the outbox now: a session
+        advisory lock on a connection of the forwarder's own, taken without
+        waiting and let go after the batch; PostgreSQL lets it go too when
+        an instance dies (its connection closes)."""
+        with self._lease_lock:
+            psycopg = self._psycopg
+            try:
+                if self._lease_conn is None:
+                    self._lease_conn = self._open()
+                leased = self._lease_conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                  (_LOCK_OUTBOX, self._key)).fetchone()[0]
+            except psycopg.Error as exc:
+                self._drop_lease()
+                raise StoreError(f"cannot lease the outbox: {exc}") from exc
+            try:
+                yield leased
+            finally:
+                if leased:
+                    try:
+                        self._lease_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_OUTBOX, self._key))
+                    except psycopg.Error as exc:
+                        log.debug("outbox lease: %s", exc)
+                        self._drop_lease()  # closing the connection lets go of the lock
+
+    def _drop_lease(self):
+        if self._lease_conn is not None:
+            self._lease_conn.close()
+            self._lease_conn = None
+
+    def last_alive(self, now):
+        """The instance that ran last: when it was last alive and whether it
+        stopped cleanly; ``(now, True)`` when another instance runs (was
+        alive within :data:`INSTANCE_ALIVE_SECONDS` and did not stop):
+        the service never stopped. Instances starting together queue here
+        (until :meth:`record_start` commits), so an outage is counted once."""
+        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_START, self._key))
+        rows = self._query("SELECT alive_at, stopped FROM instance WHERE id <> ? ORDER BY alive_at DESC",
+                           (self.instance_id,))
+        if any(not stopped and alive_at >= now - INSTANCE_ALIVE_SECONDS for alive_at, stopped in rows):
+            return now, True
+        if not rows:
+            return None, False
+        return rows[0][0], rows[0][1]
+
+    def record_start(self, now):
+        self._execute("INSERT INTO instance (id, alive_at, stopped) VALUES (?, ?, FALSE) "
+                      "ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at, stopped = FALSE",
+                      (self.instance_id, now))
+        self._execute("DELETE FROM instance WHERE alive_at < (SELECT MAX(alive_at) FROM instance) - 86400")
+
+    def record_alive(self, now):
+        with self.atomic():
+            self._execute("UPDATE instance SET alive_at = ? WHERE id = ?", (now, self.instance_id))
+            pruned = self._query(f"WITH gone AS (DELETE FROM changes WHERE at < now() - interval '{CHANGES_KEPT}' "
+                                 "RETURNING seq) SELECT MAX(seq) FROM gone")[0][0]
+            if pruned is not None:
+                self.set_meta("changes_pruned", pruned)
+
+    def record_stop(self, now):
+        self._execute("UPDATE instance SET alive_at = ?, stopped = TRUE WHERE id = ?", (now, self.instance_id))
+
+    def instances(self):
+        """Every instance recorded: ``(id, alive_at, stopped)`` rows, the last alive first."""
+        return [tuple(row) for row in self._query("SELECT id, alive_at, stopped FROM instance ORDER BY alive_at DESC")]
 
 
 ###############################################################################
@@ -2254,7 +2733,11 @@ class ReadModel:
       one not yet written, if any: a heartbeat already up, refreshed again
       within :data:`REFRESH_WRITE_SECONDS` of its stored refresh, is
       refreshed in memory only and written by the next tick, so a chatty
-      source costs one write per half second, not one per event.
+      source costs one write per half second, not one per event. Except a
+      heartbeat whose late time or interval is under
+      :data:`COALESCE_MIN_PERIOD_SECONDS`: its refresh is written at once,
+      since the database's deadline would otherwise come before the write
+      could (another instance's tick sees only the database).
 
     Invariant, after every committed change (the engine's lock guards it):
     the index and the documents hold exactly the heartbeats of the database;
@@ -2279,6 +2762,7 @@ class ReadModel:
         self._member_stored = {}  # id -> {values: refresh time in the database}, members up
         self._member_unwritten = {}  # id -> {values: later refresh time}
         self._member_counts = {}  # id -> how many members it has
+        self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -2310,6 +2794,11 @@ class ReadModel:
             self._member_stored.setdefault(row["id"], {})
             self._member_unwritten.setdefault(row["id"], {})
             self._member_counts.setdefault(row["id"], 0)
+        periods = (_optional(row, "interval_seconds"), _optional(row, "late_seconds"))
+        if min((p for p in periods if p is not None), default=math.inf) < COALESCE_MIN_PERIOD_SECONDS:
+            self._short.add(row["id"])
+        else:
+            self._short.discard(row["id"])
 
     def updated(self, old, new):
         """A heartbeat changed; when its grouping changed (or its pattern,
@@ -2330,10 +2819,38 @@ class ReadModel:
         for memory in (self._documents, self._stored, self._unwritten, self._groups):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
+        self._short.discard(row["id"])
 
     def _forget_members(self, heartbeat_id):
         for memory in (self._member_stored, self._member_unwritten, self._member_counts):
             memory.pop(heartbeat_id, None)
+
+    def synced(self, heartbeat_id, row):
+        """Another instance changed a heartbeat: ``row`` is it as the
+        database has it now, None when deleted. What this model held of it
+        (its pattern, from its own document) goes; the row comes in."""
+        known = self._documents.get(heartbeat_id)
+        if known is not None:
+            self._index.remove(json.loads(known)["pattern"])
+            self._documents.pop(heartbeat_id)
+        # Members are kept as if none were known: their first refresh here
+        # is written, not coalesced (and counted against the limit from now).
+        self._forget_members(heartbeat_id)
+        self._groups.pop(heartbeat_id, None)
+        if row is None:
+            for memory in (self._stored, self._unwritten):
+                memory.pop(heartbeat_id, None)
+            self._short.discard(heartbeat_id)
+            return
+        self.created(row)
+        if heartbeat_id in self._groups:
+            self._stored.pop(heartbeat_id, None)
+            self._unwritten.pop(heartbeat_id, None)
+            return
+        if row["status"] == UP:
+            self._stored[heartbeat_id] = row["refreshed"]
+        else:  # an unwritten refresh stays: the tick writes it as a refresh (it resolves an alarm)
+            self._stored.pop(heartbeat_id, None)
 
     def refreshed(self, heartbeat_ids, now):
         """Split heartbeats refreshed at ``now`` into those to write now and
@@ -2343,10 +2860,13 @@ class ReadModel:
         """
         stored_after = now - REFRESH_WRITE_SECONDS  # a refresh stored later than this is recent
         stored = self._stored.get
-        kept = [heartbeat_id for heartbeat_id in heartbeat_ids if stored(heartbeat_id, -math.inf) > stored_after]
+        short = self._short
+        kept = [heartbeat_id for heartbeat_id in heartbeat_ids
+                if stored(heartbeat_id, -math.inf) > stored_after and heartbeat_id not in short]
         if not kept:
             return heartbeat_ids, kept
-        to_write = [heartbeat_id for heartbeat_id in heartbeat_ids if stored(heartbeat_id, -math.inf) <= stored_after]
+        to_write = [heartbeat_id for heartbeat_id in heartbeat_ids
+                    if stored(heartbeat_id, -math.inf) <= stored_after or heartbeat_id in short]
         self._unwritten.update(dict.fromkeys(kept, now))
         return to_write, kept
 
@@ -2536,6 +3056,7 @@ class Engine:
         self._last_chunk_seconds = 0.0  # how long the last chunk of a storm held the lock
         self._windows = {}  # id -> MaintenanceWindow; replaced, never changed in place (readers hold no lock)
         self._windows_checked_at = None  # the clock time up to which window starts and ends were handled
+        self._synced = 0  # the last change of other instances applied to the read model (see sync())
         self._outgoing = collections.deque()  # committed events not yet published, in order
         self._outgoing_lock = threading.Lock()
         self._publishing = False  # a thread is draining _outgoing
@@ -2560,14 +3081,65 @@ class Engine:
             if self._loaded:
                 return
             self.resume()
-            self._model = ReadModel.loaded(self.store.each_heartbeat(), self.store.each_member())
-            self._windows = self._load_windows()
+            self._reload()
             self._loaded = True
             ended = self._silent_since is not None and self.intake_silence is None
             if ended:
                 self._end_silence(self.clock(), "--intake-silence is no longer set")
         if ended:
             self._publish()
+
+    def _reload(self):
+        """Load the read model and the windows from the database (under the
+        lock). The change cursor is read first: a change made meanwhile by
+        another instance is then read again by :meth:`sync`, never missed."""
+        self._synced = self.store.last_change()
+        self._model = ReadModel.loaded(self.store.each_heartbeat(), self.store.each_member())
+        self._windows = self._load_windows()
+
+    def sync(self):
+        """Apply what other instances on the same database changed since
+        the last sync (heartbeats and maintenance windows created, updated,
+        deleted) to the read model; a no-op on a database no other instance
+        uses. Server mode runs it every :data:`SYNC_SECONDS`.
+
+        :returns: whether anything changed.
+        :raises StoreError: when the database does not answer.
+        """
+        if not self.store.shared_by_instances:
+            return False
+        self.load()
+        with self._lock:
+            last, changes = self.store.changes(self._synced)
+            if changes is None:  # too far behind: the changes were pruned
+                log.warning("read model out of date beyond the kept changes: reloading it")
+                unwritten = self._model.unwritten()
+                self._reload()
+                for heartbeat_id, refreshed in unwritten.items():
+                    self._model.deferred([heartbeat_id], refreshed)
+                return True
+            now = self.clock()
+            for kind, object_id in dict.fromkeys(changes):
+                if kind == "heartbeat":
+                    try:
+                        row = self.store.heartbeat(object_id)
+                    except NotFound:
+                        row = None
+                    self._model.synced(object_id, row)
+                    if row is not None and row["status"] not in (DOWN, PAUSED):
+                        self._due_by(due_of(row))
+                else:
+                    try:
+                        window = MaintenanceWindow(self.store.maintenance(object_id))
+                    except NotFound:
+                        self._windows = {key: value for key, value in self._windows.items() if key != object_id}
+                    except (ValueError, OverflowError) as exc:
+                        log.error("maintenance window %s cannot be used, it protects nothing: %s", object_id, exc)
+                    else:
+                        self._windows = {**self._windows, object_id: window}
+                        self._due_by_boundary(window, now)
+            self._synced = last
+            return bool(changes)
 
     def _load_windows(self):
         windows = {}
@@ -2746,8 +3318,15 @@ class Engine:
         return events, (added, back_up)
 
     def document(self, heartbeat_id):
-        """The heartbeat's document as JSON bytes, from memory; :raises NotFound:."""
+        """The heartbeat's document as JSON bytes, from memory; :raises NotFound:.
+        (With other instances, one not found is looked for in their changes
+        first: it may have been created a moment ago through another.)"""
         self.load()
+        try:
+            return self._model.document(heartbeat_id)
+        except NotFound:
+            if not self.sync():
+                raise
         return self._model.document(heartbeat_id)
 
     def list(self):
@@ -3262,10 +3841,11 @@ class Engine:
                 if first:
                     now = self.clock()
                     horizon = self._expiry_horizon(now)
+                missed = []
                 with self.store.atomic():
                     unwritten = self._model.unwritten()
                     if unwritten:
-                        self.store.write_refreshes(unwritten.items())
+                        missed = self.store.write_refreshes(unwritten.items())
                     unwritten_members = self._model.unwritten_members()
                     if unwritten_members:
                         self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
@@ -3279,8 +3859,11 @@ class Engine:
                         alarms += members["events"]
                     self._enqueue(alarms)
                     self._record_alive(now)
-                self._model.written(unwritten)
+                self._model.written({key: value for key, value in unwritten.items() if key not in missed})
                 self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
+                for heartbeat_id in missed:  # another instance changed its state: a refresh like any other
+                    self._model.went_down([heartbeat_id])
+                    self._refresh_chunk([heartbeat_id], unwritten[heartbeat_id])
                 self._model.written({**moved_up, **protected_up})
                 self._model.went_down(left_up)
                 if members is not None:
@@ -3537,16 +4120,15 @@ class Engine:
             now = self.clock()
             moved = 0
             with self.store.atomic():
-                alive_at = self.store.meta(META_ALIVE_AT)
-                clean = self.store.meta(META_STOPPED_CLEANLY) == 1
+                alive_at, clean = self.store.last_alive(now)
                 # During an intake silence the clock is stopped already: its
                 # end moves every deadline by the whole silence, outage included.
                 self._silent_since = self.store.meta(META_INTAKE_SILENT_SINCE)
                 self._intake_at = now
                 if alive_at is not None and now > alive_at and self._silent_since is None:
                     moved = self.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
-                self.store.set_meta(META_STOPPED_CLEANLY, 0)
-                self._record_alive(now, force=True)
+                self.store.record_start(now)
+                self._alive_recorded = now
             # window ends missed while stopped get their end rule at the first tick
             self._windows_checked_at = alive_at if alive_at is not None and alive_at < now else now
         if moved:
@@ -3562,14 +4144,13 @@ class Engine:
                 unwritten = self._model.unwritten()
                 if unwritten:
                     self.store.write_refreshes(unwritten.items())
-                self._record_alive(self.clock(), force=True)
-                self.store.set_meta(META_STOPPED_CLEANLY, 1)
+                self.store.record_stop(self.clock())
             self._model.written(unwritten)
 
     def _record_alive(self, now, force=False):
         last = self._alive_recorded
         if force or last is None or not 0 <= now - last < ALIVE_INTERVAL_SECONDS:
-            self.store.set_meta(META_ALIVE_AT, now)
+            self.store.record_alive(now)
             self._alive_recorded = now
 
     def _due_by(self, at):
@@ -3753,6 +4334,31 @@ class Scheduler(_Worker):
             return max(0.0, self._due_at - clock())
 
 
+class Syncer(_Worker):
+    """Several instances on one database: applies the others' changes to
+    this one's read model every :data:`SYNC_SECONDS` (see :meth:`Engine.sync`)."""
+
+    name = "heartbeat-lite-sync"
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = engine
+        self.failing = False
+
+    def step(self):
+        try:
+            self.engine.sync()
+        except StoreError as exc:
+            if not self.failing:
+                log.error("cannot read other instances' changes, retrying: %s", exc)
+            self.failing = True
+            return SCHEDULER_RETRY_SECONDS
+        if self.failing:
+            log.warning("reading other instances' changes again")
+            self.failing = False
+        return SYNC_SECONDS
+
+
 class Forwarder(_Worker):
     """Delivers the outbox to ``--forward-url``: oldest first, as JSON arrays
     of events, at least once (an entry is deleted only after a 2xx answer),
@@ -3784,7 +4390,10 @@ class Forwarder(_Worker):
 
     def step(self):
         try:
-            return self.deliver_once()
+            delay = self.deliver_once()
+            if delay is None and self.store.shared_by_instances:
+                return OUTBOX_POLL_SECONDS  # another instance may fill the outbox, and die before delivering
+            return delay
         except StoreError as exc:
             log.error("alarm delivery cannot read the outbox, retrying in %.0fs: %s",
                       FORWARD_BACKOFF_SECONDS[0], exc)
@@ -3794,11 +4403,19 @@ class Forwarder(_Worker):
         """Send the oldest batch of the outbox.
 
         :returns: 0 when it was delivered (more may wait), None when the
-            outbox is empty, or the backoff in seconds after a failure.
+            outbox is empty, or the backoff in seconds after a failure. With
+            other instances on the database, one at a time delivers: while
+            another does, this waits :data:`OUTBOX_POLL_SECONDS`.
         """
-        batch = self.store.outbox_batch(FORWARD_BATCH_EVENTS)
-        if not batch:
-            return None
+        with self.store.outbox_lease() as leased:
+            if not leased:
+                return OUTBOX_POLL_SECONDS
+            batch = self.store.outbox_batch(FORWARD_BATCH_EVENTS)
+            if not batch:
+                return None
+            return self._deliver(batch)
+
+    def _deliver(self, batch):
         body = ("[" + ",".join(event for _, event in batch) + "]").encode("utf-8")
         try:
             self._post(body)
@@ -5496,10 +6113,12 @@ class Service:
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
-        self.store = Store(db, busy_timeout=busy_timeout)  # takes the lock; writes nothing
+        self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
         self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
                              intake_silence=intake_silence)
         self.scheduler = Scheduler(self.engine)
+        #: the :class:`Syncer` when other instances may share the database, else None
+        self.syncer = Syncer(self.engine) if self.store.shared_by_instances else None
         #: the :class:`Forwarder`, or None without a forward URL
         self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
         if self.forwarder is not None:
@@ -5545,11 +6164,19 @@ class Service:
             log.warning("%d undelivered event(s) in the outbox; start with --forward-url to deliver them", depth)
 
     def tick(self):
-        """Run expiry now, against the service's clock.
+        """Run expiry now, against the service's clock (after applying the
+        changes of other instances, if any: see :meth:`sync`).
 
         :returns: seconds until the next deadline, or None.
         """
+        self.engine.sync()
         return self.engine.tick()
+
+    def sync(self):
+        """Apply what other instances on the same (PostgreSQL) database
+        changed to this one's read model now (server mode does it every
+        :data:`SYNC_SECONDS`); returns whether anything changed."""
+        return self.engine.sync()
 
     def deliver(self):
         """Deliver the outbox now (embedded forwarding), until it is empty or
@@ -5569,12 +6196,16 @@ class Service:
         """Start the background work of server mode: the expiry scheduler
         and, when forwarding, the delivery thread."""
         self.scheduler.start()
+        if self.syncer is not None:
+            self.syncer.start()
         if self.forwarder is not None:
             self.forwarder.start()
 
     def stop(self):
         """Stop the background work; the service can still be used embedded."""
         self.scheduler.stop()
+        if self.syncer is not None:
+            self.syncer.stop()
         if self.forwarder is not None:
             self.forwarder.stop()
 
@@ -5598,7 +6229,8 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
                on_alarm=None, forward_url=None, intake_silence=None):
     """Build a :class:`Service`; nothing runs in the background.
 
-    :param db: SQLite file path, or ``:memory:``.
+    :param db: SQLite file path, or ``:memory:``, or a PostgreSQL URL
+        (``postgresql://...``; needs psycopg 3: see :class:`PostgresStore`).
     :param users: dict of user name to password (or to a hash from
         ``hash-password``); None means ``root:root``, which :func:`serve`
         accepts only on a loopback address.
@@ -5925,7 +6557,8 @@ def build_parser(environ=os.environ):
     parser.add_argument("--port", help=f"port to listen on (default {DEFAULT_PORT}; env HEARTBEAT_LITE_PORT)")
     parser.add_argument("--db", help=f"SQLite database file, or :memory: (default ./{DEFAULT_DB}; "
                         "env HEARTBEAT_LITE_DB); its directory must exist; one service per database "
-                        "(it holds <db>.lock)")
+                        "(it holds <db>.lock). Or a PostgreSQL URL (postgresql://user:password@host/dbname; "
+                        "needs psycopg 3), which several instances may share")
     parser.add_argument("--user", action="append", metavar="NAME:PASSWORD",
                         help="a user allowed to call the API; repeatable (env HEARTBEAT_LITE_USERS="
                         "name:password,name2:password2). With no user at all, root:root is "
@@ -6078,8 +6711,7 @@ def main(argv=None, environ=None):
             # garbage collector from walking it (100,000 heartbeats made a full
             # collection a pause of a few hundred milliseconds).
             gc.freeze()
-            log.info("heartbeat-lite %s listening on %s (database %s)", __version__, url,
-                     os.path.abspath(args.db) if args.db != ":memory:" else ":memory:")
+            log.info("heartbeat-lite %s listening on %s (database %s)", __version__, url, database_label(args.db))
             if service.forwarder is not None:
                 log.info("forwarding alarms to %s", service.forwarder.url)
             while not stop.wait(3600):

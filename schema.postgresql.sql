@@ -1,0 +1,93 @@
+-- heartbeat-lite schema for PostgreSQL (13 or newer): schema.sql's tables
+-- and rules, in PostgreSQL's words, plus what several instances sharing the
+-- database need (instance, changes). The row 'schema_version' of meta
+-- (set last) carries the version, and heartbeat_lite.SCHEMA_VERSION must
+-- equal it. Applied whenever a database's version is older than that, in
+-- one transaction, under an advisory lock (two instances starting at once
+-- apply it once). Every statement is idempotent, so the file is also its
+-- own migration: a later version adds its columns with ADD COLUMN IF NOT
+-- EXISTS here rather than in a separate step.
+
+-- One row per heartbeat: the document the API serves, and its state.
+CREATE TABLE IF NOT EXISTS heartbeat (
+    rowid             BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,  -- insertion order, as SQLite's rowid
+    id                TEXT COLLATE "C" PRIMARY KEY,   -- UUID4, lower case, as served in "_id"
+    name              TEXT NOT NULL,
+    author            TEXT NOT NULL,
+    description       TEXT NOT NULL,
+    output            TEXT NOT NULL,
+    pattern           TEXT COLLATE "C" NOT NULL,      -- canonical JSON: keys sorted, compact, UTF-8
+    expected_interval TEXT NOT NULL,                  -- as given ("1m")
+    interval_seconds  INTEGER NOT NULL,
+    late_after        TEXT,
+    late_seconds      INTEGER,
+    created           BIGINT NOT NULL,                -- Unix seconds
+    updated           BIGINT NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'up', 'late', 'down', 'paused')),
+    refreshed         DOUBLE PRECISION NOT NULL,      -- Unix seconds; see schema.sql
+    last_event        DOUBLE PRECISION,
+    alarm_since       DOUBLE PRECISION,
+    deadline          DOUBLE PRECISION GENERATED ALWAYS AS (refreshed + interval_seconds) STORED,
+    due               DOUBLE PRECISION GENERATED ALWAYS AS (refreshed + CASE
+                          WHEN late_seconds IS NULL OR status = 'late' THEN interval_seconds
+                          ELSE late_seconds END) STORED
+);
+
+-- Two heartbeats may not share a pattern (two instances creating one at
+-- once: one wins, the other gets "pattern already exists").
+CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_pattern ON heartbeat (pattern);
+CREATE INDEX IF NOT EXISTS heartbeat_newest ON heartbeat (created DESC);
+CREATE INDEX IF NOT EXISTS heartbeat_due ON heartbeat (due) WHERE status NOT IN ('down', 'paused');
+CREATE INDEX IF NOT EXISTS heartbeat_alarms ON heartbeat (alarm_since) WHERE status IN ('late', 'down');
+
+CREATE TABLE IF NOT EXISTS maintenance (
+    rowid       BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    name        TEXT NOT NULL,
+    pattern     TEXT NOT NULL,
+    start_local TEXT NOT NULL,
+    end_local   TEXT NOT NULL,
+    timezone    TEXT NOT NULL,
+    rrule       TEXT,
+    created     BIGINT NOT NULL,
+    updated     BIGINT NOT NULL
+);
+
+-- Service-wide values: 'schema_version'; 'changes_pruned' (the last change
+-- forgotten: an instance further behind reloads everything).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value DOUBLE PRECISION NOT NULL
+);
+
+-- Alarm and resolution events waiting for --forward-url, delivered in seq
+-- order by one instance at a time (an advisory lock), then deleted.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event TEXT NOT NULL
+);
+
+-- Each instance's last sign of life (engine clock, Unix seconds) and whether
+-- it stopped cleanly: a restart postpones deadlines only by a time when no
+-- instance was alive.
+CREATE TABLE IF NOT EXISTS instance (
+    id       TEXT PRIMARY KEY,             -- a UUID4 per process
+    alive_at DOUBLE PRECISION NOT NULL,
+    stopped  BOOLEAN NOT NULL DEFAULT FALSE
+);
+
+-- Heartbeats and maintenance windows created, updated or deleted, for the
+-- other instances' read models (each reads the rows after the last it
+-- applied, every 0.2 s). Writers queue on an advisory lock, so seq order is
+-- commit order. Kept a day.
+CREATE TABLE IF NOT EXISTS changes (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance  TEXT NOT NULL,               -- who changed it (it skips its own)
+    kind      TEXT NOT NULL CHECK (kind IN ('heartbeat', 'maintenance')),
+    object_id TEXT NOT NULL,
+    at        TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+INSERT INTO meta (key, value) VALUES ('schema_version', 2)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
