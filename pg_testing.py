@@ -36,6 +36,10 @@ SQLITE_ONLY = {
     "test_a_version_1_database_is_migrated_keeping_heartbeats_and_states": "builds a version 1 SQLite file",
     "test_a_missing_database_directory_is_a_config_error": "a SQLite path's directory",
     "test_the_tick_does_not_scan_heartbeats_for_windows": "counts SQLite's json_each statements",
+    "test_a_second_service_on_the_same_database_exits_2_and_changes_nothing":
+        "the single-instance lock is SQLite's (several instances share a PostgreSQL database)",
+    "test_a_database_that_is_a_directory_or_not_sqlite_exits_2": "a SQLite path",
+    "test_a_database_file_deleted_or_replaced_while_running_is_detected": "a SQLite file deleted or replaced",
 }
 
 _counter = itertools.count()
