@@ -2071,9 +2071,14 @@ class PostgresStore(Store):
         if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
             return None
         try:
-            if self._health_conn is None:
-                self._health_conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
-            return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+            for attempt in (1, 2):  # a connection the server closed (a restart of PostgreSQL) is opened again
+                if self._health_conn is None:
+                    self._health_conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
+                try:
+                    return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+                except StoreError as exc:
+                    if attempt == 2 or not self._lost(exc):
+                        raise
         finally:
             self._health_lock.release()
 
@@ -2129,6 +2134,30 @@ class PostgresStore(Store):
         else:
             self._discard_reader()
         raise StoreError(f"{error} (in: {sql.split()[0]} ...)") from error
+
+    def _execute(self, sql, params=()):
+        with self._lock:
+            try:
+                return self._run(self._connection(), sql, params)
+            except StoreError as exc:
+                if sql != self._BEGIN or not self._lost(exc):
+                    raise
+            # A connection found closed by the server (PostgreSQL restarted,
+            # the backend terminated) when nothing was sent yet: once more.
+            return self._run(self._connection(), sql, params)
+
+    def _query(self, sql, params=()):
+        if self._owner == threading.get_ident():
+            return super()._query(sql, params)
+        try:
+            return super()._query(sql, params)
+        except StoreError as exc:
+            if not self._lost(exc):
+                raise
+        return super()._query(sql, params)  # a read outside a transaction: harmless to run again
+
+    def _lost(self, exc):
+        return isinstance(exc.__cause__, self._psycopg.OperationalError)
 
     def _for_update(self, skip_locked=False):
         if self._depth and self._owner == threading.get_ident():
@@ -6623,7 +6652,8 @@ def check_settings(args, environ):
     args.host = host.strip()
     args.db, name = _setting(args, environ, "db", DEFAULT_DB)
     try:
-        check_database_path(args.db)
+        if not is_postgres_url(args.db):
+            check_database_path(args.db)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     args.forward_url, name = _setting(args, environ, "forward_url")
