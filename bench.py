@@ -26,6 +26,10 @@ noisy machine skews both sides alike:
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
+    python bench.py --quick --db postgresql://user:password@host/dbname
+                              # the same on PostgreSQL: each database of the
+                              # run is a schema bench_<name> there (dropped
+                              # and made again); the baseline is unchanged
 
 Exit status 0 when every target is met, 1 otherwise.
 """
@@ -182,6 +186,53 @@ def baseline_server(threads):
     return server([sys.executable, "-c", BASELINE_APP, str(port), str(threads)], port), port
 
 
+class Databases:
+    """Where the run's databases are: SQLite files in a temporary
+    directory, or schemas ``bench_<name>`` of one PostgreSQL database."""
+
+    def __init__(self, workdir, url=None):
+        self.workdir, self.url = workdir, url
+
+    def new(self, name):
+        """The ``db`` of a new, empty database called ``name``."""
+        if self.url is None:
+            return os.path.join(self.workdir, f"{name}.db")
+        import psycopg
+
+        schema = f"bench_{name}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}options=-csearch_path%3D{schema}"
+
+    def copy(self, source, name):
+        """A new database called ``name`` holding ``source``'s heartbeats."""
+        if self.url is None:
+            target = self.new(name)
+            shutil.copy(source, target)
+            return target
+        target = self.new(name)
+        heartbeat_lite.create_app(db=target).close()  # the schema
+        columns = ", ".join(heartbeat_lite._DOCUMENT_COLUMNS + ("status", "refreshed", "last_event", "alarm_since"))
+        schema = source.rsplit("%3D", 1)[1]
+        execute(target, f"INSERT INTO heartbeat ({columns}) SELECT {columns} FROM {schema}.heartbeat ORDER BY rowid")
+        return target
+
+
+def execute(db, sql, params=()):
+    """Run one statement (``?`` placeholders) on ``db``, outside heartbeat-lite;
+    the rows, if it returns any."""
+    if heartbeat_lite.is_postgres_url(db):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            cursor = conn.execute(heartbeat_lite._pyformat(sql), params)
+            return cursor.fetchall() if cursor.description else []
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        return conn.execute(sql, params).fetchall()
+
+
 def heartbeat_server(db, threads, *extra):
     port = free_port()
     command = [sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--db", db, "--port", str(port),
@@ -200,10 +251,8 @@ def prefill(db, count, extra_patterns=()):
             for i, pattern in enumerate(patterns):
                 service.engine.create(heartbeat_lite.validate_heartbeat(
                     {"name": f"bench {i}", "pattern": pattern, "expected_interval": "1h"}, USER))
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id FROM heartbeat WHERE pattern = ?",
-                            (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),)
-                            ).fetchone()[0]
+    return execute(db, "SELECT id FROM heartbeat WHERE pattern = ?",
+                   (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),))[0][0]
 
 
 def prefill_members(db, count):
@@ -409,9 +458,8 @@ def storm_ingestion(db, threads, load, connections):
     no alive record, so the start moves nothing)."""
     due_at = time.time() + STORM_DELAY_SECONDS
     target = heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"})
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE heartbeat SET refreshed = ? - interval_seconds WHERE pattern <> ?", (due_at, target))
-        conn.execute("DELETE FROM meta")
+    execute(db, "UPDATE heartbeat SET refreshed = ? - interval_seconds WHERE pattern <> ?", (due_at, target))
+    execute(db, "DELETE FROM instance" if heartbeat_lite.is_postgres_url(db) else "DELETE FROM meta")
     context, port = heartbeat_server(db, threads)
     with context:
         ahead = due_at - time.time()
@@ -419,8 +467,7 @@ def storm_ingestion(db, threads, load, connections):
             raise RuntimeError(f"the server took too long to start: raise STORM_DELAY_SECONDS ({ahead:.1f} s)")
         result = load(port, "POST", "/api/v2/event", EVENT_BODY, round(ahead + STORM_AFTER_SECONDS), connections)
         result["health"] = _call(port, "GET", "/healthz")  # still answering after the storm
-    with sqlite3.connect(db) as conn:
-        result["down"] = conn.execute("SELECT COUNT(*) FROM heartbeat WHERE status = 'down'").fetchone()[0]
+    result["down"] = execute(db, "SELECT COUNT(*) FROM heartbeat WHERE status = 'down'")[0][0]
     return result
 
 
@@ -445,8 +492,8 @@ def status_page_cost(db, threads, requests):
     heartbeats of ``db``, one in ten down: for each of :data:`PAGE_PATHS`,
     bytes plain and gzipped; seconds per request, ``requests`` sequential
     requests in all, alternating paths and encodings."""
-    with sqlite3.connect(db) as conn:  # one in ten due: down at the server's first tick
-        conn.execute("UPDATE heartbeat SET refreshed = refreshed - interval_seconds WHERE rowid % 10 = 0")
+    # one in ten due: down at the server's first tick
+    execute(db, "UPDATE heartbeat SET refreshed = refreshed - interval_seconds WHERE rowid % 10 = 0")
     context, port = heartbeat_server(db, threads)
     sizes, times = {}, []
     with context, socket.create_connection(("127.0.0.1", port)) as sock:
@@ -470,12 +517,12 @@ def status_page_cost(db, threads, requests):
     return sizes, sorted(times)
 
 
-def alarm_latency(workdir, count, spread, threads):
+def alarm_latency(databases, count, spread, threads):
     """Seconds from each deadline to its alarm at the receiver, for ``count``
     heartbeats of interval 2 s created over ``spread`` seconds."""
     receiver = AlarmReceiver()
     receiver.expected = count
-    (context, port) = heartbeat_server(os.path.join(workdir, "alarms.db"), threads, "--forward-url", receiver.url)
+    (context, port) = heartbeat_server(databases.new("alarms"), threads, "--forward-url", receiver.url)
     rng = random.Random(7)
     try:
         with context:
@@ -498,26 +545,38 @@ def alarm_latency(workdir, count, spread, threads):
 ###############################################################################
 
 
+def store_label(url):
+    """What the run's heartbeat-lite servers store in, for the first line."""
+    if url is None:
+        return f"SQLite {sqlite3.sqlite_version}"
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return f"PostgreSQL {conn.info.server_version // 10000}.{conn.info.server_version % 10000} " \
+               f"({heartbeat_lite.database_label(url)})"
+
+
 def run(args):
     cores = os.cpu_count()
     use_wrk = shutil.which("wrk") is not None and not args.stdlib_client
     load = load_wrk if use_wrk else load_stdlib
     client = "wrk" if use_wrk else "standard-library client"
     print(f"heartbeat-lite {heartbeat_lite.__version__} benchmark: {cores} cores, Python {platform.python_version()}, "
-          f"SQLite {sqlite3.sqlite_version}; load: {client}, {args.connections} connections, "
+          f"{store_label(args.db)}; load: {client}, {args.connections} connections, "
           f"{args.rounds} interleaved rounds x {args.seconds} s; waitress threads {args.threads}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="hl-bench-") as workdir:
-        dbs = {n: os.path.join(workdir, f"n{n}.db") for n in (N_SMALL, N_LARGE)}
+        databases = Databases(workdir, args.db)
+        dbs = {n: databases.new(f"n{n}") for n in (N_SMALL, N_LARGE)}
         started = time.perf_counter()
         target_ids = {n: prefill(db, n) for n, db in dbs.items()}
-        batch_db, key_sets_db, storm_db, page_db, members_db = (os.path.join(workdir, name) for name in (
-            "batch.db", "keysets.db", "storm.db", "page.db", "members.db"))
+        batch_db, key_sets_db, page_db, members_db = (databases.new(name) for name in (
+            "batch", "keysets", "page", "members"))
         prefill_members(members_db, N_LARGE)
         prefill(batch_db, BATCH)
         prefill(page_db, N_PAGE)
         prefill(key_sets_db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
-        shutil.copy(dbs[N_LARGE], storm_db)
+        storm_db = databases.copy(dbs[N_LARGE], "storm")
         print(f"pre-filled the databases in {time.perf_counter() - started:.1f} s", flush=True)
 
         ticks = tick_cost({**dbs, "members": members_db}, args.ticks, args.rounds)
@@ -552,7 +611,7 @@ def run(args):
             memory = rss_mib(large_process.pid)
             members_memory = rss_mib(members_process.pid)
         storm = storm_ingestion(storm_db, args.threads, load, args.connections)
-        latencies = alarm_latency(workdir, args.alarms, args.spread, args.threads)
+        latencies = alarm_latency(databases, args.alarms, args.spread, args.threads)
         page_sizes, page_times = status_page_cost(page_db, args.threads, args.page_requests)
 
     print()
@@ -630,7 +689,12 @@ def main(argv=None):
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
     parser.add_argument("--threads", type=int, default=heartbeat_lite.DEFAULT_THREADS,
                         help="waitress threads of every server (default %(default)s)")
+    parser.add_argument("--db", metavar="URL", help="run heartbeat-lite on this PostgreSQL database "
+                        "(postgresql://...; its schemas bench_* are dropped and made again) instead of "
+                        "SQLite files; the baseline is unchanged")
     args = parser.parse_args(argv)
+    if args.db is not None and not heartbeat_lite.is_postgres_url(args.db):
+        parser.error("--db takes a postgresql:// URL (SQLite files are the default)")
     args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
