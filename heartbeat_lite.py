@@ -1246,7 +1246,7 @@ class Store:
                 return self._run(self._connection(), sql, params, fetch=True)
         return self._run(self._reader(), sql, params, fetch=True)
 
-    def _for_update(self, skip_locked=False):
+    def _for_update(self, skip_locked=False, of=None):
         """The clause that locks the rows a read inside :meth:`atomic` is
         about to change, so that another instance changes them before or
         after, never in between: nothing in SQLite, whose ``BEGIN
@@ -1635,7 +1635,8 @@ class Store:
         whose next transition (late, down, retired) is at or before ``now``,
         earliest first; at most ``limit``."""
         return self._query(f"{_SELECT_MEMBER_AND_HEARTBEAT} WHERE m.due IS NOT NULL AND m.due <= ? "
-                           "ORDER BY m.due LIMIT ?", (now, -1 if limit is None else limit))
+                           f"ORDER BY m.due LIMIT ?{self._for_update(skip_locked=True, of='m')}",
+                           (now, self._NO_LIMIT if limit is None else limit))
 
     def next_member_due(self):
         """The earliest next transition of a member, or None."""
@@ -1670,7 +1671,7 @@ class Store:
         """Copy a heartbeat's interval, late and retire seconds to its
         members (an expected member is never retired)."""
         self._execute("UPDATE member SET interval_seconds = ?, late_seconds = ?, "
-                      "retire_seconds = CASE WHEN expected THEN NULL ELSE ? END WHERE heartbeat_id = ?",
+                      "retire_seconds = CASE WHEN expected <> 0 THEN NULL ELSE CAST(? AS INTEGER) END WHERE heartbeat_id = ?",
                       (interval_seconds, late_seconds, retire_seconds, heartbeat_id))
 
     def set_expected(self, heartbeat_id, keys, expected, retire_seconds):
@@ -1750,7 +1751,7 @@ class Store:
         name, output and pattern), oldest alarm first (at most ``limit``;
         all when negative)."""
         return self._query(f"{_SELECT_MEMBER_AND_HEARTBEAT} WHERE m.status IN ('late', 'down') "
-                           "ORDER BY m.alarm_since, m.rowid LIMIT ?", (limit,))
+                           "ORDER BY m.alarm_since, m.rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
     # -- maintenance windows -------------------------------------------------
 
@@ -2159,9 +2160,9 @@ class PostgresStore(Store):
     def _lost(self, exc):
         return isinstance(exc.__cause__, self._psycopg.OperationalError)
 
-    def _for_update(self, skip_locked=False):
+    def _for_update(self, skip_locked=False, of=None):
         if self._depth and self._owner == threading.get_ident():
-            return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+            return f" FOR UPDATE{f' OF {of}' if of else ''}{' SKIP LOCKED' if skip_locked else ''}"
         return ""
 
     # -- what differs ----------------------------------------------------------

@@ -40,6 +40,9 @@ SQLITE_ONLY = {
         "the single-instance lock is SQLite's (several instances share a PostgreSQL database)",
     "test_a_database_that_is_a_directory_or_not_sqlite_exits_2": "a SQLite path",
     "test_a_database_file_deleted_or_replaced_while_running_is_detected": "a SQLite file deleted or replaced",
+    "test_member_expiry_reads_the_due_index": "reads SQLite's EXPLAIN QUERY PLAN of the file",
+    "test_a_version_2_database_is_migrated": "builds a version 2 SQLite file",
+    "test_a_storm_of_members_goes_down_in_chunks": "counts SQLite's BEGIN IMMEDIATE statements",
 }
 
 _counter = itertools.count()

@@ -21,6 +21,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     interval_seconds  INTEGER NOT NULL,
     late_after        TEXT,
     late_seconds      INTEGER,
+    group_by          TEXT,                           -- JSON array of event keys, NULL: not grouped (version 3)
+    expected_members  TEXT,                           -- JSON array of member objects (version 3)
+    retire_after      TEXT,                           -- as given (version 3)
+    retire_seconds    INTEGER,
     created           BIGINT NOT NULL,                -- Unix seconds
     updated           BIGINT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'pending'
@@ -29,9 +33,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     last_event        DOUBLE PRECISION,
     alarm_since       DOUBLE PRECISION,
     deadline          DOUBLE PRECISION GENERATED ALWAYS AS (refreshed + interval_seconds) STORED,
-    due               DOUBLE PRECISION GENERATED ALWAYS AS (refreshed + CASE
+    -- NULL for a grouped heartbeat: its members fall due, not it (see schema.sql)
+    due               DOUBLE PRECISION GENERATED ALWAYS AS (CASE WHEN group_by IS NOT NULL THEN NULL ELSE refreshed + CASE
                           WHEN late_seconds IS NULL OR status = 'late' THEN interval_seconds
-                          ELSE late_seconds END) STORED
+                          ELSE late_seconds END END) STORED
 );
 
 -- Two heartbeats may not share a pattern (two instances creating one at
@@ -54,7 +59,33 @@ CREATE TABLE IF NOT EXISTS maintenance (
     updated     BIGINT NOT NULL
 );
 
--- Service-wide values: 'schema_version'; 'changes_pruned' (the last change
+-- Members of grouped heartbeats (version 3), as in schema.sql.
+CREATE TABLE IF NOT EXISTS member (
+    rowid            BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    heartbeat_id     TEXT COLLATE "C" NOT NULL,
+    member           TEXT COLLATE "C" NOT NULL,    -- canonical JSON of the member's pairs
+    expected         INTEGER NOT NULL DEFAULT 0,
+    interval_seconds INTEGER NOT NULL,
+    late_seconds     INTEGER,
+    retire_seconds   INTEGER,
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'up', 'late', 'down', 'paused')),
+    refreshed        DOUBLE PRECISION NOT NULL,
+    last_event       DOUBLE PRECISION,
+    alarm_since      DOUBLE PRECISION,
+    deadline         DOUBLE PRECISION GENERATED ALWAYS AS (refreshed + interval_seconds) STORED,
+    due              DOUBLE PRECISION GENERATED ALWAYS AS (CASE
+                         WHEN status = 'paused' THEN NULL
+                         WHEN status = 'down' THEN alarm_since + retire_seconds
+                         WHEN late_seconds IS NULL OR status = 'late' THEN refreshed + interval_seconds
+                         ELSE refreshed + late_seconds END) STORED,
+    PRIMARY KEY (heartbeat_id, member)
+);
+CREATE INDEX IF NOT EXISTS member_due ON member (due) WHERE due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS member_status ON member (heartbeat_id, status, member);
+CREATE INDEX IF NOT EXISTS member_alarms ON member (alarm_since) WHERE status IN ('late', 'down');
+
+-- Service-wide values: 'schema_version'; 'intake_silent_since' (see schema.sql); 'changes_pruned' (the last change
 -- forgotten: an instance further behind reloads everything).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -89,5 +120,5 @@ CREATE TABLE IF NOT EXISTS changes (
     at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 2)
+INSERT INTO meta (key, value) VALUES ('schema_version', 3)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;
