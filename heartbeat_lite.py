@@ -437,6 +437,29 @@ def _check_pattern(reasons, pattern):
             reasons.append(f"pattern.{key}: must be a string of at most {MAX_PATTERN_ITEM_CHARS} characters")
 
 
+def _document_reasons(doc, fields):
+    """The checks every document of the API starts with: a JSON object
+    (else :class:`Invalid` at once), no key but ``fields`` and the ignored
+    ones, a ``name`` that is a non-blank string within its limit.
+
+    :returns: the reasons found so far (a list to add to).
+    """
+    if not isinstance(doc, dict):
+        raise Invalid(["body: must be a JSON object"])
+    reasons = []
+    unknown = sorted(set(doc) - set(fields) - set(IGNORED_FIELDS))
+    if unknown:
+        reasons.append("unknown field(s): " + ", ".join(unknown))
+    name = doc.get("name")
+    if "name" not in doc:
+        reasons.append("name: required")
+    else:
+        _check_string(reasons, "name", name, MAX_NAME_CHARS)
+        if isinstance(name, str) and not name.strip():
+            reasons.append("name: must not be blank")
+    return reasons
+
+
 def validate_heartbeat(doc, default_author):
     """Check a POST or PUT body and return the clean heartbeat fields.
 
@@ -447,21 +470,8 @@ def validate_heartbeat(doc, default_author):
         ``interval_seconds``.
     :raises Invalid: with every reason the body is refused.
     """
-    if not isinstance(doc, dict):
-        raise Invalid(["body: must be a JSON object"])
-    reasons = []
-    unknown = sorted(set(doc) - set(HEARTBEAT_FIELDS) - set(IGNORED_FIELDS))
-    if unknown:
-        reasons.append("unknown field(s): " + ", ".join(unknown))
-
+    reasons = _document_reasons(doc, HEARTBEAT_FIELDS)
     name = doc.get("name")
-    if "name" not in doc:
-        reasons.append("name: required")
-    else:
-        _check_string(reasons, "name", name, MAX_NAME_CHARS)
-        if isinstance(name, str) and not name.strip():
-            reasons.append("name: must not be blank")
-
     author = doc.get("author", default_author)
     _check_string(reasons, "author", author, MAX_NAME_CHARS)
     description = doc.get("description", "")
@@ -617,19 +627,8 @@ def validate_maintenance(doc):
         or None), plus ``zone`` (the tzinfo) and ``rule`` (the parsed rule).
     :raises Invalid: with every reason the body is refused.
     """
-    if not isinstance(doc, dict):
-        raise Invalid(["body: must be a JSON object"])
-    reasons = []
-    unknown = sorted(set(doc) - set(MAINTENANCE_FIELDS) - set(IGNORED_FIELDS))
-    if unknown:
-        reasons.append("unknown field(s): " + ", ".join(unknown))
+    reasons = _document_reasons(doc, MAINTENANCE_FIELDS)
     name = doc.get("name")
-    if "name" not in doc:
-        reasons.append("name: required")
-    else:
-        _check_string(reasons, "name", name, MAX_NAME_CHARS)
-        if isinstance(name, str) and not name.strip():
-            reasons.append("name: must not be blank")
     pattern = doc.get("pattern")
     if "pattern" not in doc:
         reasons.append("pattern: required ({} selects every heartbeat)")
