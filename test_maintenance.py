@@ -730,7 +730,7 @@ def test_a_version_1_database_is_migrated_keeping_heartbeats_and_states(tmp_path
         assert app.post_json("/api/v2/heartbeat", body(pattern={"k": "a"}), status=400).json["description"] == \
             "heartbeat pattern already exists"  # the unique index came back
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
                                                   "AND tbl_name = 'heartbeat' AND name NOT LIKE 'sqlite_%'")}
         assert indexes == {"heartbeat_pattern", "heartbeat_newest", "heartbeat_due", "heartbeat_alarms"}
