@@ -77,7 +77,7 @@ DEFAULT_USERS = {"root": "root"}  # only ever used on a loopback address
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _data_path(name):
@@ -127,6 +127,21 @@ REFRESH_CHUNK_HEARTBEATS = 2000  # refreshes of heartbeats up (one UPDATE each) 
 STORM_YIELD_SECONDS = 0.001  # between chunks the lock is let go this long, or as long as the chunk took
 KEY_SETS_SCANNED = 8  # up to this many pattern key sets, matching scans them; beyond, it walks a trie
 LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as one summary line
+
+DEFAULT_HISTORY_DAYS = 90  # --history-days: state changes older than this are pruned
+HISTORY_PRUNE_INTERVAL_SECONDS = 3600.0  # a pruning pass at most this often ...
+HISTORY_PRUNE_BATCH_ROWS = 1000  # ... deleting at most this many rows per transaction ...
+HISTORY_PRUNE_BATCHES_PER_TICK = 4  # ... and this many transactions per tick (the rest waits for the next)
+DEFAULT_HISTORY_LIMIT = 100  # history entries per answer, unless ?limit= says otherwise
+MAX_HISTORY_LIMIT = 1000
+AVAILABILITY_WINDOWS = (("24h", 24 * 3600), ("7d", 7 * 24 * 3600), ("30d", 30 * 24 * 3600))
+RECENT_EVENTS_PER_HEARTBEAT = 20  # GET /api/v2/heartbeat/<id>/events
+RECENT_EVENTS_MAX_HEARTBEATS = 5_000  # heartbeats with such a list; beyond, the oldest list is dropped
+RECENT_EVENTS_RECEIVED = 1000  # events POST /api/v2/pattern/test examines
+MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
+MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
+DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
+MAX_PAGE_LIMIT = 1000
 
 FORWARD_TIMEOUT_SECONDS = 10.0  # one delivery attempt, whole: connect, send, headers and body of the answer
 FORWARD_BATCH_EVENTS = 100
@@ -732,6 +747,112 @@ def member_key(member):
     return canonical_pattern(member)
 
 
+def validate_pattern_test(doc):
+    """Check a ``POST /api/v2/pattern/test`` body: ``{"pattern": {...}}``,
+    the pattern under the rules of a heartbeat's.
+
+    :returns: the pattern (a dict).
+    :raises Invalid: with every reason the body is refused.
+    """
+    if not isinstance(doc, dict):
+        raise Invalid(["body: must be a JSON object"])
+    reasons = []
+    unknown = sorted(set(doc) - {"pattern"})
+    if unknown:
+        reasons.append("unknown field(s): " + ", ".join(unknown))
+    if "pattern" not in doc:
+        reasons.append("pattern: required")
+    else:
+        _check_pattern(reasons, doc["pattern"])
+    if reasons:
+        raise Invalid(reasons)
+    return dict(doc["pattern"])
+
+
+def _time_parameter(reasons, query, name):
+    text = query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        reasons.append(f"{name}: must be a time in Unix seconds")
+        return None
+    return value
+
+
+def _limit_parameter(reasons, query, default, maximum):
+    text = query.get("limit")
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+        reasons.append(f"limit: must be an integer from 1 to {maximum}")
+        return default
+    return int(text)
+
+
+def parse_history_query(query):
+    """``since``, ``until`` (Unix seconds, inclusive) and ``limit`` of
+    ``GET /api/v2/heartbeat/<id>/history``; other parameters are ignored.
+
+    :param query: a mapping of parameter name to text.
+    :returns: ``(since or None, until or None, limit)``.
+    :raises Invalid: with every reason the query is refused.
+    """
+    reasons = []
+    since = _time_parameter(reasons, query, "since")
+    until = _time_parameter(reasons, query, "until")
+    limit = _limit_parameter(reasons, query, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
+    if since is not None and until is not None and since > until:
+        reasons.append("since: must not be after until")
+    if reasons:
+        raise Invalid(reasons)
+    return since, until, limit
+
+
+_CURSOR_RE = re.compile(r"(-?[0-9]{1,18})\.([0-9]{1,18})")
+
+
+def encode_cursor(created, rowid):
+    """An opaque paging cursor for the heartbeat at (``created``, ``rowid``)."""
+    return base64.urlsafe_b64encode(f"{int(created)}.{int(rowid)}".encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(text):
+    """``(created, rowid)`` from :func:`encode_cursor`'s text; None if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        return None
+    match = _CURSOR_RE.fullmatch(raw)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def parse_page_query(query):
+    """``limit`` and ``after`` of ``GET /api/v2/heartbeat``.
+
+    :returns: ``(limit, after)``: both None when the client does not page
+        (neither is given: every heartbeat); otherwise the page size
+        (``after`` alone pages by :data:`DEFAULT_PAGE_LIMIT`) and None or
+        the decoded cursor.
+    :raises Invalid: with every reason the query is refused.
+    """
+    if not query.get("limit") and not query.get("after"):
+        return None, None
+    reasons = []
+    limit = _limit_parameter(reasons, query, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)
+    after = None
+    if query.get("after"):
+        after = decode_cursor(query["after"])
+        if after is None:
+            reasons.append("after: not a cursor this service gave (take it from the Link or X-Next-Cursor header)")
+    if reasons:
+        raise Invalid(reasons)
+    return limit, after
+
+
 class TooLarge(Exception):
     """Input over one of the MAX_* limits (answered 413)."""
 
@@ -840,6 +961,8 @@ _MIGRATIONS = {
     # Version 3 added the group_by columns, made ``due`` NULL for a grouped
     # heartbeat, and the member table (schema.sql creates it).
     2: (_SET_ASIDE.format(v=2), _MOVE_OVER.format(v=2, columns=_V2_COLUMNS)),
+    # Version 4 added the history table (schema.sql creates it): nothing to rebuild.
+    3: ("", ""),
 }
 
 
@@ -969,7 +1092,7 @@ class Store:
     _LIKE = "LIKE"  # ASCII case-insensitive in SQLite
     _BY_NAME = "name COLLATE NOCASE, id"
     _CONTAINS = _CONTAINS_PAIR  # the heartbeat's pattern has the pair (key, value)
-    _SPECIAL_ONLY = "status IN ('late', 'down', 'paused') AND "  # refresh(): the rows it must read
+    _SPECIAL_ONLY = "status <> 'up' AND "  # refresh(): the rows it must read
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
         if sqlite3.sqlite_version_info < (3, 31):
@@ -1312,6 +1435,17 @@ class Store:
         """Every heartbeat row, newest first (ties: last inserted first)."""
         return self._query(f"{_SELECT_HEARTBEAT} ORDER BY created DESC, rowid DESC")
 
+    def heartbeats_page(self, limit, after=None):
+        """At most ``limit`` heartbeat rows, newest first (ties: last
+        inserted first), each with its ``rowid``: the first ones, or those
+        after the cursor ``after`` = ``(created, rowid)`` of the last row of
+        the previous page."""
+        where, params = "", (limit,)
+        if after is not None:
+            where, params = "WHERE (created, rowid) < (?, ?)", (*after, limit)
+        return self._query(f"{_SELECT_HEARTBEAT.replace('SELECT ', 'SELECT rowid, ', 1)} {where} "
+                           "ORDER BY created DESC, rowid DESC LIMIT ?", params)
+
     def each_heartbeat(self, batch=1000):
         """Every heartbeat row, in id order, ``batch`` rows per query: a
         whole table at once would set the process's memory high-water mark.
@@ -1344,7 +1478,7 @@ class Store:
             return old, self.heartbeat(heartbeat_id)
 
     def delete_heartbeat(self, heartbeat_id):
-        """Delete a heartbeat and its state; return its row as it was.
+        """Delete a heartbeat, its state and its history; return its row as it was.
 
         :raises NotFound: when there is none.
         """
@@ -1352,6 +1486,7 @@ class Store:
             row = self.heartbeat(heartbeat_id)
             self._execute("DELETE FROM heartbeat WHERE id = ?", (heartbeat_id,))
             self._changed("heartbeat", heartbeat_id)
+            self._execute("DELETE FROM history WHERE heartbeat_id = ?", (heartbeat_id,))
         return row
 
     # -- state ---------------------------------------------------------------
@@ -1360,8 +1495,8 @@ class Store:
         """Record a matching event at ``now`` for each id: each goes ``up``,
         except a paused one, whose ``last_event`` only moves.
 
-        :returns: the rows, as they were, of those that were late, down or
-            paused, in the order of ``heartbeat_ids``.
+        :returns: the rows, as they were, of those that were not up
+            (pending, late, down or paused), in the order of ``heartbeat_ids``.
         """
         with self.atomic():
             special = []
@@ -1371,7 +1506,7 @@ class Store:
                     f"{_SELECT_HEARTBEAT} WHERE {self._SPECIAL_ONLY}id IN ({', '.join('?' * len(chunk))})"
                     f"{self._for_update()}",
                     chunk,
-                ) if row["status"] in (LATE, DOWN, PAUSED)]
+                ) if row["status"] != UP]
             self._executemany(
                 "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
@@ -1696,7 +1831,10 @@ class Store:
     def update_group_status(self, heartbeat_ids):
         """Set each grouped heartbeat's status to the worst of its members'
         (``down`` > ``late`` > ``pending`` > ``up``; ``pending`` with no
-        member), unless it is paused: one index probe per status."""
+        member), unless it is paused: one index probe per status.
+
+        :returns: ``[(id, status)]`` of those whose status changed."""
+        changed = []
         for heartbeat_id in dict.fromkeys(heartbeat_ids):
             worst = PENDING
             for status in _WORST_FIRST:
@@ -1704,8 +1842,10 @@ class Store:
                                (heartbeat_id, status)):
                     worst = status
                     break
-            self._execute("UPDATE heartbeat SET status = ? WHERE id = ? AND status NOT IN ('paused', ?)",
-                          (worst, heartbeat_id, worst))
+            if self._execute("UPDATE heartbeat SET status = ? WHERE id = ? AND status NOT IN ('paused', ?)",
+                             (worst, heartbeat_id, worst)).rowcount == 1:
+                changed.append((heartbeat_id, worst))
+        return changed
 
     def member_counts(self, heartbeat_ids=None):
         """``{heartbeat id: {status: members}}`` of those heartbeats (all
@@ -1789,6 +1929,113 @@ class Store:
             self._execute("DELETE FROM maintenance WHERE id = ?", (maintenance_id,))
             self._changed("maintenance", maintenance_id)
         return row
+
+    # -- history -------------------------------------------------------------
+
+    # A heartbeat's own changes (what its availability is computed from):
+    # members' changes, recorded under their heartbeat, have ``member`` set.
+    _OWN = "member IS NULL"
+
+    def add_history(self, changes):
+        """Append state changes: ``(heartbeat id, at, status, reason, extra)``
+        tuples, ``extra`` None or a dict (stored as JSON); a ``"member"`` in
+        it (the member's pairs) goes to the ``member`` column (its key), which
+        marks a member's change."""
+        rows = []
+        for heartbeat_id, at, status, reason, extra in changes:
+            member = None
+            if extra and "member" in extra:
+                extra = dict(extra)
+                member = member_key(extra.pop("member"))
+            rows.append((heartbeat_id, at, status, reason, json.dumps(extra, ensure_ascii=False) if extra else None,
+                         member))
+        self._executemany(
+            "INSERT INTO history (heartbeat_id, at, status, reason, extra, member) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def history(self, heartbeat_id, since, until, limit):
+        """A heartbeat's changes (its own and its members') with ``since <=
+        at <= until`` (None: no bound), newest first, at most ``limit``: rows
+        of ``at, status, reason, extra`` (JSON text or None), ``member`` (key
+        or None)."""
+        where, params = ["heartbeat_id = ?"], [heartbeat_id]
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("at <= ?")
+            params.append(until)
+        return self._query(f"SELECT at, status, reason, extra, member FROM history WHERE {' AND '.join(where)} "
+                           "ORDER BY at DESC, seq DESC LIMIT ?", (*params, limit))
+
+    def changes_since(self, heartbeat_id, start):
+        """``(at, status)`` of a heartbeat's own changes from the last one
+        before ``start`` (its state at ``start``) on, oldest first."""
+        return [(row[0], row[1]) for row in self._query(
+            f"SELECT at, status FROM history WHERE heartbeat_id = :id AND {self._OWN} AND at >= "
+            f"COALESCE((SELECT MAX(at) FROM history WHERE heartbeat_id = :id AND {self._OWN} AND at < :start), :start) "
+            "ORDER BY at, seq", {"id": heartbeat_id, "start": start})]
+
+    def changes_since_of(self, heartbeat_ids, start):
+        """:meth:`changes_since` for each of ``heartbeat_ids`` (a page of
+        them): ``{id: [(at, status), ...]}``, one query per
+        :data:`_ID_CHUNK` ids."""
+        changes = {}
+        for first in range(0, len(heartbeat_ids), _ID_CHUNK):
+            chunk = list(heartbeat_ids[first:first + _ID_CHUNK])
+            for row in self._query(
+                "SELECT h.heartbeat_id, h.at, h.status FROM history AS h "
+                f"WHERE h.heartbeat_id IN ({', '.join('?' * len(chunk))}) AND h.{self._OWN} AND h.at >= "
+                f"COALESCE((SELECT MAX(at) FROM history WHERE heartbeat_id = h.heartbeat_id AND {self._OWN} "
+                "AND at < ?), ?) ORDER BY h.heartbeat_id, h.at, h.seq", (*chunk, start, start)):
+                changes.setdefault(row[0], []).append((row[1], row[2]))
+        return changes
+
+    def all_changes_since(self, start):
+        """:meth:`changes_since` for every heartbeat: ``{id: [(at, status), ...]}``
+        (one index probe per heartbeat, plus the changes since ``start``)."""
+        changes = {}
+        for row in self._query(
+            "SELECT h.heartbeat_id, h.at, h.status FROM heartbeat AS b JOIN history AS h "
+            f"ON h.heartbeat_id = b.id AND h.{self._OWN} AND h.at >= "
+            f"COALESCE((SELECT MAX(at) FROM history WHERE heartbeat_id = b.id AND {self._OWN} AND at < :start), "
+            ":start) ORDER BY h.heartbeat_id, h.at, h.seq", {"start": start}):
+            changes.setdefault(row[0], []).append((row[1], row[2]))
+        return changes
+
+    def prune_history(self, cutoff, after, batch):
+        """Delete changes older than ``cutoff``, but each heartbeat's last own
+        one before it (its state at ``cutoff``; members' changes go
+        whole), examining at most ``batch`` rows from the cursor ``after`` =
+        ``(at, seq)`` on; the deletion is one transaction.
+
+        :returns: ``(rows deleted, cursor to continue from, or None when
+            every row older than ``cutoff`` was examined)``.
+        """
+        # the rows are read outside a transaction: history rows are only
+        # appended (a later one makes a row more doomed, never less) and
+        # deleted here; a pass that deletes nothing writes nothing
+        rows = self._query(
+            "SELECT h.seq, h.at, CASE WHEN h.member IS NOT NULL OR EXISTS (SELECT 1 FROM history AS l "
+            "WHERE l.heartbeat_id = h.heartbeat_id AND l.member IS NULL AND l.at < :cutoff "
+            "AND (l.at, l.seq) > (h.at, h.seq)) THEN 1 ELSE 0 END FROM history AS h "
+            "WHERE h.at < :cutoff AND (h.at, h.seq) > (:at, :seq) ORDER BY h.at, h.seq LIMIT :batch",
+            {"cutoff": cutoff, "at": after[0], "seq": after[1], "batch": batch})
+        doomed = [row[0] for row in rows if row[2]]
+        if doomed:
+            with self.atomic():
+                for start in range(0, len(doomed), _ID_CHUNK):
+                    chunk = doomed[start:start + _ID_CHUNK]
+                    self._execute(f"DELETE FROM history WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
+        cursor = (rows[-1][1], rows[-1][0]) if len(rows) == batch else None
+        return len(doomed), cursor
+
+    def selected(self, pattern):
+        """``(id, status)`` of the heartbeats a maintenance window selecting
+        ``pattern`` (a dict) covers: a scan, once per window boundary."""
+        contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
+        params = [item for pair in sorted(pattern.items()) for item in pair]
+        return [(row[0], row[1]) for row in self._query(
+            f"SELECT id, status FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
 
     # -- outbox --------------------------------------------------------------
 
@@ -2475,6 +2722,20 @@ def member_alarm_event(row, state, timestamp):
     return alarm_event(row, state, timestamp, json.loads(row["member"]))
 
 
+def member_change(heartbeat_id, at, status, reason, key):
+    """A change of a member (``key``: its stored key), for
+    :meth:`Engine.record_changes`: recorded under its heartbeat, the member
+    in ``extra``, and left out of the heartbeat's availability."""
+    return (heartbeat_id, at, status, reason, {"member": json.loads(key)})
+
+
+#: the reason recorded when a grouped heartbeat's status follows its members'
+_GROUP_REASONS = {
+    DOWN: "a member is down", LATE: "a member is late, none down",
+    PENDING: "a member is pending (or none is left), none late or down", UP: "every member is up",
+}
+
+
 def active_alarm(row):
     """An entry of ``GET /api/v2/alarms``: the alarm event (state 3 when
     down, 1 when late) plus ``since``; ``row`` a heartbeat's, or a member's
@@ -2619,6 +2880,221 @@ class MaintenanceWindow:
         return bisect.bisect_right(starts, until) > bisect.bisect_right(starts, after)
 
 
+#: statuses whose time counts neither for nor against availability (section
+#: 10's pause and maintenance windows record them)
+UNCOUNTED_STATUSES = frozenset({"paused", "maintenance"})
+
+
+def availability(changes, now, window):
+    """The share of the ``window`` seconds before ``now`` a heartbeat was not
+    down, from its state changes; pure, so it is tested on plain lists.
+
+    :param changes: ``(at, status)`` pairs, oldest first, each the status
+        entered at ``at``; the last one before the window gives the state at
+        its start. Time before the first change is not counted (the
+        heartbeat did not exist yet, or its history was pruned), nor time
+        in a status of :data:`UNCOUNTED_STATUSES`; every other status but
+        ``down`` (pending, up, late) counts as available.
+    :returns: a ratio from 0 to 1, or None when no time in the window counts
+        (created this instant, or paused all along): "unknown", not "perfect".
+    """
+    start = now - window
+    available = down = 0.0
+    for i, (at, status) in enumerate(changes):
+        until = changes[i + 1][0] if i + 1 < len(changes) else now
+        seconds = min(until, now) - max(at, start)
+        if seconds <= 0 or status in UNCOUNTED_STATUSES:
+            continue
+        if status == DOWN:
+            down += seconds
+        else:
+            available += seconds
+    counted = available + down
+    return round(available / counted, 6) if counted > 0 else None
+
+
+def shown_event(event):
+    """An event (or any JSON value) as the API shows it back: ``(value,
+    truncated)``. One whose compact JSON is over
+    :data:`MAX_SHOWN_EVENT_BYTES` is replaced by that JSON text (a string),
+    cut on a character boundary to at most that many bytes, and
+    ``truncated`` is True; so is one holding a lone surrogate, which UTF-8
+    cannot carry (replaced by ``?`` in the text)."""
+    if isinstance(event, _CutEvent):
+        return event.text, True
+    text = _ENCODER.encode(event)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "replace")
+    else:
+        if len(raw) <= MAX_SHOWN_EVENT_BYTES:
+            return event, False
+    return raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore"), True
+
+
+def _kept_cut(event):
+    """``event`` as kept from a large request: itself when it is shown
+    whole, else a :class:`_CutEvent`."""
+    text, truncated = shown_event(event)
+    return _CutEvent(text, event) if truncated else event
+
+
+class _CutEvent:
+    """An event kept already cut (it came in a large request): its JSON
+    prefix, and its pairs that can match a pattern (keys and string values
+    at most :data:`MAX_PATTERN_ITEM_CHARS` long; no objects or arrays)."""
+
+    __slots__ = ("text", "pairs")
+
+    def __init__(self, text, event):
+        self.text = text
+        self.pairs = {key: value for key, value in event.items()
+                      if len(key) <= MAX_PATTERN_ITEM_CHARS
+                      and (not isinstance(value, str) or len(value) <= MAX_PATTERN_ITEM_CHARS)
+                      and not isinstance(value, (dict, list))}
+
+    def get(self, key, default=None):
+        return self.pairs.get(key, default)
+
+    def __contains__(self, key):
+        return key in self.pairs
+
+
+def pattern_test(pattern, received):
+    """Which received events match ``pattern`` (as the engine matches:
+    string equality, a number never equals a string), and which come close.
+
+    :param received: ``(receive time, event)`` pairs, oldest first.
+    :returns: ``(matched, near misses)``, each newest first and at most
+        :data:`MAX_PATTERN_TEST_RESULTS`: ``(time, event)`` pairs, and
+        ``(time, event, {key: (expected, got or None)})`` for events that
+        match at least one pair of the pattern but not all, fewest
+        mismatched pairs first (ties: newest first).
+    """
+    matched, near = [], []
+    for order, (at, event) in enumerate(reversed(received)):
+        mismatched = {}
+        for key, expected in pattern.items():
+            got = event.get(key)
+            if not (isinstance(got, str) and got == expected):
+                mismatched[key] = (expected, got if key in event else None)
+        if not mismatched:
+            if len(matched) < MAX_PATTERN_TEST_RESULTS:
+                matched.append((at, event))
+        elif len(mismatched) < len(pattern):
+            near.append((len(mismatched), order, at, event, mismatched))
+    near.sort(key=lambda item: item[:2])
+    return matched, [(at, event, mismatched) for _, _, at, event, mismatched in near[:MAX_PATTERN_TEST_RESULTS]]
+
+
+def shown_item(at, event):
+    """``{"received", "event", "truncated"}`` for an event received at ``at``."""
+    shown, truncated = shown_event(event)
+    return {"received": api_time(at), "event": shown, "truncated": truncated}
+
+
+def shown_value(value):
+    """An event's value as the pattern tester shows it: strings, numbers,
+    booleans and null as they are; objects and arrays as :func:`shown_event`
+    shows them (cut); a string with a lone surrogate with ``?`` for it."""
+    if isinstance(value, str) and not _is_text(value):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, (dict, list)):
+        return shown_event(value)[0]
+    return value
+
+
+class RecentEvents:
+    """The events received lately, in memory only (gone at a restart): the
+    last :data:`RECENT_EVENTS_RECEIVED` of all, for the pattern tester, and
+    the last :data:`RECENT_EVENTS_PER_HEARTBEAT` matching events of each
+    heartbeat, its list made at its first match; at most
+    :data:`RECENT_EVENTS_MAX_HEARTBEATS` such lists, the oldest made dropped
+    first.
+
+    Recording costs the ingestion path one append per request and one per
+    heartbeat whose refresh is written (at most one per
+    :data:`REFRESH_WRITE_SECONDS` each: a sample of its matching events; no
+    copy, no encoding; a heartbeat matched several times in one request
+    records the last of those events); events are cut to
+    :data:`MAX_SHOWN_EVENT_BYTES` when shown. The events of a request whose average event is over that
+    size are cut as they are recorded (an encoding, costing less than the
+    parse already paid), so that big events do not stay whole in memory;
+    a big one among many small ones is kept whole (cutting them all would
+    double the cost of a batch). Appends happen
+    under the engine's lock; readers take copies (``deque.copy`` runs
+    without a thread switch).
+    """
+
+    def __init__(self):
+        # (time, the list of events of one request), oldest first: a request
+        # costs one append, not one per event; the oldest list goes once the
+        # others hold RECENT_EVENTS_RECEIVED events
+        self._received = collections.deque()
+        self._received_count = 0
+        self._matching = {}  # heartbeat id -> deque of (time, event)
+
+    def add(self, now, events, found, heartbeat_ids=(), members=(), body_bytes=0):
+        """Record ``events`` received at ``now`` (one append: the list
+        itself), and the matching event of the heartbeats whose refresh is
+        written now.
+
+        :param found: ``{heartbeat id: the last of the events that matched
+            it}`` (:meth:`PatternIndex.match`): a heartbeat records one event
+            per request (a batch that matches it ten times would otherwise
+            cost ten records, and push out its earlier requests).
+        :param heartbeat_ids: the heartbeats whose refresh is written now
+            (``ReadModel.refreshed``'s ``to_write``): only those record their
+            event, so a heartbeat records at most one event per
+            :data:`REFRESH_WRITE_SECONDS` (its refreshes in between are kept
+            in memory, and so are not recorded): ingestion pays nothing per
+            heartbeat matched beyond the write it does anyway.
+        :param members: ``(heartbeat id, keys, values)`` of the members whose
+            refresh is written now: their heartbeat records its event.
+        :param body_bytes: the size of the request they came in.
+        """
+        kept = None
+        if events and body_bytes > len(events) * MAX_SHOWN_EVENT_BYTES:
+            kept = {id(event): _kept_cut(event) for event in events}
+            events = [kept[id(event)] for event in events]
+        if events:
+            received = self._received
+            received.append((now, events))
+            self._received_count += len(events)
+            while self._received_count - len(received[0][1]) >= RECENT_EVENTS_RECEIVED:
+                self._received_count -= len(received.popleft()[1])
+        if members:
+            heartbeat_ids = list(heartbeat_ids) + list(dict.fromkeys(item[0] for item in members))
+        matching = self._matching
+        get = matching.get
+        for heartbeat_id in heartbeat_ids:
+            event = found.get(heartbeat_id)
+            if event is None:
+                continue
+            if kept is not None:
+                event = kept[id(event)]
+            recent = get(heartbeat_id)
+            if recent is None:
+                if len(matching) >= RECENT_EVENTS_MAX_HEARTBEATS:
+                    del matching[next(iter(matching))]
+                recent = matching[heartbeat_id] = collections.deque(maxlen=RECENT_EVENTS_PER_HEARTBEAT)
+            recent.append((now, event))
+
+    def forget(self, heartbeat_id):
+        self._matching.pop(heartbeat_id, None)
+
+    def matching(self, heartbeat_id):
+        """``(time, event)`` of a heartbeat's last matching events, oldest first."""
+        recent = self._matching.get(heartbeat_id)
+        return list(recent.copy()) if recent is not None else []
+
+    def all_received(self):
+        """``(time, event)`` of the last events received, oldest first."""
+        received = [(now, event) for now, events in self._received.copy() for event in events]
+        return received[-RECENT_EVENTS_RECEIVED:]
+
+
 class PatternIndex:
     """Which heartbeat owns a pattern.
 
@@ -2677,7 +3153,13 @@ class PatternIndex:
     def match(self, events, groups=None, members=None):
         """Ids of the heartbeats whose every ``key: value`` one of the events
         has, with the same string value (a number never equals a string), in
-        order of first match, without duplicates.
+        order of first match, without duplicates (a list; see :meth:`matches`)."""
+        return list(self.matches(events, groups, members))
+
+    def matches(self, events, groups=None, members=None):
+        """:meth:`match`, as a dict of each id to the last of the events that
+        matched it (at no extra cost: the dict is built anyway; ingestion
+        keeps it for the recent events).
 
         :param groups: ``{heartbeat id: its group_by keys, sorted}`` of the
             grouped heartbeats: an event matches one of those only when it
@@ -2700,7 +3182,7 @@ class PatternIndex:
                             if values is None:
                                 continue
                             members[(heartbeat_id, values)] = None
-                        found[heartbeat_id] = None
+                        found[heartbeat_id] = event
         else:
             for event in events:
                 for heartbeat_id in self._walk_trie(event):
@@ -2709,8 +3191,8 @@ class PatternIndex:
                         if values is None:
                             continue
                         members[(heartbeat_id, values)] = None
-                    found[heartbeat_id] = None
-        return list(found)
+                    found[heartbeat_id] = event
+        return found
 
     def _walk_trie(self, event):
         # A node's children all sort after its own pair, so looking every
@@ -2994,7 +3476,12 @@ class ReadModel:
         """Ids of the heartbeats the events match (see
         :meth:`PatternIndex.match`); the members they name go to
         ``members`` (a dict used as an ordered set)."""
-        return self._index.match(events, self._groups, {} if members is None else members)
+        return list(self.matches(events, members))
+
+    def matches(self, events, members=None):
+        """:meth:`match`, as :meth:`PatternIndex.matches`: ``{id: the last
+        event that matched it}``."""
+        return self._index.matches(events, self._groups, {} if members is None else members)
 
     def is_grouped(self, heartbeat_id):
         return heartbeat_id in self._groups
@@ -3042,6 +3529,10 @@ class ReadModel:
     def has_unwritten(self):
         return bool(self._unwritten) or any(self._member_unwritten.values())
 
+    def is_up(self, heartbeat_id):
+        """True when the heartbeat is up in the database."""
+        return heartbeat_id in self._stored
+
     def unwritten_refresh(self, heartbeat_id):
         """The refresh time of ``heartbeat_id`` not yet written, or None."""
         return self._unwritten.get(heartbeat_id)
@@ -3066,9 +3557,11 @@ class Engine:
     :param intake_silence: None, or seconds: when no event at all arrived
         for that long, raise the one intake alarm and stop every deadline
         until events come back (see :meth:`tick`).
+    :param history_days: days of state changes kept.
     """
 
-    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None):
+    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None,
+                 history_days=DEFAULT_HISTORY_DAYS):
         self.store = store
         self.clock = clock
         self.forwarding = forwarding
@@ -3076,6 +3569,12 @@ class Engine:
         self._intake_at = None  # clock time of the last event received (or of the start)
         self._silent_since = None  # when the intake silence began; None while events arrive
         self._capped = set()  # grouped heartbeats whose member cap was said in the log
+        self.history_days = history_days
+        #: the events received lately (memory only)
+        self.recent = RecentEvents()
+        self._prune_lock = threading.Lock()
+        self._prune_due_at = -math.inf  # clock time of the next pruning pass
+        self._prune_cursor = None  # (at, seq) where the pass in progress goes on
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
         self._loaded = False
@@ -3200,9 +3699,12 @@ class Engine:
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
             with self.store.atomic():
                 self.store.insert_heartbeat(row)
+                self.record_change(row["id"], now, PENDING, "created")
                 if expected:
                     self.store.insert_members([self._member_row(row, key, now, PENDING, expected=True)
                                                for key in expected])
+                    self.record_changes(member_change(row["id"], now, PENDING, "expected member created", key)
+                                        for key in expected)
             self._model.created(row)
             self._model.members_added(row["id"], len(expected))
             self._due_by(due_of(row))
@@ -3271,6 +3773,8 @@ class Engine:
                 elif old["status"] in (LATE, DOWN) and old["pattern"] != new["pattern"]:
                     state = LATE_STATE if old["status"] == LATE else ALARM_STATE
                     events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, state, now)]
+                if new["status"] != old["status"]:
+                    self.record_change(heartbeat_id, now, new["status"], "updated")
                 self._enqueue(events)
             self._model.updated(old, new)
             if regrouped is not None:
@@ -3333,6 +3837,7 @@ class Engine:
                 if late_seconds is None or row["refreshed"] + late_seconds > now:
                     status = UP if row["last_event"] is not None else PENDING
                     states.append((heartbeat_id, row["member"], status, row["refreshed"], None))
+                    self.record_change(*member_change(heartbeat_id, now, status, "updated", row["member"]))
                     events.append(alarm_event(old, RESOLVED_STATE, now, json.loads(row["member"])))
                     if status == UP:
                         back_up[(heartbeat_id, tuple(json.loads(row["member"])[k] for k in group_keys(new)))] = \
@@ -3341,6 +3846,8 @@ class Engine:
         if to_create:
             self.store.insert_members([self._member_row(new, key, now, PAUSED if paused else PENDING, expected=True)
                                        for key in to_create])
+            self.record_changes(member_change(heartbeat_id, now, PAUSED if paused else PENDING,
+                                              "expected member created", key) for key in to_create)
             added = len(to_create)
         if new["group_by"] is not None:
             self.store.update_group_status([heartbeat_id])
@@ -3362,6 +3869,21 @@ class Engine:
         """Every heartbeat document, newest first."""
         return [heartbeat_document(row) for row in self.store.heartbeats()]
 
+    def page(self, limit, after=None):
+        """A page of heartbeat documents, newest first (ties: last created
+        first); stable under creations, which go before the first page.
+
+        :param limit: the page size.
+        :param after: None (the first page), or the ``(created, rowid)``
+            cursor of the last heartbeat of the previous page.
+        :returns: ``(documents, the next page's cursor or None)``.
+        """
+        rows = self.store.heartbeats_page(limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = encode_cursor(rows[-1]["created"], rows[-1]["rowid"]) if more else None
+        return [heartbeat_document(row) for row in rows], cursor
+
     def delete(self, heartbeat_id):
         """Delete a heartbeat and its state (and members), resolving its
         alarm if it is late or down (those of its members);
@@ -3378,6 +3900,7 @@ class Engine:
                     events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] in (LATE, DOWN) else []
                 self._enqueue(events)
             self._model.deleted(row)
+            self.recent.forget(heartbeat_id)
             self._committed(events)
         log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
         self._publish()
@@ -3397,6 +3920,7 @@ class Engine:
                 if changed:
                     last_event = self._model.unwritten_refresh(heartbeat_id) or row["last_event"]
                     self.store.set_state(heartbeat_id, PAUSED, row["refreshed"], last_event, None)
+                    self.record_change(heartbeat_id, now, PAUSED, "paused")
                     if row["group_by"] is not None:
                         unwritten = self._model.unwritten_members(heartbeat_id)
                         self.store.write_member_refreshes(self._member_refreshes(unwritten))
@@ -3425,9 +3949,10 @@ class Engine:
                 changed = row["status"] == PAUSED
                 if changed:
                     self.store.set_state(heartbeat_id, PENDING, now, row["last_event"], None)
+                    self.record_change(heartbeat_id, now, PENDING, "resumed")
                     if row["group_by"] is not None:
                         self.store.resume_members(heartbeat_id, now)
-                        self.store.update_group_status([heartbeat_id])
+                        self._update_group_status({heartbeat_id: now})
             if changed:
                 self._due_by(now + (row["late_seconds"] or row["interval_seconds"]))
         if changed:
@@ -3515,7 +4040,8 @@ class Engine:
                 if found is None:
                     raise MemberNotFound(key)
                 self.store.delete_members([(heartbeat_id, key)])
-                self.store.update_group_status([heartbeat_id])
+                self.record_change(heartbeat_id, now, "deleted", "member deleted", {"member": member})
+                self._update_group_status({heartbeat_id: now})
                 events = [alarm_event(row, RESOLVED_STATE, now, member)] if found["status"] in (LATE, DOWN) else []
                 self._enqueue(events)
             self._model.members_removed(heartbeat_id, [tuple(member[k] for k in keys)])
@@ -3692,13 +4218,16 @@ class Engine:
 
     # -- events and time -----------------------------------------------------
 
-    def ingest(self, events):
+    def ingest(self, events, body_bytes=0):
         """Refresh every heartbeat an event matches, at the receive time.
 
         Heartbeats coming back in a storm are written in chunks of
         :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
 
         :param events: validated events (dicts).
+        :param body_bytes: the size of the request they came in (events of
+            a request of big events are kept already cut, see
+            :class:`RecentEvents`).
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         with self._lock:
@@ -3706,18 +4235,20 @@ class Engine:
             now = self.clock()
             back = self._intake(now) if events else False
             members = {}
-            matched = self._model.match(events, members)
+            found = self._model.matches(events, members)  # id -> the last event that matched it
+            matched = list(found)
             had_unwritten = self._model.has_unwritten()
             to_write, kept = self._model.refreshed(self._model.plain(matched) if members else matched, now)
             members_to_write, members_kept = self._model.members_refreshed(members, now)
             if (kept or members_kept) and not had_unwritten:
                 self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
-            # One heartbeat that is not down, or one member up (the common
-            # cases), is one statement; otherwise transactions that also
-            # report those coming back up.
+            self.recent.add(now, events, found, to_write, members_to_write, body_bytes)  # a sample: see RecentEvents
+            # One heartbeat already up, or one member up (the common cases),
+            # is one statement; otherwise transactions that also record
+            # those going up and report those coming back.
             if not back and not members_to_write and len(to_write) == 1 \
-                    and self.store.refresh_if_not_down(to_write[0], now):
+                    and self._model.is_up(to_write[0]) and self.store.refresh_if_not_down(to_write[0], now):
                 self._model.written({to_write[0]: now})
                 return matched
             if not back and not to_write and len(members_to_write) == 1:
@@ -3768,7 +4299,9 @@ class Engine:
         with self.store.atomic():
             if heartbeat_ids:
                 special = self.store.refresh(heartbeat_ids, now)
-            came_back = [row for row in special if row["status"] != PAUSED]
+                self.record_changes((row["id"], now, UP, "matching event received", None)
+                                    for row in special if row["status"] != PAUSED)
+            came_back = [row for row in special if row["status"] in (LATE, DOWN)]
             resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
             if members:
                 member_changes = self._refresh_members(members, now)
@@ -3807,7 +4340,7 @@ class Engine:
         for heartbeat_id, wanted in by_heartbeat.items():
             heartbeat = self.store.heartbeat(heartbeat_id)
             rows = self.store.members_by_key(heartbeat_id, list(wanted))
-            refresh, touch, insert, changed = [], [], [], False
+            refresh, touch, insert, changed, changes = [], [], [], False, []
             room = MAX_MEMBERS_PER_HEARTBEAT - self._model.member_count(heartbeat_id)
             if room > 0:
                 self._capped.discard(heartbeat_id)  # say it again when it fills up again
@@ -3816,8 +4349,10 @@ class Engine:
                 if row is None:
                     if heartbeat["status"] == PAUSED:
                         insert.append(self._member_row(heartbeat, key, now, PAUSED, last_event=now))
+                        changes.append(member_change(heartbeat_id, now, PAUSED, "new member (heartbeat paused)", key))
                     elif len(insert) < room:
                         insert.append(self._member_row(heartbeat, key, now, UP, last_event=now))
+                        changes.append(member_change(heartbeat_id, now, UP, "new member: matching event received", key))
                         written[(heartbeat_id, values)] = now
                         changed = True
                     else:
@@ -3829,15 +4364,17 @@ class Engine:
                     written[(heartbeat_id, values)] = now
                     if row["status"] != UP:
                         changed = True
+                        changes.append(member_change(heartbeat_id, now, UP, "matching event received", key))
                         if row["status"] in (LATE, DOWN):
                             resolutions.append(alarm_event(heartbeat, RESOLVED_STATE, now, json.loads(key)))
             self.store.refresh_members(refresh, now)
             self.store.touch_members(touch, now)
             self.store.insert_members(insert)
+            self.record_changes(changes)
             if insert:
                 added[heartbeat_id] = len(insert)
             if changed:
-                self.store.update_group_status([heartbeat_id])
+                self._update_group_status({heartbeat_id: now})
                 at = now + (heartbeat["late_seconds"] or heartbeat["interval_seconds"])
                 due = at if due is None else min(due, at)
         return resolutions, written, added, due
@@ -3852,10 +4389,11 @@ class Engine:
     def tick(self):
         """Write the refreshes kept in memory; apply the end rule of the
         maintenance windows that ended; put every heartbeat whose late time
-        or deadline has passed late or down, raising its alarm, unless a
-        window protects it; record that the service is alive. A storm is
-        handled in chunks of :data:`STORM_CHUNK_HEARTBEATS`, letting go of
-        the lock in between.
+        or deadline has passed late or down, raising its alarm and recording
+        the change, unless a window protects it; record that the service is
+        alive; then, outside the lock, a bounded step of history pruning
+        (:meth:`prune_history`). A storm is handled in chunks of
+        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
 
         :returns: seconds until the next tick is due: the earliest late time
             or deadline, the next start or end of a maintenance window, the
@@ -3922,7 +4460,9 @@ class Engine:
                              log_safe(name), iso_time(down_since))
             self._publish()
             if not more:
-                return next_at - later
+                break
+        self.prune_history()
+        return next_at - later
 
     # -- intake silence ------------------------------------------------------
 
@@ -4003,7 +4543,8 @@ class Engine:
             values): refresh}``), ``gone`` (``[(id, key)]``, retired) and
             ``retired`` (``[(id, name, key, down since)]``, for the log).
         """
-        states, events, left_up, protected_up, gone, retired, touched = [], [], [], {}, [], [], set()
+        states, events, left_up, protected_up, gone, retired, touched = [], [], [], {}, [], [], {}
+        changes = []
         rows = self.store.due_members(now, limit)
         for row in rows:
             state, member, removed = dict(row), None, False
@@ -4016,6 +4557,9 @@ class Engine:
                 if state["status"] == DOWN:  # down for retire_seconds
                     removed = True
                     events.append(alarm_event(row, RESOLVED_STATE, at, member))
+                    changes.append(member_change(row["heartbeat_id"], at, "retired",
+                                                 f"member retired: down for {seconds_text(row['retire_seconds'])}",
+                                                 row["member"]))
                     break
                 covering = self._covering(row["pattern"], at)
                 if covering is not None:
@@ -4023,26 +4567,30 @@ class Engine:
                 elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
                     state["status"], state["alarm_since"] = LATE, at
                     events.append(alarm_event(row, LATE_STATE, at, member))
+                    changes.append(member_change(row["heartbeat_id"], at, LATE, "no matching event for "
+                                                 f"{seconds_text(row['late_seconds'])}", row["member"]))
                 else:
                     state["status"], state["alarm_since"] = DOWN, at
                     events.append(alarm_event(row, ALARM_STATE, at, member))
+                    changes.append(member_change(row["heartbeat_id"], at, DOWN, "no matching event for "
+                                                 f"{seconds_text(row['interval_seconds'])}", row["member"]))
+                touched[row["heartbeat_id"]] = max(at, touched.get(row["heartbeat_id"], at))
             heartbeat_id = row["heartbeat_id"]
             values = None if member is None else tuple(member[k] for k in self._model.group_keys(heartbeat_id) or ())
             if removed:
                 gone.append((heartbeat_id, row["member"]))
                 retired.append((heartbeat_id, row["name"], row["member"], state["alarm_since"]))
-                touched.add(heartbeat_id)
                 continue
             states.append((heartbeat_id, row["member"], state["status"], state["refreshed"], state["alarm_since"]))
             if state["status"] != row["status"]:
-                touched.add(heartbeat_id)
                 if row["status"] == UP:
                     left_up.append((heartbeat_id, values))
             elif state["status"] == UP and values is not None:
                 protected_up[(heartbeat_id, values)] = state["refreshed"]
         self.store.set_member_states(states)
         self.store.delete_members(gone)
-        self.store.update_group_status(touched)
+        self.record_changes(changes)
+        self._update_group_status(touched)
         return {"handled": len(rows), "events": events, "left_up": left_up, "protected_up": protected_up,
                 "gone": gone, "retired": retired}
 
@@ -4108,7 +4656,7 @@ class Engine:
         :returns: ``(how many were due (at most ``limit``), alarm events,
             ids that left up, {id: refresh} of those still up)``.
         """
-        states, alarms, left_up, protected_up = [], [], [], {}
+        states, alarms, left_up, protected_up, changes = [], [], [], {}, []
         for row in self.store.due(now, limit):
             state = dict(row)
             while True:  # a tick late by more than an interval may see both transitions
@@ -4121,9 +4669,11 @@ class Engine:
                 elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
                     state["status"], state["alarm_since"] = LATE, at
                     alarms.append(alarm_event(row, LATE_STATE, at))
+                    changes.append((row["id"], at, LATE, f"no matching event for {row['late_after']}", None))
                 else:
                     state["status"], state["alarm_since"] = DOWN, at
                     alarms.append(alarm_event(row, ALARM_STATE, at))
+                    changes.append((row["id"], at, DOWN, f"no matching event for {row['expected_interval']}", None))
                     break
             states.append((row["id"], state["status"], state["refreshed"], state["alarm_since"]))
             if state["status"] != row["status"]:
@@ -4132,7 +4682,138 @@ class Engine:
                 protected_up[row["id"]] = state["refreshed"]
         if states:
             self.store.set_states(states)
+            self.record_changes(changes)
         return len(states), alarms, left_up, protected_up
+
+    # -- history -------------------------------------------------------------
+
+    def _update_group_status(self, times):
+        """In a transaction: grouped heartbeats' status follows their
+        members' (:meth:`Store.update_group_status`), each change recorded
+        as the heartbeat's own. ``times``: ``{id: when their members
+        changed}``."""
+        self.record_changes((heartbeat_id, times[heartbeat_id], status, _GROUP_REASONS[status], None)
+                            for heartbeat_id, status in self.store.update_group_status(list(times)))
+
+    def record_change(self, heartbeat_id, at, status, reason, extra=None):
+        """Record that a heartbeat entered ``status`` at ``at``, and why.
+
+        The one way state changes reach the history: call it under the
+        engine's lock, inside the ``store.atomic()`` that makes the change,
+        so the record commits (or not) with it.
+
+        :param status: the status entered (``pending``, ``up``, ``down``,
+            ...; ``paused`` and ``maintenance`` time is left out of
+            availability, see :func:`availability`).
+        :param reason: short human text, e.g. ``"no matching event for 1m"``.
+        :param extra: None, or a dict of further keys the history shows.
+        """
+        self.record_changes([(heartbeat_id, at, status, reason, extra)])
+
+    def record_changes(self, changes):
+        """:meth:`record_change` for many: ``(heartbeat id, at, status,
+        reason, extra)`` tuples (an iterable; nothing is written when empty)."""
+        changes = list(changes)
+        if changes:
+            self.store.add_history(changes)
+
+    def history(self, heartbeat_id, since=None, until=None, limit=DEFAULT_HISTORY_LIMIT):
+        """``GET /api/v2/heartbeat/<id>/history``: the heartbeat's changes
+        with ``since <= at <= until``, newest first, at most ``limit`` (its
+        members' too, each with ``"member"``), and its availability over each
+        of :data:`AVAILABILITY_WINDOWS` (from its own changes only: a grouped
+        heartbeat's status already follows its members').
+
+        :raises NotFound: when there is no such heartbeat.
+        """
+        self.document(heartbeat_id)  # NotFound
+        now = self.clock()
+        entries = []
+        for row in self.store.history(heartbeat_id, since, until, limit):
+            extra = json.loads(row["extra"]) if row["extra"] else {}
+            if row["member"] is not None:  # a member's change: not counted in the heartbeat's availability
+                extra["member"] = json.loads(row["member"])
+            entries.append({**extra, "at": api_time(row["at"]), "status": row["status"], "reason": row["reason"]})
+        changes = self.store.changes_since(heartbeat_id, now - self._history_window(AVAILABILITY_WINDOWS[-1][1]))
+        return {"history": entries, "availability": {
+            name: availability(changes, now, self._history_window(seconds)) for name, seconds in AVAILABILITY_WINDOWS}}
+
+    def _history_window(self, seconds):
+        """A window of availability, no longer than the history kept (past
+        --history-days the changes are gone: the window covers what is kept)."""
+        return min(seconds, self.history_days * 86400)
+
+    def changes_since(self, heartbeat_ids, start):
+        """``{id: [(at, status), ...]}``: the changes of each heartbeat from
+        its state at ``start`` on, oldest first (the pages' timelines)."""
+        return self.store.changes_since_of(list(heartbeat_ids), start)
+
+    def history_metrics(self):
+        """For ``/metrics``: ``{id: (availability over 24 h, time of the last
+        change)}`` of every heartbeat with a recorded change."""
+        now = self.clock()
+        window = self._history_window(AVAILABILITY_WINDOWS[0][1])
+        return {heartbeat_id: (availability(changes, now, window), changes[-1][0])
+                for heartbeat_id, changes in self.store.all_changes_since(now - window).items()}
+
+    def prune_history(self):
+        """One bounded step of pruning changes older than ``history_days``
+        (every heartbeat keeps its last change before that, its state then):
+        at most :data:`HISTORY_PRUNE_BATCHES_PER_TICK` transactions of
+        :data:`HISTORY_PRUNE_BATCH_ROWS` rows, a pass at most every
+        :data:`HISTORY_PRUNE_INTERVAL_SECONDS`; :meth:`tick` calls it, after
+        releasing the engine's lock (pruning touches only rows no one else
+        writes). A failure is logged and retried a minute later.
+
+        :returns: how many rows it deleted.
+        """
+        if not self._prune_lock.acquire(blocking=False):
+            return 0  # another thread is at it
+        try:
+            now = self.clock()
+            if now < self._prune_due_at:
+                return 0
+            cutoff = now - self.history_days * 86400
+            deleted = 0
+            for _ in range(HISTORY_PRUNE_BATCHES_PER_TICK):
+                count, self._prune_cursor = self.store.prune_history(
+                    cutoff, self._prune_cursor or (-math.inf, -1), HISTORY_PRUNE_BATCH_ROWS)
+                deleted += count
+                if self._prune_cursor is None:
+                    self._prune_due_at = now + HISTORY_PRUNE_INTERVAL_SECONDS
+                    break
+            if deleted:
+                log.info("history: pruned %d change(s) older than %d day(s)", deleted, self.history_days)
+            return deleted
+        except StoreError as exc:
+            log.error("history pruning failed, retrying in a minute: %s", exc)
+            self._prune_due_at = self.clock() + 60
+            return 0
+        finally:
+            self._prune_lock.release()
+
+    # -- explanations --------------------------------------------------------
+
+    def recent_events(self, heartbeat_id):
+        """The heartbeat's last matching events, newest first, as
+        ``{"received", "event", "truncated"}``; :raises NotFound:."""
+        self.document(heartbeat_id)  # NotFound
+        return [shown_item(at, event) for at, event in reversed(self.recent.matching(heartbeat_id))]
+
+    def test_pattern(self, pattern):
+        """``POST /api/v2/pattern/test``: which of the events received lately
+        match ``pattern``, and which come close (see :func:`pattern_test`)."""
+        received = self.recent.all_received()
+        matched, near = pattern_test(pattern, received)
+        return {
+            "examined": len(received),
+            "matched": [shown_item(at, event) for at, event in matched],
+            "near_misses": [
+                {**shown_item(at, event),
+                 "mismatched": {key: {"expected": expected, "got": shown_value(got)}
+                                for key, (expected, got) in mismatched.items()}}
+                for at, event, mismatched in near],
+        }
 
     def resume(self):
         """Stop the clock for the time the service was not running.
@@ -4688,6 +5369,7 @@ _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 DATABASE_ERROR = "database error, please contact your administrator."
 INVALID_QUERY = "invalid query parameters."
 INTERNAL_ERROR = "internal error"
+INVALID_QUERY = "invalid query parameters."
 
 
 def error_body(description, name="", **extra):
@@ -4796,6 +5478,9 @@ class WebApi:
         self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
         self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
         self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
+        self._route("/api/v2/heartbeat/<heartbeat_id>/history", "GET", self.heartbeat_history)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/events", "GET", self.heartbeat_events)
+        self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
         self._route("/api/v2/event", "POST", self.post_events, kind="event")
         self._route("/api/v2/alarms", "GET", self.list_alarms)
         self._route("/healthz", "GET", self.health, authenticated=False)
@@ -4900,7 +5585,25 @@ class WebApi:
         return validate_heartbeat(parse_json(body), default_author=user)
 
     def list_heartbeats(self, user):
-        return json_response(self.engine.list())
+        limit, after = self._query_parameters(parse_page_query)
+        if limit is None:
+            return json_response(self.engine.list())
+        documents, cursor = self.engine.page(limit, after)
+        headers = {}
+        if cursor is not None:
+            query = urllib.parse.urlencode({"limit": limit, "after": cursor})
+            headers = {"Link": f'<{bottle.request.script_name}api/v2/heartbeat?{query}>; rel="next"',
+                       "X-Next-Cursor": cursor}
+        return json_response(documents, headers=headers)
+
+    @staticmethod
+    def _query_parameters(parse):
+        """The query string, parsed by ``parse``; 400 ``invalid query
+        parameters.`` with every reason when it is refused."""
+        try:
+            return parse(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
 
     def get_heartbeat(self, heartbeat_id, user):
         return json_response(self.engine.document(heartbeat_id))
@@ -4975,9 +5678,21 @@ class WebApi:
         self.engine.delete_maintenance(maintenance_id)
         return json_response({"name": "maintenance removed", "description": maintenance_id})
 
+    def heartbeat_history(self, heartbeat_id, user):
+        since, until, limit = self._query_parameters(parse_history_query)
+        return json_response(self.engine.history(heartbeat_id, since, until, limit))
+
+    def heartbeat_events(self, heartbeat_id, user):
+        return json_response({"events": self.engine.recent_events(heartbeat_id)})
+
+    def test_pattern(self, user):
+        pattern = validate_pattern_test(parse_json(self._read_body(MAX_HEARTBEAT_BODY_BYTES)))
+        return json_response(self.engine.test_pattern(pattern))
+
     def post_events(self, user):
-        events = validate_events(parse_json(self._read_body(MAX_EVENT_BODY_BYTES), duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events)})
+        body = self._read_body(MAX_EVENT_BODY_BYTES)
+        events = validate_events(parse_json(body, duplicate_keys=True))
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, len(body))})
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
@@ -5000,7 +5715,7 @@ class WebApi:
             first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
             alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
             q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=status_query_string,
-            timelines=timelines, timelines_recorded=False, now=now, time_html=time_html, shorten=shorten,
+            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
             member_counts_text=member_counts_text,
             pattern_text=pattern_text, base=bottle.request.script_name,
             base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
@@ -5017,7 +5732,10 @@ class WebApi:
         now = self.engine.clock()
         end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
         base = bottle.request.script_name
-        history = availability = events = None  # not recorded by this version
+        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
+        history, availability = recorded["history"], recorded["availability"]
+        events = self.engine.recent_events(heartbeat_id)
+        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
         members = None
         if "group_by" in doc:  # the worst first: those not up, then the others
             members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
@@ -5028,7 +5746,7 @@ class WebApi:
         live = self._templates["detail"].render(
             doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
             members=members, member_counts_text=member_counts_text,
-            timeline=timeline_svg(history, end - TIMELINE_SECONDS, end, slots=288).replace(
+            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
                 'class="timeline"', 'class="timeline large"', 1),
             statuses_all=PAGE_STATUSES, time_html=time_html, pattern_text=pattern_text,
             availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
@@ -5041,7 +5759,8 @@ class WebApi:
         """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
         rounded up to :data:`TIMELINE_STEP_SECONDS`."""
         end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        return {row["_id"]: timeline_svg(None, end - TIMELINE_SECONDS, end) for row in rows}
+        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
+        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
 
     def _html_answer(self, title, live, top="", bottom=""):
         """An operator page: ``live`` (the part the page's script refreshes)
@@ -5069,7 +5788,7 @@ class WebApi:
 
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth())
+                               self.engine.outbox_depth(), self.engine.history_metrics())
         return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
 
     def openapi(self):
@@ -5688,11 +6407,14 @@ def prometheus_label(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus_text(overview, events_received, alarms_raised, outbox_depth):
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None):
     """Metrics in the Prometheus text exposition format 0.0.4.
 
     :param overview: rows of :meth:`Engine.overview`.
+    :param history: :meth:`Engine.history_metrics`, ``{id: (availability
+        over 24 h or None, time of the last change)}``.
     """
+    history = history or {}
     lines = []
 
     def family(name, kind, help_text, samples):
@@ -5724,6 +6446,14 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth):
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
            "Receive time of the last matching event (heartbeats that had one).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
+    family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
+           "Share of the last 24 h the heartbeat was not down (paused and maintenance time left out; "
+           "no sample when no time counts).",
+           [(labels, float(history[row["_id"]][0])) for row, labels in identity
+            if history.get(row["_id"], (None,))[0] is not None])
+    family("heartbeat_lite_heartbeat_last_change_timestamp_seconds", "gauge",
+           "Time of the heartbeat's last state change (its creation at the latest).",
+           [(labels, float(history[row["_id"]][1])) for row, labels in identity if row["_id"] in history])
     family("heartbeat_lite_events_received_total", "counter", "Events received since the service started.",
            [((), events_received)])
     family("heartbeat_lite_alarms_raised_total", "counter",
@@ -5758,6 +6488,29 @@ def openapi_document():
     }
     internal_error = {"500": _answer("An unexpected error, logged with its traceback", "Error")}
     not_found = {"404": _answer("No heartbeat has this id (name: the id)", "Error")}
+    bad_query = {"400": _answer("Invalid query parameters (description \"invalid query parameters.\", errors: "
+                                "the reasons), or database error", "Error")}
+    ratio_or_null = {"type": ["number", "null"], "minimum": 0,
+                     "description": "share of the window not down, 0 to 1; null when no time counts"}
+
+    def query_parameter(name, description, schema):
+        return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+    def limit_parameter(default, maximum):
+        return query_parameter("limit", f"at most this many (default {default})",
+                               {"type": "integer", "minimum": 1, "maximum": maximum})
+
+    shown_event = {
+        "type": "object", "required": ["received", "event", "truncated"],
+        "properties": {
+            "received": {"type": "number", "description": "receive time, Unix seconds"},
+            "event": {"type": ["object", "string"],
+                      "description": f"the event; when its JSON is over {MAX_SHOWN_EVENT_BYTES} bytes (or holds "
+                                     f"a lone surrogate), that JSON text cut to {MAX_SHOWN_EVENT_BYTES} bytes"},
+            "truncated": {"type": "boolean", "description": "true when event is the cut JSON text"},
+        },
+        "additionalProperties": False,
+    }
     too_large = {"413": _answer("Body over its limit, or more than 10,000 events", "Error")}
     cross_site = {"403": _answer("Sent by a browser from another site (Origin or Sec-Fetch-Site): refused", "Error")}
     heartbeat_id = {"name": "heartbeat_id", "in": "path", "required": True, "schema": string}
@@ -5802,7 +6555,7 @@ def openapi_document():
                 "MethodNotAllowed": {
                     "description": "The path exists, not with this method",
                     "headers": {"Allow": {"description": "The methods the path answers, comma-separated",
-                                          "schema": string}},
+                                          "required": True, "schema": string}},
                     **_json_content(_ref("Error")),
                 },
             },
@@ -5959,6 +6712,59 @@ def openapi_document():
                     },
                     "additionalProperties": False,
                 },
+                "HistoryEntry": {
+                    "type": "object", "required": ["at", "status", "reason"],
+                    "properties": {"at": {"type": "number", "description": "Unix seconds"},
+                                   "status": {"type": "string", "description": "the status entered: pending, "
+                                              "up, down (and, with pause and maintenance, more)"},
+                                   "reason": string},
+                    "description": "a state change; it may carry further keys",
+                },
+                "History": {
+                    "type": "object", "required": ["history", "availability"],
+                    "properties": {
+                        "history": {"type": "array", "items": _ref("HistoryEntry"),
+                                    "maxItems": MAX_HISTORY_LIMIT},
+                        "availability": {
+                            "type": "object", "required": [name for name, _ in AVAILABILITY_WINDOWS],
+                            "properties": {name: ratio_or_null for name, _ in AVAILABILITY_WINDOWS},
+                            "additionalProperties": False,
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+                "ShownEvent": shown_event,
+                "RecentEvents": {
+                    "type": "object", "required": ["events"],
+                    "properties": {"events": {"type": "array", "items": _ref("ShownEvent"),
+                                              "maxItems": RECENT_EVENTS_PER_HEARTBEAT}},
+                    "additionalProperties": False,
+                },
+                "PatternTestInput": {
+                    "type": "object", "required": ["pattern"],
+                    "properties": {"pattern": _ref("Pattern")}, "additionalProperties": False,
+                },
+                "PatternTest": {
+                    "type": "object", "required": ["examined", "matched", "near_misses"],
+                    "properties": {
+                        "examined": {"type": "integer", "minimum": 0},
+                        "matched": {"type": "array", "items": _ref("ShownEvent"),
+                                    "maxItems": MAX_PATTERN_TEST_RESULTS},
+                        "near_misses": {"type": "array", "maxItems": MAX_PATTERN_TEST_RESULTS, "items": {
+                            "type": "object", "required": ["received", "event", "truncated", "mismatched"],
+                            "properties": {
+                                **shown_event["properties"],
+                                "mismatched": {"type": "object", "minProperties": 1, "additionalProperties": {
+                                    "type": "object", "required": ["expected", "got"],
+                                    "properties": {"expected": string, "got": {
+                                        "description": "the event's value; null when it lacks the key"}},
+                                    "additionalProperties": False}},
+                            },
+                            "additionalProperties": False,
+                        }},
+                    },
+                    "additionalProperties": False,
+                },
                 "Health": {
                     "type": "object", "required": ["status"],
                     "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
@@ -5972,10 +6778,19 @@ def openapi_document():
                 "post": operation("createHeartbeat", "heartbeat", "Create a heartbeat", {
                     "200": _answer('{"name": "heartbeat created", "description": <new id>}'),
                     **errors, **too_large, **cross_site}, requestBody=heartbeat_body),
-                "get": operation("listHeartbeats", "heartbeat", "Every heartbeat, newest first", {
-                    "200": {"description": "The heartbeats",
+                "get": operation("listHeartbeats", "heartbeat", "Every heartbeat, newest first; or a page of them", {
+                    "200": {"description": "The heartbeats (every one, unless limit or after is given)",
+                            "headers": {
+                                "Link": {"description": 'the next page, <...>; rel="next"; only when paging '
+                                                        "and more follow", "required": False, "schema": string},
+                                "X-Next-Cursor": {"description": "the next page's after; only when paging and "
+                                                                 "more follow", "required": False, "schema": string}},
                             **_json_content({"type": "array", "items": _ref("Heartbeat")})},
-                    **errors}),
+                    **errors, **bad_query}, parameters=[
+                        limit_parameter(f"{DEFAULT_PAGE_LIMIT} when after is given; without limit and after, "
+                                        "every heartbeat", MAX_PAGE_LIMIT),
+                        query_parameter("after", "the opaque cursor of the previous page (X-Next-Cursor)", string),
+                    ]),
             },
             "/api/v2/heartbeat/{heartbeat_id}": {
                 "parameters": [heartbeat_id],
@@ -6059,6 +6874,36 @@ def openapi_document():
                     "200": _answer('{"name": "maintenance removed", "description": <id>}'),
                     **errors, **maintenance_not_found, **cross_site}),
             },
+            "/api/v2/heartbeat/{heartbeat_id}/history": {
+                "parameters": [heartbeat_id],
+                "get": operation("getHeartbeatHistory", "heartbeat",
+                                 "A heartbeat's state changes, newest first, and its availability", {
+                    "200": {"description": "Its history", **_json_content(_ref("History"))},
+                    **errors, **bad_query, **not_found}, parameters=[
+                        query_parameter("since", "only changes at or after this time (Unix seconds)",
+                                        {"type": "number"}),
+                        query_parameter("until", "only changes at or before this time (Unix seconds)",
+                                        {"type": "number"}),
+                        limit_parameter(DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT),
+                    ]),
+            },
+            "/api/v2/heartbeat/{heartbeat_id}/events": {
+                "parameters": [heartbeat_id],
+                "get": operation("getHeartbeatEvents", "heartbeat",
+                                 f"The last {RECENT_EVENTS_PER_HEARTBEAT} events that matched the heartbeat, "
+                                 "newest first, one per request (kept in memory: none after a restart)", {
+                    "200": {"description": "Its recent events", **_json_content(_ref("RecentEvents"))},
+                    **errors, **not_found}),
+            },
+            "/api/v2/pattern/test": {
+                "post": operation("testPattern", "event",
+                                  f"Which of the last {RECENT_EVENTS_RECEIVED} events received match a pattern, "
+                                  "and which come close", {
+                    "200": {"description": "Matches and near misses", **_json_content(_ref("PatternTest"))},
+                    "400": _answer('Invalid body ("invalid pattern payload.", with errors)', "Error"),
+                    **{k: v for k, v in errors.items() if k != "400"}, **too_large, **cross_site},
+                    requestBody={"required": True, **_json_content(_ref("PatternTestInput"))}),
+            },
             "/api/v2/event": {
                 "post": operation("sendEvents", "event",
                                   "Send Canopsis events; each refreshes the heartbeats it matches", {
@@ -6137,14 +6982,16 @@ class Service:
     """
 
     def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True,
-                 intake_silence=None):
+                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS):
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
+        if isinstance(history_days, bool) or not isinstance(history_days, int) or history_days < 1:
+            raise ConfigError(f"history_days must be an integer of at least 1 (got {history_days!r})")
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
         self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
-                             intake_silence=intake_silence)
+                             intake_silence=intake_silence, history_days=history_days)
         self.scheduler = Scheduler(self.engine)
         #: the :class:`Syncer` when other instances may share the database, else None
         self.syncer = Syncer(self.engine) if self.store.shared_by_instances else None
@@ -6255,7 +7102,7 @@ class Service:
 
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
-               on_alarm=None, forward_url=None, intake_silence=None):
+               on_alarm=None, forward_url=None, intake_silence=None, history_days=DEFAULT_HISTORY_DAYS):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``, or a PostgreSQL URL
@@ -6273,9 +7120,11 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
     :param intake_silence: None (the default), or seconds (or a duration
         such as ``"5m"``): when no event at all arrives for that long, raise
         the one intake alarm and stop every deadline until events come back.
-    :raises ConfigError: a bad forward URL, password hash or intake
-        silence, a missing database directory, a database newer than this
-        code.
+    :param history_days: days of state changes kept (an integer, at least
+        1); older ones are pruned by ``tick()``.
+    :raises ConfigError: a bad forward URL, password hash, intake silence
+        or history_days, a missing database directory, a database newer
+        than this code.
     """
     if isinstance(intake_silence, str):
         seconds = parse_interval(intake_silence)
@@ -6284,7 +7133,8 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         intake_silence = seconds
     elif intake_silence is not None and not (isinstance(intake_silence, (int, float)) and intake_silence > 0):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
-    return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence)
+    return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
+                   history_days=history_days)
 
 
 ###############################################################################
@@ -6605,6 +7455,9 @@ def build_parser(environ=os.environ):
                         "(component heartbeat-lite, resource intake) and stop every heartbeat's clock until "
                         "events come back, instead of paging for each heartbeat (default: off; "
                         "env HEARTBEAT_LITE_INTAKE_SILENCE)")
+    parser.add_argument("--history-days", metavar="N",
+                        help=f"days of state changes kept for GET /api/v2/heartbeat/<id>/history, pruned "
+                        f"in the background (default {DEFAULT_HISTORY_DAYS}; env HEARTBEAT_LITE_HISTORY_DAYS)")
     parser.add_argument("--threads", help=f"HTTP worker threads (default {DEFAULT_THREADS}; "
                         "env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}",
@@ -6642,6 +7495,7 @@ def check_settings(args, environ):
     """
     args.port = _integer(*_setting(args, environ, "port", str(DEFAULT_PORT)), 0, 65535)
     args.threads = _integer(*_setting(args, environ, "threads", str(DEFAULT_THREADS)), 1, 1024)
+    args.history_days = _integer(*_setting(args, environ, "history_days", str(DEFAULT_HISTORY_DAYS)), 1, 36500)
     level, name = _setting(args, environ, "log_level", DEFAULT_LOG_LEVEL)
     if level.strip().upper() not in LOG_LEVELS:
         raise ConfigError(f"{name}: not one of {', '.join(LOG_LEVELS)}: {level!r}")
@@ -6730,7 +7584,7 @@ def main(argv=None, environ=None):
     try:
         # takes the database's lock, opens nothing; serve() binds, then opens
         service = Service(args.db, users, time.time, BUSY_TIMEOUT_SECONDS, None, args.forward_url,
-                          open_now=False, intake_silence=args.intake_silence)
+                          open_now=False, intake_silence=args.intake_silence, history_days=args.history_days)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

@@ -120,5 +120,19 @@ CREATE TABLE IF NOT EXISTS changes (
     at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 3)
+-- Every state change of every heartbeat and member (as schema.sql's), written
+-- in the transaction of the change it records.
+CREATE TABLE IF NOT EXISTS history (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    heartbeat_id TEXT NOT NULL,
+    at           DOUBLE PRECISION NOT NULL, -- Unix seconds
+    status       TEXT NOT NULL,             -- the status entered: pending, up, late, down, paused, maintenance
+    reason       TEXT NOT NULL,
+    extra        TEXT,                      -- NULL, or a JSON object of further keys
+    member       TEXT                       -- NULL: the heartbeat's own change; else the member's key
+);
+CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
+
+INSERT INTO meta (key, value) VALUES ('schema_version', 4)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

@@ -127,4 +127,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     event TEXT NOT NULL                      -- the Canopsis event, JSON
 );
 
-PRAGMA user_version = 3;
+-- Every state change of every heartbeat and member (GET /api/v2/heartbeat/<id>/history,
+-- availability), written in the transaction of the change it records. The
+-- status is the one entered at "at"; no CHECK on it, so new states need no
+-- migration. seq orders changes that share a time.
+CREATE TABLE IF NOT EXISTS history (
+    seq          INTEGER PRIMARY KEY,
+    heartbeat_id TEXT NOT NULL,
+    at           REAL NOT NULL,              -- Unix seconds
+    status       TEXT NOT NULL,              -- pending, up, down, ...
+    reason       TEXT NOT NULL,              -- short human text: "no matching event for 1m"
+    extra        TEXT,                       -- NULL, or a JSON object of further keys
+    member       TEXT                        -- NULL: the heartbeat's own change (availability
+                                             -- counts those); else the member's key (group_by)
+);
+
+-- A heartbeat's history, newest first or from a time on; the "last change
+-- before a time" probe of availability and of pruning; delete with its heartbeat.
+CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
+
+-- Pruning: the rows older than --history-days, oldest first.
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
+
+PRAGMA user_version = 4;

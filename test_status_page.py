@@ -304,11 +304,22 @@ def test_a_heartbeat_page_shows_its_facts_and_a_prefilled_pattern_tester(app, se
     assert '<main id="live"' in html and html.index('<form id="tester"') > html.index("</main>")  # not refreshed
 
 
-def test_a_heartbeat_page_without_history_says_so(app, service):
+def test_a_heartbeat_page_shows_its_history_availability_events_and_timeline(app, service, clock):
     heartbeat_id = create(app)
     html = app.get(f"/heartbeat/{heartbeat_id}").text
-    assert html.count("Not recorded by this version.") == 3  # availability, history, last events
-    assert 'aria-label="no history recorded"' in html
+    assert "Not recorded by this version." not in html and "No state change recorded" not in html
+    assert "None received since the service started." in html  # no event yet
+    clock.advance(61)
+    service.tick()  # down at +60
+    clock.advance(59)
+    send(app, {"connector": "connect", "connector_name": "c01", "component": "db1"})
+    html = app.get(f"/heartbeat/{heartbeat_id}").text
+    assert "no matching event for 1m" in html and "matching event received" in html and "created" in html
+    assert "50.00 %" in html  # down 60 s of the 120 s of its life
+    assert "&quot;component&quot;: &quot;db1&quot;" in html  # the last event
+    assert 'aria-label="no history recorded"' not in html and 'class="s-down"' in html
+    listed = app.get("/").text
+    assert "this version records no history" not in listed and 'class="s-down"' in listed
 
 
 def test_an_unknown_heartbeat_page_is_a_json_404(app):
