@@ -1571,7 +1571,7 @@ class Store:
         nor paused, or None."""
         return self._query("SELECT MIN(due) FROM heartbeat WHERE status NOT IN ('down', 'paused')")[0][0]
 
-    def end_maintenance(self, pattern, end, pushed_to=None):
+    def end_maintenance(self, pattern, end, pushed_to=None, covered=None):
         """A maintenance window selecting ``pattern`` (a dict) ended at
         ``end``: every selected heartbeat neither down nor paused gets
         ``refreshed = max(refreshed, end)`` (its deadline is then at least
@@ -1583,17 +1583,23 @@ class Store:
 
         The members of grouped heartbeats it selects get the same.
 
+        :param covered: None, or a list that gets ``(id, status, pattern)``
+            of every heartbeat the window selects (for the history).
         :returns: ``(id, status)`` of the (not grouped) heartbeats changed.
         """
         selects, selects_params = [], []
         for key, value in sorted(pattern.items()):
             selects.append(self._CONTAINS)
             selects_params += [key, value]
-        where = ["((group_by IS NULL AND status NOT IN ('down', 'paused') AND (refreshed < ? OR refreshed = ?)) "
-                 "OR (group_by IS NOT NULL AND status <> 'paused'))", *selects]
         with self.atomic():
-            selected = self._query(f"SELECT id, status, group_by IS NOT NULL FROM heartbeat WHERE {' AND '.join(where)} "
-                                   f"ORDER BY id{self._for_update()}", [end, pushed_to, *selects_params])
+            every = self._query(f"SELECT id, status, group_by IS NOT NULL, refreshed, pattern FROM heartbeat "
+                                f"WHERE {' AND '.join(selects) or 'TRUE'} ORDER BY id{self._for_update()}",
+                                selects_params)
+            if covered is not None:
+                covered += [(row[0], row[1], row[4]) for row in every]
+            selected = [row for row in every if (row[1] != "paused" if row[2] else
+                                                 row[1] not in ("down", "paused")
+                                                 and (row[3] < end or row[3] == pushed_to))]
             rows = [(row[0], row[1]) for row in selected if not row[2]]
             self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
             # the members of grouped ones (refreshes the engine holds for
@@ -2030,12 +2036,13 @@ class Store:
         return len(doomed), cursor
 
     def selected(self, pattern):
-        """``(id, status)`` of the heartbeats a maintenance window selecting
-        ``pattern`` (a dict) covers: a scan, once per window boundary."""
+        """``(id, status, pattern)`` of the heartbeats a maintenance window
+        selecting ``pattern`` (a dict) covers: a scan (json_each per row, in
+        SQLite's C), once per window boundary, never per tick."""
         contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
         params = [item for pair in sorted(pattern.items()) for item in pair]
-        return [(row[0], row[1]) for row in self._query(
-            f"SELECT id, status FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
+        return [(row[0], row[1], row[2]) for row in self._query(
+            f"SELECT id, status, pattern FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
 
     # -- outbox --------------------------------------------------------------
 
@@ -2520,6 +2527,7 @@ class PostgresStore(Store):
 ###############################################################################
 
 PENDING, UP, LATE, DOWN, PAUSED = "pending", "up", "late", "down", "paused"
+MAINTENANCE = "maintenance"  # a status in the history only: a window covering the heartbeat started
 STATUSES = (PENDING, UP, LATE, DOWN, PAUSED)
 ALARM_STATE, LATE_STATE, RESOLVED_STATE = 3, 1, 0  # Canopsis check states: critical, minor, ok
 
@@ -2873,6 +2881,12 @@ class MaintenanceWindow:
         if i >= 0 and starts[i] + self.length > after:
             return starts[i] + self.length
         return None
+
+    def last_start(self, after, until):
+        """The last start of an occurrence in ``(after, until]``, or None."""
+        starts = self._starts_past(until)
+        i = bisect.bisect_right(starts, until) - 1
+        return starts[i] if i >= 0 and starts[i] > after else None
 
     def started(self, after, until):
         """True when an occurrence started in ``(after, until]``."""
@@ -4140,8 +4154,11 @@ class Engine:
             if len(self._windows) >= MAX_MAINTENANCE_WINDOWS:
                 raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
             row = {**self._maintenance_row(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
-            self.store.insert_maintenance(row)
             window = MaintenanceWindow(row)
+            with self.store.atomic():
+                self.store.insert_maintenance(row)
+                if window.occurrence_at(now) is not None:  # active already: its start is now
+                    self._record_maintenance(window, now, True)
             self._windows = {**self._windows, window.id: window}
             self._due_by_boundary(window, now)
         log.info("maintenance %s created ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
@@ -4157,7 +4174,9 @@ class Engine:
             with self.store.atomic():
                 _, row = self.store.update_maintenance(maintenance_id, self._maintenance_row(fields, now))
                 changed = self._end_early(self._windows.get(maintenance_id), now)
-            window = MaintenanceWindow(row)
+                window = MaintenanceWindow(row)
+                if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
+                    self._record_maintenance(window, now, True)
             self._windows = {**self._windows, window.id: window}
             self._model.written({heartbeat_id: now for heartbeat_id, status in changed if status == UP})
             self._due_by_boundary(window, now)
@@ -4183,7 +4202,9 @@ class Engine:
         occurrence = window.occurrence_at(now) if window is not None else None
         if occurrence is None:
             return []
-        changed = self.store.end_maintenance(window.pattern, now, pushed_to=occurrence[1])
+        covered = []
+        changed = self.store.end_maintenance(window.pattern, now, pushed_to=occurrence[1], covered=covered)
+        self._record_maintenance(window, now, False, covered)
         log.info("maintenance %s ('%s') ended early, at its change: %d heartbeat(s) get a full interval from now",
                  window.id, log_safe(window.name), len(changed))
         return changed
@@ -4637,14 +4658,39 @@ class Engine:
             return [], [], {}
         started, ended, moved_up = [], [], {}
         for window in self._windows.values():
-            if window.started(after, now):
+            start = window.last_start(after, now)
+            if start is not None:
                 started.append(window)
             end = window.last_end(after, now)
+            if start is not None and (end is None or start < end):
+                self._record_maintenance(window, start, True)
             if end is not None:
-                changed = self.store.end_maintenance(window.pattern, end)
+                covered = []
+                changed = self.store.end_maintenance(window.pattern, end, covered=covered)
                 moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
                 ended.append((window, len(changed)))
+                self._record_maintenance(window, end, False, covered)
+            if start is not None and end is not None and start >= end:  # ended, then started again
+                self._record_maintenance(window, start, True)
         return started, ended, moved_up
+
+    def _record_maintenance(self, window, at, started, covered=None):
+        """In a transaction: record a window's start (status
+        ``maintenance``) or end (each heartbeat's status then) in the
+        history of the heartbeats it covers, with one containment scan per
+        boundary (``covered``: those heartbeats, when the end rule's scan
+        found them already, see :meth:`Store.end_maintenance`). Paused heartbeats are left alone (their time is not
+        counted anyway), and an end is not recorded for a heartbeat another
+        window still covers. Availability leaves maintenance time out."""
+        others = [other for other in self._windows.values() if other.id != window.id]
+        verb = "started" if started else "ended"
+        changes = []
+        for heartbeat_id, status, pattern in self.store.selected(window.pattern) if covered is None else covered:
+            if status == PAUSED or (not started and self._covering(pattern, at, others) is not None):
+                continue
+            changes.append((heartbeat_id, at, MAINTENANCE if started else status,
+                            f"maintenance '{window.name}' {verb}", {"maintenance": window.id}))
+        self.record_changes(changes)
 
     def _expire(self, now, limit):
         """Every heartbeat whose next transition is due by ``now`` goes late

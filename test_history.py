@@ -683,3 +683,122 @@ def test_a_late_heartbeat_coming_back_is_recorded_up(app, service, clock):
     service.tick()
     send(app, C01)
     assert [entry["status"] for entry in history(app, heartbeat_id)["history"]] == ["up", "late", "pending"]
+
+
+###############################################################################
+# Members (group_by) and maintenance windows in the history
+###############################################################################
+
+
+def _entries(app, heartbeat_id, query=""):
+    """``(at - T0, status, reason, host or None)`` of the history, oldest first."""
+    return [(item["at"] - T0, item["status"], item["reason"], item.get("member", {}).get("host"))
+            for item in reversed(history(app, heartbeat_id, query)["history"])]
+
+
+def test_members_changes_are_recorded_under_their_heartbeat(app, service, clock):
+    from test_members import grouped, host
+    heartbeat_id = grouped(app, expected_members=[{"host": "a"}], late_after="30s", retire_after="2m")
+    send(app, [host("a"), host("b")])
+    clock.now = T0 + 30
+    service.tick()
+    clock.now = T0 + 60
+    service.tick()
+    send(app, host("a"))
+    clock.now = T0 + 200  # b down since 60: retired at 180
+    service.tick()
+    assert _entries(app, heartbeat_id) == [
+        (0, "pending", "created", None),
+        (0, "pending", "expected member created", "a"),
+        (0, "up", "matching event received", "a"),
+        (0, "up", "new member: matching event received", "b"),
+        (0, "up", "every member is up", None),
+        (30, "late", "no matching event for 30s", "a"),
+        (30, "late", "no matching event for 30s", "b"),
+        (30, "late", "a member is late, none down", None),
+        (60, "down", "no matching event for 1m", "a"),
+        (60, "down", "no matching event for 1m", "b"),
+        (60, "down", "a member is down", None),
+        (60, "up", "matching event received", "a"),
+        (90, "late", "no matching event for 30s", "a"),
+        (120, "down", "no matching event for 1m", "a"),
+        (180, "retired", "member retired: down for 2m", "b"),
+    ]
+    # availability counts the heartbeat's own changes only: down from 60 to 200
+    assert history(app, heartbeat_id)["availability"]["24h"] == round(60 / 200, 6)
+
+
+def test_a_member_deleted_is_recorded(app, service, clock):
+    from test_members import grouped, host
+    heartbeat_id = grouped(app)
+    send(app, [host("a"), host("b")])
+    clock.advance(10)
+    app.delete(f"/api/v2/heartbeat/{heartbeat_id}/members?host=b")
+    assert _entries(app, heartbeat_id)[-1] == (10, "deleted", "member deleted", "b")
+
+
+def test_history_pruning_drops_old_member_changes_whole(app, service, clock):
+    from test_members import grouped, host
+    heartbeat_id = grouped(app)
+    send(app, host("a"))
+    clock.advance(91 * DAY)
+    service.tick()
+    rows = service.store._query("SELECT status, member FROM history WHERE heartbeat_id = ? ORDER BY seq",
+                                (heartbeat_id,))
+    # the heartbeat keeps its last own change before the cutoff (its state then); members' go
+    assert [(row[0], row[1]) for row in rows] == [("down", None)]
+
+
+def test_maintenance_start_and_end_are_recorded_and_left_out_of_availability(app, service, clock):
+    from test_maintenance import window
+    covered = create(app)
+    other = create(app, body(pattern={"k": "other"}))
+    send(app, [C01, {"k": "other"}])
+    window(app, T0 + 100, T0 + 400, pattern=C01, name="Sunday patching")
+    statements = []
+    service.store.statement_hook = lambda sql, params: statements.append(sql)
+    for t in range(10, 800, 10):  # the 1m heartbeat is protected during the window, down after
+        clock.now = T0 + t
+        send(app, {"k": "other"})
+        if T0 + t < T0 + 100 or T0 + 400 <= T0 + t < T0 + 430:
+            send(app, C01)
+        service.tick()
+    service.store.statement_hook = None
+    assert [entry for entry in _entries(app, covered) if entry[2].startswith("maintenance")] == [
+        (100, "maintenance", "maintenance 'Sunday patching' started", None),
+        (400, "up", "maintenance 'Sunday patching' ended", None),
+    ]
+    assert _entries(app, covered)[-1] == (480, "down", "no matching event for 1m", None)
+    # maintenance time counts neither way: up 0-100 and 400-480, down 480-790
+    assert history(app, covered)["availability"]["24h"] == round(180 / (180 + 310), 6)
+    assert [entry[1] for entry in _entries(app, other)] == ["pending", "up"]
+    assert history(app, other)["availability"]["24h"] == 1
+    # one containment query per boundary, not per tick
+    assert sum(("json_each" in sql or "->>" in sql) and "FROM heartbeat" in sql for sql in statements) == 2
+
+
+def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, service, clock):
+    from test_maintenance import window
+    heartbeat_id = create(app)
+    send(app, C01)
+    clock.advance(10)
+    window_id = window(app, T0 - 100, T0 + 1000, pattern=C01)
+    clock.advance(20)
+    app.delete(f"/api/v2/maintenance/{window_id}")
+    assert _entries(app, heartbeat_id)[-2:] == [
+        (10, "maintenance", "maintenance 'patching' started", None),
+        (30, "up", "maintenance 'patching' ended", None),
+    ]
+    extra = history(app, heartbeat_id)["history"][0]
+    assert extra["maintenance"] == window_id
+
+
+def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
+    from test_maintenance import window
+    heartbeat_id = create(app)
+    app.post(f"/api/v2/heartbeat/{heartbeat_id}/pause")
+    window(app, T0 + 10, T0 + 20, pattern=C01)
+    for t in (10, 20):
+        clock.now = T0 + t
+        service.tick()
+    assert [entry[1] for entry in _entries(app, heartbeat_id)] == ["pending", "paused"]
