@@ -6419,7 +6419,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 <thead><tr><th>When</th><th>Status</th><th>Reason</th></tr></thead>
 <tbody>
 % for change in history:
-<tr><td>{{!time_html(change["at"], now)}}</td><td><span class="badge {{change["status"]}}">{{change["status"]}}</span></td><td>{{change.get("reason") or ""}}</td></tr>
+<tr><td>{{!time_html(change["at"], now)}}</td><td><span class="badge {{change["status"]}}">{{change["status"]}}</span></td><td>{{change.get("reason") or ""}}{{(" — member " + pattern_text(change["member"])) if change.get("member") else ""}}</td></tr>
 % end
 </tbody>
 </table>
@@ -6762,8 +6762,14 @@ def openapi_document():
                     "type": "object", "required": ["at", "status", "reason"],
                     "properties": {"at": {"type": "number", "description": "Unix seconds"},
                                    "status": {"type": "string", "description": "the status entered: pending, "
-                                              "up, down (and, with pause and maintenance, more)"},
-                                   "reason": string},
+                                              "up, late, down, paused, maintenance (a window started); a "
+                                              "member's also retired, deleted"},
+                                   "reason": string,
+                                   "member": {"type": "object", "additionalProperties": string,
+                                              "description": "the member (its group_by pairs) whose change "
+                                                             "this is; absent for the heartbeat's own"},
+                                   "maintenance": {**string, "description": "the window's id, for its start "
+                                                                            "and end"}},
                     "description": "a state change; it may carry further keys",
                 },
                 "History": {

@@ -802,3 +802,12 @@ def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
         clock.now = T0 + t
         service.tick()
     assert [entry[1] for entry in _entries(app, heartbeat_id)] == ["pending", "paused"]
+
+
+def test_the_detail_page_names_the_member_of_a_change(app, service, clock):
+    from test_members import grouped, host
+    heartbeat_id = grouped(app)
+    send(app, host("db1"))
+    page = app.get(f"/heartbeat/{heartbeat_id}").text
+    assert "new member: matching event received — member host: db1" in page
+    assert "every member is up</td>" in page
