@@ -3067,8 +3067,12 @@ class RecentEvents:
         :param members: ``(heartbeat id, keys, values)`` of the members whose
             refresh is written now: their heartbeat records its event.
         :param body_bytes: the size of the request they came in.
+        :returns: the event lists of older requests it let go: the caller
+            holds them until it has released the engine's lock, so that
+            freeing a request's events (a thousand dicts, say) does not
+            lengthen the time the lock is held.
         """
-        kept = None
+        kept, dropped = None, []
         if events and body_bytes > len(events) * MAX_SHOWN_EVENT_BYTES:
             kept = {id(event): _kept_cut(event) for event in events}
             events = [kept[id(event)] for event in events]
@@ -3077,7 +3081,8 @@ class RecentEvents:
             received.append((now, events))
             self._received_count += len(events)
             while self._received_count - len(received[0][1]) >= RECENT_EVENTS_RECEIVED:
-                self._received_count -= len(received.popleft()[1])
+                dropped.append(received.popleft())
+                self._received_count -= len(dropped[-1][1])
         if members:
             heartbeat_ids = list(heartbeat_ids) + list(dict.fromkeys(item[0] for item in members))
         matching = self._matching
@@ -3094,6 +3099,7 @@ class RecentEvents:
                     del matching[next(iter(matching))]
                 recent = matching[heartbeat_id] = collections.deque(maxlen=RECENT_EVENTS_PER_HEARTBEAT)
             recent.append((now, event))
+        return dropped
 
     def forget(self, heartbeat_id):
         self._matching.pop(heartbeat_id, None)
@@ -4264,7 +4270,9 @@ class Engine:
             if (kept or members_kept) and not had_unwritten:
                 self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
-            self.recent.add(now, events, found, to_write, members_to_write, body_bytes)  # a sample: see RecentEvents
+            # a sample (see RecentEvents); the lists it lets go are freed when
+            # this returns, after the lock is released, not under it
+            dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
             # One heartbeat already up, or one member up (the common cases),
             # is one statement; otherwise transactions that also record
             # those going up and report those coming back.
