@@ -224,14 +224,36 @@ def test_availability_leaves_out_what_the_history_no_longer_holds(clock):
         assert history(app, heartbeat_id)["availability"] == {"24h": 0.5, "7d": 0.5, "30d": 0.5}
 
 
+@pytest.mark.sqlite_only("builds a version 3 SQLite file")
 def test_a_migrated_database_gains_the_history_table(tmp_path, clock):
     path = str(tmp_path / "old.db")
-    with sqlite3.connect(path) as conn:  # a version 2 database: the schema without the history
+    with sqlite3.connect(path) as conn:  # a version 3 database (group_by): the schema without the history
         schema = open(os.path.join(HERE, "schema.sql"), encoding="utf-8").read()
-        conn.executescript(schema.split("-- Every state change")[0] + "PRAGMA user_version = 2;")
+        conn.executescript(schema.split("-- Every state change")[0] + "PRAGMA user_version = 3;")
+        conn.execute("INSERT INTO heartbeat (id, name, author, description, output, pattern, expected_interval, "
+                     "interval_seconds, created, updated, status, refreshed) VALUES ('a0000000-0000-4000-8000-"
+                     "000000000001', 'old', 'u', '', 'o', '{\"k\":\"a\"}', '1m', 60, 1, 1, 'pending', ?)", (T0,))
     with heartbeat_lite.create_app(db=path, clock=clock) as service:
         heartbeat_id = new_heartbeat(service)
         assert history(client(service), heartbeat_id)["history"][0]["reason"] == "created"
+        assert service.engine.document("a0000000-0000-4000-8000-000000000001")  # kept
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION == 4
+
+
+def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
+    import psycopg
+    schema = open(os.path.join(HERE, "schema.postgresql.sql"), encoding="utf-8").read()
+    before, after = schema.split("-- Every state change")
+    version_3 = before + after[after.index("INSERT INTO meta"):].replace("'schema_version', 4", "'schema_version', 3")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(version_3)
+        assert conn.execute("SELECT to_regclass('history')").fetchone()[0] is None
+    with heartbeat_lite.create_app(db=pg_url, clock=clock) as service:
+        heartbeat_id = new_heartbeat(service)
+        assert history(client(service), heartbeat_id)["history"][0]["reason"] == "created"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] in ("4", 4)
 
 
 ###############################################################################
