@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -867,8 +868,8 @@ def validate_events(value):
     events = [value] if isinstance(value, dict) else value
     if not isinstance(events, list):
         raise Invalid(["body: must be an event object or an array of event objects"])
-    bad = [i for i, event in enumerate(events) if not isinstance(event, dict)]
-    if bad:
+    if events and set(map(type, events)) != {dict}:  # in C: a 1,000-event batch is checked in microseconds
+        bad = [i for i, event in enumerate(events) if not isinstance(event, dict)]
         raise Invalid([f"event {i}: must be an object" for i in bad[:10]])
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise TooLarge(f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
@@ -3392,12 +3393,12 @@ class ReadModel:
         stored_after = now - REFRESH_WRITE_SECONDS  # a refresh stored later than this is recent
         stored = self._stored.get
         short = self._short
-        kept = [heartbeat_id for heartbeat_id in heartbeat_ids
-                if stored(heartbeat_id, -math.inf) > stored_after and heartbeat_id not in short]
+        recent = [stored(heartbeat_id, -math.inf) > stored_after and heartbeat_id not in short
+                  for heartbeat_id in heartbeat_ids]
+        kept = list(itertools.compress(heartbeat_ids, recent))
         if not kept:
             return heartbeat_ids, kept
-        to_write = [heartbeat_id for heartbeat_id in heartbeat_ids
-                    if stored(heartbeat_id, -math.inf) <= stored_after or heartbeat_id in short]
+        to_write = list(itertools.compress(heartbeat_ids, map(operator.not_, recent)))
         self._unwritten.update(dict.fromkeys(kept, now))
         return to_write, kept
 
