@@ -4311,11 +4311,22 @@ class Engine:
             self._publish()
         return matched
 
+    def _apply_written(self, refreshes, missed):
+        """Under the lock, after commit: ``refreshes`` (``{id: time}``) were
+        written, except ``missed``, whose heartbeats another instance put
+        late, down or paused meanwhile (shared PostgreSQL): those are
+        refreshed like any other, resolving their alarm."""
+        self._model.written({key: value for key, value in refreshes.items() if key not in missed})
+        for heartbeat_id in missed:
+            self._model.went_down([heartbeat_id])
+            self._refresh_chunk([heartbeat_id], refreshes[heartbeat_id])
+
     def _write_up_chunk(self, heartbeat_ids, now):
-        """Under the lock: write refreshes at ``now`` of heartbeats up."""
+        """Under the lock: write refreshes at ``now`` of heartbeats up. One
+        that another instance put late, down or paused meanwhile (shared
+        PostgreSQL) is refreshed like any other, resolving its alarm."""
         refreshes = dict.fromkeys(heartbeat_ids, now)
-        self.store.write_refreshes(refreshes.items())
-        self._model.written(refreshes)
+        self._apply_written(refreshes, self.store.write_refreshes(refreshes.items()))
 
     def _refresh_chunk(self, items, now):
         """Under the lock: write refreshes at ``now`` of heartbeats (ids) and
@@ -4456,11 +4467,8 @@ class Engine:
                         alarms += members["events"]
                     self._enqueue(alarms)
                     self._record_alive(now)
-                self._model.written({key: value for key, value in unwritten.items() if key not in missed})
+                self._apply_written(unwritten, missed)
                 self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
-                for heartbeat_id in missed:  # another instance changed its state: a refresh like any other
-                    self._model.went_down([heartbeat_id])
-                    self._refresh_chunk([heartbeat_id], unwritten[heartbeat_id])
                 self._model.written({**moved_up, **protected_up})
                 self._model.went_down(left_up)
                 if members is not None:
@@ -4547,13 +4555,13 @@ class Engine:
         event = intake_event(RESOLVED_STATE, now, self._silence_seconds())
         with self.store.atomic():
             unwritten = self._model.unwritten()
-            self.store.write_refreshes(unwritten.items())
+            missed = self.store.write_refreshes(unwritten.items())
             unwritten_members = self._model.unwritten_members()
             self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
             moved = self.store.postpone(since, max(0.0, now - since))
             self.store.delete_meta(META_INTAKE_SILENT_SINCE)
             self._enqueue([event])
-        self._model.written(unwritten)
+        self._apply_written(unwritten, missed)
         self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
         self._silent_since = None
         self._committed([event])
@@ -4907,10 +4915,9 @@ class Engine:
                 return
             with self.store.atomic():
                 unwritten = self._model.unwritten()
-                if unwritten:
-                    self.store.write_refreshes(unwritten.items())
+                missed = self.store.write_refreshes(unwritten.items()) if unwritten else []
                 self.store.record_stop(self.clock())
-            self._model.written(unwritten)
+            self._apply_written(unwritten, missed)
 
     def _record_alive(self, now, force=False):
         last = self._alive_recorded

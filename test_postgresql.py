@@ -301,3 +301,17 @@ def test_failover_every_alarm_raised_once_delivered_in_order(pg_url, tmp_path):
         states = [(e["state"], e["timestamp"]) for e in delivered if e["heartbeat_id"] == heartbeat_id]
         distinct = list(dict.fromkeys(states))
         assert [state for state, _ in distinct] == [3, 0], states
+
+
+def test_an_event_for_a_heartbeat_the_other_instance_put_late_resolves_it(two, clock):
+    a, b = two(), two()
+    heartbeat_id = create(client(a), body(late_after="30s"))
+    b.sync()
+    event = {"connector": "connect", "connector_name": "c01"}
+    client(b).post_json("/api/v2/event", event)  # up, as b's memory knows it
+    clock.advance(31)
+    a.tick()  # a sees the database only: late
+    assert [e["state"] for e in a.seen] == [heartbeat_lite.LATE_STATE]
+    client(b).post_json("/api/v2/event", event)  # b still thinks it up: its refresh must resolve, not vanish
+    assert [e["state"] for e in b.seen] == [heartbeat_lite.RESOLVED_STATE]
+    assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
