@@ -723,9 +723,7 @@ def parse_members_query(query):
     statuses = [status for status in query.get("status", "").split(",") if status]
     if any(status not in ("pending", "up", "late", "down", "paused") for status in statuses):
         reasons.append("status: one or more of pending, up, late, down, paused, comma-separated")
-    limit = query.get("limit", str(DEFAULT_MEMBERS_PAGE))
-    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_MEMBERS_PAGE):
-        reasons.append(f"limit: a whole number from 1 to {MAX_MEMBERS_PAGE}")
+    limit = _limit_parameter(reasons, query, DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE)
     after = query.get("after")
     key = None
     if after is not None:
@@ -734,7 +732,7 @@ def parse_members_query(query):
             reasons.append("after: not a cursor this service gave (the next of a members page)")
     if reasons:
         raise Invalid(reasons)
-    return list(dict.fromkeys(statuses)), key, int(limit)
+    return list(dict.fromkeys(statuses)), key, limit
 
 
 def canonical_pattern(pattern):
@@ -7492,7 +7490,7 @@ def build_parser(environ=os.environ):
     takes them from their ``HEARTBEAT_LITE_<NAME>`` environment twin, or the
     default, and checks every value."""
     parser = _ArgumentParser(
-        prog="heartbeat_lite.py",
+        prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "heartbeat_lite.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A heartbeat monitor serving the Canopsis Heartbeat API on SQLite. "
         "Every flag has an environment\ntwin HEARTBEAT_LITE_<NAME> (e.g. HEARTBEAT_LITE_PORT); "
