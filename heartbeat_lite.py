@@ -2827,6 +2827,9 @@ class MaintenanceWindow:
         self.name = row["name"]
         self.pattern = json.loads(row["pattern"])
         self.row = row
+        #: when this engine learned of the window (created or replaced), or None
+        #: for one loaded at start: boundaries before that are not its own
+        self.known_since = None
         zone = time_zone(row["timezone"])
         start = datetime.datetime.fromisoformat(row["start_local"])
         end = datetime.datetime.fromisoformat(row["end_local"])
@@ -4160,6 +4163,7 @@ class Engine:
                 raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
             row = {**self._maintenance_row(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
             window = MaintenanceWindow(row)
+            window.known_since = now
             with self.store.atomic():
                 self.store.insert_maintenance(row)
                 if window.occurrence_at(now) is not None:  # active already: its start is now
@@ -4180,6 +4184,7 @@ class Engine:
                 _, row = self.store.update_maintenance(maintenance_id, self._maintenance_row(fields, now))
                 changed = self._end_early(self._windows.get(maintenance_id), now)
                 window = MaintenanceWindow(row)
+                window.known_since = now
                 if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
                     self._record_maintenance(window, now, True)
             self._windows = {**self._windows, window.id: window}
@@ -4673,10 +4678,15 @@ class Engine:
             return [], [], {}
         started, ended, moved_up = [], [], {}
         for window in self._windows.values():
-            start = window.last_start(after, now)
+            # boundaries from before the engine knew the window (created or
+            # replaced since the last look) are not its to apply or record
+            since = after if window.known_since is None else max(after, window.known_since)
+            if since >= now:
+                continue
+            start = window.last_start(since, now)
             if start is not None:
                 started.append(window)
-            end = window.last_end(after, now)
+            end = window.last_end(since, now)
             if start is not None and (end is None or start < end):
                 self._record_maintenance(window, start, True)
             if end is not None:

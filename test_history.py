@@ -815,6 +815,19 @@ def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, servi
     assert extra["maintenance"] == window_id
 
 
+def test_a_window_created_after_its_start_is_recorded_as_started_once(app, service, clock):
+    from test_maintenance import window
+    heartbeat_id = create(app)
+    send(app, C01)
+    service.tick()  # the windows were last looked at now
+    clock.advance(10)
+    window(app, T0 + 5, T0 + 1000, pattern=C01)  # began since that look, but after it was created
+    clock.advance(10)
+    service.tick()
+    started = [entry for entry in _entries(app, heartbeat_id) if entry[2].endswith("started")]
+    assert started == [(10, "maintenance", "maintenance 'patching' started", None)]
+
+
 def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
     from test_maintenance import window
     heartbeat_id = create(app)
