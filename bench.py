@@ -298,6 +298,21 @@ def request_bytes(method, path, body=b"", close=False):
     return head.encode() + b"\r\n" + body
 
 
+def read_answer(sock, buffer=b""):
+    """Read one HTTP answer (with a Content-Length) from a keep-alive
+    connection, ``buffer`` holding what was already received.
+
+    :returns: ``(head, body, what follows it)``, bytes.
+    """
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(buffer) < length:
+        buffer += sock.recv(65536)
+    return head, buffer[:length], buffer[length:]
+
+
 def _client_process(port, raw, seconds, queue):
     """One keep-alive connection sending ``raw`` back to back; reports the
     count, the latencies and the non-2xx answers."""
@@ -309,13 +324,7 @@ def _client_process(port, raw, seconds, queue):
     while time.perf_counter() < end:
         started = time.perf_counter()
         sock.sendall(raw)
-        while b"\r\n\r\n" not in buffer:
-            buffer += sock.recv(65536)
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-        while len(buffer) < length:
-            buffer += sock.recv(65536)
-        buffer = buffer[length:]
+        head, _, buffer = read_answer(sock, buffer)
         latencies.append(time.perf_counter() - started)
         bad += not head.startswith(b"HTTP/1.1 2")
     sock.close()
@@ -475,13 +484,7 @@ def _get(sock, path, headers=""):
     """One GET on a keep-alive connection; ``(head bytes, body bytes)``."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTHORIZATION}\r\n{headers}\r\n"
                  .encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-    while len(body) < length:
-        body += sock.recv(65536)
+    head, body, _ = read_answer(sock)
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"GET {path}: {head.splitlines()[0].decode()}")
     return head, body
