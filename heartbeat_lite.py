@@ -62,6 +62,9 @@ __version__ = "0.1.0"
 __all__ = ["create_app", "serve", "main", "Service", "ConfigError"]
 
 log = logging.getLogger("heartbeat_lite")
+# A library's logger: an embedding program that configured no logging hears
+# nothing (not Python's last-resort stderr); main() configures logging.
+log.addHandler(logging.NullHandler())
 access_log = logging.getLogger("heartbeat_lite.access")
 
 
@@ -130,6 +133,7 @@ KEY_SETS_SCANNED = 8  # up to this many pattern key sets, matching scans them; b
 LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as one summary line
 
 DEFAULT_HISTORY_DAYS = 90  # --history-days: state changes older than this are pruned
+MAX_HISTORY_DAYS = 36_500
 HISTORY_PRUNE_INTERVAL_SECONDS = 3600.0  # a pruning pass at most this often ...
 HISTORY_PRUNE_BATCH_ROWS = 1000  # ... deleting at most this many rows per transaction ...
 HISTORY_PRUNE_BATCHES_PER_TICK = 4  # ... and this many transactions per tick (the rest waits for the next)
@@ -432,6 +436,21 @@ def parse_interval(text):
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+INTERVAL_SYNTAX = "must look like 30s, 5m or 2h"
+INTERVAL_LIMIT = f"at most 365 days ({MAX_INTERVAL_SECONDS // 3600}h)"
+
+
+def _check_interval(reasons, field, value, limited=True):
+    """The seconds of interval ``value``, or None; each reason it is
+    refused goes to ``reasons`` (beyond :data:`MAX_INTERVAL_SECONDS` too,
+    when ``limited``: the seconds are still returned)."""
+    seconds = parse_interval(value)
+    if seconds is None:
+        reasons.append(f"{field}: {INTERVAL_SYNTAX}")
+    elif limited and seconds > MAX_INTERVAL_SECONDS:
+        reasons.append(f"{field}: {INTERVAL_LIMIT}")
+    return seconds
+
 
 def _check_string(reasons, field, value, max_chars):
     if not _is_text(value):
@@ -502,19 +521,15 @@ def validate_heartbeat(doc, default_author):
         _check_pattern(reasons, doc["pattern"])
 
     interval = doc.get("expected_interval")
-    seconds = parse_interval(interval)
     if "expected_interval" not in doc:
+        seconds = None
         reasons.append("expected_interval: required")
-    elif seconds is None:
-        reasons.append("expected_interval: must look like 30s, 5m or 2h")
-    elif seconds > MAX_INTERVAL_SECONDS:
-        reasons.append("expected_interval: at most 365 days (8760h)")
+    else:
+        seconds = _check_interval(reasons, "expected_interval", interval)
 
     late_after = doc.get("late_after")
-    late_seconds = parse_interval(late_after)
-    if "late_after" in doc and late_seconds is None:
-        reasons.append("late_after: must look like 30s, 5m or 2h")
-    elif late_seconds is not None and seconds is not None and late_seconds >= seconds:
+    late_seconds = _check_interval(reasons, "late_after", late_after, limited=False) if "late_after" in doc else None
+    if late_seconds is not None and seconds is not None and late_seconds >= seconds:
         reasons.append("late_after: must be shorter than expected_interval")
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
@@ -582,10 +597,8 @@ def _check_grouping(reasons, doc):
     if "retire_after" in doc:
         if "group_by" not in doc:
             reasons.append("retire_after: needs group_by")
-        elif retire_seconds is None:
-            reasons.append("retire_after: must look like 30s, 5m or 2h")
-        elif retire_seconds > MAX_INTERVAL_SECONDS:
-            reasons.append("retire_after: at most 365 days (8760h)")
+        else:
+            _check_interval(reasons, "retire_after", retire_after)
     return (list(group_by) if "group_by" in doc else None, list(expected) if "expected_members" in doc else None,
             retire_after, retire_seconds)
 
@@ -1715,7 +1728,7 @@ class Store:
         self._execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                       (key, value))
 
-    # -- the service's life (restart semantics, DESIGN 5.3) -------------------
+    # -- the service's life (restarts: the clock stops while none runs) -------
 
     def last_alive(self, now):
         """When the service was last known to run, before this start, and
@@ -2307,7 +2320,7 @@ class PostgresStore(Store):
         self._lease_lock = threading.Lock()
         self.last_write = WriteOutcome(True, None, None)
         self.statement_hook = None
-        # SQLite's file guards do not apply: several instances share the database (DESIGN 13)
+        # SQLite's file guards do not apply: several instances share the database
         self._file_lock = None
         self._identity = None
         self._gone = self._gone_at = None
@@ -6137,7 +6150,6 @@ _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 DATABASE_ERROR = "database error, please contact your administrator."
 INVALID_QUERY = "invalid query parameters."
 INTERNAL_ERROR = "internal error"
-INVALID_QUERY = "invalid query parameters."
 
 
 def error_body(description, name="", **extra):
@@ -6413,15 +6425,6 @@ class WebApi:
             raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
         return json_response({"name": "member removed", "description": heartbeat_id})
 
-    @staticmethod
-    def _query_parameters(parse):
-        """The query string, parsed by ``parse``; 400 ``invalid query
-        parameters.`` with every reason when it is refused."""
-        try:
-            return parse(bottle.request.query)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-
     def _maintenance_body(self):
         return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
 
@@ -6432,7 +6435,7 @@ class WebApi:
     def list_maintenance(self, user):
         active = bottle.request.query.get("active", "0")
         if active not in ("0", "1"):
-            raise Invalid(["active: must be 1 (the windows active now) or 0 (all)"])
+            raise ApiError(400, INVALID_QUERY, errors=["active: must be 1 (the windows active now) or 0 (all)"])
         return json_response(self.engine.maintenances(active=active == "1"))
 
     def get_maintenance(self, maintenance_id, user):
@@ -7754,8 +7757,7 @@ class Service:
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
-        if isinstance(history_days, bool) or not isinstance(history_days, int) or history_days < 1:
-            raise ConfigError(f"history_days must be an integer of at least 1 (got {history_days!r})")
+        check_history_days(history_days)
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
         self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
@@ -7895,14 +7897,30 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         than this code.
     """
     if isinstance(intake_silence, str):
-        seconds = parse_interval(intake_silence)
-        if seconds is None or seconds > MAX_INTERVAL_SECONDS:
-            raise ConfigError(f"intake silence {intake_silence!r}: must look like 30s, 5m or 2h (at most 8760h)")
-        intake_silence = seconds
-    elif intake_silence is not None and not (isinstance(intake_silence, (int, float)) and intake_silence > 0):
+        intake_silence = check_intake_silence(intake_silence, "intake silence")
+    elif intake_silence is not None and (isinstance(intake_silence, bool) or not (
+            isinstance(intake_silence, (int, float)) and intake_silence > 0)):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
     return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
                    history_days=history_days)
+
+
+def check_history_days(days, name="history_days"):
+    """``days`` when it is a whole number of days of history to keep, from
+    1 to :data:`MAX_HISTORY_DAYS` (``create_app`` and ``--history-days``
+    alike); :raises ConfigError: naming ``name`` otherwise."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_HISTORY_DAYS:
+        raise ConfigError(f"{name}: must be a whole number of days from 1 to {MAX_HISTORY_DAYS}, not {days!r}")
+    return days
+
+
+def check_intake_silence(text, name):
+    """The seconds of an intake silence given as a duration (``5m``);
+    :raises ConfigError: naming ``name`` otherwise."""
+    seconds = parse_interval(text.strip())
+    if seconds is None or seconds > MAX_INTERVAL_SECONDS:
+        raise ConfigError(f"{name}: {INTERVAL_SYNTAX}, {INTERVAL_LIMIT}, not {text!r}")
+    return seconds
 
 
 ###############################################################################
@@ -8263,7 +8281,8 @@ def check_settings(args, environ):
     """
     args.port = _integer(*_setting(args, environ, "port", str(DEFAULT_PORT)), 0, 65535)
     args.threads = _integer(*_setting(args, environ, "threads", str(DEFAULT_THREADS)), 1, 1024)
-    args.history_days = _integer(*_setting(args, environ, "history_days", str(DEFAULT_HISTORY_DAYS)), 1, 36500)
+    days, name = _setting(args, environ, "history_days", str(DEFAULT_HISTORY_DAYS))
+    args.history_days = check_history_days(_integer(days, name, -math.inf, math.inf), name)
     level, name = _setting(args, environ, "log_level", DEFAULT_LOG_LEVEL)
     if level.strip().upper() not in LOG_LEVELS:
         raise ConfigError(f"{name}: not one of {', '.join(LOG_LEVELS)}: {level!r}")
@@ -8285,9 +8304,7 @@ def check_settings(args, environ):
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
     if silence:  # empty: off
-        args.intake_silence = parse_interval(silence.strip())
-        if args.intake_silence is None or args.intake_silence > MAX_INTERVAL_SECONDS:
-            raise ConfigError(f"{name}: must look like 30s, 5m or 2h (at most 8760h), not {silence!r}")
+        args.intake_silence = check_intake_silence(silence, name)
     return args
 
 

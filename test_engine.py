@@ -7,6 +7,9 @@ outside expiry (a job reporting its own failure)."""
 import datetime
 import json
 import logging
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 import heartbeat_lite
 from heartbeat_lite import expiry_steps
 from test_heartbeat_lite import (  # noqa: F401 (fixtures)
+    HERE,
     T0,
     FakeClock,
     alarms_seen,
@@ -365,3 +369,40 @@ def test_one_severity_order_serves_groups_timelines_pages_and_counts():
         "?status=down%2Cmaintenance%2Cpaused"
     svg = heartbeat_lite.timeline_svg([(0, "up"), (10, "pending"), (20, "late"), (30, "up")], 0, 100, slots=1)
     assert 'class="s-late"' in svg and 's-up"' not in svg
+
+
+###############################################################################
+# Small things
+###############################################################################
+
+
+def test_the_library_logger_is_silent_when_the_embedder_configured_no_logging():
+    script = ("import heartbeat_lite\n"
+              "now = [0.0]\n"
+              "s = heartbeat_lite.create_app(clock=lambda: now[0])\n"
+              "s.engine.create(heartbeat_lite.validate_heartbeat({'name': 'n', 'pattern': {'k': 'v'}, "
+              "'expected_interval': '1s'}, 'me'))\n"
+              "now[0] = 10.0\n"
+              "s.tick()\n"
+              "assert s.engine.alarms()\n"
+              "s.close()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": HERE})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("days", [36_501, 10**9])
+def test_history_days_has_one_bound_embedded_and_on_the_command_line(days):
+    with pytest.raises(heartbeat_lite.ConfigError, match="history_days: must be a whole number of days from 1 to"):
+        heartbeat_lite.create_app(history_days=days)
+    args = heartbeat_lite.build_parser({}).parse_args(["--history-days", str(days)])
+    with pytest.raises(heartbeat_lite.ConfigError, match="--history-days: must be a whole number of days"):
+        heartbeat_lite.check_settings(args, {})
+    heartbeat_lite.create_app(history_days=36_500).close()
+
+
+def test_a_bad_active_filter_is_an_invalid_query(service):
+    answer = client(service).get("/api/v2/maintenance?active=2", status=400).json
+    assert answer["description"] == "invalid query parameters."
+    assert answer["errors"] == ["active: must be 1 (the windows active now) or 0 (all)"]
