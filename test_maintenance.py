@@ -10,23 +10,20 @@ import zoneinfo
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 (fixtures)
+from testing_support import (
     C01,
     INVALID,
     T0,
-    FakeClock,
     Recorder,
-    alarms_seen,
-    app,
-    described_answer,
-    lookup,
-    pointer,
     body,
     client,
-    clock,
     create,
+    described_answer,
+    local,
+    lookup,
+    pointer,
     schema_errors,
-    service,
+    window,
 )
 
 MINUTE = 60
@@ -43,18 +40,6 @@ def status(app, heartbeat_id):
 def seen(alarms_seen):
     """(state, timestamp) of every published event, in order."""
     return [(event["state"], event["timestamp"]) for event in alarms_seen]
-
-
-def local(t, zone="UTC"):
-    """Unix time ``t`` as an ISO local time in ``zone``."""
-    return datetime.datetime.fromtimestamp(t, zoneinfo.ZoneInfo(zone)).replace(tzinfo=None).isoformat()
-
-
-def window(app, start, end, pattern=None, **more):
-    """Create a maintenance window from Unix times (UTC); return its id."""
-    doc = {"name": "patching", "pattern": {} if pattern is None else pattern,
-           "start": local(start), "end": local(end), **more}
-    return app.post_json("/api/v2/maintenance", doc).json["description"]
 
 
 @pytest.fixture

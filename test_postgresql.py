@@ -22,7 +22,7 @@ import time
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import HERE, FakeClock, Receiver, body, client, create, http, wait_until
+from testing_support import HERE, FakeClock, Receiver, body, client, create, http, wait_until
 
 pytestmark = pytest.mark.postgresql
 

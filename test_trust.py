@@ -14,23 +14,17 @@ import webtest
 
 import heartbeat_lite
 from heartbeat_lite import MAX_EVENT_BODY_BYTES
-from test_heartbeat_lite import (  # noqa: F401  (fixtures are used by name)
+from testing_support import (
     C01,
     DB_ERROR,
-    FakeClock,
     INVALID,
+    FakeClock,
     LockHolder,
     _basic,
-    alarms_seen,
-    app,
     body,
-    client,
-    clock,
-    counted_derivations,
     create,
     new_heartbeat,
     run_cli,
-    service,
 )
 
 

@@ -16,18 +16,7 @@ import urllib.parse
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 - fixtures used by name
-    DB_ERROR,
-    HERE,
-    T0,
-    FakeClock,
-    alarms_seen,
-    body,
-    client,
-    clock,
-    create,
-    new_heartbeat,
-)
+from testing_support import DB_ERROR, HERE, FakeClock, body, client, create, new_heartbeat
 
 
 def run_cli(*args, env=None, timeout=30):
