@@ -1,6 +1,7 @@
 """Fixtures shared by every test file (the plain helpers they use are in
 testing_support.py). ``pg_testing`` runs the suite on PostgreSQL too when
-HEARTBEAT_LITE_TEST_PG is set.
+HEARTBEAT_LITE_TEST_PG is set, and skips the tests marked for one store when
+run on the other (markers ``sqlite_only`` and ``postgresql``, see pytest.ini).
 """
 
 import pytest

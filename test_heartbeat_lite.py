@@ -581,6 +581,7 @@ def test_the_store_walks_every_heartbeat_in_batches(tmp_path):
         assert [row["id"] for row in service.store.each_heartbeat(batch=7)] == sorted(ids)
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_expiry_reads_the_deadline_index(tmp_path):
     # O(expired * log N): the due and next-deadline queries are range scans of
     # the partial index, never a scan of the table.
@@ -1468,6 +1469,7 @@ def test_a_duplicate_key_in_an_event_keeps_its_last_value(app):
 ###############################################################################
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, caplog):
     with restart(busy_timeout=0.05) as service:
         app = client(service)
@@ -1491,6 +1493,7 @@ def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, 
         assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_a_database_locked_at_start_starts_degraded_then_recovers(restart, clock, caplog):
     with restart() as service:
         heartbeat_id = new_heartbeat(service)
@@ -1527,6 +1530,7 @@ def remount(mount_point, mode):
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
 
 
+@pytest.mark.sqlite_only("makes the SQLite file read-only")
 def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, restart, caplog):
     path = str(tmpfs / "hb.db")
     with restart(db=path) as service:
@@ -1566,6 +1570,7 @@ def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, capl
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
+@pytest.mark.sqlite_only("reads PRAGMA user_version (PostgreSQL: test_postgresql.py)")
 def test_the_schema_is_versioned(restart):
     restart().close()
     with sqlite3.connect(restart.path) as conn:
@@ -1590,6 +1595,7 @@ def test_data_survives_a_restart(restart):
         assert json.loads(service.engine.document(heartbeat_id)) == before
 
 
+@pytest.mark.sqlite_only("a SQLite path's directory")
 def test_a_missing_database_directory_is_a_config_error(tmp_path):
     with pytest.raises(heartbeat_lite.ConfigError, match="does not exist"):
         heartbeat_lite.create_app(db=str(tmp_path / "missing" / "hb.db"))

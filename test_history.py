@@ -238,6 +238,7 @@ def test_a_migrated_database_gains_the_history_table(tmp_path, clock):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION == 4
 
 
+@pytest.mark.postgresql
 def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
     import psycopg
     schema = open(os.path.join(HERE, "schema.postgresql.sql"), encoding="utf-8").read()

@@ -613,6 +613,7 @@ def test_a_window_that_ended_while_the_service_was_stopped_still_gives_its_inter
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 700
 
 
+@pytest.mark.sqlite_only("counts SQLite's json_each statements")
 def test_the_tick_does_not_scan_heartbeats_for_windows(service, app, clock):
     for i in range(20):
         create(app, body(pattern={"k": str(i)}, expected_interval="1h"))
@@ -693,6 +694,7 @@ def test_the_engine_skips_a_gap_occurrence_end_to_end(clock):
 ###############################################################################
 
 
+@pytest.mark.sqlite_only("builds a version 1 SQLite file")
 def test_a_version_1_database_is_migrated_keeping_heartbeats_and_states(tmp_path, clock):
     path = str(tmp_path / "v1.db")
     with sqlite3.connect(path) as conn:
@@ -754,6 +756,7 @@ def test_the_schema_stays_idempotent(tmp_path):
     conn.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_the_due_index_serves_expiry_with_late_after(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()

@@ -507,6 +507,7 @@ def test_a_refresh_kept_in_memory_keeps_a_member_up(app, service, clock, alarms_
     assert status(app, heartbeat_id)["last_event"] == pytest.approx(T0 + 0.2)
 
 
+@pytest.mark.sqlite_only("counts SQLite's BEGIN IMMEDIATE statements")
 def test_a_storm_of_members_goes_down_in_chunks(service, clock, alarms_seen, monkeypatch, caplog):
     monkeypatch.setattr(heartbeat_lite, "STORM_CHUNK_HEARTBEATS", 12)
     monkeypatch.setattr(heartbeat_lite, "STORM_YIELD_SECONDS", 0.0)
@@ -593,6 +594,7 @@ PRAGMA user_version = 2;
 """
 
 
+@pytest.mark.sqlite_only("builds a version 2 SQLite file")
 def test_a_version_2_database_is_migrated(tmp_path, clock):
     path = str(tmp_path / "v2.db")
     with sqlite3.connect(path) as conn:
@@ -616,6 +618,7 @@ def test_a_version_2_database_is_migrated(tmp_path, clock):
     conn.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_member_expiry_reads_the_due_index(tmp_path):
     with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
         plans = []

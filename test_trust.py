@@ -366,6 +366,7 @@ def test_health_is_503_with_the_reason_while_writes_fail_then_200_after_one_succ
     assert app.get("/healthz").json == {"status": "ok", "outbox": 0}
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_health_and_reads_from_memory_answer_while_a_write_waits_on_another_process(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     busy_timeout = 1.5
