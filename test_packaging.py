@@ -47,9 +47,11 @@ def installed(tmp_path_factory):
                                    capture_output=True, text=True, check=True).stdout.strip()
     # A venv made from inside another venv sees the base interpreter's
     # packages, not the outer venv's: add the outer ones (and their .pth).
-    outer = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    # One statement per line: before Python 3.12 a comprehension in a .pth
+    # line cannot see the names its own import bound.
+    outer = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
     with open(os.path.join(site_packages, "outer_environment.pth"), "w", encoding="utf-8") as f:
-        f.write(f"import site; [site.addsitedir(p) for p in {sorted(outer)!r}]\n")
+        f.writelines(f"import site; site.addsitedir({path!r})\n" for path in outer)
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-build-isolation",
                     "--ignore-installed", "--disable-pip-version-check", HERE],
                    capture_output=True, text=True, check=True, env=clean_env())
@@ -64,6 +66,11 @@ def clean_env():
 
 def run(installed, *argv):
     return subprocess.run(argv, cwd=installed["cwd"], capture_output=True, text=True, env=clean_env(), timeout=120)
+
+
+def test_the_outer_environment_is_seen_from_the_throw_away_venv(installed):
+    result = run(installed, installed["python"], "-c", "import webtest, hatchling")
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_installed_module_finds_its_schema_files(installed):
