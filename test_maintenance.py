@@ -748,8 +748,7 @@ def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
 def test_the_schema_stays_idempotent(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()
-    with open(heartbeat_lite.SCHEMA_PATH, encoding="utf-8") as f:
-        schema = f.read()
+    schema = heartbeat_lite.read_schema("schema.sql")
     with sqlite3.connect(path) as conn:
         conn.executescript(schema)
         conn.executescript(schema)

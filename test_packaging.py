@@ -1,10 +1,12 @@
-"""heartbeat-lite installs as a package: ``pip install .`` gives the module,
-the ``heartbeat-lite`` command and the schema files, and the README's
-embedding example runs against the installed copy from outside the checkout.
+"""heartbeat-lite as people get it: ``pip install .`` gives the module, the
+``heartbeat-lite`` command and the schema files, and the README's embedding
+example runs against the installed copy from outside the checkout; the
+dependency lists agree.
 
-To stay fast and offline, the throw-away venv borrows the packages of the
-environment running the tests (bottle, waitress, webtest, the build backend),
-and pip installs only this checkout, with no index and no build isolation.
+To stay fast and offline, the throw-away venv of the installed package
+borrows the packages of the environment running the tests (bottle, waitress,
+webtest, the build backend), and pip installs only this checkout, with no
+index and no build isolation.
 """
 
 import contextlib
@@ -14,17 +16,17 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import sysconfig
 import venv
+import zipfile
 
 import pytest
 
 import heartbeat_lite
+from testing_support import HERE
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_FILES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(HERE, "schema*.sql")))
-
-pytestmark = pytest.mark.slow  # a venv and a wheel build: a few seconds
 
 
 def readme_python(heading):
@@ -34,15 +36,32 @@ def readme_python(heading):
     return match.group(1)
 
 
+def clean_env():
+    """The environment without what would import the checkout instead, or
+    configure the service under test."""
+    return {name: value for name, value in os.environ.items()
+            if name not in ("PYTHONPATH", "PYTHONHOME") and not name.startswith(heartbeat_lite.ENV_PREFIX)}
+
+
+def new_venv(root, **options):
+    """A venv at ``root`` (from the base interpreter, as ``python -m venv``
+    makes it); the path of its python."""
+    venv.create(root, with_pip=False, **options)
+    return os.path.join(root, "Scripts" if os.name == "nt" else "bin", "python")
+
+
+###############################################################################
+# pip install .
+###############################################################################
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A throw-away venv with this checkout pip-installed into it, and a work
-    directory outside the checkout: a dict of ``python``, ``bin``, ``root``
-    and ``cwd``."""
+    directory outside the checkout: a dict of ``python``, ``bin``, ``root``,
+    ``site`` and ``cwd``."""
     root = os.path.realpath(tmp_path_factory.mktemp("venv"))
-    venv.create(root, system_site_packages=True, with_pip=False)
-    bin_dir = os.path.join(root, "Scripts" if os.name == "nt" else "bin")
-    python = os.path.join(bin_dir, "python")
+    python = new_venv(root, system_site_packages=True)
     site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                    capture_output=True, text=True, check=True).stdout.strip()
     # A venv made from inside another venv sees the base interpreter's
@@ -56,45 +75,41 @@ def installed(tmp_path_factory):
                     "--ignore-installed", "--disable-pip-version-check", HERE],
                    capture_output=True, text=True, check=True, env=clean_env())
     cwd = os.path.realpath(tmp_path_factory.mktemp("elsewhere"))
-    return {"python": python, "bin": bin_dir, "root": root, "cwd": cwd}
-
-
-def clean_env():
-    """The environment without what would import the checkout instead."""
-    return {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")}
+    return {"python": python, "bin": os.path.dirname(python), "root": root, "site": site_packages, "cwd": cwd}
 
 
 def run(installed, *argv):
     return subprocess.run(argv, cwd=installed["cwd"], capture_output=True, text=True, env=clean_env(), timeout=120)
 
 
+@pytest.mark.slow
 def test_the_outer_environment_is_seen_from_the_throw_away_venv(installed):
     result = run(installed, installed["python"], "-c", "import webtest, hatchling")
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_the_installed_module_finds_its_schema_files(installed):
     script = (
         "import json, heartbeat_lite as h\n"
         f"names = {SCHEMA_FILES!r}\n"
-        "service = h.create_app(db='hb.db')\n"
-        "service.close()\n"
-        "print(json.dumps({'module': h.__file__, 'schema': h.SCHEMA_PATH,"
-        " 'data': {name: h._data_path(name) for name in names}}))\n"
+        "h.create_app(db='hb.db').close()\n"
+        "print(json.dumps({'module': h.__file__, 'schemas': {name: h.read_schema(name) for name in names}}))\n"
     )
     result = run(installed, installed["python"], "-c", script)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
-    assert found["module"].startswith(installed["root"])
-    assert found["schema"] == found["data"]["schema.sql"]
-    for name, path in found["data"].items():
-        assert path.startswith(installed["root"]) and os.path.basename(path) == "heartbeat_lite." + name
-        with open(path, encoding="utf-8") as copy, open(os.path.join(HERE, name), encoding="utf-8") as original:
-            assert copy.read() == original.read()
+    assert os.path.dirname(found["module"]) == installed["site"]
+    for name, text in found["schemas"].items():
+        assert not os.path.exists(os.path.join(installed["site"], name))  # no generic schema.sql in site-packages
+        with open(os.path.join(installed["site"], "heartbeat_lite." + name), encoding="utf-8") as copy, \
+                open(os.path.join(HERE, name), encoding="utf-8") as original:
+            assert text == copy.read() == original.read()
     with contextlib.closing(sqlite3.connect(os.path.join(installed["cwd"], "hb.db"))) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
 
 
+@pytest.mark.slow
 def test_the_readme_embedding_example_runs_outside_the_checkout(installed):
     example = os.path.join(installed["cwd"], "embedding_example.py")
     with open(example, "w", encoding="utf-8") as f:
@@ -103,6 +118,7 @@ def test_the_readme_embedding_example_runs_outside_the_checkout(installed):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_the_heartbeat_lite_command_exits_with_mains_status(installed):
     command = os.path.join(installed["bin"], "heartbeat-lite")
     version = run(installed, command, "--version")
@@ -110,3 +126,71 @@ def test_the_heartbeat_lite_command_exits_with_mains_status(installed):
     refused = run(installed, command, "--port", "0", "--db", os.path.join(installed["cwd"], "missing", "hb.db"))
     assert refused.returncode == heartbeat_lite.EXIT_CONFIG_ERROR
     assert "heartbeat-lite: error:" in refused.stderr
+
+
+@pytest.mark.parametrize("layout", ["heartbeat_lite.{name}", "{name}"])  # as installed, as in a checkout
+def test_the_module_reads_its_schemas_from_a_zip(tmp_path, layout):
+    archive = str(tmp_path / "heartbeat_lite.zip")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.write(os.path.join(HERE, "heartbeat_lite.py"), "heartbeat_lite.py")
+        for name in SCHEMA_FILES:
+            bundle.write(os.path.join(HERE, name), layout.format(name=name))
+    script = (
+        "import json, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import heartbeat_lite as h\n"
+        "h.create_app(db='hb.db').close()\n"
+        f"print(json.dumps({{'module': h.__file__, 'schemas': {{n: h.read_schema(n) for n in {SCHEMA_FILES!r}}}}}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, archive], cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert os.path.dirname(found["module"]) == archive
+    for name, text in found["schemas"].items():
+        with open(os.path.join(HERE, name), encoding="utf-8") as original:
+            assert text == original.read()
+    with contextlib.closing(sqlite3.connect(str(tmp_path / "hb.db"))) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
+
+
+def test_a_missing_schema_file_is_a_config_error_naming_where_it_was_looked_for():
+    with pytest.raises(heartbeat_lite.ConfigError, match=r"cannot read the schema .*heartbeat_lite\.nothing\.sql "
+                                                         r"or .*nothing\.sql"):
+        heartbeat_lite.read_schema("nothing.sql")
+
+
+###############################################################################
+# The lists that must agree
+###############################################################################
+
+
+def requirement_names(lines):
+    """The distribution names of requirement lines, normalized (PEP 503)."""
+    names = set()
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", line).group(0)).lower())
+    return names
+
+
+def test_the_run_time_dependencies_are_the_same_in_every_list():
+    with open(os.path.join(HERE, "requirements.txt"), encoding="utf-8") as f:
+        requirements = requirement_names(f)
+    with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = requirement_names(re.findall(r'^\s+"([^"]+)",?$',
+                                                 re.search(r"^dependencies = \[\n(.*?)^\]", f.read(),
+                                                           re.M | re.S).group(1), re.M))
+    with open(os.path.join(HERE, "heartbeat_lite.py"), encoding="utf-8") as f:
+        header = requirement_names(json.loads(re.search(r"^# dependencies = (\[.*\])$", f.read(), re.M).group(1)))
+    assert requirements == pyproject == header
+    assert {"bottle", "waitress", "python-dateutil"} <= requirements
+
+
+def test_every_list_requires_the_same_python():
+    with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = re.search(r'^requires-python = "([^"]+)"$', f.read(), re.M).group(1)
+    with open(os.path.join(HERE, "heartbeat_lite.py"), encoding="utf-8") as f:
+        header = re.search(r'^# requires-python = "([^"]+)"$', f.read(), re.M).group(1)
+    assert pyproject == header == ">=3.10"
