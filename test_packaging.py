@@ -1,12 +1,15 @@
 """heartbeat-lite as people get it: ``pip install .`` gives the module, the
 ``heartbeat-lite`` command and the schema files, and the README's embedding
-example runs against the installed copy from outside the checkout; the
-dependency lists agree.
+example runs against the installed copy from outside the checkout;
+``build_pyz.py`` builds one file that serves and embeds with nothing
+installed; the dependency lists agree.
 
 To stay fast and offline, the throw-away venv of the installed package
 borrows the packages of the environment running the tests (bottle, waitress,
 webtest, the build backend), and pip installs only this checkout, with no
-index and no build isolation.
+index and no build isolation. The zipapp's build fetches its dependencies
+the way the script does it everywhere (from pip's index) and runs in a venv
+with nothing installed.
 """
 
 import contextlib
@@ -14,17 +17,20 @@ import glob
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 import venv
 import zipfile
 
 import pytest
 
+import build_pyz
 import heartbeat_lite
-from testing_support import HERE
+from testing_support import HERE, SEED_BODY, _basic, wait_until
 
 SCHEMA_FILES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(HERE, "schema*.sql")))
 
@@ -158,6 +164,79 @@ def test_a_missing_schema_file_is_a_config_error_naming_where_it_was_looked_for(
     with pytest.raises(heartbeat_lite.ConfigError, match=r"cannot read the schema .*heartbeat_lite\.nothing\.sql "
                                                          r"or .*nothing\.sql"):
         heartbeat_lite.read_schema("nothing.sql")
+
+
+###############################################################################
+# The zipapp: python heartbeat-lite.pyz
+###############################################################################
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    """``heartbeat-lite.pyz``, built by build_pyz.py."""
+    return build_pyz.build(str(tmp_path_factory.mktemp("pyz") / "heartbeat-lite.pyz"))
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """The python of a venv with nothing installed (not even pip)."""
+    python = new_venv(str(tmp_path_factory.mktemp("bare")))
+    missing = subprocess.run([python, "-c", "import bottle"], capture_output=True, text=True, env=clean_env())
+    assert "No module named 'bottle'" in missing.stderr  # else the test below proves nothing
+    return python
+
+
+@pytest.mark.slow
+def test_the_pyz_serves_the_seeds_create_from_an_empty_directory(pyz, bare_python, tmp_path):
+    cwd, log = tmp_path / "empty", tmp_path / "server.log"
+    cwd.mkdir()
+    with open(log, "w", encoding="utf-8") as stderr:
+        process = subprocess.Popen([bare_python, pyz, "--port", "0"], cwd=cwd, env=clean_env(),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert wait_until(lambda: "listening on " in log.read_text() or process.poll() is not None, timeout=60)
+        assert process.poll() is None, log.read_text()
+        base = log.read_text().split("listening on ")[1].split()[0]
+        request = urllib.request.Request(base + "/api/v2/heartbeat", data=json.dumps(SEED_BODY).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": _basic("root", "root")}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+            answer = json.loads(response.read())
+        assert answer["name"] == "heartbeat created"
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                            answer["description"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=60)
+    assert status == 0, log.read_text()  # a clean stop
+    assert (cwd / "heartbeat_lite.db").is_file()  # the default database, in the current directory
+
+
+@pytest.mark.slow
+def test_the_pyz_embeds_through_sys_path(pyz, bare_python, tmp_path):
+    script = (
+        "import json, sys, urllib.request\n"
+        f"sys.path.insert(0, {pyz!r})\n"
+        "import bottle, heartbeat_lite\n"
+        "service = heartbeat_lite.create_app(db=':memory:', users={'ci': 'secret'})\n"
+        "with service, heartbeat_lite.serve(service, port=0) as url:\n"
+        "    request = urllib.request.Request(url + '/api/v2/heartbeat', method='POST', data=sys.stdin.buffer.read(),\n"
+        f"                                     headers={{'Authorization': {_basic('ci', 'secret')!r}}})\n"
+        "    with urllib.request.urlopen(request, timeout=30) as response:\n"
+        "        answer = json.loads(response.read())\n"
+        "print(json.dumps({'files': [heartbeat_lite.__file__, bottle.__file__], 'answer': answer,\n"
+        f"                  'schemas': {{name: heartbeat_lite.read_schema(name) for name in {SCHEMA_FILES!r}}}}}))\n"
+    )
+    result = subprocess.run([bare_python, "-c", script], input=json.dumps(SEED_BODY), cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert [os.path.dirname(path) for path in found["files"]] == [pyz, pyz]
+    assert found["answer"]["name"] == "heartbeat created"
+    for name, text in found["schemas"].items():
+        with open(os.path.join(HERE, name), encoding="utf-8") as original:
+            assert text == original.read()
 
 
 ###############################################################################
