@@ -34,10 +34,12 @@ _counter = itertools.count()
 
 
 def _url_with_schema(url, schema):
-    """``url`` with ``options=-csearch_path=<schema>`` added."""
+    """``url`` with ``options=-csearch_path=<schema>`` added, and the schema's
+    name as ``application_name``: what connections to it are called on the
+    server, so a test ends its own and no one else's."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-csearch_path={schema}"))
+    query += [("options", f"-csearch_path={schema}"), ("application_name", schema)]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
@@ -56,6 +58,14 @@ class Schemas:
         self.conn.execute(f"CREATE SCHEMA {name}")
         self.made.append(name)
         return _url_with_schema(self.url, name)
+
+    def end_connections(self, url):
+        """End every server connection opened with ``url`` (from :meth:`new`),
+        as a network failure would, and wait until they are gone. Other
+        tests' and other runs' connections to the same database stay."""
+        name = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["application_name"]
+        self.conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE application_name = %s AND pid <> pg_backend_pid()", (name,))
 
     def drop(self):
         for name in self.made:
