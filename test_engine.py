@@ -4,7 +4,6 @@ publication together), the one expiry state machine (pure, on plain dicts),
 the one status vocabulary and severity order, and a transition applied from
 outside expiry (a job reporting its own failure)."""
 
-import datetime
 import json
 import logging
 import os
@@ -16,24 +15,9 @@ import pytest
 
 import heartbeat_lite
 from heartbeat_lite import expiry_steps
-from test_heartbeat_lite import (  # noqa: F401 (fixtures)
-    HERE,
-    T0,
-    FakeClock,
-    alarms_seen,
-    body,
-    client,
-    clock,
-    create,
-    service,
-)
+from testing_support import C01, HERE, T0, FakeClock, body, client, create, local
 
-C01 = {"connector": "connect", "connector_name": "c01"}
 GROUPED = dict(pattern={"connector": "backup"}, group_by=["host"], expected_interval="1m")
-
-
-def local(t):
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).replace(tzinfo=None).isoformat()
 
 
 class RecordingSink:
