@@ -3785,9 +3785,9 @@ class Transition:
     :param old: the status left; None when it is created (or not known: a
         grouped heartbeat's status following its members').
     :param new: the status entered: one of :data:`STATUSES`, or
-        :data:`DELETED` / :data:`RETIRED` (removed); in a record only
-        (``written`` changes, see :meth:`Change.apply`), any status the
-        history shows, :data:`MAINTENANCE` included.
+        :data:`DELETED` / :data:`RETIRED` (a member removed); in a record
+        (:meth:`Change.record`), any status the history shows,
+        :data:`MAINTENANCE` included.
     :param at: when (Unix seconds): the history's time, the event's.
     :param reason: short human text for the history ("no matching event
         for 1m").
