@@ -5221,7 +5221,14 @@ class Forwarder(_Worker):
         read blocked on a target that sends a byte now and then (a socket
         timeout alone is per read).
 
+        The answer must be complete by the deadline: its head, and its body
+        up to :data:`FORWARD_ANSWER_BYTES` (all of it when it is shorter).
+        A body cut short (by the watchdog, or by the target closing before
+        its ``Content-Length``) fails the attempt, whatever the status: a
+        ``200`` that never finishes is not a delivery.
+
         :raises OSError: the attempt failed (not 2xx, too slow, network).
+        :raises http.client.HTTPException: the answer was malformed or cut.
         """
         parts = urllib.parse.urlsplit(self.url)
         connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -5247,9 +5254,11 @@ class Forwarder(_Worker):
         try:
             conn.request("POST", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body, headers)
             response = conn.getresponse()
-            response.read(FORWARD_ANSWER_BYTES)  # enough of the answer; the rest is not waited for
+            _read_answer(response, FORWARD_ANSWER_BYTES)
+            if expired.is_set():  # the watchdog cut it, and what was read ended at the cut
+                raise TimeoutError(f"no complete answer within {self.timeout:g}s")
         except (OSError, http.client.HTTPException) as exc:
-            if expired.is_set():
+            if expired.is_set() and not isinstance(exc, TimeoutError):
                 raise TimeoutError(f"no complete answer within {self.timeout:g}s") from exc
             raise
         finally:
@@ -5260,6 +5269,25 @@ class Forwarder(_Worker):
         if not 200 <= response.status < 300:
             redirect = " (a redirect: not followed)" if 300 <= response.status < 400 else ""
             raise ConnectionRefusedError(f"HTTP {response.status}{redirect}")
+
+
+def _read_answer(response, limit):
+    """Read ``response``'s body, or its first ``limit`` bytes when it is
+    longer (the rest is not waited for).
+
+    :raises http.client.IncompleteRead: the body ended before its
+        ``Content-Length`` (or before ``limit`` bytes of it); a chunked
+        body cut short raises it too, from http.client.
+    """
+    wanted = limit if response.length is None else min(limit, response.length)
+    got = 0
+    while got < wanted:
+        chunk = response.read(wanted - got)
+        if not chunk:
+            break
+        got += len(chunk)
+    if response.length is not None and got < wanted:
+        raise http.client.IncompleteRead(b"", wanted - got)
 
 
 ###############################################################################

@@ -4,6 +4,7 @@ forwarding, one database per service, configuration errors."""
 import base64
 import http.client
 import os
+import re
 import resource
 import socket
 import sqlite3
@@ -423,6 +424,60 @@ class Dribbler:
         self.listener.close()
 
 
+class RawTarget:
+    """A target speaking raw bytes: each connection (after the request is
+    read) gets the next of ``answers``, a list of byte strings sent one
+    every ``interval`` seconds (then the connection is closed); beyond
+    them, a complete 200. Records how many requests it answered in full."""
+
+    COMPLETE = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"]
+
+    def __init__(self, answers, interval=0.0):
+        self.answers = list(answers)
+        self.interval = interval
+        self.delivered = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.stopping = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/v2/event?authkey=s3cr3t-key"
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            pieces = self.answers.pop(0) if self.answers else self.COMPLETE
+            threading.Thread(target=self._answer, args=(conn, pieces), daemon=True).start()
+
+    def _answer(self, conn, pieces):
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            for piece in pieces:
+                if self.stopping.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(piece)
+                except OSError:
+                    return
+            if pieces is self.COMPLETE:
+                self.delivered.append(body)
+
+    def close(self):
+        self.stopping.set()
+        self.listener.close()
+
+
 def alarmed_forwarding_service(clock, url, db=":memory:"):
     service = heartbeat_lite.create_app(db=db, clock=clock, forward_url=url)
     new_heartbeat(service)
@@ -482,3 +537,61 @@ def test_stopping_waits_for_a_stuck_attempt_at_most_its_deadline(tmp_path):
             assert time.monotonic() - started < 1.5
     finally:
         dribbler.close()
+
+
+DRIBBLED_200 = [b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n"] + [b"x"] * 30
+
+
+def test_a_200_whose_body_dribbles_past_the_deadline_is_a_failed_attempt(clock, caplog):
+    # the head arrives at once, then the body one byte every 0.3 s: at the
+    # 1 s deadline the watchdog cuts it with 3 of its 30 bytes read
+    target = RawTarget([DRIBBLED_200], interval=0.3)
+    try:
+        with alarmed_forwarding_service(clock, target.url()) as service:
+            service.forwarder.timeout = 1.0
+            started = time.monotonic()
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert 1.0 <= time.monotonic() - started < 2.0
+            assert service.engine.outbox_depth() == 1  # not acknowledged: redelivered later
+            assert "no complete answer within 1s" in caplog.text
+            assert service.deliver() is None  # the target answers in full now
+            assert service.engine.outbox_depth() == 0
+            assert len(target.delivered) == 1 and b'"state": 3' in target.delivered[0]
+    finally:
+        target.close()
+
+
+def test_a_200_shorter_than_its_content_length_is_a_failed_attempt(clock):
+    cut_short = [b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n{\"ok\""]  # then the target closes
+    target = RawTarget([cut_short, cut_short])
+    try:
+        with alarmed_forwarding_service(clock, target.url()) as service:
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert service.engine.outbox_depth() == 1
+            assert service.deliver() == 2 * heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert service.deliver() is None and service.engine.outbox_depth() == 0
+    finally:
+        target.close()
+
+
+def test_an_alarm_a_dribbled_200_did_not_deliver_is_delivered_after_a_restart(tmp_path):
+    # the process boundary: the server's forwarder meets the dribbling
+    # target, the service stops (as at a SIGTERM), and a restart delivers
+    target = RawTarget([DRIBBLED_200], interval=0.3)
+    path = str(tmp_path / "hb.db")
+    try:
+        clock = FakeClock(time.time())
+        with alarmed_forwarding_service(clock, target.url(), db=path) as service:
+            service.forwarder.timeout = 1.0
+            with heartbeat_lite.serve(service, port=0):
+                deadline = time.monotonic() + 10
+                while service.forwarder.failures == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert service.forwarder.failures == 1
+        assert target.delivered == []
+        with heartbeat_lite.create_app(db=path, clock=clock, forward_url=target.url()) as service:
+            assert service.engine.outbox_depth() == 1
+            assert service.deliver() is None
+        assert len(target.delivered) == 1
+    finally:
+        target.close()
