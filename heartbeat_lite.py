@@ -266,6 +266,70 @@ def parse_forward_url(url, name="--forward-url"):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), authorization
 
 
+REDACTED = "***"
+
+
+def redact_url(url):
+    """``url`` as a log line or a message may show it: the password of its
+    userinfo (or, with no password, the whole userinfo: a lone user may be a
+    token) and every query value replaced by ``***`` (a query item with no
+    ``=``, too), the fragment dropped, then :func:`log_safe` (escaped, cut
+    at 1 KiB). The one function for every URL logged or shown: the database
+    URL, the forward URL.
+    """
+    url = url if isinstance(url, str) else str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return log_safe(url.partition("?")[0].partition("#")[0] + ("?" + REDACTED if "?" in url else ""))
+    rest = rest.partition("#")[0]
+    rest, question, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+    if question:
+        items = [item.partition("=") for item in query.split("&") if item]
+        query = "&".join(f"{key}={REDACTED}" if equal else REDACTED for key, equal, _ in items)
+    return log_safe(f"{scheme}://{authority}{slash}{path}{question}{query}")
+
+
+def url_secrets(url):
+    """The secrets :func:`redact_url` hides, each as written and
+    percent-decoded, longest first: what :func:`redact_secrets` takes out of
+    a library's error message that may quote them."""
+    url = url if isinstance(url, str) else str(url)
+    rest = url.partition("://")[2].partition("#")[0]
+    rest, _, query = rest.partition("?")
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    found = []
+    if at:
+        user, colon, password = userinfo.partition(":")
+        found.append(password if colon else user)
+    found += [value if equal else key for key, equal, value in (item.partition("=") for item in query.split("&"))]
+    decoded = [urllib.parse.unquote(secret) for secret in found]
+    return sorted({secret for secret in found + decoded if secret}, key=len, reverse=True)
+
+
+def redact_secrets(text, url):
+    """``text`` (an error message) with every secret of ``url`` in it replaced
+    by ``***``, made one line (a library's message may span several) and
+    :func:`log_safe`."""
+    text = text if isinstance(text, str) else str(text)
+    for secret in url_secrets(url):
+        # a short one only where quoted: "5" must not become *** in "port 5432"
+        text = text.replace(secret if len(secret) >= 4 else f'"{secret}"', REDACTED)
+    return log_safe(one_line(text))
+
+
+def one_line(text):
+    """``text`` as one line: its lines, stripped, joined by a space (a
+    PostgreSQL error comes as several, with a tab-indented hint)."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 # C0 and C1 controls, DEL, backslash (so an escape cannot be forged either),
 # line and paragraph separators, bidirectional-text controls
 _UNSAFE_IN_LOG = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -880,7 +944,11 @@ def validate_events(value):
 
 
 class StoreError(Exception):
-    """The database failed; the cause is chained (``__cause__``)."""
+    """The database failed; the cause is chained (``__cause__``). Its text is
+    one line (PostgreSQL's messages span several), for the log."""
+
+    def __str__(self):
+        return one_line(super().__str__())
 
 
 class SchemaTooNew(StoreError):
@@ -2131,14 +2199,10 @@ def open_store(db, busy_timeout=BUSY_TIMEOUT_SECONDS):
 
 
 def database_label(db):
-    """``db`` as a log line may show it: a URL without its password, a
-    SQLite path made absolute."""
+    """``db`` as a log line may show it: a URL with no secret in it (see
+    :func:`redact_url`), a SQLite path made absolute."""
     if is_postgres_url(db):
-        parts = urllib.parse.urlsplit(db)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
-        return urllib.parse.urlunsplit(parts)
+        return redact_url(db)
     return os.path.abspath(db) if db != ":memory:" else ":memory:"
 
 
@@ -2240,7 +2304,7 @@ class PostgresStore(Store):
         try:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
-            raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {exc}") from exc
+            raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {redact_secrets(exc, url)}") from None
         self.path = database_label(url)  # what messages show
         self.url = url
         self.busy_timeout = busy_timeout
@@ -5161,6 +5225,8 @@ class Forwarder(_Worker):
         super().__init__()
         self.store = store
         self.url, self._authorization = parse_forward_url(url)
+        #: the URL as the log shows it (no password, no query value: see :func:`redact_url`)
+        self.label = redact_url(self.url)
         self.timeout = timeout
         self.failures = 0  # consecutive failed attempts
 
@@ -5202,17 +5268,18 @@ class Forwarder(_Worker):
         except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors
             self.failures += 1
             delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
+            why = redact_secrets(exc, self.url)
             if self.failures == 1:
                 log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
-                            self.url, log_safe(exc), self.store.outbox_depth())
+                            self.label, why, self.store.outbox_depth())
             else:
-                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, log_safe(exc), delay)
+                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.label, why, delay)
             return delay
         self.store.outbox_ack(batch[-1][0])
         if self.failures:
-            log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.url, self.failures)
+            log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.label, self.failures)
             self.failures = 0
-        log.debug("delivered %d event(s) to %s", len(batch), self.url)
+        log.debug("delivered %d event(s) to %s", len(batch), self.label)
         return 0.0
 
     def _post(self, body):
@@ -7701,7 +7768,7 @@ def main(argv=None, environ=None):
             gc.freeze()
             log.info("heartbeat-lite %s listening on %s (database %s)", __version__, url, database_label(args.db))
             if service.forwarder is not None:
-                log.info("forwarding alarms to %s", service.forwarder.url)
+                log.info("forwarding alarms to %s", service.forwarder.label)
             while not stop.wait(3600):
                 pass
             log.info("shutting down")

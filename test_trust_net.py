@@ -208,6 +208,90 @@ def test_settings_come_from_the_flag_then_the_environment_then_the_default():
 
 
 ###############################################################################
+# Secrets in logs
+###############################################################################
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://hb:pw-1@db.example/hb?password=pw-2&sslmode=require",
+     "postgresql://hb:***@db.example/hb?password=***&sslmode=***"),
+    ("http://canopsis:pw-3@h:8082/api/v2/event?authkey=key-4&flag#frag", "http://canopsis:***@h:8082/api/v2/event?authkey=***&***"),
+    ("https://token-5@h/x", "https://***@h/x"),
+    ("https://h/api/v2/event", "https://h/api/v2/event"),
+    ("postgresql://u:p@ss:w%zzord@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"),
+])
+def test_a_url_is_shown_without_its_secrets(url, shown):
+    assert heartbeat_lite.redact_url(url) == shown
+
+
+def test_secrets_quoted_by_an_error_message_are_taken_out_and_it_is_one_line():
+    url = "postgresql://u:s3%zzcret@h/db?connect_timeout=5"
+    message = 'invalid percent-encoded token: "s3%zzcret"\n\tport 5432, "5"'
+    assert heartbeat_lite.redact_secrets(message, url) == 'invalid percent-encoded token: "***" port 5432, ***'
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_until_logged(log_path, *args, expected, env=None, timeout=20):
+    """Start the command with ``args`` logging to ``log_path``, wait until
+    ``expected`` is in its log, stop it (SIGTERM); return the log."""
+    with open(log_path, "w") as log:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(heartbeat_lite.ENV_PREFIX)}
+        process = subprocess.Popen([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
+                                   stderr=log, stdout=subprocess.DEVNULL, env={**environment, **(env or {})})
+    try:
+        deadline = time.monotonic() + timeout
+        while expected not in open(log_path).read():
+            assert process.poll() is None and time.monotonic() < deadline, open(log_path).read()
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(30)
+    return open(log_path).read()
+
+
+def assert_one_line_per_record(text):
+    lines = text.splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", line) for line in lines), text
+
+
+def test_a_forward_url_s_secrets_are_not_logged_at_start_nor_on_failures(tmp_path, clock):
+    path = str(tmp_path / "hb.db")
+    secrets = ("pw-Secret1", "Key-Secret2", "Tok-Secret3")
+    url = f"http://canopsis:{secrets[0]}@127.0.0.1:{closed_port()}/api/v2/event?authkey={secrets[1]}&token={secrets[2]}"
+    alarmed_forwarding_service(clock, url, db=path).close()  # an alarm waits in the outbox
+    text = run_until_logged(tmp_path / "log", "--db", path, env={"HEARTBEAT_LITE_FORWARD_URL": url},
+                            expected="alarm delivery to")
+    port = url.split("@127.0.0.1:")[1].split("/")[0]
+    assert f"forwarding alarms to http://127.0.0.1:{port}/api/v2/event?authkey=***&token=***" in text
+    assert "alarm delivery to http://127.0.0.1:" in text
+    assert not any(secret in text for secret in secrets), text
+    assert_one_line_per_record(text)
+
+
+def test_a_postgresql_url_s_secrets_are_not_logged_and_its_errors_are_one_line(tmp_path):
+    pytest.importorskip("psycopg")
+    url = f"postgresql://hb:Pw-Secret4@127.0.0.1:{closed_port()}/hb?password=Pw-Secret5&connect_timeout=2"
+    text = run_until_logged(tmp_path / "log", "--db", url, expected="listening on", env={"HEARTBEAT_LITE_USERS": ""})
+    assert "unavailable at start: cannot open database: connection failed" in text  # said, on one line
+    assert "(database postgresql://hb:***@127.0.0.1:" in text and "/hb?password=***&connect_timeout=***)" in text
+    assert "Secret4" not in text and "Secret5" not in text, text
+    assert_one_line_per_record(text)
+
+
+def test_a_bad_percent_encoding_in_a_postgresql_url_does_not_echo_the_password():
+    pytest.importorskip("psycopg")
+    for url in ("postgresql://hb:Pw%zzSecret6@127.0.0.1/hb", "postgresql://hb@127.0.0.1/hb?password=Pw%zzSecret6"):
+        line = one_error_line(run_cli("--port", "0", "--db", url))
+        assert "bad PostgreSQL URL" in line and "invalid percent-encoded token" in line
+        assert "Secret6" not in line, line
+
+
+###############################################################################
 # Connections: exhaustion and slow clients
 ###############################################################################
 
