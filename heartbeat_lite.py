@@ -1061,19 +1061,33 @@ def check_database_path(path):
 
 
 class DatabaseLock:
-    """An exclusive lock on ``<database>.lock`` (beside the database, never on
-    it: SQLite's own POSIX locks on the database file must not be disturbed),
-    held from :meth:`acquire` to :meth:`release`: one database, one service.
+    """An exclusive lock on the database, held from :meth:`acquire` to
+    :meth:`release`: one database, one service. Two ``flock`` locks:
+
+    - on ``<database>.lock`` beside it (its real path: a symbolic link finds
+      it), taken before the database exists, so that two services starting
+      on one new path do not both create it;
+    - on the database file itself, by its identity (device and inode), so
+      that a service on another path to the same file (a hard link, a bind
+      mount) is refused too: two services on one file each keep their own
+      WAL, and writes are lost. It is taken at :meth:`acquire` when the file
+      exists, else by :meth:`hold_file` once the store has created it.
 
     ``flock`` locks belong to the open file, so a second service in the same
-    process is refused too; the kernel drops the lock when the process dies,
-    however it dies. The file stays (deleting a lock file races with the next
-    taker); it holds the holder's process id, for the message.
+    process is refused too; the kernel drops them when the process dies,
+    however it dies. They never touch SQLite's own locks (POSIX record
+    locks, which ``flock`` does not see on Linux and the BSDs); the file
+    descriptor held on the database is closed only at :meth:`release`, after
+    the store closed its connections (closing any descriptor of a file drops
+    the process' POSIX locks on it). The lock file stays (deleting it races
+    with the next taker); it holds the holder's process id, for the message.
     """
 
     def __init__(self, database_path):
+        self.database_path = database_path
         self.path = os.path.realpath(database_path) + ".lock"
         self._fd = None
+        self._file_fd = None  # on the database file, once it exists
 
     def acquire(self):
         """:raises ConfigError: another service holds it, or it cannot be created."""
@@ -1103,11 +1117,42 @@ class DatabaseLock:
         except OSError:
             pass  # opened read-only: the lock holds all the same
         self._fd = fd
+        try:
+            self.hold_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def hold_file(self):
+        """Lock the database file itself, if it exists and is not locked yet.
+
+        :raises ConfigError: another service holds it (through another path).
+        """
+        if self._fd is None or self._file_fd is not None:
+            return
+        import fcntl
+        try:
+            fd = os.open(self.database_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # created at the store's first open, which calls this again
+        except OSError as exc:
+            raise ConfigError(f"cannot open database {self.database_path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"database {os.path.abspath(self.database_path)} is in use by another heartbeat-lite, "
+                "through another path to the same file (a hard link?): one database, one service"
+            ) from None
+        self._file_fd = fd
 
     def release(self):
-        if self._fd is not None:
-            os.close(self._fd)  # closing the file releases the lock
-            self._fd = None
+        for name in ("_file_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)  # closing the file releases its lock
+                setattr(self, name, None)
 
 
 class Store:
@@ -1242,6 +1287,8 @@ class Store:
             self._prepared = True
             if self._identity is None and not self._shared:
                 self._identity = self._file_identity()
+                if self._file_lock is not None:
+                    self._file_lock.hold_file()  # a file created just now: lock it by its identity
         return self._conn
 
     def _file_identity(self):

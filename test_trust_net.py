@@ -91,6 +91,32 @@ def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopp
         pass
 
 
+def test_a_second_service_on_a_hard_link_to_the_database_exits_2_and_changes_nothing(stopped_db, clock, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = str(elsewhere / "same.db")
+    os.link(stopped_db, link)  # another path, another directory, the same file
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
+        before = database_state(stopped_db)
+        line = one_error_line(run_cli("--port", "0", "--db", link))
+        assert "in use by another heartbeat-lite" in line and "another path to the same file" in line
+        assert database_state(stopped_db) == before
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):  # in one process too
+            heartbeat_lite.create_app(db=link, clock=clock)
+        assert client(first).get("/healthz").json["status"] == "ok"
+    with heartbeat_lite.create_app(db=link, clock=clock):  # released at close
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):
+            heartbeat_lite.create_app(db=stopped_db, clock=clock)
+
+
+def test_a_database_created_at_start_is_locked_by_its_identity_once_it_exists(tmp_path, clock):
+    path = str(tmp_path / "new.db")
+    with heartbeat_lite.create_app(db=path, clock=clock):
+        os.link(path, str(tmp_path / "link.db"))
+        with pytest.raises(heartbeat_lite.ConfigError, match="another path to the same file"):
+            heartbeat_lite.create_app(db=str(tmp_path / "link.db"), clock=clock)
+
+
 def test_a_start_on_a_port_in_use_changes_nothing_in_the_database(stopped_db):
     before = files_in(os.path.dirname(stopped_db))
     with socket.socket() as taken:
