@@ -5629,17 +5629,19 @@ def is_cross_site(environ):
 
 
 def is_hostile_path(environ):
-    """True when the request's path is not valid UTF-8, or has an encoded
-    ``/`` (``%2F``) in it: no resource has such a path, and the server's
-    decoding would otherwise make it another one (bottle drops bytes that are
-    not UTF-8; waitress decodes ``%2F`` into a ``/``)."""
+    """True when the request's path is not valid UTF-8, has an encoded
+    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
+    path, and the server's decoding would otherwise make it another one
+    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
+    decodes ``%2F`` into a ``/``)."""
     path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
     try:
         path.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return True
-    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
-    return "%2f" in raw.partition("?")[0].lower()
+    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
+    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
+    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
 
 
 def json_response(value, status=200, headers=None):

@@ -128,6 +128,14 @@ def test_an_encoded_slash_in_an_id_is_not_found_over_http(server, service):
     assert raw_request(server, "GET", f"/api/v2/heartbeat/{heartbeat_id}/status")[0] == 200
 
 
+def test_a_path_starting_with_two_slashes_is_not_found_over_http(server, service):
+    heartbeat_id = new_heartbeat(service)
+    for method, path in (("GET", f"//api/v2/heartbeat/{heartbeat_id}"), ("GET", f"///api/v2/heartbeat/{heartbeat_id}"),
+                         ("DELETE", f"//api/v2/heartbeat/{heartbeat_id}"), ("GET", "//healthz")):
+        assert raw_request(server, method, path) == (404, {"name": "", "description": "not found"}), path
+    assert raw_request(server, "GET", f"/api/v2/heartbeat/{heartbeat_id}")[0] == 200  # still there
+
+
 def test_an_id_that_is_not_a_canonical_uuid_is_not_found(app):
     heartbeat_id = create(app)
     for other in (heartbeat_id.upper(), heartbeat_id.replace("-", ""), "{%s}" % heartbeat_id):
