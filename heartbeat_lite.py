@@ -75,6 +75,7 @@ DEFAULT_DB = "heartbeat_lite.db"
 DEFAULT_THREADS = 4
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_USERS = {"root": "root"}  # only ever used on a loopback address
+LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the Host names root:root answers
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
@@ -355,6 +356,43 @@ def log_safe(text, limit=MAX_LOGGED_CHARS):
         total, text = len(text), text[:limit]
     text = _UNSAFE_IN_LOG.sub(_escape_for_log, text)
     return f"{text}...[cut, {total} chars]" if cut else text
+
+
+def allowed_host_names(public_url=None):
+    """The ``Host`` names a service with no user configured answers (the
+    default ``root:root`` on loopback): :data:`LOOPBACK_HOST_NAMES`, and the
+    host of ``public_url`` when one is given. Loopback addresses
+    (``127.0.0.1``, ``[::1]``) are always allowed, whatever the port (see
+    :func:`is_allowed_host`). The one place that says which."""
+    names = set(LOOPBACK_HOST_NAMES)
+    if public_url:
+        host = urllib.parse.urlsplit(public_url).hostname
+        if host:
+            names.add(host.lower().rstrip("."))
+    return frozenset(names)
+
+
+def is_allowed_host(host, allowed):
+    """True when the ``Host`` header ``host`` (with or without a port)
+    names one of ``allowed``, or a loopback address. A DNS rebinding attack
+    (a page from ``attacker.example`` whose name now resolves to 127.0.0.1)
+    sends its own name, so it is refused."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return False
+    else:
+        name, colon, port = host.rpartition(":")
+        if not colon or not port.isdigit():
+            name = host
+    name = name.rstrip(".")
+    if name in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback(host):
@@ -5576,6 +5614,7 @@ class Authenticator:
 
 PATTERN_EXISTS = "heartbeat pattern already exists"
 CROSS_SITE_REFUSED = "cross-site request refused"
+MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
 _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
@@ -5668,11 +5707,15 @@ class WebApi:
 
     :param engine: the :class:`Engine`.
     :param authenticator: the :class:`Authenticator` guarding ``/api/``.
+    :param allowed_hosts: None (any ``Host``), or the names a request's
+        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
+        and change nothing.
     """
 
-    def __init__(self, engine, authenticator):
+    def __init__(self, engine, authenticator, allowed_hosts=None):
         self.engine = engine
         self.auth = authenticator
+        self.allowed_hosts = allowed_hosts
         self._health_problem = None  # the last problem /healthz logged
         self.app = bottle.Bottle()
         self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
@@ -5724,6 +5767,9 @@ class WebApi:
                 environ = bottle.request.environ
                 if is_hostile_path(environ):
                     raise ApiError(404, "not found")
+                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
+                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
+                    raise ApiError(421, MISDIRECTED)
                 if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
                     raise ApiError(403, CROSS_SITE_REFUSED)
                 if authenticated:
@@ -7219,7 +7265,8 @@ class Service:
         self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
         if self.forwarder is not None:
             self.engine.outbox_waker = self.forwarder.wake
-        self.web = WebApi(self.engine, authenticator)
+        # the default root:root answers loopback names only: no DNS rebinding
+        self.web = WebApi(self.engine, authenticator, allowed_hosts=allowed_host_names() if users is None else None)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort

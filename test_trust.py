@@ -39,7 +39,7 @@ def raw_request(base, method, path, body=b"", headers=None):
     host, port = base.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True, skip_host="Host" in (headers or {}))
         for name, value in {"Authorization": _basic("root", "root"), "Content-Length": str(len(body)),
                             **(headers or {})}.items():
             conn.putheader(name, value)
@@ -210,6 +210,57 @@ def test_the_origin_is_compared_with_the_host_header_over_http(server):
     assert (status, answer) == (200, {"received": 0, "matched": []})
     status, answer = raw_request(server, "POST", "/api/v2/event", b"[]", {"Origin": "http://127.0.0.2:1"})
     assert (status, answer) == (403, CROSS_SITE)
+
+
+###############################################################################
+# DNS rebinding: the default root:root answers loopback Host names only
+###############################################################################
+
+MISDIRECTED = {"name": "", "description": "misdirected request: unknown Host"}
+
+
+def test_a_rebinding_host_gets_421_and_changes_nothing_over_http(server, service):
+    # a page from rebind.attacker.example whose name now resolves to
+    # 127.0.0.1: Host and Origin are the attacker's own, so same-origin
+    port = server.rsplit(":", 1)[1]
+    attacker = {"Host": f"rebind.attacker.example:{port}", "Origin": f"http://rebind.attacker.example:{port}"}
+    window = json.dumps({"name": "silence", "pattern": {}, "start": "2020-01-01T00:00:00",
+                         "end": "2099-01-01T00:00:00"})
+    for method, path, payload in (("POST", "/api/v2/heartbeat", json.dumps(body()).encode()),
+                                  ("POST", "/api/v2/maintenance", window.encode()),
+                                  ("GET", "/api/v2/heartbeat", b""), ("GET", "/healthz", b"")):
+        assert raw_request(server, method, path, payload, attacker) == (421, MISDIRECTED), path
+    assert raw_request(server, "GET", "/api/v2/heartbeat") == (200, [])  # nothing changed
+    assert raw_request(server, "GET", "/api/v2/maintenance") == (200, [])
+    assert raw_request(server, "POST", "/api/v2/maintenance", window.encode())[0] == 200  # a valid window
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost", "127.0.0.1"):
+        status, answer = raw_request(server, "POST", "/api/v2/event", b"[]", {"Host": host, "Origin": f"http://{host}"})
+        assert (status, answer) == (200, {"received": 0, "matched": []}), host
+        assert raw_request(server, "GET", "/api/v2/heartbeat", headers={"Host": host})[0] == 200, host
+
+
+def test_with_users_configured_any_host_is_answered(clock):
+    with heartbeat_lite.create_app(users={"alice": "pw"}, clock=clock) as service:
+        app = webtest.TestApp(service.wsgi, extra_environ={"HTTP_HOST": "monitor.example.org:8082"})
+        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "pw")}, status=200)
+
+
+@pytest.mark.parametrize("host,allowed", [
+    ("localhost", True), ("localhost:8082", True), ("LOCALHOST.:1", True), ("127.0.0.1", True),
+    ("127.0.0.1:8082", True), ("127.9.9.9:1", True), ("[::1]", True), ("[::1]:8082", True),
+    ("rebind.attacker.example", False), ("rebind.attacker.example:8082", False), ("localhost.attacker.example", False),
+    ("evil.localhost", False), ("0.0.0.0:8082", False), ("10.0.0.1", False), ("[::1]x", False),
+    ("localhost:80x", False), ("", False), ("127.0.0.1@evil.example", False),
+])
+def test_which_host_names_the_default_credentials_answer(host, allowed):
+    assert heartbeat_lite.is_allowed_host(host, heartbeat_lite.allowed_host_names()) is allowed
+
+
+def test_a_public_url_adds_its_host_to_the_allowed_names():
+    names = heartbeat_lite.allowed_host_names("https://Monitor.Example.org:8443/base")
+    assert heartbeat_lite.is_allowed_host("monitor.example.org:8443", names)
+    assert heartbeat_lite.is_allowed_host("localhost", names)
+    assert not heartbeat_lite.is_allowed_host("rebind.attacker.example", names)
 
 
 ###############################################################################
