@@ -7411,8 +7411,10 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
 
 def _json_error_server_class():
     """waitress' server class, answering its own HTTP errors (malformed request,
-    body too large) in JSON like the rest of the API."""
+    body too large) in JSON like the rest of the API, and refusing what a
+    proxy in front could read another way."""
     from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser, ParsingError
     from waitress.server import TcpWSGIServer
     from waitress.task import ErrorTask
 
@@ -7426,8 +7428,19 @@ def _json_error_server_class():
             self.content_length = len(body)
             self.write(body)
 
+    class StrictRequestParser(HTTPRequestParser):
+        def parse_header(self, header_plus):
+            super().parse_header(header_plus)
+            # Both framings: waitress reads the chunked body, a proxy in front
+            # may read Content-Length bytes, and the rest of the stream is a
+            # request one of them never saw (request smuggling). A 400, and
+            # the connection closed (with what was pipelined behind it).
+            if "CONTENT_LENGTH" in self.headers and (self.chunked or "TRANSFER_ENCODING" in self.headers):
+                raise ParsingError("both Content-Length and Transfer-Encoding")
+
     class JsonErrorChannel(HTTPChannel):
         error_task_class = JsonErrorTask
+        parser_class = StrictRequestParser
         # When the server's periodic check first saw the request being
         # received (within a second of its first byte): nothing is done per
         # read, which is the hot path of every request.

@@ -3,6 +3,7 @@ forwarding, one database per service, configuration errors."""
 
 import base64
 import http.client
+import json
 import os
 import re
 import resource
@@ -440,6 +441,28 @@ def test_near_the_connection_limit_the_oldest_idle_connections_make_room(clock):
         finally:
             for sock in sockets:
                 sock.close()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_a_request_with_both_content_length_and_chunked_is_refused_and_so_is_what_follows(clock, version):
+    # a proxy in front reading Content-Length would see the chunked body as
+    # another request: refuse it (400, JSON) and close, with what is pipelined
+    smuggled = (f"POST /api/v2/event HTTP/{version}\r\nHost: localhost\r\nAuthorization: Basic cm9vdDpyb290\r\n"
+                "Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "2\r\n{}\r\n0\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").encode()
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(smuggled)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 400 Bad Request" in head.split(b"\r\n")[0]
+        assert b"Connection: close" in head and b"application/json" in head
+        assert json.loads(body) == {"name": "", "description": "bad request"}  # and nothing after it
+        assert service.engine.events_received == 0
 
 
 ###############################################################################
