@@ -47,6 +47,7 @@ import re
 import signal
 import socket
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -185,6 +186,14 @@ HEAD_DEADLINE_SECONDS = 10.0
 BODY_DEADLINE_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 60
 CONNECTION_LIMIT = 4000
+# A client that pipelines requests and does not read the answers: at most
+# MAX_PIPELINED_REQUESTS wait per connection (beyond, it is closed after the
+# last of them), the next is served only while fewer than
+# UNSENT_ANSWER_BYTES of its answers wait unsent, and a connection whose
+# answers wait UNREAD_DEADLINE_SECONDS with nothing read is reset.
+MAX_PIPELINED_REQUESTS = 16
+UNSENT_ANSWER_BYTES = 64 * 1024
+UNREAD_DEADLINE_SECONDS = 10.0
 CONNECTION_SPARE = 100  # waiting connections are evicted when fewer slots than this (or a tenth of the limit) are left
 FILE_DESCRIPTORS_SPARE = 200  # beyond the connections: database, threads, pipes
 
@@ -7411,8 +7420,9 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
 
 def _json_error_server_class():
     """waitress' server class, answering its own HTTP errors (malformed request,
-    body too large) in JSON like the rest of the API, and refusing what a
-    proxy in front could read another way."""
+    body too large) in JSON like the rest of the API, refusing what a proxy
+    in front could read another way, and bounding what each connection may
+    hold (see :class:`JsonErrorServer` inside)."""
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser, ParsingError
     from waitress.server import TcpWSGIServer
@@ -7446,6 +7456,9 @@ def _json_error_server_class():
         # read, which is the hot path of every request.
         request_started = None
         _timed_request = None  # the parser request_started belongs to
+        #: its next request waits until the client reads its answers (see
+        #: JsonErrorServer.add_task)
+        deferred = False
 
         def request_age(self, now):
             """Seconds since the request being received was first seen, or
@@ -7460,21 +7473,91 @@ def _json_error_server_class():
             idle, or a request is still arriving."""
             return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
+        _queued = 0  # bytes in the kernel's send queue at the last look
+        _queued_since = 0.0  # since when that queue has not gone down
+
+        def is_unread(self, now):
+            """True when answers wait for the client, none is being written,
+            and the client read nothing for the server's ``unread_deadline``
+            (``now``: wall-clock seconds, as waitress' ``last_activity``,
+            which a send that moved data refreshes). Answers all handed to
+            the kernel but not read (its send queue, up to megabytes) count
+            once that queue has not gone down for the deadline."""
+            deadline = self.server.unread_deadline
+            if self.requests and not self.deferred or now - self.last_activity <= deadline:
+                return False
+            if self.total_outbufs_len:
+                return True
+            queued = _unsent_bytes(self.socket)
+            if not queued or queued < self._queued or not self._queued:  # nothing waits, or it moved
+                self._queued, self._queued_since = queued, now
+                return False
+            return now - self._queued_since > deadline
+
+        def received(self, data):
+            # one read (8 KiB) may hold a hundred pipelined requests: waitress
+            # would queue them all. Past MAX_PIPELINED_REQUESTS the last one
+            # kept closes the connection once answered; the others are
+            # dropped, and the client must send them again (as a client
+            # pipelining must be ready to: RFC 9112, 9.3.2).
+            result = super().received(data)
+            if len(self.requests) > MAX_PIPELINED_REQUESTS:
+                with self.requests_lock:
+                    dropped = self.requests[MAX_PIPELINED_REQUESTS:]
+                    del self.requests[MAX_PIPELINED_REQUESTS:]
+                    self.requests[-1].headers["CONNECTION"] = "close"
+                    if self.request is not None:
+                        dropped.append(self.request)
+                        self.request = None
+                for request in dropped:
+                    request.close()
+            return result
+
+        def handle_write(self):
+            super().handle_write()
+            if self.deferred and self.connected and self.total_outbufs_len <= UNSENT_ANSWER_BYTES:
+                with self.outbuf_lock:
+                    if not self.deferred:
+                        return
+                    self.deferred = False
+                self.server.add_task(self)
+
     class JsonErrorServer(TcpWSGIServer):
         """Cuts every request whose head is not complete within
         ``head_deadline`` seconds of its first byte, or its body within
         ``body_deadline`` more (an idle timeout alone lets a client dribble
         one byte at a time forever); near the connection limit, closes the
         connections that wait longest (idle first, then the oldest requests
-        still arriving), so a new client is always accepted."""
+        still arriving), so a new client is always accepted.
+
+        A client that sends requests and does not read the answers (one
+        read may hold a hundred pipelined requests) holds memory: each
+        connection may have at most :data:`MAX_PIPELINED_REQUESTS` requests
+        waiting, its next request is served only once fewer than
+        :data:`UNSENT_ANSWER_BYTES` of its answers wait unsent (the kernel's
+        socket buffers hold the rest), and a connection whose answers wait
+        ``unread_deadline`` seconds with nothing read is reset. The memory
+        that frees is handed back to the system."""
 
         channel_class = JsonErrorChannel
         head_deadline = HEAD_DEADLINE_SECONDS
         body_deadline = BODY_DEADLINE_SECONDS
+        unread_deadline = UNREAD_DEADLINE_SECONDS
         _next_deadline_check = 0.0
         cut = 0  # connections closed by a deadline or evicted, since the start
 
         _spare = None  # connection slots kept free: computed at the first turn
+
+        def add_task(self, channel):
+            # the answers of earlier requests wait unsent: this one waits for
+            # the client to read them (the channel's handle_write dispatches
+            # it), so no thread blocks on a client that does not read
+            if channel.total_outbufs_len > UNSENT_ANSWER_BYTES:  # unlocked: the common case is one comparison
+                with channel.outbuf_lock:
+                    if channel.total_outbufs_len > UNSENT_ANSWER_BYTES and channel.connected:
+                        channel.deferred = True
+                        return
+            super().add_task(channel)
 
         def readable(self):  # once per turn of the event loop: kept cheap
             if not self.accepting:
@@ -7482,7 +7565,7 @@ def _json_error_server_class():
             now = time.monotonic()
             closed = 0
             if now >= self._next_deadline_check:
-                self._next_deadline_check = now + min(1.0, self.head_deadline / 4)
+                self._next_deadline_check = now + min(1.0, self.head_deadline / 4, self.unread_deadline / 4)
                 closed += self._cut_late_requests(now)
             spare = self._spare
             if spare is None:
@@ -7499,9 +7582,12 @@ def _json_error_server_class():
             return super().readable()
 
         def _cut_late_requests(self, now):
-            late = []
+            late, unread = [], []
+            wall = time.time()
             for channel in list(self.active_channels.values()):
                 age = channel.request_age(now)
+                if channel.is_unread(wall):
+                    unread.append(channel)
                 if age is None or not channel.is_waiting():
                     continue
                 allowed = self.head_deadline
@@ -7513,7 +7599,17 @@ def _json_error_server_class():
                 channel.handle_close()
             if late:
                 log.debug("closed %d connection(s) that did not send their request in time", len(late))
-            return len(late)
+            for channel in unread:
+                try:  # a reset: the kernel drops the unsent answers now, instead of keeping them for a FIN
+                    channel.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+                channel.handle_close()
+            if unread:
+                log.info("reset %d connection(s) whose client did not read its answers for %gs",
+                         len(unread), self.unread_deadline)
+                release_free_memory()
+            return len(late) + len(unread)
 
         def _evict(self, count):
             waiting = [channel for channel in list(self.active_channels.values()) if channel.is_waiting()]
@@ -7528,6 +7624,45 @@ def _json_error_server_class():
             return min(count, len(waiting))
 
     return JsonErrorServer
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+
+
+def _unsent_bytes(sock):
+    """Bytes in ``sock``'s send queue the peer has not acknowledged (Linux's
+    ``SIOCOUTQ``), or 0 where that cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory():
+    """Hand the C heap's free pages back to the system (glibc keeps the
+    memory a burst of answers freed, in the middle of its heaps, otherwise:
+    the process' resident size would stay at its peak)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _file_descriptor_limit(wanted):
@@ -7567,7 +7702,7 @@ def check_binding(service, host):
 @contextlib.contextmanager
 def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
           head_deadline=HEAD_DEADLINE_SECONDS, body_deadline=BODY_DEADLINE_SECONDS,
-          connection_limit=CONNECTION_LIMIT):
+          connection_limit=CONNECTION_LIMIT, unread_deadline=UNREAD_DEADLINE_SECONDS):
     """Serve ``service`` over HTTP with waitress in a background thread.
 
     :param service: a :class:`Service`.
@@ -7576,6 +7711,8 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
     :param threads: waitress worker threads.
     :param head_deadline: seconds a client has to send a request's head,
         from its first byte; ``body_deadline``: seconds more for its body.
+    :param unread_deadline: seconds a connection's answers may wait for a
+        client that reads nothing, before the connection is reset.
     :param connection_limit: open connections at most (lowered to fit the
         process' limit on open files, which is raised toward it first).
     :yields: the base URL, e.g. ``http://127.0.0.1:54321``.
@@ -7602,10 +7739,14 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
             max_request_body_size=MAX_REQUEST_BODY_BYTES + 1, ident="heartbeat-lite",
             connection_limit=connection_limit, channel_timeout=IDLE_TIMEOUT_SECONDS,
             asyncore_use_poll=True,  # select() fails beyond 1,024 descriptors
+            # a worker thread never waits for a client to read (waitress' high
+            # watermark would block it): the server bounds unsent answers itself
+            outbuf_high_watermark=2 ** 62,
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
     server.head_deadline, server.body_deadline = head_deadline, body_deadline
+    server.unread_deadline = unread_deadline
     try:
         service.open()
     except BaseException:
