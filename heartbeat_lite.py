@@ -141,6 +141,8 @@ AVAILABILITY_WINDOWS = (("24h", 24 * 3600), ("7d", 7 * 24 * 3600), ("30d", 30 * 
 RECENT_EVENTS_PER_HEARTBEAT = 20  # GET /api/v2/heartbeat/<id>/events
 RECENT_EVENTS_MAX_HEARTBEATS = 5_000  # heartbeats with such a list; beyond, the oldest list is dropped
 RECENT_EVENTS_RECEIVED = 1000  # events POST /api/v2/pattern/test examines
+RECENT_EVENTS_MAX_BYTES = 48 * 1024 * 1024  # the heartbeats' lists together; beyond, the oldest lists are dropped
+RECENT_RECEIVED_MAX_BYTES = 2 * 1024 * 1024  # request bodies kept for the pattern tester (the newest always)
 MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
 MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
@@ -3087,15 +3089,47 @@ def availability(changes, now, window):
     return round(available / counted, 6) if counted > 0 else None
 
 
+class _KeptEvent(bytes):
+    """An event kept for showing back: its compact JSON, UTF-8, whole (see
+    :func:`kept_event`). Bytes, not the dicts it was parsed into: an event
+    of 4 KiB of ``{}`` pairs is ~89 KB as Python objects."""
+
+    __slots__ = ()
+    truncated = False
+
+
+class _CutEvent(_KeptEvent):
+    """An event kept cut: the first :data:`MAX_SHOWN_EVENT_BYTES` of its
+    JSON (on a character boundary), as shown back."""
+
+    __slots__ = ()
+    truncated = True
+
+
+def kept_event(event):
+    """``event`` (a dict) as kept for ``/events``: a :class:`_KeptEvent`, or
+    a :class:`_CutEvent` when its JSON is over :data:`MAX_SHOWN_EVENT_BYTES`
+    or holds a lone surrogate (replaced by ``?``). One encoding."""
+    text = _ENCODER.encode(event)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "replace")
+    else:
+        if len(raw) <= MAX_SHOWN_EVENT_BYTES:
+            return _KeptEvent(raw)
+    return _CutEvent(raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore").encode("utf-8"))
+
+
 def shown_event(event):
-    """An event (or any JSON value) as the API shows it back: ``(value,
-    truncated)``. One whose compact JSON is over
+    """An event (or any JSON value, or a kept event) as the API shows it
+    back: ``(value, truncated)``. One whose compact JSON is over
     :data:`MAX_SHOWN_EVENT_BYTES` is replaced by that JSON text (a string),
     cut on a character boundary to at most that many bytes, and
     ``truncated`` is True; so is one holding a lone surrogate, which UTF-8
     cannot carry (replaced by ``?`` in the text)."""
-    if isinstance(event, _CutEvent):
-        return event.text, True
+    if isinstance(event, _KeptEvent):
+        return (event.decode("utf-8"), True) if event.truncated else (json.loads(event), False)
     text = _ENCODER.encode(event)
     try:
         raw = text.encode("utf-8")
@@ -3107,32 +3141,26 @@ def shown_event(event):
     return raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore"), True
 
 
-def _kept_cut(event):
-    """``event`` as kept from a large request: itself when it is shown
-    whole, else a :class:`_CutEvent`."""
-    text, truncated = shown_event(event)
-    return _CutEvent(text, event) if truncated else event
+def _kept_event_overhead():
+    """Bytes a kept event costs beyond its JSON: the bytes object's header,
+    its ``(time, event)`` tuple, the float and the list's slot."""
+    return sys.getsizeof(_KeptEvent(b"")) + sys.getsizeof((0.0, None)) + sys.getsizeof(0.0) + 8
 
 
-class _CutEvent:
-    """An event kept already cut (it came in a large request): its JSON
-    prefix, and its pairs that can match a pattern (keys and string values
-    at most :data:`MAX_PATTERN_ITEM_CHARS` long; no objects or arrays)."""
+def _kept_list_overhead():
+    """Bytes a heartbeat's list costs beyond its events: the list as grown
+    by appends (over-allocated), and its slot in the dict of lists."""
+    grown = []
+    for _ in range(RECENT_EVENTS_PER_HEARTBEAT + 1):
+        grown.append(None)
+    del grown[0]
+    return sys.getsizeof(grown) + 64
 
-    __slots__ = ("text", "pairs")
 
-    def __init__(self, text, event):
-        self.text = text
-        self.pairs = {key: value for key, value in event.items()
-                      if len(key) <= MAX_PATTERN_ITEM_CHARS
-                      and (not isinstance(value, str) or len(value) <= MAX_PATTERN_ITEM_CHARS)
-                      and not isinstance(value, (dict, list))}
-
-    def get(self, key, default=None):
-        return self.pairs.get(key, default)
-
-    def __contains__(self, key):
-        return key in self.pairs
+KEPT_EVENT_OVERHEAD_BYTES = _kept_event_overhead()
+KEPT_LIST_OVERHEAD_BYTES = _kept_list_overhead()
+#: what one kept event may cost at most (its JSON is cut to MAX_SHOWN_EVENT_BYTES)
+MAX_KEPT_EVENT_BYTES = MAX_SHOWN_EVENT_BYTES + KEPT_EVENT_OVERHEAD_BYTES
 
 
 def pattern_test(pattern, received):
@@ -3180,39 +3208,43 @@ def shown_value(value):
 
 
 class RecentEvents:
-    """The events received lately, in memory only (gone at a restart): the
-    last :data:`RECENT_EVENTS_RECEIVED` of all, for the pattern tester, and
-    the last :data:`RECENT_EVENTS_PER_HEARTBEAT` matching events of each
-    heartbeat, its list made at its first match; at most
-    :data:`RECENT_EVENTS_MAX_HEARTBEATS` such lists, the oldest made dropped
+    """The events received lately, in memory only (gone at a restart),
+    bounded by bytes: the bodies of the last requests holding
+    :data:`RECENT_EVENTS_RECEIVED` events (at most
+    :data:`RECENT_RECEIVED_MAX_BYTES`, the newest always), for the pattern
+    tester, and the last :data:`RECENT_EVENTS_PER_HEARTBEAT` matching events
+    of each heartbeat, its list made at its first match; at most
+    :data:`RECENT_EVENTS_MAX_HEARTBEATS` such lists and
+    :data:`RECENT_EVENTS_MAX_BYTES` for them all, the oldest made dropped
     first.
 
-    Recording costs the ingestion path one append per request and one per
+    Kept compactly: a request's body as it came (bytes, no copy: the
+    pattern tester parses it again when asked), and a heartbeat's events as
+    their compact JSON, cut to :data:`MAX_SHOWN_EVENT_BYTES`
+    (:func:`kept_event`): one kept event costs at most
+    :data:`MAX_KEPT_EVENT_BYTES`.
+
+    Recording costs the ingestion path one append per request and, per
     heartbeat whose refresh is written (at most one per
-    :data:`REFRESH_WRITE_SECONDS` each: a sample of its matching events; no
-    copy, no encoding; a heartbeat matched several times in one request
-    records the last of those events); events are cut to
-    :data:`MAX_SHOWN_EVENT_BYTES` when shown. The events of a request whose average event is over that
-    size are cut as they are recorded (an encoding, costing less than the
-    parse already paid), so that big events do not stay whole in memory;
-    a big one among many small ones is kept whole (cutting them all would
-    double the cost of a batch). Appends happen
-    under the engine's lock; readers take copies (``deque.copy`` runs
+    :data:`REFRESH_WRITE_SECONDS` each: a sample of its matching events; a
+    heartbeat matched several times in one request records the last of
+    those events), one append and the encoding of its event (once per
+    event, however many heartbeats record it). Appends happen under the
+    engine's lock; readers take copies (a list's or a deque's copy runs
     without a thread switch).
     """
 
     def __init__(self):
-        # (time, the list of events of one request), oldest first: a request
-        # costs one append, not one per event; the oldest list goes once the
-        # others hold RECENT_EVENTS_RECEIVED events
+        # (time, a request's body, its number of events), oldest first
         self._received = collections.deque()
         self._received_count = 0
-        self._matching = {}  # heartbeat id -> deque of (time, event)
+        self._received_bytes = 0
+        self._matching = {}  # heartbeat id -> list of (time, kept event), oldest first
+        self._matching_bytes = 0  # what the lists cost, their events' JSON and overheads
 
-    def add(self, now, events, found, heartbeat_ids=(), members=(), body_bytes=0):
-        """Record ``events`` received at ``now`` (one append: the list
-        itself), and the matching event of the heartbeats whose refresh is
-        written now.
+    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None):
+        """Record the request of ``events`` received at ``now``, and the
+        matching event of the heartbeats whose refresh is written now.
 
         :param found: ``{heartbeat id: the last of the events that matched
             it}`` (:meth:`PatternIndex.match`): a heartbeat records one event
@@ -3222,56 +3254,87 @@ class RecentEvents:
             (``ReadModel.refreshed``'s ``to_write``): only those record their
             event, so a heartbeat records at most one event per
             :data:`REFRESH_WRITE_SECONDS` (its refreshes in between are kept
-            in memory, and so are not recorded): ingestion pays nothing per
-            heartbeat matched beyond the write it does anyway.
+            in memory, and so are not recorded).
         :param members: ``(heartbeat id, keys, values)`` of the members whose
             refresh is written now: their heartbeat records its event.
-        :param body_bytes: the size of the request they came in.
-        :returns: the event lists of older requests it let go: the caller
-            holds them until it has released the engine's lock, so that
-            freeing a request's events (a thousand dicts, say) does not
-            lengthen the time the lock is held.
+        :param body: the request's body (bytes), kept as it is; anything
+            else (None, its size) has ``events`` encoded instead.
+        :returns: the entries it let go, for the caller to drop once it has
+            released the engine's lock.
         """
-        kept, dropped = None, []
-        if events and body_bytes > len(events) * MAX_SHOWN_EVENT_BYTES:
-            kept = {id(event): _kept_cut(event) for event in events}
-            events = [kept[id(event)] for event in events]
+        dropped = []
         if events:
+            if not isinstance(body, bytes):
+                body = _ENCODER.encode(events).encode("utf-8", "replace")
             received = self._received
-            received.append((now, events))
+            received.append((now, body, len(events)))
             self._received_count += len(events)
-            while self._received_count - len(received[0][1]) >= RECENT_EVENTS_RECEIVED:
+            self._received_bytes += len(body)
+            while len(received) > 1 and (self._received_count - received[0][2] >= RECENT_EVENTS_RECEIVED
+                                         or self._received_bytes > RECENT_RECEIVED_MAX_BYTES):
                 dropped.append(received.popleft())
-                self._received_count -= len(dropped[-1][1])
+                self._received_count -= dropped[-1][2]
+                self._received_bytes -= len(dropped[-1][1])
         if members:
             heartbeat_ids = list(heartbeat_ids) + list(dict.fromkeys(item[0] for item in members))
         matching = self._matching
         get = matching.get
+        encoded = {}  # id(event) -> kept: an event several heartbeats record is encoded once
         for heartbeat_id in heartbeat_ids:
             event = found.get(heartbeat_id)
             if event is None:
                 continue
-            if kept is not None:
-                event = kept[id(event)]
+            kept = encoded.get(id(event))
+            if kept is None:
+                kept = encoded[id(event)] = kept_event(event)
             recent = get(heartbeat_id)
             if recent is None:
                 if len(matching) >= RECENT_EVENTS_MAX_HEARTBEATS:
-                    del matching[next(iter(matching))]
-                recent = matching[heartbeat_id] = collections.deque(maxlen=RECENT_EVENTS_PER_HEARTBEAT)
-            recent.append((now, event))
+                    dropped.append(self._drop_oldest_list())
+                recent = matching[heartbeat_id] = []
+                self._matching_bytes += KEPT_LIST_OVERHEAD_BYTES
+            recent.append((now, kept))
+            self._matching_bytes += len(kept) + KEPT_EVENT_OVERHEAD_BYTES
+            if len(recent) > RECENT_EVENTS_PER_HEARTBEAT:
+                self._matching_bytes -= len(recent[0][1]) + KEPT_EVENT_OVERHEAD_BYTES
+                del recent[0]
+        while self._matching_bytes > RECENT_EVENTS_MAX_BYTES and matching:
+            dropped.append(self._drop_oldest_list())
         return dropped
 
+    def _drop_oldest_list(self):
+        heartbeat_id = next(iter(self._matching))
+        return self._forget(heartbeat_id)
+
+    def _forget(self, heartbeat_id):
+        recent = self._matching.pop(heartbeat_id, None)
+        if recent is not None:
+            self._matching_bytes -= KEPT_LIST_OVERHEAD_BYTES + sum(
+                len(kept) + KEPT_EVENT_OVERHEAD_BYTES for _, kept in recent)
+        return recent
+
     def forget(self, heartbeat_id):
-        self._matching.pop(heartbeat_id, None)
+        self._forget(heartbeat_id)
+
+    def kept_bytes(self):
+        """``(heartbeats' lists, request bodies)``: the bytes each holds, as
+        bounded by :data:`RECENT_EVENTS_MAX_BYTES` and
+        :data:`RECENT_RECEIVED_MAX_BYTES`."""
+        return self._matching_bytes, self._received_bytes
 
     def matching(self, heartbeat_id):
-        """``(time, event)`` of a heartbeat's last matching events, oldest first."""
+        """``(time, kept event)`` of a heartbeat's last matching events,
+        oldest first (see :func:`shown_event`)."""
         recent = self._matching.get(heartbeat_id)
-        return list(recent.copy()) if recent is not None else []
+        return recent[:] if recent is not None else []
 
     def all_received(self):
-        """``(time, event)`` of the last events received, oldest first."""
-        received = [(now, event) for now, events in self._received.copy() for event in events]
+        """``(time, event)`` of the last events received, oldest first: the
+        kept bodies parsed again (at most :data:`RECENT_RECEIVED_MAX_BYTES`)."""
+        received = []
+        for now, body, _ in self._received.copy():
+            value = parse_json(body, duplicate_keys=True)
+            received.extend((now, event) for event in ([value] if isinstance(value, dict) else value))
         return received[-RECENT_EVENTS_RECEIVED:]
 
 
@@ -4414,9 +4477,9 @@ class Engine:
         :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
 
         :param events: validated events (dicts).
-        :param body_bytes: the size of the request they came in (events of
-            a request of big events are kept already cut, see
-            :class:`RecentEvents`).
+        :param body_bytes: the request's body they came in (bytes), which
+            :class:`RecentEvents` keeps for the pattern tester (else it
+            encodes ``events``).
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         with self._lock:
@@ -5961,7 +6024,7 @@ class WebApi:
     def post_events(self, user):
         body = self._read_body(MAX_EVENT_BODY_BYTES)
         events = validate_events(parse_json(body, duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events, len(body))})
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())

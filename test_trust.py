@@ -2,12 +2,14 @@
 requests, log injection, credentials, an honest /healthz."""
 
 import contextlib
+import gc
 import http.client
 import json
 import logging
 import re
 import threading
 import time
+import tracemalloc
 
 import pytest
 import webtest
@@ -403,6 +405,75 @@ def test_an_empty_password_exits_2_from_every_source(tmp_path, source):
     result = run_cli(*args, env=env)
     assert result.returncode == 2 and "empty password for user alice" in result.stderr
     assert not (tmp_path / "hb.db").exists()
+
+
+###############################################################################
+# Memory: the recent events are bounded by bytes
+###############################################################################
+
+
+def pairs_event(heartbeat, size=4000):
+    """An event of about ``size`` bytes of JSON, all ``{}`` pairs: ~89 KB
+    each as Python dicts."""
+    event = {"hb": heartbeat}
+    for n in range((size - 20) // 12):
+        event[f"p{n:03d}"] = {}
+    return event
+
+
+def retained_by(action):
+    """Bytes Python still holds (tracemalloc) once ``action()`` returned."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_kept_events_cost_at_most_the_documented_bytes_each(app, service, clock):
+    # 4 KB events of {} pairs cost ~89 KB each as dicts: 5,000 heartbeats'
+    # lists of 20 were ~8.7 GB. Kept as their JSON, each costs at most
+    # MAX_KEPT_EVENT_BYTES, and a list KEPT_LIST_OVERHEAD_BYTES more.
+    heartbeats = 25
+    ids = [create(app, body(pattern={"hb": str(n)})) for n in range(heartbeats)]
+    assert len(json.dumps(pairs_event("0"))) < heartbeat_lite.MAX_SHOWN_EVENT_BYTES  # kept whole, not cut
+
+    def rounds():
+        for _ in range(heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT + 2):
+            clock.advance(1)  # each round's refresh is written, so its event recorded
+            for n in range(heartbeats):
+                app.post("/api/v2/event", json.dumps(pairs_event(str(n))).encode(), content_type="application/json")
+
+    retained = retained_by(rounds)
+    lists, bodies = service.engine.recent.kept_bytes()
+    kept = heartbeats * heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT
+    assert lists <= heartbeats * heartbeat_lite.KEPT_LIST_OVERHEAD_BYTES + kept * heartbeat_lite.MAX_KEPT_EVENT_BYTES
+    assert bodies <= heartbeat_lite.RECENT_RECEIVED_MAX_BYTES
+    assert retained <= lists + bodies + 256 * 1024, (retained, lists, bodies)  # and a little for the rest
+    events = app.get(f"/api/v2/heartbeat/{ids[0]}/events").json["events"]
+    assert len(events) == heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT and events[0]["event"] == pairs_event("0")
+
+
+def test_the_kept_events_of_every_heartbeat_together_stay_within_their_bound(app, service, clock, monkeypatch):
+    monkeypatch.setattr(heartbeat_lite, "RECENT_EVENTS_MAX_BYTES", 256 * 1024)
+    ids = [create(app, body(pattern={"hb": str(n)})) for n in range(30)]
+
+    def rounds():
+        for _ in range(5):
+            clock.advance(1)
+            for n in range(30):
+                app.post("/api/v2/event", json.dumps(pairs_event(str(n))).encode(), content_type="application/json")
+
+    retained = retained_by(rounds)
+    lists, bodies = service.engine.recent.kept_bytes()
+    assert lists <= 256 * 1024 and retained <= 256 * 1024 + bodies + 256 * 1024, (retained, lists, bodies)
+    kept = [heartbeat_id for heartbeat_id in ids if app.get(f"/api/v2/heartbeat/{heartbeat_id}/events").json["events"]]
+    assert 0 < len(kept) < 30 and ids[-1] in kept  # the oldest lists went, the newest stayed
+    assert heartbeat_lite.RecentEvents().kept_bytes() == (0, 0)
 
 
 ###############################################################################
