@@ -5568,19 +5568,27 @@ class Authenticator:
     PBKDF2 derivation, so:
 
     - successful verifications are remembered in memory (under a keyed hash
-      of name and password, never the password itself);
+      of name and password, never the password itself): correct
+      credentials cost a derivation once, then nothing, from any address;
     - when any user is hashed, an unknown name costs a derivation too,
       against a decoy hash of the same strength, and gets the same answer,
       so neither time nor answer tells which names exist;
-    - derivations run one at a time, and failures spend two budgets: the
-      client address's own (:data:`AUTH_FAILURE_BURST` at once, then one
-      per :data:`AUTH_FAILURE_REFILL_SECONDS`; the last
-      :data:`AUTH_SOURCES_TRACKED` addresses are remembered) and a global
-      one (:data:`AUTH_GLOBAL_FAILURE_BURST` at once, then
-      :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`), which bounds the CPU that
-      guessing can take. Past either, :class:`Throttled` is raised instead
-      of deriving. A success gives back what it spent, so one address
-      guessing never locks out correct credentials from another.
+    - derivations run one at a time (at most one core), and a client
+      address that has failed (one of the last :data:`AUTH_SOURCES_TRACKED`
+      to fail; an IPv6 address counts as its /64) is budgeted: its own
+      failures (:data:`AUTH_FAILURE_BURST` at once, then one per
+      :data:`AUTH_FAILURE_REFILL_SECONDS`) and, together with every other
+      such address, a global one (:data:`AUTH_GLOBAL_FAILURE_BURST` at
+      once, then :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`). Past either,
+      :class:`Throttled` is raised instead of deriving.
+
+    An address that has not failed is never refused: guessing from any
+    number of addresses does not lock out correct credentials from another
+    (the old rule, one global budget for every address, let eight flooding
+    addresses shut out a new one). What that costs: each address gets one
+    failed derivation before it is budgeted, so beyond the global rate a
+    flood pays one new address per derivation (a new /64 in IPv6), and
+    derivations stay one at a time.
 
     :param users: dict of name to password, or to a hash string.
     :param clock: monotonic seconds, for the budgets.
@@ -5612,7 +5620,8 @@ class Authenticator:
         self._derive_lock = threading.Lock()
         self._clock = clock
         self._global = [float(AUTH_GLOBAL_FAILURE_BURST), clock()]  # budget, when last refilled
-        self._sources = collections.OrderedDict()  # client address -> [budget, when], least recent first
+        #: client addresses that failed -> [budget, when last refilled], least recent first
+        self._sources = collections.OrderedDict()
 
     @staticmethod
     def _digest(password):
@@ -5623,8 +5632,8 @@ class Authenticator:
 
         :param source: the client's address, whose failures are budgeted.
         :raises Throttled: when a hashed password (or an unknown name, when
-            some user is hashed) would need a derivation and the client's or
-            the global failure budget is spent.
+            some user is hashed) would need a derivation, the address has
+            failed lately, and its own or the global failure budget is spent.
         """
         credentials = bottle.parse_auth(header) if header else None
         if not credentials:
@@ -5645,39 +5654,55 @@ class Authenticator:
         key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
         if key in self._verified:
             return True
+        source = source_key(source)
         with self._derive_lock:  # one derivation at a time: at most one core
             if key in self._verified:
                 return True
-            budgets = (self._source_budget(source), self._global)
-            rates = (1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_GLOBAL_FAILURES_PER_SECOND)
-            bursts = (AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST)
             now = self._clock()
-            for budget, rate, burst in zip(budgets, rates, bursts):
-                budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
-                budget[1] = now
-            if any(budget[0] < 1 for budget in budgets):
-                raise Throttled()
-            for budget in budgets:
-                budget[0] -= 1
-            if not hashed.verify(password):
-                return False
-            for budget, burst in zip(budgets, bursts):  # only failures spend
-                budget[0] = min(burst, budget[0] + 1)
-            if len(self._verified) >= AUTH_CACHE_ENTRIES:
-                del self._verified[next(iter(self._verified))]
-            self._verified[key] = True
-            return True
+            _refill(self._global, AUTH_GLOBAL_FAILURES_PER_SECOND, AUTH_GLOBAL_FAILURE_BURST, now)
+            record = self._sources.get(source)
+            if record is not None:  # it failed lately: its budget, and the global one
+                self._sources.move_to_end(source)
+                _refill(record, 1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_FAILURE_BURST, now)
+                if record[0] < 1 or self._global[0] < 1:
+                    raise Throttled()
+            if hashed.verify(password):
+                if len(self._verified) >= AUTH_CACHE_ENTRIES:
+                    del self._verified[next(iter(self._verified))]
+                self._verified[key] = True
+                return True
+            # a failure spends the global budget (never below empty: an
+            # address that has not failed is not refused for it) and the
+            # address's own, remembering the address
+            self._global[0] = max(0.0, self._global[0] - 1)
+            if record is None:
+                record = self._sources[source] = [float(AUTH_FAILURE_BURST), now]
+                if len(self._sources) > AUTH_SOURCES_TRACKED:
+                    self._sources.popitem(last=False)
+            record[0] -= 1
+            return False
 
-    def _source_budget(self, source):
-        """The failure budget of a client address (call under the lock)."""
-        budget = self._sources.get(source)
-        if budget is None:
-            budget = self._sources[source] = [float(AUTH_FAILURE_BURST), self._clock()]
-            if len(self._sources) > AUTH_SOURCES_TRACKED:
-                self._sources.popitem(last=False)
-        else:
-            self._sources.move_to_end(source)
-        return budget
+
+def _refill(budget, rate, burst, now):
+    """A token bucket ``[tokens, when last refilled]``, refilled to ``now``."""
+    budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
+    budget[1] = now
+
+
+def source_key(address):
+    """The client address whose failures are budgeted: an IPv4 address as
+    it is, an IPv6 address as its /64 (one client is given a whole /64),
+    an IPv4-mapped one as the IPv4 address; anything else (None, a name) as
+    it is."""
+    if not address or ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 ###############################################################################

@@ -336,23 +336,77 @@ def test_a_guessing_flood_from_one_address_does_not_lock_out_another(counted_der
         operator.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "typo")}, status=401)
 
 
-def test_derivations_from_every_address_together_stay_bounded(counted_derivations):
+def test_addresses_that_failed_share_one_budget_and_a_new_one_costs_one_derivation(counted_derivations):
     clock = FakeClock(0)
     auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=clock)
-    refused = 0
-    for n in range(200):  # 200 addresses, two guesses each
-        for _ in range(2):
-            try:
-                assert auth.user(_basic("alice", "guess"), f"10.1.{n // 256}.{n % 256}") is None
-            except heartbeat_lite.Throttled:
-                refused += 1
-    assert len(counted_derivations) == heartbeat_lite.AUTH_GLOBAL_FAILURE_BURST and refused == 400 - 20
-    clock.advance(10)
-    for n in range(200):
+    guess = _basic("alice", "guess")
+    addresses = [f"10.1.{n // 256}.{n % 256}" for n in range(200)]
+    for address in addresses:  # an address that has not failed is never refused: one derivation each
+        assert auth.user(guess, address) is None
+    assert len(counted_derivations) == 200
+    for address in addresses:  # now they have: the global budget (which they spent) refuses them all
+        with pytest.raises(heartbeat_lite.Throttled):
+            auth.user(guess, address)
+    assert len(counted_derivations) == 200
+    clock.advance(10)  # 2 a second refill the global budget: 20 derivations for all of them together
+    for n, address in enumerate(addresses):
         with pytest.raises(heartbeat_lite.Throttled) if n >= 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND \
                 else contextlib.nullcontext():
-            auth.user(_basic("alice", "guess"), f"10.2.0.{n}")
-    assert len(counted_derivations) == 20 + 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND
+            auth.user(guess, address)
+    assert len(counted_derivations) == 200 + 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND
+    assert auth.user(_basic("alice", "pw"), "10.9.9.9") == "alice"  # and a new address still gets in
+
+
+def test_an_ipv6_client_is_budgeted_by_its_64(counted_derivations):
+    auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=FakeClock(0))
+    for n in range(heartbeat_lite.AUTH_FAILURE_BURST):  # a new address of the same /64 each time
+        assert auth.user(_basic("alice", "guess"), f"2001:db8:1:2::{n + 1:x}") is None
+    with pytest.raises(heartbeat_lite.Throttled):
+        auth.user(_basic("alice", "guess"), "2001:db8:1:2:ffff::9")
+    assert auth.user(_basic("alice", "pw"), "2001:db8:1:3::1") == "alice"  # another /64
+    assert heartbeat_lite.source_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert heartbeat_lite.source_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_eight_addresses_flooding_wrong_passwords_do_not_lock_out_a_new_one_over_http(counted_derivations):
+    # each flooding address fails once, then shares the global budget with
+    # the others; the operator's address has not failed: it is never refused
+    with heartbeat_lite.create_app(users=hashed_users(alice="pw")) as service, \
+            heartbeat_lite.serve(service, port=0) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def get(source, password):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+            try:
+                conn.request("GET", "/api/v2/heartbeat", headers={"Authorization": _basic("alice", password)})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        stop, statuses = threading.Event(), []
+
+        def flood(source):
+            while not stop.is_set():
+                statuses.append(get(source, "guess"))
+
+        flooders = [threading.Thread(target=flood, args=(f"127.0.0.{n}",)) for n in range(2, 10)]
+        started = time.monotonic()
+        for thread in flooders:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while statuses.count(429) < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert statuses.count(429) >= 50  # the flood is throttled
+            assert get("127.0.0.10", "pw") == 200  # correct credentials from a new address
+            assert get("127.0.0.11", "typo") == 401  # a wrong one from a new address is checked, not refused
+        finally:
+            stop.set()
+            for thread in flooders:
+                thread.join()
+        elapsed = time.monotonic() - started
+        budget = 10 + heartbeat_lite.AUTH_GLOBAL_FAILURE_BURST + heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND * elapsed
+        assert len(counted_derivations) <= budget + 1, (len(counted_derivations), elapsed)
 
 
 def test_the_source_table_is_bounded(monkeypatch):
