@@ -92,6 +92,7 @@ def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopp
         pass
 
 
+@pytest.mark.sqlite_only("a hard link to a SQLite file")
 def test_a_second_service_on_a_hard_link_to_the_database_exits_2_and_changes_nothing(stopped_db, clock, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -110,6 +111,7 @@ def test_a_second_service_on_a_hard_link_to_the_database_exits_2_and_changes_not
             heartbeat_lite.create_app(db=stopped_db, clock=clock)
 
 
+@pytest.mark.sqlite_only("a hard link to a SQLite file")
 def test_a_database_created_at_start_is_locked_by_its_identity_once_it_exists(tmp_path, clock):
     path = str(tmp_path / "new.db")
     with heartbeat_lite.create_app(db=path, clock=clock):
@@ -286,6 +288,7 @@ def assert_one_line_per_record(text):
     assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", line) for line in lines), text
 
 
+@pytest.mark.sqlite_only("the command reads the SQLite file the test filled")
 def test_a_forward_url_s_secrets_are_not_logged_at_start_nor_on_failures(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     secrets = ("pw-Secret1", "Key-Secret2", "Tok-Secret3")
