@@ -1,5 +1,5 @@
 # /// script
-# requires-python = ">=3.9"
+# requires-python = ">=3.10"
 # dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
@@ -83,18 +83,31 @@ ENV_PREFIX = "HEARTBEAT_LITE_"
 SCHEMA_VERSION = 4
 
 
-def _data_path(name):
-    """Where a data file shipped with the module is: ``heartbeat_lite.<name>``
-    beside the module once installed from a wheel (pyproject.toml renames it,
-    so that site-packages gets no generic ``schema.sql``), else ``<name>``
-    beside it, as in a checkout.
+def read_schema(name):
+    """The text of the schema file ``name`` shipped with the module; a
+    :class:`ConfigError` saying where it was looked for if it cannot be read.
+
+    It is ``heartbeat_lite.<name>`` beside the module once installed from a
+    wheel or inside the zipapp (pyproject.toml renames it, so that
+    site-packages gets no generic ``schema.sql``), else ``<name>`` beside it,
+    as in a checkout. "Beside" may be inside a zip: the file is read through
+    the module's loader, as ``pkgutil.get_data`` does (called directly:
+    ``pkgutil`` would import the module again by name when it runs as
+    ``__main__``).
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    installed = os.path.join(here, "heartbeat_lite." + name)
-    return installed if os.path.exists(installed) else os.path.join(here, name)
+    here = os.path.dirname(__file__)
+    places = [os.path.join(here, "heartbeat_lite." + name), os.path.join(here, name)]
+    for place in places:
+        try:
+            if __spec__ is None:  # run as a script: a plain file
+                with open(place, "rb") as f:
+                    return f.read().decode("utf-8")
+            return __spec__.loader.get_data(place).decode("utf-8")
+        except OSError as exc:
+            error = exc
+    raise ConfigError(f"cannot read the schema {' or '.join(places)}: {error}") from error
 
 
-SCHEMA_PATH = _data_path("schema.sql")
 BUSY_TIMEOUT_SECONDS = 5.0
 
 MAX_NAME_CHARS = 255
@@ -1259,11 +1272,7 @@ class Store:
         if sqlite3.sqlite_version_info < (3, 31):
             raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
         check_database_path(path)
-        try:
-            with open(SCHEMA_PATH, encoding="utf-8") as f:
-                self._schema = f.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the schema {SCHEMA_PATH}: {exc}") from exc
+        self._schema = read_schema("schema.sql")
         self._file_lock = None
         if path != ":memory:":
             self._file_lock = DatabaseLock(path)
@@ -2271,7 +2280,6 @@ class Store:
             self._health_lock.release()
 
 
-POSTGRES_SCHEMA_PATH = _data_path("schema.postgresql.sql")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts at least 2
 CHANGES_KEPT = "1 day"  # another instance's changes are kept this long; one further behind reloads everything
@@ -2392,11 +2400,7 @@ class PostgresStore(Store):
                               "(or heartbeat-lite[postgresql])") from exc
         self._psycopg = psycopg
         self._errors = (psycopg.Error, sqlite3.Error)  # sqlite3's: what tests' statement hooks inject
-        try:
-            with open(POSTGRES_SCHEMA_PATH, encoding="utf-8") as f:
-                self._schema = f.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the schema {POSTGRES_SCHEMA_PATH}: {exc}") from exc
+        self._schema = read_schema("schema.postgresql.sql")
         try:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:

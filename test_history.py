@@ -18,25 +18,22 @@ from heartbeat_lite import (
     RECENT_EVENTS_RECEIVED,
     availability,
 )
-from test_heartbeat_lite import (  # noqa: F401 - fixtures
+from testing_support import (
     HERE,
     T0,
-    FakeClock,
     Recorder,
-    alarms_seen,
-    described_answer,
-    lookup,
-    pointer,
-    app,
     body,
     client,
-    clock,
     create,
+    described_answer,
+    grouped,
+    host,
+    lookup,
     new_heartbeat,
     parse_prometheus,
+    pointer,
     schema_errors,
-    service,
-    spec,
+    window,
 )
 
 DAY = 86400
@@ -241,6 +238,7 @@ def test_a_migrated_database_gains_the_history_table(tmp_path, clock):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION == 4
 
 
+@pytest.mark.postgresql
 def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
     import psycopg
     schema = open(os.path.join(HERE, "schema.postgresql.sql"), encoding="utf-8").read()
@@ -721,7 +719,6 @@ def _entries(app, heartbeat_id, query=""):
 
 
 def test_members_changes_are_recorded_under_their_heartbeat(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app, expected_members=[{"host": "a"}], late_after="30s", retire_after="2m")
     send(app, [host("a"), host("b")])
     clock.now = T0 + 30
@@ -753,7 +750,6 @@ def test_members_changes_are_recorded_under_their_heartbeat(app, service, clock)
 
 
 def test_a_member_deleted_is_recorded(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, [host("a"), host("b")])
     clock.advance(10)
@@ -762,7 +758,6 @@ def test_a_member_deleted_is_recorded(app, service, clock):
 
 
 def test_history_pruning_drops_old_member_changes_whole(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, host("a"))
     clock.advance(91 * DAY)
@@ -774,7 +769,6 @@ def test_history_pruning_drops_old_member_changes_whole(app, service, clock):
 
 
 def test_maintenance_start_and_end_are_recorded_and_left_out_of_availability(app, service, clock):
-    from test_maintenance import window
     covered = create(app)
     other = create(app, body(pattern={"k": "other"}))
     send(app, [C01, {"k": "other"}])
@@ -802,7 +796,6 @@ def test_maintenance_start_and_end_are_recorded_and_left_out_of_availability(app
 
 
 def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     send(app, C01)
     clock.advance(10)
@@ -818,7 +811,6 @@ def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, servi
 
 
 def test_a_window_created_after_its_start_is_recorded_as_started_once(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     send(app, C01)
     service.tick()  # the windows were last looked at now
@@ -831,7 +823,6 @@ def test_a_window_created_after_its_start_is_recorded_as_started_once(app, servi
 
 
 def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     app.post(f"/api/v2/heartbeat/{heartbeat_id}/pause")
     window(app, T0 + 10, T0 + 20, pattern=C01)
@@ -842,7 +833,6 @@ def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
 
 
 def test_the_detail_page_names_the_member_of_a_change(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, host("db1"))
     page = app.get(f"/heartbeat/{heartbeat_id}").text

@@ -13,7 +13,7 @@ import pytest
 
 import heartbeat_lite
 from heartbeat_lite import STATUS_PAGE_ALARMS_SHOWN, STATUS_PAGE_ROWS, timeline_svg
-from test_heartbeat_lite import HOSTILE, T0, alarms_seen, app, body, client, clock, create, send, service  # noqa: F401
+from testing_support import HOSTILE, body, client, create, send
 
 BAD_PARAMETERS = "invalid status page parameters."
 

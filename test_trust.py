@@ -16,23 +16,17 @@ import webtest
 
 import heartbeat_lite
 from heartbeat_lite import MAX_EVENT_BODY_BYTES
-from test_heartbeat_lite import (  # noqa: F401  (fixtures are used by name)
+from testing_support import (
     C01,
     DB_ERROR,
-    FakeClock,
     INVALID,
+    FakeClock,
     LockHolder,
     _basic,
-    alarms_seen,
-    app,
     body,
-    client,
-    clock,
-    counted_derivations,
     create,
     new_heartbeat,
     run_cli,
-    service,
 )
 
 
@@ -556,6 +550,7 @@ def test_health_is_503_with_the_reason_while_writes_fail_then_200_after_one_succ
     assert app.get("/healthz").json == {"status": "ok", "outbox": 0}
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_health_and_reads_from_memory_answer_while_a_write_waits_on_another_process(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     busy_timeout = 1.5

@@ -18,18 +18,7 @@ import urllib.parse
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 - fixtures used by name
-    DB_ERROR,
-    HERE,
-    T0,
-    FakeClock,
-    alarms_seen,
-    body,
-    client,
-    clock,
-    create,
-    new_heartbeat,
-)
+from testing_support import DB_ERROR, HERE, FakeClock, body, client, create, new_heartbeat
 
 
 def run_cli(*args, env=None, timeout=30):
@@ -78,6 +67,7 @@ def stopped_db(tmp_path, clock):
     return path
 
 
+@pytest.mark.sqlite_only("the single-instance lock is SQLite's (several instances share a PostgreSQL database)")
 def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopped_db, clock):
     with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
         before = database_state(stopped_db)
@@ -141,6 +131,7 @@ def test_a_new_database_is_not_even_created_by_a_failed_start(tmp_path):
     assert not (tmp_path / "new.db").exists()
 
 
+@pytest.mark.sqlite_only("a SQLite path")
 def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
     assert "is a directory" in one_error_line(run_cli("--port", "0", "--db", str(tmp_path)))
     text = tmp_path / "notes.txt"
@@ -151,6 +142,7 @@ def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
         heartbeat_lite.create_app(db=str(text))
 
 
+@pytest.mark.sqlite_only("a SQLite file deleted or replaced")
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_database_file_deleted_or_replaced_while_running_is_detected(tmp_path, clock, caplog, monkeypatch, how):
     monkeypatch.setattr(heartbeat_lite, "DATABASE_IDENTITY_CHECK_SECONDS", 0.0)
