@@ -503,7 +503,7 @@ def test_clients_pipelining_without_reading_hold_bounded_memory_and_are_cut(cloc
                 others_are_answered(base, rounds=1)
                 time.sleep(0.05)
             assert not server.active_channels, f"{len(server.active_channels)} connection(s) still open"
-            assert time.monotonic() - started < 2 * 1.0 + 2.0  # reset within twice the deadline, and a check
+            assert time.monotonic() - started < 2 * 1.0 + 3.0  # reset within twice the deadline (and slack)
             assert peak <= 40 * per_connection, peak
             assert resident_bytes() - before < 64 * 1024 * 1024
             for sock in shallow:  # reset, not closed politely: the kernel dropped the unread answers
