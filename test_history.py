@@ -409,15 +409,17 @@ def test_an_event_with_a_lone_surrogate_would_be_shown_as_text():
     assert heartbeat_lite.shown_value("a\udfffb") == "a?b"
 
 
-def test_events_of_a_request_of_big_events_are_kept_already_cut(app, service, clock):
+def test_big_events_are_kept_compactly_and_still_tested_whole(app, service, clock):
     heartbeat_id = create(app)
-    events = [dict(C01, n=i, output="x" * 5000) for i in range(20)] + [{"small": "one"}]  # over 4 KiB each on average
+    events = [dict(C01, n=i, output="x" * 5000) for i in range(20)] + [{"small": "one"}]
     send(app, events)
+    lists, bodies = service.engine.recent.kept_bytes()
+    assert bodies == len(json.dumps(events).encode())  # the request's body, as it came
+    assert lists <= heartbeat_lite.MAX_KEPT_EVENT_BYTES + heartbeat_lite.KEPT_LIST_OVERHEAD_BYTES  # one event, cut
     kept = service.engine.recent.all_received()
-    assert all(isinstance(event, heartbeat_lite._CutEvent) for _, event in kept[:-1])
-    assert kept[-1][1] == {"small": "one"}
+    assert [event for _, event in kept] == events  # the pattern tester sees them whole
     clock.advance(1)  # past REFRESH_WRITE_SECONDS: the next refresh is written, so its event recorded
-    send(app, [dict(C01, output="x" * 5000)] + [{"small": "one"}] * 2)  # under 4 KiB each on average
+    send(app, [dict(C01, output="x" * 5000)] + [{"small": "one"}] * 2)
     assert service.engine.recent.all_received()[-3][1] == dict(C01, output="x" * 5000)
     items = app.get(f"/api/v2/heartbeat/{heartbeat_id}/events").json["events"]
     assert len(items) == 2 and items[1]["event"].startswith('{"connector"')  # one per request: its last match
