@@ -1537,15 +1537,27 @@ class Store:
         """Store ``(id, refresh time)`` pairs of heartbeats that are up
         (refreshes the engine kept in memory until now).
 
-        :returns: the ids that were not up any more, whose refresh was not
-            written: none here, where the engine's read model knows every
-            state change (see :meth:`PostgresStore.write_refreshes`).
+        :returns: the ids, in id order, whose refresh was not written because
+            the heartbeat is no longer up (late, down, paused or deleted by a
+            change the caller had not seen: in one service, a request that
+            got in between the chunks of a storm), for the engine to apply as
+            refreshes of heartbeats not up.
         """
-        self._executemany(
-            "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
-            [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
-        )
-        return []
+        refreshes = list(refreshes)
+        with self._lock:  # no other write between the update and the look at what it missed
+            written = self._executemany(
+                "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
+                [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
+            ).rowcount
+            if written == len(refreshes):  # the common case: every one was up
+                return []
+            ids = sorted(heartbeat_id for heartbeat_id, _ in refreshes)
+            up = set()
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start:start + _ID_CHUNK]
+                up.update(row[0] for row in self._query(
+                    f"SELECT id FROM heartbeat WHERE status = 'up' AND id IN ({', '.join('?' * len(chunk))})", chunk))
+        return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in up]
 
     def due(self, now, limit=None):
         """The rows of the heartbeats whose next transition (going late or

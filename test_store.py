@@ -1,0 +1,108 @@
+"""The store: what its methods mean is the same on SQLite and on PostgreSQL.
+
+Each test opens its service or store with ``:memory:``, which runs on
+SQLite, and on a fresh PostgreSQL schema instead when
+``HEARTBEAT_LITE_TEST_PG`` is set (see pg_testing.py): the same assertions
+hold on both.
+"""
+
+import threading
+
+import pytest
+
+import heartbeat_lite
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def heartbeat(service, key, **fields):
+    """Create a heartbeat watching ``{"n": key}`` through the engine; return its id."""
+    doc = {"name": f"hb {key}", "pattern": {"n": key}, "expected_interval": "1m", **fields}
+    return service.engine.create(heartbeat_lite.validate_heartbeat(doc, "root"))
+
+
+# -- write_refreshes ----------------------------------------------------------
+
+
+def test_write_refreshes_returns_the_ids_whose_heartbeat_is_no_longer_up():
+    clock = Clock()
+    with heartbeat_lite.create_app(clock=clock) as service:
+        ids = [heartbeat(service, str(i)) for i in range(5)]
+        service.engine.ingest([{"n": str(i)} for i in range(5)])
+        store = service.store
+        assert {store.heartbeat(heartbeat_id)["status"] for heartbeat_id in ids} == {"up"}
+        # state changes the caller has not seen (another instance, or this
+        # one between the chunks of a storm)
+        store.set_state(ids[1], "paused", T0, T0, None)
+        store.set_state(ids[2], "down", T0, T0, T0 + 60)
+        store.set_state(ids[3], "late", T0, T0, T0 + 50)
+        store.delete_heartbeat(ids[4])
+        missed = store.write_refreshes([(heartbeat_id, T0 + 10) for heartbeat_id in reversed(ids)])
+        assert missed == sorted(ids[1:])  # in id order
+        assert store.heartbeat(ids[0])["refreshed"] == store.heartbeat(ids[0])["last_event"] == T0 + 10
+        for heartbeat_id in ids[1:4]:
+            row = store.heartbeat(heartbeat_id)
+            assert (row["refreshed"], row["last_event"]) == (T0, T0)
+
+
+def test_write_refreshes_of_heartbeats_all_up_misses_none():
+    clock = Clock()
+    with heartbeat_lite.create_app(clock=clock) as service:
+        ids = [heartbeat(service, str(i)) for i in range(3)]
+        service.engine.ingest([{"n": str(i)} for i in range(3)])
+        assert service.store.write_refreshes([(heartbeat_id, T0 + 5) for heartbeat_id in ids]) == []
+        assert [service.store.heartbeat(heartbeat_id)["refreshed"] for heartbeat_id in ids] == [T0 + 5] * 3
+        assert service.store.write_refreshes([]) == []
+
+
+def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monkeypatch):
+    """One service: a batch refreshing heartbeats up is written in chunks,
+    letting go of the engine's lock in between; a pause that gets in then
+    leaves a later chunk's heartbeat paused. Its event is still counted (its
+    ``last_event`` moves, as for any event to a paused heartbeat) and the
+    engine does not take it for up."""
+    monkeypatch.setattr(heartbeat_lite, "REFRESH_CHUNK_HEARTBEATS", 2)
+    monkeypatch.setattr(heartbeat_lite, "STORM_YIELD_SECONDS", 0.5)  # the pause's way in
+    clock = Clock()
+    with heartbeat_lite.create_app(clock=clock) as service:
+        ids = [heartbeat(service, str(i)) for i in range(4)]
+        events = [{"n": str(i)} for i in range(4)]
+        service.engine.ingest(events)  # all up
+        clock.advance(10)
+        pauser = threading.Thread(target=service.engine.pause, args=(ids[3],))
+        write_refreshes = service.store.write_refreshes
+        chunks = []
+
+        def in_chunks(refreshes):
+            refreshes = list(refreshes)
+            chunks.append([heartbeat_id for heartbeat_id, _ in refreshes])
+            if len(chunks) == 1:
+                pauser.start()  # waits for the engine's lock, free between the chunks
+            else:
+                assert not pauser.is_alive()  # it got in between
+            return write_refreshes(refreshes)
+
+        monkeypatch.setattr(service.store, "write_refreshes", in_chunks)
+        service.engine.ingest(events)
+        pauser.join(10)
+        monkeypatch.undo()
+        assert chunks == [ids[:2], ids[2:]]
+        row = service.store.heartbeat(ids[3])
+        assert (row["status"], row["last_event"]) == ("paused", T0 + 10)
+        clock.advance(10)
+        service.engine.ingest([events[3]])  # the next one counts too
+        row = service.store.heartbeat(ids[3])
+        assert (row["status"], row["last_event"]) == ("paused", T0 + 20)
