@@ -106,3 +106,43 @@ def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monke
         service.engine.ingest([events[3]])  # the next one counts too
         row = service.store.heartbeat(ids[3])
         assert (row["status"], row["last_event"]) == ("paused", T0 + 20)
+
+
+# -- two siblings of one base ------------------------------------------------------
+
+
+def test_the_stores_are_siblings_that_each_implement_every_hook():
+    assert heartbeat_lite.SqliteStore.__bases__ == heartbeat_lite.PostgresStore.__bases__ == (heartbeat_lite.Store,)
+    assert {"_open", "_send", "_for_update", "write_refreshes", "last_alive", "outbox_lease"} \
+        <= heartbeat_lite.Store.__abstractmethods__
+    assert heartbeat_lite.SqliteStore.__abstractmethods__ == frozenset()
+    assert heartbeat_lite.PostgresStore.__abstractmethods__ == frozenset()
+    with pytest.raises(TypeError, match="_BEGIN"):
+        type("Incomplete", (heartbeat_lite.Store,), {name: None for name in heartbeat_lite.Store._DIALECT
+                                                     if name != "_BEGIN"})
+
+
+def test_each_store_is_built_through_the_base_constructor():
+    """Every attribute the shared base sets is there on both, so that one
+    added to the base later cannot be missing from a sibling."""
+    base = object.__new__(heartbeat_lite.SqliteStore)
+    heartbeat_lite._Connections.__init__(base, "label", 1.0, (Exception,))
+    stores = [heartbeat_lite.SqliteStore(":memory:")]
+    if __import__("importlib.util").util.find_spec("psycopg") is not None:
+        stores.append(heartbeat_lite.PostgresStore("postgresql://nobody@127.0.0.1:1/none"))  # connects on first use
+    for store in stores:
+        try:
+            assert set(vars(base)) <= set(vars(store)), type(store).__name__
+        finally:
+            store.close()
+    assert len(vars(base)) > 10
+
+
+def test_no_class_of_the_store_is_over_600_lines():
+    import inspect
+
+    classes = set(heartbeat_lite.Store.__mro__) | {heartbeat_lite.SqliteStore, heartbeat_lite.PostgresStore}
+    sizes = {cls.__name__: len(inspect.getsourcelines(cls)[0]) for cls in classes
+             if cls.__module__ == "heartbeat_lite"}
+    assert len(sizes) >= 10
+    assert {name: size for name, size in sizes.items() if size > 600} == {}
