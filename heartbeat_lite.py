@@ -917,6 +917,8 @@ _DOCUMENT_COLUMNS = (
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
+_PATTERN_TEXT = "replace(pattern, '\"', '')"  # what the status page searches: {"k":"v"} as {k:v}
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _READS = ("SELECT", "PRAGMA")
 
@@ -1477,13 +1479,14 @@ class _HeartbeatStatements:
     def status_page(self, statuses, terms, limit, offset, maintenance=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
-        ``terms`` (case-insensitive for ASCII letters, as SQLite's LIKE;
-        the pattern is searched as its canonical JSON without quotes, so
-        ``connector:backup`` finds ``{"connector": "backup"}``), ordered by
-        name, case-insensitive, then id: a stable order to page through.
-        ``maintenance`` holds the patterns (dicts) of the windows active
-        now: a heartbeat one of them selects is counted under
-        ``"maintenance"`` too, and that "status" in ``statuses`` selects it.
+        ``terms`` (case-insensitive for ASCII letters only, on both
+        databases, as SQLite's LIKE; the pattern is searched as its
+        canonical JSON without quotes, so ``connector:backup`` finds
+        ``{"connector": "backup"}``), ordered by name, case-insensitive
+        likewise, then id: a stable order to page through. ``maintenance``
+        holds the patterns (dicts) of the windows active now: a heartbeat
+        one of them selects is counted under ``"maintenance"`` too, and that
+        "status" in ``statuses`` selects it.
 
         Two scans of the table, one counting, one for the page: 10,000
         heartbeats take a few milliseconds.
@@ -1506,8 +1509,9 @@ class _HeartbeatStatements:
         if either:
             conditions.append("(" + " OR ".join(either) + ")")
         for term in terms:
-            like = "%" + re.sub(r"([\\%_])", r"\\\1", term) + "%"
-            conditions.append(f"(name {self._LIKE} ? ESCAPE '\\' OR replace(pattern, '\"', '') {self._LIKE} ? ESCAPE '\\')")
+            like = "%" + re.sub(r"([\\%_])", r"\\\1", term.translate(_ASCII_LOWER)) + "%"
+            conditions.append(f"({self._FOLD.format('name')} LIKE ? ESCAPE '\\' OR "
+                              f"{self._FOLD.format(_PATTERN_TEXT)} LIKE ? ESCAPE '\\')")
             params += [like, like]
         condition = " AND ".join(conditions) or "TRUE"
         counted = self._query(f"SELECT status, COUNT(*), SUM(CASE WHEN {condition} THEN 1 ELSE 0 END), "
@@ -2108,11 +2112,13 @@ class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStateme
     #: the spellings each sibling defines:
     #: ``shared_by_instances`` (several instances may share the database),
     #: ``_BEGIN`` (what begins a transaction), ``_NO_LIMIT`` (a LIMIT that
-    #: limits nothing), ``_LIKE`` (LIKE, case-insensitive), ``_BY_NAME``
-    #: (the status page's order: name, case-insensitive, then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
+    #: limits nothing), ``_FOLD`` (a format making ``{}`` compare with ASCII
+    #: letters folded to lower case in LIKE and ORDER BY, as SQLite's LIKE
+    #: and NOCASE do), ``_BY_NAME`` (the status page's order: name folded so,
+    #: then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
     #: ``?``), ``_SPECIAL_ONLY`` (what :meth:`refresh` reads: a condition
     #: and ``AND``, or nothing)
-    _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_LIKE", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY")
+    _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -2154,7 +2160,7 @@ class SqliteStore(Store):
     shared_by_instances = False
     _BEGIN = "BEGIN IMMEDIATE"  # takes the write lock at once: writers queue here, not mid-transaction
     _NO_LIMIT = -1
-    _LIKE = "LIKE"  # ASCII case-insensitive in SQLite
+    _FOLD = "{}"  # LIKE ignores the case of ASCII letters already
     _BY_NAME = "name COLLATE NOCASE, id"
     _CONTAINS = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
     _SPECIAL_ONLY = "status <> 'up' AND "  # only the rows refresh() reports
@@ -2440,8 +2446,8 @@ class PostgresStore(Store):
     shared_by_instances = True
     _BEGIN = "BEGIN"
     _NO_LIMIT = None
-    _LIKE = "ILIKE"
-    _BY_NAME = 'lower(name) COLLATE "C", id'
+    _FOLD = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"  # ASCII only, as SQLite
+    _BY_NAME = _FOLD.format("name") + ' COLLATE "C", id'
     _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
     _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
 

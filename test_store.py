@@ -108,6 +108,27 @@ def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monke
         assert (row["status"], row["last_event"]) == ("paused", T0 + 20)
 
 
+# -- the status page's search and order ---------------------------------------
+
+
+def test_the_status_page_folds_only_ascii_letters_in_its_search_and_order():
+    """As SQLite's LIKE and NOCASE do, on both databases: ``é`` finds ``é``
+    but not ``É``, ``ECLAIR`` finds ``eclair`` but not ``éclair``."""
+    names = ["Éclair", "éclair", "eclair", "ECLAIR beta", "Zed", "zebra", "apple", "Ärger"]
+    with heartbeat_lite.create_app(clock=Clock()) as service:
+        by_name = {name: heartbeat(service, f"p{i}", name=name) for i, name in enumerate(names)}
+
+        def found(*terms):
+            return [row["name"] for row in service.store.status_page([], list(terms), 100, 0)[2]]
+
+        assert found() == ["apple", "eclair", "ECLAIR beta", "zebra", "Zed", "Ärger", "Éclair", "éclair"]
+        assert found("é") == ["éclair"]
+        assert found("É") == ["Éclair"]
+        assert found("ECLAIR") == ["eclair", "ECLAIR beta"]
+        assert found("zE") == ["zebra", "Zed"]
+        assert len(by_name) == len(names)
+
+
 # -- two siblings of one base ------------------------------------------------------
 
 
