@@ -108,6 +108,137 @@ def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monke
         assert (row["status"], row["last_event"]) == ("paused", T0 + 20)
 
 
+# -- one deadline rule ---------------------------------------------------------
+# schema.sql and schema.postgresql.sql spell ``deadline`` and ``due`` as
+# generated columns (so that they can be indexed); the engine has the rule in
+# Python (deadline_of, due_of, member_due_of). Both must say the same of any
+# row: random rows of every status, with and without late and retire
+# seconds, integer and float times, tiny and huge intervals.
+
+HEARTBEAT_STATES = ("pending", "up", "late", "down", "paused")
+EDGE_SECONDS = (1, 2, 59, 60, 61, 3599, 3600, 86400, heartbeat_lite.MAX_INTERVAL_SECONDS, 2 ** 31 - 1)
+EDGE_TIMES = (0, 0.0, 1e-9, 0.1, 0.5, 1, T0, T0 + 0.001, 2 ** 31, 253402300799.999, 1e15 + 0.25, 2 ** 50)
+
+
+def _seconds(rng, optional=False):
+    """An interval, late or retire time (None sometimes, when ``optional``)."""
+    choice = rng.random()
+    if optional and choice < 0.3:
+        return None
+    if choice < 0.6:
+        return rng.choice(EDGE_SECONDS)
+    return rng.randint(1, heartbeat_lite.MAX_INTERVAL_SECONDS)
+
+
+def _time(rng):
+    """A Unix time: an edge, an integer, or a float with a fraction."""
+    choice = rng.random()
+    if choice < 0.3:
+        return rng.choice(EDGE_TIMES)
+    if choice < 0.6:
+        return rng.randint(0, 2 ** 40)
+    return rng.uniform(0, 2 ** 40) if choice < 0.8 else T0 + rng.uniform(-1e6, 1e6)
+
+
+def random_heartbeats(rng, count):
+    rows = []
+    for i in range(count):
+        status = HEARTBEAT_STATES[i % len(HEARTBEAT_STATES)]
+        refreshed = _time(rng)
+        rows.append({
+            "id": f"h{i:05d}", "pattern": f'{{"n":"{i}"}}', "interval_seconds": _seconds(rng),
+            "late_seconds": _seconds(rng, optional=True), "retire_seconds": _seconds(rng, optional=True),
+            "group_by": '["host"]' if rng.random() < 0.2 else None, "status": status, "refreshed": refreshed,
+            "alarm_since": refreshed + rng.choice((0, 1, 0.5)) if status in ("late", "down") else None,
+        })
+    return rows
+
+
+def random_members(rng, count):
+    rows = []
+    for i in range(count):
+        status = HEARTBEAT_STATES[i % len(HEARTBEAT_STATES)]
+        refreshed = _time(rng)
+        expected = rng.random() < 0.2
+        rows.append({
+            "heartbeat_id": "h", "member": f'{{"host":"m{i:05d}"}}', "expected": int(expected),
+            "interval_seconds": _seconds(rng), "late_seconds": _seconds(rng, optional=True),
+            "retire_seconds": None if expected else _seconds(rng, optional=True), "status": status,
+            "refreshed": refreshed,
+            "alarm_since": _time(rng) if status in ("late", "down") else None,
+        })
+    return rows
+
+
+@pytest.fixture
+def store():
+    store = heartbeat_lite.open_store(":memory:")  # a fresh PostgreSQL schema with HEARTBEAT_LITE_TEST_PG
+    store.open()
+    yield store
+    store.close()
+
+
+NOT_COMPARED = object()  # a rule's answer where the column means nothing
+
+
+def _disagreements(rows, stored, rules):
+    """``(row, column, SQL, Python)`` wherever a generated column and its rule differ."""
+    found = []
+    for row in rows:
+        for column, rule in rules.items():
+            expected = rule(row)
+            if expected is not NOT_COMPARED and stored[column].get(row["key"], "missing") != expected:
+                found.append((row, column, stored[column].get(row["key"], "missing"), expected))
+    return found
+
+
+def test_the_generated_deadline_and_due_of_heartbeats_follow_the_python_rule(store):
+    rng = __import__("random").Random(17)
+    rows = random_heartbeats(rng, 3000)
+    store._executemany(
+        "INSERT INTO heartbeat (id, name, author, description, output, pattern, expected_interval, interval_seconds, "
+        "late_seconds, group_by, retire_seconds, created, updated, status, refreshed, alarm_since) VALUES "
+        "(:id, 'n', 'a', '', '', :pattern, '1s', :interval_seconds, :late_seconds, :group_by, :retire_seconds, "
+        "0, 0, :status, :refreshed, :alarm_since)", rows)
+    stored = {"deadline": {}, "due": {}}
+    for row in store._query("SELECT id, deadline, due FROM heartbeat"):
+        stored["deadline"][row[0]], stored["due"][row[0]] = row[1], row[2]
+    for row in rows:
+        row["key"] = row["id"]
+
+    def due(row):
+        if row["group_by"] is not None:
+            return None  # its members fall due, not it
+        if row["status"] in ("down", "paused"):
+            return NOT_COMPARED  # nothing is due: every query of ``due`` leaves these rows out
+        return heartbeat_lite.due_of(row)
+
+    assert _disagreements(rows, stored, {"deadline": heartbeat_lite.deadline_of, "due": due})[:5] == []
+    # every kind of row was drawn
+    assert {(row["status"], row["late_seconds"] is None, row["group_by"] is None, type(row["refreshed"]))
+            for row in rows} >= {(status, no_late, plain, kind) for status in HEARTBEAT_STATES
+                                 for no_late in (True, False) for plain in (True, False) for kind in (int, float)}
+
+
+def test_the_generated_deadline_and_due_of_members_follow_the_python_rule(store):
+    rng = __import__("random").Random(23)
+    rows = random_members(rng, 3000)
+    store._executemany(
+        "INSERT INTO member (heartbeat_id, member, expected, interval_seconds, late_seconds, retire_seconds, "
+        "status, refreshed, alarm_since) VALUES (:heartbeat_id, :member, :expected, :interval_seconds, "
+        ":late_seconds, :retire_seconds, :status, :refreshed, :alarm_since)", rows)
+    stored = {"deadline": {}, "due": {}}
+    for row in store._query("SELECT member, deadline, due FROM member"):
+        stored["deadline"][row[0]], stored["due"][row[0]] = row[1], row[2]
+    for row in rows:
+        row["key"] = row["member"]
+    assert _disagreements(rows, stored, {"deadline": heartbeat_lite.deadline_of,
+                                         "due": heartbeat_lite.member_due_of})[:5] == []
+    assert {(row["status"], row["late_seconds"] is None, row["retire_seconds"] is None, type(row["refreshed"]))
+            for row in rows} >= {(status, no_late, no_retire, kind) for status in HEARTBEAT_STATES
+                                 for no_late in (True, False) for no_retire in (True, False) for kind in (int, float)}
+
+
 # -- the status page's search and order ---------------------------------------
 
 
