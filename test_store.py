@@ -6,6 +6,9 @@ SQLite, and on a fresh PostgreSQL schema instead when
 hold on both.
 """
 
+import importlib.util
+import inspect
+import random
 import threading
 
 import pytest
@@ -193,7 +196,7 @@ def _disagreements(rows, stored, rules):
 
 
 def test_the_generated_deadline_and_due_of_heartbeats_follow_the_python_rule(store):
-    rng = __import__("random").Random(17)
+    rng = random.Random(17)
     rows = random_heartbeats(rng, 3000)
     store._executemany(
         "INSERT INTO heartbeat (id, name, author, description, output, pattern, expected_interval, interval_seconds, "
@@ -221,7 +224,7 @@ def test_the_generated_deadline_and_due_of_heartbeats_follow_the_python_rule(sto
 
 
 def test_the_generated_deadline_and_due_of_members_follow_the_python_rule(store):
-    rng = __import__("random").Random(23)
+    rng = random.Random(23)
     rows = random_members(rng, 3000)
     store._executemany(
         "INSERT INTO member (heartbeat_id, member, expected, interval_seconds, late_seconds, retire_seconds, "
@@ -280,7 +283,7 @@ def test_each_store_is_built_through_the_base_constructor():
     base = object.__new__(heartbeat_lite.SqliteStore)
     heartbeat_lite._Connections.__init__(base, "label", 1.0, (Exception,))
     stores = [heartbeat_lite.SqliteStore(":memory:")]
-    if __import__("importlib.util").util.find_spec("psycopg") is not None:
+    if importlib.util.find_spec("psycopg") is not None:
         stores.append(heartbeat_lite.PostgresStore("postgresql://nobody@127.0.0.1:1/none"))  # connects on first use
     for store in stores:
         try:
@@ -291,8 +294,6 @@ def test_each_store_is_built_through_the_base_constructor():
 
 
 def test_no_class_of_the_store_is_over_600_lines():
-    import inspect
-
     classes = set(heartbeat_lite.Store.__mro__) | {heartbeat_lite.SqliteStore, heartbeat_lite.PostgresStore}
     sizes = {cls.__name__: len(inspect.getsourcelines(cls)[0]) for cls in classes
              if cls.__module__ == "heartbeat_lite"}
