@@ -1,4 +1,4 @@
-"""Tests for history and explanations (DESIGN.md section 11): state changes
+"""Tests for history and explanations (docs/concepts.md): state changes
 and availability, recent events, the pattern tester, their metrics, and
 paging GET /api/v2/heartbeat."""
 

@@ -1,4 +1,4 @@
-"""Tests for watching a population (DESIGN.md section 12): group_by members,
+"""Tests for watching a population (docs/concepts.md): group_by members,
 expected members, retirement, the member cap, the members routes, and the
 intake silence; every rule on a fake clock, ticked by hand."""
 

@@ -1,4 +1,4 @@
-"""PostgreSQL only (DESIGN 13): several instances on one database act as one
+"""PostgreSQL only (docs/postgresql.md): several instances on one database act as one
 service. Skipped unless HEARTBEAT_LITE_TEST_PG=<url> is set (pg_testing.py
 gives each test a fresh schema through the ``pg_url`` fixture); the rest of
 the suite also runs on PostgreSQL then.

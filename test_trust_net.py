@@ -1,4 +1,4 @@
-"""Trust at the network and process boundary (DESIGN.md §9): connections,
+"""Trust at the network and process boundary (docs/security.md): connections,
 forwarding, one database per service, configuration errors."""
 
 import base64
