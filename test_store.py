@@ -102,7 +102,7 @@ def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monke
         service.engine.ingest(events)
         pauser.join(10)
         monkeypatch.undo()
-        assert chunks == [ids[:2], ids[2:]]
+        assert len(chunks) == 2 and ids[3] in chunks[1]  # it was in the chunk after the pause
         row = service.store.heartbeat(ids[3])
         assert (row["status"], row["last_event"]) == ("paused", T0 + 10)
         clock.advance(10)
