@@ -1,5 +1,5 @@
 # /// script
-# requires-python = ">=3.9"
+# requires-python = ">=3.10"
 # dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
@@ -48,6 +48,7 @@ import re
 import signal
 import socket
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -76,24 +77,38 @@ DEFAULT_DB = "heartbeat_lite.db"
 DEFAULT_THREADS = 4
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_USERS = {"root": "root"}  # only ever used on a loopback address
+LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the Host names root:root answers
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
 SCHEMA_VERSION = 4
 
 
-def _data_path(name):
-    """Where a data file shipped with the module is: ``heartbeat_lite.<name>``
-    beside the module once installed from a wheel (pyproject.toml renames it,
-    so that site-packages gets no generic ``schema.sql``), else ``<name>``
-    beside it, as in a checkout.
+def read_schema(name):
+    """The text of the schema file ``name`` shipped with the module; a
+    :class:`ConfigError` saying where it was looked for if it cannot be read.
+
+    It is ``heartbeat_lite.<name>`` beside the module once installed from a
+    wheel or inside the zipapp (pyproject.toml renames it, so that
+    site-packages gets no generic ``schema.sql``), else ``<name>`` beside it,
+    as in a checkout. "Beside" may be inside a zip: the file is read through
+    the module's loader, as ``pkgutil.get_data`` does (called directly:
+    ``pkgutil`` would import the module again by name when it runs as
+    ``__main__``).
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    installed = os.path.join(here, "heartbeat_lite." + name)
-    return installed if os.path.exists(installed) else os.path.join(here, name)
+    here = os.path.dirname(__file__)
+    places = [os.path.join(here, "heartbeat_lite." + name), os.path.join(here, name)]
+    for place in places:
+        try:
+            if __spec__ is None:  # run as a script: a plain file
+                with open(place, "rb") as f:
+                    return f.read().decode("utf-8")
+            return __spec__.loader.get_data(place).decode("utf-8")
+        except OSError as exc:
+            error = exc
+    raise ConfigError(f"cannot read the schema {' or '.join(places)}: {error}") from error
 
 
-SCHEMA_PATH = _data_path("schema.sql")
 BUSY_TIMEOUT_SECONDS = 5.0
 
 MAX_NAME_CHARS = 255
@@ -140,6 +155,8 @@ AVAILABILITY_WINDOWS = (("24h", 24 * 3600), ("7d", 7 * 24 * 3600), ("30d", 30 * 
 RECENT_EVENTS_PER_HEARTBEAT = 20  # GET /api/v2/heartbeat/<id>/events
 RECENT_EVENTS_MAX_HEARTBEATS = 5_000  # heartbeats with such a list; beyond, the oldest list is dropped
 RECENT_EVENTS_RECEIVED = 1000  # events POST /api/v2/pattern/test examines
+RECENT_EVENTS_MAX_BYTES = 48 * 1024 * 1024  # the heartbeats' lists together; beyond, the oldest lists are dropped
+RECENT_RECEIVED_MAX_BYTES = 2 * 1024 * 1024  # request bodies kept for the pattern tester (the newest always)
 MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
 MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
@@ -185,6 +202,14 @@ HEAD_DEADLINE_SECONDS = 10.0
 BODY_DEADLINE_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 60
 CONNECTION_LIMIT = 4000
+# A client that pipelines requests and does not read the answers: at most
+# MAX_PIPELINED_REQUESTS wait per connection (beyond, it is closed after the
+# last of them), the next is served only while fewer than
+# UNSENT_ANSWER_BYTES of its answers wait unsent, and a connection whose
+# answers wait UNREAD_DEADLINE_SECONDS with nothing read is reset.
+MAX_PIPELINED_REQUESTS = 16
+UNSENT_ANSWER_BYTES = 64 * 1024
+UNREAD_DEADLINE_SECONDS = 10.0
 CONNECTION_SPARE = 100  # waiting connections are evicted when fewer slots than this (or a tenth of the limit) are left
 FILE_DESCRIPTORS_SPARE = 200  # beyond the connections: database, threads, pipes
 
@@ -267,6 +292,70 @@ def parse_forward_url(url, name="--forward-url"):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), authorization
 
 
+REDACTED = "***"
+
+
+def redact_url(url):
+    """``url`` as a log line or a message may show it: the password of its
+    userinfo (or, with no password, the whole userinfo: a lone user may be a
+    token) and every query value replaced by ``***`` (a query item with no
+    ``=``, too), the fragment dropped, then :func:`log_safe` (escaped, cut
+    at 1 KiB). The one function for every URL logged or shown: the database
+    URL, the forward URL.
+    """
+    url = url if isinstance(url, str) else str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return log_safe(url.partition("?")[0].partition("#")[0] + ("?" + REDACTED if "?" in url else ""))
+    rest = rest.partition("#")[0]
+    rest, question, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+    if question:
+        items = [item.partition("=") for item in query.split("&") if item]
+        query = "&".join(f"{key}={REDACTED}" if equal else REDACTED for key, equal, _ in items)
+    return log_safe(f"{scheme}://{authority}{slash}{path}{question}{query}")
+
+
+def url_secrets(url):
+    """The secrets :func:`redact_url` hides, each as written and
+    percent-decoded, longest first: what :func:`redact_secrets` takes out of
+    a library's error message that may quote them."""
+    url = url if isinstance(url, str) else str(url)
+    rest = url.partition("://")[2].partition("#")[0]
+    rest, _, query = rest.partition("?")
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    found = []
+    if at:
+        user, colon, password = userinfo.partition(":")
+        found.append(password if colon else user)
+    found += [value if equal else key for key, equal, value in (item.partition("=") for item in query.split("&"))]
+    decoded = [urllib.parse.unquote(secret) for secret in found]
+    return sorted({secret for secret in found + decoded if secret}, key=len, reverse=True)
+
+
+def redact_secrets(text, url):
+    """``text`` (an error message) with every secret of ``url`` in it replaced
+    by ``***``, made one line (a library's message may span several) and
+    :func:`log_safe`."""
+    text = text if isinstance(text, str) else str(text)
+    for secret in url_secrets(url):
+        # a short one only where quoted: "5" must not become *** in "port 5432"
+        text = text.replace(secret if len(secret) >= 4 else f'"{secret}"', REDACTED)
+    return log_safe(one_line(text))
+
+
+def one_line(text):
+    """``text`` as one line: its lines, stripped, joined by a space (a
+    PostgreSQL error comes as several, with a tab-indented hint)."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 # C0 and C1 controls, DEL, backslash (so an escape cannot be forged either),
 # line and paragraph separators, bidirectional-text controls
 _UNSAFE_IN_LOG = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -292,6 +381,43 @@ def log_safe(text, limit=MAX_LOGGED_CHARS):
         total, text = len(text), text[:limit]
     text = _UNSAFE_IN_LOG.sub(_escape_for_log, text)
     return f"{text}...[cut, {total} chars]" if cut else text
+
+
+def allowed_host_names(public_url=None):
+    """The ``Host`` names a service with no user configured answers (the
+    default ``root:root`` on loopback): :data:`LOOPBACK_HOST_NAMES`, and the
+    host of ``public_url`` when one is given. Loopback addresses
+    (``127.0.0.1``, ``[::1]``) are always allowed, whatever the port (see
+    :func:`is_allowed_host`). The one place that says which."""
+    names = set(LOOPBACK_HOST_NAMES)
+    if public_url:
+        host = urllib.parse.urlsplit(public_url).hostname
+        if host:
+            names.add(host.lower().rstrip("."))
+    return frozenset(names)
+
+
+def is_allowed_host(host, allowed):
+    """True when the ``Host`` header ``host`` (with or without a port)
+    names one of ``allowed``, or a loopback address. A DNS rebinding attack
+    (a page from ``attacker.example`` whose name now resolves to 127.0.0.1)
+    sends its own name, so it is refused."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return False
+    else:
+        name, colon, port = host.rpartition(":")
+        if not colon or not port.isdigit():
+            name = host
+    name = name.rstrip(".")
+    if name in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback(host):
@@ -881,7 +1007,11 @@ def validate_events(value):
 
 
 class StoreError(Exception):
-    """The database failed; the cause is chained (``__cause__``)."""
+    """The database failed; the cause is chained (``__cause__``). Its text is
+    one line (PostgreSQL's messages span several), for the log."""
+
+    def __str__(self):
+        return one_line(super().__str__())
 
 
 class SchemaTooNew(StoreError):
@@ -1000,19 +1130,33 @@ def check_database_path(path):
 
 
 class DatabaseLock:
-    """An exclusive lock on ``<database>.lock`` (beside the database, never on
-    it: SQLite's own POSIX locks on the database file must not be disturbed),
-    held from :meth:`acquire` to :meth:`release`: one database, one service.
+    """An exclusive lock on the database, held from :meth:`acquire` to
+    :meth:`release`: one database, one service. Two ``flock`` locks:
+
+    - on ``<database>.lock`` beside it (its real path: a symbolic link finds
+      it), taken before the database exists, so that two services starting
+      on one new path do not both create it;
+    - on the database file itself, by its identity (device and inode), so
+      that a service on another path to the same file (a hard link, a bind
+      mount) is refused too: two services on one file each keep their own
+      WAL, and writes are lost. It is taken at :meth:`acquire` when the file
+      exists, else by :meth:`hold_file` once the store has created it.
 
     ``flock`` locks belong to the open file, so a second service in the same
-    process is refused too; the kernel drops the lock when the process dies,
-    however it dies. The file stays (deleting a lock file races with the next
-    taker); it holds the holder's process id, for the message.
+    process is refused too; the kernel drops them when the process dies,
+    however it dies. They never touch SQLite's own locks (POSIX record
+    locks, which ``flock`` does not see on Linux and the BSDs); the file
+    descriptor held on the database is closed only at :meth:`release`, after
+    the store closed its connections (closing any descriptor of a file drops
+    the process' POSIX locks on it). The lock file stays (deleting it races
+    with the next taker); it holds the holder's process id, for the message.
     """
 
     def __init__(self, database_path):
+        self.database_path = database_path
         self.path = os.path.realpath(database_path) + ".lock"
         self._fd = None
+        self._file_fd = None  # on the database file, once it exists
 
     def acquire(self):
         """:raises ConfigError: another service holds it, or it cannot be created."""
@@ -1042,11 +1186,42 @@ class DatabaseLock:
         except OSError:
             pass  # opened read-only: the lock holds all the same
         self._fd = fd
+        try:
+            self.hold_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def hold_file(self):
+        """Lock the database file itself, if it exists and is not locked yet.
+
+        :raises ConfigError: another service holds it (through another path).
+        """
+        if self._fd is None or self._file_fd is not None:
+            return
+        import fcntl
+        try:
+            fd = os.open(self.database_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # created at the store's first open, which calls this again
+        except OSError as exc:
+            raise ConfigError(f"cannot open database {self.database_path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"database {os.path.abspath(self.database_path)} is in use by another heartbeat-lite, "
+                "through another path to the same file (a hard link?): one database, one service"
+            ) from None
+        self._file_fd = fd
 
     def release(self):
-        if self._fd is not None:
-            os.close(self._fd)  # closing the file releases the lock
-            self._fd = None
+        for name in ("_file_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)  # closing the file releases its lock
+                setattr(self, name, None)
 
 
 class _Connections(abc.ABC):
@@ -1115,8 +1290,9 @@ class _Connections(abc.ABC):
 
     @abc.abstractmethod
     def _prepare(self, conn):
-        """Put the schema in place on a new writer connection (create it,
-        or migrate an older one); :raises SchemaTooNew:, :raises StoreError:."""
+        """Prepare a new writer connection: the schema in place (created,
+        or an older one migrated), and what else the database needs once it
+        exists; :raises SchemaTooNew:, :raises StoreError:."""
 
     @abc.abstractmethod
     def _send(self, conn, sql, params, many, fetch):
@@ -2170,11 +2346,7 @@ class SqliteStore(Store):
             raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
         check_database_path(path)
         super().__init__(path, busy_timeout, (sqlite3.Error,), single_connection=path == ":memory:")
-        try:
-            with open(SCHEMA_PATH, encoding="utf-8") as f:
-                self._schema = f.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the schema {SCHEMA_PATH}: {exc}") from exc
+        self._schema = read_schema("schema.sql")
         self._file_lock = None
         if path != ":memory:":
             self._file_lock = DatabaseLock(path)
@@ -2228,10 +2400,12 @@ class SqliteStore(Store):
                     log.info("database %s migrated from schema version %d to %d", self.path, version, SCHEMA_VERSION)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare database: {exc}") from exc
-        if self._identity is None and not self._single_connection:  # watched from the first open on
-            self._identity = self._file_identity()
+        if self._identity is None and not self._single_connection:  # the file exists from here on
+            self._identity = self._file_identity()  # watched from now on
             if self._identity is not None:
                 self._guard = self._check_identity
+            if self._file_lock is not None:
+                self._file_lock.hold_file()  # a file created just now: lock it by its identity
 
     def _file_identity(self):
         try:
@@ -2335,7 +2509,6 @@ class SqliteStore(Store):
         yield True
 
 
-POSTGRES_SCHEMA_PATH = _data_path("schema.postgresql.sql")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts at least 2
 CHANGES_KEPT = "1 day"  # another instance's changes are kept this long; one further behind reloads everything
@@ -2359,14 +2532,10 @@ def open_store(db, busy_timeout=BUSY_TIMEOUT_SECONDS):
 
 
 def database_label(db):
-    """``db`` as a log line may show it: a URL without its password, a
-    SQLite path made absolute."""
+    """``db`` as a log line may show it: a URL with no secret in it (see
+    :func:`redact_url`), a SQLite path made absolute."""
     if is_postgres_url(db):
-        parts = urllib.parse.urlsplit(db)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
-        return urllib.parse.urlunsplit(parts)
+        return redact_url(db)
     return os.path.abspath(db) if db != ":memory:" else ":memory:"
 
 
@@ -2461,14 +2630,10 @@ class PostgresStore(Store):
         try:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
-            raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {exc}") from exc
+            raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {redact_secrets(exc, url)}") from None
         super().__init__(database_label(url), busy_timeout, (psycopg.Error, sqlite3.Error))
         self._psycopg = psycopg
-        try:
-            with open(POSTGRES_SCHEMA_PATH, encoding="utf-8") as f:
-                self._schema = f.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the schema {POSTGRES_SCHEMA_PATH}: {exc}") from exc
+        self._schema = read_schema("schema.postgresql.sql")
         self.url = url
         self.instance_id = str(uuid.uuid4())
         self._key = None  # the second key of advisory locks, from the schema's name
@@ -3063,15 +3228,47 @@ def availability(changes, now, window):
     return round(available / counted, 6) if counted > 0 else None
 
 
+class _KeptEvent(bytes):
+    """An event kept for showing back: its compact JSON, UTF-8, whole (see
+    :func:`kept_event`). Bytes, not the dicts it was parsed into: an event
+    of 4 KiB of ``{}`` pairs is ~89 KB as Python objects."""
+
+    __slots__ = ()
+    truncated = False
+
+
+class _CutEvent(_KeptEvent):
+    """An event kept cut: the first :data:`MAX_SHOWN_EVENT_BYTES` of its
+    JSON (on a character boundary), as shown back."""
+
+    __slots__ = ()
+    truncated = True
+
+
+def kept_event(event):
+    """``event`` (a dict) as kept for ``/events``: a :class:`_KeptEvent`, or
+    a :class:`_CutEvent` when its JSON is over :data:`MAX_SHOWN_EVENT_BYTES`
+    or holds a lone surrogate (replaced by ``?``). One encoding."""
+    text = _ENCODER.encode(event)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "replace")
+    else:
+        if len(raw) <= MAX_SHOWN_EVENT_BYTES:
+            return _KeptEvent(raw)
+    return _CutEvent(raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore").encode("utf-8"))
+
+
 def shown_event(event):
-    """An event (or any JSON value) as the API shows it back: ``(value,
-    truncated)``. One whose compact JSON is over
+    """An event (or any JSON value, or a kept event) as the API shows it
+    back: ``(value, truncated)``. One whose compact JSON is over
     :data:`MAX_SHOWN_EVENT_BYTES` is replaced by that JSON text (a string),
     cut on a character boundary to at most that many bytes, and
     ``truncated`` is True; so is one holding a lone surrogate, which UTF-8
     cannot carry (replaced by ``?`` in the text)."""
-    if isinstance(event, _CutEvent):
-        return event.text, True
+    if isinstance(event, _KeptEvent):
+        return (event.decode("utf-8"), True) if event.truncated else (json.loads(event), False)
     text = _ENCODER.encode(event)
     try:
         raw = text.encode("utf-8")
@@ -3083,32 +3280,26 @@ def shown_event(event):
     return raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore"), True
 
 
-def _kept_cut(event):
-    """``event`` as kept from a large request: itself when it is shown
-    whole, else a :class:`_CutEvent`."""
-    text, truncated = shown_event(event)
-    return _CutEvent(text, event) if truncated else event
+def _kept_event_overhead():
+    """Bytes a kept event costs beyond its JSON: the bytes object's header,
+    its ``(time, event)`` tuple, the float and the list's slot."""
+    return sys.getsizeof(_KeptEvent(b"")) + sys.getsizeof((0.0, None)) + sys.getsizeof(0.0) + 8
 
 
-class _CutEvent:
-    """An event kept already cut (it came in a large request): its JSON
-    prefix, and its pairs that can match a pattern (keys and string values
-    at most :data:`MAX_PATTERN_ITEM_CHARS` long; no objects or arrays)."""
+def _kept_list_overhead():
+    """Bytes a heartbeat's list costs beyond its events: the list as grown
+    by appends (over-allocated), and its slot in the dict of lists."""
+    grown = []
+    for _ in range(RECENT_EVENTS_PER_HEARTBEAT + 1):
+        grown.append(None)
+    del grown[0]
+    return sys.getsizeof(grown) + 64
 
-    __slots__ = ("text", "pairs")
 
-    def __init__(self, text, event):
-        self.text = text
-        self.pairs = {key: value for key, value in event.items()
-                      if len(key) <= MAX_PATTERN_ITEM_CHARS
-                      and (not isinstance(value, str) or len(value) <= MAX_PATTERN_ITEM_CHARS)
-                      and not isinstance(value, (dict, list))}
-
-    def get(self, key, default=None):
-        return self.pairs.get(key, default)
-
-    def __contains__(self, key):
-        return key in self.pairs
+KEPT_EVENT_OVERHEAD_BYTES = _kept_event_overhead()
+KEPT_LIST_OVERHEAD_BYTES = _kept_list_overhead()
+#: what one kept event may cost at most (its JSON is cut to MAX_SHOWN_EVENT_BYTES)
+MAX_KEPT_EVENT_BYTES = MAX_SHOWN_EVENT_BYTES + KEPT_EVENT_OVERHEAD_BYTES
 
 
 def pattern_test(pattern, received):
@@ -3156,39 +3347,43 @@ def shown_value(value):
 
 
 class RecentEvents:
-    """The events received lately, in memory only (gone at a restart): the
-    last :data:`RECENT_EVENTS_RECEIVED` of all, for the pattern tester, and
-    the last :data:`RECENT_EVENTS_PER_HEARTBEAT` matching events of each
-    heartbeat, its list made at its first match; at most
-    :data:`RECENT_EVENTS_MAX_HEARTBEATS` such lists, the oldest made dropped
+    """The events received lately, in memory only (gone at a restart),
+    bounded by bytes: the bodies of the last requests holding
+    :data:`RECENT_EVENTS_RECEIVED` events (at most
+    :data:`RECENT_RECEIVED_MAX_BYTES`, the newest always), for the pattern
+    tester, and the last :data:`RECENT_EVENTS_PER_HEARTBEAT` matching events
+    of each heartbeat, its list made at its first match; at most
+    :data:`RECENT_EVENTS_MAX_HEARTBEATS` such lists and
+    :data:`RECENT_EVENTS_MAX_BYTES` for them all, the oldest made dropped
     first.
 
-    Recording costs the ingestion path one append per request and one per
+    Kept compactly: a request's body as it came (bytes, no copy: the
+    pattern tester parses it again when asked), and a heartbeat's events as
+    their compact JSON, cut to :data:`MAX_SHOWN_EVENT_BYTES`
+    (:func:`kept_event`): one kept event costs at most
+    :data:`MAX_KEPT_EVENT_BYTES`.
+
+    Recording costs the ingestion path one append per request and, per
     heartbeat whose refresh is written (at most one per
-    :data:`REFRESH_WRITE_SECONDS` each: a sample of its matching events; no
-    copy, no encoding; a heartbeat matched several times in one request
-    records the last of those events); events are cut to
-    :data:`MAX_SHOWN_EVENT_BYTES` when shown. The events of a request whose average event is over that
-    size are cut as they are recorded (an encoding, costing less than the
-    parse already paid), so that big events do not stay whole in memory;
-    a big one among many small ones is kept whole (cutting them all would
-    double the cost of a batch). Appends happen
-    under the engine's lock; readers take copies (``deque.copy`` runs
+    :data:`REFRESH_WRITE_SECONDS` each: a sample of its matching events; a
+    heartbeat matched several times in one request records the last of
+    those events), one append and the encoding of its event (once per
+    event, however many heartbeats record it). Appends happen under the
+    engine's lock; readers take copies (a list's or a deque's copy runs
     without a thread switch).
     """
 
     def __init__(self):
-        # (time, the list of events of one request), oldest first: a request
-        # costs one append, not one per event; the oldest list goes once the
-        # others hold RECENT_EVENTS_RECEIVED events
+        # (time, a request's body, its number of events), oldest first
         self._received = collections.deque()
         self._received_count = 0
-        self._matching = {}  # heartbeat id -> deque of (time, event)
+        self._received_bytes = 0
+        self._matching = {}  # heartbeat id -> list of (time, kept event), oldest first
+        self._matching_bytes = 0  # what the lists cost, their events' JSON and overheads
 
-    def add(self, now, events, found, heartbeat_ids=(), members=(), body_bytes=0):
-        """Record ``events`` received at ``now`` (one append: the list
-        itself), and the matching event of the heartbeats whose refresh is
-        written now.
+    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None):
+        """Record the request of ``events`` received at ``now``, and the
+        matching event of the heartbeats whose refresh is written now.
 
         :param found: ``{heartbeat id: the last of the events that matched
             it}`` (:meth:`PatternIndex.match`): a heartbeat records one event
@@ -3198,56 +3393,87 @@ class RecentEvents:
             (``ReadModel.refreshed``'s ``to_write``): only those record their
             event, so a heartbeat records at most one event per
             :data:`REFRESH_WRITE_SECONDS` (its refreshes in between are kept
-            in memory, and so are not recorded): ingestion pays nothing per
-            heartbeat matched beyond the write it does anyway.
+            in memory, and so are not recorded).
         :param members: ``(heartbeat id, keys, values)`` of the members whose
             refresh is written now: their heartbeat records its event.
-        :param body_bytes: the size of the request they came in.
-        :returns: the event lists of older requests it let go: the caller
-            holds them until it has released the engine's lock, so that
-            freeing a request's events (a thousand dicts, say) does not
-            lengthen the time the lock is held.
+        :param body: the request's body (bytes), kept as it is; anything
+            else (None, its size) has ``events`` encoded instead.
+        :returns: the entries it let go, for the caller to drop once it has
+            released the engine's lock.
         """
-        kept, dropped = None, []
-        if events and body_bytes > len(events) * MAX_SHOWN_EVENT_BYTES:
-            kept = {id(event): _kept_cut(event) for event in events}
-            events = [kept[id(event)] for event in events]
+        dropped = []
         if events:
+            if not isinstance(body, bytes):
+                body = _ENCODER.encode(events).encode("utf-8", "replace")
             received = self._received
-            received.append((now, events))
+            received.append((now, body, len(events)))
             self._received_count += len(events)
-            while self._received_count - len(received[0][1]) >= RECENT_EVENTS_RECEIVED:
+            self._received_bytes += len(body)
+            while len(received) > 1 and (self._received_count - received[0][2] >= RECENT_EVENTS_RECEIVED
+                                         or self._received_bytes > RECENT_RECEIVED_MAX_BYTES):
                 dropped.append(received.popleft())
-                self._received_count -= len(dropped[-1][1])
+                self._received_count -= dropped[-1][2]
+                self._received_bytes -= len(dropped[-1][1])
         if members:
             heartbeat_ids = list(heartbeat_ids) + list(dict.fromkeys(item[0] for item in members))
         matching = self._matching
         get = matching.get
+        encoded = {}  # id(event) -> kept: an event several heartbeats record is encoded once
         for heartbeat_id in heartbeat_ids:
             event = found.get(heartbeat_id)
             if event is None:
                 continue
-            if kept is not None:
-                event = kept[id(event)]
+            kept = encoded.get(id(event))
+            if kept is None:
+                kept = encoded[id(event)] = kept_event(event)
             recent = get(heartbeat_id)
             if recent is None:
                 if len(matching) >= RECENT_EVENTS_MAX_HEARTBEATS:
-                    del matching[next(iter(matching))]
-                recent = matching[heartbeat_id] = collections.deque(maxlen=RECENT_EVENTS_PER_HEARTBEAT)
-            recent.append((now, event))
+                    dropped.append(self._drop_oldest_list())
+                recent = matching[heartbeat_id] = []
+                self._matching_bytes += KEPT_LIST_OVERHEAD_BYTES
+            recent.append((now, kept))
+            self._matching_bytes += len(kept) + KEPT_EVENT_OVERHEAD_BYTES
+            if len(recent) > RECENT_EVENTS_PER_HEARTBEAT:
+                self._matching_bytes -= len(recent[0][1]) + KEPT_EVENT_OVERHEAD_BYTES
+                del recent[0]
+        while self._matching_bytes > RECENT_EVENTS_MAX_BYTES and matching:
+            dropped.append(self._drop_oldest_list())
         return dropped
 
+    def _drop_oldest_list(self):
+        heartbeat_id = next(iter(self._matching))
+        return self._forget(heartbeat_id)
+
+    def _forget(self, heartbeat_id):
+        recent = self._matching.pop(heartbeat_id, None)
+        if recent is not None:
+            self._matching_bytes -= KEPT_LIST_OVERHEAD_BYTES + sum(
+                len(kept) + KEPT_EVENT_OVERHEAD_BYTES for _, kept in recent)
+        return recent
+
     def forget(self, heartbeat_id):
-        self._matching.pop(heartbeat_id, None)
+        self._forget(heartbeat_id)
+
+    def kept_bytes(self):
+        """``(heartbeats' lists, request bodies)``: the bytes each holds, as
+        bounded by :data:`RECENT_EVENTS_MAX_BYTES` and
+        :data:`RECENT_RECEIVED_MAX_BYTES`."""
+        return self._matching_bytes, self._received_bytes
 
     def matching(self, heartbeat_id):
-        """``(time, event)`` of a heartbeat's last matching events, oldest first."""
+        """``(time, kept event)`` of a heartbeat's last matching events,
+        oldest first (see :func:`shown_event`)."""
         recent = self._matching.get(heartbeat_id)
-        return list(recent.copy()) if recent is not None else []
+        return recent[:] if recent is not None else []
 
     def all_received(self):
-        """``(time, event)`` of the last events received, oldest first."""
-        received = [(now, event) for now, events in self._received.copy() for event in events]
+        """``(time, event)`` of the last events received, oldest first: the
+        kept bodies parsed again (at most :data:`RECENT_RECEIVED_MAX_BYTES`)."""
+        received = []
+        for now, body, _ in self._received.copy():
+            value = parse_json(body, duplicate_keys=True)
+            received.extend((now, event) for event in ([value] if isinstance(value, dict) else value))
         return received[-RECENT_EVENTS_RECEIVED:]
 
 
@@ -4390,9 +4616,9 @@ class Engine:
         :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
 
         :param events: validated events (dicts).
-        :param body_bytes: the size of the request they came in (events of
-            a request of big events are kept already cut, see
-            :class:`RecentEvents`).
+        :param body_bytes: the request's body they came in (bytes), which
+            :class:`RecentEvents` keeps for the pattern tester (else it
+            encodes ``events``).
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         with self._lock:
@@ -5295,6 +5521,8 @@ class Forwarder(_Worker):
         super().__init__()
         self.store = store
         self.url, self._authorization = parse_forward_url(url)
+        #: the URL as the log shows it (no password, no query value: see :func:`redact_url`)
+        self.label = redact_url(self.url)
         self.timeout = timeout
         self.failures = 0  # consecutive failed attempts
 
@@ -5336,17 +5564,18 @@ class Forwarder(_Worker):
         except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors
             self.failures += 1
             delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
+            why = redact_secrets(exc, self.url)
             if self.failures == 1:
                 log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
-                            self.url, log_safe(exc), self.store.outbox_depth())
+                            self.label, why, self.store.outbox_depth())
             else:
-                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.url, log_safe(exc), delay)
+                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.label, why, delay)
             return delay
         self.store.outbox_ack(batch[-1][0])
         if self.failures:
-            log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.url, self.failures)
+            log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.label, self.failures)
             self.failures = 0
-        log.debug("delivered %d event(s) to %s", len(batch), self.url)
+        log.debug("delivered %d event(s) to %s", len(batch), self.label)
         return 0.0
 
     def _post(self, body):
@@ -5355,7 +5584,14 @@ class Forwarder(_Worker):
         read blocked on a target that sends a byte now and then (a socket
         timeout alone is per read).
 
+        The answer must be complete by the deadline: its head, and its body
+        up to :data:`FORWARD_ANSWER_BYTES` (all of it when it is shorter).
+        A body cut short (by the watchdog, or by the target closing before
+        its ``Content-Length``) fails the attempt, whatever the status: a
+        ``200`` that never finishes is not a delivery.
+
         :raises OSError: the attempt failed (not 2xx, too slow, network).
+        :raises http.client.HTTPException: the answer was malformed or cut.
         """
         parts = urllib.parse.urlsplit(self.url)
         connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -5381,9 +5617,11 @@ class Forwarder(_Worker):
         try:
             conn.request("POST", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body, headers)
             response = conn.getresponse()
-            response.read(FORWARD_ANSWER_BYTES)  # enough of the answer; the rest is not waited for
+            _read_answer(response, FORWARD_ANSWER_BYTES)
+            if expired.is_set():  # the watchdog cut it, and what was read ended at the cut
+                raise TimeoutError(f"no complete answer within {self.timeout:g}s")
         except (OSError, http.client.HTTPException) as exc:
-            if expired.is_set():
+            if expired.is_set() and not isinstance(exc, TimeoutError):
                 raise TimeoutError(f"no complete answer within {self.timeout:g}s") from exc
             raise
         finally:
@@ -5394,6 +5632,25 @@ class Forwarder(_Worker):
         if not 200 <= response.status < 300:
             redirect = " (a redirect: not followed)" if 300 <= response.status < 400 else ""
             raise ConnectionRefusedError(f"HTTP {response.status}{redirect}")
+
+
+def _read_answer(response, limit):
+    """Read ``response``'s body, or its first ``limit`` bytes when it is
+    longer (the rest is not waited for).
+
+    :raises http.client.IncompleteRead: the body ended before its
+        ``Content-Length`` (or before ``limit`` bytes of it); a chunked
+        body cut short raises it too, from http.client.
+    """
+    wanted = limit if response.length is None else min(limit, response.length)
+    got = 0
+    while got < wanted:
+        chunk = response.read(wanted - got)
+        if not chunk:
+            break
+        got += len(chunk)
+    if response.length is not None and got < wanted:
+        raise http.client.IncompleteRead(b"", wanted - got)
 
 
 ###############################################################################
@@ -5450,19 +5707,27 @@ class Authenticator:
     PBKDF2 derivation, so:
 
     - successful verifications are remembered in memory (under a keyed hash
-      of name and password, never the password itself);
+      of name and password, never the password itself): correct
+      credentials cost a derivation once, then nothing, from any address;
     - when any user is hashed, an unknown name costs a derivation too,
       against a decoy hash of the same strength, and gets the same answer,
       so neither time nor answer tells which names exist;
-    - derivations run one at a time, and failures spend two budgets: the
-      client address's own (:data:`AUTH_FAILURE_BURST` at once, then one
-      per :data:`AUTH_FAILURE_REFILL_SECONDS`; the last
-      :data:`AUTH_SOURCES_TRACKED` addresses are remembered) and a global
-      one (:data:`AUTH_GLOBAL_FAILURE_BURST` at once, then
-      :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`), which bounds the CPU that
-      guessing can take. Past either, :class:`Throttled` is raised instead
-      of deriving. A success gives back what it spent, so one address
-      guessing never locks out correct credentials from another.
+    - derivations run one at a time (at most one core), and a client
+      address that has failed (one of the last :data:`AUTH_SOURCES_TRACKED`
+      to fail; an IPv6 address counts as its /64) is budgeted: its own
+      failures (:data:`AUTH_FAILURE_BURST` at once, then one per
+      :data:`AUTH_FAILURE_REFILL_SECONDS`) and, together with every other
+      such address, a global one (:data:`AUTH_GLOBAL_FAILURE_BURST` at
+      once, then :data:`AUTH_GLOBAL_FAILURES_PER_SECOND`). Past either,
+      :class:`Throttled` is raised instead of deriving.
+
+    An address that has not failed is never refused: guessing from any
+    number of addresses does not lock out correct credentials from another
+    (the old rule, one global budget for every address, let eight flooding
+    addresses shut out a new one). What that costs: each address gets one
+    failed derivation before it is budgeted, so beyond the global rate a
+    flood pays one new address per derivation (a new /64 in IPv6), and
+    derivations stay one at a time.
 
     :param users: dict of name to password, or to a hash string.
     :param clock: monotonic seconds, for the budgets.
@@ -5494,7 +5759,8 @@ class Authenticator:
         self._derive_lock = threading.Lock()
         self._clock = clock
         self._global = [float(AUTH_GLOBAL_FAILURE_BURST), clock()]  # budget, when last refilled
-        self._sources = collections.OrderedDict()  # client address -> [budget, when], least recent first
+        #: client addresses that failed -> [budget, when last refilled], least recent first
+        self._sources = collections.OrderedDict()
 
     @staticmethod
     def _digest(password):
@@ -5505,8 +5771,8 @@ class Authenticator:
 
         :param source: the client's address, whose failures are budgeted.
         :raises Throttled: when a hashed password (or an unknown name, when
-            some user is hashed) would need a derivation and the client's or
-            the global failure budget is spent.
+            some user is hashed) would need a derivation, the address has
+            failed lately, and its own or the global failure budget is spent.
         """
         credentials = bottle.parse_auth(header) if header else None
         if not credentials:
@@ -5527,39 +5793,55 @@ class Authenticator:
         key = hmac.new(self._key, name.encode("utf-8") + b"\0" + password, hashlib.sha256).digest()
         if key in self._verified:
             return True
+        source = source_key(source)
         with self._derive_lock:  # one derivation at a time: at most one core
             if key in self._verified:
                 return True
-            budgets = (self._source_budget(source), self._global)
-            rates = (1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_GLOBAL_FAILURES_PER_SECOND)
-            bursts = (AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST)
             now = self._clock()
-            for budget, rate, burst in zip(budgets, rates, bursts):
-                budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
-                budget[1] = now
-            if any(budget[0] < 1 for budget in budgets):
-                raise Throttled()
-            for budget in budgets:
-                budget[0] -= 1
-            if not hashed.verify(password):
-                return False
-            for budget, burst in zip(budgets, bursts):  # only failures spend
-                budget[0] = min(burst, budget[0] + 1)
-            if len(self._verified) >= AUTH_CACHE_ENTRIES:
-                del self._verified[next(iter(self._verified))]
-            self._verified[key] = True
-            return True
+            _refill(self._global, AUTH_GLOBAL_FAILURES_PER_SECOND, AUTH_GLOBAL_FAILURE_BURST, now)
+            record = self._sources.get(source)
+            if record is not None:  # it failed lately: its budget, and the global one
+                self._sources.move_to_end(source)
+                _refill(record, 1 / AUTH_FAILURE_REFILL_SECONDS, AUTH_FAILURE_BURST, now)
+                if record[0] < 1 or self._global[0] < 1:
+                    raise Throttled()
+            if hashed.verify(password):
+                if len(self._verified) >= AUTH_CACHE_ENTRIES:
+                    del self._verified[next(iter(self._verified))]
+                self._verified[key] = True
+                return True
+            # a failure spends the global budget (never below empty: an
+            # address that has not failed is not refused for it) and the
+            # address's own, remembering the address
+            self._global[0] = max(0.0, self._global[0] - 1)
+            if record is None:
+                record = self._sources[source] = [float(AUTH_FAILURE_BURST), now]
+                if len(self._sources) > AUTH_SOURCES_TRACKED:
+                    self._sources.popitem(last=False)
+            record[0] -= 1
+            return False
 
-    def _source_budget(self, source):
-        """The failure budget of a client address (call under the lock)."""
-        budget = self._sources.get(source)
-        if budget is None:
-            budget = self._sources[source] = [float(AUTH_FAILURE_BURST), self._clock()]
-            if len(self._sources) > AUTH_SOURCES_TRACKED:
-                self._sources.popitem(last=False)
-        else:
-            self._sources.move_to_end(source)
-        return budget
+
+def _refill(budget, rate, burst, now):
+    """A token bucket ``[tokens, when last refilled]``, refilled to ``now``."""
+    budget[0] = min(burst, budget[0] + (now - budget[1]) * rate)
+    budget[1] = now
+
+
+def source_key(address):
+    """The client address whose failures are budgeted: an IPv4 address as
+    it is, an IPv6 address as its /64 (one client is given a whole /64),
+    an IPv4-mapped one as the IPv4 address; anything else (None, a name) as
+    it is."""
+    if not address or ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 ###############################################################################
@@ -5568,6 +5850,7 @@ class Authenticator:
 
 PATTERN_EXISTS = "heartbeat pattern already exists"
 CROSS_SITE_REFUSED = "cross-site request refused"
+MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
 _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
@@ -5621,17 +5904,19 @@ def is_cross_site(environ):
 
 
 def is_hostile_path(environ):
-    """True when the request's path is not valid UTF-8, or has an encoded
-    ``/`` (``%2F``) in it: no resource has such a path, and the server's
-    decoding would otherwise make it another one (bottle drops bytes that are
-    not UTF-8; waitress decodes ``%2F`` into a ``/``)."""
+    """True when the request's path is not valid UTF-8, has an encoded
+    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
+    path, and the server's decoding would otherwise make it another one
+    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
+    decodes ``%2F`` into a ``/``)."""
     path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
     try:
         path.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return True
-    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI") or ""
-    return "%2f" in raw.partition("?")[0].lower()
+    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
+    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
+    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
 
 
 def json_response(value, status=200, headers=None):
@@ -5658,11 +5943,15 @@ class WebApi:
 
     :param engine: the :class:`Engine`.
     :param authenticator: the :class:`Authenticator` guarding ``/api/``.
+    :param allowed_hosts: None (any ``Host``), or the names a request's
+        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
+        and change nothing.
     """
 
-    def __init__(self, engine, authenticator):
+    def __init__(self, engine, authenticator, allowed_hosts=None):
         self.engine = engine
         self.auth = authenticator
+        self.allowed_hosts = allowed_hosts
         self._health_problem = None  # the last problem /healthz logged
         self.app = bottle.Bottle()
         self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
@@ -5714,6 +6003,9 @@ class WebApi:
                 environ = bottle.request.environ
                 if is_hostile_path(environ):
                     raise ApiError(404, "not found")
+                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
+                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
+                    raise ApiError(421, MISDIRECTED)
                 if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
                     raise ApiError(403, CROSS_SITE_REFUSED)
                 if authenticated:
@@ -5896,7 +6188,7 @@ class WebApi:
     def post_events(self, user):
         body = self._read_body(MAX_EVENT_BODY_BYTES)
         events = validate_events(parse_json(body, duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events, len(body))})
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
@@ -7209,7 +7501,8 @@ class Service:
         self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
         if self.forwarder is not None:
             self.engine.outbox_waker = self.forwarder.wake
-        self.web = WebApi(self.engine, authenticator)
+        # the default root:root answers loopback names only: no DNS rebinding
+        self.web = WebApi(self.engine, authenticator, allowed_hosts=allowed_host_names() if users is None else None)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
@@ -7354,8 +7647,11 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
 
 def _json_error_server_class():
     """waitress' server class, answering its own HTTP errors (malformed request,
-    body too large) in JSON like the rest of the API."""
+    body too large) in JSON like the rest of the API, refusing what a proxy
+    in front could read another way, and bounding what each connection may
+    hold (see :class:`JsonErrorServer` inside)."""
     from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser, ParsingError
     from waitress.server import TcpWSGIServer
     from waitress.task import ErrorTask
 
@@ -7369,13 +7665,27 @@ def _json_error_server_class():
             self.content_length = len(body)
             self.write(body)
 
+    class StrictRequestParser(HTTPRequestParser):
+        def parse_header(self, header_plus):
+            super().parse_header(header_plus)
+            # Both framings: waitress reads the chunked body, a proxy in front
+            # may read Content-Length bytes, and the rest of the stream is a
+            # request one of them never saw (request smuggling). A 400, and
+            # the connection closed (with what was pipelined behind it).
+            if "CONTENT_LENGTH" in self.headers and (self.chunked or "TRANSFER_ENCODING" in self.headers):
+                raise ParsingError("both Content-Length and Transfer-Encoding")
+
     class JsonErrorChannel(HTTPChannel):
         error_task_class = JsonErrorTask
+        parser_class = StrictRequestParser
         # When the server's periodic check first saw the request being
         # received (within a second of its first byte): nothing is done per
         # read, which is the hot path of every request.
         request_started = None
         _timed_request = None  # the parser request_started belongs to
+        #: its next request waits until the client reads its answers (see
+        #: JsonErrorServer.add_task)
+        deferred = False
 
         def request_age(self, now):
             """Seconds since the request being received was first seen, or
@@ -7390,21 +7700,91 @@ def _json_error_server_class():
             idle, or a request is still arriving."""
             return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
+        _queued = 0  # bytes in the kernel's send queue at the last look
+        _queued_since = 0.0  # since when that queue has not gone down
+
+        def is_unread(self, now):
+            """True when answers wait for the client, none is being written,
+            and the client read nothing for the server's ``unread_deadline``
+            (``now``: wall-clock seconds, as waitress' ``last_activity``,
+            which a send that moved data refreshes). Answers all handed to
+            the kernel but not read (its send queue, up to megabytes) count
+            once that queue has not gone down for the deadline."""
+            deadline = self.server.unread_deadline
+            if self.requests and not self.deferred or now - self.last_activity <= deadline:
+                return False
+            if self.total_outbufs_len:
+                return True
+            queued = _unsent_bytes(self.socket)
+            if not queued or queued < self._queued or not self._queued:  # nothing waits, or it moved
+                self._queued, self._queued_since = queued, now
+                return False
+            return now - self._queued_since > deadline
+
+        def received(self, data):
+            # one read (8 KiB) may hold a hundred pipelined requests: waitress
+            # would queue them all. Past MAX_PIPELINED_REQUESTS the last one
+            # kept closes the connection once answered; the others are
+            # dropped, and the client must send them again (as a client
+            # pipelining must be ready to: RFC 9112, 9.3.2).
+            result = super().received(data)
+            if len(self.requests) > MAX_PIPELINED_REQUESTS:
+                with self.requests_lock:
+                    dropped = self.requests[MAX_PIPELINED_REQUESTS:]
+                    del self.requests[MAX_PIPELINED_REQUESTS:]
+                    self.requests[-1].headers["CONNECTION"] = "close"
+                    if self.request is not None:
+                        dropped.append(self.request)
+                        self.request = None
+                for request in dropped:
+                    request.close()
+            return result
+
+        def handle_write(self):
+            super().handle_write()
+            if self.deferred and self.connected and self.total_outbufs_len <= UNSENT_ANSWER_BYTES:
+                with self.outbuf_lock:
+                    if not self.deferred:
+                        return
+                    self.deferred = False
+                self.server.add_task(self)
+
     class JsonErrorServer(TcpWSGIServer):
         """Cuts every request whose head is not complete within
         ``head_deadline`` seconds of its first byte, or its body within
         ``body_deadline`` more (an idle timeout alone lets a client dribble
         one byte at a time forever); near the connection limit, closes the
         connections that wait longest (idle first, then the oldest requests
-        still arriving), so a new client is always accepted."""
+        still arriving), so a new client is always accepted.
+
+        A client that sends requests and does not read the answers (one
+        read may hold a hundred pipelined requests) holds memory: each
+        connection may have at most :data:`MAX_PIPELINED_REQUESTS` requests
+        waiting, its next request is served only once fewer than
+        :data:`UNSENT_ANSWER_BYTES` of its answers wait unsent (the kernel's
+        socket buffers hold the rest), and a connection whose answers wait
+        ``unread_deadline`` seconds with nothing read is reset. The memory
+        that frees is handed back to the system."""
 
         channel_class = JsonErrorChannel
         head_deadline = HEAD_DEADLINE_SECONDS
         body_deadline = BODY_DEADLINE_SECONDS
+        unread_deadline = UNREAD_DEADLINE_SECONDS
         _next_deadline_check = 0.0
         cut = 0  # connections closed by a deadline or evicted, since the start
 
         _spare = None  # connection slots kept free: computed at the first turn
+
+        def add_task(self, channel):
+            # the answers of earlier requests wait unsent: this one waits for
+            # the client to read them (the channel's handle_write dispatches
+            # it), so no thread blocks on a client that does not read
+            if channel.total_outbufs_len > UNSENT_ANSWER_BYTES:  # unlocked: the common case is one comparison
+                with channel.outbuf_lock:
+                    if channel.total_outbufs_len > UNSENT_ANSWER_BYTES and channel.connected:
+                        channel.deferred = True
+                        return
+            super().add_task(channel)
 
         def readable(self):  # once per turn of the event loop: kept cheap
             if not self.accepting:
@@ -7412,7 +7792,7 @@ def _json_error_server_class():
             now = time.monotonic()
             closed = 0
             if now >= self._next_deadline_check:
-                self._next_deadline_check = now + min(1.0, self.head_deadline / 4)
+                self._next_deadline_check = now + min(1.0, self.head_deadline / 4, self.unread_deadline / 4)
                 closed += self._cut_late_requests(now)
             spare = self._spare
             if spare is None:
@@ -7429,9 +7809,12 @@ def _json_error_server_class():
             return super().readable()
 
         def _cut_late_requests(self, now):
-            late = []
+            late, unread = [], []
+            wall = time.time()
             for channel in list(self.active_channels.values()):
                 age = channel.request_age(now)
+                if channel.is_unread(wall):
+                    unread.append(channel)
                 if age is None or not channel.is_waiting():
                     continue
                 allowed = self.head_deadline
@@ -7443,7 +7826,17 @@ def _json_error_server_class():
                 channel.handle_close()
             if late:
                 log.debug("closed %d connection(s) that did not send their request in time", len(late))
-            return len(late)
+            for channel in unread:
+                try:  # a reset: the kernel drops the unsent answers now, instead of keeping them for a FIN
+                    channel.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+                channel.handle_close()
+            if unread:
+                log.info("reset %d connection(s) whose client did not read its answers for %gs",
+                         len(unread), self.unread_deadline)
+                release_free_memory()
+            return len(late) + len(unread)
 
         def _evict(self, count):
             waiting = [channel for channel in list(self.active_channels.values()) if channel.is_waiting()]
@@ -7458,6 +7851,45 @@ def _json_error_server_class():
             return min(count, len(waiting))
 
     return JsonErrorServer
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+
+
+def _unsent_bytes(sock):
+    """Bytes in ``sock``'s send queue the peer has not acknowledged (Linux's
+    ``SIOCOUTQ``), or 0 where that cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory():
+    """Hand the C heap's free pages back to the system (glibc keeps the
+    memory a burst of answers freed, in the middle of its heaps, otherwise:
+    the process' resident size would stay at its peak)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _file_descriptor_limit(wanted):
@@ -7497,7 +7929,7 @@ def check_binding(service, host):
 @contextlib.contextmanager
 def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
           head_deadline=HEAD_DEADLINE_SECONDS, body_deadline=BODY_DEADLINE_SECONDS,
-          connection_limit=CONNECTION_LIMIT):
+          connection_limit=CONNECTION_LIMIT, unread_deadline=UNREAD_DEADLINE_SECONDS):
     """Serve ``service`` over HTTP with waitress in a background thread.
 
     :param service: a :class:`Service`.
@@ -7506,6 +7938,8 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
     :param threads: waitress worker threads.
     :param head_deadline: seconds a client has to send a request's head,
         from its first byte; ``body_deadline``: seconds more for its body.
+    :param unread_deadline: seconds a connection's answers may wait for a
+        client that reads nothing, before the connection is reset.
     :param connection_limit: open connections at most (lowered to fit the
         process' limit on open files, which is raised toward it first).
     :yields: the base URL, e.g. ``http://127.0.0.1:54321``.
@@ -7532,10 +7966,14 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
             max_request_body_size=MAX_REQUEST_BODY_BYTES + 1, ident="heartbeat-lite",
             connection_limit=connection_limit, channel_timeout=IDLE_TIMEOUT_SECONDS,
             asyncore_use_poll=True,  # select() fails beyond 1,024 descriptors
+            # a worker thread never waits for a client to read (waitress' high
+            # watermark would block it): the server bounds unsent answers itself
+            outbuf_high_watermark=2 ** 62,
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
     server.head_deadline, server.body_deadline = head_deadline, body_deadline
+    server.unread_deadline = unread_deadline
     try:
         service.open()
     except BaseException:
@@ -7807,7 +8245,7 @@ def main(argv=None, environ=None):
             gc.freeze()
             log.info("heartbeat-lite %s listening on %s (database %s)", __version__, url, database_label(args.db))
             if service.forwarder is not None:
-                log.info("forwarding alarms to %s", service.forwarder.url)
+                log.info("forwarding alarms to %s", service.forwarder.label)
             while not stop.wait(3600):
                 pass
             log.info("shutting down")

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -318,8 +319,9 @@ def scratch_directory(tmp_path):
             os.symlink(os.path.join(HERE, name), work / name)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("python", "python3"):
-        os.symlink(sys.executable, bin_dir / name)
+    for name in ("python", "python3"):  # a script, not a symlink: a venv's python finds its venv by its own path
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
     return work, bin_dir
 
 

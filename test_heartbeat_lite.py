@@ -19,15 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from http.client import HTTPException
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import jsonschema
 import openapi_spec_validator
 import pytest
-import referencing
-import webtest
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
-from referencing.jsonschema import DRAFT202012
 
 import heartbeat_lite
 from heartbeat_lite import (
@@ -37,33 +32,33 @@ from heartbeat_lite import (
     MAX_PATTERN_ITEM_CHARS,
     MAX_TEXT_CHARS,
 )
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-T0 = 1_607_680_814.0  # the seed's "created"
-
-SEED_BODY = {
-    "author": "créateur",
-    "name": "Heartbeat",
-    "description": "Ceci est une description",
-    "expected_interval": "1m",
-    "output": "Une note personnalisable",
-    "pattern": {"connector": "connect", "connector_name": "c01"},
-}
-INVALID = {"name": "", "description": "invalid heartbeat payload."}
-DB_ERROR = {"name": "", "description": "database error, please contact your administrator."}
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from testing_support import (
+    C01,
+    DB_ERROR,
+    HERE,
+    HOSTILE,
+    INVALID,
+    SEED_BODY,
+    T0,
+    FakeClock,
+    LockHolder,
+    Receiver,
+    Recorder,
+    _basic,
+    body,
+    client,
+    create,
+    described_answer,
+    http,
+    lookup,
+    new_heartbeat,
+    parse_prometheus,
+    pointer,
+    run_cli,
+    schema_errors,
+    send,
+    wait_until,
+)
 
 
 class SteppedClock(FakeClock):
@@ -75,77 +70,6 @@ class SteppedClock(FakeClock):
 
     def __call__(self):
         return time.time() + self.now
-
-
-def wait_until(condition, timeout=5.0):
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass (for what
-    a background thread does); return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def alarms_seen():
-    """Every alarm and resolution the service publishes, in order."""
-    return []
-
-
-@pytest.fixture
-def service(clock, alarms_seen):
-    with heartbeat_lite.create_app(db=":memory:", clock=clock, on_alarm=alarms_seen.append) as service:
-        yield service
-
-
-def client(service, user=("root", "root")):
-    """A webtest app for ``service``, with Basic credentials (none if ``user`` is None)."""
-    app = webtest.TestApp(service.wsgi)
-    if user:
-        app.authorization = ("Basic", user)
-    return app
-
-
-@pytest.fixture
-def app(service):
-    return client(service)
-
-
-def body(**changes):
-    """The seed's example body with some fields changed (None removes one)."""
-    doc = dict(SEED_BODY, **changes)
-    return {k: v for k, v in doc.items() if v is not None}
-
-
-def new_heartbeat(service, **changes):
-    """Create a heartbeat through the engine (no HTTP); return its id."""
-    return service.engine.create(heartbeat_lite.validate_heartbeat(body(**changes), "root"))
-
-
-def create(app, doc=None, **kwargs):
-    response = app.post_json("/api/v2/heartbeat", doc or body(), **kwargs)
-    return response.json["description"]
-
-
-@pytest.fixture
-def restart(tmp_path, clock, alarms_seen):
-    """Open the service on this test's database file; each further call is a
-    restart on the same file: ``with restart() as service: ...``. Keyword
-    arguments go to ``create_app``; ``restart.path`` is the file."""
-    path = str(tmp_path / "hb.db")
-
-    def start(**options):
-        return heartbeat_lite.create_app(**{"db": path, "clock": clock, "on_alarm": alarms_seen.append, **options})
-
-    start.path = path
-    return start
 
 
 def down_heartbeat(service, clock, **changes):
@@ -161,32 +85,6 @@ def down_heartbeat(service, clock, **changes):
 def _broken_statement(sql, params):
     """A ``Store.statement_hook`` for a database that fails every statement."""
     raise sqlite3.OperationalError("disk I/O error")
-
-
-def _basic(user, password):
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def http(method, url, data=None, user="root:root", content_type=None):
-    """One request with the standard library; returns (status, headers, parsed body)."""
-    request = urllib.request.Request(url, data=data, method=method)
-    if user:
-        request.add_header("Authorization", _basic(*user.split(":", 1)))
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read())
-
-
-def run_cli(*args, env=None, timeout=30):
-    """Run ``python heartbeat_lite.py`` with ``args`` to its end."""
-    return subprocess.run([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def start_server(*args, env=None):
@@ -447,12 +345,6 @@ def test_two_services_share_nothing():
 # Events
 ###############################################################################
 
-C01 = {"connector": "connect", "connector_name": "c01"}
-
-
-def send(app, events, status=200):
-    return app.post_json("/api/v2/event", events, status=status).json
-
 
 def status_of(app, heartbeat_id):
     return app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json
@@ -689,6 +581,7 @@ def test_the_store_walks_every_heartbeat_in_batches(tmp_path):
         assert [row["id"] for row in service.store.each_heartbeat(batch=7)] == sorted(ids)
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_expiry_reads_the_deadline_index(tmp_path):
     # O(expired * log N): the due and next-deadline queries are range scans of
     # the partial index, never a scan of the table.
@@ -1053,47 +946,6 @@ def test_a_shorter_interval_wakes_the_scheduler(tmp_path):
 ###############################################################################
 
 
-class Receiver:
-    """A local stand-in for Canopsis' /api/v2/event: records every POST and
-    answers the statuses queued in ``statuses`` (then 200)."""
-
-    def __init__(self):
-        self.requests = []  # (headers, parsed body, status answered)
-        self.statuses = []
-        self.received = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                receiver.requests.append((dict(self.headers), json.loads(data), status))
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-                receiver.received.set()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, userinfo=""):
-        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}/api/v2/event"
-
-    @property
-    def delivered(self):
-        """Every event of every request answered 2xx, in order."""
-        return [event for _, events, status in self.requests if status < 300 for event in events]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
     receiver = Receiver()
@@ -1422,19 +1274,6 @@ def test_hash_password_refuses_an_empty_password():
     assert result.returncode == 2 and "empty password" in result.stderr
 
 
-@pytest.fixture
-def counted_derivations(monkeypatch):
-    calls = []
-    verify = heartbeat_lite.PasswordHash.verify
-
-    def counting_verify(self, password):
-        calls.append(password)
-        return verify(self, password)
-
-    monkeypatch.setattr(heartbeat_lite.PasswordHash, "verify", counting_verify)
-    return calls
-
-
 def test_a_hashed_password_is_derived_once_then_remembered(counted_derivations):
     users = {"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}
     with heartbeat_lite.create_app(users=users) as service:
@@ -1630,27 +1469,7 @@ def test_a_duplicate_key_in_an_event_keeps_its_last_value(app):
 ###############################################################################
 
 
-class LockHolder:
-    """Another process holding SQLite's write lock on a database file."""
-
-    SCRIPT = (
-        "import sqlite3, sys\n"
-        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        "conn.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.readline()\n"
-        "conn.execute('ROLLBACK')\n"
-    )
-
-    def __init__(self, path):
-        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT, path], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout.readline().strip() == "locked"
-
-    def release(self):
-        self.process.communicate("\n", timeout=30)
-
-
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, caplog):
     with restart(busy_timeout=0.05) as service:
         app = client(service)
@@ -1674,6 +1493,7 @@ def test_a_write_lock_held_by_another_process_gives_the_database_error(restart, 
         assert app.post_json("/api/v2/event", C01).json["matched"] == [kept]
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_a_database_locked_at_start_starts_degraded_then_recovers(restart, clock, caplog):
     with restart() as service:
         heartbeat_id = new_heartbeat(service)
@@ -1710,6 +1530,7 @@ def remount(mount_point, mode):
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
 
 
+@pytest.mark.sqlite_only("makes the SQLite file read-only")
 def test_a_read_only_file_system_gives_database_errors_until_it_is_writable(tmpfs, restart, caplog):
     path = str(tmpfs / "hb.db")
     with restart(db=path) as service:
@@ -1749,6 +1570,7 @@ def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, capl
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["_id"] == heartbeat_id
 
 
+@pytest.mark.sqlite_only("reads PRAGMA user_version (PostgreSQL: test_postgresql.py)")
 def test_the_schema_is_versioned(restart):
     restart().close()
     with sqlite3.connect(restart.path) as conn:
@@ -1773,6 +1595,7 @@ def test_data_survives_a_restart(restart):
         assert json.loads(service.engine.document(heartbeat_id)) == before
 
 
+@pytest.mark.sqlite_only("a SQLite path's directory")
 def test_a_missing_database_directory_is_a_config_error(tmp_path):
     with pytest.raises(heartbeat_lite.ConfigError, match="does not exist"):
         heartbeat_lite.create_app(db=str(tmp_path / "missing" / "hb.db"))
@@ -1997,46 +1820,12 @@ def test_cli_serves_then_stops_cleanly_on_a_signal(tmp_path, sig):
 # Status page
 ###############################################################################
 
-HOSTILE = '<script>alert(1)</script>" \\ \n&amp;'
-
-
 # The status page's tests are in test_status_page.py and test_status_page_browser.py.
 
 
 ###############################################################################
 # Metrics
 ###############################################################################
-
-_LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
-_SAMPLE = re.compile(
-    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
-    r"(?:\{(?P<labels>(?:[a-zA-Z_][a-zA-Z0-9_]*=" + _LABEL_VALUE + r")(?:,[a-zA-Z_][a-zA-Z0-9_]*=" + _LABEL_VALUE + r")*)?\})?"
-    r" (?P<value>[-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|NaN|Inf))(?: -?[0-9]+)?"
-)
-_COMMENT = re.compile(r"# (?:HELP (?P<help>[a-zA-Z_:][a-zA-Z0-9_:]*) .*|TYPE (?P<type>[a-zA-Z_:][a-zA-Z0-9_:]*) "
-                      r"(?:counter|gauge|histogram|summary|untyped))")
-
-
-def parse_prometheus(text):
-    """Check the text exposition format 0.0.4 line by line; return
-    {(name, ((label, value), ...)): value}, label values unescaped."""
-    assert text.endswith("\n")
-    samples, typed = {}, set()
-    for number, line in enumerate(text.splitlines(), 1):
-        comment = _COMMENT.fullmatch(line)
-        if comment:
-            if comment["type"]:
-                typed.add(comment["type"])
-            continue
-        sample = _SAMPLE.fullmatch(line)
-        assert sample, f"line {number} breaks the format: {line!r}"
-        assert sample["name"] in typed, f"line {number}: no TYPE before {sample['name']}"
-        labels = tuple(
-            (key, re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), raw[1:-1]))
-            for key, raw in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)=(" + _LABEL_VALUE + ")", sample["labels"] or "")
-        )
-        samples[(sample["name"], labels)] = float(sample["value"])
-    return samples
 
 
 def test_metrics_follow_the_exposition_format(app, service, clock):
@@ -2074,36 +1863,6 @@ def test_the_metrics_grammar_check_can_fail():
 ###############################################################################
 # OpenAPI
 ###############################################################################
-
-
-OPENAPI_URI = "urn:heartbeat-lite:openapi.json"
-
-
-def pointer(*parts):
-    """A JSON pointer (RFC 6901) to ``parts`` of a document, as a URI fragment."""
-    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def openapi_registry(spec):
-    """A referencing registry holding ``spec``, so that its "#/..." $refs resolve."""
-    return referencing.Registry().with_resource(OPENAPI_URI, DRAFT202012.create_resource(spec))
-
-
-def lookup(spec, fragment):
-    return openapi_registry(spec).resolver().lookup(OPENAPI_URI + fragment).contents
-
-
-def schema_errors(spec, fragment, value):
-    """Every way ``value`` breaks the schema at ``fragment`` of the OpenAPI
-    document ``spec``, checked by jsonschema, $refs resolved within ``spec``."""
-    validator = jsonschema.Draft202012Validator({"$ref": OPENAPI_URI + fragment}, registry=openapi_registry(spec))
-    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(value)]
-
-
-@pytest.fixture
-def spec():
-    with heartbeat_lite.create_app() as service:
-        return client(service, user=None).get("/api/v2/openapi.json").json
 
 
 def test_the_schema_check_can_fail(spec):
@@ -2152,33 +1911,6 @@ def test_the_openapi_description_covers_every_route(spec, service):
     routes = {(route.rule.rstrip("/") or "/", route.method.lower()) for route in service.app.routes}
     routes = {(re.sub(r"<(\w+)>", r"{\1}", rule), method) for rule, method in routes}
     assert routes == {(path, method) for path, method, _ in operations(spec)}
-
-
-class Recorder:
-    """A webtest app noting every answer, to replay against the description."""
-
-    def __init__(self, service, user=("root", "root")):
-        self.app = client(service, user)
-        self.answers = []
-
-    def __call__(self, method, path, status, **kwargs):
-        response = self.app.request(path, method=method, expect_errors=True, **kwargs)
-        assert response.status_int == status, (method, path, response.status, response.text[:300])
-        self.answers.append((method, path, response))
-        return response
-
-
-def described_answer(spec, method, path, status):
-    """Where the description says what ``method path`` answers with ``status``:
-    the pointer to its response object, or to the shared 405 answer."""
-    template = next(template for template in spec["paths"]
-                    if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path.rstrip("/") or "/"))
-    if method.lower() not in spec["paths"][template]:
-        assert status == 405, (method, path, status)
-        return pointer("components", "responses", "MethodNotAllowed")
-    responses = spec["paths"][template][method.lower()]["responses"]
-    assert str(status) in responses, (method, path, status)
-    return pointer("paths", template, method.lower(), "responses", str(status))
 
 
 def test_real_answers_match_the_openapi_description(spec, clock, monkeypatch):

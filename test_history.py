@@ -18,25 +18,22 @@ from heartbeat_lite import (
     RECENT_EVENTS_RECEIVED,
     availability,
 )
-from test_heartbeat_lite import (  # noqa: F401 - fixtures
+from testing_support import (
     HERE,
     T0,
-    FakeClock,
     Recorder,
-    alarms_seen,
-    described_answer,
-    lookup,
-    pointer,
-    app,
     body,
     client,
-    clock,
     create,
+    described_answer,
+    grouped,
+    host,
+    lookup,
     new_heartbeat,
     parse_prometheus,
+    pointer,
     schema_errors,
-    service,
-    spec,
+    window,
 )
 
 DAY = 86400
@@ -241,6 +238,7 @@ def test_a_migrated_database_gains_the_history_table(tmp_path, clock):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION == 4
 
 
+@pytest.mark.postgresql
 def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
     import psycopg
     schema = open(os.path.join(HERE, "schema.postgresql.sql"), encoding="utf-8").read()
@@ -411,15 +409,17 @@ def test_an_event_with_a_lone_surrogate_would_be_shown_as_text():
     assert heartbeat_lite.shown_value("a\udfffb") == "a?b"
 
 
-def test_events_of_a_request_of_big_events_are_kept_already_cut(app, service, clock):
+def test_big_events_are_kept_compactly_and_still_tested_whole(app, service, clock):
     heartbeat_id = create(app)
-    events = [dict(C01, n=i, output="x" * 5000) for i in range(20)] + [{"small": "one"}]  # over 4 KiB each on average
+    events = [dict(C01, n=i, output="x" * 5000) for i in range(20)] + [{"small": "one"}]
     send(app, events)
+    lists, bodies = service.engine.recent.kept_bytes()
+    assert bodies == len(json.dumps(events).encode())  # the request's body, as it came
+    assert lists <= heartbeat_lite.MAX_KEPT_EVENT_BYTES + heartbeat_lite.KEPT_LIST_OVERHEAD_BYTES  # one event, cut
     kept = service.engine.recent.all_received()
-    assert all(isinstance(event, heartbeat_lite._CutEvent) for _, event in kept[:-1])
-    assert kept[-1][1] == {"small": "one"}
+    assert [event for _, event in kept] == events  # the pattern tester sees them whole
     clock.advance(1)  # past REFRESH_WRITE_SECONDS: the next refresh is written, so its event recorded
-    send(app, [dict(C01, output="x" * 5000)] + [{"small": "one"}] * 2)  # under 4 KiB each on average
+    send(app, [dict(C01, output="x" * 5000)] + [{"small": "one"}] * 2)
     assert service.engine.recent.all_received()[-3][1] == dict(C01, output="x" * 5000)
     items = app.get(f"/api/v2/heartbeat/{heartbeat_id}/events").json["events"]
     assert len(items) == 2 and items[1]["event"].startswith('{"connector"')  # one per request: its last match
@@ -719,7 +719,6 @@ def _entries(app, heartbeat_id, query=""):
 
 
 def test_members_changes_are_recorded_under_their_heartbeat(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app, expected_members=[{"host": "a"}], late_after="30s", retire_after="2m")
     send(app, [host("a"), host("b")])
     clock.now = T0 + 30
@@ -751,7 +750,6 @@ def test_members_changes_are_recorded_under_their_heartbeat(app, service, clock)
 
 
 def test_a_member_deleted_is_recorded(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, [host("a"), host("b")])
     clock.advance(10)
@@ -760,7 +758,6 @@ def test_a_member_deleted_is_recorded(app, service, clock):
 
 
 def test_history_pruning_drops_old_member_changes_whole(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, host("a"))
     clock.advance(91 * DAY)
@@ -772,7 +769,6 @@ def test_history_pruning_drops_old_member_changes_whole(app, service, clock):
 
 
 def test_maintenance_start_and_end_are_recorded_and_left_out_of_availability(app, service, clock):
-    from test_maintenance import window
     covered = create(app)
     other = create(app, body(pattern={"k": "other"}))
     send(app, [C01, {"k": "other"}])
@@ -800,7 +796,6 @@ def test_maintenance_start_and_end_are_recorded_and_left_out_of_availability(app
 
 
 def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     send(app, C01)
     clock.advance(10)
@@ -816,7 +811,6 @@ def test_a_window_created_active_or_deleted_early_is_recorded_at_once(app, servi
 
 
 def test_a_window_created_after_its_start_is_recorded_as_started_once(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     send(app, C01)
     service.tick()  # the windows were last looked at now
@@ -829,7 +823,6 @@ def test_a_window_created_after_its_start_is_recorded_as_started_once(app, servi
 
 
 def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
-    from test_maintenance import window
     heartbeat_id = create(app)
     app.post(f"/api/v2/heartbeat/{heartbeat_id}/pause")
     window(app, T0 + 10, T0 + 20, pattern=C01)
@@ -840,7 +833,6 @@ def test_a_paused_heartbeat_gets_no_maintenance_records(app, service, clock):
 
 
 def test_the_detail_page_names_the_member_of_a_change(app, service, clock):
-    from test_members import grouped, host
     heartbeat_id = grouped(app)
     send(app, host("db1"))
     page = app.get(f"/heartbeat/{heartbeat_id}").text

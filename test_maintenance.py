@@ -10,23 +10,20 @@ import zoneinfo
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 (fixtures)
+from testing_support import (
     C01,
     INVALID,
     T0,
-    FakeClock,
     Recorder,
-    alarms_seen,
-    app,
-    described_answer,
-    lookup,
-    pointer,
     body,
     client,
-    clock,
     create,
+    described_answer,
+    local,
+    lookup,
+    pointer,
     schema_errors,
-    service,
+    window,
 )
 
 MINUTE = 60
@@ -43,18 +40,6 @@ def status(app, heartbeat_id):
 def seen(alarms_seen):
     """(state, timestamp) of every published event, in order."""
     return [(event["state"], event["timestamp"]) for event in alarms_seen]
-
-
-def local(t, zone="UTC"):
-    """Unix time ``t`` as an ISO local time in ``zone``."""
-    return datetime.datetime.fromtimestamp(t, zoneinfo.ZoneInfo(zone)).replace(tzinfo=None).isoformat()
-
-
-def window(app, start, end, pattern=None, **more):
-    """Create a maintenance window from Unix times (UTC); return its id."""
-    doc = {"name": "patching", "pattern": {} if pattern is None else pattern,
-           "start": local(start), "end": local(end), **more}
-    return app.post_json("/api/v2/maintenance", doc).json["description"]
 
 
 @pytest.fixture
@@ -628,6 +613,7 @@ def test_a_window_that_ended_while_the_service_was_stopped_still_gives_its_inter
         assert service.engine.status(heartbeat_id)["deadline"] == T0 + 700
 
 
+@pytest.mark.sqlite_only("counts SQLite's json_each statements")
 def test_the_tick_does_not_scan_heartbeats_for_windows(service, app, clock):
     for i in range(20):
         create(app, body(pattern={"k": str(i)}, expected_interval="1h"))
@@ -708,6 +694,7 @@ def test_the_engine_skips_a_gap_occurrence_end_to_end(clock):
 ###############################################################################
 
 
+@pytest.mark.sqlite_only("builds a version 1 SQLite file")
 def test_a_version_1_database_is_migrated_keeping_heartbeats_and_states(tmp_path, clock):
     path = str(tmp_path / "v1.db")
     with sqlite3.connect(path) as conn:
@@ -761,14 +748,14 @@ def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
 def test_the_schema_stays_idempotent(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()
-    with open(heartbeat_lite.SCHEMA_PATH, encoding="utf-8") as f:
-        schema = f.read()
+    schema = heartbeat_lite.read_schema("schema.sql")
     with sqlite3.connect(path) as conn:
         conn.executescript(schema)
         conn.executescript(schema)
     conn.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_the_due_index_serves_expiry_with_late_after(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()

@@ -9,41 +9,28 @@ import sqlite3
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 (fixtures)
+from testing_support import (
+    BACKUP,
     INVALID,
     T0,
-    FakeClock,
     Recorder,
-    alarms_seen,
-    app,
     body,
     client,
-    clock,
     create,
     described_answer,
-    restart,
+    grouped,
+    host,
+    local,
+    lookup,
     schema_errors,
-    service,
-    spec,
+    window,
 )
 
 MINUTE = 60
-BACKUP = {"connector": "backup"}
-
-
-def grouped(app, **changes):
-    """Create a heartbeat watching hosts: pattern connector=backup, group_by
-    host, 1m (``changes`` override); return its id."""
-    doc = {"name": "backups", "pattern": BACKUP, "expected_interval": "1m", "group_by": ["host"], **changes}
-    return create(app, {key: value for key, value in doc.items() if value is not None})
 
 
 def send(app, *events):
     return app.post_json("/api/v2/event", list(events)).json
-
-
-def host(name, **more):
-    return {**BACKUP, "host": name, **more}
 
 
 def status(app, heartbeat_id):
@@ -279,7 +266,6 @@ def test_pausing_resolves_member_alarms_and_resuming_starts_afresh(app, service,
 
 
 def test_a_maintenance_window_protects_the_members(app, service, clock, alarms_seen):
-    from test_maintenance import local, window
     heartbeat_id = grouped(app)
     send(app, host("a"))
     window(app, T0 + 30, T0 + 2 * MINUTE, pattern=BACKUP)
@@ -405,7 +391,6 @@ def test_the_members_answers_follow_the_description(service, clock, spec):
 
 def heartbeat_lite_schema(spec, fragment):
     """The pointer to the JSON schema of the answer at ``fragment``."""
-    from test_heartbeat_lite import lookup
     answer = lookup(spec, fragment)
     if "content" not in answer:
         return None
@@ -522,6 +507,7 @@ def test_a_refresh_kept_in_memory_keeps_a_member_up(app, service, clock, alarms_
     assert status(app, heartbeat_id)["last_event"] == pytest.approx(T0 + 0.2)
 
 
+@pytest.mark.sqlite_only("counts SQLite's BEGIN IMMEDIATE statements")
 def test_a_storm_of_members_goes_down_in_chunks(service, clock, alarms_seen, monkeypatch, caplog):
     monkeypatch.setattr(heartbeat_lite, "STORM_CHUNK_HEARTBEATS", 12)
     monkeypatch.setattr(heartbeat_lite, "STORM_YIELD_SECONDS", 0.0)
@@ -608,6 +594,7 @@ PRAGMA user_version = 2;
 """
 
 
+@pytest.mark.sqlite_only("builds a version 2 SQLite file")
 def test_a_version_2_database_is_migrated(tmp_path, clock):
     path = str(tmp_path / "v2.db")
     with sqlite3.connect(path) as conn:
@@ -631,6 +618,7 @@ def test_a_version_2_database_is_migrated(tmp_path, clock):
     conn.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN of the file")
 def test_member_expiry_reads_the_due_index(tmp_path):
     with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
         plans = []

@@ -22,9 +22,7 @@ import time
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import HERE, FakeClock, Receiver, body, client, create, http, wait_until
-
-pytestmark = pytest.mark.postgresql
+from testing_support import HERE, FakeClock, Receiver, body, client, create, http, wait_until
 
 
 @pytest.fixture
@@ -50,6 +48,7 @@ def clock():
     return FakeClock()
 
 
+@pytest.mark.postgresql
 def test_the_schema_is_versioned_in_meta_and_applied_once_by_concurrent_starts(pg_url):
     def start():
         store = heartbeat_lite.open_store(pg_url)
@@ -67,6 +66,7 @@ def test_the_schema_is_versioned_in_meta_and_applied_once_by_concurrent_starts(p
             store.close()
 
 
+@pytest.mark.postgresql
 def test_a_newer_schema_is_refused_at_start(pg_url):
     with heartbeat_lite.create_app(db=pg_url) as service:
         service.store.set_meta("schema_version", heartbeat_lite.SCHEMA_VERSION + 1)
@@ -82,6 +82,7 @@ def test_psycopg_is_imported_only_for_a_postgresql_url():
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.postgresql
 def test_a_heartbeat_created_on_one_instance_is_matched_on_the_other(two, clock):
     a, b = two(), two()
     heartbeat_id = create(client(a), body())
@@ -92,6 +93,7 @@ def test_a_heartbeat_created_on_one_instance_is_matched_on_the_other(two, clock)
     assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
 
 
+@pytest.mark.postgresql
 def test_updates_deletions_and_windows_reach_the_other_instance(two, clock):
     a, b = two(), two()
     app_a, app_b = client(a), client(b)
@@ -114,6 +116,7 @@ def test_updates_deletions_and_windows_reach_the_other_instance(two, clock):
     assert b.engine._windows == {}
 
 
+@pytest.mark.postgresql
 def test_one_pattern_created_on_both_at_once_yields_one_heartbeat(two):
     a, b = two(), two()
     apps = [client(a), client(b)] * 10
@@ -123,6 +126,7 @@ def test_one_pattern_created_on_both_at_once_yields_one_heartbeat(two):
     assert {r.json["description"] for r in statuses if r.status_int == 400} == {"heartbeat pattern already exists"}
 
 
+@pytest.mark.postgresql
 def test_each_alarm_is_raised_once_when_both_instances_tick(two, clock):
     a, b = two(), two()
     for i in range(300):
@@ -137,6 +141,7 @@ def test_each_alarm_is_raised_once_when_both_instances_tick(two, clock):
     assert len(a.seen + b.seen) == 300  # and never again
 
 
+@pytest.mark.postgresql
 def test_a_refresh_kept_on_one_instance_resolves_what_the_other_raised(two, clock):
     a, b = two(), two()
     heartbeat_id = create(client(a), body(late_after="30s"))
@@ -153,6 +158,7 @@ def test_a_refresh_kept_on_one_instance_resolves_what_the_other_raised(two, cloc
     assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
 
 
+@pytest.mark.postgresql
 def test_a_heartbeat_with_a_short_interval_is_written_at_every_event(two, clock):
     # Kept in memory, the refresh at +0.45 s would be written by a's next
     # tick, due at +0.95 s: too close to the database's deadline (+1 s),
@@ -169,6 +175,7 @@ def test_a_heartbeat_with_a_short_interval_is_written_at_every_event(two, clock)
     assert client(b).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
 
 
+@pytest.mark.postgresql
 def test_one_instance_at_a_time_delivers_the_outbox_in_order(two, clock):
     receiver = Receiver()
     try:
@@ -188,6 +195,7 @@ def test_one_instance_at_a_time_delivers_the_outbox_in_order(two, clock):
         receiver.close()
 
 
+@pytest.mark.postgresql
 def test_a_restart_postpones_deadlines_only_for_a_time_no_instance_ran(two, clock):
     a, b = two(), two()
     heartbeat_id = create(client(a), body())  # deadline T0 + 60
@@ -206,6 +214,7 @@ def test_a_restart_postpones_deadlines_only_for_a_time_no_instance_ran(two, cloc
     assert len(d.store.instances()) == 5
 
 
+@pytest.mark.postgresql
 def test_instances_killed_count_their_outage_from_the_last_alive(two, clock):
     a = two()
     heartbeat_id = create(client(a), body())
@@ -224,13 +233,13 @@ def test_healthz_says_503_while_postgresql_is_unreachable():
         assert app.post_json("/api/v2/heartbeat", body(), status=400).json["description"].startswith("database error")
 
 
+@pytest.mark.postgresql
 def test_connections_lost_are_opened_again(pg_url, pg_schemas):
     with heartbeat_lite.create_app(db=pg_url) as service:
         app = client(service)
         heartbeat_id = create(app, body())
         app.get(f"/api/v2/heartbeat/{heartbeat_id}/status")
-        pg_schemas.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                "WHERE usename = current_user AND pid <> pg_backend_pid() AND datname = current_database()")
+        pg_schemas.end_connections(pg_url)
         answers = [app.get(f"/api/v2/heartbeat/{heartbeat_id}/status", expect_errors=True).status_int
                    for _ in range(3)]
         assert answers == [200, 200, 200]  # a read on a connection found closed runs again on a new one
@@ -260,6 +269,7 @@ def post(url, doc):
     return http("POST", url, data=__import__("json").dumps(doc).encode(), content_type="application/json")
 
 
+@pytest.mark.postgresql
 @pytest.mark.slow
 def test_failover_every_alarm_raised_once_delivered_in_order(pg_url, tmp_path):
     receiver = Receiver()
@@ -303,6 +313,7 @@ def test_failover_every_alarm_raised_once_delivered_in_order(pg_url, tmp_path):
         assert [state for state, _ in distinct] == [3, 0], states
 
 
+@pytest.mark.postgresql
 def test_an_event_for_a_heartbeat_the_other_instance_put_late_resolves_it(two, clock):
     a, b = two(), two()
     heartbeat_id = create(client(a), body(late_after="30s"))

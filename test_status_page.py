@@ -13,7 +13,7 @@ import pytest
 
 import heartbeat_lite
 from heartbeat_lite import STATUS_PAGE_ALARMS_SHOWN, STATUS_PAGE_ROWS, timeline_svg
-from test_heartbeat_lite import HOSTILE, T0, alarms_seen, app, body, client, clock, create, send, service  # noqa: F401
+from testing_support import HOSTILE, body, client, create, send
 
 BAD_PARAMETERS = "invalid status page parameters."
 
@@ -268,9 +268,9 @@ def test_every_user_string_is_escaped(app, service, clock):
 
 
 def test_an_empty_service_shows_first_steps(app):
-    html = app.get("/", extra_environ={"HTTP_HOST": "monitor.example:8082"}).text
+    html = app.get("/", extra_environ={"HTTP_HOST": "127.0.0.1:8082"}).text
     assert "No heartbeat yet" in html
-    assert "curl -u USER:PASSWORD -d" in html and "http://monitor.example:8082/api/v2/heartbeat" in html
+    assert "curl -u USER:PASSWORD -d" in html and "http://127.0.0.1:8082/api/v2/heartbeat" in html
     assert "No active alarm." in html
 
 

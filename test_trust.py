@@ -2,35 +2,31 @@
 requests, log injection, credentials, an honest /healthz."""
 
 import contextlib
+import gc
 import http.client
 import json
 import logging
 import re
 import threading
 import time
+import tracemalloc
 
 import pytest
 import webtest
 
 import heartbeat_lite
 from heartbeat_lite import MAX_EVENT_BODY_BYTES
-from test_heartbeat_lite import (  # noqa: F401  (fixtures are used by name)
+from testing_support import (
     C01,
     DB_ERROR,
-    FakeClock,
     INVALID,
+    FakeClock,
     LockHolder,
     _basic,
-    alarms_seen,
-    app,
     body,
-    client,
-    clock,
-    counted_derivations,
     create,
     new_heartbeat,
     run_cli,
-    service,
 )
 
 
@@ -39,7 +35,7 @@ def raw_request(base, method, path, body=b"", headers=None):
     host, port = base.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True, skip_host="Host" in (headers or {}))
         for name, value in {"Authorization": _basic("root", "root"), "Content-Length": str(len(body)),
                             **(headers or {})}.items():
             conn.putheader(name, value)
@@ -128,6 +124,14 @@ def test_an_encoded_slash_in_an_id_is_not_found_over_http(server, service):
     assert raw_request(server, "GET", f"/api/v2/heartbeat/{heartbeat_id}/status")[0] == 200
 
 
+def test_a_path_starting_with_two_slashes_is_not_found_over_http(server, service):
+    heartbeat_id = new_heartbeat(service)
+    for method, path in (("GET", f"//api/v2/heartbeat/{heartbeat_id}"), ("GET", f"///api/v2/heartbeat/{heartbeat_id}"),
+                         ("DELETE", f"//api/v2/heartbeat/{heartbeat_id}"), ("GET", "//healthz")):
+        assert raw_request(server, method, path) == (404, {"name": "", "description": "not found"}), path
+    assert raw_request(server, "GET", f"/api/v2/heartbeat/{heartbeat_id}")[0] == 200  # still there
+
+
 def test_an_id_that_is_not_a_canonical_uuid_is_not_found(app):
     heartbeat_id = create(app)
     for other in (heartbeat_id.upper(), heartbeat_id.replace("-", ""), "{%s}" % heartbeat_id):
@@ -205,6 +209,57 @@ def test_the_origin_is_compared_with_the_host_header_over_http(server):
 
 
 ###############################################################################
+# DNS rebinding: the default root:root answers loopback Host names only
+###############################################################################
+
+MISDIRECTED = {"name": "", "description": "misdirected request: unknown Host"}
+
+
+def test_a_rebinding_host_gets_421_and_changes_nothing_over_http(server, service):
+    # a page from rebind.attacker.example whose name now resolves to
+    # 127.0.0.1: Host and Origin are the attacker's own, so same-origin
+    port = server.rsplit(":", 1)[1]
+    attacker = {"Host": f"rebind.attacker.example:{port}", "Origin": f"http://rebind.attacker.example:{port}"}
+    window = json.dumps({"name": "silence", "pattern": {}, "start": "2020-01-01T00:00:00",
+                         "end": "2099-01-01T00:00:00"})
+    for method, path, payload in (("POST", "/api/v2/heartbeat", json.dumps(body()).encode()),
+                                  ("POST", "/api/v2/maintenance", window.encode()),
+                                  ("GET", "/api/v2/heartbeat", b""), ("GET", "/healthz", b"")):
+        assert raw_request(server, method, path, payload, attacker) == (421, MISDIRECTED), path
+    assert raw_request(server, "GET", "/api/v2/heartbeat") == (200, [])  # nothing changed
+    assert raw_request(server, "GET", "/api/v2/maintenance") == (200, [])
+    assert raw_request(server, "POST", "/api/v2/maintenance", window.encode())[0] == 200  # a valid window
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost", "127.0.0.1"):
+        status, answer = raw_request(server, "POST", "/api/v2/event", b"[]", {"Host": host, "Origin": f"http://{host}"})
+        assert (status, answer) == (200, {"received": 0, "matched": []}), host
+        assert raw_request(server, "GET", "/api/v2/heartbeat", headers={"Host": host})[0] == 200, host
+
+
+def test_with_users_configured_any_host_is_answered(clock):
+    with heartbeat_lite.create_app(users={"alice": "pw"}, clock=clock) as service:
+        app = webtest.TestApp(service.wsgi, extra_environ={"HTTP_HOST": "monitor.example.org:8082"})
+        app.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "pw")}, status=200)
+
+
+@pytest.mark.parametrize("host,allowed", [
+    ("localhost", True), ("localhost:8082", True), ("LOCALHOST.:1", True), ("127.0.0.1", True),
+    ("127.0.0.1:8082", True), ("127.9.9.9:1", True), ("[::1]", True), ("[::1]:8082", True),
+    ("rebind.attacker.example", False), ("rebind.attacker.example:8082", False), ("localhost.attacker.example", False),
+    ("evil.localhost", False), ("0.0.0.0:8082", False), ("10.0.0.1", False), ("[::1]x", False),
+    ("localhost:80x", False), ("", False), ("127.0.0.1@evil.example", False),
+])
+def test_which_host_names_the_default_credentials_answer(host, allowed):
+    assert heartbeat_lite.is_allowed_host(host, heartbeat_lite.allowed_host_names()) is allowed
+
+
+def test_a_public_url_adds_its_host_to_the_allowed_names():
+    names = heartbeat_lite.allowed_host_names("https://Monitor.Example.org:8443/base")
+    assert heartbeat_lite.is_allowed_host("monitor.example.org:8443", names)
+    assert heartbeat_lite.is_allowed_host("localhost", names)
+    assert not heartbeat_lite.is_allowed_host("rebind.attacker.example", names)
+
+
+###############################################################################
 # Logs
 ###############################################################################
 
@@ -275,23 +330,77 @@ def test_a_guessing_flood_from_one_address_does_not_lock_out_another(counted_der
         operator.get("/api/v2/heartbeat", headers={"Authorization": _basic("alice", "typo")}, status=401)
 
 
-def test_derivations_from_every_address_together_stay_bounded(counted_derivations):
+def test_addresses_that_failed_share_one_budget_and_a_new_one_costs_one_derivation(counted_derivations):
     clock = FakeClock(0)
     auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=clock)
-    refused = 0
-    for n in range(200):  # 200 addresses, two guesses each
-        for _ in range(2):
-            try:
-                assert auth.user(_basic("alice", "guess"), f"10.1.{n // 256}.{n % 256}") is None
-            except heartbeat_lite.Throttled:
-                refused += 1
-    assert len(counted_derivations) == heartbeat_lite.AUTH_GLOBAL_FAILURE_BURST and refused == 400 - 20
-    clock.advance(10)
-    for n in range(200):
+    guess = _basic("alice", "guess")
+    addresses = [f"10.1.{n // 256}.{n % 256}" for n in range(200)]
+    for address in addresses:  # an address that has not failed is never refused: one derivation each
+        assert auth.user(guess, address) is None
+    assert len(counted_derivations) == 200
+    for address in addresses:  # now they have: the global budget (which they spent) refuses them all
+        with pytest.raises(heartbeat_lite.Throttled):
+            auth.user(guess, address)
+    assert len(counted_derivations) == 200
+    clock.advance(10)  # 2 a second refill the global budget: 20 derivations for all of them together
+    for n, address in enumerate(addresses):
         with pytest.raises(heartbeat_lite.Throttled) if n >= 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND \
                 else contextlib.nullcontext():
-            auth.user(_basic("alice", "guess"), f"10.2.0.{n}")
-    assert len(counted_derivations) == 20 + 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND
+            auth.user(guess, address)
+    assert len(counted_derivations) == 200 + 10 * heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND
+    assert auth.user(_basic("alice", "pw"), "10.9.9.9") == "alice"  # and a new address still gets in
+
+
+def test_an_ipv6_client_is_budgeted_by_its_64(counted_derivations):
+    auth = heartbeat_lite.Authenticator(hashed_users(alice="pw"), clock=FakeClock(0))
+    for n in range(heartbeat_lite.AUTH_FAILURE_BURST):  # a new address of the same /64 each time
+        assert auth.user(_basic("alice", "guess"), f"2001:db8:1:2::{n + 1:x}") is None
+    with pytest.raises(heartbeat_lite.Throttled):
+        auth.user(_basic("alice", "guess"), "2001:db8:1:2:ffff::9")
+    assert auth.user(_basic("alice", "pw"), "2001:db8:1:3::1") == "alice"  # another /64
+    assert heartbeat_lite.source_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert heartbeat_lite.source_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_eight_addresses_flooding_wrong_passwords_do_not_lock_out_a_new_one_over_http(counted_derivations):
+    # each flooding address fails once, then shares the global budget with
+    # the others; the operator's address has not failed: it is never refused
+    with heartbeat_lite.create_app(users=hashed_users(alice="pw")) as service, \
+            heartbeat_lite.serve(service, port=0) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def get(source, password):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+            try:
+                conn.request("GET", "/api/v2/heartbeat", headers={"Authorization": _basic("alice", password)})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        stop, statuses = threading.Event(), []
+
+        def flood(source):
+            while not stop.is_set():
+                statuses.append(get(source, "guess"))
+
+        flooders = [threading.Thread(target=flood, args=(f"127.0.0.{n}",)) for n in range(2, 10)]
+        started = time.monotonic()
+        for thread in flooders:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while statuses.count(429) < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert statuses.count(429) >= 50  # the flood is throttled
+            assert get("127.0.0.10", "pw") == 200  # correct credentials from a new address
+            assert get("127.0.0.11", "typo") == 401  # a wrong one from a new address is checked, not refused
+        finally:
+            stop.set()
+            for thread in flooders:
+                thread.join()
+        elapsed = time.monotonic() - started
+        budget = 10 + heartbeat_lite.AUTH_GLOBAL_FAILURE_BURST + heartbeat_lite.AUTH_GLOBAL_FAILURES_PER_SECOND * elapsed
+        assert len(counted_derivations) <= budget + 1, (len(counted_derivations), elapsed)
 
 
 def test_the_source_table_is_bounded(monkeypatch):
@@ -347,6 +456,75 @@ def test_an_empty_password_exits_2_from_every_source(tmp_path, source):
 
 
 ###############################################################################
+# Memory: the recent events are bounded by bytes
+###############################################################################
+
+
+def pairs_event(heartbeat, size=4000):
+    """An event of about ``size`` bytes of JSON, all ``{}`` pairs: ~89 KB
+    each as Python dicts."""
+    event = {"hb": heartbeat}
+    for n in range((size - 20) // 12):
+        event[f"p{n:03d}"] = {}
+    return event
+
+
+def retained_by(action):
+    """Bytes Python still holds (tracemalloc) once ``action()`` returned."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_kept_events_cost_at_most_the_documented_bytes_each(app, service, clock):
+    # 4 KB events of {} pairs cost ~89 KB each as dicts: 5,000 heartbeats'
+    # lists of 20 were ~8.7 GB. Kept as their JSON, each costs at most
+    # MAX_KEPT_EVENT_BYTES, and a list KEPT_LIST_OVERHEAD_BYTES more.
+    heartbeats = 25
+    ids = [create(app, body(pattern={"hb": str(n)})) for n in range(heartbeats)]
+    assert len(json.dumps(pairs_event("0"))) < heartbeat_lite.MAX_SHOWN_EVENT_BYTES  # kept whole, not cut
+
+    def rounds():
+        for _ in range(heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT + 2):
+            clock.advance(1)  # each round's refresh is written, so its event recorded
+            for n in range(heartbeats):
+                app.post("/api/v2/event", json.dumps(pairs_event(str(n))).encode(), content_type="application/json")
+
+    retained = retained_by(rounds)
+    lists, bodies = service.engine.recent.kept_bytes()
+    kept = heartbeats * heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT
+    assert lists <= heartbeats * heartbeat_lite.KEPT_LIST_OVERHEAD_BYTES + kept * heartbeat_lite.MAX_KEPT_EVENT_BYTES
+    assert bodies <= heartbeat_lite.RECENT_RECEIVED_MAX_BYTES
+    assert retained <= lists + bodies + 256 * 1024, (retained, lists, bodies)  # and a little for the rest
+    events = app.get(f"/api/v2/heartbeat/{ids[0]}/events").json["events"]
+    assert len(events) == heartbeat_lite.RECENT_EVENTS_PER_HEARTBEAT and events[0]["event"] == pairs_event("0")
+
+
+def test_the_kept_events_of_every_heartbeat_together_stay_within_their_bound(app, service, clock, monkeypatch):
+    monkeypatch.setattr(heartbeat_lite, "RECENT_EVENTS_MAX_BYTES", 256 * 1024)
+    ids = [create(app, body(pattern={"hb": str(n)})) for n in range(30)]
+
+    def rounds():
+        for _ in range(5):
+            clock.advance(1)
+            for n in range(30):
+                app.post("/api/v2/event", json.dumps(pairs_event(str(n))).encode(), content_type="application/json")
+
+    retained = retained_by(rounds)
+    lists, bodies = service.engine.recent.kept_bytes()
+    assert lists <= 256 * 1024 and retained <= 256 * 1024 + bodies + 256 * 1024, (retained, lists, bodies)
+    kept = [heartbeat_id for heartbeat_id in ids if app.get(f"/api/v2/heartbeat/{heartbeat_id}/events").json["events"]]
+    assert 0 < len(kept) < 30 and ids[-1] in kept  # the oldest lists went, the newest stayed
+    assert heartbeat_lite.RecentEvents().kept_bytes() == (0, 0)
+
+
+###############################################################################
 # Health
 ###############################################################################
 
@@ -372,6 +550,7 @@ def test_health_is_503_with_the_reason_while_writes_fail_then_200_after_one_succ
     assert app.get("/healthz").json == {"status": "ok", "outbox": 0}
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
 def test_health_and_reads_from_memory_answer_while_a_write_waits_on_another_process(tmp_path, clock):
     path = str(tmp_path / "hb.db")
     busy_timeout = 1.5

@@ -3,7 +3,9 @@ forwarding, one database per service, configuration errors."""
 
 import base64
 import http.client
+import json
 import os
+import re
 import resource
 import socket
 import sqlite3
@@ -16,18 +18,7 @@ import urllib.parse
 import pytest
 
 import heartbeat_lite
-from test_heartbeat_lite import (  # noqa: F401 - fixtures used by name
-    DB_ERROR,
-    HERE,
-    T0,
-    FakeClock,
-    alarms_seen,
-    body,
-    client,
-    clock,
-    create,
-    new_heartbeat,
-)
+from testing_support import DB_ERROR, HERE, FakeClock, body, client, create, new_heartbeat
 
 
 def run_cli(*args, env=None, timeout=30):
@@ -76,6 +67,7 @@ def stopped_db(tmp_path, clock):
     return path
 
 
+@pytest.mark.sqlite_only("the single-instance lock is SQLite's (several instances share a PostgreSQL database)")
 def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopped_db, clock):
     with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
         before = database_state(stopped_db)
@@ -88,6 +80,34 @@ def test_a_second_service_on_the_same_database_exits_2_and_changes_nothing(stopp
         assert client(first).get("/healthz").json["status"] == "ok"
     with heartbeat_lite.create_app(db=stopped_db, clock=clock):  # released at close
         pass
+
+
+@pytest.mark.sqlite_only("a hard link to a SQLite file")
+def test_a_second_service_on_a_hard_link_to_the_database_exits_2_and_changes_nothing(stopped_db, clock, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = str(elsewhere / "same.db")
+    os.link(stopped_db, link)  # another path, another directory, the same file
+    with heartbeat_lite.create_app(db=stopped_db, clock=clock) as first:
+        before = database_state(stopped_db)
+        line = one_error_line(run_cli("--port", "0", "--db", link))
+        assert "in use by another heartbeat-lite" in line and "another path to the same file" in line
+        assert database_state(stopped_db) == before
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):  # in one process too
+            heartbeat_lite.create_app(db=link, clock=clock)
+        assert client(first).get("/healthz").json["status"] == "ok"
+    with heartbeat_lite.create_app(db=link, clock=clock):  # released at close
+        with pytest.raises(heartbeat_lite.ConfigError, match="in use"):
+            heartbeat_lite.create_app(db=stopped_db, clock=clock)
+
+
+@pytest.mark.sqlite_only("a hard link to a SQLite file")
+def test_a_database_created_at_start_is_locked_by_its_identity_once_it_exists(tmp_path, clock):
+    path = str(tmp_path / "new.db")
+    with heartbeat_lite.create_app(db=path, clock=clock):
+        os.link(path, str(tmp_path / "link.db"))
+        with pytest.raises(heartbeat_lite.ConfigError, match="another path to the same file"):
+            heartbeat_lite.create_app(db=str(tmp_path / "link.db"), clock=clock)
 
 
 def test_a_start_on_a_port_in_use_changes_nothing_in_the_database(stopped_db):
@@ -111,6 +131,7 @@ def test_a_new_database_is_not_even_created_by_a_failed_start(tmp_path):
     assert not (tmp_path / "new.db").exists()
 
 
+@pytest.mark.sqlite_only("a SQLite path")
 def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
     assert "is a directory" in one_error_line(run_cli("--port", "0", "--db", str(tmp_path)))
     text = tmp_path / "notes.txt"
@@ -121,6 +142,7 @@ def test_a_database_that_is_a_directory_or_not_sqlite_exits_2(tmp_path):
         heartbeat_lite.create_app(db=str(text))
 
 
+@pytest.mark.sqlite_only("a SQLite file deleted or replaced")
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_database_file_deleted_or_replaced_while_running_is_detected(tmp_path, clock, caplog, monkeypatch, how):
     monkeypatch.setattr(heartbeat_lite, "DATABASE_IDENTITY_CHECK_SECONDS", 0.0)
@@ -204,6 +226,91 @@ def test_settings_come_from_the_flag_then_the_environment_then_the_default():
     assert (args.port, args.log_level, args.threads, args.host) == (9001, "DEBUG", 8, "127.0.0.1")
     args = heartbeat_lite.check_settings(parser.parse_args([]), {})
     assert (args.port, args.db, args.forward_url) == (8082, "heartbeat_lite.db", None)
+
+
+###############################################################################
+# Secrets in logs
+###############################################################################
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://hb:pw-1@db.example/hb?password=pw-2&sslmode=require",
+     "postgresql://hb:***@db.example/hb?password=***&sslmode=***"),
+    ("http://canopsis:pw-3@h:8082/api/v2/event?authkey=key-4&flag#frag", "http://canopsis:***@h:8082/api/v2/event?authkey=***&***"),
+    ("https://token-5@h/x", "https://***@h/x"),
+    ("https://h/api/v2/event", "https://h/api/v2/event"),
+    ("postgresql://u:p@ss:w%zzord@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"),
+])
+def test_a_url_is_shown_without_its_secrets(url, shown):
+    assert heartbeat_lite.redact_url(url) == shown
+
+
+def test_secrets_quoted_by_an_error_message_are_taken_out_and_it_is_one_line():
+    url = "postgresql://u:s3%zzcret@h/db?connect_timeout=5"
+    message = 'invalid percent-encoded token: "s3%zzcret"\n\tport 5432, "5"'
+    assert heartbeat_lite.redact_secrets(message, url) == 'invalid percent-encoded token: "***" port 5432, ***'
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_until_logged(log_path, *args, expected, env=None, timeout=20):
+    """Start the command with ``args`` logging to ``log_path``, wait until
+    ``expected`` is in its log, stop it (SIGTERM); return the log."""
+    with open(log_path, "w") as log:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(heartbeat_lite.ENV_PREFIX)}
+        process = subprocess.Popen([sys.executable, os.path.join(HERE, "heartbeat_lite.py"), "--port", "0", *args],
+                                   stderr=log, stdout=subprocess.DEVNULL, env={**environment, **(env or {})})
+    try:
+        deadline = time.monotonic() + timeout
+        while expected not in open(log_path).read():
+            assert process.poll() is None and time.monotonic() < deadline, open(log_path).read()
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(30)
+    return open(log_path).read()
+
+
+def assert_one_line_per_record(text):
+    lines = text.splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", line) for line in lines), text
+
+
+@pytest.mark.sqlite_only("the command reads the SQLite file the test filled")
+def test_a_forward_url_s_secrets_are_not_logged_at_start_nor_on_failures(tmp_path, clock):
+    path = str(tmp_path / "hb.db")
+    secrets = ("pw-Secret1", "Key-Secret2", "Tok-Secret3")
+    url = f"http://canopsis:{secrets[0]}@127.0.0.1:{closed_port()}/api/v2/event?authkey={secrets[1]}&token={secrets[2]}"
+    alarmed_forwarding_service(clock, url, db=path).close()  # an alarm waits in the outbox
+    text = run_until_logged(tmp_path / "log", "--db", path, env={"HEARTBEAT_LITE_FORWARD_URL": url},
+                            expected="alarm delivery to")
+    port = url.split("@127.0.0.1:")[1].split("/")[0]
+    assert f"forwarding alarms to http://127.0.0.1:{port}/api/v2/event?authkey=***&token=***" in text
+    assert "alarm delivery to http://127.0.0.1:" in text
+    assert not any(secret in text for secret in secrets), text
+    assert_one_line_per_record(text)
+
+
+def test_a_postgresql_url_s_secrets_are_not_logged_and_its_errors_are_one_line(tmp_path):
+    pytest.importorskip("psycopg")
+    url = f"postgresql://hb:Pw-Secret4@127.0.0.1:{closed_port()}/hb?password=Pw-Secret5&connect_timeout=2"
+    text = run_until_logged(tmp_path / "log", "--db", url, expected="listening on", env={"HEARTBEAT_LITE_USERS": ""})
+    assert "unavailable at start: cannot open database: connection failed" in text  # said, on one line
+    assert "(database postgresql://hb:***@127.0.0.1:" in text and "/hb?password=***&connect_timeout=***)" in text
+    assert "Secret4" not in text and "Secret5" not in text, text
+    assert_one_line_per_record(text)
+
+
+def test_a_bad_percent_encoding_in_a_postgresql_url_does_not_echo_the_password():
+    pytest.importorskip("psycopg")
+    for url in ("postgresql://hb:Pw%zzSecret6@127.0.0.1/hb", "postgresql://hb@127.0.0.1/hb?password=Pw%zzSecret6"):
+        line = one_error_line(run_cli("--port", "0", "--db", url))
+        assert "bad PostgreSQL URL" in line and "invalid percent-encoded token" in line
+        assert "Secret6" not in line, line
 
 
 ###############################################################################
@@ -331,6 +438,121 @@ def test_near_the_connection_limit_the_oldest_idle_connections_make_room(clock):
                 sock.close()
 
 
+@pytest.fixture
+def servers(monkeypatch):
+    """The waitress servers serve() makes, for a look at their connections."""
+    made = []
+    make_class = heartbeat_lite._json_error_server_class
+
+    def capturing_class():
+        class Capturing(make_class()):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+        return Capturing
+
+    monkeypatch.setattr(heartbeat_lite, "_json_error_server_class", capturing_class)
+    return made
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pipelining_without_reading(base, count, depth, path="/api/v2/openapi.json"):
+    """``count`` connections, each sending ``depth`` pipelined GETs, and
+    never reading (a small receive buffer: the kernel holds little for them)."""
+    parts = urllib.parse.urlsplit(base)
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((parts.hostname, parts.port))
+        sock.sendall(request * depth)
+        sockets.append(sock)
+    return sockets
+
+
+def held_unsent(server):
+    return sum(channel.total_outbufs_len for channel in list(server.active_channels.values()))
+
+
+@pytest.mark.slow
+def test_clients_pipelining_without_reading_hold_bounded_memory_and_are_cut(clock, servers):
+    # 300 such connections of 160 requests took 1.4 GB, kept after they
+    # closed, and were never cut. Per connection now: at most
+    # MAX_PIPELINED_REQUESTS wait (beyond, it is closed after the 16th
+    # answer), answers beyond UNSENT_ANSWER_BYTES wait for the client to read
+    # before the next request is served, and a connection that reads nothing
+    # for the unread deadline is reset.
+    answer = len(heartbeat_lite.dump_json(heartbeat_lite.openapi_document())) + 256  # and its head
+    per_connection = heartbeat_lite.UNSENT_ANSWER_BYTES + answer
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, unread_deadline=1.0) as base:
+        server = servers[0]
+        timed_get(base, "/healthz")
+        before = resident_bytes()
+        deep = pipelining_without_reading(base, 20, 160)
+        shallow = pipelining_without_reading(base, 20, heartbeat_lite.MAX_PIPELINED_REQUESTS - 4)
+        try:
+            started, peak = time.monotonic(), 0
+            while server.active_channels and time.monotonic() - started < 8:
+                peak = max(peak, held_unsent(server))
+                others_are_answered(base, rounds=1)
+                time.sleep(0.05)
+            assert not server.active_channels, f"{len(server.active_channels)} connection(s) still open"
+            assert time.monotonic() - started < 2 * 1.0 + 3.0  # reset within twice the deadline (and slack)
+            assert peak <= 40 * per_connection, peak
+            assert resident_bytes() - before < 64 * 1024 * 1024
+            for sock in shallow:  # reset, not closed politely: the kernel dropped the unread answers
+                sock.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    while sock.recv(1 << 20):
+                        pass
+        finally:
+            for sock in deep + shallow:
+                sock.close()
+        others_are_answered(base, rounds=1)
+
+
+def test_a_pipelined_request_beyond_the_limit_closes_the_connection_after_the_last_kept(clock):
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * 40)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        answers = received.count(b"HTTP/1.1 200 OK")
+        assert answers == heartbeat_lite.MAX_PIPELINED_REQUESTS, answers
+        assert received.count(b"Connection: close") == 1 and received.endswith(b'{"status": "ok", "outbox": 0}')
+        others_are_answered(base, rounds=1)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_a_request_with_both_content_length_and_chunked_is_refused_and_so_is_what_follows(clock, version):
+    # a proxy in front reading Content-Length would see the chunked body as
+    # another request: refuse it (400, JSON) and close, with what is pipelined
+    smuggled = (f"POST /api/v2/event HTTP/{version}\r\nHost: localhost\r\nAuthorization: Basic cm9vdDpyb290\r\n"
+                "Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "2\r\n{}\r\n0\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").encode()
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(smuggled)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 400 Bad Request" in head.split(b"\r\n")[0]
+        assert b"Connection: close" in head and b"application/json" in head
+        assert json.loads(body) == {"name": "", "description": "bad request"}  # and nothing after it
+        assert service.engine.events_received == 0
+
+
 ###############################################################################
 # Forwarding to a misbehaving target
 ###############################################################################
@@ -423,6 +645,60 @@ class Dribbler:
         self.listener.close()
 
 
+class RawTarget:
+    """A target speaking raw bytes: each connection (after the request is
+    read) gets the next of ``answers``, a list of byte strings sent one
+    every ``interval`` seconds (then the connection is closed); beyond
+    them, a complete 200. Records how many requests it answered in full."""
+
+    COMPLETE = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"]
+
+    def __init__(self, answers, interval=0.0):
+        self.answers = list(answers)
+        self.interval = interval
+        self.delivered = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.stopping = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/v2/event?authkey=s3cr3t-key"
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            pieces = self.answers.pop(0) if self.answers else self.COMPLETE
+            threading.Thread(target=self._answer, args=(conn, pieces), daemon=True).start()
+
+    def _answer(self, conn, pieces):
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            for piece in pieces:
+                if self.stopping.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(piece)
+                except OSError:
+                    return
+            if pieces is self.COMPLETE:
+                self.delivered.append(body)
+
+    def close(self):
+        self.stopping.set()
+        self.listener.close()
+
+
 def alarmed_forwarding_service(clock, url, db=":memory:"):
     service = heartbeat_lite.create_app(db=db, clock=clock, forward_url=url)
     new_heartbeat(service)
@@ -482,3 +758,61 @@ def test_stopping_waits_for_a_stuck_attempt_at_most_its_deadline(tmp_path):
             assert time.monotonic() - started < 1.5
     finally:
         dribbler.close()
+
+
+DRIBBLED_200 = [b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n"] + [b"x"] * 30
+
+
+def test_a_200_whose_body_dribbles_past_the_deadline_is_a_failed_attempt(clock, caplog):
+    # the head arrives at once, then the body one byte every 0.3 s: at the
+    # 1 s deadline the watchdog cuts it with 3 of its 30 bytes read
+    target = RawTarget([DRIBBLED_200], interval=0.3)
+    try:
+        with alarmed_forwarding_service(clock, target.url()) as service:
+            service.forwarder.timeout = 1.0
+            started = time.monotonic()
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert 1.0 <= time.monotonic() - started < 5.0  # cut at the deadline, not at the body's end (9 s)
+            assert service.engine.outbox_depth() == 1  # not acknowledged: redelivered later
+            assert "no complete answer within 1s" in caplog.text
+            assert service.deliver() is None  # the target answers in full now
+            assert service.engine.outbox_depth() == 0
+            assert len(target.delivered) == 1 and b'"state": 3' in target.delivered[0]
+    finally:
+        target.close()
+
+
+def test_a_200_shorter_than_its_content_length_is_a_failed_attempt(clock):
+    cut_short = [b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n{\"ok\""]  # then the target closes
+    target = RawTarget([cut_short, cut_short])
+    try:
+        with alarmed_forwarding_service(clock, target.url()) as service:
+            assert service.deliver() == heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert service.engine.outbox_depth() == 1
+            assert service.deliver() == 2 * heartbeat_lite.FORWARD_BACKOFF_SECONDS[0]
+            assert service.deliver() is None and service.engine.outbox_depth() == 0
+    finally:
+        target.close()
+
+
+def test_an_alarm_a_dribbled_200_did_not_deliver_is_delivered_after_a_restart(tmp_path):
+    # the process boundary: the server's forwarder meets the dribbling
+    # target, the service stops (as at a SIGTERM), and a restart delivers
+    target = RawTarget([DRIBBLED_200], interval=0.3)
+    path = str(tmp_path / "hb.db")
+    try:
+        clock = FakeClock(time.time())
+        with alarmed_forwarding_service(clock, target.url(), db=path) as service:
+            service.forwarder.timeout = 1.0
+            with heartbeat_lite.serve(service, port=0):
+                deadline = time.monotonic() + 10
+                while service.forwarder.failures == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert service.forwarder.failures == 1
+        assert target.delivered == []
+        with heartbeat_lite.create_app(db=path, clock=clock, forward_url=target.url()) as service:
+            assert service.engine.outbox_depth() == 1
+            assert service.deliver() is None
+        assert len(target.delivered) == 1
+    finally:
+        target.close()
