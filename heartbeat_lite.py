@@ -23,6 +23,7 @@ The module is laid out in layers, each under a banner: Configuration,
 Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
 """
 
+import abc
 import argparse
 import base64
 import bisect
@@ -1077,7 +1078,12 @@ class SchemaTooNew(StoreError):
 
 class DatabaseGone(StoreError):
     """The database file was deleted or replaced while the service ran:
-    what would be written now would be lost, so nothing is."""
+    what would be written now would be lost, so nothing is. ``since``: when
+    that was found (Unix seconds)."""
+
+    def __init__(self, reason, since):
+        super().__init__(reason)
+        self.since = since
 
 
 class NotFound(Exception):
@@ -1099,7 +1105,8 @@ _DOCUMENT_COLUMNS = (
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
-_CONTAINS_PAIR = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
+_PATTERN_TEXT = "replace(pattern, '\"', '')"  # what the status page searches: {"k":"v"} as {k:v}
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _READS = ("SELECT", "PRAGMA")
 
@@ -1275,84 +1282,49 @@ class DatabaseLock:
                 setattr(self, name, None)
 
 
-class Store:
-    """The SQLite database: the only code in this module that speaks SQL
-    (with :class:`PostgresStore`, which inherits the statements below; the
-    single-instance lock and the file checks are SQLite's only).
+class _Connections(abc.ABC):
+    """The connection funnel and transactions of a :class:`Store`: every
+    statement passes :meth:`_run`, the one place where the test hook runs,
+    driver errors become :class:`StoreError`, a failed connection is dropped
+    (opened again before its next use) and the outcome of writes is kept.
 
-    The statements are written in the SQL that SQLite and PostgreSQL share
-    (``?`` and ``:name`` placeholders, ``ON CONFLICT`` upserts, ``TRUE`` and
-    ``FALSE``); where the two differ, a class attribute or a small method
-    names the difference and :class:`PostgresStore` overrides it. A new
-    method written here in that shared SQL works on both; one that changes a
-    heartbeat's or a window's document calls :meth:`_changed` (other
-    instances on PostgreSQL reload it from there).
+    Writes go through one connection, the writer, under a lock; a
+    transaction (:meth:`atomic`) holds it to the end. Reads go through a
+    connection of the reading thread's own, with no lock (a read inside the
+    thread's own transaction uses the writer, to see its uncommitted rows);
+    a database with a single connection (SQLite in memory) reads on the
+    writer. ``/healthz`` reads on a connection of its own with a short
+    timeout (:meth:`health`).
 
-    Writes go through one connection under a lock (SQLite writes one
-    transaction at a time anyway). Reads go through a connection of the
-    reading thread's own, with no lock: WAL lets readers run beside the
-    writer, and under concurrent load a shared lock held while SQLite runs
-    without the GIL turns every request into a queue of thread hand-offs. A
-    read inside the thread's own transaction uses the writer, to see its
-    uncommitted rows. An in-memory database has the one connection only.
+    What a database does its own way are the abstract hooks below, each
+    implemented by :class:`SqliteStore` and :class:`PostgresStore`.
 
-    Rows come back as :class:`sqlite3.Row` (read them like dicts). Every
-    sqlite3 error leaves as :class:`StoreError`, and the failed connection is
-    reopened before its next use: a connection that met a read-only file
-    system or an I/O error stays broken even once the cause is gone.
-
-    :param path: a file path, or ``:memory:``.
+    :param label: the database as messages show it (``path``).
     :param busy_timeout: seconds to wait for a lock held by another
         connection before giving up with a :class:`StoreError`.
-    :raises ConfigError: the path cannot be a database (see
-        :func:`check_database_path`), another service holds the database
-        (see :class:`DatabaseLock`), the schema file cannot be read, or (from
-        :meth:`open`) the database is newer than this code. A database that
-        merely fails now (read-only, locked, I/O error) is logged, and every
-        call raises :class:`StoreError` until it answers again.
-
-    The constructor takes the lock and writes nothing to the database;
-    :meth:`open` (or the first use) opens and prepares it. Once open, the
-    file's identity is watched: deleted or replaced, every call raises
-    :class:`DatabaseGone` from then on (said in the log once).
+    :param errors: the exception classes a statement may raise (the
+        driver's; sqlite3's too for PostgreSQL, which tests' statement hooks
+        raise to inject a failure).
+    :param single_connection: reads share the writer (no reader connections).
     """
 
-    #: several instances may share this database (see :class:`PostgresStore`)
-    shared_by_instances = False
-    _BEGIN = "BEGIN IMMEDIATE"  # takes the write lock at once: writers queue here, not mid-transaction
-    _NO_LIMIT = -1  # a LIMIT that limits nothing
-    _LIKE = "LIKE"  # ASCII case-insensitive in SQLite
-    _BY_NAME = "name COLLATE NOCASE, id"
-    _CONTAINS = _CONTAINS_PAIR  # the heartbeat's pattern has the pair (key, value)
-    _SPECIAL_ONLY = "status <> 'up' AND "  # refresh(): the rows it must read
-
-    def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
-        if sqlite3.sqlite_version_info < (3, 31):
-            raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
-        check_database_path(path)
-        self._schema = read_schema("schema.sql")
-        self._file_lock = None
-        if path != ":memory:":
-            self._file_lock = DatabaseLock(path)
-            self._file_lock.acquire()
-        self._identity = None  # (st_dev, st_ino) of the file once opened
-        self._identity_checked_at = -math.inf  # time.monotonic()
-        self._gone = None  # why the database file is no longer ours, once it is not
-        self._gone_at = None  # since when (Unix seconds)
-        self._gone_lock = threading.Lock()
-        self.path = path
+    def __init__(self, label, busy_timeout, errors, single_connection=False):
+        #: the database as messages show it: a file path, a URL without its password
+        self.path = label
         self.busy_timeout = busy_timeout
+        self._errors = errors
+        self._single_connection = single_connection
+        self._guard = None  # None, or a callable run before every statement that may refuse it (StoreError)
         self._lock = threading.RLock()  # guards the writer connection
         self._depth = 0  # nesting of atomic()
         self._owner = None  # the thread inside atomic()
         self._conn = None  # the writer: opened on first use, and again after a failure
         self._stale = False  # the writer failed inside a transaction: drop it after
-        self._shared = path == ":memory:"  # no reader connections: they would see another database
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
         self._readers_lock = threading.Lock()  # guards _readers (never the writer's lock: reads must not wait)
         self._prepared = False  # the schema is in place: readers need not go through the writer
-        self._health_conn = None  # /healthz's own reader, with a short busy timeout
+        self._health_conn = None  # /healthz's own reader, with a short timeout
         self._health_lock = threading.Lock()
         #: the :data:`WriteOutcome` of the last write (statement outside a
         #: transaction, or a transaction's commit), or of the last failure
@@ -1361,6 +1333,54 @@ class Store:
         #: tests trace statements with it, or raise ``sqlite3.Error`` from it
         #: to inject a failure
         self.statement_hook = None
+
+    # -- hooks: what each database does its own way --------------------------
+
+    @abc.abstractmethod
+    def _open(self, timeout=None):
+        """A new connection in autocommit mode whose rows read like
+        :class:`sqlite3.Row`, waiting ``timeout`` seconds (default: the busy
+        timeout) for locks; :raises StoreError:."""
+
+    @abc.abstractmethod
+    def _open_reader(self, timeout=None):
+        """As :meth:`_open`, for a connection that only reads."""
+
+    @abc.abstractmethod
+    def _prepare(self, conn):
+        """Prepare a new writer connection: the schema in place (created,
+        or an older one migrated), and what else the database needs once it
+        exists; :raises SchemaTooNew:, :raises StoreError:."""
+
+    @abc.abstractmethod
+    def _send(self, conn, sql, params, many, fetch):
+        """Run one statement written with ``?`` and ``:name`` placeholders:
+        every row of ``params`` when ``many``; the rows when ``fetch``, else
+        the cursor (its ``rowcount``)."""
+
+    @abc.abstractmethod
+    def _refusal(self, error):
+        """The exception that a statement's ``error`` means when the database
+        refused it by a rule (:class:`PatternExists`), else None."""
+
+    @abc.abstractmethod
+    def _broken(self, conn, error):
+        """Whether the writer that met ``error`` inside a transaction must be
+        opened again once the transaction is over."""
+
+    @abc.abstractmethod
+    def _lost(self, exc):
+        """Whether a :class:`StoreError` says the server closed the
+        connection: a statement not yet sent may then run again on a new one."""
+
+    @abc.abstractmethod
+    def _for_update(self, skip_locked=False, of=None):
+        """The clause that locks the rows a read inside :meth:`atomic` is
+        about to change, so that another instance changes them before or
+        after, never in between (``skip_locked``: rows another holds are
+        left out; ``of``: the table alias to lock)."""
+
+    # -- connections -----------------------------------------------------------
 
     def open(self):
         """Open and prepare the database now (else the first use does).
@@ -1375,15 +1395,6 @@ class Store:
         except StoreError as exc:
             log.error("database %s unavailable at start: %s; answering database errors until it recovers",
                       self.path, exc)
-
-    def _open(self, timeout=None):
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout if timeout is None else timeout,
-                                   isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        return conn
 
     def _connection(self):
         """The writer connection, opening and preparing one if needed (call
@@ -1401,38 +1412,7 @@ class Store:
                 raise
             self._conn = conn
             self._prepared = True
-            if self._identity is None and not self._shared:
-                self._identity = self._file_identity()
-                if self._file_lock is not None:
-                    self._file_lock.hold_file()  # a file created just now: lock it by its identity
         return self._conn
-
-    def _file_identity(self):
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return stat.st_dev, stat.st_ino
-
-    def _check_identity(self):
-        """Refuse every statement once the database file is not the one
-        opened (deleted, or replaced by another file); checked at most once
-        per :data:`DATABASE_IDENTITY_CHECK_SECONDS`."""
-        if self._gone is None:
-            now = time.monotonic()
-            if now - self._identity_checked_at < DATABASE_IDENTITY_CHECK_SECONDS:
-                return
-            self._identity_checked_at = now
-            if self._file_identity() == self._identity:
-                return
-            with self._gone_lock:
-                if self._gone is None:
-                    self._gone_at = time.time()
-                    self._gone = "the database file was deleted or replaced"
-                    log.error("the database file %s was deleted or replaced while running: nothing more is "
-                              "written, every write gets the database error; restart heartbeat-lite",
-                              os.path.abspath(self.path))
-        raise DatabaseGone(self._gone)
 
     def _reader(self):
         """This thread's reader connection, opened if needed (after the
@@ -1442,12 +1422,7 @@ class Store:
             if not self._prepared:
                 with self._lock:
                     self._connection()
-            reader = self._open()
-            try:
-                reader.execute("PRAGMA query_only = ON")
-            except sqlite3.Error as exc:
-                reader.close()
-                raise StoreError(f"cannot open database: {exc}") from exc
+            reader = self._open_reader()
             with self._readers_lock:
                 self._readers.add(reader)
             self._local.reader = reader
@@ -1461,38 +1436,19 @@ class Store:
                 self._readers.discard(reader)
             reader.close()
 
-    def _prepare(self, conn):
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"database {self.path} has schema version {version}, newer than the "
-                    f"{SCHEMA_VERSION} this heartbeat-lite {__version__} knows; upgrade heartbeat-lite"
-                )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            if version < SCHEMA_VERSION:  # schema.sql sets the version last: equal means fully applied
-                before, after = _MIGRATIONS[version] if version else ("", "")  # none for a new file
-                script = "\n".join(["BEGIN IMMEDIATE;", before, self._schema, after, "COMMIT;"])
-                try:
-                    conn.executescript(script)
-                except sqlite3.Error:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                if version:
-                    log.info("database %s migrated from schema version %d to %d", self.path, version, SCHEMA_VERSION)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot prepare database: {exc}") from exc
-
     def _discard(self):
         if self._conn is not None:
             try:
                 self._conn.close()
-            except sqlite3.Error as exc:
+            except self._errors as exc:
                 log.debug("closing a failed connection: %s", exc)
             self._conn = None
         self._stale = False
+
+    def _discard_health(self):
+        if self._health_conn is not None:
+            self._health_conn.close()
+            self._health_conn = None
 
     def close(self):
         with self._lock:
@@ -1503,26 +1459,19 @@ class Store:
             self._readers.clear()
         with self._health_lock:
             self._discard_health()
-        if self._file_lock is not None:
-            self._file_lock.release()
-
-    def _discard_health(self):
-        if self._health_conn is not None:
-            self._health_conn.close()
-            self._health_conn = None
 
     def _wrote(self, error=None):
-        """Record the outcome of a write: success, or the sqlite3 error."""
+        """Record the outcome of a write: success, or the driver's error."""
         self.last_write = WriteOutcome(error is None, time.time(), None if error is None else str(error))
 
-    # -- plumbing ------------------------------------------------------------
+    # -- transactions and statements -------------------------------------------
 
     @contextlib.contextmanager
     def atomic(self):
         """Run the enclosed store calls as one transaction (nestable).
 
-        The outermost level takes SQLite's write lock at once (``BEGIN
-        IMMEDIATE``), commits on success and rolls back on any exception.
+        The outermost level begins it (``_BEGIN``: SQLite takes its write
+        lock at once), commits on success and rolls back on any exception.
         """
         with self._lock:
             if self._depth:
@@ -1550,42 +1499,53 @@ class Store:
     def _rollback(self):
         try:
             self._conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:  # no transaction left to roll back
+        except self._errors as exc:
             log.debug("rollback: %s", exc)
+            self._stale = True  # a connection that cannot roll back is opened again
 
     def _run(self, conn, sql, params, many=False, fetch=False):
-        """The one funnel every statement passes: the hook, then SQLite; a
-        sqlite3 error leaves as :class:`StoreError` and the failed connection
-        is dropped (the writer's once its transaction is over)."""
-        if self._identity is not None:
-            self._check_identity()
+        """The one funnel every statement passes: the guard, the hook, then
+        the database; a driver error leaves as :class:`StoreError` (or as
+        what :meth:`_refusal` makes of it) and the failed connection is
+        dropped (the writer's once its transaction is over)."""
+        if self._guard is not None:
+            self._guard()
         try:
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
-            if many:
-                result = conn.executemany(sql, params)
-            else:
-                cursor = conn.execute(sql, params)
-                result = cursor.fetchall() if fetch else cursor
-        except sqlite3.Error as exc:
-            if conn is self._conn:
-                if self._depth or not sql.startswith(_READS):  # a read beside no write is no write failure
-                    self._wrote(exc)
-                if self._depth:
-                    self._stale = True  # atomic() drops it once the transaction is over
-                else:
-                    self._discard()
-            elif conn is self._health_conn:
-                self._discard_health()
-            else:
-                self._discard_reader()
+            result = self._send(conn, sql, params, many, fetch)
+        except self._errors as exc:
+            refusal = self._refusal(exc)
+            if refusal is not None:
+                raise refusal from exc
+            self._failed(conn, sql, exc)
             raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
         if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
             self._wrote()
         return result
 
+    def _failed(self, conn, sql, error):
+        if conn is self._conn:
+            if self._depth or not sql.startswith(_READS):  # a read beside no write is no write failure
+                self._wrote(error)
+            if self._depth:
+                self._stale = self._stale or self._broken(conn, error)  # atomic() drops it once over
+            else:
+                self._discard()
+        elif conn is self._health_conn:
+            self._discard_health()
+        else:
+            self._discard_reader()
+
     def _execute(self, sql, params=()):
         with self._lock:
+            try:
+                return self._run(self._connection(), sql, params)
+            except StoreError as exc:
+                if sql != self._BEGIN or not self._lost(exc):
+                    raise
+            # A connection found closed by the server (PostgreSQL restarted,
+            # the backend terminated) when nothing was sent yet: once more.
             return self._run(self._connection(), sql, params)
 
     def _executemany(self, sql, rows):
@@ -1593,41 +1553,65 @@ class Store:
             return self._run(self._connection(), sql, rows, many=True)
 
     def _query(self, sql, params=()):
-        if self._shared or self._owner == threading.get_ident():
+        if self._single_connection or self._owner == threading.get_ident():
             with self._lock:
                 return self._run(self._connection(), sql, params, fetch=True)
-        return self._run(self._reader(), sql, params, fetch=True)
+        try:
+            return self._run(self._reader(), sql, params, fetch=True)
+        except StoreError as exc:
+            if not self._lost(exc):
+                raise
+        return self._run(self._reader(), sql, params, fetch=True)  # a read outside a transaction: harmless again
 
-    def _for_update(self, skip_locked=False, of=None):
-        """The clause that locks the rows a read inside :meth:`atomic` is
-        about to change, so that another instance changes them before or
-        after, never in between: nothing in SQLite, whose ``BEGIN
-        IMMEDIATE`` already lets one writer in at a time."""
-        return ""
+    # -- health ----------------------------------------------------------------
 
-    def _changed(self, kind, object_id):
-        """A heartbeat's or a window's document changed (``kind``:
-        ``heartbeat`` or ``maintenance``): nothing to tell in SQLite, where
-        one service owns the database."""
+    def health(self):
+        """Whether the database answers reads and the last write succeeded,
+        found without waiting on the writer: a read on a connection of its
+        own, with a timeout of :data:`HEALTH_TIMEOUT_SECONDS`, and the
+        recorded :attr:`last_write`.
 
-    def changes(self, after):
-        """The documents other instances changed since change ``after``:
-        ``(last change, [(kind, id), ...])``, or ``(last, None)`` when
-        changes since ``after`` were forgotten (reload everything). One
-        service owns a SQLite database: there are none."""
-        return after, []
+        :returns: ``(outbox depth, or None when the read could not run in
+            time; problem or None; since when, Unix seconds, or None)``; the
+            problem says what fails.
+        """
+        try:
+            depth = self._health_read("SELECT COUNT(*) FROM outbox")
+        except DatabaseGone as exc:
+            return None, str(exc), exc.since
+        except StoreError as exc:
+            return None, f"database reads fail: {exc.__cause__ or exc}", time.time()
+        last = self.last_write
+        if not last.ok:
+            return depth, f"database writes fail: {last.reason}", last.at
+        return depth, None, None
 
-    def last_change(self):
-        """The number of the last change recorded (see :meth:`changes`)."""
-        return 0
+    def _health_read(self, sql):
+        if self._single_connection:  # one connection: wait for it briefly, else skip the read
+            if not self._lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+                return None
+            try:
+                return self._run(self._connection(), sql, (), fetch=True)[0][0]
+            finally:
+                self._lock.release()
+        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
+            return None  # another health check is reading
+        try:
+            for attempt in (1, 2):  # a connection the server closed (PostgreSQL restarted) is opened again
+                if self._health_conn is None:
+                    self._health_conn = self._open_reader(timeout=HEALTH_TIMEOUT_SECONDS)
+                try:
+                    return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+                except StoreError as exc:
+                    if attempt == 2 or not self._lost(exc):
+                        raise
+        finally:
+            self._health_lock.release()
 
-    @contextlib.contextmanager
-    def outbox_lease(self):
-        """Yields True when this instance may deliver the outbox now (one
-        at a time, so that delivery stays in order): always, in SQLite."""
-        yield True
 
-    # -- heartbeats ----------------------------------------------------------
+class _HeartbeatStatements:
+    """The heartbeats' documents: create, read, list, page, update, delete;
+    the alarms list and the status page's search."""
 
     def insert_heartbeat(self, row):
         """Insert a heartbeat (a dict with every document column and
@@ -1719,7 +1703,65 @@ class Store:
             self._execute("DELETE FROM history WHERE heartbeat_id = ?", (heartbeat_id,))
         return row
 
-    # -- state ---------------------------------------------------------------
+    def alarms(self, limit=-1):
+        """The rows of the heartbeats that are late or down, oldest alarm first (at
+        most ``limit``; all when negative); not grouped ones (their members
+        have the alarms: :meth:`member_alarms`)."""
+        return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
+                           "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
+
+    def status_page(self, statuses, terms, limit, offset, maintenance=()):
+        """One page of the heartbeats whose status is one of ``statuses``
+        (any, when empty) and whose name or pattern contains every one of
+        ``terms`` (case-insensitive for ASCII letters only, on both
+        databases, as SQLite's LIKE; the pattern is searched as its
+        canonical JSON without quotes, so ``connector:backup`` finds
+        ``{"connector": "backup"}``), ordered by name, case-insensitive
+        likewise, then id: a stable order to page through. ``maintenance``
+        holds the patterns (dicts) of the windows active now: a heartbeat
+        one of them selects is counted under ``"maintenance"`` too, and that
+        "status" in ``statuses`` selects it.
+
+        Two scans of the table, one counting, one for the page: 10,000
+        heartbeats take a few milliseconds.
+
+        :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
+            over the whole table, how many match, the rows of this page.
+        """
+        covered, covered_params = "FALSE", []
+        for pattern in maintenance:
+            contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
+            covered += " OR (" + " AND ".join(contains) + ")"
+            covered_params += [item for pair in sorted(pattern.items()) for item in pair]
+        conditions, params = [], []
+        wanted = [status for status in statuses if status != "maintenance"]
+        either = [f"status IN ({', '.join('?' * len(wanted))})"] if wanted else []
+        params += wanted
+        if "maintenance" in statuses:
+            either.append(f"({covered})")
+            params += covered_params
+        if either:
+            conditions.append("(" + " OR ".join(either) + ")")
+        for term in terms:
+            like = "%" + re.sub(r"([\\%_])", r"\\\1", term.translate(_ASCII_LOWER)) + "%"
+            conditions.append(f"({self._FOLD.format('name')} LIKE ? ESCAPE '\\' OR "
+                              f"{self._FOLD.format(_PATTERN_TEXT)} LIKE ? ESCAPE '\\')")
+            params += [like, like]
+        condition = " AND ".join(conditions) or "TRUE"
+        counted = self._query(f"SELECT status, COUNT(*), SUM(CASE WHEN {condition} THEN 1 ELSE 0 END), "
+                              f"SUM(CASE WHEN {covered} THEN 1 ELSE 0 END) FROM heartbeat "
+                              "GROUP BY status", params + covered_params)
+        matching = sum(row[2] for row in counted)
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {self._BY_NAME} "
+                           "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
+        counts = {row[0]: row[1] for row in counted}
+        counts["maintenance"] = sum(row[3] for row in counted)
+        return counts, matching, rows
+
+
+class _StateStatements(abc.ABC):
+    """The heartbeats' state: refreshes by matching events, what falls due
+    and when, the transitions the engine writes, and the outage shift."""
 
     def refresh(self, heartbeat_ids, now):
         """Record a matching event at ``now`` for each id: each goes ``up``,
@@ -1764,19 +1806,19 @@ class Store:
             (now, now, heartbeat_id),
         ).rowcount == 1
 
+    @abc.abstractmethod
     def write_refreshes(self, refreshes):
         """Store ``(id, refresh time)`` pairs of heartbeats that are up
-        (refreshes the engine kept in memory until now).
+        (refreshes the engine kept in memory until now); a heartbeat no
+        longer up keeps its row as it is.
 
-        :returns: the ids that were not up any more, whose refresh was not
-            written: none here, where the engine's read model knows every
-            state change (see :meth:`PostgresStore.write_refreshes`).
+        :returns: the ids, in id order, whose refresh was not written because
+            the heartbeat is no longer up: late, down, paused or deleted by a
+            change the caller had not seen (another instance's; or, in one
+            service, a request that got in between the chunks of a storm).
+            The engine applies them as refreshes of heartbeats not up
+            (resolving an alarm, or counting the event of a paused one).
         """
-        self._executemany(
-            "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
-            [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
-        )
-        return []
 
     def due(self, now, limit=None):
         """The rows of the heartbeats whose next transition (going late or
@@ -1784,6 +1826,11 @@ class Store:
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status NOT IN ('down', 'paused') AND due <= ? "
                            f"ORDER BY due LIMIT ?{self._for_update(skip_locked=True)}",
                            (now, self._NO_LIMIT if limit is None else limit))
+
+    def next_due(self):
+        """The earliest next transition of a heartbeat that is neither down
+        nor paused, or None."""
+        return self._query("SELECT MIN(due) FROM heartbeat WHERE status NOT IN ('down', 'paused')")[0][0]
 
     def set_states(self, states):
         """Write ``(id, status, refreshed, alarm_since)`` tuples."""
@@ -1795,138 +1842,6 @@ class Store:
         """Set one heartbeat's whole state."""
         self._execute("UPDATE heartbeat SET status = ?, refreshed = ?, last_event = ?, alarm_since = ? WHERE id = ?",
                       (status, refreshed, last_event, alarm_since, heartbeat_id))
-
-    def next_due(self):
-        """The earliest next transition of a heartbeat that is neither down
-        nor paused, or None."""
-        return self._query("SELECT MIN(due) FROM heartbeat WHERE status NOT IN ('down', 'paused')")[0][0]
-
-    def end_maintenance(self, pattern, end, pushed_to=None, covered=None):
-        """A maintenance window selecting ``pattern`` (a dict) ended at
-        ``end``: every selected heartbeat neither down nor paused gets
-        ``refreshed = max(refreshed, end)`` (its deadline is then at least
-        end + interval); with ``pushed_to`` (a window ended early), also those
-        whose refresh the window had pushed to that time get ``end``.
-
-        A scan of the table (json_each per row, in SQLite's C): once per
-        window end, never per tick.
-
-        The members of grouped heartbeats it selects get the same.
-
-        :param covered: None, or a list that gets ``(id, status, pattern)``
-            of every heartbeat the window selects (for the history).
-        :returns: ``(id, status)`` of the (not grouped) heartbeats changed.
-        """
-        selects, selects_params = [], []
-        for key, value in sorted(pattern.items()):
-            selects.append(self._CONTAINS)
-            selects_params += [key, value]
-        with self.atomic():
-            every = self._query(f"SELECT id, status, group_by IS NOT NULL, refreshed, pattern FROM heartbeat "
-                                f"WHERE {' AND '.join(selects) or 'TRUE'} ORDER BY id{self._for_update()}",
-                                selects_params)
-            if covered is not None:
-                covered += [(row[0], row[1], row[4]) for row in every]
-            selected = [row for row in every if (row[1] != "paused" if row[2] else
-                                                 row[1] not in ("down", "paused")
-                                                 and (row[3] < end or row[3] == pushed_to))]
-            rows = [(row[0], row[1]) for row in selected if not row[2]]
-            self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
-            # the members of grouped ones (refreshes the engine holds for
-            # them stay lower than these: at worst written sooner)
-            self._executemany("UPDATE member SET refreshed = ? WHERE heartbeat_id = ? AND status IN "
-                              "('pending', 'up', 'late') AND (refreshed < ? OR refreshed = ?)",
-                              [(end, row[0], end, pushed_to) for row in selected if row[2]])
-        return rows
-
-    def alarms(self, limit=-1):
-        """The rows of the heartbeats that are late or down, oldest alarm first (at
-        most ``limit``; all when negative); not grouped ones (their members
-        have the alarms: :meth:`member_alarms`)."""
-        return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
-                           "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
-
-    def status_page(self, statuses, terms, limit, offset, maintenance=()):
-        """One page of the heartbeats whose status is one of ``statuses``
-        (any, when empty) and whose name or pattern contains every one of
-        ``terms`` (case-insensitive for ASCII letters, as SQLite's LIKE;
-        the pattern is searched as its canonical JSON without quotes, so
-        ``connector:backup`` finds ``{"connector": "backup"}``), ordered by
-        name, case-insensitive, then id: a stable order to page through.
-        ``maintenance`` holds the patterns (dicts) of the windows active
-        now: a heartbeat one of them selects is counted under
-        ``"maintenance"`` too, and that "status" in ``statuses`` selects it.
-
-        Two scans of the table, one counting, one for the page: 10,000
-        heartbeats take a few milliseconds.
-
-        :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
-            over the whole table, how many match, the rows of this page.
-        """
-        covered, covered_params = "FALSE", []
-        for pattern in maintenance:
-            contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
-            covered += " OR (" + " AND ".join(contains) + ")"
-            covered_params += [item for pair in sorted(pattern.items()) for item in pair]
-        conditions, params = [], []
-        wanted = [status for status in statuses if status != "maintenance"]
-        either = [f"status IN ({', '.join('?' * len(wanted))})"] if wanted else []
-        params += wanted
-        if "maintenance" in statuses:
-            either.append(f"({covered})")
-            params += covered_params
-        if either:
-            conditions.append("(" + " OR ".join(either) + ")")
-        for term in terms:
-            like = "%" + re.sub(r"([\\%_])", r"\\\1", term) + "%"
-            conditions.append(f"(name {self._LIKE} ? ESCAPE '\\' OR replace(pattern, '\"', '') {self._LIKE} ? ESCAPE '\\')")
-            params += [like, like]
-        condition = " AND ".join(conditions) or "TRUE"
-        counted = self._query(f"SELECT status, COUNT(*), SUM(CASE WHEN {condition} THEN 1 ELSE 0 END), "
-                              f"SUM(CASE WHEN {covered} THEN 1 ELSE 0 END) FROM heartbeat "
-                              "GROUP BY status", params + covered_params)
-        matching = sum(row[2] for row in counted)
-        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {self._BY_NAME} "
-                           "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
-        counts = {row[0]: row[1] for row in counted}
-        counts["maintenance"] = sum(row[3] for row in counted)
-        return counts, matching, rows
-
-    def meta(self, key):
-        """A service-wide value (a number), or None."""
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
-
-    def set_meta(self, key, value):
-        self._execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                      (key, value))
-
-    # -- the service's life (restarts: the clock stops while none runs) -------
-
-    def last_alive(self, now):
-        """When the service was last known to run, before this start, and
-        whether it then stopped cleanly: ``(Unix seconds or None, bool)``;
-        ``(now, True)`` when it runs still (another instance; never in
-        SQLite, which one service owns)."""
-        return self.meta(META_ALIVE_AT), self.meta(META_STOPPED_CLEANLY) == 1
-
-    def record_start(self, now):
-        """This instance runs, from ``now`` (a stop from now on is unclean
-        until :meth:`record_stop`)."""
-        self.set_meta(META_STOPPED_CLEANLY, 0)
-        self.record_alive(now)
-
-    def record_alive(self, now):
-        """This instance is running at ``now``."""
-        self.set_meta(META_ALIVE_AT, now)
-
-    def record_stop(self, now):
-        """This instance stops cleanly at ``now``."""
-        self.record_alive(now)
-        self.set_meta(META_STOPPED_CLEANLY, 1)
-
-    def delete_meta(self, key):
-        self._execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def postpone(self, after, seconds):
         """Move later by ``seconds`` every transition still ahead at ``after``
@@ -1942,8 +1857,12 @@ class Store:
                 (seconds, after),
             ).rowcount
 
-    # -- members -------------------------------------------------------------
-    # A member is named by (heartbeat id, member key): see member_key().
+
+class _MemberStatements:
+    """The members of grouped heartbeats, named by (heartbeat id, member
+    key: see :func:`member_key`): created by events, refreshed, falling due,
+    paused, retired, counted and paged; a grouped heartbeat's status from
+    theirs."""
 
     def insert_members(self, rows):
         """Insert members: dicts with every column of the member table but
@@ -2128,7 +2047,10 @@ class Store:
         return self._query(f"{_SELECT_MEMBER_AND_HEARTBEAT} WHERE m.status IN ('late', 'down') "
                            "ORDER BY m.alarm_since, m.rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
-    # -- maintenance windows -------------------------------------------------
+
+class _MaintenanceStatements:
+    """Maintenance windows: their documents, and what a window does to the
+    heartbeats its pattern selects (which they are; its end rule)."""
 
     def insert_maintenance(self, row):
         """Insert a maintenance window (a dict with every column)."""
@@ -2166,7 +2088,57 @@ class Store:
             self._changed("maintenance", maintenance_id)
         return row
 
-    # -- history -------------------------------------------------------------
+    def selected(self, pattern):
+        """``(id, status, pattern)`` of the heartbeats a maintenance window
+        selecting ``pattern`` (a dict) covers: a scan (json_each per row, in
+        SQLite's C), once per window boundary, never per tick."""
+        contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
+        params = [item for pair in sorted(pattern.items()) for item in pair]
+        return [(row[0], row[1], row[2]) for row in self._query(
+            f"SELECT id, status, pattern FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
+
+    def end_maintenance(self, pattern, end, pushed_to=None, covered=None):
+        """A maintenance window selecting ``pattern`` (a dict) ended at
+        ``end``: every selected heartbeat neither down nor paused gets
+        ``refreshed = max(refreshed, end)`` (its deadline is then at least
+        end + interval); with ``pushed_to`` (a window ended early), also those
+        whose refresh the window had pushed to that time get ``end``.
+
+        A scan of the table (json_each per row, in SQLite's C): once per
+        window end, never per tick.
+
+        The members of grouped heartbeats it selects get the same.
+
+        :param covered: None, or a list that gets ``(id, status, pattern)``
+            of every heartbeat the window selects (for the history).
+        :returns: ``(id, status)`` of the (not grouped) heartbeats changed.
+        """
+        selects, selects_params = [], []
+        for key, value in sorted(pattern.items()):
+            selects.append(self._CONTAINS)
+            selects_params += [key, value]
+        with self.atomic():
+            every = self._query(f"SELECT id, status, group_by IS NOT NULL, refreshed, pattern FROM heartbeat "
+                                f"WHERE {' AND '.join(selects) or 'TRUE'} ORDER BY id{self._for_update()}",
+                                selects_params)
+            if covered is not None:
+                covered += [(row[0], row[1], row[4]) for row in every]
+            selected = [row for row in every if (row[1] != "paused" if row[2] else
+                                                 row[1] not in ("down", "paused")
+                                                 and (row[3] < end or row[3] == pushed_to))]
+            rows = [(row[0], row[1]) for row in selected if not row[2]]
+            self._executemany("UPDATE heartbeat SET refreshed = ? WHERE id = ?", [(end, row[0]) for row in rows])
+            # the members of grouped ones (refreshes the engine holds for
+            # them stay lower than these: at worst written sooner)
+            self._executemany("UPDATE member SET refreshed = ? WHERE heartbeat_id = ? AND status IN "
+                              "('pending', 'up', 'late') AND (refreshed < ? OR refreshed = ?)",
+                              [(end, row[0], end, pushed_to) for row in selected if row[2]])
+        return rows
+
+
+class _HistoryStatements:
+    """The history of state changes: appended with each change, read newest
+    first or from a time on (availability), pruned after ``--history-days``."""
 
     # A heartbeat's own changes (what its availability is computed from):
     # members' changes, recorded under their heartbeat, have ``member`` set.
@@ -2265,16 +2237,10 @@ class Store:
         cursor = (rows[-1][1], rows[-1][0]) if len(rows) == batch else None
         return len(doomed), cursor
 
-    def selected(self, pattern):
-        """``(id, status, pattern)`` of the heartbeats a maintenance window
-        selecting ``pattern`` (a dict) covers: a scan (json_each per row, in
-        SQLite's C), once per window boundary, never per tick."""
-        contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
-        params = [item for pair in sorted(pattern.items()) for item in pair]
-        return [(row[0], row[1], row[2]) for row in self._query(
-            f"SELECT id, status, pattern FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
 
-    # -- outbox --------------------------------------------------------------
+class _OutboxStatements:
+    """The outbox of alarm events waiting for delivery, and the service-wide
+    values of ``meta``."""
 
     def enqueue(self, events):
         """Append events (dicts) to the outbox, in order."""
@@ -2293,49 +2259,312 @@ class Store:
         """How many events wait in the outbox (also proves the database answers)."""
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]
 
-    def health(self):
-        """Whether the database answers reads and the last write succeeded,
-        found without waiting on the writer: a read on a connection of its
-        own, with a busy timeout of :data:`HEALTH_TIMEOUT_SECONDS`, and the
-        recorded :attr:`last_write`.
+    def meta(self, key):
+        """A service-wide value (a number), or None."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
-        :returns: ``(outbox depth, or None when the read could not run in
-            time; problem or None; since when, Unix seconds, or None)``; the
-            problem says what fails.
-        """
-        try:
-            depth = self._health_read("SELECT COUNT(*) FROM outbox")
-        except DatabaseGone as exc:
-            return None, str(exc), self._gone_at
-        except StoreError as exc:
-            return None, f"database reads fail: {exc.__cause__ or exc}", time.time()
-        last = self.last_write
-        if not last.ok:
-            return depth, f"database writes fail: {last.reason}", last.at
-        return depth, None, None
+    def set_meta(self, key, value):
+        self._execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                      (key, value))
 
-    def _health_read(self, sql):
-        if self._shared:  # one connection: wait for it briefly, else skip the read
-            if not self._lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
-                return None
-            try:
-                return self._run(self._connection(), sql, (), fetch=True)[0][0]
-            finally:
-                self._lock.release()
-        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
-            return None  # another health check is reading
+    def delete_meta(self, key):
+        self._execute("DELETE FROM meta WHERE key = ?", (key,))
+
+
+class _InstanceStatements(abc.ABC):
+    """What the instances of a service sharing its database tell each other:
+    when the service last ran (restart semantics), which documents changed,
+    who delivers the outbox. One service owns a SQLite database, so there
+    these are the service's own records and trivial answers; several
+    instances may share a PostgreSQL one."""
+
+    @abc.abstractmethod
+    def last_alive(self, now):
+        """When the service was last known to run, before this start, and
+        whether it then stopped cleanly: ``(Unix seconds or None, bool)``;
+        ``(now, True)`` when it runs still (another instance runs)."""
+
+    @abc.abstractmethod
+    def record_start(self, now):
+        """This instance runs, from ``now`` (a stop from now on is unclean
+        until :meth:`record_stop`)."""
+
+    @abc.abstractmethod
+    def record_alive(self, now):
+        """This instance is running at ``now``."""
+
+    @abc.abstractmethod
+    def record_stop(self, now):
+        """This instance stops cleanly at ``now``."""
+
+    @abc.abstractmethod
+    def _changed(self, kind, object_id):
+        """A heartbeat's or a window's document changed (``kind``:
+        ``heartbeat`` or ``maintenance``), in the current transaction: the
+        other instances reload it from :meth:`changes`."""
+
+    @abc.abstractmethod
+    def changes(self, after):
+        """The documents other instances changed since change ``after``:
+        ``(last change, [(kind, id), ...])``, or ``(last, None)`` when
+        changes since ``after`` were forgotten (reload everything)."""
+
+    @abc.abstractmethod
+    def last_change(self):
+        """The number of the last change recorded (see :meth:`changes`)."""
+
+    @abc.abstractmethod
+    def outbox_lease(self):
+        """A context manager yielding True when this instance may deliver
+        the outbox now (one at a time, so that delivery stays in order)."""
+
+
+class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStatements, _MaintenanceStatements,
+            _HistoryStatements, _OutboxStatements, _InstanceStatements):
+    """The database: the only code in this module that speaks SQL. Open one
+    with :func:`open_store`: a :class:`SqliteStore` or a
+    :class:`PostgresStore`, siblings built on this class.
+
+    The statements (one class per family, above) are written once, in the
+    SQL that SQLite and PostgreSQL share (``?`` and ``:name`` placeholders,
+    ``ON CONFLICT`` upserts, ``TRUE`` and ``FALSE``). Where the two differ,
+    the difference has a name: a spelling in :data:`_DIALECT`, which each
+    sibling defines (a class missing one is refused when it is defined), or
+    an abstract method, which each sibling implements (a class missing one
+    cannot be built): the connections (:class:`_Connections`' hooks), row
+    locks (:meth:`_for_update`), what instances sharing the database tell
+    each other (:class:`_InstanceStatements`) and :meth:`write_refreshes`.
+    A method here that changes a heartbeat's or a window's document calls
+    :meth:`_changed` (other instances reload it from there).
+
+    Rows read like :class:`sqlite3.Row` (by index or by column name). Every
+    database error leaves as :class:`StoreError` (``__cause__`` says why),
+    and a failed connection is opened again before its next use.
+    """
+
+    #: the spellings each sibling defines:
+    #: ``shared_by_instances`` (several instances may share the database),
+    #: ``_BEGIN`` (what begins a transaction), ``_NO_LIMIT`` (a LIMIT that
+    #: limits nothing), ``_FOLD`` (a format making ``{}`` compare with ASCII
+    #: letters folded to lower case in LIKE and ORDER BY, as SQLite's LIKE
+    #: and NOCASE do), ``_BY_NAME`` (the status page's order: name folded so,
+    #: then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
+    #: ``?``), ``_SPECIAL_ONLY`` (what :meth:`refresh` reads: a condition
+    #: and ``AND``, or nothing)
+    _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [name for name in Store._DIALECT if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"{cls.__name__} must spell {', '.join(missing)} (see Store._DIALECT)")
+
+
+class SqliteStore(Store):
+    """The store on a SQLite file, or in memory (``:memory:``; one
+    connection then, as other connections would see another database).
+
+    One service owns the file: the constructor takes :class:`DatabaseLock`
+    and writes nothing; :meth:`open` (or the first use) opens and prepares
+    it (``schema.sql``, migrated from an older version by
+    :data:`_MIGRATIONS`). Once open, the file's identity is watched: deleted
+    or replaced, every call raises :class:`DatabaseGone` from then on (said
+    in the log once).
+
+    Writes go through one connection under a lock (SQLite writes one
+    transaction at a time anyway); reads go through connections of their
+    threads' own, ``query_only``: WAL lets readers run beside the writer,
+    and under concurrent load a shared lock held while SQLite runs without
+    the GIL turns every request into a queue of thread hand-offs. A
+    connection that met a read-only file system or an I/O error stays
+    broken even once the cause is gone, so any failed one is reopened.
+
+    :param path: a file path, or ``:memory:``.
+    :param busy_timeout: seconds to wait for a lock held by another
+        connection before giving up with a :class:`StoreError`.
+    :raises ConfigError: the path cannot be a database (see
+        :func:`check_database_path`), another service holds the database
+        (see :class:`DatabaseLock`), the schema file cannot be read, or (from
+        :meth:`open`) the database is newer than this code. A database that
+        merely fails now (read-only, locked, I/O error) is logged, and every
+        call raises :class:`StoreError` until it answers again.
+    """
+
+    shared_by_instances = False
+    _BEGIN = "BEGIN IMMEDIATE"  # takes the write lock at once: writers queue here, not mid-transaction
+    _NO_LIMIT = -1
+    _FOLD = "{}"  # LIKE ignores the case of ASCII letters already
+    _BY_NAME = "name COLLATE NOCASE, id"
+    _CONTAINS = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
+    _SPECIAL_ONLY = "status <> 'up' AND "  # only the rows refresh() reports
+
+    def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
+        if sqlite3.sqlite_version_info < (3, 31):
+            raise ConfigError(f"SQLite 3.31 or newer is needed, this Python has {sqlite3.sqlite_version}")
+        check_database_path(path)
+        super().__init__(path, busy_timeout, (sqlite3.Error,), single_connection=path == ":memory:")
+        self._schema = read_schema("schema.sql")
+        self._file_lock = None
+        if path != ":memory:":
+            self._file_lock = DatabaseLock(path)
+            self._file_lock.acquire()
+        self._identity = None  # (st_dev, st_ino) of the file once opened
+        self._identity_checked_at = -math.inf  # time.monotonic()
+        self._gone = None  # why the database file is no longer ours, once it is not
+        self._gone_at = None  # since when (Unix seconds)
+        self._gone_lock = threading.Lock()
+
+    # -- connections -----------------------------------------------------------
+
+    def _open(self, timeout=None):
         try:
-            if self._health_conn is None:
-                conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout if timeout is None else timeout,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open_reader(self, timeout=None):
+        reader = self._open(timeout)
+        try:
+            reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            reader.close()
+            raise StoreError(f"cannot open database: {exc}") from exc
+        return reader
+
+    def _prepare(self, conn):
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"database {self.path} has schema version {version}, newer than the "
+                    f"{SCHEMA_VERSION} this heartbeat-lite {__version__} knows; upgrade heartbeat-lite"
+                )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if version < SCHEMA_VERSION:  # schema.sql sets the version last: equal means fully applied
+                before, after = _MIGRATIONS[version] if version else ("", "")  # none for a new file
+                script = "\n".join(["BEGIN IMMEDIATE;", before, self._schema, after, "COMMIT;"])
                 try:
-                    conn.execute("PRAGMA query_only = ON")
-                except sqlite3.Error as exc:
-                    conn.close()
-                    raise StoreError(f"cannot open database: {exc}") from exc
-                self._health_conn = conn
-            return self._run(self._health_conn, sql, (), fetch=True)[0][0]
-        finally:
-            self._health_lock.release()
+                    conn.executescript(script)
+                except sqlite3.Error:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                if version:
+                    log.info("database %s migrated from schema version %d to %d", self.path, version, SCHEMA_VERSION)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot prepare database: {exc}") from exc
+        if self._identity is None and not self._single_connection:  # the file exists from here on
+            self._identity = self._file_identity()  # watched from now on
+            if self._identity is not None:
+                self._guard = self._check_identity
+            if self._file_lock is not None:
+                self._file_lock.hold_file()  # a file created just now: lock it by its identity
+
+    def _file_identity(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_identity(self):
+        """Refuse every statement once the database file is not the one
+        opened (deleted, or replaced by another file); checked at most once
+        per :data:`DATABASE_IDENTITY_CHECK_SECONDS`."""
+        if self._gone is None:
+            now = time.monotonic()
+            if now - self._identity_checked_at < DATABASE_IDENTITY_CHECK_SECONDS:
+                return
+            self._identity_checked_at = now
+            if self._file_identity() == self._identity:
+                return
+            with self._gone_lock:
+                if self._gone is None:
+                    self._gone_at = time.time()
+                    self._gone = "the database file was deleted or replaced"
+                    log.error("the database file %s was deleted or replaced while running: nothing more is "
+                              "written, every write gets the database error; restart heartbeat-lite",
+                              os.path.abspath(self.path))
+        raise DatabaseGone(self._gone, self._gone_at)
+
+    def close(self):
+        super().close()
+        if self._file_lock is not None:
+            self._file_lock.release()
+
+    def _send(self, conn, sql, params, many, fetch):
+        if many:
+            return conn.executemany(sql, params)
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if fetch else cursor
+
+    def _refusal(self, error):
+        return None  # a pattern taken is found before the write, inside BEGIN IMMEDIATE
+
+    def _broken(self, conn, error):
+        return True
+
+    def _lost(self, exc):
+        return False  # a file is not a server
+
+    def _for_update(self, skip_locked=False, of=None):
+        return ""  # BEGIN IMMEDIATE lets one writer in at a time already
+
+    # -- what differs ------------------------------------------------------------
+
+    def write_refreshes(self, refreshes):
+        # One statement per row, each conditional on 'up': their rowcount
+        # says whether any was not written, which is then looked up.
+        refreshes = list(refreshes)
+        with self._lock:  # no other write between the update and the look at what it missed
+            written = self._executemany(
+                "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
+                [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
+            ).rowcount
+            if written == len(refreshes):  # the common case: every one was up
+                return []
+            ids = sorted(heartbeat_id for heartbeat_id, _ in refreshes)
+            up = set()
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start:start + _ID_CHUNK]
+                up.update(row[0] for row in self._query(
+                    f"SELECT id FROM heartbeat WHERE status = 'up' AND id IN ({', '.join('?' * len(chunk))})", chunk))
+        return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in up]
+
+    # One service owns the database: its life is two values of meta, and it
+    # has no other instance to tell of changes or to share the outbox with.
+
+    def last_alive(self, now):
+        return self.meta(META_ALIVE_AT), self.meta(META_STOPPED_CLEANLY) == 1
+
+    def record_start(self, now):
+        self.set_meta(META_STOPPED_CLEANLY, 0)
+        self.record_alive(now)
+
+    def record_alive(self, now):
+        self.set_meta(META_ALIVE_AT, now)
+
+    def record_stop(self, now):
+        self.record_alive(now)
+        self.set_meta(META_STOPPED_CLEANLY, 1)
+
+    def _changed(self, kind, object_id):
+        pass
+
+    def changes(self, after):
+        return after, []
+
+    def last_change(self):
+        return 0
+
+    @contextlib.contextmanager
+    def outbox_lease(self):
+        yield True
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -2354,10 +2583,10 @@ def is_postgres_url(db):
 
 def open_store(db, busy_timeout=BUSY_TIMEOUT_SECONDS):
     """The store for ``db``: a :class:`PostgresStore` for a
-    ``postgresql://`` (or ``postgres://``) URL, else a SQLite :class:`Store`."""
+    ``postgresql://`` (or ``postgres://``) URL, else a :class:`SqliteStore`."""
     if is_postgres_url(db):
         return PostgresStore(db, busy_timeout=busy_timeout)
-    return Store(db, busy_timeout=busy_timeout)
+    return SqliteStore(db, busy_timeout=busy_timeout)
 
 
 def database_label(db):
@@ -2414,15 +2643,14 @@ def _pg_rows(cursor):
 
 
 class PostgresStore(Store):
-    """The same store on PostgreSQL (13 or newer), through psycopg 3, which
-    is imported only here: SQLite users need not install it
+    """The store on PostgreSQL (13 or newer), through psycopg 3, which is
+    imported only here: SQLite users need not install it
     (``pip install heartbeat-lite[postgresql]``).
 
-    It inherits every statement of :class:`Store` (written in the SQL both
-    share; placeholders are translated once per statement) and overrides
-    what differs: connections, the schema (``schema.postgresql.sql``,
-    applied idempotently under an advisory lock, its version in ``meta``),
-    and what several instances on one database need:
+    The statements are :class:`Store`'s (placeholders are translated once
+    per statement, :func:`_pyformat`); the schema is
+    ``schema.postgresql.sql``, applied idempotently under an advisory lock,
+    its version in ``meta``. Several instances may share the database:
 
     - reads inside :meth:`atomic` lock the rows about to change (``FOR
       UPDATE``; expiry takes ``FOR UPDATE SKIP LOCKED``), so that each state
@@ -2437,57 +2665,38 @@ class PostgresStore(Store):
       session advisory lock).
 
     Transactions are READ COMMITTED; the busy timeout becomes
-    ``lock_timeout``. Errors leave as :class:`StoreError` and a failed
-    connection is opened again before its next use, as in SQLite.
+    ``lock_timeout``. A connection the server closed (PostgreSQL restarted)
+    is opened again: at once for a read or a BEGIN, which may safely run
+    again, else before its next use.
     """
 
     shared_by_instances = True
     _BEGIN = "BEGIN"
     _NO_LIMIT = None
-    _LIKE = "ILIKE"
-    _BY_NAME = 'lower(name) COLLATE "C", id'
+    _FOLD = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"  # ASCII only, as SQLite
+    _BY_NAME = _FOLD.format("name") + ' COLLATE "C", id'
     _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
     _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
 
-    def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):  # pylint: disable=super-init-not-called
+    def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):
         try:
             import psycopg
             import psycopg.errors
         except ImportError as exc:
             raise ConfigError("a PostgreSQL database needs psycopg 3: pip install \"psycopg[binary]\" "
                               "(or heartbeat-lite[postgresql])") from exc
-        self._psycopg = psycopg
-        self._errors = (psycopg.Error, sqlite3.Error)  # sqlite3's: what tests' statement hooks inject
-        self._schema = read_schema("schema.postgresql.sql")
         try:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
             raise ConfigError(f"bad PostgreSQL URL {database_label(url)}: {redact_secrets(exc, url)}") from None
-        self.path = database_label(url)  # what messages show
+        super().__init__(database_label(url), busy_timeout, (psycopg.Error, sqlite3.Error))
+        self._psycopg = psycopg
+        self._schema = read_schema("schema.postgresql.sql")
         self.url = url
-        self.busy_timeout = busy_timeout
         self.instance_id = str(uuid.uuid4())
         self._key = None  # the second key of advisory locks, from the schema's name
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._owner = None
-        self._conn = None
-        self._stale = False
-        self._shared = False
-        self._local = threading.local()
-        self._readers = set()
-        self._readers_lock = threading.Lock()
-        self._prepared = False
-        self._health_conn = None
-        self._health_lock = threading.Lock()
         self._lease_conn = None  # the forwarder's, holding the outbox lock while it delivers
         self._lease_lock = threading.Lock()
-        self.last_write = WriteOutcome(True, None, None)
-        self.statement_hook = None
-        # SQLite's file guards do not apply: several instances share the database
-        self._file_lock = None
-        self._identity = None
-        self._gone = self._gone_at = None
 
     # -- connections -----------------------------------------------------------
 
@@ -2510,6 +2719,9 @@ class PostgresStore(Store):
             raise StoreError(f"cannot open database: {exc}") from exc
         return conn
 
+    def _open_reader(self, timeout=None):
+        return self._open(timeout)
+
     def _prepare(self, conn):
         try:
             with conn.transaction():
@@ -2530,106 +2742,31 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot prepare database: {exc}") from exc
 
-    def _reader(self):
-        reader = getattr(self._local, "reader", None)
-        if reader is None:
-            if not self._prepared:
-                with self._lock:
-                    self._connection()
-            reader = self._open()
-            with self._readers_lock:
-                self._readers.add(reader)
-            self._local.reader = reader
-        return reader
-
-    def _health_read(self, sql):
-        if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
-            return None
-        try:
-            for attempt in (1, 2):  # a connection the server closed (a restart of PostgreSQL) is opened again
-                if self._health_conn is None:
-                    self._health_conn = self._open(timeout=HEALTH_TIMEOUT_SECONDS)
-                try:
-                    return self._run(self._health_conn, sql, (), fetch=True)[0][0]
-                except StoreError as exc:
-                    if attempt == 2 or not self._lost(exc):
-                        raise
-        finally:
-            self._health_lock.release()
-
-    def _rollback(self):
-        try:
-            self._conn.execute("ROLLBACK")
-        except self._errors as exc:
-            log.debug("rollback: %s", exc)
-            self._stale = True
-
     def close(self):
         super().close()
         with self._lease_lock:
-            if self._lease_conn is not None:
-                self._lease_conn.close()
-                self._lease_conn = None
+            self._drop_lease()
 
-    def _run(self, conn, sql, params, many=False, fetch=False):
-        """As :meth:`Store._run`, on psycopg: placeholders translated; the
-        UNIQUE index on patterns refusing a row is :class:`PatternExists`
-        (two instances creating one pattern at once)."""
-        errors = self._psycopg.errors
-        try:
-            if self.statement_hook is not None:
-                self.statement_hook(sql, params)
-            text = _pyformat(sql)
-            if many:
-                with conn.cursor() as cursor:
-                    cursor.executemany(text, params)
-                result = None
-            else:
-                cursor = conn.execute(text, params)
-                result = cursor.fetchall() if fetch else cursor
-        except errors.UniqueViolation as exc:
-            if exc.diag.constraint_name == "heartbeat_pattern":
-                raise PatternExists(exc.diag.message_detail) from exc
-            error = exc
-        except self._errors as exc:
-            error = exc
-        else:
-            if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
-                self._wrote()
-            return result
-        if conn is self._conn:
-            if self._depth or not sql.startswith(_READS):
-                self._wrote(error)
-            if self._depth:
-                self._stale = self._stale or getattr(conn, "broken", False) or isinstance(error, sqlite3.Error)
-            else:
-                self._discard()
-        elif conn is self._health_conn:
-            self._discard_health()
-        else:
-            self._discard_reader()
-        raise StoreError(f"{error} (in: {sql.split()[0]} ...)") from error
+    def _send(self, conn, sql, params, many, fetch):
+        text = _pyformat(sql)
+        if many:
+            with conn.cursor() as cursor:
+                cursor.executemany(text, params)
+            return None
+        cursor = conn.execute(text, params)
+        return cursor.fetchall() if fetch else cursor
 
-    def _execute(self, sql, params=()):
-        with self._lock:
-            try:
-                return self._run(self._connection(), sql, params)
-            except StoreError as exc:
-                if sql != self._BEGIN or not self._lost(exc):
-                    raise
-            # A connection found closed by the server (PostgreSQL restarted,
-            # the backend terminated) when nothing was sent yet: once more.
-            return self._run(self._connection(), sql, params)
+    def _refusal(self, error):
+        # two instances creating one pattern at once: the UNIQUE index decides
+        if isinstance(error, self._psycopg.errors.UniqueViolation) and \
+                error.diag.constraint_name == "heartbeat_pattern":
+            return PatternExists(error.diag.message_detail)
+        return None
 
-    def _query(self, sql, params=()):
-        if self._owner == threading.get_ident():
-            return super()._query(sql, params)
-        try:
-            return super()._query(sql, params)
-        except StoreError as exc:
-            if not self._lost(exc):
-                raise
-        return super()._query(sql, params)  # a read outside a transaction: harmless to run again
+    def _broken(self, conn, error):
+        # a failed statement only aborts the transaction, which is rolled
+        # back; an error injected by a test's hook is taken for a broken one
+        return getattr(conn, "broken", False) or isinstance(error, sqlite3.Error)
 
     def _lost(self, exc):
         return isinstance(exc.__cause__, self._psycopg.OperationalError)
@@ -2639,13 +2776,11 @@ class PostgresStore(Store):
             return f" FOR UPDATE{f' OF {of}' if of else ''}{' SKIP LOCKED' if skip_locked else ''}"
         return ""
 
-    # -- what differs ----------------------------------------------------------
+    # -- what differs ------------------------------------------------------------
 
     def write_refreshes(self, refreshes):
-        """As :meth:`Store.write_refreshes`, but another instance may have
-        put a heartbeat down (or paused it) meanwhile: its refresh is not
-        written, and its id returned, for the engine to apply as a refresh
-        that resolves."""
+        # Another instance may have put a heartbeat late or down, or paused
+        # it, meanwhile: the rows are locked, then updated where still up.
         refreshes = sorted(refreshes)  # rows locked in id order: no deadlock with another instance
         ids = [heartbeat_id for heartbeat_id, _ in refreshes]
         with self.atomic():
@@ -2657,6 +2792,42 @@ class PostgresStore(Store):
                 (ids, [refreshed for _, refreshed in refreshes]))
         written = {row[0] for row in written}
         return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
+
+    def last_alive(self, now):
+        """The instance that ran last: when it was last alive and whether it
+        stopped cleanly; ``(now, True)`` when another instance runs (was
+        alive within :data:`INSTANCE_ALIVE_SECONDS` and did not stop):
+        the service never stopped. Instances starting together queue here
+        (until :meth:`record_start` commits), so an outage is counted once."""
+        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_START, self._key))
+        rows = self._query("SELECT alive_at, stopped FROM instance WHERE id <> ? ORDER BY alive_at DESC",
+                           (self.instance_id,))
+        if any(not stopped and alive_at >= now - INSTANCE_ALIVE_SECONDS for alive_at, stopped in rows):
+            return now, True
+        if not rows:
+            return None, False
+        return rows[0][0], rows[0][1]
+
+    def record_start(self, now):
+        self._execute("INSERT INTO instance (id, alive_at, stopped) VALUES (?, ?, FALSE) "
+                      "ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at, stopped = FALSE",
+                      (self.instance_id, now))
+        self._execute("DELETE FROM instance WHERE alive_at < (SELECT MAX(alive_at) FROM instance) - 86400")
+
+    def record_alive(self, now):
+        with self.atomic():
+            self._execute("UPDATE instance SET alive_at = ? WHERE id = ?", (now, self.instance_id))
+            pruned = self._query(f"WITH gone AS (DELETE FROM changes WHERE at < now() - interval '{CHANGES_KEPT}' "
+                                 "RETURNING seq) SELECT MAX(seq) FROM gone")[0][0]
+            if pruned is not None:
+                self.set_meta("changes_pruned", pruned)
+
+    def record_stop(self, now):
+        self._execute("UPDATE instance SET alive_at = ?, stopped = TRUE WHERE id = ?", (now, self.instance_id))
+
+    def instances(self):
+        """Every instance recorded: ``(id, alive_at, stopped)`` rows, the last alive first."""
+        return [tuple(row) for row in self._query("SELECT id, alive_at, stopped FROM instance ORDER BY alive_at DESC")]
 
     def _changed(self, kind, object_id):
         # Writers of changes queue here until they commit: seq order is commit order.
@@ -2705,42 +2876,6 @@ class PostgresStore(Store):
         if self._lease_conn is not None:
             self._lease_conn.close()
             self._lease_conn = None
-
-    def last_alive(self, now):
-        """The instance that ran last: when it was last alive and whether it
-        stopped cleanly; ``(now, True)`` when another instance runs (was
-        alive within :data:`INSTANCE_ALIVE_SECONDS` and did not stop):
-        the service never stopped. Instances starting together queue here
-        (until :meth:`record_start` commits), so an outage is counted once."""
-        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_START, self._key))
-        rows = self._query("SELECT alive_at, stopped FROM instance WHERE id <> ? ORDER BY alive_at DESC",
-                           (self.instance_id,))
-        if any(not stopped and alive_at >= now - INSTANCE_ALIVE_SECONDS for alive_at, stopped in rows):
-            return now, True
-        if not rows:
-            return None, False
-        return rows[0][0], rows[0][1]
-
-    def record_start(self, now):
-        self._execute("INSERT INTO instance (id, alive_at, stopped) VALUES (?, ?, FALSE) "
-                      "ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at, stopped = FALSE",
-                      (self.instance_id, now))
-        self._execute("DELETE FROM instance WHERE alive_at < (SELECT MAX(alive_at) FROM instance) - 86400")
-
-    def record_alive(self, now):
-        with self.atomic():
-            self._execute("UPDATE instance SET alive_at = ? WHERE id = ?", (now, self.instance_id))
-            pruned = self._query(f"WITH gone AS (DELETE FROM changes WHERE at < now() - interval '{CHANGES_KEPT}' "
-                                 "RETURNING seq) SELECT MAX(seq) FROM gone")[0][0]
-            if pruned is not None:
-                self.set_meta("changes_pruned", pruned)
-
-    def record_stop(self, now):
-        self._execute("UPDATE instance SET alive_at = ?, stopped = TRUE WHERE id = ?", (now, self.instance_id))
-
-    def instances(self):
-        """Every instance recorded: ``(id, alive_at, stopped)`` rows, the last alive first."""
-        return [tuple(row) for row in self._query("SELECT id, alive_at, stopped FROM instance ORDER BY alive_at DESC")]
 
 
 ###############################################################################
