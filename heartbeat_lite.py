@@ -19,8 +19,26 @@ Public API:
   and always stops them.
 - ``main(argv)`` is the command line (``python heartbeat_lite.py --help``).
 
-The module is laid out in layers, each under a banner: Configuration,
-Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
+The module is laid out in sections, each under a banner, in dependency
+order: a section uses what the sections above it define, never what a later
+one does (``test_layout.py`` checks it). Data flows down through them:
+
+1. Configuration: limits and defaults (``UPPER_CASE``, units in the name),
+   settings, log safety;
+2. Validation: the API's documents, bodies and queries, checked;
+3. States: the one status vocabulary and severity order;
+4. Store: the only SQL (SQLite and PostgreSQL);
+5. Rules and memory: the rules as pure functions of a row and a time, and
+   what the engine keeps in memory (the read model, the recent events);
+6. Transitions: the funnel every state change goes through, its sinks (the
+   outbox), publishing;
+7. Engine: its parts, one job each, and the ``Engine`` facade over them;
+8. Background work: the scheduler, the syncer, the forwarder;
+9. Authentication: users, passwords, Basic credentials;
+10. Operator pages: the status pages, the metrics, the OpenAPI document;
+11. Web API: the routes (parse, call, format);
+12. Embedding API: :class:`Service` and ``create_app``;
+13. Server / CLI: ``serve``, the command line, ``main``.
 """
 
 import abc
@@ -223,53 +241,6 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 class ConfigError(Exception):
     """A setting that prevents the service from starting (exit status 2)."""
-
-
-def parse_users(entries, source="user"):
-    """Parse ``name:password`` strings into a dict.
-
-    :param entries: iterable of ``name:password`` strings; the password may
-        itself contain ``:``, or be a hash (see :class:`PasswordHash`).
-    :param source: how to name an entry in an error (never by its text,
-        which may hold a password).
-    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
-        password or a malformed hash.
-    """
-    users = {}
-    for number, entry in enumerate(entries, 1):
-        name, sep, secret = entry.partition(":")
-        if not sep or not name:
-            raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
-        if not secret:
-            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
-        if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
-            try:
-                PasswordHash.parse(secret)
-            except ValueError as exc:
-                raise ConfigError(f"{source} {number}: {exc}") from None
-        users[name] = secret
-    return users
-
-
-def load_users_file(path):
-    """Read a users file: one ``name:password`` or ``name:<hash>`` per line;
-    blank lines and lines starting with ``#`` are skipped, and whitespace
-    around a line is ignored.
-
-    :raises ConfigError: when it cannot be read or a line is malformed.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except OSError as exc:
-        raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"users file {path} is not UTF-8 text") from None
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
-    users = {}
-    for n, line in numbered:
-        users.update(parse_users([line], source=f"users file {path}, line {n}; entry"))
-    return users
 
 
 def parse_forward_url(url, name="--forward-url"):
@@ -2879,7 +2850,7 @@ class PostgresStore(Store):
 
 
 ###############################################################################
-# Engine
+# Rules and memory
 ###############################################################################
 
 def _optional(row, key):
@@ -6403,6 +6374,53 @@ class PasswordHash:
         return f"{PASSWORD_HASH_SCHEME}${self.iterations}${encode(self.salt)}${encode(self.digest)}"
 
 
+def parse_users(entries, source="user"):
+    """Parse ``name:password`` strings into a dict.
+
+    :param entries: iterable of ``name:password`` strings; the password may
+        itself contain ``:``, or be a hash (see :class:`PasswordHash`).
+    :param source: how to name an entry in an error (never by its text,
+        which may hold a password).
+    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
+        password or a malformed hash.
+    """
+    users = {}
+    for number, entry in enumerate(entries, 1):
+        name, sep, secret = entry.partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
+        if not secret:
+            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
+        if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
+            try:
+                PasswordHash.parse(secret)
+            except ValueError as exc:
+                raise ConfigError(f"{source} {number}: {exc}") from None
+        users[name] = secret
+    return users
+
+
+def load_users_file(path):
+    """Read a users file: one ``name:password`` or ``name:<hash>`` per line;
+    blank lines and lines starting with ``#`` are skipped, and whitespace
+    around a line is ignored.
+
+    :raises ConfigError: when it cannot be read or a line is malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as exc:
+        raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"users file {path} is not UTF-8 text") from None
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
+    users = {}
+    for n, line in numbered:
+        users.update(parse_users([line], source=f"users file {path}, line {n}; entry"))
+    return users
+
+
 class Throttled(Exception):
     """Too many failed password derivations lately (answered 429)."""
 
@@ -6551,487 +6569,6 @@ def source_key(address):
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-
-
-###############################################################################
-# Web API
-###############################################################################
-
-PATTERN_EXISTS = "heartbeat pattern already exists"
-CROSS_SITE_REFUSED = "cross-site request refused"
-MISDIRECTED = "misdirected request: unknown Host"
-STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
-_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-DATABASE_ERROR = "database error, please contact your administrator."
-INVALID_QUERY = "invalid query parameters."
-INTERNAL_ERROR = "internal error"
-
-
-def error_body(description, name="", **extra):
-    """The API's one error shape: ``{"name", "description"}``, plus extras
-    such as ``errors`` (the reasons of an invalid payload)."""
-    return {"name": name, "description": description, **extra}
-
-
-class ApiError(Exception):
-    """An error answer: status, the documented body, extra headers."""
-
-    def __init__(self, status, description, name="", headers=None, **extra):
-        super().__init__(description)
-        self.status = status
-        self.body = error_body(description, name, **extra)
-        self.headers = headers or {}
-
-
-def _origin_of(scheme, netloc):
-    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
-    explicit; None when it is not one."""
-    scheme = scheme.lower()
-    try:
-        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        return None
-    return (scheme, parts.hostname, port) if parts.hostname else None
-
-
-def is_cross_site(environ):
-    """True when a browser says the request comes from another site: a
-    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
-    service's own scheme, host and port (``Origin: null`` included). A client
-    sending neither header (curl, scripts) is not cross-site."""
-    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
-        return True
-    origin = environ.get("HTTP_ORIGIN")
-    if origin is None:
-        return False
-    scheme, _, rest = origin.strip().partition("://")
-    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
-
-
-def is_hostile_path(environ):
-    """True when the request's path is not valid UTF-8, has an encoded
-    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
-    path, and the server's decoding would otherwise make it another one
-    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
-    decodes ``%2F`` into a ``/``)."""
-    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
-    try:
-        path.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return True
-    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
-    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
-    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
-
-
-def json_response(value, status=200, headers=None):
-    """Set the status and headers of the current answer and return its body,
-    ``value`` encoded (or as is, if already JSON bytes); cheaper than building
-    a ``bottle.HTTPResponse`` for bottle to copy."""
-    response = bottle.response
-    response.status = status
-    response.content_type = JSON_TYPE
-    for name, header in (headers or {}).items():
-        response.set_header(name, header)
-    return value if isinstance(value, bytes) else dump_json(value)
-
-
-def text_response(body, content_type):
-    """Set the status and type of the current answer; return ``body`` (bytes)."""
-    bottle.response.status = 200
-    bottle.response.content_type = content_type
-    return body
-
-
-class WebApi:
-    """The bottle routes: parse the request, call the engine, format the answer.
-
-    :param engine: the :class:`Engine`.
-    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
-    :param allowed_hosts: None (any ``Host``), or the names a request's
-        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
-        and change nothing.
-    """
-
-    def __init__(self, engine, authenticator, allowed_hosts=None):
-        self.engine = engine
-        self.auth = authenticator
-        self.allowed_hosts = allowed_hosts
-        self._health_problem = None  # the last problem /healthz logged
-        self.app = bottle.Bottle()
-        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
-        self.app.default_error_handler = self._bottle_error
-        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
-        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "GET", self.list_members)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "DELETE", self.delete_member)
-        self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
-        self._route("/api/v2/heartbeat/<heartbeat_id>/history", "GET", self.heartbeat_history)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/events", "GET", self.heartbeat_events)
-        self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
-        self._route("/api/v2/event", "POST", self.post_events, kind="event")
-        self._route("/api/v2/alarms", "GET", self.list_alarms)
-        self._route("/healthz", "GET", self.health, authenticated=False)
-        self._route("/", "GET", self.status_page)
-        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
-        self._route("/metrics", "GET", self.metrics)
-        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
-            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
-            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
-        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
-                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
-        self._openapi = dump_json(openapi_document())
-
-    def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
-        """Serve ``handler`` at ``path`` with and without a trailing slash;
-        ``kind`` names the document it handles, in its error answers."""
-        wrapped = self._wrap(handler, authenticated, kind)
-        for variant in {path, path.rstrip("/") + "/"}:
-            self.app.route(variant, method, wrapped)
-
-    def _wrap(self, handler, authenticated, kind):
-        """The one place where exceptions become JSON answers."""
-
-        def wrapper(**kwargs):
-            try:
-                environ = bottle.request.environ
-                if is_hostile_path(environ):
-                    raise ApiError(404, "not found")
-                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
-                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
-                    raise ApiError(421, MISDIRECTED)
-                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
-                    raise ApiError(403, CROSS_SITE_REFUSED)
-                if authenticated:
-                    kwargs["user"] = self._authenticate()
-                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
-                    raise NotFound(kwargs["heartbeat_id"])
-                return handler(**kwargs)
-            except ApiError as exc:
-                return json_response(exc.body, exc.status, exc.headers)
-            except Invalid as exc:
-                return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
-            except MemberNotFound as exc:
-                return json_response(error_body("member not found", name=str(exc.args[0])), 404)
-            except NotFound as exc:
-                return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
-            except PatternExists:
-                return json_response(error_body(PATTERN_EXISTS), 400)
-            except TooLarge as exc:
-                return json_response(error_body(str(exc)), 413)
-            except StoreError as exc:
-                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
-                          log_safe(bottle.request.path), exc,
-                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
-                return json_response(error_body(DATABASE_ERROR), 400)
-            except Exception:
-                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
-                              log_safe(bottle.request.path))
-                return json_response(error_body(INTERNAL_ERROR), 500)
-
-        return wrapper
-
-    def _bottle_error(self, error):
-        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
-        if error.status_code >= 500:
-            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
-        bottle.response.content_type = JSON_TYPE
-        descriptions = {404: "not found", 405: "method not allowed"}
-        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
-        return dump_json(error_body(description))
-
-    def _authenticate(self):
-        try:
-            environ = bottle.request.environ
-            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
-        except Throttled:
-            raise ApiError(429, "too many failed authentication attempts, retry later",
-                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
-        if user is None:
-            raise ApiError(401, "authentication required",
-                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
-        return user
-
-    def _read_body(self, limit):
-        environ = bottle.request.environ
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise ApiError(400, "invalid Content-Length")
-        if length > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
-        return environ["wsgi.input"].read(length) if length else b""
-
-    # -- routes --------------------------------------------------------------
-
-    def create_heartbeat(self, user):
-        heartbeat_id = self.engine.create(self._heartbeat_body(user))
-        return json_response({"name": "heartbeat created", "description": heartbeat_id})
-
-    def _heartbeat_body(self, user):
-        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
-        return validate_heartbeat(parse_json(body), default_author=user)
-
-    def list_heartbeats(self, user):
-        limit, after = self._query_parameters(parse_page_query)
-        if limit is None:
-            return json_response(self.engine.list())
-        documents, cursor = self.engine.page(limit, after)
-        headers = {}
-        if cursor is not None:
-            query = urllib.parse.urlencode({"limit": limit, "after": cursor})
-            headers = {"Link": f'<{bottle.request.script_name}api/v2/heartbeat?{query}>; rel="next"',
-                       "X-Next-Cursor": cursor}
-        return json_response(documents, headers=headers)
-
-    @staticmethod
-    def _query_parameters(parse):
-        """The query string, parsed by ``parse``; 400 ``invalid query
-        parameters.`` with every reason when it is refused."""
-        try:
-            return parse(bottle.request.query)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-
-    def get_heartbeat(self, heartbeat_id, user):
-        return json_response(self.engine.document(heartbeat_id))
-
-    def update_heartbeat(self, heartbeat_id, user):
-        self.engine.update(heartbeat_id, self._heartbeat_body(user))
-        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
-
-    def delete_heartbeat(self, heartbeat_id, user):
-        self.engine.delete(heartbeat_id)
-        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
-
-    def heartbeat_status(self, heartbeat_id, user):
-        return json_response(self.engine.status(heartbeat_id))
-
-    def pause_heartbeat(self, heartbeat_id, user):
-        self.engine.pause(heartbeat_id)
-        return json_response({"name": "heartbeat paused", "description": heartbeat_id})
-
-    def resume_heartbeat(self, heartbeat_id, user):
-        self.engine.resume_heartbeat(heartbeat_id)
-        return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
-
-    def list_members(self, heartbeat_id, user):
-        statuses, after, limit = self._query_parameters(parse_members_query)
-        return json_response(self.engine.members(heartbeat_id, statuses, after, limit))
-
-    def delete_member(self, heartbeat_id, user):
-        query = bottle.request.query
-        member = {}
-        for key in query.keys():
-            values = query.getall(key)
-            if len(values) != 1 or not _is_text(key) or not _is_text(values[0]):
-                raise ApiError(400, INVALID_QUERY, errors=[f"{key}: give each group_by key once"])
-            member[key] = values[0]
-        try:
-            self.engine.delete_member(heartbeat_id, member)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-        return json_response({"name": "member removed", "description": heartbeat_id})
-
-    def _maintenance_body(self):
-        return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
-
-    def create_maintenance(self, user):
-        maintenance_id = self.engine.create_maintenance(self._maintenance_body())
-        return json_response({"name": "maintenance created", "description": maintenance_id})
-
-    def list_maintenance(self, user):
-        active = bottle.request.query.get("active", "0")
-        if active not in ("0", "1"):
-            raise ApiError(400, INVALID_QUERY, errors=["active: must be 1 (the windows active now) or 0 (all)"])
-        return json_response(self.engine.maintenances(active=active == "1"))
-
-    def get_maintenance(self, maintenance_id, user):
-        return json_response(self.engine.maintenance(maintenance_id))
-
-    def update_maintenance(self, maintenance_id, user):
-        self.engine.update_maintenance(maintenance_id, self._maintenance_body())
-        return json_response({"name": "maintenance updated", "description": maintenance_id})
-
-    def delete_maintenance(self, maintenance_id, user):
-        self.engine.delete_maintenance(maintenance_id)
-        return json_response({"name": "maintenance removed", "description": maintenance_id})
-
-    def heartbeat_history(self, heartbeat_id, user):
-        since, until, limit = self._query_parameters(parse_history_query)
-        return json_response(self.engine.history(heartbeat_id, since, until, limit))
-
-    def heartbeat_events(self, heartbeat_id, user):
-        return json_response({"events": self.engine.recent_events(heartbeat_id)})
-
-    def test_pattern(self, user):
-        pattern = validate_pattern_test(parse_json(self._read_body(MAX_HEARTBEAT_BODY_BYTES)))
-        return json_response(self.engine.test_pattern(pattern))
-
-    def post_events(self, user):
-        body = self._read_body(MAX_EVENT_BODY_BYTES)
-        events = validate_events(parse_json(body, duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
-
-    def list_alarms(self, user):
-        return json_response(self.engine.alarms())
-
-    def status_page(self, user):
-        try:
-            query = parse_status_query(bottle.request.query_string)
-        except Invalid as exc:
-            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
-        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
-                                 STATUS_PAGE_ROWS)
-        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
-        page = min(query["page"], pages)
-        if page != query["page"]:  # past the end (the list shrank): the last page
-            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
-                                     STATUS_PAGE_ROWS)
-        now = self.engine.clock()
-        counts, rows = found["counts"], found["rows"]
-        timelines = self._timelines(rows, now)
-        parts = bottle.request.urlparts
-        live = self._templates["status"].render(
-            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
-            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
-            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
-            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
-            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
-            member_counts_text=member_counts_text,
-            pattern_text=pattern_text, base=bottle.request.script_name,
-            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
-        )
-        down = counts.get(DOWN, 0)
-        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
-        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
-                                                   base=bottle.request.script_name)
-        return self._html_answer(title, live, top=top)
-
-    def heartbeat_page(self, heartbeat_id, user):
-        doc = json.loads(self.engine.document(heartbeat_id))
-        state = self.engine.status(heartbeat_id)
-        now = self.engine.clock()
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        base = bottle.request.script_name
-        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
-        history, availability = recorded["history"], recorded["availability"]
-        events = self.engine.recent_events(heartbeat_id)
-        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
-        members = None
-        if "group_by" in doc:  # the worst first: those not up, then the others
-            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
-            if len(members) < DETAIL_PAGE_MEMBERS:
-                members += self.engine.members(heartbeat_id, ("up", "paused"),
-                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
-            members.sort(key=lambda entry: severity(entry["status"]))
-        live = self._templates["detail"].render(
-            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
-            members=members, member_counts_text=member_counts_text,
-            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
-                'class="timeline"', 'class="timeline large"', 1),
-            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
-            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
-        )
-        bottom = self._templates["detail bottom"].render(
-            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
-        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
-
-    def _timelines(self, rows, now):
-        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
-        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
-        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
-
-    def _html_answer(self, title, live, top="", bottom=""):
-        """An operator page: ``live`` (the part the page's script refreshes)
-        in the shell. Its weak ETag hashes the URL and ``live``, which
-        depend on the state only (not on the second), so the script's
-        conditional refresh gets a body-less 304 while nothing changed.
-        Gzipped when the client accepts it."""
-        request, response = bottle.request, bottle.response
-        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
-        etag = f'W/"{digest.hexdigest()[:32]}"'
-        response.set_header("ETag", etag)
-        response.set_header("Vary", "Accept-Encoding")
-        response.set_header("Cache-Control", "no-cache")
-        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
-        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
-            response.status = 304
-            return b""
-        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
-                                               live=live, top=top, bottom=bottom, base=request.script_name)
-        body = html.encode("utf-8")
-        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            response.set_header("Content-Encoding", "gzip")
-        return text_response(body, HTML_TYPE)
-
-    def metrics(self, user):
-        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth(), self.engine.history_metrics())
-        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
-
-    def openapi(self):
-        return json_response(self._openapi)
-
-    def health(self):
-        depth, problem, since = self.engine.health()
-        if problem is not None:
-            if problem != self._health_problem:  # a monitor polling /healthz must not flood the log
-                log.error("health check: %s", problem)
-            self._health_problem = problem
-            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
-        self._health_problem = None
-        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
-
-
-def _access_logged(app):
-    """WSGI middleware: one access-log line per request, JSON on a crash."""
-
-    def wsgi(environ, start_response):
-        started = time.perf_counter()
-        seen = []
-
-        def recording_start_response(status, headers, exc_info=None):
-            seen.append(status)
-            return start_response(status, headers, exc_info)
-
-        try:
-            body = app(environ, recording_start_response)
-        except Exception:  # bottle's own last resort failed: still answer JSON
-            log.exception("unhandled error in the WSGI application")
-            body = [dump_json(error_body(INTERNAL_ERROR))]
-            seen.append("500 Internal Server Error")
-            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
-        if access_log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
-            if environ.get("QUERY_STRING"):
-                path += "?" + environ["QUERY_STRING"]
-            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
-                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
-                            seen[-1].split(" ", 1)[0] if seen else "-",
-                            (time.perf_counter() - started) * 1000)
-        return body
-
-    return wsgi
 
 
 ###############################################################################
@@ -8160,6 +7697,487 @@ def openapi_document():
             },
         },
     }
+
+
+###############################################################################
+# Web API
+###############################################################################
+
+PATTERN_EXISTS = "heartbeat pattern already exists"
+CROSS_SITE_REFUSED = "cross-site request refused"
+MISDIRECTED = "misdirected request: unknown Host"
+STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DATABASE_ERROR = "database error, please contact your administrator."
+INVALID_QUERY = "invalid query parameters."
+INTERNAL_ERROR = "internal error"
+
+
+def error_body(description, name="", **extra):
+    """The API's one error shape: ``{"name", "description"}``, plus extras
+    such as ``errors`` (the reasons of an invalid payload)."""
+    return {"name": name, "description": description, **extra}
+
+
+class ApiError(Exception):
+    """An error answer: status, the documented body, extra headers."""
+
+    def __init__(self, status, description, name="", headers=None, **extra):
+        super().__init__(description)
+        self.status = status
+        self.body = error_body(description, name, **extra)
+        self.headers = headers or {}
+
+
+def _origin_of(scheme, netloc):
+    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
+    explicit; None when it is not one."""
+    scheme = scheme.lower()
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, parts.hostname, port) if parts.hostname else None
+
+
+def is_cross_site(environ):
+    """True when a browser says the request comes from another site: a
+    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
+    service's own scheme, host and port (``Origin: null`` included). A client
+    sending neither header (curl, scripts) is not cross-site."""
+    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
+        return True
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    scheme, _, rest = origin.strip().partition("://")
+    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
+
+
+def is_hostile_path(environ):
+    """True when the request's path is not valid UTF-8, has an encoded
+    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
+    path, and the server's decoding would otherwise make it another one
+    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
+    decodes ``%2F`` into a ``/``)."""
+    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
+    try:
+        path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return True
+    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
+    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
+    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
+
+
+def json_response(value, status=200, headers=None):
+    """Set the status and headers of the current answer and return its body,
+    ``value`` encoded (or as is, if already JSON bytes); cheaper than building
+    a ``bottle.HTTPResponse`` for bottle to copy."""
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
+    for name, header in (headers or {}).items():
+        response.set_header(name, header)
+    return value if isinstance(value, bytes) else dump_json(value)
+
+
+def text_response(body, content_type):
+    """Set the status and type of the current answer; return ``body`` (bytes)."""
+    bottle.response.status = 200
+    bottle.response.content_type = content_type
+    return body
+
+
+class WebApi:
+    """The bottle routes: parse the request, call the engine, format the answer.
+
+    :param engine: the :class:`Engine`.
+    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
+    :param allowed_hosts: None (any ``Host``), or the names a request's
+        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
+        and change nothing.
+    """
+
+    def __init__(self, engine, authenticator, allowed_hosts=None):
+        self.engine = engine
+        self.auth = authenticator
+        self.allowed_hosts = allowed_hosts
+        self._health_problem = None  # the last problem /healthz logged
+        self.app = bottle.Bottle()
+        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
+        self.app.default_error_handler = self._bottle_error
+        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
+        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "GET", self.list_members)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "DELETE", self.delete_member)
+        self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
+        self._route("/api/v2/heartbeat/<heartbeat_id>/history", "GET", self.heartbeat_history)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/events", "GET", self.heartbeat_events)
+        self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
+        self._route("/api/v2/event", "POST", self.post_events, kind="event")
+        self._route("/api/v2/alarms", "GET", self.list_alarms)
+        self._route("/healthz", "GET", self.health, authenticated=False)
+        self._route("/", "GET", self.status_page)
+        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
+        self._route("/metrics", "GET", self.metrics)
+        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
+        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
+            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
+            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
+        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
+                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
+        self._openapi = dump_json(openapi_document())
+
+    def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
+        """Serve ``handler`` at ``path`` with and without a trailing slash;
+        ``kind`` names the document it handles, in its error answers."""
+        wrapped = self._wrap(handler, authenticated, kind)
+        for variant in {path, path.rstrip("/") + "/"}:
+            self.app.route(variant, method, wrapped)
+
+    def _wrap(self, handler, authenticated, kind):
+        """The one place where exceptions become JSON answers."""
+
+        def wrapper(**kwargs):
+            try:
+                environ = bottle.request.environ
+                if is_hostile_path(environ):
+                    raise ApiError(404, "not found")
+                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
+                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
+                    raise ApiError(421, MISDIRECTED)
+                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
+                    raise ApiError(403, CROSS_SITE_REFUSED)
+                if authenticated:
+                    kwargs["user"] = self._authenticate()
+                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
+                    raise NotFound(kwargs["heartbeat_id"])
+                return handler(**kwargs)
+            except ApiError as exc:
+                return json_response(exc.body, exc.status, exc.headers)
+            except Invalid as exc:
+                return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
+            except MemberNotFound as exc:
+                return json_response(error_body("member not found", name=str(exc.args[0])), 404)
+            except NotFound as exc:
+                return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
+            except PatternExists:
+                return json_response(error_body(PATTERN_EXISTS), 400)
+            except TooLarge as exc:
+                return json_response(error_body(str(exc)), 413)
+            except StoreError as exc:
+                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
+                          log_safe(bottle.request.path), exc,
+                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
+                return json_response(error_body(DATABASE_ERROR), 400)
+            except Exception:
+                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
+                              log_safe(bottle.request.path))
+                return json_response(error_body(INTERNAL_ERROR), 500)
+
+        return wrapper
+
+    def _bottle_error(self, error):
+        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
+        if error.status_code >= 500:
+            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
+        bottle.response.content_type = JSON_TYPE
+        descriptions = {404: "not found", 405: "method not allowed"}
+        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
+        return dump_json(error_body(description))
+
+    def _authenticate(self):
+        try:
+            environ = bottle.request.environ
+            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
+        except Throttled:
+            raise ApiError(429, "too many failed authentication attempts, retry later",
+                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
+        if user is None:
+            raise ApiError(401, "authentication required",
+                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        return user
+
+    def _read_body(self, limit):
+        environ = bottle.request.environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise ApiError(400, "invalid Content-Length")
+        if length > limit:
+            raise TooLarge(f"request body larger than {limit} bytes")
+        return environ["wsgi.input"].read(length) if length else b""
+
+    # -- routes --------------------------------------------------------------
+
+    def create_heartbeat(self, user):
+        heartbeat_id = self.engine.create(self._heartbeat_body(user))
+        return json_response({"name": "heartbeat created", "description": heartbeat_id})
+
+    def _heartbeat_body(self, user):
+        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
+        return validate_heartbeat(parse_json(body), default_author=user)
+
+    def list_heartbeats(self, user):
+        limit, after = self._query_parameters(parse_page_query)
+        if limit is None:
+            return json_response(self.engine.list())
+        documents, cursor = self.engine.page(limit, after)
+        headers = {}
+        if cursor is not None:
+            query = urllib.parse.urlencode({"limit": limit, "after": cursor})
+            headers = {"Link": f'<{bottle.request.script_name}api/v2/heartbeat?{query}>; rel="next"',
+                       "X-Next-Cursor": cursor}
+        return json_response(documents, headers=headers)
+
+    @staticmethod
+    def _query_parameters(parse):
+        """The query string, parsed by ``parse``; 400 ``invalid query
+        parameters.`` with every reason when it is refused."""
+        try:
+            return parse(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+
+    def get_heartbeat(self, heartbeat_id, user):
+        return json_response(self.engine.document(heartbeat_id))
+
+    def update_heartbeat(self, heartbeat_id, user):
+        self.engine.update(heartbeat_id, self._heartbeat_body(user))
+        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
+
+    def delete_heartbeat(self, heartbeat_id, user):
+        self.engine.delete(heartbeat_id)
+        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
+
+    def heartbeat_status(self, heartbeat_id, user):
+        return json_response(self.engine.status(heartbeat_id))
+
+    def pause_heartbeat(self, heartbeat_id, user):
+        self.engine.pause(heartbeat_id)
+        return json_response({"name": "heartbeat paused", "description": heartbeat_id})
+
+    def resume_heartbeat(self, heartbeat_id, user):
+        self.engine.resume_heartbeat(heartbeat_id)
+        return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
+
+    def list_members(self, heartbeat_id, user):
+        statuses, after, limit = self._query_parameters(parse_members_query)
+        return json_response(self.engine.members(heartbeat_id, statuses, after, limit))
+
+    def delete_member(self, heartbeat_id, user):
+        query = bottle.request.query
+        member = {}
+        for key in query.keys():
+            values = query.getall(key)
+            if len(values) != 1 or not _is_text(key) or not _is_text(values[0]):
+                raise ApiError(400, INVALID_QUERY, errors=[f"{key}: give each group_by key once"])
+            member[key] = values[0]
+        try:
+            self.engine.delete_member(heartbeat_id, member)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+        return json_response({"name": "member removed", "description": heartbeat_id})
+
+    def _maintenance_body(self):
+        return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
+
+    def create_maintenance(self, user):
+        maintenance_id = self.engine.create_maintenance(self._maintenance_body())
+        return json_response({"name": "maintenance created", "description": maintenance_id})
+
+    def list_maintenance(self, user):
+        active = bottle.request.query.get("active", "0")
+        if active not in ("0", "1"):
+            raise ApiError(400, INVALID_QUERY, errors=["active: must be 1 (the windows active now) or 0 (all)"])
+        return json_response(self.engine.maintenances(active=active == "1"))
+
+    def get_maintenance(self, maintenance_id, user):
+        return json_response(self.engine.maintenance(maintenance_id))
+
+    def update_maintenance(self, maintenance_id, user):
+        self.engine.update_maintenance(maintenance_id, self._maintenance_body())
+        return json_response({"name": "maintenance updated", "description": maintenance_id})
+
+    def delete_maintenance(self, maintenance_id, user):
+        self.engine.delete_maintenance(maintenance_id)
+        return json_response({"name": "maintenance removed", "description": maintenance_id})
+
+    def heartbeat_history(self, heartbeat_id, user):
+        since, until, limit = self._query_parameters(parse_history_query)
+        return json_response(self.engine.history(heartbeat_id, since, until, limit))
+
+    def heartbeat_events(self, heartbeat_id, user):
+        return json_response({"events": self.engine.recent_events(heartbeat_id)})
+
+    def test_pattern(self, user):
+        pattern = validate_pattern_test(parse_json(self._read_body(MAX_HEARTBEAT_BODY_BYTES)))
+        return json_response(self.engine.test_pattern(pattern))
+
+    def post_events(self, user):
+        body = self._read_body(MAX_EVENT_BODY_BYTES)
+        events = validate_events(parse_json(body, duplicate_keys=True))
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
+
+    def list_alarms(self, user):
+        return json_response(self.engine.alarms())
+
+    def status_page(self, user):
+        try:
+            query = parse_status_query(bottle.request.query_string)
+        except Invalid as exc:
+            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
+        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+                                 STATUS_PAGE_ROWS)
+        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
+        page = min(query["page"], pages)
+        if page != query["page"]:  # past the end (the list shrank): the last page
+            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+                                     STATUS_PAGE_ROWS)
+        now = self.engine.clock()
+        counts, rows = found["counts"], found["rows"]
+        timelines = self._timelines(rows, now)
+        parts = bottle.request.urlparts
+        live = self._templates["status"].render(
+            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
+            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
+            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
+            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
+            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
+            member_counts_text=member_counts_text,
+            pattern_text=pattern_text, base=bottle.request.script_name,
+            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
+        )
+        down = counts.get(DOWN, 0)
+        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
+        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
+                                                   base=bottle.request.script_name)
+        return self._html_answer(title, live, top=top)
+
+    def heartbeat_page(self, heartbeat_id, user):
+        doc = json.loads(self.engine.document(heartbeat_id))
+        state = self.engine.status(heartbeat_id)
+        now = self.engine.clock()
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        base = bottle.request.script_name
+        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
+        history, availability = recorded["history"], recorded["availability"]
+        events = self.engine.recent_events(heartbeat_id)
+        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
+        members = None
+        if "group_by" in doc:  # the worst first: those not up, then the others
+            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
+            if len(members) < DETAIL_PAGE_MEMBERS:
+                members += self.engine.members(heartbeat_id, ("up", "paused"),
+                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
+            members.sort(key=lambda entry: severity(entry["status"]))
+        live = self._templates["detail"].render(
+            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            members=members, member_counts_text=member_counts_text,
+            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
+                'class="timeline"', 'class="timeline large"', 1),
+            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
+            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
+        )
+        bottom = self._templates["detail bottom"].render(
+            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
+        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
+
+    def _timelines(self, rows, now):
+        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
+        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
+        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
+
+    def _html_answer(self, title, live, top="", bottom=""):
+        """An operator page: ``live`` (the part the page's script refreshes)
+        in the shell. Its weak ETag hashes the URL and ``live``, which
+        depend on the state only (not on the second), so the script's
+        conditional refresh gets a body-less 304 while nothing changed.
+        Gzipped when the client accepts it."""
+        request, response = bottle.request, bottle.response
+        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
+        etag = f'W/"{digest.hexdigest()[:32]}"'
+        response.set_header("ETag", etag)
+        response.set_header("Vary", "Accept-Encoding")
+        response.set_header("Cache-Control", "no-cache")
+        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
+        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
+            response.status = 304
+            return b""
+        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
+                                               live=live, top=top, bottom=bottom, base=request.script_name)
+        body = html.encode("utf-8")
+        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            response.set_header("Content-Encoding", "gzip")
+        return text_response(body, HTML_TYPE)
+
+    def metrics(self, user):
+        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
+                               self.engine.outbox_depth(), self.engine.history_metrics())
+        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
+
+    def openapi(self):
+        return json_response(self._openapi)
+
+    def health(self):
+        depth, problem, since = self.engine.health()
+        if problem is not None:
+            if problem != self._health_problem:  # a monitor polling /healthz must not flood the log
+                log.error("health check: %s", problem)
+            self._health_problem = problem
+            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
+        self._health_problem = None
+        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
+
+
+def _access_logged(app):
+    """WSGI middleware: one access-log line per request, JSON on a crash."""
+
+    def wsgi(environ, start_response):
+        started = time.perf_counter()
+        seen = []
+
+        def recording_start_response(status, headers, exc_info=None):
+            seen.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = app(environ, recording_start_response)
+        except Exception:  # bottle's own last resort failed: still answer JSON
+            log.exception("unhandled error in the WSGI application")
+            body = [dump_json(error_body(INTERNAL_ERROR))]
+            seen.append("500 Internal Server Error")
+            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
+        if access_log.isEnabledFor(logging.INFO):
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
+                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
+                            seen[-1].split(" ", 1)[0] if seen else "-",
+                            (time.perf_counter() - started) * 1000)
+        return body
+
+    return wsgi
 
 
 ###############################################################################
