@@ -270,7 +270,7 @@ def prefill_members(db, count):
         now = time.time()
         with service.store.atomic():
             service.store.insert_members([
-                engine._member_row(row, heartbeat_lite.member_key({"connector_name": f"c{i}"}), now, "up",
+                heartbeat_lite.member_row(row, heartbeat_lite.member_key({"connector_name": f"c{i}"}), now, "up",
                                    last_event=now) for i in range(count)])
             service.store.update_group_status([heartbeat_id])
     return heartbeat_id

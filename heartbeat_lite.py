@@ -19,8 +19,26 @@ Public API:
   and always stops them.
 - ``main(argv)`` is the command line (``python heartbeat_lite.py --help``).
 
-The module is laid out in layers, each under a banner: Configuration,
-Validation, Store (the only SQL), Engine, Web, Server/CLI. Data flows down.
+The module is laid out in sections, each under a banner, in dependency
+order: a section uses what the sections above it define, never what a later
+one does (``test_layout.py`` checks it). Data flows down through them:
+
+1. Configuration: limits and defaults (``UPPER_CASE``, units in the name),
+   settings, log safety;
+2. Validation: the API's documents, bodies and queries, checked;
+3. States: the one status vocabulary and severity order;
+4. Store: the only SQL (SQLite and PostgreSQL);
+5. Rules and memory: the rules as pure functions of a row and a time, and
+   what the engine keeps in memory (the read model, the recent events);
+6. Transitions: the funnel every state change goes through, its sinks (the
+   outbox), publishing;
+7. Engine: its parts, one job each, and the ``Engine`` facade over them;
+8. Background work: the scheduler, the syncer, the forwarder;
+9. Authentication: users, passwords, Basic credentials;
+10. Operator pages: the status pages, the metrics, the OpenAPI document;
+11. Web API: the routes (parse, call, format);
+12. Embedding API: :class:`Service` and ``create_app``;
+13. Server / CLI: ``serve``, the command line, ``main``.
 """
 
 import abc
@@ -64,6 +82,9 @@ __version__ = "0.1.0"
 __all__ = ["create_app", "serve", "main", "Service", "ConfigError"]
 
 log = logging.getLogger("heartbeat_lite")
+# A library's logger: an embedding program that configured no logging hears
+# nothing (not Python's last-resort stderr); main() configures logging.
+log.addHandler(logging.NullHandler())
 access_log = logging.getLogger("heartbeat_lite.access")
 
 
@@ -146,6 +167,7 @@ KEY_SETS_SCANNED = 8  # up to this many pattern key sets, matching scans them; b
 LOG_EACH_EVENT_UP_TO = 10  # more alarms or resolutions at once are logged as one summary line
 
 DEFAULT_HISTORY_DAYS = 90  # --history-days: state changes older than this are pruned
+MAX_HISTORY_DAYS = 36_500
 HISTORY_PRUNE_INTERVAL_SECONDS = 3600.0  # a pruning pass at most this often ...
 HISTORY_PRUNE_BATCH_ROWS = 1000  # ... deleting at most this many rows per transaction ...
 HISTORY_PRUNE_BATCHES_PER_TICK = 4  # ... and this many transactions per tick (the rest waits for the next)
@@ -219,53 +241,6 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 class ConfigError(Exception):
     """A setting that prevents the service from starting (exit status 2)."""
-
-
-def parse_users(entries, source="user"):
-    """Parse ``name:password`` strings into a dict.
-
-    :param entries: iterable of ``name:password`` strings; the password may
-        itself contain ``:``, or be a hash (see :class:`PasswordHash`).
-    :param source: how to name an entry in an error (never by its text,
-        which may hold a password).
-    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
-        password or a malformed hash.
-    """
-    users = {}
-    for number, entry in enumerate(entries, 1):
-        name, sep, secret = entry.partition(":")
-        if not sep or not name:
-            raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
-        if not secret:
-            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
-        if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
-            try:
-                PasswordHash.parse(secret)
-            except ValueError as exc:
-                raise ConfigError(f"{source} {number}: {exc}") from None
-        users[name] = secret
-    return users
-
-
-def load_users_file(path):
-    """Read a users file: one ``name:password`` or ``name:<hash>`` per line;
-    blank lines and lines starting with ``#`` are skipped, and whitespace
-    around a line is ignored.
-
-    :raises ConfigError: when it cannot be read or a line is malformed.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except OSError as exc:
-        raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"users file {path} is not UTF-8 text") from None
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
-    users = {}
-    for n, line in numbered:
-        users.update(parse_users([line], source=f"users file {path}, line {n}; entry"))
-    return users
 
 
 def parse_forward_url(url, name="--forward-url"):
@@ -559,6 +534,22 @@ def parse_interval(text):
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+INTERVAL_SYNTAX = "must look like 30s, 5m or 2h"
+INTERVAL_LIMIT = f"at most 365 days ({MAX_INTERVAL_SECONDS // 3600}h)"
+
+
+def _check_interval(reasons, field, value, limited=True):
+    """The seconds of interval ``value``, or None; each reason it is
+    refused goes to ``reasons`` (beyond :data:`MAX_INTERVAL_SECONDS` too,
+    when ``limited``: the seconds are still returned)."""
+    seconds = parse_interval(value)
+    if seconds is None:
+        reasons.append(f"{field}: {INTERVAL_SYNTAX}")
+    elif limited and seconds > MAX_INTERVAL_SECONDS:
+        reasons.append(f"{field}: {INTERVAL_LIMIT}")
+    return seconds
+
+
 def _check_string(reasons, field, value, max_chars):
     if not _is_text(value):
         reasons.append(f"{field}: must be a string")
@@ -628,19 +619,15 @@ def validate_heartbeat(doc, default_author):
         _check_pattern(reasons, doc["pattern"])
 
     interval = doc.get("expected_interval")
-    seconds = parse_interval(interval)
     if "expected_interval" not in doc:
+        seconds = None
         reasons.append("expected_interval: required")
-    elif seconds is None:
-        reasons.append("expected_interval: must look like 30s, 5m or 2h")
-    elif seconds > MAX_INTERVAL_SECONDS:
-        reasons.append("expected_interval: at most 365 days (8760h)")
+    else:
+        seconds = _check_interval(reasons, "expected_interval", interval)
 
     late_after = doc.get("late_after")
-    late_seconds = parse_interval(late_after)
-    if "late_after" in doc and late_seconds is None:
-        reasons.append("late_after: must look like 30s, 5m or 2h")
-    elif late_seconds is not None and seconds is not None and late_seconds >= seconds:
+    late_seconds = _check_interval(reasons, "late_after", late_after, limited=False) if "late_after" in doc else None
+    if late_seconds is not None and seconds is not None and late_seconds >= seconds:
         reasons.append("late_after: must be shorter than expected_interval")
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
@@ -708,10 +695,8 @@ def _check_grouping(reasons, doc):
     if "retire_after" in doc:
         if "group_by" not in doc:
             reasons.append("retire_after: needs group_by")
-        elif retire_seconds is None:
-            reasons.append("retire_after: must look like 30s, 5m or 2h")
-        elif retire_seconds > MAX_INTERVAL_SECONDS:
-            reasons.append("retire_after: at most 365 days (8760h)")
+        else:
+            _check_interval(reasons, "retire_after", retire_after)
     return (list(group_by) if "group_by" in doc else None, list(expected) if "expected_members" in doc else None,
             retire_after, retire_seconds)
 
@@ -956,6 +941,21 @@ def decode_cursor(text):
     return (int(match[1]), int(match[2])) if match else None
 
 
+def encode_member_cursor(key):
+    """The opaque ``next`` cursor of a members page ending at member ``key``."""
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_member_cursor(text):
+    """The member key in :func:`encode_member_cursor`'s text; None if it is not one."""
+    try:
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+        member = json.loads(key)
+    except (ValueError, UnicodeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        return None
+    return key if isinstance(member, dict) and member_key(member) == key else None
+
+
 def parse_page_query(query):
     """``limit`` and ``after`` of ``GET /api/v2/heartbeat``.
 
@@ -999,6 +999,35 @@ def validate_events(value):
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise TooLarge(f"more than {MAX_EVENTS_PER_REQUEST} events in one request")
     return events
+
+
+###############################################################################
+# States
+###############################################################################
+
+# The one status vocabulary and severity order: the store, the engine, the
+# pages and the metrics all speak it.
+PENDING, UP, LATE, DOWN, PAUSED = "pending", "up", "late", "down", "paused"
+MAINTENANCE = "maintenance"  # in the history and the pages only: a maintenance window covers the heartbeat
+DELETED, RETIRED = "deleted", "retired"  # in the history only: a member removed by hand, or retired
+#: every status the history and the pages show, the worst first: a grouped
+#: heartbeat's status is the first its members have, a slice of a timeline
+#: shows the first it saw, filters, counts and lists go in this order
+SEVERITY = (DOWN, LATE, PENDING, UP, MAINTENANCE, PAUSED)
+#: the statuses a heartbeat or a member is in (stored), the worst first
+STATUSES = tuple(status for status in SEVERITY if status != MAINTENANCE)
+#: those a grouped heartbeat takes from its members, the worst first (paused is its own)
+MEMBERS_WORST_FIRST = tuple(status for status in STATUSES if status != PAUSED)
+#: the statuses with an open alarm
+ALARMED = frozenset((LATE, DOWN))
+ALARM_STATE, LATE_STATE, RESOLVED_STATE = 3, 1, 0  # Canopsis check states: critical, minor, ok
+_SEVERITY_INDEX = {status: i for i, status in enumerate(SEVERITY)}
+
+
+def severity(status):
+    """A status's place in :data:`SEVERITY` (0: the worst); a status it
+    does not know comes after every one it knows."""
+    return _SEVERITY_INDEX.get(status, len(SEVERITY))
 
 
 ###############################################################################
@@ -1063,7 +1092,7 @@ _SELECT_MEMBER = "SELECT " + ", ".join(_MEMBER_COLUMNS + ("deadline", "due")) + 
 _SELECT_MEMBER_AND_HEARTBEAT = ("SELECT " + ", ".join(f"m.{c}" for c in _MEMBER_COLUMNS + ("deadline", "due"))
                                 + ", h.id AS id, h.name AS name, h.output AS output, h.pattern AS pattern"
                                 + " FROM member m JOIN heartbeat h ON h.id = m.heartbeat_id")
-_WORST_FIRST = ("down", "late", "pending", "up")  # a grouped heartbeat's status: the first its members have
+_WORST_FIRST = MEMBERS_WORST_FIRST  # a grouped heartbeat's status: the first its members have
 
 _MAINTENANCE_COLUMNS = ("id", "name", "pattern", "start_local", "end_local", "timezone", "rrule", "created", "updated")
 _SELECT_MAINTENANCE = "SELECT " + ", ".join(_MAINTENANCE_COLUMNS) + " FROM maintenance"
@@ -2821,14 +2850,8 @@ class PostgresStore(Store):
 
 
 ###############################################################################
-# Engine
+# Rules and memory
 ###############################################################################
-
-PENDING, UP, LATE, DOWN, PAUSED = "pending", "up", "late", "down", "paused"
-MAINTENANCE = "maintenance"  # a status in the history only: a window covering the heartbeat started
-STATUSES = (PENDING, UP, LATE, DOWN, PAUSED)
-ALARM_STATE, LATE_STATE, RESOLVED_STATE = 3, 1, 0  # Canopsis check states: critical, minor, ok
-
 
 def _optional(row, key):
     """``row[key]``, or None when the row has no such column (a row built by
@@ -2866,6 +2889,36 @@ def heartbeat_document(row):
     return doc
 
 
+def heartbeat_columns(fields, now):
+    """The document columns of a heartbeat row from validated fields,
+    ``updated`` at ``now``."""
+    return {
+        "name": fields["name"],
+        "author": fields["author"],
+        "description": fields["description"],
+        "output": fields["output"],
+        "pattern": canonical_pattern(fields["pattern"]),
+        "expected_interval": fields["expected_interval"],
+        "interval_seconds": fields["interval_seconds"],
+        "late_after": fields.get("late_after"),
+        "late_seconds": fields.get("late_seconds"),
+        "group_by": _json_text(fields.get("group_by")),
+        "expected_members": _json_text(fields.get("expected_members")),
+        "retire_after": fields.get("retire_after"),
+        "retire_seconds": fields.get("retire_seconds"),
+        "updated": int(now),
+    }
+
+
+def member_row(heartbeat, key, now, status, expected=False, last_event=None):
+    """A new member row of ``heartbeat`` (its row, or its columns): member
+    ``key``, in ``status``, refreshed at ``now``."""
+    return {"heartbeat_id": heartbeat["id"], "member": key, "expected": int(expected),
+            "interval_seconds": heartbeat["interval_seconds"], "late_seconds": heartbeat["late_seconds"],
+            "retire_seconds": None if expected else heartbeat["retire_seconds"], "status": status,
+            "refreshed": now, "last_event": last_event}
+
+
 def group_keys(row):
     """A heartbeat row's group_by keys, sorted (the order of a member's
     values in memory), or None when it is not grouped."""
@@ -2897,6 +2950,20 @@ def member_due_of(row):
     return due_of(row)
 
 
+def maintenance_columns(fields, now):
+    """The columns of a maintenance window row from validated fields,
+    ``updated`` at ``now``."""
+    return {
+        "name": fields["name"],
+        "pattern": canonical_pattern(fields["pattern"]),
+        "start_local": fields["start"].isoformat(),
+        "end_local": fields["end"].isoformat(),
+        "timezone": fields["timezone"],
+        "rrule": fields["rrule"],
+        "updated": int(now),
+    }
+
+
 def maintenance_document(row):
     """The API's JSON document for a maintenance window row (``rrule`` only
     when set)."""
@@ -2925,6 +2992,88 @@ def due_of(row):
     if late_seconds is None or row["status"] not in (PENDING, UP):
         return deadline_of(row)
     return row["refreshed"] + late_seconds
+
+
+def pushed_deadline(deadline, interval_seconds, maintenance):
+    """The end rule applied to a deadline (of something neither down nor
+    paused): while a maintenance window covers it, it cannot go down before
+    the window's end plus its interval.
+
+    :param maintenance: None, or ``(until, window)``: the window covering
+        it now that ends last.
+    """
+    if maintenance is None or deadline is None:
+        return deadline
+    return max(deadline, maintenance[0] + interval_seconds)
+
+
+def _shown_deadline(row, maintenance):
+    """A heartbeat's or a member's deadline as the API shows it: None when
+    paused; the one it missed when down; else pushed by a covering window."""
+    if row["status"] == PAUSED:
+        return None
+    if row["status"] == DOWN:
+        return deadline_of(row)
+    return pushed_deadline(deadline_of(row), row["interval_seconds"], maintenance)
+
+
+def _interval_text(row, field, seconds):
+    """An interval as the history quotes it: as the heartbeat's document
+    wrote it (``field``), else (a member's row) in the same syntax."""
+    return _optional(row, field) or seconds_text(seconds)
+
+
+def expiry_steps(row, now, covered_until, member=False):
+    """The transitions due by ``now`` for a heartbeat or a member: the one
+    expiry state machine, a pure function of (row, now, covering), so it is
+    tested on plain dicts.
+
+    Pending or up with a ``late_seconds``: late at its late time; then (or
+    without one) down at its deadline (:func:`due_of`); a member down for
+    its ``retire_seconds`` retires (:func:`member_due_of`). A step falling
+    due while a maintenance window covers the row does not happen: the
+    refresh moves to the window's end instead (what the end rule would give
+    it), and the machine goes on from there (a tick late by more than an
+    interval may see several steps).
+
+    :param row: a mapping with ``status``, ``refreshed``, ``alarm_since``,
+        ``interval_seconds``, ``late_seconds`` (and a member's
+        ``retire_seconds``); a heartbeat's ``expected_interval`` and
+        ``late_after`` are quoted in the reasons.
+    :param covered_until: a function of a time giving the end of the
+        maintenance window covering the row then (the one ending last), or
+        None when none does.
+    :param member: the row is a member's (it retires).
+    :returns: ``(steps, (status, refreshed, alarm_since))``: the steps
+        ``(old status, new status, at, reason)`` in order, and the state
+        after them (status :data:`RETIRED` when the member retired).
+    """
+    state = dict(row)
+    steps = []
+    while True:
+        status = state["status"]
+        if member:
+            at = member_due_of(state)
+        else:
+            at = None if status in (DOWN, PAUSED) else due_of(state)
+        if at is None or at > now:
+            break
+        if status == DOWN:  # a member down for retire_seconds
+            steps.append((DOWN, RETIRED, at, f"member retired: down for {seconds_text(state['retire_seconds'])}"))
+            state["status"] = RETIRED
+            break
+        until = covered_until(at)
+        if until is not None:
+            state["refreshed"] = until
+        elif status in (PENDING, UP) and state["late_seconds"] is not None:
+            reason = "no matching event for " + _interval_text(row, "late_after", state["late_seconds"])
+            steps.append((status, LATE, at, reason))
+            state["status"], state["alarm_since"] = LATE, at
+        else:
+            reason = "no matching event for " + _interval_text(row, "expected_interval", state["interval_seconds"])
+            steps.append((status, DOWN, at, reason))
+            state["status"], state["alarm_since"] = DOWN, at
+    return steps, (state["status"], state["refreshed"], state["alarm_since"])
 
 
 def next_tick_at(now, earliest_deadline, next_boundary=None):
@@ -2974,23 +3123,18 @@ def status_document(row, maintenance=None):
         when it can go down at the earliest: not before until + interval
         (the end rule). A paused heartbeat has no deadline.
     """
-    deadline = deadline_of(row)
-    if row["status"] == PAUSED:
-        deadline = None
-    elif maintenance is not None and row["status"] != DOWN:
-        deadline = max(deadline, maintenance[0] + row["interval_seconds"])
     return {
         "_id": row["id"],
         "status": row["status"],
         "last_event": api_time(row["last_event"]),
-        "deadline": api_time(deadline),
+        "deadline": api_time(_shown_deadline(row, maintenance)),
         "alarm_since": api_time(row["alarm_since"]),
         "maintenance": None if maintenance is None else {
             "_id": maintenance[1].id, "name": maintenance[1].name, "until": api_time(maintenance[0])},
     }
 
 
-def alarm_event(row, state, timestamp, member=None):
+def alarm_event(row, state, timestamp, member=None, output=None):
     """The check event Canopsis' engine-heartbeat emits for a heartbeat.
 
     :param row: the heartbeat row (``id``, ``name``, ``output``, ``pattern``).
@@ -3000,6 +3144,8 @@ def alarm_event(row, state, timestamp, member=None):
     :param member: for a member of a grouped heartbeat, its pairs (a dict):
         they join the pattern's in ``resource``, and the event says
         ``member``.
+    :param output: the event's ``output`` in place of the heartbeat's (a
+        failed job's own words), or None.
     """
     pairs = json.loads(row["pattern"])
     if member is not None:
@@ -3012,7 +3158,7 @@ def alarm_event(row, state, timestamp, member=None):
         "component": "heartbeats",
         "resource": ".".join(f"{key}:{value}" for key, value in sorted(pairs.items())),
         "state": state,
-        "output": row["output"],
+        "output": row["output"] if output is None else output,
         "timestamp": int(timestamp),
         "heartbeat_id": row["id"],
         "heartbeat_name": row["name"],
@@ -3022,21 +3168,8 @@ def alarm_event(row, state, timestamp, member=None):
     return event
 
 
-def member_alarm_event(row, state, timestamp):
-    """:func:`alarm_event` for a member row joined with its heartbeat's
-    ``id``, ``name``, ``output`` and ``pattern``."""
-    return alarm_event(row, state, timestamp, json.loads(row["member"]))
-
-
-def member_change(heartbeat_id, at, status, reason, key):
-    """A change of a member (``key``: its stored key), for
-    :meth:`Engine.record_changes`: recorded under its heartbeat, the member
-    in ``extra``, and left out of the heartbeat's availability."""
-    return (heartbeat_id, at, status, reason, {"member": json.loads(key)})
-
-
 #: the reason recorded when a grouped heartbeat's status follows its members'
-_GROUP_REASONS = {
+GROUP_REASONS = {
     DOWN: "a member is down", LATE: "a member is late, none down",
     PENDING: "a member is pending (or none is left), none late or down", UP: "every member is up",
 }
@@ -3054,10 +3187,17 @@ def active_alarm(row):
 INTAKE_COMPONENT, INTAKE_RESOURCE = "heartbeat-lite", "intake"
 
 
-def intake_event(state, timestamp, silence_seconds):
+def intake_output(silence_seconds):
+    """The ``output`` of the intake silence's alarm."""
+    return (f"no event received for {seconds_text(silence_seconds)}: the feed into the monitor may be "
+            "broken; heartbeat deadlines are stopped until events come back")
+
+
+def intake_event(state, timestamp, output):
     """The one alarm (or its resolution) of an intake silence: the shape of
     :func:`alarm_event`, for ``component`` heartbeat-lite, ``resource``
-    intake, no heartbeat (``heartbeat_id`` null)."""
+    intake, no heartbeat (``heartbeat_id`` null); ``output`` from
+    :func:`intake_output`."""
     return {
         "connector": "heartbeat",
         "connector_name": "heartbeat",
@@ -3066,8 +3206,7 @@ def intake_event(state, timestamp, silence_seconds):
         "component": INTAKE_COMPONENT,
         "resource": INTAKE_RESOURCE,
         "state": state,
-        "output": f"no event received for {seconds_text(silence_seconds)}: the feed into the monitor may be "
-                  "broken; heartbeat deadlines are stopped until events come back",
+        "output": output,
         "timestamp": int(timestamp),
         "heartbeat_id": None,
         "heartbeat_name": "intake",
@@ -3079,28 +3218,14 @@ def member_document(row, maintenance=None, refreshed=None):
     :func:`status_document` (``maintenance`` the same), the member's pairs
     in place of the id. ``refreshed``: a refresh kept in memory, or None."""
     row = with_refresh(row, refreshed)
-    deadline = deadline_of(row)
-    if row["status"] == PAUSED:
-        deadline = None
-    elif maintenance is not None and row["status"] != DOWN:
-        deadline = max(deadline, maintenance[0] + row["interval_seconds"])
     return {"member": json.loads(row["member"]), "status": row["status"], "last_event": api_time(row["last_event"]),
-            "deadline": api_time(deadline), "alarm_since": api_time(row["alarm_since"])}
+            "deadline": api_time(_shown_deadline(row, maintenance)), "alarm_since": api_time(row["alarm_since"])}
 
 
-def encode_member_cursor(key):
-    """The opaque ``next`` cursor of a members page ending at member ``key``."""
-    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def decode_member_cursor(text):
-    """The member key in :func:`encode_member_cursor`'s text; None if it is not one."""
-    try:
-        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
-        member = json.loads(key)
-    except (ValueError, UnicodeError):  # binascii.Error and JSONDecodeError are ValueErrors
-        return None
-    return key if isinstance(member, dict) and member_key(member) == key else None
+def status_counts(counts):
+    """``{status: members}`` with every status of :data:`STATUSES` named,
+    the worst first."""
+    return {status: counts.get(status, 0) for status in STATUSES}
 
 
 class MaintenanceWindow:
@@ -3197,7 +3322,7 @@ class MaintenanceWindow:
 
 #: statuses whose time counts neither for nor against availability (section
 #: 10's pause and maintenance windows record them)
-UNCOUNTED_STATUSES = frozenset({"paused", "maintenance"})
+UNCOUNTED_STATUSES = frozenset({PAUSED, MAINTENANCE})
 
 
 def availability(changes, now, window):
@@ -3841,6 +3966,43 @@ class ReadModel:
             stored.pop(values, None)
             unwritten.pop(values, None)
 
+    def transitioned(self, transitions):
+        """Transitions committed (see :class:`Funnel`): heartbeats that came
+        up (refreshed then) or left up; members that did, and members
+        created or removed. A grouped heartbeat's own status is not kept
+        here (its members' are); the transitions of heartbeats deleted or
+        regrouped since are of no account."""
+        groups, documents, stored, unwritten = self._groups, self._documents, self._stored, self._unwritten
+        for transition in transitions:
+            heartbeat = transition.heartbeat
+            if heartbeat is None:
+                continue  # the intake
+            heartbeat_id = heartbeat["id"]
+            if transition.member is None:
+                if heartbeat_id in groups or heartbeat_id not in documents:
+                    continue
+                if transition.new == UP and transition.refreshed is not None:
+                    stored[heartbeat_id] = transition.refreshed
+                    if unwritten.get(heartbeat_id, math.inf) <= transition.refreshed:
+                        del unwritten[heartbeat_id]
+                elif transition.new != UP:
+                    stored.pop(heartbeat_id, None)
+                    unwritten.pop(heartbeat_id, None)
+                continue
+            keys = groups.get(heartbeat_id)
+            if keys is None:
+                continue
+            member = json.loads(transition.member)
+            values = tuple(member[key] for key in keys)
+            if transition.old is None:
+                self._member_counts[heartbeat_id] += 1
+            if transition.new == UP:
+                self.members_written({(heartbeat_id, values): transition.refreshed})
+            elif transition.new in (DELETED, RETIRED):
+                self.members_removed(heartbeat_id, [values])
+            else:
+                self.members_went_down(heartbeat_id, [values])
+
     def members_added(self, heartbeat_id, count):
         if heartbeat_id in self._member_counts:
             self._member_counts[heartbeat_id] += count
@@ -3864,9 +4026,6 @@ class ReadModel:
         """:meth:`match`, as :meth:`PatternIndex.matches`: ``{id: the last
         event that matched it}``."""
         return self._index.matches(events, self._groups, {} if members is None else members)
-
-    def is_grouped(self, heartbeat_id):
-        return heartbeat_id in self._groups
 
     def plain(self, heartbeat_ids):
         """Those of ``heartbeat_ids`` that are not grouped."""
@@ -3920,206 +4079,1134 @@ class ReadModel:
         return self._unwritten.get(heartbeat_id)
 
 
-class Engine:
-    """The heartbeat rules: matching, deadlines, alarms.
+###############################################################################
+# Transitions
+###############################################################################
 
-    Every change runs under one lock, so the read model, the database and
-    the order of events agree. Each alarm and resolution is written to the
-    outbox (when forwarding) in the transaction that changes the state it
-    reports, and is published (logged, handed to ``on_alarm``) after the
-    lock is released, in commit order: a callback may call back into the
-    service, even over HTTP, without deadlock.
+class _Keep:
+    """The type of :data:`KEEP`."""
 
-    :param store: the :class:`Store`.
-    :param clock: callable returning Unix seconds (float); read once per
-        operation.
-    :param on_alarm: optional callable receiving each alarm and resolution
-        event (a dict), in order, once it is committed.
-    :param forwarding: write alarms and resolutions to the outbox.
-    :param intake_silence: None, or seconds: when no event at all arrived
-        for that long, raise the one intake alarm and stop every deadline
-        until events come back (see :meth:`tick`).
-    :param history_days: days of state changes kept.
+    __slots__ = ()
+
+    def __repr__(self):
+        return "KEEP"
+
+
+#: a :class:`Transition` field left as it is (``last_event``), or worked out
+#: by the funnel (``alarm``)
+KEEP = _Keep()
+
+
+class Transition:
+    """One state change, as a value: of a heartbeat, of one of its members,
+    or of the intake (the monitor's own feed: no heartbeat). The funnel
+    (:class:`Funnel`) applies it; nothing else writes a state, records a
+    change or emits an alarm.
+
+    :param heartbeat: the heartbeat's row (a mapping with ``id``; with
+        ``name``, ``output`` and ``pattern`` when it emits an alarm event,
+        ``interval_seconds`` and ``late_seconds`` when something falls due
+        after it: a heartbeat's row, or a member's joined with its
+        heartbeat), or None for the intake.
+    :param member: the member's key (:func:`member_key`), or None.
+    :param old: the status left; None when it is created (or not known: a
+        grouped heartbeat's status following its members').
+    :param new: the status entered: one of :data:`STATUSES`, or
+        :data:`DELETED` / :data:`RETIRED` (a member removed); in a record
+        (:meth:`Change.record`), any status the history shows,
+        :data:`MAINTENANCE` included.
+    :param at: when (Unix seconds): the history's time, the event's.
+    :param reason: short human text for the history ("no matching event
+        for 1m").
+    :param refreshed: the refresh time it writes (with ``new``).
+    :param alarm_since: the alarm time it writes (None: no open alarm).
+    :param last_event: the last event time it writes, or :data:`KEEP`.
+    :param output: the alarm event's ``output`` in place of the
+        heartbeat's (a failed job's "failed: <first line>"), or None.
+    :param extra: further keys of the history entry, or None.
+    :param alarm: the Canopsis state of the event it emits; :data:`KEEP`
+        (the default) works it out from ``old`` and ``new``
+        (:func:`alarm_state_of`), None emits none.
+    :param record: False when the history keeps no entry (its heartbeat is
+        deleted, or the change is one of many it sums up).
+
+    ``event`` is set by the funnel: the alarm event emitted, or None.
     """
 
-    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None,
-                 history_days=DEFAULT_HISTORY_DAYS):
+    __slots__ = ("heartbeat", "member", "old", "new", "at", "reason", "refreshed", "alarm_since", "last_event",
+                 "output", "extra", "alarm", "record", "event")
+
+    def __init__(self, heartbeat, member, old, new, at, reason, refreshed=None, alarm_since=None, last_event=KEEP,
+                 output=None, extra=None, alarm=KEEP, record=True):
+        self.heartbeat = heartbeat
+        self.member = member
+        self.old = old
+        self.new = new
+        self.at = at
+        self.reason = reason
+        self.refreshed = refreshed
+        self.alarm_since = alarm_since
+        self.last_event = last_event
+        self.output = output
+        self.extra = extra
+        self.alarm = alarm
+        self.record = record
+        self.event = None
+
+    @property
+    def heartbeat_id(self):
+        return None if self.heartbeat is None else self.heartbeat["id"]
+
+    def __repr__(self):
+        who = self.heartbeat_id if self.member is None else f"{self.heartbeat_id} {self.member}"
+        return f"<Transition {who or 'intake'}: {self.old} -> {self.new} at {self.at} ({self.reason})>"
+
+
+def alarm_state_of(transition):
+    """The Canopsis state of the event a transition emits when it does not
+    say (see :class:`Transition`): 3 entering down, 1 entering late, 0
+    leaving either for another status; None otherwise, and for a grouped
+    heartbeat's own status (its members have the alarms)."""
+    new, old = transition.new, transition.old
+    if transition.member is None and transition.heartbeat is not None \
+            and _optional(transition.heartbeat, "group_by") is not None:
+        return None
+    if new == DOWN:
+        return None if old == DOWN else ALARM_STATE
+    if new == LATE:
+        return None if old == LATE else LATE_STATE
+    return RESOLVED_STATE if old in ALARMED else None
+
+
+def due_after(transition):
+    """When the next transition is due after this one (see :func:`due_of`),
+    or None: nothing falls due in that status, or the row does not say."""
+    if transition.new not in (PENDING, UP, LATE) or transition.refreshed is None or transition.heartbeat is None:
+        return None
+    interval_seconds = _optional(transition.heartbeat, "interval_seconds")
+    if interval_seconds is None:
+        return None
+    late_seconds = _optional(transition.heartbeat, "late_seconds")
+    if late_seconds is not None and transition.new != LATE:
+        return transition.refreshed + late_seconds
+    return transition.refreshed + interval_seconds
+
+
+def transition_now(row, new, now, reason, output=None, member=None):
+    """The transition that puts a heartbeat (or member: ``row`` its member
+    row joined with its heartbeat, ``member`` its key) into ``new`` at
+    ``now``, from outside expiry (a failed job says so at once): down or
+    late open an alarm now, its refresh kept; up and pending start afresh
+    from now (up: an event now). None when it is in ``new`` already, or
+    paused (pause and resume have their own rules)."""
+    old = row["status"]
+    if old == new or old == PAUSED or new not in (PENDING, UP, LATE, DOWN):
+        return None
+    if new in ALARMED:
+        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output)
+    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP)
+
+
+class Change:
+    """The state changes of one transaction, as the funnel applies them
+    (see :meth:`Funnel.change`)."""
+
+    __slots__ = ("funnel", "transitions", "events", "hooks")
+
+    def __init__(self, funnel):
+        self.funnel = funnel
+        self.transitions = []
+        self.events = []
+        self.hooks = []
+
+    def apply(self, transitions, written=False, follow=True):
+        """Apply ``transitions`` (an iterable of :class:`Transition`), now,
+        in this change's transaction: write each state (unless ``written``:
+        the statement that found them wrote them already), record the
+        history, build the alarm events and hand transitions and events to
+        every sink. The read model (unless not ``follow``: it forgot them
+        already, as the members of a grouping replaced), the scheduler and
+        the publisher follow once the transaction commits.
+
+        :returns: the transitions, as a list.
+        """
+        transitions = list(transitions)
+        if transitions:
+            self.funnel.apply(self, transitions, written, follow)
+        return transitions
+
+    def record(self, transitions):
+        """Record ``transitions`` in the history only: records, not state
+        changes (a maintenance window's start or end in the history of the
+        heartbeats it covers): nothing is written, no alarm is emitted, the
+        read model does not follow; the sinks see them (their ``event`` is
+        None)."""
+        transitions = list(transitions)
+        if transitions:
+            for transition in transitions:
+                transition.alarm = None
+            self.funnel.apply(self, transitions, written=True, follow=False)
+
+    def then(self, function, *args):
+        """Call ``function(*args)`` once the transaction commits, before the
+        read model follows the transitions: what the site keeps in memory of
+        documents (created, updated, deleted) and of refreshes that are not
+        transitions."""
+        self.hooks.append((function, args))
+
+
+class Funnel:
+    """The one way a state changes: every path (events, expiry, pause and
+    resume, maintenance, members, create, update and delete, the intake
+    silence, and pings next) hands its :class:`Transition` values to
+    :meth:`Change.apply`, inside a :meth:`change` opened under the engine's
+    lock. The funnel then
+
+    1. writes the states, in bulk statements (the chunks of a storm stay
+       chunks: the sites hand them over a chunk at a time);
+    2. records the history rows;
+    3. builds the alarm events (:func:`alarm_event`, :func:`intake_event`);
+    4. hands transitions and events to each sink, in the transaction: the
+       outbox (:class:`OutboxSink`) is the first; a sink writes its durable
+       rows there, so a change and its deliveries commit together;
+    5. after the commit: the read model follows (:meth:`ReadModel.transitioned`),
+       the scheduler is told what falls due, and the events of the
+       transaction are queued for publishing, in commit order
+       (:class:`Publisher`, which runs after the lock).
+
+    :param core: the :class:`EngineCore`.
+    :param sinks: the sinks (objects with ``receive(transitions, events)``
+        called in the transaction, and ``published()`` called after events
+        were published).
+    """
+
+    def __init__(self, core, sinks):
+        self.core = core
+        self.sinks = sinks
+        #: alarms raised (late and down) since the start
+        self.alarms_raised = 0
+
+    @contextlib.contextmanager
+    def change(self):
+        """A transaction whose state changes go through the funnel; call it
+        under the engine's lock. Yields a :class:`Change`. When the block
+        raises, nothing was written and nothing follows."""
+        change = Change(self)
+        with self.core.store.atomic():
+            yield change
+        self._settle(change)
+
+    def apply(self, change, transitions, written, follow=True):
+        if not written:
+            self._write(transitions)
+        store = self.core.store
+        history = [self._history_row(transition) for transition in transitions
+                   if transition.record and transition.heartbeat is not None]
+        if history:
+            store.add_history(history)
+        events = []
+        for transition in transitions:
+            state = alarm_state_of(transition) if transition.alarm is KEEP else transition.alarm
+            if state is not None:
+                transition.event = self._event(transition, state)
+                events.append(transition.event)
+        for sink in self.sinks:
+            sink.receive(transitions, events)
+        if follow:
+            change.transitions += transitions
+        change.events += events
+
+    def _write(self, transitions):
+        """Each heartbeat's and member's last state among ``transitions``,
+        in one statement per kind."""
+        states, members, removed = {}, {}, []
+        for transition in transitions:
+            heartbeat_id = transition.heartbeat_id
+            if heartbeat_id is None:
+                continue  # the intake: its state is the service's (see IntakeSilence)
+            if transition.member is None:
+                states[heartbeat_id] = transition
+            elif transition.new in (DELETED, RETIRED):
+                members.pop((heartbeat_id, transition.member), None)
+                removed.append((heartbeat_id, transition.member))
+            else:
+                members[(heartbeat_id, transition.member)] = transition
+        store = self.core.store
+        plain = [(key, t.new, t.refreshed, t.alarm_since) for key, t in states.items() if t.last_event is KEEP]
+        if plain:
+            store.set_states(plain)
+        for heartbeat_id, t in states.items():
+            if t.last_event is not KEEP:
+                store.set_state(heartbeat_id, t.new, t.refreshed, t.last_event, t.alarm_since)
+        if members:
+            store.set_member_states([(heartbeat_id, key, t.new, t.refreshed, t.alarm_since)
+                                     for (heartbeat_id, key), t in members.items()])
+        if removed:
+            store.delete_members(removed)
+
+    @staticmethod
+    def _history_row(transition):
+        extra = transition.extra
+        if transition.member is not None:
+            extra = {**(extra or {}), "member": json.loads(transition.member)}
+        return transition.heartbeat["id"], transition.at, transition.new, transition.reason, extra
+
+    @staticmethod
+    def _event(transition, state):
+        if transition.heartbeat is None:
+            return intake_event(state, transition.at, transition.output)
+        member = None if transition.member is None else json.loads(transition.member)
+        return alarm_event(transition.heartbeat, state, transition.at, member, transition.output)
+
+    def _settle(self, change):
+        """Under the lock, after the commit."""
+        for function, args in change.hooks:
+            function(*args)
+        transitions = change.transitions
+        if not transitions:
+            return
+        core = self.core
+        core.model.transitioned(transitions)
+        due = min((at for at in map(due_after, transitions) if at is not None), default=None)
+        if due is not None:
+            core.due_by(due)
+        self.alarms_raised += sum(1 for t in transitions
+                                  if t.event is not None and t.event["state"] != RESOLVED_STATE and t.old != t.new)
+        core.publisher.committed(change.events)
+
+
+class OutboxSink:
+    """The first sink of the funnel: with ``--forward-url``, every alarm and
+    resolution event is written to the outbox in the transaction of its
+    change, and :class:`Forwarder` delivers it (in order, at least once).
+
+    A sink is how a way out attaches: ``receive(transitions, events)`` in
+    the transaction (each transition's ``event`` is set, or None; write the
+    durable rows there), ``published()`` once events were published (wake
+    the delivery). A notification channel is one more sink.
+
+    :param store: the :class:`Store` holding the outbox.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        #: None, or called once events were published (the forwarder's wake-up)
+        self.waker = None
+
+    def receive(self, transitions, events):
+        if events:
+            self.store.enqueue(events)
+
+    def published(self):
+        if self.waker is not None:
+            self.waker()
+
+
+class Publisher:
+    """Publishes what committed, after the engine's lock is released: logs
+    each event (one line each, or one summary line for many: a storm says
+    it once, not 100,000 times), hands each to ``on_alarm``, then tells the
+    sinks. One thread drains the queue at a time, in commit order (commits
+    happen under the lock); a thread that finds another draining leaves its
+    events to it, so an ``on_alarm`` that calls back into the engine never
+    waits on itself.
+
+    :param on_alarm: None, or a callable receiving each event.
+    :param sinks: the funnel's sinks (their ``published()`` is called after
+        a drain that published something).
+    """
+
+    def __init__(self, on_alarm, sinks):
+        self.on_alarm = on_alarm
+        self.sinks = sinks
+        self._outgoing = collections.deque()  # committed events not yet published, a list per transaction
+        self._lock = threading.Lock()
+        self._publishing = False  # a thread is draining _outgoing
+
+    def committed(self, events):
+        """Under the engine's lock, after commit: queue the events of one
+        transaction."""
+        if events:
+            with self._lock:
+                self._outgoing.append(events)
+
+    def publish(self):
+        """Without the engine's lock: publish what is queued."""
+        with self._lock:
+            if self._publishing or not self._outgoing:
+                return
+            self._publishing = True
+        published = 0
+        try:
+            while True:
+                with self._lock:
+                    if not self._outgoing:
+                        self._publishing = False
+                        break
+                    events = self._outgoing.popleft()
+                self._announce(events)
+                published += len(events)
+        except BaseException:
+            with self._lock:
+                self._publishing = False
+            raise
+        if published:
+            for sink in self.sinks:
+                sink.published()
+
+    def _announce(self, events):
+        if len(events) <= LOG_EACH_EVENT_UP_TO:
+            for event in events:
+                if event["heartbeat_id"] is None:  # the intake: said when it starts and ends
+                    continue
+                if event["state"] == ALARM_STATE:
+                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                elif event["state"] == LATE_STATE:
+                    log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                else:
+                    log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
+                             log_safe(event["heartbeat_name"]),
+                             f" for {log_safe(event['resource'])}" if "member" in event else "")
+        else:
+            raised = sum(event["state"] != RESOLVED_STATE for event in events)
+            names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
+            log.log(logging.WARNING if raised else logging.INFO,
+                    "%d alarm(s) raised, %d resolved at once (%s and %d more)",
+                    raised, len(events) - raised, names, len(events) - 3)
+        if self.on_alarm is not None:
+            for event in events:
+                try:
+                    self.on_alarm(event)
+                except Exception:  # the embedder's bug must not stop the engine
+                    log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
+
+
+###############################################################################
+# Engine
+###############################################################################
+
+
+class EngineCore:
+    """What the engine's parts share, and only that: the store, the clock,
+    the lock every change runs under, the read model, the funnel and the
+    publisher, and when the next tick is due.
+
+    Every change runs under the one lock, so the read model, the database
+    and the order of events agree; events are published after it is
+    released (:meth:`operation`).
+    """
+
+    def __init__(self, store, clock, on_alarm=None, sinks=()):
         self.store = store
         self.clock = clock
-        self.forwarding = forwarding
-        self.intake_silence = intake_silence
-        self._intake_at = None  # clock time of the last event received (or of the start)
-        self._silent_since = None  # when the intake silence began; None while events arrive
-        self._capped = set()  # grouped heartbeats whose member cap was said in the log
-        self.history_days = history_days
-        #: the events received lately (memory only)
-        self.recent = RecentEvents()
-        self._prune_lock = threading.Lock()
-        self._prune_due_at = -math.inf  # clock time of the next pruning pass
-        self._prune_cursor = None  # (at, seq) where the pass in progress goes on
-        self._on_alarm = on_alarm
-        self._lock = threading.RLock()
-        self._loaded = False
-        self._model = ReadModel()
-        self._alive_recorded = None
-        self._next_tick_at = -math.inf  # when a tick is due next (clock time)
-        self._last_chunk_seconds = 0.0  # how long the last chunk of a storm held the lock
-        self._windows = {}  # id -> MaintenanceWindow; replaced, never changed in place (readers hold no lock)
-        self._windows_checked_at = None  # the clock time up to which window starts and ends were handled
-        self._synced = 0  # the last change of other instances applied to the read model (see sync())
-        self._outgoing = collections.deque()  # committed events not yet published, in order
-        self._outgoing_lock = threading.Lock()
-        self._publishing = False  # a thread is draining _outgoing
-        #: events received (valid requests) and alarms raised since the start
-        self.events_received = 0
-        self.alarms_raised = 0
+        self.lock = threading.RLock()
+        #: the :class:`ReadModel`; replaced whole when reloaded, so read it here each time
+        self.model = ReadModel()
+        self.sinks = list(sinks)
+        self.funnel = Funnel(self, self.sinks)
+        self.publisher = Publisher(on_alarm, self.sinks)
+        #: loads the engine (resuming after an outage) if not done yet; set by :class:`Engine`
+        self.load = lambda: None
+        self.next_tick_at = -math.inf  # when a tick is due next (clock time)
         #: None, or called with a clock time when a tick becomes due earlier
         #: than the last tick said (the scheduler's wake-up)
         self.waker = None
-        #: called after events were added to the outbox (the forwarder's wake-up)
-        self.outbox_waker = None
+        self._last_chunk_seconds = 0.0  # how long the last chunk of a storm held the lock
+
+    @contextlib.contextmanager
+    def operation(self):
+        """The lock, the engine loaded, and the time (yielded, read once);
+        what committed meanwhile is published once the lock is released."""
+        try:
+            with self.lock:
+                self.load()
+                yield self.clock()
+        finally:
+            self.publisher.publish()
+
+    def due_by(self, at):
+        """Something is due at ``at`` (clock time): make sure a tick comes by
+        then, waking the scheduler if the last tick said later."""
+        if at < self.next_tick_at:
+            self.next_tick_at = at
+            if self.waker is not None:
+                self.waker(at)
+
+    @contextlib.contextmanager
+    def storm_chunk(self, pause=True):
+        """The lock, for a chunk of a storm: after the first, taken after a
+        pause as long as the last chunk held it (at least
+        :data:`STORM_YIELD_SECONDS`), so requests waiting for it get in and
+        a storm takes at most half of the engine's time."""
+        if pause:
+            time.sleep(max(STORM_YIELD_SECONDS, self._last_chunk_seconds))
+        with self.lock:
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._last_chunk_seconds = min(time.perf_counter() - started, 0.1)
+
+
+class Windows:
+    """Maintenance windows: those in force (in memory, replaced whole,
+    never changed in place, so readers need no lock), the one that covers
+    a heartbeat at a time, their creation, replacement and deletion, and
+    their boundaries (a start recorded in the history; an end's rule: a
+    heartbeat it selects that is neither down nor paused gets a full
+    interval from the end).
+    """
+
+    def __init__(self, core):
+        self.core = core
+        self.by_id = {}  # id -> MaintenanceWindow
+        self.checked_at = None  # the clock time up to which window starts and ends were handled
 
     def load(self):
-        """Resume after the outage (see :meth:`resume`) and load the read
-        model; every operation does this first if it has not been done.
-
-        :raises StoreError: when the database does not answer.
-        """
-        if self._loaded:  # the usual case, without the lock (GET serves from memory)
-            return
-        with self._lock:
-            if self._loaded:
-                return
-            self.resume()
-            self._reload()
-            self._loaded = True
-            ended = self._silent_since is not None and self.intake_silence is None
-            if ended:
-                self._end_silence(self.clock(), "--intake-silence is no longer set")
-        if ended:
-            self._publish()
-
-    def _reload(self):
-        """Load the read model and the windows from the database (under the
-        lock). The change cursor is read first: a change made meanwhile by
-        another instance is then read again by :meth:`sync`, never missed."""
-        self._synced = self.store.last_change()
-        self._model = ReadModel.loaded(self.store.each_heartbeat(), self.store.each_member())
-        self._windows = self._load_windows()
-
-    def sync(self):
-        """Apply what other instances on the same database changed since
-        the last sync (heartbeats and maintenance windows created, updated,
-        deleted) to the read model; a no-op on a database no other instance
-        uses. Server mode runs it every :data:`SYNC_SECONDS`.
-
-        :returns: whether anything changed.
-        :raises StoreError: when the database does not answer.
-        """
-        if not self.store.shared_by_instances:
-            return False
-        self.load()
-        with self._lock:
-            last, changes = self.store.changes(self._synced)
-            if changes is None:  # too far behind: the changes were pruned
-                log.warning("read model out of date beyond the kept changes: reloading it")
-                unwritten = self._model.unwritten()
-                self._reload()
-                for heartbeat_id, refreshed in unwritten.items():
-                    self._model.deferred([heartbeat_id], refreshed)
-                return True
-            now = self.clock()
-            for kind, object_id in dict.fromkeys(changes):
-                if kind == "heartbeat":
-                    try:
-                        row = self.store.heartbeat(object_id)
-                    except NotFound:
-                        row = None
-                    self._model.synced(object_id, row)
-                    if row is not None and row["status"] not in (DOWN, PAUSED):
-                        self._due_by(due_of(row))
-                else:
-                    try:
-                        window = MaintenanceWindow(self.store.maintenance(object_id))
-                    except NotFound:
-                        self._windows = {key: value for key, value in self._windows.items() if key != object_id}
-                    except (ValueError, OverflowError) as exc:
-                        log.error("maintenance window %s cannot be used, it protects nothing: %s", object_id, exc)
-                    else:
-                        self._windows = {**self._windows, object_id: window}
-                        self._due_by_boundary(window, now)
-            self._synced = last
-            return bool(changes)
-
-    def _load_windows(self):
         windows = {}
-        for row in self.store.maintenances():
+        for row in self.core.store.maintenances():
             try:
                 windows[row["id"]] = MaintenanceWindow(row)
             except (ValueError, OverflowError) as exc:  # e.g. a zone the system no longer has
                 log.error("maintenance window %s ('%s') cannot be used, it protects nothing: %s",
                           row["id"], log_safe(row["name"]), exc)
-        return windows
+        self.by_id = windows
 
-    # -- heartbeats ----------------------------------------------------------
+    def synced(self, maintenance_id, now):
+        """Another instance created, replaced or deleted a window."""
+        try:
+            window = MaintenanceWindow(self.core.store.maintenance(maintenance_id))
+        except NotFound:
+            self.by_id = {key: value for key, value in self.by_id.items() if key != maintenance_id}
+        except (ValueError, OverflowError) as exc:
+            log.error("maintenance window %s cannot be used, it protects nothing: %s", maintenance_id, exc)
+        else:
+            self.by_id = {**self.by_id, maintenance_id: window}
+            self._due_by_boundary(window, now)
+
+    def covering(self, pattern, at, windows=None):
+        """``(until, window)``: of the maintenance windows selecting
+        ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
+        the one ending last; None when there is none."""
+        windows = self.by_id.values() if windows is None else windows
+        if not windows:
+            return None
+        if isinstance(pattern, str):
+            pattern = json.loads(pattern)
+        best = None
+        for window in windows:
+            if window.selects(pattern):
+                occurrence = window.occurrence_at(at)
+                if occurrence is not None and (best is None or occurrence[1] > best[0]):
+                    best = (occurrence[1], window)
+        return best
+
+    def covered_until(self, pattern):
+        """A function of a time giving the end of the window covering a
+        heartbeat of ``pattern`` then (the one ending last), or None: what
+        :func:`expiry_steps` asks."""
+        if not self.by_id:
+            return _NOT_COVERED
+
+        def until(at):
+            covering = self.covering(pattern, at)
+            return None if covering is None else covering[0]
+
+        return until
+
+    def active(self, now):
+        """The windows active at ``now``."""
+        return [window for window in self.by_id.values() if window.occurrence_at(now)]
+
+    def next_boundary(self, now):
+        """The next start or end of a maintenance window after ``now``, or None."""
+        boundaries = (window.next_boundary(now) for window in self.by_id.values())
+        return min((boundary for boundary in boundaries if boundary is not None), default=None)
+
+    def create(self, fields):
+        """Create a window from validated fields; return its id.
+
+        :raises Invalid: when there are :data:`MAX_MAINTENANCE_WINDOWS` already.
+        """
+        core = self.core
+        with core.operation() as now:
+            if len(self.by_id) >= MAX_MAINTENANCE_WINDOWS:
+                raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
+            row = {**maintenance_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
+            window = MaintenanceWindow(row)
+            window.known_since = now
+            with core.funnel.change() as change:
+                core.store.insert_maintenance(row)
+                if window.occurrence_at(now) is not None:  # active already: its start is now
+                    self._record(change, window, now, True)
+            self.by_id = {**self.by_id, window.id: window}
+            self._due_by_boundary(window, now)
+        log.info("maintenance %s created ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
+        return window.id
+
+    def update(self, maintenance_id, fields):
+        """Replace a window. One active now ends now first (see
+        :meth:`_end_early`), then the new definition applies.
+        :raises NotFound:."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                _, row = core.store.update_maintenance(maintenance_id, maintenance_columns(fields, now))
+                self._end_early(change, self.by_id.get(maintenance_id), now)
+                window = MaintenanceWindow(row)
+                window.known_since = now
+                if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
+                    self._record(change, window, now, True)
+            self.by_id = {**self.by_id, window.id: window}
+            self._due_by_boundary(window, now)
+        log.info("maintenance %s updated ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
+
+    def delete(self, maintenance_id):
+        """Delete a window; one active now ends now (see :meth:`_end_early`).
+        :raises NotFound:."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.delete_maintenance(maintenance_id)
+                self._end_early(change, self.by_id.get(maintenance_id), now)
+            self.by_id = {key: window for key, window in self.by_id.items() if key != maintenance_id}
+        log.info("maintenance %s deleted ('%s')", maintenance_id, log_safe(row["name"]))
+
+    def _end_early(self, change, window, now):
+        """A window edited or deleted while active ends now: the end rule
+        applies as of now (deadline at least now + interval), including to
+        the heartbeats whose refresh it had pushed to its planned end."""
+        occurrence = window.occurrence_at(now) if window is not None else None
+        if occurrence is None:
+            return
+        covered = []
+        changed = self.core.store.end_maintenance(window.pattern, now, pushed_to=occurrence[1], covered=covered)
+        change.then(self.core.model.written, {heartbeat_id: now for heartbeat_id, status in changed if status == UP})
+        self._record(change, window, now, False, covered)
+        log.info("maintenance %s ('%s') ended early, at its change: %d heartbeat(s) get a full interval from now",
+                 window.id, log_safe(window.name), self._ruled(covered))
+
+    def _ruled(self, covered):
+        """How many of the heartbeats a window covers its end rule applies
+        to: those neither down nor paused, and the grouped ones not paused
+        (their members neither down nor paused). Counted from the window's
+        scan, not from the rows the rule moved: one whose refresh expiry had
+        pushed to the end already gets the full interval too."""
+        grouped = self.core.model.group_keys
+        return sum(1 for heartbeat_id, status, _ in covered
+                   if status != PAUSED and (status != DOWN or grouped(heartbeat_id) is not None))
+
+    def _due_by_boundary(self, window, now):
+        boundary = window.next_boundary(now)
+        if boundary is not None:
+            self.core.due_by(boundary)
+
+    def boundaries(self, change, now):
+        """In a tick's change: the starts and ends of every window occurrence
+        since the last tick. A start is recorded; an end applies the end
+        rule (the heartbeats it selects that are neither down nor paused get
+        ``refreshed = max(refreshed, end)``) and is recorded. A window
+        boundary costs one scan then, not one per tick.
+
+        :returns: ``(windows started, [(window, heartbeats the end rule applies to)])``.
+        """
+        after = self.checked_at
+        change.then(setattr, self, "checked_at", now)
+        if after is None or after >= now or not self.by_id:
+            return [], []
+        started, ended, moved_up = [], [], {}
+        for window in self.by_id.values():
+            # boundaries from before the engine knew the window (created or
+            # replaced since the last look) are not its to apply or record
+            since = after if window.known_since is None else max(after, window.known_since)
+            if since >= now:
+                continue
+            start = window.last_start(since, now)
+            if start is not None:
+                started.append(window)
+            end = window.last_end(since, now)
+            if start is not None and (end is None or start < end):
+                self._record(change, window, start, True)
+            if end is not None:
+                covered = []
+                changed = self.core.store.end_maintenance(window.pattern, end, covered=covered)
+                moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
+                ended.append((window, self._ruled(covered)))
+                self._record(change, window, end, False, covered)
+            if start is not None and end is not None and start >= end:  # ended, then started again
+                self._record(change, window, start, True)
+        if moved_up:
+            change.then(self.core.model.written, moved_up)
+        return started, ended
+
+    def _record(self, change, window, at, started, covered=None):
+        """Record a window's start (status ``maintenance``) or end (each
+        heartbeat's status then) in the history of the heartbeats it
+        covers, with one containment scan per boundary (``covered``: those
+        heartbeats, when the end rule's scan found them already, see
+        :meth:`Store.end_maintenance`). Paused heartbeats are left alone
+        (their time is not counted anyway), and an end is not recorded for a
+        heartbeat another window still covers. Availability leaves
+        maintenance time out. Records only: nothing is written, no alarm."""
+        others = [other for other in self.by_id.values() if other.id != window.id]
+        verb = "started" if started else "ended"
+        reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
+        scanned = self.core.store.selected(window.pattern) if covered is None else covered
+        change.record(Transition({"id": heartbeat_id}, None, status, MAINTENANCE if started else status, at, reason,
+                                 extra=extra)
+                      for heartbeat_id, status, pattern in scanned
+                      if status != PAUSED and (started or self.covering(pattern, at, others) is None))
+
+    def document(self, maintenance_id):
+        """A window's document; :raises NotFound:."""
+        return maintenance_document(self.core.store.maintenance(maintenance_id))
+
+    def documents(self, active=False):
+        """Every window, newest first; with ``active``, only those active now."""
+        rows = self.core.store.maintenances()
+        if active:
+            now = self.core.clock()
+            windows = self.by_id
+            rows = [row for row in rows if row["id"] in windows and windows[row["id"]].occurrence_at(now)]
+        return [maintenance_document(row) for row in rows]
+
+
+def _NOT_COVERED(at):
+    """No window covers anything (there is none)."""
+    return None
+
+
+class IntakeSilence:
+    """The intake silence (``--intake-silence``): when no event at all
+    arrived for that long, the one intake alarm is raised and every
+    deadline stops until events come back; then the alarm is resolved and
+    the deadlines move later by the silence, as after an outage of the
+    monitor.
+
+    :param seconds: None (not watched), or the silence that raises the alarm.
+    """
+
+    def __init__(self, core, seconds):
+        self.core = core
+        self.seconds = seconds
+        self.heard_at = None  # clock time of the last event received (or of the start)
+        self.since = None  # when the silence began; None while events arrive
+
+    def due(self):
+        """When the intake falls silent if no event arrives by then; None
+        when it is silent, or not watched."""
+        if self.seconds is None or self.since is not None:
+            return None
+        return self.heard_at + self.seconds
+
+    def horizon(self, now):
+        """Up to when deadlines may expire in a tick at ``now``: now; the
+        start of a silence that began since (expiry stops there); None
+        during a silence (the clock is stopped)."""
+        if self.since is not None:
+            return None
+        silence = self.due()
+        return now if silence is None or silence > now else silence
+
+    def alarm(self):
+        """The entry of ``GET /api/v2/alarms`` while silent, else None."""
+        since = self.since
+        if since is None:
+            return None
+        return {**intake_event(ALARM_STATE, since, intake_output(self.seconds or 0)), "since": api_time(since)}
+
+    def start(self, since):
+        """Under the lock: no event arrived from ``since - seconds`` to
+        ``since``. Raise the one intake alarm, record the silence (it
+        survives a restart), stop expiry until events come back."""
+        core = self.core
+        with core.funnel.change() as change:
+            core.store.set_meta(META_INTAKE_SILENT_SINCE, since)
+            change.apply([Transition(None, None, UP, DOWN, since, "intake silent",
+                                     output=intake_output(self.seconds))], written=True)
+            change.then(setattr, self, "since", since)
+        log.warning("intake silence: no event received for %s; deadlines are stopped until events come back",
+                    seconds_text(self.seconds))
+
+    def heard(self, now):
+        """Under the lock: events arrived at ``now``; True when that ends a
+        silence (see :meth:`end`)."""
+        self.heard_at = now
+        return self.since is not None
+
+    def end(self, now, why, flush):
+        """Under the lock: the silence is over at ``now``. Every deadline
+        still ahead when it began (all of them: expiry stopped) moves later
+        by its length, as after an outage of the monitor; the intake alarm
+        is resolved. ``flush`` writes the refreshes kept in memory first
+        (see :meth:`Intake.flush`)."""
+        core, since = self.core, self.since
+        with core.funnel.change() as change:
+            flush(change)
+            moved = core.store.postpone(since, max(0.0, now - since))
+            core.store.delete_meta(META_INTAKE_SILENT_SINCE)
+            change.apply([Transition(None, None, DOWN, UP, now, why, output=intake_output(self.seconds or 0))],
+                         written=True)
+            change.then(setattr, self, "since", None)
+        log.info("intake silence over (%s) after %s: %d deadline(s) moved later", why,
+                 seconds_text(max(0.0, now - since)), moved)
+
+
+class Intake:
+    """Events coming in: matching, the refreshes they make (coalesced in
+    memory while a heartbeat stays up, see :class:`ReadModel`), written in
+    chunks in a storm, and the transitions of what comes back up.
+
+    :param groups: the :class:`Groups` part (members refreshed).
+    :param silence: the :class:`IntakeSilence` part (an event ends one).
+    """
+
+    def __init__(self, core, groups, silence):
+        self.core = core
+        self.groups = groups
+        self.silence = silence
+        #: the events received lately (memory only)
+        self.recent = RecentEvents()
+        #: events received (valid requests) since the start
+        self.events_received = 0
+
+    def ingest(self, events, body_bytes=0):
+        """Refresh every heartbeat an event matches, at the receive time.
+
+        Heartbeats coming back in a storm are written in chunks of
+        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
+
+        :param events: validated events (dicts).
+        :param body_bytes: the request's body they came in (bytes), which
+            :class:`RecentEvents` keeps for the pattern tester (else it
+            encodes ``events``).
+        :returns: the ids refreshed, in order of first match, no duplicates.
+        """
+        core = self.core
+        with core.lock:
+            core.load()
+            now = core.clock()
+            back = self.silence.heard(now) if events else False
+            if back:
+                self.silence.end(now, "events came back", self.flush)
+            model = core.model
+            members = {}
+            found = model.matches(events, members)  # id -> the last event that matched it
+            matched = list(found)
+            had_unwritten = model.has_unwritten()
+            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now)
+            members_to_write, members_kept = model.members_refreshed(members, now)
+            if (kept or members_kept) and not had_unwritten:
+                core.due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
+            self.events_received += len(events)
+            # a sample (see RecentEvents); the lists it lets go are freed when
+            # this returns, after the lock is released, not under it
+            dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+            # One heartbeat already up, or one member up (the common cases),
+            # is one statement and no transition; otherwise transactions
+            # through the funnel for those that may change state.
+            if not back and not members_to_write and len(to_write) == 1 \
+                    and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
+                model.written({to_write[0]: now})
+                return matched
+            if not back and not to_write and len(members_to_write) == 1:
+                heartbeat_id, keys, values = members_to_write[0]
+                if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
+                        heartbeat_id, self.groups.key(heartbeat_id, values), now):
+                    model.members_written({(heartbeat_id, values): now})
+                    return matched
+            # Heartbeats up only need their refresh written (one cheap
+            # statement each, no state change), in big chunks; the others
+            # (heartbeats that may come back up, then members: tuples) in
+            # storm-sized chunks.
+            up = model.up_among(to_write)
+            up_set = set(up)
+            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
+            chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
+                      for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
+            chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
+                       for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
+            for _, later in chunks[1:]:
+                model.deferred([item for item in later if type(item) is str], now)
+                model.members_deferred([item for item in later if type(item) is tuple], now)
+            if chunks:
+                write, first = chunks[0]
+                write(first, now)
+        core.publisher.publish()
+        for write, heartbeat_ids in chunks[1:]:
+            with core.storm_chunk():
+                write(heartbeat_ids, now)
+            core.publisher.publish()
+        return matched
+
+    def flush(self, change):
+        """In a change: write the refreshes kept in memory (heartbeats and
+        members up). One that another instance put late, down or paused
+        meanwhile (shared PostgreSQL) is refreshed like any other once the
+        change commits, resolving its alarm."""
+        model, store = self.core.model, self.core.store
+        unwritten = model.unwritten()
+        missed = store.write_refreshes(unwritten.items()) if unwritten else []
+        unwritten_members = model.unwritten_members()
+        if unwritten_members:
+            store.write_member_refreshes([(heartbeat_id, self.groups.key(heartbeat_id, values), t)
+                                          for heartbeat_id, values, t in unwritten_members])
+            change.then(model.members_written, {(heartbeat_id, values): t
+                                                for heartbeat_id, values, t in unwritten_members})
+        if unwritten:
+            change.then(self._written, unwritten, missed)
+
+    def _written(self, refreshes, missed):
+        """Under the lock, after commit: ``refreshes`` (``{id: time}``) were
+        written, except ``missed``, whose heartbeats another instance put
+        late, down or paused meanwhile: those are refreshed like any other,
+        resolving their alarm."""
+        model = self.core.model
+        model.written({key: value for key, value in refreshes.items() if key not in missed})
+        for heartbeat_id in missed:
+            model.went_down([heartbeat_id])
+            self.refresh_chunk([heartbeat_id], refreshes[heartbeat_id])
+
+    def _write_up_chunk(self, heartbeat_ids, now):
+        """Under the lock: write refreshes at ``now`` of heartbeats up (no
+        transition: they stay up)."""
+        refreshes = dict.fromkeys(heartbeat_ids, now)
+        self._written(refreshes, self.core.store.write_refreshes(refreshes.items()))
+
+    def refresh_chunk(self, items, now):
+        """Under the lock: write refreshes at ``now`` of heartbeats (ids) and
+        members (``(heartbeat id, keys, values)``), in one change: those
+        pending, late or down come up (resolving the alarm of those late or
+        down); a paused one only counts the event."""
+        if not items:
+            return
+        heartbeat_ids = [item for item in items if type(item) is str]
+        members = [item for item in items if type(item) is tuple]
+        core = self.core
+        with core.funnel.change() as change:
+            if heartbeat_ids:
+                special = core.store.refresh(heartbeat_ids, now)  # written: one statement for all of them
+                change.apply((Transition(row, None, row["status"], UP, now, "matching event received", now)
+                              for row in special if row["status"] != PAUSED), written=True)
+                special_ids = {row["id"] for row in special}  # the others were up: no transition
+                change.then(core.model.written, {heartbeat_id: now for heartbeat_id in heartbeat_ids
+                                                 if heartbeat_id not in special_ids})
+            if members:
+                self.groups.refreshed(change, members, now)
+
+
+class Groups:
+    """The members of grouped heartbeats: those an event names (created on
+    first sight, up to :data:`MAX_MEMBERS_PER_HEARTBEAT`), their state when
+    their heartbeat is replaced, one removed by hand, a page of them, and
+    the grouped heartbeat's status following theirs."""
+
+    def __init__(self, core, windows):
+        self.core = core
+        self.windows = windows
+        self._capped = set()  # grouped heartbeats whose member cap was said in the log
+
+    def key(self, heartbeat_id, values):
+        """The stored key of member ``values`` of a heartbeat."""
+        return member_key(dict(zip(self.core.model.group_keys(heartbeat_id), values)))
+
+    def follow(self, change, times):
+        """In a change: grouped heartbeats' status follows their members'
+        (:meth:`Store.update_group_status`), each change recorded as the
+        heartbeat's own (no alarm: the members have them). ``times``:
+        ``{id: when their members changed}``."""
+        change.apply((Transition({"id": heartbeat_id}, None, None, status, times[heartbeat_id],
+                                 GROUP_REASONS[status], alarm=None)
+                      for heartbeat_id, status in self.core.store.update_group_status(list(times))), written=True)
+
+    def refreshed(self, change, items, now):
+        """In a change: members ``(heartbeat id, keys, values)`` had a
+        matching event at ``now``. Each goes up (resolving its alarm if it
+        was late or down); one of a paused heartbeat only moves its
+        ``last_event``; a member not seen before is created (up, or paused),
+        unless its heartbeat has :data:`MAX_MEMBERS_PER_HEARTBEAT` members
+        already. Items whose heartbeat was deleted or regrouped since they
+        were matched (between the chunks of a storm) are dropped."""
+        core = self.core
+        model, store = core.model, core.store
+        by_heartbeat = {}
+        for heartbeat_id, keys, values in items:
+            if model.group_keys(heartbeat_id) == keys:
+                by_heartbeat.setdefault(heartbeat_id, {})[member_key(dict(zip(keys, values)))] = values
+        for heartbeat_id, wanted in by_heartbeat.items():
+            heartbeat = store.heartbeat(heartbeat_id)
+            rows = store.members_by_key(heartbeat_id, list(wanted))
+            refresh, touch, insert, transitions, up = [], [], [], [], {}
+            room = MAX_MEMBERS_PER_HEARTBEAT - model.member_count(heartbeat_id)
+            if room > 0:
+                self._capped.discard(heartbeat_id)  # say it again when it fills up again
+            for key, values in wanted.items():
+                row = rows.get(key)
+                if row is None:
+                    if heartbeat["status"] == PAUSED:
+                        insert.append(member_row(heartbeat, key, now, PAUSED, last_event=now))
+                        transitions.append(Transition(heartbeat, key, None, PAUSED, now,
+                                                      "new member (heartbeat paused)", now))
+                    elif len(insert) < room:
+                        insert.append(member_row(heartbeat, key, now, UP, last_event=now))
+                        transitions.append(Transition(heartbeat, key, None, UP, now,
+                                                      "new member: matching event received", now))
+                    else:
+                        self._refuse(heartbeat)
+                elif row["status"] == PAUSED:
+                    touch.append((heartbeat_id, key))
+                else:
+                    refresh.append((heartbeat_id, key))
+                    if row["status"] != UP:
+                        transitions.append(Transition(heartbeat, key, row["status"], UP, now,
+                                                      "matching event received", now))
+                    else:
+                        up[(heartbeat_id, values)] = now
+            # written: one statement per kind for all of them, transitions or not
+            store.refresh_members(refresh, now)
+            store.touch_members(touch, now)
+            store.insert_members(insert)
+            change.apply(transitions, written=True)
+            if up:
+                change.then(model.members_written, up)
+            if any(t.new == UP for t in transitions):
+                self.follow(change, {heartbeat_id: now})
+
+    def _refuse(self, heartbeat):
+        if heartbeat["id"] not in self._capped:
+            self._capped.add(heartbeat["id"])
+            log.warning("heartbeat %s ('%s') has %d members, the most it may have: events naming new members "
+                        "are ignored (they still refresh the members it has)", heartbeat["id"],
+                        log_safe(heartbeat["name"]), MAX_MEMBERS_PER_HEARTBEAT)
+
+    def regrouped(self, change, old, new, now):
+        """In an update's change: what it does to a heartbeat that is or was
+        grouped, and to its members.
+
+        A changed ``group_by``, or a changed pattern of a grouped heartbeat,
+        starts afresh: every member goes (their open alarms resolved), the
+        expected ones come back pending, the heartbeat is pending (paused
+        stays paused); a heartbeat that was not grouped has its own alarm
+        resolved. Otherwise the members get the new timing; expected
+        members added are created pending (or marked expected, if they
+        exist); those no longer listed stay, as ordinary members (retired
+        once down for ``retire_after``); a late member stays late only if
+        the new ``late_after`` has passed since its refresh. A status that
+        changed is recorded as the update's.
+        """
+        store = self.core.store
+        heartbeat_id = old["id"]
+        paused = old["status"] == PAUSED
+        afresh = old["group_by"] != new["group_by"] or old["pattern"] != new["pattern"]
+        expected_old = {member_key(m) for m in json.loads(old["expected_members"] or "[]")}
+        expected_new = [member_key(m) for m in json.loads(new["expected_members"] or "[]")]
+        if afresh:
+            if old["group_by"] is not None:  # memory forgets them with the old grouping (ReadModel.updated)
+                change.apply((Transition(old, row["member"], row["status"], DELETED, now, "regrouped", record=False)
+                              for row in store.delete_all_members(heartbeat_id)), written=True, follow=False)
+            to_create = expected_new if new["group_by"] is not None else []
+        else:
+            store.set_member_timing(heartbeat_id, new["interval_seconds"], new["late_seconds"], new["retire_seconds"])
+            store.set_expected(heartbeat_id, sorted(expected_old - set(expected_new)), False, new["retire_seconds"])
+            fresh = [key for key in expected_new if key not in expected_old]
+            existing = store.members_by_key(heartbeat_id, fresh)
+            store.set_expected(heartbeat_id, list(existing), True, None)
+            to_create = [key for key in fresh if key not in existing]
+            late_seconds = new["late_seconds"]
+            change.apply(Transition(new, row["member"], LATE, UP if row["last_event"] is not None else PENDING, now,
+                                    "updated", row["refreshed"], None)
+                         for row in store.members_with_status(heartbeat_id, LATE)
+                         if late_seconds is None or row["refreshed"] + late_seconds > now)
+        status = PAUSED if paused else PENDING
+        if to_create:
+            store.insert_members([member_row(new, key, now, status, expected=True) for key in to_create])
+            change.apply((Transition(new, key, None, status, now, "expected member created", now)
+                          for key in to_create), written=True)
+        if afresh:  # its own alarm, if it was not grouped; its members had theirs
+            change.apply([Transition(old, None, old["status"], status, now, "updated", now, None,
+                                     last_event=old["last_event"], record=old["status"] != status)])
+        if new["group_by"] is not None:
+            self.follow(change, {heartbeat_id: now})
+        if not afresh:
+            status = store.heartbeat(heartbeat_id)["status"]
+            if status != old["status"]:
+                change.record([Transition(old, None, old["status"], status, now, "updated")])
+
+    def delete(self, heartbeat_id, member):
+        """Remove one member (``member``: its pairs), resolving its alarm if
+        it is late or down. :raises NotFound: no such heartbeat;
+        :raises MemberNotFound:; :raises Invalid: when ``member`` does
+        not give exactly the heartbeat's group_by keys."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.heartbeat(heartbeat_id)
+                keys = group_keys(row)
+                if keys is None:
+                    raise Invalid(["this heartbeat has no group_by: it has no members"])
+                if set(member) != set(keys):
+                    raise Invalid(["the query must give exactly the group_by keys, each once: " + ", ".join(keys)])
+                key = member_key(member)
+                found = core.store.members_by_key(heartbeat_id, [key]).get(key)
+                if found is None:
+                    raise MemberNotFound(key)
+                change.apply([Transition(row, key, found["status"], DELETED, now, "member deleted")])
+                self.follow(change, {heartbeat_id: now})
+        log.info("member %s of heartbeat %s ('%s') removed", log_safe(key), heartbeat_id, log_safe(row["name"]))
+
+    def page(self, heartbeat_id, statuses=(), after=None, limit=DEFAULT_MEMBERS_PAGE):
+        """A page of a heartbeat's members, by member key: those after the
+        key ``after`` (None: from the first) whose status is one of
+        ``statuses`` (any, when empty); ``{"members": [...], "next": cursor
+        or None}`` (see :func:`member_document`). A heartbeat that is not
+        grouped has none. :raises NotFound:."""
+        core = self.core
+        core.load()
+        row = core.store.heartbeat(heartbeat_id)
+        if row["group_by"] is None:
+            return {"members": [], "next": None}
+        rows = core.store.members_page(heartbeat_id, list(statuses), after, limit + 1)
+        covering = self.windows.covering(row["pattern"], core.clock())
+        model = core.model
+        documents = [member_document(member, covering, model.member_unwritten_refresh(
+            heartbeat_id, model.member_values(heartbeat_id, member["member"]))) for member in rows[:limit]]
+        more = len(rows) > limit
+        return {"members": documents, "next": encode_member_cursor(rows[limit - 1]["member"]) if more else None}
+
+
+class Heartbeats:
+    """A heartbeat's life through the API: created, replaced, deleted,
+    paused, resumed, or put into a status at once (:meth:`put`: a job that
+    reports its own failure)."""
+
+    def __init__(self, core, groups, intake):
+        self.core = core
+        self.groups = groups
+        self.intake = intake
 
     def create(self, fields):
         """Create a heartbeat from validated fields; return its id.
 
         :raises PatternExists: when another heartbeat has the pattern.
         """
-        with self._lock:
-            self.load()
-            now = self.clock()
-            row = {
-                **self._document_columns(fields, now),
-                "id": str(uuid.uuid4()),
-                "created": int(now),
-                "refreshed": now,
-                "status": PENDING,
-            }
+        core = self.core
+        with core.operation() as now:
+            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "refreshed": now,
+                   "status": PENDING}
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
-            with self.store.atomic():
-                self.store.insert_heartbeat(row)
-                self.record_change(row["id"], now, PENDING, "created")
+            with core.funnel.change() as change:
+                core.store.insert_heartbeat(row)
+                change.then(core.model.created, row)
+                change.apply([Transition(row, None, None, PENDING, now, "created", now)], written=True)
                 if expected:
-                    self.store.insert_members([self._member_row(row, key, now, PENDING, expected=True)
-                                               for key in expected])
-                    self.record_changes(member_change(row["id"], now, PENDING, "expected member created", key)
-                                        for key in expected)
-            self._model.created(row)
-            self._model.members_added(row["id"], len(expected))
-            self._due_by(due_of(row))
+                    core.store.insert_members([member_row(row, key, now, PENDING, expected=True) for key in expected])
+                    change.apply((Transition(row, key, None, PENDING, now, "expected member created", now)
+                                  for key in expected), written=True)
         log.info("heartbeat %s created ('%s', pattern %s)", row["id"], log_safe(row["name"]),
                  log_safe(row["pattern"]))
         return row["id"]
-
-    @staticmethod
-    def _document_columns(fields, now):
-        return {
-            "name": fields["name"],
-            "author": fields["author"],
-            "description": fields["description"],
-            "output": fields["output"],
-            "pattern": canonical_pattern(fields["pattern"]),
-            "expected_interval": fields["expected_interval"],
-            "interval_seconds": fields["interval_seconds"],
-            "late_after": fields.get("late_after"),
-            "late_seconds": fields.get("late_seconds"),
-            "group_by": _json_text(fields.get("group_by")),
-            "expected_members": _json_text(fields.get("expected_members")),
-            "retire_after": fields.get("retire_after"),
-            "retire_seconds": fields.get("retire_seconds"),
-            "updated": int(now),
-        }
-
-    @staticmethod
-    def _member_row(heartbeat, key, now, status, expected=False, last_event=None):
-        """A new member row of ``heartbeat`` (its row, or its columns)."""
-        return {"heartbeat_id": heartbeat["id"], "member": key, "expected": int(expected),
-                "interval_seconds": heartbeat["interval_seconds"], "late_seconds": heartbeat["late_seconds"],
-                "retire_seconds": None if expected else heartbeat["retire_seconds"], "status": status,
-                "refreshed": now, "last_event": last_event}
 
     def update(self, heartbeat_id, fields):
         """Replace a heartbeat's fields, keeping its id, creation and state.
@@ -4136,120 +5223,155 @@ class Engine:
         :raises NotFound: when there is none.
         :raises PatternExists: when another heartbeat has the new pattern.
         """
-        with self._lock:
-            self.load()
-            now = self.clock()
-            regrouped = None
-            with self.store.atomic():
-                old, new = self.store.update_heartbeat(heartbeat_id, self._document_columns(fields, now))
-                events = []
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                old, new = core.store.update_heartbeat(heartbeat_id, heartbeat_columns(fields, now))
+                change.then(core.model.updated, old, new)
                 late_seconds = new["late_seconds"]
                 if old["group_by"] is not None or new["group_by"] is not None:
-                    events, regrouped = self._update_group(old, new, now)
-                    new = self.store.heartbeat(heartbeat_id)
+                    self.groups.regrouped(change, old, new, now)
                 elif old["status"] == LATE and (late_seconds is None or new["refreshed"] + late_seconds > now):
-                    status = UP if new["last_event"] is not None else PENDING
-                    self.store.set_state(heartbeat_id, status, new["refreshed"], new["last_event"], None)
-                    events = [alarm_event(old, RESOLVED_STATE, now)]
-                    new = self.store.heartbeat(heartbeat_id)
-                elif old["status"] in (LATE, DOWN) and old["pattern"] != new["pattern"]:
+                    change.apply([Transition(old, None, LATE, UP if new["last_event"] is not None else PENDING, now,
+                                             "updated", new["refreshed"], None)])
+                elif old["status"] in ALARMED and old["pattern"] != new["pattern"]:
+                    # the alarm moves to the new resource: resolved under the old one, raised under the new one
                     state = LATE_STATE if old["status"] == LATE else ALARM_STATE
-                    events = [alarm_event(old, RESOLVED_STATE, now), alarm_event(new, state, now)]
-                if new["status"] != old["status"]:
-                    self.record_change(heartbeat_id, now, new["status"], "updated")
-                self._enqueue(events)
-            self._model.updated(old, new)
-            if regrouped is not None:
-                added, back_up = regrouped
-                self._model.members_added(heartbeat_id, added)
-                self._model.members_written(back_up)
-            elif old["status"] == LATE and new["status"] == UP:
-                self._model.written({heartbeat_id: new["refreshed"]})
-            self._committed(events)
-            if new["status"] not in (DOWN, PAUSED):
-                self._due_by(due_of(with_refresh(new, self._model.unwritten_refresh(heartbeat_id))))
+                    change.apply([Transition(old, None, old["status"], old["status"], now, "pattern changed",
+                                             alarm=RESOLVED_STATE, record=False),
+                                  Transition(new, None, old["status"], old["status"], now, "pattern changed",
+                                             alarm=state, record=False)], written=True)
+            new = core.store.heartbeat(heartbeat_id)
+            if new["status"] not in (DOWN, PAUSED):  # a shorter interval may fall due sooner
+                core.due_by(due_of(with_refresh(new, core.model.unwritten_refresh(heartbeat_id))))
             if new["group_by"] is not None:
-                self._due_by(now + (new["late_seconds"] or new["interval_seconds"]))
+                core.due_by(now + (new["late_seconds"] or new["interval_seconds"]))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
-        self._publish()
 
-    def _update_group(self, old, new, now):
-        """Under the lock, in the update's transaction: what an update does
-        to a heartbeat that is or was grouped.
+    def delete(self, heartbeat_id):
+        """Delete a heartbeat and its state (and members), resolving its
+        alarm if it is late or down (those of its members);
+        :raises NotFound:."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.delete_heartbeat(heartbeat_id)  # its history goes with it: nothing recorded
+                change.then(core.model.deleted, row)
+                change.then(self.intake.recent.forget, heartbeat_id)
+                if row["group_by"] is not None:
+                    change.apply((Transition(row, member["member"], member["status"], DELETED, now,
+                                             "heartbeat deleted", record=False)
+                                  for member in core.store.delete_all_members(heartbeat_id)), written=True)
+                else:
+                    change.apply([Transition(row, None, row["status"], DELETED, now, "deleted", record=False)],
+                                 written=True)
+        log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
 
-        A changed ``group_by``, or a changed pattern of a grouped heartbeat,
-        starts afresh: every member goes (their open alarms resolved), the
-        expected ones come back pending, the heartbeat is pending (paused
-        stays paused); a heartbeat that was not grouped has its own alarm
-        resolved. Otherwise the members get the new timing; expected
-        members added are created pending (or marked expected, if they
-        exist); those no longer listed stay, as ordinary members (retired
-        once down for ``retire_after``); a late member stays late only if
-        the new ``late_after`` has passed since its refresh.
+    def pause(self, heartbeat_id):
+        """Pause a heartbeat: no alarm until it is resumed; matching events
+        only move its ``last_event``. An open alarm (late or down) is
+        resolved. A grouped heartbeat pauses every member the same way. A
+        no-op when it is paused already; :raises NotFound:."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.heartbeat(heartbeat_id)
+                if row["status"] == PAUSED:
+                    return
+                last_event = core.model.unwritten_refresh(heartbeat_id) or row["last_event"]
+                change.apply([Transition(row, None, row["status"], PAUSED, now, "paused", row["refreshed"], None,
+                                         last_event=last_event)])
+                if row["group_by"] is not None:
+                    unwritten = core.model.unwritten_members(heartbeat_id)  # their last events, before they pause
+                    core.store.write_member_refreshes([(heartbeat_id, self.groups.key(heartbeat_id, values), t)
+                                                       for _, values, t in unwritten])
+                    change.apply((Transition(row, member["member"], member["status"], PAUSED, now, "paused",
+                                             record=False)
+                                  for member in core.store.pause_members(heartbeat_id)), written=True)
+                    change.then(core.model.members_went_down, heartbeat_id)  # all of them (those up too)
+        log.info("heartbeat %s paused ('%s', was %s)", heartbeat_id, log_safe(row["name"]), row["status"])
 
-        :returns: ``(events, (members added, {(id, values): refresh} of
-            members back up))``.
+    def resume(self, heartbeat_id):
+        """Resume a paused heartbeat: it starts afresh, ``pending``, its
+        deadline an interval from now (each of its members, for a grouped
+        one). A no-op when it is not paused; :raises NotFound:."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.heartbeat(heartbeat_id)
+                if row["status"] != PAUSED:
+                    return
+                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", now, None,
+                                         last_event=row["last_event"])])
+                if row["group_by"] is not None:
+                    core.store.resume_members(heartbeat_id, now)  # all of them, in one statement: none is recorded
+                    self.groups.follow(change, {heartbeat_id: now})
+        log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
+
+    def put(self, heartbeat_id, status, reason, output=None, member=None):
+        """Put a heartbeat (or one of its members: ``member`` its pairs) into
+        ``status`` now, through the funnel, as a job reporting its own
+        failure does (see :func:`transition_now`): down or late raise the
+        alarm at once, with ``output`` in place of the heartbeat's when
+        given; up or pending start afresh (resolving an open alarm). A
+        grouped heartbeat's own status follows its members' and cannot be
+        put.
+
+        :returns: the :class:`Transition` applied, or None when there was
+            none (already in that status, or paused).
+        :raises NotFound: no such heartbeat; :raises MemberNotFound:;
+            :raises ValueError: a grouped heartbeat without ``member``.
         """
-        heartbeat_id, events = old["id"], []
-        paused = old["status"] == PAUSED
-        afresh = old["group_by"] != new["group_by"] or old["pattern"] != new["pattern"]
-        expected_old = {member_key(m) for m in json.loads(old["expected_members"] or "[]")}
-        expected_new = [member_key(m) for m in json.loads(new["expected_members"] or "[]")]
-        added, back_up = 0, {}
-        if afresh:
-            if old["group_by"] is not None:
-                events += [alarm_event(old, RESOLVED_STATE, now, json.loads(row["member"]))
-                           for row in self.store.delete_all_members(heartbeat_id)]
-            elif old["status"] in (LATE, DOWN):
-                events.append(alarm_event(old, RESOLVED_STATE, now))
-            self.store.set_state(heartbeat_id, PAUSED if paused else PENDING, now, old["last_event"], None)
-            to_create = expected_new if new["group_by"] is not None else []
-        else:
-            self.store.set_member_timing(heartbeat_id, new["interval_seconds"], new["late_seconds"],
-                                         new["retire_seconds"])
-            self.store.set_expected(heartbeat_id, sorted(expected_old - set(expected_new)), False,
-                                    new["retire_seconds"])
-            fresh = [key for key in expected_new if key not in expected_old]
-            existing = self.store.members_by_key(heartbeat_id, fresh)
-            self.store.set_expected(heartbeat_id, list(existing), True, None)
-            to_create = [key for key in fresh if key not in existing]
-            late_seconds, states = new["late_seconds"], []
-            for row in self.store.members_with_status(heartbeat_id, LATE):
-                if late_seconds is None or row["refreshed"] + late_seconds > now:
-                    status = UP if row["last_event"] is not None else PENDING
-                    states.append((heartbeat_id, row["member"], status, row["refreshed"], None))
-                    self.record_change(*member_change(heartbeat_id, now, status, "updated", row["member"]))
-                    events.append(alarm_event(old, RESOLVED_STATE, now, json.loads(row["member"])))
-                    if status == UP:
-                        back_up[(heartbeat_id, tuple(json.loads(row["member"])[k] for k in group_keys(new)))] = \
-                            row["refreshed"]
-            self.store.set_member_states(states)
-        if to_create:
-            self.store.insert_members([self._member_row(new, key, now, PAUSED if paused else PENDING, expected=True)
-                                       for key in to_create])
-            self.record_changes(member_change(heartbeat_id, now, PAUSED if paused else PENDING,
-                                              "expected member created", key) for key in to_create)
-            added = len(to_create)
-        if new["group_by"] is not None:
-            self.store.update_group_status([heartbeat_id])
-        return events, (added, back_up)
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.heartbeat(heartbeat_id)
+                key = None
+                if member is not None:
+                    key = member_key(member)
+                    found = core.store.members_by_key(heartbeat_id, [key]).get(key)
+                    if found is None:
+                        raise MemberNotFound(key)
+                    row = {**dict(found), "id": row["id"], "name": row["name"], "output": row["output"],
+                           "pattern": row["pattern"]}
+                elif row["group_by"] is not None:
+                    raise ValueError("a grouped heartbeat's status follows its members': put a member")
+                transition = transition_now(row, status, now, reason, output, key)
+                if transition is None:
+                    return None
+                change.apply([transition])
+                if key is not None:
+                    self.groups.follow(change, {heartbeat_id: now})
+        return transition
+
+
+class Views:
+    """The read side: documents, states, alarms, and the pages' and metrics'
+    overviews, from memory where it holds them, else the database, with
+    the refreshes memory holds and the windows that cover counted."""
+
+    def __init__(self, core, windows, silence, lifecycle):
+        self.core = core
+        self.windows = windows
+        self.silence = silence
+        self.lifecycle = lifecycle
 
     def document(self, heartbeat_id):
         """The heartbeat's document as JSON bytes, from memory; :raises NotFound:.
         (With other instances, one not found is looked for in their changes
         first: it may have been created a moment ago through another.)"""
-        self.load()
+        self.core.load()
         try:
-            return self._model.document(heartbeat_id)
+            return self.core.model.document(heartbeat_id)
         except NotFound:
-            if not self.sync():
+            if not self.lifecycle.sync():
                 raise
-        return self._model.document(heartbeat_id)
+        return self.core.model.document(heartbeat_id)
 
     def list(self):
         """Every heartbeat document, newest first."""
-        return [heartbeat_document(row) for row in self.store.heartbeats()]
+        return [heartbeat_document(row) for row in self.core.store.heartbeats()]
 
     def page(self, limit, after=None):
         """A page of heartbeat documents, newest first (ties: last created
@@ -4260,85 +5382,11 @@ class Engine:
             cursor of the last heartbeat of the previous page.
         :returns: ``(documents, the next page's cursor or None)``.
         """
-        rows = self.store.heartbeats_page(limit + 1, after)
+        rows = self.core.store.heartbeats_page(limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         cursor = encode_cursor(rows[-1]["created"], rows[-1]["rowid"]) if more else None
         return [heartbeat_document(row) for row in rows], cursor
-
-    def delete(self, heartbeat_id):
-        """Delete a heartbeat and its state (and members), resolving its
-        alarm if it is late or down (those of its members);
-        :raises NotFound:."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                row = self.store.delete_heartbeat(heartbeat_id)
-                if row["group_by"] is not None:
-                    events = [alarm_event(row, RESOLVED_STATE, now, json.loads(member["member"]))
-                              for member in self.store.delete_all_members(heartbeat_id)]
-                else:
-                    events = [alarm_event(row, RESOLVED_STATE, now)] if row["status"] in (LATE, DOWN) else []
-                self._enqueue(events)
-            self._model.deleted(row)
-            self.recent.forget(heartbeat_id)
-            self._committed(events)
-        log.info("heartbeat %s deleted ('%s')", row["id"], log_safe(row["name"]))
-        self._publish()
-
-    def pause(self, heartbeat_id):
-        """Pause a heartbeat: no alarm until it is resumed; matching events
-        only move its ``last_event``. An open alarm (late or down) is
-        resolved. A grouped heartbeat pauses every member the same way. A
-        no-op when it is paused already; :raises NotFound:."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            events = []
-            with self.store.atomic():
-                row = self.store.heartbeat(heartbeat_id)
-                changed = row["status"] != PAUSED
-                if changed:
-                    last_event = self._model.unwritten_refresh(heartbeat_id) or row["last_event"]
-                    self.store.set_state(heartbeat_id, PAUSED, row["refreshed"], last_event, None)
-                    self.record_change(heartbeat_id, now, PAUSED, "paused")
-                    if row["group_by"] is not None:
-                        unwritten = self._model.unwritten_members(heartbeat_id)
-                        self.store.write_member_refreshes(self._member_refreshes(unwritten))
-                        events = [alarm_event(row, RESOLVED_STATE, now, json.loads(member["member"]))
-                                  for member in self.store.pause_members(heartbeat_id)]
-                    elif row["status"] in (LATE, DOWN):
-                        events = [alarm_event(row, RESOLVED_STATE, now)]
-                    self._enqueue(events)
-            if changed:
-                self._model.went_down([heartbeat_id])
-                self._model.members_went_down(heartbeat_id)
-            self._committed(events)
-        if changed:
-            log.info("heartbeat %s paused ('%s', was %s)", heartbeat_id, log_safe(row["name"]), row["status"])
-        self._publish()
-
-    def resume_heartbeat(self, heartbeat_id):
-        """Resume a paused heartbeat: it starts afresh, ``pending``, its
-        deadline an interval from now (each of its members, for a grouped
-        one). A no-op when it is not paused; :raises NotFound:."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                row = self.store.heartbeat(heartbeat_id)
-                changed = row["status"] == PAUSED
-                if changed:
-                    self.store.set_state(heartbeat_id, PENDING, now, row["last_event"], None)
-                    self.record_change(heartbeat_id, now, PENDING, "resumed")
-                    if row["group_by"] is not None:
-                        self.store.resume_members(heartbeat_id, now)
-                        self._update_group_status({heartbeat_id: now})
-            if changed:
-                self._due_by(now + (row["late_seconds"] or row["interval_seconds"]))
-        if changed:
-            log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
 
     def status(self, heartbeat_id):
         """The heartbeat's state document; :raises NotFound:.
@@ -4348,95 +5396,33 @@ class Engine:
         earliest of those pending, up or late, ``alarm_since`` the oldest
         member alarm, and ``members`` counts them by status.
         """
-        row = self.store.heartbeat(heartbeat_id)
-        covering = self._covering(row["pattern"], self.clock())
+        core = self.core
+        row = core.store.heartbeat(heartbeat_id)
+        covering = self.windows.covering(row["pattern"], core.clock())
         if row["group_by"] is None:
-            return status_document(with_refresh(row, self._model.unwritten_refresh(heartbeat_id)), covering)
-        last_event, deadline, alarm_since = self.store.member_summary(heartbeat_id)
-        kept = [t for _, _, t in self._model.unwritten_members(heartbeat_id)]
+            return status_document(with_refresh(row, core.model.unwritten_refresh(heartbeat_id)), covering)
+        last_event, deadline, alarm_since = core.store.member_summary(heartbeat_id)
+        kept = [t for _, _, t in core.model.unwritten_members(heartbeat_id)]
         last_event = max([t for t in (last_event, *kept) if t is not None], default=None)
-        if row["status"] == PAUSED:
-            deadline = None
-        elif covering is not None and deadline is not None:
-            deadline = max(deadline, covering[0] + row["interval_seconds"])
         document = status_document({**dict(row), "last_event": last_event, "alarm_since": alarm_since}, covering)
-        document["deadline"] = api_time(deadline)
-        document["members"] = self._counts(self.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+        # the members' deadline: of those neither down nor paused
+        document["deadline"] = api_time(None if row["status"] == PAUSED else
+                                        pushed_deadline(deadline, row["interval_seconds"], covering))
+        document["members"] = status_counts(core.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
         return document
-
-    @staticmethod
-    def _counts(counts):
-        """Members per status, every status named."""
-        return {status: counts.get(status, 0) for status in STATUSES}
 
     def alarms(self, limit=None):
         """The active alarms (heartbeats and members late or down, and the
         intake silence), oldest first (the ``limit`` oldest, if given)."""
+        store = self.core.store
         limit = -1 if limit is None else limit
-        alarms = [active_alarm(row) for row in self.store.alarms(limit)]
-        alarms += [active_alarm(row) for row in self.store.member_alarms(limit)]
-        silent_since = self._silent_since
-        if silent_since is not None:
-            alarms.append({**intake_event(ALARM_STATE, silent_since, self._silence_seconds()),
-                           "since": api_time(silent_since)})
+        alarms = [active_alarm(row) for row in store.alarms(limit)]
+        alarms += [active_alarm(row) for row in store.member_alarms(limit)]
+        intake = self.silence.alarm()
+        if intake is not None:
+            alarms.append(intake)
         alarms.sort(key=lambda alarm: alarm["since"])  # stable: heartbeats, then members, at the same time
         return alarms if limit < 0 else alarms[:limit]
-
-    # -- members -------------------------------------------------------------
-
-    def members(self, heartbeat_id, statuses=(), after=None, limit=DEFAULT_MEMBERS_PAGE):
-        """A page of a heartbeat's members, by member key: those after the
-        key ``after`` (None: from the first) whose status is one of
-        ``statuses`` (any, when empty); ``{"members": [...], "next": cursor
-        or None}`` (see :func:`member_document`). A heartbeat that is not
-        grouped has none. :raises NotFound:."""
-        self.load()
-        row = self.store.heartbeat(heartbeat_id)
-        if row["group_by"] is None:
-            return {"members": [], "next": None}
-        rows = self.store.members_page(heartbeat_id, list(statuses), after, limit + 1)
-        covering = self._covering(row["pattern"], self.clock())
-        model = self._model
-        documents = [member_document(member, covering, model.member_unwritten_refresh(
-            heartbeat_id, model.member_values(heartbeat_id, member["member"]))) for member in rows[:limit]]
-        more = len(rows) > limit
-        return {"members": documents, "next": encode_member_cursor(rows[limit - 1]["member"]) if more else None}
-
-    def delete_member(self, heartbeat_id, member):
-        """Remove one member (``member``: its pairs), resolving its alarm if
-        it is late or down. :raises NotFound: no such heartbeat;
-        :raises MemberNotFound:; :raises Invalid: when ``member`` does
-        not give exactly the heartbeat's group_by keys."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                row = self.store.heartbeat(heartbeat_id)
-                keys = group_keys(row)
-                if keys is None:
-                    raise Invalid(["this heartbeat has no group_by: it has no members"])
-                if set(member) != set(keys):
-                    raise Invalid(["the query must give exactly the group_by keys, each once: " + ", ".join(keys)])
-                key = member_key(member)
-                found = self.store.members_by_key(heartbeat_id, [key]).get(key)
-                if found is None:
-                    raise MemberNotFound(key)
-                self.store.delete_members([(heartbeat_id, key)])
-                self.record_change(heartbeat_id, now, "deleted", "member deleted", {"member": member})
-                self._update_group_status({heartbeat_id: now})
-                events = [alarm_event(row, RESOLVED_STATE, now, member)] if found["status"] in (LATE, DOWN) else []
-                self._enqueue(events)
-            self._model.members_removed(heartbeat_id, [tuple(member[k] for k in keys)])
-            self._committed(events)
-        log.info("member %s of heartbeat %s ('%s') removed", log_safe(key), heartbeat_id, log_safe(row["name"]))
-        self._publish()
-
-    def _member_key(self, heartbeat_id, values):
-        return member_key(dict(zip(self._model.group_keys(heartbeat_id), values)))
-
-    def _member_refreshes(self, unwritten):
-        """``(heartbeat id, values, time)`` as the store takes them: ``(heartbeat id, key, time)``."""
-        return [(heartbeat_id, self._member_key(heartbeat_id, values), t) for heartbeat_id, values, t in unwritten]
 
     def status_page(self, statuses=(), terms=(), offset=0, limit=100):
         """One page of the heartbeats for the status page, each as in
@@ -4447,18 +5433,19 @@ class Engine:
         :returns: ``{"rows", "total" (matching, all pages), "counts"
             ({status: n} over every heartbeat)}``.
         """
-        self.load()
-        now = self.clock()
-        active = [window.pattern for window in self._windows.values() if window.occurrence_at(now)]
-        counts, total, rows = self.store.status_page(list(statuses), list(terms), limit, offset, active)
-        unwritten = self._model.unwritten_refresh
-        members = self.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
+        core = self.core
+        core.load()
+        now = core.clock()
+        active = [window.pattern for window in self.windows.active(now)]
+        counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, active)
+        unwritten = core.model.unwritten_refresh
+        members = core.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
         page = []
         for row in rows:
             row = with_refresh(row, unwritten(row["id"]))
-            entry = {**heartbeat_document(row), **status_document(row, self._covering(row["pattern"], now))}
+            entry = {**heartbeat_document(row), **status_document(row, self.windows.covering(row["pattern"], now))}
             if row["group_by"] is not None:
-                entry["members"] = self._counts(members.get(row["id"], {}))
+                entry["members"] = status_counts(members.get(row["id"], {}))
             page.append(entry)
         return {"rows": page, "total": total, "counts": counts}
 
@@ -4466,733 +5453,86 @@ class Engine:
         """Every heartbeat, newest first, as its document merged with its
         state document, and for a grouped one its members per status in
         ``members`` (two database reads)."""
-        unwritten = self._model.unwritten()
-        now = self.clock()
-        active = [window for window in self._windows.values() if window.occurrence_at(now)]
-        members = self.store.member_counts()
+        core = self.core
+        unwritten = core.model.unwritten()
+        now = core.clock()
+        active = self.windows.active(now)
+        members = core.store.member_counts()
         overview = []
-        for row in self.store.heartbeats():
+        for row in core.store.heartbeats():
             row = with_refresh(row, unwritten.get(row["id"]))
-            maintenance = self._covering(row["pattern"], now, active) if active else None
+            maintenance = self.windows.covering(row["pattern"], now, active) if active else None
             entry = {**heartbeat_document(row), **status_document(row, maintenance)}
             if row["group_by"] is not None:
-                entry["members"] = self._counts(members.get(row["id"], {}))
+                entry["members"] = status_counts(members.get(row["id"], {}))
             overview.append(entry)
         return overview
 
-    # -- maintenance windows -------------------------------------------------
 
-    def _covering(self, pattern, at, windows=None):
-        """``(until, window)``: of the maintenance windows selecting
-        ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
-        the one ending last; None when there is none."""
-        windows = self._windows.values() if windows is None else windows
-        if not windows:
-            return None
-        if isinstance(pattern, str):
-            pattern = json.loads(pattern)
-        best = None
-        for window in windows:
-            if window.selects(pattern):
-                occurrence = window.occurrence_at(at)
-                if occurrence is not None and (best is None or occurrence[1] > best[0]):
-                    best = (occurrence[1], window)
-        return best
+class History:
+    """The recorded state changes (the funnel writes them): a heartbeat's
+    history and availability, the pages' timelines, the metrics, and
+    pruning what is older than ``history_days``."""
 
-    @staticmethod
-    def _maintenance_row(fields, now):
-        return {
-            "name": fields["name"],
-            "pattern": canonical_pattern(fields["pattern"]),
-            "start_local": fields["start"].isoformat(),
-            "end_local": fields["end"].isoformat(),
-            "timezone": fields["timezone"],
-            "rrule": fields["rrule"],
-            "updated": int(now),
-        }
+    def __init__(self, core, days):
+        self.core = core
+        self.days = days
+        self._prune_lock = threading.Lock()
+        self._prune_due_at = -math.inf  # clock time of the next pruning pass
+        self._prune_cursor = None  # (at, seq) where the pass in progress goes on
 
-    def create_maintenance(self, fields):
-        """Create a maintenance window from validated fields; return its id.
-
-        :raises Invalid: when there are :data:`MAX_MAINTENANCE_WINDOWS` already.
-        """
-        with self._lock:
-            self.load()
-            now = self.clock()
-            if len(self._windows) >= MAX_MAINTENANCE_WINDOWS:
-                raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
-            row = {**self._maintenance_row(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
-            window = MaintenanceWindow(row)
-            window.known_since = now
-            with self.store.atomic():
-                self.store.insert_maintenance(row)
-                if window.occurrence_at(now) is not None:  # active already: its start is now
-                    self._record_maintenance(window, now, True)
-            self._windows = {**self._windows, window.id: window}
-            self._due_by_boundary(window, now)
-        log.info("maintenance %s created ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
-        return window.id
-
-    def update_maintenance(self, maintenance_id, fields):
-        """Replace a maintenance window. One active now ends now first (see
-        :meth:`_end_early`), then the new definition applies.
-        :raises NotFound:."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                _, row = self.store.update_maintenance(maintenance_id, self._maintenance_row(fields, now))
-                changed = self._end_early(self._windows.get(maintenance_id), now)
-                window = MaintenanceWindow(row)
-                window.known_since = now
-                if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
-                    self._record_maintenance(window, now, True)
-            self._windows = {**self._windows, window.id: window}
-            self._model.written({heartbeat_id: now for heartbeat_id, status in changed if status == UP})
-            self._due_by_boundary(window, now)
-        log.info("maintenance %s updated ('%s', pattern %s)", window.id, log_safe(window.name), log_safe(row["pattern"]))
-
-    def delete_maintenance(self, maintenance_id):
-        """Delete a maintenance window; one active now ends now (see
-        :meth:`_end_early`). :raises NotFound:."""
-        with self._lock:
-            self.load()
-            now = self.clock()
-            with self.store.atomic():
-                row = self.store.delete_maintenance(maintenance_id)
-                changed = self._end_early(self._windows.get(maintenance_id), now)
-            self._windows = {key: window for key, window in self._windows.items() if key != maintenance_id}
-            self._model.written({heartbeat_id: now for heartbeat_id, status in changed if status == UP})
-        log.info("maintenance %s deleted ('%s')", maintenance_id, log_safe(row["name"]))
-
-    def _end_early(self, window, now):
-        """A window edited or deleted while active ends now: the end rule
-        applies as of now (deadline at least now + interval), including to
-        the heartbeats whose refresh it had pushed to its planned end."""
-        occurrence = window.occurrence_at(now) if window is not None else None
-        if occurrence is None:
-            return []
-        covered = []
-        changed = self.store.end_maintenance(window.pattern, now, pushed_to=occurrence[1], covered=covered)
-        self._record_maintenance(window, now, False, covered)
-        log.info("maintenance %s ('%s') ended early, at its change: %d heartbeat(s) get a full interval from now",
-                 window.id, log_safe(window.name), len(changed))
-        return changed
-
-    def _due_by_boundary(self, window, now):
-        boundary = window.next_boundary(now)
-        if boundary is not None:
-            self._due_by(boundary)
-
-    def maintenance(self, maintenance_id):
-        """A window's document; :raises NotFound:."""
-        return maintenance_document(self.store.maintenance(maintenance_id))
-
-    def maintenances(self, active=False):
-        """Every window, newest first; with ``active``, only those active now."""
-        rows = self.store.maintenances()
-        if active:
-            now = self.clock()
-            windows = self._windows
-            rows = [row for row in rows if row["id"] in windows and windows[row["id"]].occurrence_at(now)]
-        return [maintenance_document(row) for row in rows]
-
-    def outbox_depth(self):
-        """Events waiting for delivery; :raises StoreError: when the database
-        does not answer."""
-        return self.store.outbox_depth()
-
-    def health(self):
-        """``(outbox depth or None, problem or None, since)``; never waits on the
-        engine's lock or the database writer (see :meth:`Store.health`)."""
-        return self.store.health()
-
-    # -- events and time -----------------------------------------------------
-
-    def ingest(self, events, body_bytes=0):
-        """Refresh every heartbeat an event matches, at the receive time.
-
-        Heartbeats coming back in a storm are written in chunks of
-        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
-
-        :param events: validated events (dicts).
-        :param body_bytes: the request's body they came in (bytes), which
-            :class:`RecentEvents` keeps for the pattern tester (else it
-            encodes ``events``).
-        :returns: the ids refreshed, in order of first match, no duplicates.
-        """
-        with self._lock:
-            self.load()
-            now = self.clock()
-            back = self._intake(now) if events else False
-            members = {}
-            found = self._model.matches(events, members)  # id -> the last event that matched it
-            matched = list(found)
-            had_unwritten = self._model.has_unwritten()
-            to_write, kept = self._model.refreshed(self._model.plain(matched) if members else matched, now)
-            members_to_write, members_kept = self._model.members_refreshed(members, now)
-            if (kept or members_kept) and not had_unwritten:
-                self._due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
-            self.events_received += len(events)
-            # a sample (see RecentEvents); the lists it lets go are freed when
-            # this returns, after the lock is released, not under it
-            dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
-            # One heartbeat already up, or one member up (the common cases),
-            # is one statement; otherwise transactions that also record
-            # those going up and report those coming back.
-            if not back and not members_to_write and len(to_write) == 1 \
-                    and self._model.is_up(to_write[0]) and self.store.refresh_if_not_down(to_write[0], now):
-                self._model.written({to_write[0]: now})
-                return matched
-            if not back and not to_write and len(members_to_write) == 1:
-                heartbeat_id, keys, values = members_to_write[0]
-                if self._model.member_is_up(heartbeat_id, values) and self.store.refresh_member_if_up(
-                        heartbeat_id, self._member_key(heartbeat_id, values), now):
-                    self._model.members_written({(heartbeat_id, values): now})
-                    return matched
-            # Heartbeats up only need their refresh written (one cheap
-            # statement each, no state change), in big chunks; the others
-            # (heartbeats that may come back up, then members: tuples) in
-            # storm-sized chunks.
-            up = self._model.up_among(to_write)
-            up_set = set(up)
-            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
-            chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
-                      for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
-            chunks += [(self._refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
-                       for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
-            for _, later in chunks[1:]:
-                self._model.deferred([item for item in later if type(item) is str], now)
-                self._model.members_deferred([item for item in later if type(item) is tuple], now)
-            if chunks:
-                write, first = chunks[0]
-                write(first, now)
-        self._publish()
-        for write, heartbeat_ids in chunks[1:]:
-            with self._storm_chunk():
-                write(heartbeat_ids, now)
-            self._publish()
-        return matched
-
-    def _apply_written(self, refreshes, missed):
-        """Under the lock, after commit: ``refreshes`` (``{id: time}``) were
-        written, except ``missed``, whose heartbeats another instance put
-        late, down or paused meanwhile (shared PostgreSQL): those are
-        refreshed like any other, resolving their alarm."""
-        self._model.written({key: value for key, value in refreshes.items() if key not in missed})
-        for heartbeat_id in missed:
-            self._model.went_down([heartbeat_id])
-            self._refresh_chunk([heartbeat_id], refreshes[heartbeat_id])
-
-    def _write_up_chunk(self, heartbeat_ids, now):
-        """Under the lock: write refreshes at ``now`` of heartbeats up. One
-        that another instance put late, down or paused meanwhile (shared
-        PostgreSQL) is refreshed like any other, resolving its alarm."""
-        refreshes = dict.fromkeys(heartbeat_ids, now)
-        self._apply_written(refreshes, self.store.write_refreshes(refreshes.items()))
-
-    def _refresh_chunk(self, items, now):
-        """Under the lock: write refreshes at ``now`` of heartbeats (ids) and
-        members (``(heartbeat id, keys, values)``); resolve the alarms of
-        those that were late or down; a paused one only counts the event."""
-        heartbeat_ids = [item for item in items if type(item) is str]
-        members = [item for item in items if type(item) is tuple]
-        if not items:
-            return
-        special, member_changes = [], None
-        with self.store.atomic():
-            if heartbeat_ids:
-                special = self.store.refresh(heartbeat_ids, now)
-                self.record_changes((row["id"], now, UP, "matching event received", None)
-                                    for row in special if row["status"] != PAUSED)
-            came_back = [row for row in special if row["status"] in (LATE, DOWN)]
-            resolutions = [alarm_event(row, RESOLVED_STATE, now) for row in came_back]
-            if members:
-                member_changes = self._refresh_members(members, now)
-                resolutions += member_changes[0]
-            self._enqueue(resolutions)
-        paused = {row["id"] for row in special if row["status"] == PAUSED}
-        self._model.written({heartbeat_id: now for heartbeat_id in heartbeat_ids if heartbeat_id not in paused})
-        if member_changes is not None:
-            _, written, added, due = member_changes
-            self._model.members_written(written)
-            for heartbeat_id, count in added.items():
-                self._model.members_added(heartbeat_id, count)
-            if due is not None:
-                self._due_by(due)
-        self._committed(resolutions)
-        if came_back:
-            self._due_by(now + min(row["late_seconds"] or row["interval_seconds"] for row in came_back))
-
-    def _refresh_members(self, items, now):
-        """Under the lock, in a transaction: members ``(heartbeat id, keys,
-        values)`` had a matching event at ``now``. Each goes up (resolving
-        its alarm if it was late or down); one of a paused heartbeat only
-        moves its ``last_event``; a member not seen before is created (up,
-        or paused), unless its heartbeat has :data:`MAX_MEMBERS_PER_HEARTBEAT`
-        members already. Items whose heartbeat was deleted or regrouped
-        since they were matched (between the chunks of a storm) are dropped.
-
-        :returns: ``(resolutions, {(id, values): now} of members up,
-            {id: members created}, earliest time a tick is due, or None)``.
-        """
-        by_heartbeat = {}
-        for heartbeat_id, keys, values in items:
-            if self._model.group_keys(heartbeat_id) == keys:
-                by_heartbeat.setdefault(heartbeat_id, {})[member_key(dict(zip(keys, values)))] = values
-        resolutions, written, added, due = [], {}, {}, None
-        for heartbeat_id, wanted in by_heartbeat.items():
-            heartbeat = self.store.heartbeat(heartbeat_id)
-            rows = self.store.members_by_key(heartbeat_id, list(wanted))
-            refresh, touch, insert, changed, changes = [], [], [], False, []
-            room = MAX_MEMBERS_PER_HEARTBEAT - self._model.member_count(heartbeat_id)
-            if room > 0:
-                self._capped.discard(heartbeat_id)  # say it again when it fills up again
-            for key, values in wanted.items():
-                row = rows.get(key)
-                if row is None:
-                    if heartbeat["status"] == PAUSED:
-                        insert.append(self._member_row(heartbeat, key, now, PAUSED, last_event=now))
-                        changes.append(member_change(heartbeat_id, now, PAUSED, "new member (heartbeat paused)", key))
-                    elif len(insert) < room:
-                        insert.append(self._member_row(heartbeat, key, now, UP, last_event=now))
-                        changes.append(member_change(heartbeat_id, now, UP, "new member: matching event received", key))
-                        written[(heartbeat_id, values)] = now
-                        changed = True
-                    else:
-                        self._refuse_member(heartbeat)
-                elif row["status"] == PAUSED:
-                    touch.append((heartbeat_id, key))
-                else:
-                    refresh.append((heartbeat_id, key))
-                    written[(heartbeat_id, values)] = now
-                    if row["status"] != UP:
-                        changed = True
-                        changes.append(member_change(heartbeat_id, now, UP, "matching event received", key))
-                        if row["status"] in (LATE, DOWN):
-                            resolutions.append(alarm_event(heartbeat, RESOLVED_STATE, now, json.loads(key)))
-            self.store.refresh_members(refresh, now)
-            self.store.touch_members(touch, now)
-            self.store.insert_members(insert)
-            self.record_changes(changes)
-            if insert:
-                added[heartbeat_id] = len(insert)
-            if changed:
-                self._update_group_status({heartbeat_id: now})
-                at = now + (heartbeat["late_seconds"] or heartbeat["interval_seconds"])
-                due = at if due is None else min(due, at)
-        return resolutions, written, added, due
-
-    def _refuse_member(self, heartbeat):
-        if heartbeat["id"] not in self._capped:
-            self._capped.add(heartbeat["id"])
-            log.warning("heartbeat %s ('%s') has %d members, the most it may have: events naming new members "
-                        "are ignored (they still refresh the members it has)", heartbeat["id"],
-                        log_safe(heartbeat["name"]), MAX_MEMBERS_PER_HEARTBEAT)
-
-    def tick(self):
-        """Write the refreshes kept in memory; apply the end rule of the
-        maintenance windows that ended; put every heartbeat whose late time
-        or deadline has passed late or down, raising its alarm and recording
-        the change, unless a window protects it; record that the service is
-        alive; then, outside the lock, a bounded step of history pruning
-        (:meth:`prune_history`). A storm is handled in chunks of
-        :data:`STORM_CHUNK_HEARTBEATS`, letting go of the lock in between.
-
-        :returns: seconds until the next tick is due: the earliest late time
-            or deadline, the next start or end of a maintenance window, the
-            next write of refreshes kept in memory, or the next alive record,
-            whichever comes first (the scheduler sleeps that long).
-        """
-        now = None
-        while True:
-            with self._storm_chunk(pause=now is not None):
-                self.load()
-                first = now is None
-                if first:
-                    now = self.clock()
-                    horizon = self._expiry_horizon(now)
-                missed = []
-                with self.store.atomic():
-                    unwritten = self._model.unwritten()
-                    if unwritten:
-                        missed = self.store.write_refreshes(unwritten.items())
-                    unwritten_members = self._model.unwritten_members()
-                    if unwritten_members:
-                        self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
-                    started, ended, moved_up = self._window_boundaries(now) if first else ([], [], {})
-                    handled, alarms, left_up, protected_up = (0, [], [], {}) if horizon is None else \
-                        self._expire(horizon, STORM_CHUNK_HEARTBEATS)
-                    members = None
-                    if horizon is not None and handled < STORM_CHUNK_HEARTBEATS:
-                        members = self._expire_members(horizon, STORM_CHUNK_HEARTBEATS - handled)
-                        handled += members["handled"]
-                        alarms += members["events"]
-                    self._enqueue(alarms)
-                    self._record_alive(now)
-                self._apply_written(unwritten, missed)
-                self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
-                self._model.written({**moved_up, **protected_up})
-                self._model.went_down(left_up)
-                if members is not None:
-                    self._members_expired(members)
-                if first:
-                    self._windows_checked_at = now
-                self.alarms_raised += sum(event["state"] != RESOLVED_STATE for event in alarms)
-                self._committed(alarms)
-                more = handled == STORM_CHUNK_HEARTBEATS
-                if not more:
-                    silence = self._silence_due()
-                    if silence is not None and silence <= now:
-                        self._start_silence(silence)
-                    later = self.clock()  # a storm takes time: say when next from its end
-                    earliest = [t for t in (self.store.next_due(), self.store.next_member_due(),
-                                            self._silence_due()) if t is not None]
-                    next_at = self._next_tick_at = next_tick_at(later, min(earliest, default=None),
-                                                                self._next_window_boundary(later))
-            for window in started:
-                log.info("maintenance %s ('%s') started", window.id, log_safe(window.name))
-            for window, count in ended:
-                log.info("maintenance %s ('%s') ended: %d heartbeat(s) get a full interval from its end",
-                         window.id, log_safe(window.name), count)
-            if members is not None:
-                for heartbeat_id, name, key, down_since in members["retired"]:
-                    log.info("member %s of heartbeat %s ('%s') retired: down since %s", log_safe(key), heartbeat_id,
-                             log_safe(name), iso_time(down_since))
-            self._publish()
-            if not more:
-                break
-        self.prune_history()
-        return next_at - later
-
-    # -- intake silence ------------------------------------------------------
-
-    def _silence_seconds(self):
-        return self.intake_silence or 0
-
-    def _silence_due(self):
-        """When the intake falls silent if no event arrives by then; None
-        when it is silent, or not watched."""
-        if self.intake_silence is None or self._silent_since is not None:
-            return None
-        return self._intake_at + self.intake_silence
-
-    def _expiry_horizon(self, now):
-        """Up to when deadlines may expire in a tick at ``now``: now; the
-        start of an intake silence that began since (expiry stops there);
-        None during a silence (the clock is stopped)."""
-        if self._silent_since is not None:
-            return None
-        silence = self._silence_due()
-        return now if silence is None or silence > now else silence
-
-    def _start_silence(self, since):
-        """Under the lock: no event arrived from ``since - intake_silence``
-        to ``since``. Raise the one intake alarm, record the silence (it
-        survives a restart), stop expiry until events come back."""
-        event = intake_event(ALARM_STATE, since, self.intake_silence)
-        with self.store.atomic():
-            self.store.set_meta(META_INTAKE_SILENT_SINCE, since)
-            self._enqueue([event])
-        self._silent_since = since
-        self.alarms_raised += 1
-        self._committed([event])
-        log.warning("intake silence: no event received for %s; deadlines are stopped until events come back",
-                    seconds_text(self.intake_silence))
-
-    def _intake(self, now):
-        """Under the lock: events arrived at ``now``. Ends an intake silence
-        (see :meth:`_end_silence`); True when it did."""
-        self._intake_at = now
-        if self._silent_since is None:
-            return False
-        self._end_silence(now, "events came back")
-        return True
-
-    def _end_silence(self, now, why):
-        """Under the lock: the intake silence is over at ``now``. Every
-        deadline still ahead when it began (all of them: expiry stopped)
-        moves later by its length, as after an outage of the monitor; the
-        intake alarm is resolved."""
-        since = self._silent_since
-        event = intake_event(RESOLVED_STATE, now, self._silence_seconds())
-        with self.store.atomic():
-            unwritten = self._model.unwritten()
-            missed = self.store.write_refreshes(unwritten.items())
-            unwritten_members = self._model.unwritten_members()
-            self.store.write_member_refreshes(self._member_refreshes(unwritten_members))
-            moved = self.store.postpone(since, max(0.0, now - since))
-            self.store.delete_meta(META_INTAKE_SILENT_SINCE)
-            self._enqueue([event])
-        self._apply_written(unwritten, missed)
-        self._model.members_written({(heartbeat_id, values): t for heartbeat_id, values, t in unwritten_members})
-        self._silent_since = None
-        self._committed([event])
-        log.info("intake silence over (%s) after %s: %d deadline(s) moved later", why,
-                 seconds_text(max(0.0, now - since)), moved)
-
-    # -- member expiry -------------------------------------------------------
-
-    def _expire_members(self, now, limit):
-        """As :meth:`_expire`, for members: late, down (a maintenance window
-        protecting their heartbeat at that time moves them to its end
-        instead), and retired: one down for its ``retire_seconds`` is
-        removed, its alarm resolved. A grouped heartbeat's status follows.
-
-        :returns: a dict: ``handled`` (at most ``limit``), ``events``,
-            ``left_up`` (``[(id, values)]``), ``protected_up`` (``{(id,
-            values): refresh}``), ``gone`` (``[(id, key)]``, retired) and
-            ``retired`` (``[(id, name, key, down since)]``, for the log).
-        """
-        states, events, left_up, protected_up, gone, retired, touched = [], [], [], {}, [], [], {}
-        changes = []
-        rows = self.store.due_members(now, limit)
-        for row in rows:
-            state, member, removed = dict(row), None, False
-            while True:
-                at = member_due_of(state)
-                if at is None or at > now:
-                    break
-                if member is None:
-                    member = json.loads(row["member"])
-                if state["status"] == DOWN:  # down for retire_seconds
-                    removed = True
-                    events.append(alarm_event(row, RESOLVED_STATE, at, member))
-                    changes.append(member_change(row["heartbeat_id"], at, "retired",
-                                                 f"member retired: down for {seconds_text(row['retire_seconds'])}",
-                                                 row["member"]))
-                    break
-                covering = self._covering(row["pattern"], at)
-                if covering is not None:
-                    state["refreshed"] = covering[0]
-                elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
-                    state["status"], state["alarm_since"] = LATE, at
-                    events.append(alarm_event(row, LATE_STATE, at, member))
-                    changes.append(member_change(row["heartbeat_id"], at, LATE, "no matching event for "
-                                                 f"{seconds_text(row['late_seconds'])}", row["member"]))
-                else:
-                    state["status"], state["alarm_since"] = DOWN, at
-                    events.append(alarm_event(row, ALARM_STATE, at, member))
-                    changes.append(member_change(row["heartbeat_id"], at, DOWN, "no matching event for "
-                                                 f"{seconds_text(row['interval_seconds'])}", row["member"]))
-                touched[row["heartbeat_id"]] = max(at, touched.get(row["heartbeat_id"], at))
-            heartbeat_id = row["heartbeat_id"]
-            values = None if member is None else tuple(member[k] for k in self._model.group_keys(heartbeat_id) or ())
-            if removed:
-                gone.append((heartbeat_id, row["member"]))
-                retired.append((heartbeat_id, row["name"], row["member"], state["alarm_since"]))
-                continue
-            states.append((heartbeat_id, row["member"], state["status"], state["refreshed"], state["alarm_since"]))
-            if state["status"] != row["status"]:
-                if row["status"] == UP:
-                    left_up.append((heartbeat_id, values))
-            elif state["status"] == UP and values is not None:
-                protected_up[(heartbeat_id, values)] = state["refreshed"]
-        self.store.set_member_states(states)
-        self.store.delete_members(gone)
-        self.record_changes(changes)
-        self._update_group_status(touched)
-        return {"handled": len(rows), "events": events, "left_up": left_up, "protected_up": protected_up,
-                "gone": gone, "retired": retired}
-
-    def _members_expired(self, result):
-        """After :meth:`_expire_members` committed: the read model follows."""
-        model = self._model
-        for heartbeat_id, values in result["left_up"]:
-            model.members_went_down(heartbeat_id, [values])
-        model.members_written(result["protected_up"])
-        for heartbeat_id, key in result["gone"]:
-            if model.group_keys(heartbeat_id) is not None:
-                model.members_removed(heartbeat_id, [model.member_values(heartbeat_id, key)])
-
-    def _next_window_boundary(self, now):
-        """The next start or end of a maintenance window after ``now``, or None."""
-        boundaries = (window.next_boundary(now) for window in self._windows.values())
-        return min((boundary for boundary in boundaries if boundary is not None), default=None)
-
-    @contextlib.contextmanager
-    def _storm_chunk(self, pause=True):
-        """The lock, for a chunk of a storm: after the first, taken after a
-        pause as long as the last chunk held it (at least
-        :data:`STORM_YIELD_SECONDS`), so requests waiting for it get in and
-        a storm takes at most half of the engine's time."""
-        if pause:
-            time.sleep(max(STORM_YIELD_SECONDS, self._last_chunk_seconds))
-        with self._lock:
-            started = time.perf_counter()
-            try:
-                yield
-            finally:
-                self._last_chunk_seconds = min(time.perf_counter() - started, 0.1)
-
-    def _window_boundaries(self, now):
-        """The end rule of every window occurrence that ended since the last
-        tick: the heartbeats it selects that are neither down nor paused get
-        ``refreshed = max(refreshed, end)``. A window boundary costs one scan
-        then, not one per tick.
-
-        :returns: ``(windows started, [(window, heartbeats changed)], {id: refresh} of those up)``.
-        """
-        after = self._windows_checked_at
-        if after is None or after >= now or not self._windows:
-            return [], [], {}
-        started, ended, moved_up = [], [], {}
-        for window in self._windows.values():
-            # boundaries from before the engine knew the window (created or
-            # replaced since the last look) are not its to apply or record
-            since = after if window.known_since is None else max(after, window.known_since)
-            if since >= now:
-                continue
-            start = window.last_start(since, now)
-            if start is not None:
-                started.append(window)
-            end = window.last_end(since, now)
-            if start is not None and (end is None or start < end):
-                self._record_maintenance(window, start, True)
-            if end is not None:
-                covered = []
-                changed = self.store.end_maintenance(window.pattern, end, covered=covered)
-                moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
-                ended.append((window, len(changed)))
-                self._record_maintenance(window, end, False, covered)
-            if start is not None and end is not None and start >= end:  # ended, then started again
-                self._record_maintenance(window, start, True)
-        return started, ended, moved_up
-
-    def _record_maintenance(self, window, at, started, covered=None):
-        """In a transaction: record a window's start (status
-        ``maintenance``) or end (each heartbeat's status then) in the
-        history of the heartbeats it covers, with one containment scan per
-        boundary (``covered``: those heartbeats, when the end rule's scan
-        found them already, see :meth:`Store.end_maintenance`). Paused heartbeats are left alone (their time is not
-        counted anyway), and an end is not recorded for a heartbeat another
-        window still covers. Availability leaves maintenance time out."""
-        others = [other for other in self._windows.values() if other.id != window.id]
-        verb = "started" if started else "ended"
-        changes = []
-        for heartbeat_id, status, pattern in self.store.selected(window.pattern) if covered is None else covered:
-            if status == PAUSED or (not started and self._covering(pattern, at, others) is not None):
-                continue
-            changes.append((heartbeat_id, at, MAINTENANCE if started else status,
-                            f"maintenance '{window.name}' {verb}", {"maintenance": window.id}))
-        self.record_changes(changes)
-
-    def _expire(self, now, limit):
-        """Every heartbeat whose next transition is due by ``now`` goes late
-        (pending or up with a ``late_after``) or down, with its alarm dated
-        by when it was due; one that a maintenance window protects at that
-        time instead gets its refresh moved to the window's end (which is
-        what the end rule would give it), so it is not due again before.
-
-        :returns: ``(how many were due (at most ``limit``), alarm events,
-            ids that left up, {id: refresh} of those still up)``.
-        """
-        states, alarms, left_up, protected_up, changes = [], [], [], {}, []
-        for row in self.store.due(now, limit):
-            state = dict(row)
-            while True:  # a tick late by more than an interval may see both transitions
-                at = due_of(state)
-                if at > now:
-                    break
-                covering = self._covering(row["pattern"], at)
-                if covering is not None:
-                    state["refreshed"] = covering[0]
-                elif state["status"] in (PENDING, UP) and state["late_seconds"] is not None:
-                    state["status"], state["alarm_since"] = LATE, at
-                    alarms.append(alarm_event(row, LATE_STATE, at))
-                    changes.append((row["id"], at, LATE, f"no matching event for {row['late_after']}", None))
-                else:
-                    state["status"], state["alarm_since"] = DOWN, at
-                    alarms.append(alarm_event(row, ALARM_STATE, at))
-                    changes.append((row["id"], at, DOWN, f"no matching event for {row['expected_interval']}", None))
-                    break
-            states.append((row["id"], state["status"], state["refreshed"], state["alarm_since"]))
-            if state["status"] != row["status"]:
-                left_up.append(row["id"])
-            elif state["status"] == UP:
-                protected_up[row["id"]] = state["refreshed"]
-        if states:
-            self.store.set_states(states)
-            self.record_changes(changes)
-        return len(states), alarms, left_up, protected_up
-
-    # -- history -------------------------------------------------------------
-
-    def _update_group_status(self, times):
-        """In a transaction: grouped heartbeats' status follows their
-        members' (:meth:`Store.update_group_status`), each change recorded
-        as the heartbeat's own. ``times``: ``{id: when their members
-        changed}``."""
-        self.record_changes((heartbeat_id, times[heartbeat_id], status, _GROUP_REASONS[status], None)
-                            for heartbeat_id, status in self.store.update_group_status(list(times)))
-
-    def record_change(self, heartbeat_id, at, status, reason, extra=None):
-        """Record that a heartbeat entered ``status`` at ``at``, and why.
-
-        The one way state changes reach the history: call it under the
-        engine's lock, inside the ``store.atomic()`` that makes the change,
-        so the record commits (or not) with it.
-
-        :param status: the status entered (``pending``, ``up``, ``down``,
-            ...; ``paused`` and ``maintenance`` time is left out of
-            availability, see :func:`availability`).
-        :param reason: short human text, e.g. ``"no matching event for 1m"``.
-        :param extra: None, or a dict of further keys the history shows.
-        """
-        self.record_changes([(heartbeat_id, at, status, reason, extra)])
-
-    def record_changes(self, changes):
-        """:meth:`record_change` for many: ``(heartbeat id, at, status,
-        reason, extra)`` tuples (an iterable; nothing is written when empty)."""
+    def record(self, changes):
+        """Write ``(heartbeat id, at, status, reason, extra)`` rows as they
+        are, in the caller's transaction: for history brought in from
+        elsewhere (an import); the engine's own changes go through the
+        funnel."""
         changes = list(changes)
         if changes:
-            self.store.add_history(changes)
+            self.core.store.add_history(changes)
 
-    def history(self, heartbeat_id, since=None, until=None, limit=DEFAULT_HISTORY_LIMIT):
-        """``GET /api/v2/heartbeat/<id>/history``: the heartbeat's changes
-        with ``since <= at <= until``, newest first, at most ``limit`` (its
-        members' too, each with ``"member"``), and its availability over each
-        of :data:`AVAILABILITY_WINDOWS` (from its own changes only: a grouped
-        heartbeat's status already follows its members').
+    def window(self, seconds):
+        """A window of availability, no longer than the history kept (past
+        ``history_days`` the changes are gone: the window covers what is kept)."""
+        return min(seconds, self.days * 86400)
 
-        :raises NotFound: when there is no such heartbeat.
-        """
-        self.document(heartbeat_id)  # NotFound
-        now = self.clock()
+    def of(self, heartbeat_id, since=None, until=None, limit=DEFAULT_HISTORY_LIMIT):
+        """``GET /api/v2/heartbeat/<id>/history`` (the heartbeat is known
+        to exist): its changes with ``since <= at <= until``, newest first,
+        at most ``limit`` (its members' too, each with ``"member"``), and
+        its availability over each of :data:`AVAILABILITY_WINDOWS` (from its
+        own changes only: a grouped heartbeat's status already follows its
+        members')."""
+        store = self.core.store
+        now = self.core.clock()
         entries = []
-        for row in self.store.history(heartbeat_id, since, until, limit):
+        for row in store.history(heartbeat_id, since, until, limit):
             extra = json.loads(row["extra"]) if row["extra"] else {}
             if row["member"] is not None:  # a member's change: not counted in the heartbeat's availability
                 extra["member"] = json.loads(row["member"])
             entries.append({**extra, "at": api_time(row["at"]), "status": row["status"], "reason": row["reason"]})
-        changes = self.store.changes_since(heartbeat_id, now - self._history_window(AVAILABILITY_WINDOWS[-1][1]))
+        changes = store.changes_since(heartbeat_id, now - self.window(AVAILABILITY_WINDOWS[-1][1]))
         return {"history": entries, "availability": {
-            name: availability(changes, now, self._history_window(seconds)) for name, seconds in AVAILABILITY_WINDOWS}}
+            name: availability(changes, now, self.window(seconds)) for name, seconds in AVAILABILITY_WINDOWS}}
 
-    def _history_window(self, seconds):
-        """A window of availability, no longer than the history kept (past
-        --history-days the changes are gone: the window covers what is kept)."""
-        return min(seconds, self.history_days * 86400)
-
-    def changes_since(self, heartbeat_ids, start):
+    def timelines(self, heartbeat_ids, start):
         """``{id: [(at, status), ...]}``: the changes of each heartbeat from
         its state at ``start`` on, oldest first (the pages' timelines)."""
-        return self.store.changes_since_of(list(heartbeat_ids), start)
+        return self.core.store.changes_since_of(list(heartbeat_ids), start)
 
-    def history_metrics(self):
+    def metrics(self):
         """For ``/metrics``: ``{id: (availability over 24 h, time of the last
         change)}`` of every heartbeat with a recorded change."""
-        now = self.clock()
-        window = self._history_window(AVAILABILITY_WINDOWS[0][1])
+        now = self.core.clock()
+        window = self.window(AVAILABILITY_WINDOWS[0][1])
         return {heartbeat_id: (availability(changes, now, window), changes[-1][0])
-                for heartbeat_id, changes in self.store.all_changes_since(now - window).items()}
+                for heartbeat_id, changes in self.core.store.all_changes_since(now - window).items()}
 
-    def prune_history(self):
+    def prune(self):
         """One bounded step of pruning changes older than ``history_days``
         (every heartbeat keeps its last change before that, its state then):
         at most :data:`HISTORY_PRUNE_BATCHES_PER_TICK` transactions of
         :data:`HISTORY_PRUNE_BATCH_ROWS` rows, a pass at most every
-        :data:`HISTORY_PRUNE_INTERVAL_SECONDS`; :meth:`tick` calls it, after
+        :data:`HISTORY_PRUNE_INTERVAL_SECONDS`; a tick calls it after
         releasing the engine's lock (pruning touches only rows no one else
         writes). A failure is logged and retried a minute later.
 
@@ -5201,29 +5541,477 @@ class Engine:
         if not self._prune_lock.acquire(blocking=False):
             return 0  # another thread is at it
         try:
-            now = self.clock()
+            now = self.core.clock()
             if now < self._prune_due_at:
                 return 0
-            cutoff = now - self.history_days * 86400
+            cutoff = now - self.days * 86400
             deleted = 0
             for _ in range(HISTORY_PRUNE_BATCHES_PER_TICK):
-                count, self._prune_cursor = self.store.prune_history(
+                count, self._prune_cursor = self.core.store.prune_history(
                     cutoff, self._prune_cursor or (-math.inf, -1), HISTORY_PRUNE_BATCH_ROWS)
                 deleted += count
                 if self._prune_cursor is None:
                     self._prune_due_at = now + HISTORY_PRUNE_INTERVAL_SECONDS
                     break
             if deleted:
-                log.info("history: pruned %d change(s) older than %d day(s)", deleted, self.history_days)
+                log.info("history: pruned %d change(s) older than %d day(s)", deleted, self.days)
             return deleted
         except StoreError as exc:
             log.error("history pruning failed, retrying in a minute: %s", exc)
-            self._prune_due_at = self.clock() + 60
+            self._prune_due_at = self.core.clock() + 60
             return 0
         finally:
             self._prune_lock.release()
 
-    # -- explanations --------------------------------------------------------
+
+class Expiry:
+    """Time passing: each tick writes the refreshes kept in memory, applies
+    the maintenance windows' boundaries, puts what is due late or down
+    (heartbeats and members through one state machine,
+    :func:`expiry_steps`; members also retire), records that the service
+    is alive, watches the intake silence, and says when the next tick is
+    due. A storm is handled in chunks of :data:`STORM_CHUNK_HEARTBEATS`,
+    letting go of the lock in between.
+    """
+
+    def __init__(self, core, lifecycle, intake, windows, groups, silence, history):
+        self.core = core
+        self.lifecycle = lifecycle
+        self.intake = intake
+        self.windows = windows
+        self.groups = groups
+        self.silence = silence
+        self.history = history
+
+    def tick(self):
+        """One tick; then, outside the lock, a bounded step of history
+        pruning (:meth:`History.prune`).
+
+        :returns: seconds until the next tick is due: the earliest late time
+            or deadline, the next start or end of a maintenance window, the
+            next write of refreshes kept in memory, or the next alive record,
+            whichever comes first (the scheduler sleeps that long).
+        """
+        core = self.core
+        now = None
+        while True:
+            with core.storm_chunk(pause=now is not None):
+                core.load()
+                first = now is None
+                if first:
+                    now = core.clock()
+                    horizon = self.silence.horizon(now)
+                started, ended, retired = [], [], []
+                with core.funnel.change() as change:
+                    self.intake.flush(change)
+                    if first:
+                        started, ended = self.windows.boundaries(change, now)
+                    handled = 0
+                    if horizon is not None:
+                        handled = self._expire(change, horizon, STORM_CHUNK_HEARTBEATS)
+                        if handled < STORM_CHUNK_HEARTBEATS:
+                            handled += self._expire_members(change, horizon, STORM_CHUNK_HEARTBEATS - handled,
+                                                            retired)
+                    self.lifecycle.record_alive(now)
+                more = handled == STORM_CHUNK_HEARTBEATS
+                if not more:
+                    silence = self.silence.due()
+                    if silence is not None and silence <= now:
+                        self.silence.start(silence)
+                    later = core.clock()  # a storm takes time: say when next from its end
+                    store = core.store
+                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due())
+                                if t is not None]
+                    next_at = core.next_tick_at = next_tick_at(later, min(earliest, default=None),
+                                                               self.windows.next_boundary(later))
+            for window in started:
+                log.info("maintenance %s ('%s') started", window.id, log_safe(window.name))
+            for window, count in ended:
+                log.info("maintenance %s ('%s') ended: %d heartbeat(s) get a full interval from its end",
+                         window.id, log_safe(window.name), count)
+            for transition in retired:
+                log.info("member %s of heartbeat %s ('%s') retired: down since %s", log_safe(transition.member),
+                         transition.heartbeat["id"], log_safe(transition.heartbeat["name"]),
+                         iso_time(transition.alarm_since))
+            core.publisher.publish()
+            if not more:
+                break
+        self.history.prune()
+        return next_at - later
+
+    def _expire(self, change, now, limit):
+        """Every heartbeat whose next transition is due by ``now`` goes late
+        (pending or up with a ``late_after``) or down, its alarm dated by
+        when it was due; one that a maintenance window protects then instead
+        gets its refresh moved to the window's end (what the end rule would
+        give it), so it is not due again before.
+
+        :returns: how many were due (at most ``limit``).
+        """
+        core = self.core
+        rows = core.store.due(now, limit)
+        transitions, moved, moved_up = [], [], {}
+        for row in rows:
+            steps, (status, refreshed, alarm_since) = expiry_steps(
+                row, now, self.windows.covered_until(row["pattern"]))
+            if steps:
+                transitions += [Transition(row, None, old, new, at, reason, refreshed, alarm_since)
+                                for old, new, at, reason in steps]
+            elif refreshed != row["refreshed"]:
+                moved.append((row["id"], status, refreshed, alarm_since))
+                if status == UP:
+                    moved_up[row["id"]] = refreshed
+        if moved:
+            core.store.set_states(moved)
+            change.then(core.model.written, moved_up)
+        change.apply(transitions)
+        return len(rows)
+
+    def _expire_members(self, change, now, limit, retired):
+        """As :meth:`_expire`, for members: late, down (a maintenance window
+        protecting their heartbeat at that time moves them to its end
+        instead), and retired: one down for its ``retire_seconds`` is
+        removed, its alarm resolved. A grouped heartbeat's status follows.
+        The retirements go to ``retired`` too (for the log).
+
+        :returns: how many were due (at most ``limit``).
+        """
+        core = self.core
+        rows = core.store.due_members(now, limit)
+        transitions, moved, moved_up, touched = [], [], {}, {}
+        for row in rows:
+            steps, (status, refreshed, alarm_since) = expiry_steps(
+                row, now, self.windows.covered_until(row["pattern"]), member=True)
+            heartbeat_id = row["heartbeat_id"]
+            if steps:
+                for old, new, at, reason in steps:
+                    transitions.append(Transition(row, row["member"], old, new, at, reason, refreshed, alarm_since))
+                touched[heartbeat_id] = max(steps[-1][2], touched.get(heartbeat_id, steps[-1][2]))
+                if status == RETIRED:
+                    retired.append(transitions[-1])
+            elif refreshed != row["refreshed"]:
+                moved.append((heartbeat_id, row["member"], status, refreshed, alarm_since))
+                keys = core.model.group_keys(heartbeat_id)
+                if status == UP and keys is not None:
+                    moved_up[(heartbeat_id, core.model.member_values(heartbeat_id, row["member"]))] = refreshed
+        if moved:
+            core.store.set_member_states(moved)
+            change.then(core.model.members_written, moved_up)
+        change.apply(transitions)
+        if touched:
+            self.groups.follow(change, touched)
+        return len(rows)
+
+
+class Lifecycle:
+    """The engine across restarts and instances: loading (resuming after
+    the outage, then the read model and the windows from the database),
+    applying other instances' changes (:meth:`sync`), the alive records,
+    and a clean stop."""
+
+    def __init__(self, core, windows, silence, intake):
+        self.core = core
+        self.windows = windows
+        self.silence = silence
+        self.intake = intake
+        self.loaded = False
+        self._synced = 0  # the last change of other instances applied to the read model (see sync())
+        self._alive_recorded = None
+
+    def load(self):
+        """Resume after the outage (see :meth:`resume`) and load the read
+        model; every operation does this first if it has not been done.
+
+        :raises StoreError: when the database does not answer.
+        """
+        if self.loaded:  # the usual case, without the lock (GET serves from memory)
+            return
+        core = self.core
+        with core.lock:
+            if self.loaded:
+                return
+            self.resume()
+            self._reload()
+            self.loaded = True
+            if self.silence.since is not None and self.silence.seconds is None:
+                self.silence.end(core.clock(), "--intake-silence is no longer set", self.intake.flush)
+        core.publisher.publish()
+
+    def _reload(self):
+        """Load the read model and the windows from the database (under the
+        lock). The change cursor is read first: a change made meanwhile by
+        another instance is then read again by :meth:`sync`, never missed."""
+        store = self.core.store
+        self._synced = store.last_change()
+        self.core.model = ReadModel.loaded(store.each_heartbeat(), store.each_member())
+        self.windows.load()
+
+    def sync(self):
+        """Apply what other instances on the same database changed since
+        the last sync (heartbeats and maintenance windows created, updated,
+        deleted) to the read model; a no-op on a database no other instance
+        uses. Server mode runs it every :data:`SYNC_SECONDS`.
+
+        :returns: whether anything changed.
+        :raises StoreError: when the database does not answer.
+        """
+        core = self.core
+        if not core.store.shared_by_instances:
+            return False
+        self.load()
+        with core.lock:
+            last, changes = core.store.changes(self._synced)
+            if changes is None:  # too far behind: the changes were pruned
+                log.warning("read model out of date beyond the kept changes: reloading it")
+                unwritten = core.model.unwritten()
+                self._reload()
+                for heartbeat_id, refreshed in unwritten.items():
+                    core.model.deferred([heartbeat_id], refreshed)
+                return True
+            now = core.clock()
+            for kind, object_id in dict.fromkeys(changes):
+                if kind == "heartbeat":
+                    try:
+                        row = core.store.heartbeat(object_id)
+                    except NotFound:
+                        row = None
+                    core.model.synced(object_id, row)
+                    if row is not None and row["status"] not in (DOWN, PAUSED):
+                        core.due_by(due_of(row))
+                else:
+                    self.windows.synced(object_id, now)
+            self._synced = last
+            return bool(changes)
+
+    def resume(self):
+        """Stop the clock for the time the service was not running.
+
+        Every deadline still ahead when the service last recorded it was
+        alive moves later by the length of the outage, plus, after a stop
+        that was not clean, the :data:`REFRESH_WRITE_SECONDS` of refreshes
+        it may have cost; heartbeats already down stay down. During an
+        intake silence nothing moves now: the silence's end moves them. The
+        intake counts as heard from at the start. Called once, by
+        :meth:`load`.
+        """
+        core = self.core
+        with core.lock:
+            now = core.clock()
+            moved = 0
+            with core.store.atomic():
+                alive_at, clean = core.store.last_alive(now)
+                # During an intake silence the clock is stopped already: its
+                # end moves every deadline by the whole silence, outage included.
+                self.silence.since = core.store.meta(META_INTAKE_SILENT_SINCE)
+                self.silence.heard_at = now
+                if alive_at is not None and now > alive_at and self.silence.since is None:
+                    moved = core.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
+                core.store.record_start(now)
+                self._alive_recorded = now
+            # window ends missed while stopped get their end rule at the first tick
+            self.windows.checked_at = alive_at if alive_at is not None and alive_at < now else now
+        if moved:
+            log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
+
+    def record_alive(self, now):
+        """Record that the service is alive at ``now``, at most every
+        :data:`ALIVE_INTERVAL_SECONDS` (in the caller's transaction)."""
+        last = self._alive_recorded
+        if last is None or not 0 <= now - last < ALIVE_INTERVAL_SECONDS:
+            self.core.store.record_alive(now)
+            self._alive_recorded = now
+
+    def shutdown(self):
+        """Write the refreshes kept in memory and record a clean stop, now;
+        nothing when the engine never loaded (the record would be a lie)."""
+        core = self.core
+        with core.lock:
+            if not self.loaded:
+                return
+            with core.funnel.change() as change:
+                self.intake.flush(change)
+                core.store.record_stop(core.clock())
+        core.publisher.publish()
+
+
+class Engine:
+    """The heartbeat rules, as one facade over parts with one job each,
+    which share the lock, the read model and the funnel
+    (:class:`EngineCore`):
+
+    - :class:`Heartbeats`: create, update, delete, pause, resume, put;
+    - :class:`Intake`: events, refreshes coalesced in memory, storms;
+    - :class:`Groups`: members of grouped heartbeats;
+    - :class:`Windows`: the windows and their boundaries;
+    - :class:`IntakeSilence`: the one alarm of a silent feed;
+    - :class:`Expiry`: the tick;
+    - :class:`History`: the recorded changes, availability, pruning;
+    - :class:`Views`: what the API, the pages and the metrics read;
+    - :class:`Lifecycle`: restarts, other instances, a clean stop.
+
+    Every state change goes through the funnel (:class:`Funnel`): written
+    with its history row and its alarm event, handed to the sinks (the
+    outbox, when forwarding) in the same transaction, and published
+    (logged, handed to ``on_alarm``) after the lock is released, in commit
+    order: a callback may call back into the service, even over HTTP,
+    without deadlock.
+
+    :param store: the :class:`Store`.
+    :param clock: callable returning Unix seconds (float); read once per
+        operation.
+    :param on_alarm: optional callable receiving each alarm and resolution
+        event (a dict), in order, once it is committed.
+    :param forwarding: write alarms and resolutions to the outbox (the
+        :class:`OutboxSink`, :attr:`outbox`).
+    :param intake_silence: None, or seconds (see :class:`IntakeSilence`).
+    :param history_days: days of state changes kept.
+    :param sinks: more sinks of the funnel (see :class:`OutboxSink`).
+    """
+
+    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None,
+                 history_days=DEFAULT_HISTORY_DAYS, sinks=()):
+        #: the :class:`OutboxSink` when forwarding, else None
+        self.outbox = OutboxSink(store) if forwarding else None
+        self.core = core = EngineCore(store, clock, on_alarm, ([self.outbox] if forwarding else []) + list(sinks))
+        self.store, self.clock = store, clock
+        self.windows = Windows(core)
+        self.silence = IntakeSilence(core, intake_silence)
+        self.groups = Groups(core, self.windows)
+        self.intake = Intake(core, self.groups, self.silence)
+        self.lifecycle = Lifecycle(core, self.windows, self.silence, self.intake)
+        core.load = self.lifecycle.load
+        self.heartbeats = Heartbeats(core, self.groups, self.intake)
+        self.records = History(core, history_days)
+        self.views = Views(core, self.windows, self.silence, self.lifecycle)
+        self.expiry = Expiry(core, self.lifecycle, self.intake, self.windows, self.groups, self.silence,
+                             self.records)
+        #: the events received lately (memory only)
+        self.recent = self.intake.recent
+        self.intake_silence = intake_silence
+        self.history_days = history_days
+        # the hot paths (POST an event, GET one heartbeat): the parts' own
+        # methods, without a call through the facade
+        self.ingest = self.intake.ingest
+        self.document = self.views.document
+
+    @property
+    def waker(self):
+        """None, or called with a clock time when a tick becomes due earlier
+        than the last tick said (the scheduler's wake-up)."""
+        return self.core.waker
+
+    @waker.setter
+    def waker(self, waker):
+        self.core.waker = waker
+
+    @property
+    def events_received(self):
+        """Events received (valid requests) since the start."""
+        return self.intake.events_received
+
+    @property
+    def alarms_raised(self):
+        """Alarms raised (late and down) since the start."""
+        return self.core.funnel.alarms_raised
+
+    # -- life ------------------------------------------------------------------
+
+    def load(self):
+        self.lifecycle.load()
+
+    def sync(self):
+        return self.lifecycle.sync()
+
+    def resume(self):
+        self.lifecycle.resume()
+
+    def shutdown(self):
+        self.lifecycle.shutdown()
+
+    def tick(self):
+        return self.expiry.tick()
+
+    # -- heartbeats ------------------------------------------------------------
+
+    def create(self, fields):
+        return self.heartbeats.create(fields)
+
+    def update(self, heartbeat_id, fields):
+        self.heartbeats.update(heartbeat_id, fields)
+
+    def delete(self, heartbeat_id):
+        self.heartbeats.delete(heartbeat_id)
+
+    def pause(self, heartbeat_id):
+        self.heartbeats.pause(heartbeat_id)
+
+    def resume_heartbeat(self, heartbeat_id):
+        self.heartbeats.resume(heartbeat_id)
+
+    def put(self, heartbeat_id, status, reason, output=None, member=None):
+        return self.heartbeats.put(heartbeat_id, status, reason, output, member)
+
+    def list(self):
+        return self.views.list()
+
+    def page(self, limit, after=None):
+        return self.views.page(limit, after)
+
+    def status(self, heartbeat_id):
+        return self.views.status(heartbeat_id)
+
+    def alarms(self, limit=None):
+        return self.views.alarms(limit)
+
+    def status_page(self, statuses=(), terms=(), offset=0, limit=100):
+        return self.views.status_page(statuses, terms, offset, limit)
+
+    def overview(self):
+        return self.views.overview()
+
+    # -- members -----------------------------------------------------------------
+
+    def members(self, heartbeat_id, statuses=(), after=None, limit=DEFAULT_MEMBERS_PAGE):
+        return self.groups.page(heartbeat_id, statuses, after, limit)
+
+    def delete_member(self, heartbeat_id, member):
+        self.groups.delete(heartbeat_id, member)
+
+    # -- maintenance windows -----------------------------------------------------
+
+    def create_maintenance(self, fields):
+        return self.windows.create(fields)
+
+    def update_maintenance(self, maintenance_id, fields):
+        self.windows.update(maintenance_id, fields)
+
+    def delete_maintenance(self, maintenance_id):
+        self.windows.delete(maintenance_id)
+
+    def maintenance(self, maintenance_id):
+        return self.windows.document(maintenance_id)
+
+    def maintenances(self, active=False):
+        return self.windows.documents(active)
+
+    # -- history and explanations ------------------------------------------------
+
+    def history(self, heartbeat_id, since=None, until=None, limit=DEFAULT_HISTORY_LIMIT):
+        """:meth:`History.of`; :raises NotFound: when there is no such heartbeat."""
+        self.document(heartbeat_id)  # NotFound
+        return self.records.of(heartbeat_id, since, until, limit)
+
+    def record_changes(self, changes):
+        self.records.record(changes)
+
+    def changes_since(self, heartbeat_ids, start):
+        return self.records.timelines(heartbeat_ids, start)
+
+    def history_metrics(self):
+        return self.records.metrics()
+
+    def prune_history(self):
+        return self.records.prune()
 
     def recent_events(self, heartbeat_id):
         """The heartbeat's last matching events, newest first, as
@@ -5246,130 +6034,22 @@ class Engine:
                 for at, event, mismatched in near],
         }
 
-    def resume(self):
-        """Stop the clock for the time the service was not running.
+    # -- the database ------------------------------------------------------------
 
-        Every deadline still ahead when the service last recorded it was
-        alive moves later by the length of the outage, plus, after a stop
-        that was not clean, the :data:`REFRESH_WRITE_SECONDS` of refreshes
-        it may have cost; heartbeats already down stay down. During an
-        intake silence nothing moves now: the silence's end moves them. The
-        intake counts as heard from at the start. Called once, by
-        :meth:`load`.
-        """
-        with self._lock:
-            now = self.clock()
-            moved = 0
-            with self.store.atomic():
-                alive_at, clean = self.store.last_alive(now)
-                # During an intake silence the clock is stopped already: its
-                # end moves every deadline by the whole silence, outage included.
-                self._silent_since = self.store.meta(META_INTAKE_SILENT_SINCE)
-                self._intake_at = now
-                if alive_at is not None and now > alive_at and self._silent_since is None:
-                    moved = self.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
-                self.store.record_start(now)
-                self._alive_recorded = now
-            # window ends missed while stopped get their end rule at the first tick
-            self._windows_checked_at = alive_at if alive_at is not None and alive_at < now else now
-        if moved:
-            log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
+    def outbox_depth(self):
+        """Events waiting for delivery; :raises StoreError: when the database
+        does not answer."""
+        return self.store.outbox_depth()
 
-    def shutdown(self):
-        """Write the refreshes kept in memory and record a clean stop, now;
-        nothing when the engine never loaded (the record would be a lie)."""
-        with self._lock:
-            if not self._loaded:
-                return
-            with self.store.atomic():
-                unwritten = self._model.unwritten()
-                missed = self.store.write_refreshes(unwritten.items()) if unwritten else []
-                self.store.record_stop(self.clock())
-            self._apply_written(unwritten, missed)
+    def health(self):
+        """``(outbox depth or None, problem or None, since)``; never waits on the
+        engine's lock or the database writer (see :meth:`Store.health`)."""
+        return self.store.health()
 
-    def _record_alive(self, now, force=False):
-        last = self._alive_recorded
-        if force or last is None or not 0 <= now - last < ALIVE_INTERVAL_SECONDS:
-            self.store.record_alive(now)
-            self._alive_recorded = now
 
-    def _due_by(self, at):
-        """Something is due at ``at`` (clock time): make sure a tick comes by
-        then, waking the scheduler if the last tick said later."""
-        if at < self._next_tick_at:
-            self._next_tick_at = at
-            if self.waker is not None:
-                self.waker(at)
-
-    def _enqueue(self, events):
-        if events and self.forwarding:
-            self.store.enqueue(events)
-
-    # -- publishing, outside the lock ----------------------------------------
-
-    def _committed(self, events):
-        """Under the lock, after commit: queue the events of one transaction
-        for publishing (commit order, since commits happen under the lock)."""
-        if events:
-            with self._outgoing_lock:
-                self._outgoing.append(events)
-
-    def _publish(self):
-        """Without the lock: log each queued event, hand it to on_alarm, wake
-        the forwarder. One thread drains the queue at a time, in order; a
-        thread that finds another draining leaves its events to it (so an
-        on_alarm that calls back into the engine never waits on itself)."""
-        with self._outgoing_lock:
-            if self._publishing or not self._outgoing:
-                return
-            self._publishing = True
-        published = 0
-        try:
-            while True:
-                with self._outgoing_lock:
-                    if not self._outgoing:
-                        self._publishing = False
-                        break
-                    events = self._outgoing.popleft()
-                self._announce(events)
-                published += len(events)
-        except BaseException:
-            with self._outgoing_lock:
-                self._publishing = False
-            raise
-        if published and self.forwarding and self.outbox_waker is not None:
-            self.outbox_waker()
-
-    def _announce(self, events):
-        """Log the events of one transaction (one line each, or one summary
-        line for many: a storm says it once, not 100,000 times) and hand
-        each to on_alarm."""
-        if len(events) <= LOG_EACH_EVENT_UP_TO:
-            for event in events:
-                if event["heartbeat_id"] is None:  # the intake: said when it starts and ends
-                    pass
-                elif event["state"] == ALARM_STATE:
-                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
-                elif event["state"] == LATE_STATE:
-                    log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
-                else:
-                    log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
-                             log_safe(event["heartbeat_name"]),
-                             f" for {log_safe(event['resource'])}" if "member" in event else "")
-        else:
-            raised = sum(event["state"] != RESOLVED_STATE for event in events)
-            names = ", ".join(f"'{log_safe(event['heartbeat_name'])}'" for event in events[:3])
-            log.log(logging.WARNING if raised else logging.INFO,
-                    "%d alarm(s) raised, %d resolved at once (%s and %d more)",
-                    raised, len(events) - raised, names, len(events) - 3)
-        if self._on_alarm is not None:
-            for event in events:
-                try:
-                    self._on_alarm(event)
-                except Exception:  # the embedder's bug must not stop the engine
-                    log.exception("on_alarm callback failed for %s", event["heartbeat_id"])
+###############################################################################
+# Background work
+###############################################################################
 
 
 class _Worker:
@@ -5694,6 +6374,53 @@ class PasswordHash:
         return f"{PASSWORD_HASH_SCHEME}${self.iterations}${encode(self.salt)}${encode(self.digest)}"
 
 
+def parse_users(entries, source="user"):
+    """Parse ``name:password`` strings into a dict.
+
+    :param entries: iterable of ``name:password`` strings; the password may
+        itself contain ``:``, or be a hash (see :class:`PasswordHash`).
+    :param source: how to name an entry in an error (never by its text,
+        which may hold a password).
+    :raises ConfigError: on an entry with no ``:``, an empty name, an empty
+        password or a malformed hash.
+    """
+    users = {}
+    for number, entry in enumerate(entries, 1):
+        name, sep, secret = entry.partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{source} {number}: expected NAME:PASSWORD or NAME:{PASSWORD_HASH_SCHEME}$...")
+        if not secret:
+            raise ConfigError(f"{source} {number}: empty password for user {log_safe(name)}")
+        if secret.startswith(PASSWORD_HASH_SCHEME + "$"):
+            try:
+                PasswordHash.parse(secret)
+            except ValueError as exc:
+                raise ConfigError(f"{source} {number}: {exc}") from None
+        users[name] = secret
+    return users
+
+
+def load_users_file(path):
+    """Read a users file: one ``name:password`` or ``name:<hash>`` per line;
+    blank lines and lines starting with ``#`` are skipped, and whitespace
+    around a line is ignored.
+
+    :raises ConfigError: when it cannot be read or a line is malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as exc:
+        raise ConfigError(f"cannot read users file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"users file {path} is not UTF-8 text") from None
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
+    users = {}
+    for n, line in numbered:
+        users.update(parse_users([line], source=f"users file {path}, line {n}; entry"))
+    return users
+
+
 class Throttled(Exception):
     """Too many failed password derivations lately (answered 429)."""
 
@@ -5845,530 +6572,37 @@ def source_key(address):
 
 
 ###############################################################################
-# Web API
-###############################################################################
-
-PATTERN_EXISTS = "heartbeat pattern already exists"
-CROSS_SITE_REFUSED = "cross-site request refused"
-MISDIRECTED = "misdirected request: unknown Host"
-STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
-_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-DATABASE_ERROR = "database error, please contact your administrator."
-INVALID_QUERY = "invalid query parameters."
-INTERNAL_ERROR = "internal error"
-INVALID_QUERY = "invalid query parameters."
-
-
-def error_body(description, name="", **extra):
-    """The API's one error shape: ``{"name", "description"}``, plus extras
-    such as ``errors`` (the reasons of an invalid payload)."""
-    return {"name": name, "description": description, **extra}
-
-
-class ApiError(Exception):
-    """An error answer: status, the documented body, extra headers."""
-
-    def __init__(self, status, description, name="", headers=None, **extra):
-        super().__init__(description)
-        self.status = status
-        self.body = error_body(description, name, **extra)
-        self.headers = headers or {}
-
-
-def _origin_of(scheme, netloc):
-    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
-    explicit; None when it is not one."""
-    scheme = scheme.lower()
-    try:
-        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        return None
-    return (scheme, parts.hostname, port) if parts.hostname else None
-
-
-def is_cross_site(environ):
-    """True when a browser says the request comes from another site: a
-    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
-    service's own scheme, host and port (``Origin: null`` included). A client
-    sending neither header (curl, scripts) is not cross-site."""
-    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
-        return True
-    origin = environ.get("HTTP_ORIGIN")
-    if origin is None:
-        return False
-    scheme, _, rest = origin.strip().partition("://")
-    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
-
-
-def is_hostile_path(environ):
-    """True when the request's path is not valid UTF-8, has an encoded
-    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
-    path, and the server's decoding would otherwise make it another one
-    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
-    decodes ``%2F`` into a ``/``)."""
-    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
-    try:
-        path.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return True
-    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
-    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
-    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
-
-
-def json_response(value, status=200, headers=None):
-    """Set the status and headers of the current answer and return its body,
-    ``value`` encoded (or as is, if already JSON bytes); cheaper than building
-    a ``bottle.HTTPResponse`` for bottle to copy."""
-    response = bottle.response
-    response.status = status
-    response.content_type = JSON_TYPE
-    for name, header in (headers or {}).items():
-        response.set_header(name, header)
-    return value if isinstance(value, bytes) else dump_json(value)
-
-
-def text_response(body, content_type):
-    """Set the status and type of the current answer; return ``body`` (bytes)."""
-    bottle.response.status = 200
-    bottle.response.content_type = content_type
-    return body
-
-
-class WebApi:
-    """The bottle routes: parse the request, call the engine, format the answer.
-
-    :param engine: the :class:`Engine`.
-    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
-    :param allowed_hosts: None (any ``Host``), or the names a request's
-        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
-        and change nothing.
-    """
-
-    def __init__(self, engine, authenticator, allowed_hosts=None):
-        self.engine = engine
-        self.auth = authenticator
-        self.allowed_hosts = allowed_hosts
-        self._health_problem = None  # the last problem /healthz logged
-        self.app = bottle.Bottle()
-        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
-        self.app.default_error_handler = self._bottle_error
-        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
-        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "GET", self.list_members)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "DELETE", self.delete_member)
-        self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
-        self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
-        self._route("/api/v2/heartbeat/<heartbeat_id>/history", "GET", self.heartbeat_history)
-        self._route("/api/v2/heartbeat/<heartbeat_id>/events", "GET", self.heartbeat_events)
-        self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
-        self._route("/api/v2/event", "POST", self.post_events, kind="event")
-        self._route("/api/v2/alarms", "GET", self.list_alarms)
-        self._route("/healthz", "GET", self.health, authenticated=False)
-        self._route("/", "GET", self.status_page)
-        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
-        self._route("/metrics", "GET", self.metrics)
-        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
-            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
-            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
-        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
-                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
-        self._openapi = dump_json(openapi_document())
-
-    def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
-        """Serve ``handler`` at ``path`` with and without a trailing slash;
-        ``kind`` names the document it handles, in its error answers."""
-        wrapped = self._wrap(handler, authenticated, kind)
-        for variant in {path, path.rstrip("/") + "/"}:
-            self.app.route(variant, method, wrapped)
-
-    def _wrap(self, handler, authenticated, kind):
-        """The one place where exceptions become JSON answers."""
-
-        def wrapper(**kwargs):
-            try:
-                environ = bottle.request.environ
-                if is_hostile_path(environ):
-                    raise ApiError(404, "not found")
-                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
-                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
-                    raise ApiError(421, MISDIRECTED)
-                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
-                    raise ApiError(403, CROSS_SITE_REFUSED)
-                if authenticated:
-                    kwargs["user"] = self._authenticate()
-                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
-                    raise NotFound(kwargs["heartbeat_id"])
-                return handler(**kwargs)
-            except ApiError as exc:
-                return json_response(exc.body, exc.status, exc.headers)
-            except Invalid as exc:
-                return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
-            except MemberNotFound as exc:
-                return json_response(error_body("member not found", name=str(exc.args[0])), 404)
-            except NotFound as exc:
-                return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
-            except PatternExists:
-                return json_response(error_body(PATTERN_EXISTS), 400)
-            except TooLarge as exc:
-                return json_response(error_body(str(exc)), 413)
-            except StoreError as exc:
-                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
-                          log_safe(bottle.request.path), exc,
-                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
-                return json_response(error_body(DATABASE_ERROR), 400)
-            except Exception:
-                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
-                              log_safe(bottle.request.path))
-                return json_response(error_body(INTERNAL_ERROR), 500)
-
-        return wrapper
-
-    def _bottle_error(self, error):
-        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
-        if error.status_code >= 500:
-            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
-        bottle.response.content_type = JSON_TYPE
-        descriptions = {404: "not found", 405: "method not allowed"}
-        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
-        return dump_json(error_body(description))
-
-    def _authenticate(self):
-        try:
-            environ = bottle.request.environ
-            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
-        except Throttled:
-            raise ApiError(429, "too many failed authentication attempts, retry later",
-                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
-        if user is None:
-            raise ApiError(401, "authentication required",
-                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
-        return user
-
-    def _read_body(self, limit):
-        environ = bottle.request.environ
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise ApiError(400, "invalid Content-Length")
-        if length > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
-        return environ["wsgi.input"].read(length) if length else b""
-
-    # -- routes --------------------------------------------------------------
-
-    def create_heartbeat(self, user):
-        heartbeat_id = self.engine.create(self._heartbeat_body(user))
-        return json_response({"name": "heartbeat created", "description": heartbeat_id})
-
-    def _heartbeat_body(self, user):
-        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
-        return validate_heartbeat(parse_json(body), default_author=user)
-
-    def list_heartbeats(self, user):
-        limit, after = self._query_parameters(parse_page_query)
-        if limit is None:
-            return json_response(self.engine.list())
-        documents, cursor = self.engine.page(limit, after)
-        headers = {}
-        if cursor is not None:
-            query = urllib.parse.urlencode({"limit": limit, "after": cursor})
-            headers = {"Link": f'<{bottle.request.script_name}api/v2/heartbeat?{query}>; rel="next"',
-                       "X-Next-Cursor": cursor}
-        return json_response(documents, headers=headers)
-
-    @staticmethod
-    def _query_parameters(parse):
-        """The query string, parsed by ``parse``; 400 ``invalid query
-        parameters.`` with every reason when it is refused."""
-        try:
-            return parse(bottle.request.query)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-
-    def get_heartbeat(self, heartbeat_id, user):
-        return json_response(self.engine.document(heartbeat_id))
-
-    def update_heartbeat(self, heartbeat_id, user):
-        self.engine.update(heartbeat_id, self._heartbeat_body(user))
-        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
-
-    def delete_heartbeat(self, heartbeat_id, user):
-        self.engine.delete(heartbeat_id)
-        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
-
-    def heartbeat_status(self, heartbeat_id, user):
-        return json_response(self.engine.status(heartbeat_id))
-
-    def pause_heartbeat(self, heartbeat_id, user):
-        self.engine.pause(heartbeat_id)
-        return json_response({"name": "heartbeat paused", "description": heartbeat_id})
-
-    def resume_heartbeat(self, heartbeat_id, user):
-        self.engine.resume_heartbeat(heartbeat_id)
-        return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
-
-    def list_members(self, heartbeat_id, user):
-        statuses, after, limit = self._query_parameters(parse_members_query)
-        return json_response(self.engine.members(heartbeat_id, statuses, after, limit))
-
-    def delete_member(self, heartbeat_id, user):
-        query = bottle.request.query
-        member = {}
-        for key in query.keys():
-            values = query.getall(key)
-            if len(values) != 1 or not _is_text(key) or not _is_text(values[0]):
-                raise ApiError(400, INVALID_QUERY, errors=[f"{key}: give each group_by key once"])
-            member[key] = values[0]
-        try:
-            self.engine.delete_member(heartbeat_id, member)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-        return json_response({"name": "member removed", "description": heartbeat_id})
-
-    @staticmethod
-    def _query_parameters(parse):
-        """The query string, parsed by ``parse``; 400 ``invalid query
-        parameters.`` with every reason when it is refused."""
-        try:
-            return parse(bottle.request.query)
-        except Invalid as exc:
-            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
-
-    def _maintenance_body(self):
-        return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
-
-    def create_maintenance(self, user):
-        maintenance_id = self.engine.create_maintenance(self._maintenance_body())
-        return json_response({"name": "maintenance created", "description": maintenance_id})
-
-    def list_maintenance(self, user):
-        active = bottle.request.query.get("active", "0")
-        if active not in ("0", "1"):
-            raise Invalid(["active: must be 1 (the windows active now) or 0 (all)"])
-        return json_response(self.engine.maintenances(active=active == "1"))
-
-    def get_maintenance(self, maintenance_id, user):
-        return json_response(self.engine.maintenance(maintenance_id))
-
-    def update_maintenance(self, maintenance_id, user):
-        self.engine.update_maintenance(maintenance_id, self._maintenance_body())
-        return json_response({"name": "maintenance updated", "description": maintenance_id})
-
-    def delete_maintenance(self, maintenance_id, user):
-        self.engine.delete_maintenance(maintenance_id)
-        return json_response({"name": "maintenance removed", "description": maintenance_id})
-
-    def heartbeat_history(self, heartbeat_id, user):
-        since, until, limit = self._query_parameters(parse_history_query)
-        return json_response(self.engine.history(heartbeat_id, since, until, limit))
-
-    def heartbeat_events(self, heartbeat_id, user):
-        return json_response({"events": self.engine.recent_events(heartbeat_id)})
-
-    def test_pattern(self, user):
-        pattern = validate_pattern_test(parse_json(self._read_body(MAX_HEARTBEAT_BODY_BYTES)))
-        return json_response(self.engine.test_pattern(pattern))
-
-    def post_events(self, user):
-        body = self._read_body(MAX_EVENT_BODY_BYTES)
-        events = validate_events(parse_json(body, duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
-
-    def list_alarms(self, user):
-        return json_response(self.engine.alarms())
-
-    def status_page(self, user):
-        query = parse_status_query(bottle.request.query_string)
-        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
-                                 STATUS_PAGE_ROWS)
-        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
-        page = min(query["page"], pages)
-        if page != query["page"]:  # past the end (the list shrank): the last page
-            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
-                                     STATUS_PAGE_ROWS)
-        now = self.engine.clock()
-        counts, rows = found["counts"], found["rows"]
-        timelines = self._timelines(rows, now)
-        parts = bottle.request.urlparts
-        live = self._templates["status"].render(
-            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
-            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
-            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
-            q=query["q"], statuses=query["statuses"], statuses_all=PAGE_STATUSES, query=status_query_string,
-            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
-            member_counts_text=member_counts_text,
-            pattern_text=pattern_text, base=bottle.request.script_name,
-            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
-        )
-        down = counts.get(DOWN, 0)
-        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
-        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
-                                                   base=bottle.request.script_name)
-        return self._html_answer(title, live, top=top)
-
-    def heartbeat_page(self, heartbeat_id, user):
-        doc = json.loads(self.engine.document(heartbeat_id))
-        state = self.engine.status(heartbeat_id)
-        now = self.engine.clock()
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        base = bottle.request.script_name
-        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
-        history, availability = recorded["history"], recorded["availability"]
-        events = self.engine.recent_events(heartbeat_id)
-        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
-        members = None
-        if "group_by" in doc:  # the worst first: those not up, then the others
-            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
-            if len(members) < DETAIL_PAGE_MEMBERS:
-                members += self.engine.members(heartbeat_id, ("up", "paused"),
-                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
-            members.sort(key=lambda entry: _MEMBER_ORDER[entry["status"]])
-        live = self._templates["detail"].render(
-            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
-            members=members, member_counts_text=member_counts_text,
-            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
-                'class="timeline"', 'class="timeline large"', 1),
-            statuses_all=PAGE_STATUSES, time_html=time_html, pattern_text=pattern_text,
-            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
-        )
-        bottom = self._templates["detail bottom"].render(
-            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
-        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
-
-    def _timelines(self, rows, now):
-        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
-        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
-        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
-
-    def _html_answer(self, title, live, top="", bottom=""):
-        """An operator page: ``live`` (the part the page's script refreshes)
-        in the shell. Its weak ETag hashes the URL and ``live``, which
-        depend on the state only (not on the second), so the script's
-        conditional refresh gets a body-less 304 while nothing changed.
-        Gzipped when the client accepts it."""
-        request, response = bottle.request, bottle.response
-        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
-        etag = f'W/"{digest.hexdigest()[:32]}"'
-        response.set_header("ETag", etag)
-        response.set_header("Vary", "Accept-Encoding")
-        response.set_header("Cache-Control", "no-cache")
-        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
-        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
-            response.status = 304
-            return b""
-        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
-                                               live=live, top=top, bottom=bottom, base=request.script_name)
-        body = html.encode("utf-8")
-        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            response.set_header("Content-Encoding", "gzip")
-        return text_response(body, HTML_TYPE)
-
-    def metrics(self, user):
-        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth(), self.engine.history_metrics())
-        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
-
-    def openapi(self):
-        return json_response(self._openapi)
-
-    def health(self):
-        depth, problem, since = self.engine.health()
-        if problem is not None:
-            if problem != self._health_problem:  # a monitor polling /healthz must not flood the log
-                log.error("health check: %s", problem)
-            self._health_problem = problem
-            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
-        self._health_problem = None
-        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
-
-
-def _access_logged(app):
-    """WSGI middleware: one access-log line per request, JSON on a crash."""
-
-    def wsgi(environ, start_response):
-        started = time.perf_counter()
-        seen = []
-
-        def recording_start_response(status, headers, exc_info=None):
-            seen.append(status)
-            return start_response(status, headers, exc_info)
-
-        try:
-            body = app(environ, recording_start_response)
-        except Exception:  # bottle's own last resort failed: still answer JSON
-            log.exception("unhandled error in the WSGI application")
-            body = [dump_json(error_body(INTERNAL_ERROR))]
-            seen.append("500 Internal Server Error")
-            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
-        if access_log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
-            if environ.get("QUERY_STRING"):
-                path += "?" + environ["QUERY_STRING"]
-            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
-                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
-                            seen[-1].split(" ", 1)[0] if seen else "-",
-                            (time.perf_counter() - started) * 1000)
-        return body
-
-    return wsgi
-
-
-###############################################################################
 # Operator pages
 ###############################################################################
 
 
-PAGE_STATUSES = ("down", "late", "pending", "up", "paused", "maintenance")  # the filters, worst first
-# In one slice of a timeline that saw several states, the worst shows.
-_TIMELINE_SEVERITY = {"down": 6, "late": 5, "pending": 4, "up": 3, "maintenance": 2, "paused": 1}
-
-
 def parse_status_query(query_string):
     """The status page's query parameters, checked: ``q`` (search text),
-    ``status`` (comma-separated, or repeated; see :data:`PAGE_STATUSES`)
-    and ``page`` (from 1). Other parameters are ignored.
+    ``status`` (comma-separated, or repeated; the filters are
+    :data:`SEVERITY`) and ``page`` (from 1). Other parameters are ignored.
 
     :returns: ``{"q", "terms", "statuses", "page"}``; statuses in the
-        order of :data:`PAGE_STATUSES`.
-    :raises ApiError: 400 with every reason.
+        order of :data:`SEVERITY`.
+    :raises Invalid: with every reason.
     """
     reasons = []
     try:
         params = urllib.parse.parse_qs(query_string, errors="strict")
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid status page parameters.", errors=["the query is not valid UTF-8"]) from None
+        raise Invalid(["the query is not valid UTF-8"]) from None
     q = " ".join(params.get("q", [])).strip()
     if len(q) > MAX_SEARCH_CHARS:
         reasons.append(f"q: at most {MAX_SEARCH_CHARS} characters")
     wanted = {status.strip() for value in params.get("status", []) for status in value.split(",")} - {""}
-    if wanted - set(PAGE_STATUSES):
-        reasons.append(f"status: {', '.join(sorted(wanted - set(PAGE_STATUSES)))} unknown; "
-                       f"choose among {', '.join(PAGE_STATUSES)}")
+    if wanted - set(SEVERITY):
+        reasons.append(f"status: {', '.join(sorted(wanted - set(SEVERITY)))} unknown; "
+                       f"choose among {', '.join(SEVERITY)}")
     page = params.get("page", ["1"])[-1]
     if not (page.isascii() and page.isdigit() and 1 <= int(page) <= MAX_PAGE_NUMBER):
         reasons.append(f"page: a whole number from 1 to {MAX_PAGE_NUMBER}")
     if reasons:
-        raise ApiError(400, "invalid status page parameters.", errors=reasons)
-    return {"q": q, "terms": q.split(), "statuses": [s for s in PAGE_STATUSES if s in wanted], "page": int(page)}
+        raise Invalid(reasons)
+    return {"q": q, "terms": q.split(), "statuses": [s for s in SEVERITY if s in wanted], "page": int(page)}
 
 
 def status_query_string(q="", statuses=(), page=1):
@@ -6377,7 +6611,7 @@ def status_query_string(q="", statuses=(), page=1):
     first page (a link to it keeps the page's path)."""
     params = [("q", q)] if q else []
     if statuses:
-        params.append(("status", ",".join(s for s in PAGE_STATUSES if s in statuses)))
+        params.append(("status", ",".join(s for s in SEVERITY if s in statuses)))
     if page > 1:
         params.append(("page", str(page)))
     return "?" + urllib.parse.urlencode(params)
@@ -6400,12 +6634,9 @@ def accepts_gzip(header):
     return decision.get("gzip", decision.get("*", False))
 
 
-_MEMBER_ORDER = {"down": 0, "late": 1, "pending": 2, "up": 3, "paused": 4}
-
-
 def member_counts_text(counts):
     """``{status: members}`` as "2 down, 5 up", the worst first, zeros left out."""
-    return ", ".join(f"{counts[status]:,} {status}" for status in _MEMBER_ORDER if counts.get(status))
+    return ", ".join(f"{counts[status]:,} {status}" for status in STATUSES if counts.get(status))
 
 
 def shorten(text, limit):
@@ -6451,8 +6682,7 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
     ``s-down``, ...; see the pages' style sheet).
 
     The window is cut into ``slots`` equal slices; a slice that saw several
-    states shows the worst (down > late > pending > up > maintenance >
-    paused), and a run of equal slices is one rectangle of one path per
+    states shows the worst (:data:`SEVERITY`), and a run of equal slices is one rectangle of one path per
     state: the markup stays under a kilobyte however often the heartbeat
     flapped. Time before the first known state is left blank.
 
@@ -6480,12 +6710,12 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
         begin, finish = max(begin, start), min(finish, end)
         if status is None or finish <= begin:
             continue
-        status = status if status in _TIMELINE_SEVERITY else "unknown"
+        status = status if status in _SEVERITY_INDEX else "unknown"
         spent[status] += finish - begin
         first = int((begin - start) / step)
         last = min(slots - 1, max(first, math.ceil((finish - start) / step) - 1))
         for slot in range(first, last + 1):
-            if worst[slot] is None or _TIMELINE_SEVERITY.get(status, 0) > _TIMELINE_SEVERITY.get(worst[slot], 0):
+            if worst[slot] is None or severity(status) < severity(worst[slot]):
                 worst[slot] = status
     runs = collections.defaultdict(list)
     slot = 0
@@ -7470,6 +7700,487 @@ def openapi_document():
 
 
 ###############################################################################
+# Web API
+###############################################################################
+
+PATTERN_EXISTS = "heartbeat pattern already exists"
+CROSS_SITE_REFUSED = "cross-site request refused"
+MISDIRECTED = "misdirected request: unknown Host"
+STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DATABASE_ERROR = "database error, please contact your administrator."
+INVALID_QUERY = "invalid query parameters."
+INTERNAL_ERROR = "internal error"
+
+
+def error_body(description, name="", **extra):
+    """The API's one error shape: ``{"name", "description"}``, plus extras
+    such as ``errors`` (the reasons of an invalid payload)."""
+    return {"name": name, "description": description, **extra}
+
+
+class ApiError(Exception):
+    """An error answer: status, the documented body, extra headers."""
+
+    def __init__(self, status, description, name="", headers=None, **extra):
+        super().__init__(description)
+        self.status = status
+        self.body = error_body(description, name, **extra)
+        self.headers = headers or {}
+
+
+def _origin_of(scheme, netloc):
+    """``(scheme, host, port)`` of a URL's scheme and authority, the port made
+    explicit; None when it is not one."""
+    scheme = scheme.lower()
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, parts.hostname, port) if parts.hostname else None
+
+
+def is_cross_site(environ):
+    """True when a browser says the request comes from another site: a
+    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` that is not this
+    service's own scheme, host and port (``Origin: null`` included). A client
+    sending neither header (curl, scripts) is not cross-site."""
+    if environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower() == "cross-site":
+        return True
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    scheme, _, rest = origin.strip().partition("://")
+    theirs = _origin_of(scheme, rest) if rest and "/" not in rest else None
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return theirs is None or theirs != _origin_of(environ.get("wsgi.url_scheme", "http"), host)
+
+
+def is_hostile_path(environ):
+    """True when the request's path is not valid UTF-8, has an encoded
+    ``/`` (``%2F``) in it, or starts with ``//``: no resource has such a
+    path, and the server's decoding would otherwise make it another one
+    (bottle drops bytes that are not UTF-8 and leading slashes; waitress
+    decodes ``%2F`` into a ``/``)."""
+    path = environ.get("bottle.raw_path", environ.get("PATH_INFO", ""))
+    try:
+        path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return True
+    raw = (environ.get("REQUEST_URI") or environ.get("RAW_URI") or "").partition("?")[0]
+    # waitress and bottle strip the extra slashes: //api/v2/... is not /api/v2/...
+    return "%2f" in raw.lower() or raw.startswith("//") or path.startswith("//")
+
+
+def json_response(value, status=200, headers=None):
+    """Set the status and headers of the current answer and return its body,
+    ``value`` encoded (or as is, if already JSON bytes); cheaper than building
+    a ``bottle.HTTPResponse`` for bottle to copy."""
+    response = bottle.response
+    response.status = status
+    response.content_type = JSON_TYPE
+    for name, header in (headers or {}).items():
+        response.set_header(name, header)
+    return value if isinstance(value, bytes) else dump_json(value)
+
+
+def text_response(body, content_type):
+    """Set the status and type of the current answer; return ``body`` (bytes)."""
+    bottle.response.status = 200
+    bottle.response.content_type = content_type
+    return body
+
+
+class WebApi:
+    """The bottle routes: parse the request, call the engine, format the answer.
+
+    :param engine: the :class:`Engine`.
+    :param authenticator: the :class:`Authenticator` guarding ``/api/``.
+    :param allowed_hosts: None (any ``Host``), or the names a request's
+        ``Host`` must be (see :func:`allowed_host_names`); others get ``421``
+        and change nothing.
+    """
+
+    def __init__(self, engine, authenticator, allowed_hosts=None):
+        self.engine = engine
+        self.auth = authenticator
+        self.allowed_hosts = allowed_hosts
+        self._health_problem = None  # the last problem /healthz logged
+        self.app = bottle.Bottle()
+        self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
+        self.app.default_error_handler = self._bottle_error
+        self._route("/api/v2/heartbeat", "POST", self.create_heartbeat)
+        self._route("/api/v2/heartbeat", "GET", self.list_heartbeats)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "GET", self.get_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "PUT", self.update_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>", "DELETE", self.delete_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/status", "GET", self.heartbeat_status)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/pause", "POST", self.pause_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/resume", "POST", self.resume_heartbeat)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "GET", self.list_members)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/members", "DELETE", self.delete_member)
+        self._route("/api/v2/maintenance", "POST", self.create_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance", "GET", self.list_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "GET", self.get_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "PUT", self.update_maintenance, kind="maintenance")
+        self._route("/api/v2/maintenance/<maintenance_id>", "DELETE", self.delete_maintenance, kind="maintenance")
+        self._route("/api/v2/heartbeat/<heartbeat_id>/history", "GET", self.heartbeat_history)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/events", "GET", self.heartbeat_events)
+        self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
+        self._route("/api/v2/event", "POST", self.post_events, kind="event")
+        self._route("/api/v2/alarms", "GET", self.list_alarms)
+        self._route("/healthz", "GET", self.health, authenticated=False)
+        self._route("/", "GET", self.status_page)
+        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
+        self._route("/metrics", "GET", self.metrics)
+        self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
+        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
+            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
+            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
+        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
+                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
+        self._openapi = dump_json(openapi_document())
+
+    def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
+        """Serve ``handler`` at ``path`` with and without a trailing slash;
+        ``kind`` names the document it handles, in its error answers."""
+        wrapped = self._wrap(handler, authenticated, kind)
+        for variant in {path, path.rstrip("/") + "/"}:
+            self.app.route(variant, method, wrapped)
+
+    def _wrap(self, handler, authenticated, kind):
+        """The one place where exceptions become JSON answers."""
+
+        def wrapper(**kwargs):
+            try:
+                environ = bottle.request.environ
+                if is_hostile_path(environ):
+                    raise ApiError(404, "not found")
+                if self.allowed_hosts is not None and "HTTP_HOST" in environ \
+                        and not is_allowed_host(environ["HTTP_HOST"], self.allowed_hosts):
+                    raise ApiError(421, MISDIRECTED)
+                if environ.get("REQUEST_METHOD") in STATE_CHANGING_METHODS and is_cross_site(environ):
+                    raise ApiError(403, CROSS_SITE_REFUSED)
+                if authenticated:
+                    kwargs["user"] = self._authenticate()
+                if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
+                    raise NotFound(kwargs["heartbeat_id"])
+                return handler(**kwargs)
+            except ApiError as exc:
+                return json_response(exc.body, exc.status, exc.headers)
+            except Invalid as exc:
+                return json_response(error_body(f"invalid {kind} payload.", errors=exc.reasons), 400)
+            except MemberNotFound as exc:
+                return json_response(error_body("member not found", name=str(exc.args[0])), 404)
+            except NotFound as exc:
+                return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
+            except PatternExists:
+                return json_response(error_body(PATTERN_EXISTS), 400)
+            except TooLarge as exc:
+                return json_response(error_body(str(exc)), 413)
+            except StoreError as exc:
+                log.error("database error on %s %s: %s", log_safe(bottle.request.method),
+                          log_safe(bottle.request.path), exc,
+                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
+                return json_response(error_body(DATABASE_ERROR), 400)
+            except Exception:
+                log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
+                              log_safe(bottle.request.path))
+                return json_response(error_body(INTERNAL_ERROR), 500)
+
+        return wrapper
+
+    def _bottle_error(self, error):
+        """bottle's own errors (unknown path, wrong method, ...) as JSON."""
+        if error.status_code >= 500:
+            log.error("unhandled error: %s", error.exception, exc_info=error.exception)
+        bottle.response.content_type = JSON_TYPE
+        descriptions = {404: "not found", 405: "method not allowed"}
+        description = descriptions.get(error.status_code, error.status_line.split(" ", 1)[-1].lower())
+        return dump_json(error_body(description))
+
+    def _authenticate(self):
+        try:
+            environ = bottle.request.environ
+            user = self.auth.user(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
+        except Throttled:
+            raise ApiError(429, "too many failed authentication attempts, retry later",
+                           headers={"Retry-After": str(int(AUTH_FAILURE_REFILL_SECONDS))}) from None
+        if user is None:
+            raise ApiError(401, "authentication required",
+                           headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        return user
+
+    def _read_body(self, limit):
+        environ = bottle.request.environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise ApiError(400, "invalid Content-Length")
+        if length > limit:
+            raise TooLarge(f"request body larger than {limit} bytes")
+        return environ["wsgi.input"].read(length) if length else b""
+
+    # -- routes --------------------------------------------------------------
+
+    def create_heartbeat(self, user):
+        heartbeat_id = self.engine.create(self._heartbeat_body(user))
+        return json_response({"name": "heartbeat created", "description": heartbeat_id})
+
+    def _heartbeat_body(self, user):
+        body = self._read_body(MAX_HEARTBEAT_BODY_BYTES)
+        return validate_heartbeat(parse_json(body), default_author=user)
+
+    def list_heartbeats(self, user):
+        limit, after = self._query_parameters(parse_page_query)
+        if limit is None:
+            return json_response(self.engine.list())
+        documents, cursor = self.engine.page(limit, after)
+        headers = {}
+        if cursor is not None:
+            query = urllib.parse.urlencode({"limit": limit, "after": cursor})
+            headers = {"Link": f'<{bottle.request.script_name}api/v2/heartbeat?{query}>; rel="next"',
+                       "X-Next-Cursor": cursor}
+        return json_response(documents, headers=headers)
+
+    @staticmethod
+    def _query_parameters(parse):
+        """The query string, parsed by ``parse``; 400 ``invalid query
+        parameters.`` with every reason when it is refused."""
+        try:
+            return parse(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+
+    def get_heartbeat(self, heartbeat_id, user):
+        return json_response(self.engine.document(heartbeat_id))
+
+    def update_heartbeat(self, heartbeat_id, user):
+        self.engine.update(heartbeat_id, self._heartbeat_body(user))
+        return json_response({"name": "heartbeat updated", "description": heartbeat_id})
+
+    def delete_heartbeat(self, heartbeat_id, user):
+        self.engine.delete(heartbeat_id)
+        return json_response({"name": "heartbeat removed", "description": heartbeat_id})
+
+    def heartbeat_status(self, heartbeat_id, user):
+        return json_response(self.engine.status(heartbeat_id))
+
+    def pause_heartbeat(self, heartbeat_id, user):
+        self.engine.pause(heartbeat_id)
+        return json_response({"name": "heartbeat paused", "description": heartbeat_id})
+
+    def resume_heartbeat(self, heartbeat_id, user):
+        self.engine.resume_heartbeat(heartbeat_id)
+        return json_response({"name": "heartbeat resumed", "description": heartbeat_id})
+
+    def list_members(self, heartbeat_id, user):
+        statuses, after, limit = self._query_parameters(parse_members_query)
+        return json_response(self.engine.members(heartbeat_id, statuses, after, limit))
+
+    def delete_member(self, heartbeat_id, user):
+        query = bottle.request.query
+        member = {}
+        for key in query.keys():
+            values = query.getall(key)
+            if len(values) != 1 or not _is_text(key) or not _is_text(values[0]):
+                raise ApiError(400, INVALID_QUERY, errors=[f"{key}: give each group_by key once"])
+            member[key] = values[0]
+        try:
+            self.engine.delete_member(heartbeat_id, member)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+        return json_response({"name": "member removed", "description": heartbeat_id})
+
+    def _maintenance_body(self):
+        return validate_maintenance(parse_json(self._read_body(MAX_MAINTENANCE_BODY_BYTES)))
+
+    def create_maintenance(self, user):
+        maintenance_id = self.engine.create_maintenance(self._maintenance_body())
+        return json_response({"name": "maintenance created", "description": maintenance_id})
+
+    def list_maintenance(self, user):
+        active = bottle.request.query.get("active", "0")
+        if active not in ("0", "1"):
+            raise ApiError(400, INVALID_QUERY, errors=["active: must be 1 (the windows active now) or 0 (all)"])
+        return json_response(self.engine.maintenances(active=active == "1"))
+
+    def get_maintenance(self, maintenance_id, user):
+        return json_response(self.engine.maintenance(maintenance_id))
+
+    def update_maintenance(self, maintenance_id, user):
+        self.engine.update_maintenance(maintenance_id, self._maintenance_body())
+        return json_response({"name": "maintenance updated", "description": maintenance_id})
+
+    def delete_maintenance(self, maintenance_id, user):
+        self.engine.delete_maintenance(maintenance_id)
+        return json_response({"name": "maintenance removed", "description": maintenance_id})
+
+    def heartbeat_history(self, heartbeat_id, user):
+        since, until, limit = self._query_parameters(parse_history_query)
+        return json_response(self.engine.history(heartbeat_id, since, until, limit))
+
+    def heartbeat_events(self, heartbeat_id, user):
+        return json_response({"events": self.engine.recent_events(heartbeat_id)})
+
+    def test_pattern(self, user):
+        pattern = validate_pattern_test(parse_json(self._read_body(MAX_HEARTBEAT_BODY_BYTES)))
+        return json_response(self.engine.test_pattern(pattern))
+
+    def post_events(self, user):
+        body = self._read_body(MAX_EVENT_BODY_BYTES)
+        events = validate_events(parse_json(body, duplicate_keys=True))
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
+
+    def list_alarms(self, user):
+        return json_response(self.engine.alarms())
+
+    def status_page(self, user):
+        try:
+            query = parse_status_query(bottle.request.query_string)
+        except Invalid as exc:
+            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
+        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+                                 STATUS_PAGE_ROWS)
+        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
+        page = min(query["page"], pages)
+        if page != query["page"]:  # past the end (the list shrank): the last page
+            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+                                     STATUS_PAGE_ROWS)
+        now = self.engine.clock()
+        counts, rows = found["counts"], found["rows"]
+        timelines = self._timelines(rows, now)
+        parts = bottle.request.urlparts
+        live = self._templates["status"].render(
+            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
+            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
+            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
+            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
+            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
+            member_counts_text=member_counts_text,
+            pattern_text=pattern_text, base=bottle.request.script_name,
+            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
+        )
+        down = counts.get(DOWN, 0)
+        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
+        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
+                                                   base=bottle.request.script_name)
+        return self._html_answer(title, live, top=top)
+
+    def heartbeat_page(self, heartbeat_id, user):
+        doc = json.loads(self.engine.document(heartbeat_id))
+        state = self.engine.status(heartbeat_id)
+        now = self.engine.clock()
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        base = bottle.request.script_name
+        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
+        history, availability = recorded["history"], recorded["availability"]
+        events = self.engine.recent_events(heartbeat_id)
+        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
+        members = None
+        if "group_by" in doc:  # the worst first: those not up, then the others
+            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
+            if len(members) < DETAIL_PAGE_MEMBERS:
+                members += self.engine.members(heartbeat_id, ("up", "paused"),
+                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
+            members.sort(key=lambda entry: severity(entry["status"]))
+        live = self._templates["detail"].render(
+            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            members=members, member_counts_text=member_counts_text,
+            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
+                'class="timeline"', 'class="timeline large"', 1),
+            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
+            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
+        )
+        bottom = self._templates["detail bottom"].render(
+            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
+        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
+
+    def _timelines(self, rows, now):
+        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
+        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
+        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
+
+    def _html_answer(self, title, live, top="", bottom=""):
+        """An operator page: ``live`` (the part the page's script refreshes)
+        in the shell. Its weak ETag hashes the URL and ``live``, which
+        depend on the state only (not on the second), so the script's
+        conditional refresh gets a body-less 304 while nothing changed.
+        Gzipped when the client accepts it."""
+        request, response = bottle.request, bottle.response
+        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
+        etag = f'W/"{digest.hexdigest()[:32]}"'
+        response.set_header("ETag", etag)
+        response.set_header("Vary", "Accept-Encoding")
+        response.set_header("Cache-Control", "no-cache")
+        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
+        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
+            response.status = 304
+            return b""
+        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
+                                               live=live, top=top, bottom=bottom, base=request.script_name)
+        body = html.encode("utf-8")
+        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            response.set_header("Content-Encoding", "gzip")
+        return text_response(body, HTML_TYPE)
+
+    def metrics(self, user):
+        text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
+                               self.engine.outbox_depth(), self.engine.history_metrics())
+        return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
+
+    def openapi(self):
+        return json_response(self._openapi)
+
+    def health(self):
+        depth, problem, since = self.engine.health()
+        if problem is not None:
+            if problem != self._health_problem:  # a monitor polling /healthz must not flood the log
+                log.error("health check: %s", problem)
+            self._health_problem = problem
+            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
+        self._health_problem = None
+        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {})})
+
+
+def _access_logged(app):
+    """WSGI middleware: one access-log line per request, JSON on a crash."""
+
+    def wsgi(environ, start_response):
+        started = time.perf_counter()
+        seen = []
+
+        def recording_start_response(status, headers, exc_info=None):
+            seen.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = app(environ, recording_start_response)
+        except Exception:  # bottle's own last resort failed: still answer JSON
+            log.exception("unhandled error in the WSGI application")
+            body = [dump_json(error_body(INTERNAL_ERROR))]
+            seen.append("500 Internal Server Error")
+            start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
+        if access_log.isEnabledFor(logging.INFO):
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
+                            log_safe(environ.get("REQUEST_METHOD")), log_safe(path),
+                            seen[-1].split(" ", 1)[0] if seen else "-",
+                            (time.perf_counter() - started) * 1000)
+        return body
+
+    return wsgi
+
+
+###############################################################################
 # Embedding API
 ###############################################################################
 
@@ -7488,8 +8199,7 @@ class Service:
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
-        if isinstance(history_days, bool) or not isinstance(history_days, int) or history_days < 1:
-            raise ConfigError(f"history_days must be an integer of at least 1 (got {history_days!r})")
+        check_history_days(history_days)
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
         self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
@@ -7500,7 +8210,7 @@ class Service:
         #: the :class:`Forwarder`, or None without a forward URL
         self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
         if self.forwarder is not None:
-            self.engine.outbox_waker = self.forwarder.wake
+            self.engine.outbox.waker = self.forwarder.wake
         # the default root:root answers loopback names only: no DNS rebinding
         self.web = WebApi(self.engine, authenticator, allowed_hosts=allowed_host_names() if users is None else None)
         #: the bottle application (routes, for inspection or mounting)
@@ -7630,14 +8340,30 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         than this code.
     """
     if isinstance(intake_silence, str):
-        seconds = parse_interval(intake_silence)
-        if seconds is None or seconds > MAX_INTERVAL_SECONDS:
-            raise ConfigError(f"intake silence {intake_silence!r}: must look like 30s, 5m or 2h (at most 8760h)")
-        intake_silence = seconds
-    elif intake_silence is not None and not (isinstance(intake_silence, (int, float)) and intake_silence > 0):
+        intake_silence = check_intake_silence(intake_silence, "intake silence")
+    elif intake_silence is not None and (isinstance(intake_silence, bool) or not (
+            isinstance(intake_silence, (int, float)) and intake_silence > 0)):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
     return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
                    history_days=history_days)
+
+
+def check_history_days(days, name="history_days"):
+    """``days`` when it is a whole number of days of history to keep, from
+    1 to :data:`MAX_HISTORY_DAYS` (``create_app`` and ``--history-days``
+    alike); :raises ConfigError: naming ``name`` otherwise."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_HISTORY_DAYS:
+        raise ConfigError(f"{name}: must be a whole number of days from 1 to {MAX_HISTORY_DAYS}, not {days!r}")
+    return days
+
+
+def check_intake_silence(text, name):
+    """The seconds of an intake silence given as a duration (``5m``);
+    :raises ConfigError: naming ``name`` otherwise."""
+    seconds = parse_interval(text.strip())
+    if seconds is None or seconds > MAX_INTERVAL_SECONDS:
+        raise ConfigError(f"{name}: {INTERVAL_SYNTAX}, {INTERVAL_LIMIT}, not {text!r}")
+    return seconds
 
 
 ###############################################################################
@@ -8143,7 +8869,8 @@ def check_settings(args, environ):
     """
     args.port = _integer(*_setting(args, environ, "port", str(DEFAULT_PORT)), 0, 65535)
     args.threads = _integer(*_setting(args, environ, "threads", str(DEFAULT_THREADS)), 1, 1024)
-    args.history_days = _integer(*_setting(args, environ, "history_days", str(DEFAULT_HISTORY_DAYS)), 1, 36500)
+    days, name = _setting(args, environ, "history_days", str(DEFAULT_HISTORY_DAYS))
+    args.history_days = check_history_days(_integer(days, name, -math.inf, math.inf), name)
     level, name = _setting(args, environ, "log_level", DEFAULT_LOG_LEVEL)
     if level.strip().upper() not in LOG_LEVELS:
         raise ConfigError(f"{name}: not one of {', '.join(LOG_LEVELS)}: {level!r}")
@@ -8165,9 +8892,7 @@ def check_settings(args, environ):
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
     if silence:  # empty: off
-        args.intake_silence = parse_interval(silence.strip())
-        if args.intake_silence is None or args.intake_silence > MAX_INTERVAL_SECONDS:
-            raise ConfigError(f"{name}: must look like 30s, 5m or 2h (at most 8760h), not {silence!r}")
+        args.intake_silence = check_intake_silence(silence, name)
     return args
 
 

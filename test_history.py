@@ -294,7 +294,7 @@ def test_pruning_runs_in_bounded_batches_at_most_hourly(clock, monkeypatch):
             kept.append(len(history_rows(service)))
         assert kept == [100 - 20, 60, 50, 50, 50, 50]  # 50 pending rows go; each one's down, its last change, stays
         assert {status for _, _, status in history_rows(service)} == {"down"}
-        assert service.engine._prune_due_at == clock.now + 3600  # the pass is over
+        assert service.engine.records._prune_due_at == clock.now + 3600  # the pass is over
         service.engine.record_changes([(heartbeat_id, T0 + 1, "up", "test", None) for heartbeat_id in ids])
         clock.advance(3599)
         service.tick()  # within the hour of the last pass
@@ -314,9 +314,9 @@ def test_a_failed_pruning_is_logged_and_retried_later(service, clock, caplog):
     assert "history pruning failed" in caplog.text
     service.store.statement_hook = None
     clock.advance(59)
-    assert service.engine._prune_due_at > clock.now
+    assert service.engine.records._prune_due_at > clock.now
     clock.advance(2)
-    assert service.engine._prune_due_at <= clock.now
+    assert service.engine.records._prune_due_at <= clock.now
 
 
 @pytest.mark.parametrize("days", [0, -1, 1.5, "90", True, None])

@@ -113,7 +113,7 @@ def test_updates_deletions_and_windows_reach_the_other_instance(two, clock):
     b.sync()
     app_b.get(f"/api/v2/heartbeat/{heartbeat_id}", status=404)
     assert app_b.post_json("/api/v2/event", {"k": "new"}).json["matched"] == []
-    assert b.engine._windows == {}
+    assert b.engine.windows.by_id == {}
 
 
 @pytest.mark.postgresql
