@@ -102,7 +102,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def read_schema(name):
@@ -1128,6 +1128,8 @@ _MIGRATIONS = {
     2: (_SET_ASIDE.format(v=2), _MOVE_OVER.format(v=2, columns=_V2_COLUMNS)),
     # Version 4 added the history table (schema.sql creates it): nothing to rebuild.
     3: ("", ""),
+    # Version 5 added the boundary table (schema.sql creates it): nothing to rebuild.
+    4: ("", ""),
 }
 
 
@@ -2131,6 +2133,14 @@ class _HistoryStatements:
         self._executemany(
             "INSERT INTO history (heartbeat_id, at, status, reason, extra, member) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
+    def claim_boundary(self, maintenance_id, at, started):
+        """In the transaction that records a window's start (``started``) or
+        end at ``at`` in the history: True when this call claims it, False
+        when it was recorded already (by another instance sharing the
+        database: its insert won)."""
+        return self._execute("INSERT INTO boundary (maintenance_id, at, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                             (maintenance_id, at, "start" if started else "end")).rowcount == 1
+
     def history(self, heartbeat_id, since, until, limit):
         """A heartbeat's changes (its own and its members') with ``since <=
         at <= until`` (None: no bound), newest first, at most ``limit``: rows
@@ -2205,6 +2215,7 @@ class _HistoryStatements:
                 for start in range(0, len(doomed), _ID_CHUNK):
                     chunk = doomed[start:start + _ID_CHUNK]
                     self._execute(f"DELETE FROM history WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
+                self._execute("DELETE FROM boundary WHERE at < ?", (cutoff,))  # their records are going
         cursor = (rows[-1][1], rows[-1][0]) if len(rows) == batch else None
         return len(doomed), cursor
 
@@ -4750,6 +4761,8 @@ class Windows:
         (their time is not counted anyway), and an end is not recorded for a
         heartbeat another window still covers. Availability leaves
         maintenance time out. Records only: nothing is written, no alarm."""
+        if not self.core.store.claim_boundary(window.id, at, started):
+            return  # another instance sharing the database recorded it
         others = [other for other in self.by_id.values() if other.id != window.id]
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}

@@ -134,5 +134,15 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 4)
+-- The starts and ends of maintenance windows recorded in the history
+-- (version 5), as in schema.sql: every instance's tick sees a boundary,
+-- the one whose insert wins records it.
+CREATE TABLE IF NOT EXISTS boundary (
+    maintenance_id TEXT NOT NULL,
+    at             DOUBLE PRECISION NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('start', 'end')),
+    PRIMARY KEY (maintenance_id, at, kind)
+);
+
+INSERT INTO meta (key, value) VALUES ('schema_version', 5)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

@@ -326,3 +326,23 @@ def test_an_event_for_a_heartbeat_the_other_instance_put_late_resolves_it(two, c
     client(b).post_json("/api/v2/event", event)  # b still thinks it up: its refresh must resolve, not vanish
     assert [e["state"] for e in b.seen] == [heartbeat_lite.RESOLVED_STATE]
     assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
+
+
+###############################################################################
+# Refreshes, outages, clocks, history: embedded
+###############################################################################
+
+
+@pytest.mark.postgresql
+def test_a_windows_start_and_end_are_recorded_once_by_instances_ticking_together(two, clock):
+    a, b = two(), two()
+    heartbeat_id = create(client(a), body())
+    client(a).post_json("/api/v2/maintenance", {"name": "w", "pattern": {}, "start": "2020-12-11T10:01:00",
+                                                "end": "2020-12-11T10:02:00"})
+    b.sync()
+    for _ in range(3):
+        clock.advance(45)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda service: service.tick(), [a, b]))
+    reasons = [entry["reason"] for entry in client(b).get(f"/api/v2/heartbeat/{heartbeat_id}/history").json["history"]]
+    assert reasons.count("maintenance 'w' started") == 1 and reasons.count("maintenance 'w' ended") == 1, reasons
