@@ -1306,6 +1306,9 @@ class _Connections(abc.ABC):
         #: tests trace statements with it, or raise ``sqlite3.Error`` from it
         #: to inject a failure
         self.statement_hook = None
+        #: None, or a callable ``(ok)`` told the outcome of every write, as
+        #: :attr:`last_write` records it (the engine's outage rule)
+        self.write_observer = None
 
     # -- hooks: what each database does its own way --------------------------
 
@@ -1436,6 +1439,8 @@ class _Connections(abc.ABC):
     def _wrote(self, error=None):
         """Record the outcome of a write: success, or the driver's error."""
         self.last_write = WriteOutcome(error is None, time.time(), None if error is None else str(error))
+        if self.write_observer is not None:
+            self.write_observer(error is None)
 
     # -- transactions and statements -------------------------------------------
 
@@ -1482,7 +1487,12 @@ class _Connections(abc.ABC):
         what :meth:`_refusal` makes of it) and the failed connection is
         dropped (the writer's once its transaction is over)."""
         if self._guard is not None:
-            self._guard()
+            try:
+                self._guard()
+            except StoreError as exc:  # a refused write is a failed one
+                if conn is self._conn and (self._depth or not sql.startswith(_READS)):
+                    self._wrote(exc)
+                raise
         try:
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
@@ -2268,6 +2278,15 @@ class _InstanceStatements(abc.ABC):
         ``(now, True)`` when it runs still (another instance runs)."""
 
     @abc.abstractmethod
+    def blind_since(self, failed_at):
+        """In a transaction: this instance's writes failed from ``failed_at``
+        on. Since when the service was blind: ``failed_at``; or None when
+        another instance recorded that it was alive after it (that one was
+        not blind: it recorded events meanwhile, or counted the outage
+        already). Instances that recover together queue here, so an outage
+        is counted once."""
+
+    @abc.abstractmethod
     def record_start(self, now):
         """This instance runs, from ``now`` (a stop from now on is unclean
         until :meth:`record_stop`)."""
@@ -2523,6 +2542,9 @@ class SqliteStore(Store):
 
     def last_alive(self, now):
         return self.meta(META_ALIVE_AT), self.meta(META_STOPPED_CLEANLY) == 1
+
+    def blind_since(self, failed_at):
+        return failed_at  # one service: it was blind
 
     def record_start(self, now):
         self.set_meta(META_STOPPED_CLEANLY, 0)
@@ -2789,6 +2811,11 @@ class PostgresStore(Store):
         if not rows:
             return None, False
         return rows[0][0], rows[0][1]
+
+    def blind_since(self, failed_at):
+        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_START, self._key))
+        others = self._query("SELECT MAX(alive_at) FROM instance WHERE id <> ?", (self.instance_id,))[0][0]
+        return None if others is not None and others > failed_at else failed_at
 
     def record_start(self, now):
         self._execute("INSERT INTO instance (id, alive_at, stopped) VALUES (?, ?, FALSE) "
@@ -5616,6 +5643,8 @@ class Expiry:
                     horizon = self.silence.horizon(now)
                 started, ended, retired = [], [], []
                 with core.funnel.change() as change:
+                    if first:
+                        self.lifecycle.recover(change, now)
                     self.intake.flush(change)
                     if first:
                         started, ended = self.windows.boundaries(change, now)
@@ -5730,6 +5759,10 @@ class Lifecycle:
         self.loaded = False
         self._synced = 0  # the last change of other instances applied to the read model (see sync())
         self._alive_recorded = None
+        # the outage rule (see recover()): the clock time of the first
+        # write that failed since the rule last ran
+        self._failed_at = None
+        core.store.write_observer = self._observed
 
     def load(self):
         """Resume after the outage (see :meth:`resume`) and load the read
@@ -5821,10 +5854,48 @@ class Lifecycle:
                     moved = core.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
                 core.store.record_start(now)
                 self._alive_recorded = now
+                self._failed_at = None  # the outage is counted here
             # window ends missed while stopped get their end rule at the first tick
             self.windows.checked_at = alive_at if alive_at is not None and alive_at < now else now
         if moved:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
+
+    def _observed(self, ok):
+        """The store tells the outcome of a write (any thread)."""
+        if not ok and self._failed_at is None:
+            self._failed_at = self.core.clock()
+
+    def recover(self, change, now):
+        """In a tick's change, before anything is found due: when writes
+        failed since the last time (the database stopped, froze, refused),
+        the monitor could not record events: it was blind, and its clock
+        stops, as across a restart. Every deadline still ahead when the
+        service last recorded anything (:meth:`Store.blind_since`) moves
+        later by the time since; nothing moves when another instance
+        recorded that it was alive meanwhile (it was not blind), nor during
+        an intake silence (the clock is stopped already).
+
+        Blind since the first write that failed: whatever fell due before
+        it was handled (the scheduler ticks at each deadline, and a tick
+        that fails is such a write), and any event refused after it is one."""
+        failed_at = self._failed_at
+        if failed_at is None:
+            return
+        store = self.core.store
+        since = None if self.silence.since is not None else store.blind_since(failed_at)
+        moved = store.postpone(since, now - since) if since is not None and now > since else 0
+        store.record_alive(now)
+        change.then(self._recovered, failed_at, since, now, moved)
+
+    def _recovered(self, failed_at, since, now, moved):
+        self._alive_recorded = now
+        if self._failed_at == failed_at:
+            self._failed_at = None
+        if since is None:
+            log.info("database writes work again: other instances recorded events meanwhile, no deadline moves")
+        else:
+            log.warning("database writes work again: events could not be recorded for %.1fs, %d deadline(s) "
+                        "moved later by that (the clock stops while the monitor is blind)", now - since, moved)
 
     def record_alive(self, now):
         """Record that the service is alive at ``now``, at most every

@@ -333,6 +333,96 @@ def test_an_event_for_a_heartbeat_the_other_instance_put_late_resolves_it(two, c
 ###############################################################################
 
 
+def refuse_writes(sql, params):
+    """A statement hook: every write fails (the database stopped, frozen, or
+    locked by another process)."""
+    if not sql.startswith("SELECT"):
+        raise heartbeat_lite.sqlite3.OperationalError("the database is away")
+
+
+def blind_for(service, clock, seconds, app):
+    """Every write fails for ``seconds`` of the clock: an event is refused, the ticks fail."""
+    service.store.statement_hook = refuse_writes
+    try:
+        assert app.post_json("/api/v2/event", {"k": "fed"}, status=400).json["description"].startswith(
+            "database error")
+        for _ in range(int(seconds)):
+            clock.advance(1)
+            with pytest.raises(heartbeat_lite.StoreError):
+                service.tick()
+    finally:
+        service.store.statement_hook = None
+
+
+def test_a_database_outage_stops_the_clock_as_a_restart_does(restart, clock, alarms_seen):
+    # One rule for both stores (and whichever way the database failed):
+    # while no event could be recorded, the monitor was blind; every
+    # deadline still ahead when writes began to fail moves later by the
+    # outage, whether an event or a tick comes first after it. (A file: a
+    # failed write drops SQLite's connection, and an in-memory database with it.)
+    with restart() as service:
+        outage_stops_the_clock(service, clock, alarms_seen)
+
+
+def outage_stops_the_clock(service, clock, alarms_seen):
+    app = client(service)
+    silent = create(app, body(pattern={"k": "silent"}, expected_interval="10s"))
+    fed = create(app, body(pattern={"k": "fed"}, expected_interval="10s"))
+    down = create(app, body(pattern={"k": "down"}, expected_interval="2s"))
+    app.post_json("/api/v2/event", [{"k": "silent"}, {"k": "fed"}])
+    clock.advance(3)
+    service.tick()
+    assert [e["heartbeat_id"] for e in alarms_seen] == [down]  # down before the outage: stays down
+    blind_for(service, clock, 20, app)  # from +3 s to +23 s
+    app.post_json("/api/v2/event", {"k": "fed"})  # an event first, then the tick
+    service.tick()
+    assert [e["heartbeat_id"] for e in alarms_seen] == [down]
+    deadline = app.get(f"/api/v2/heartbeat/{silent}/status").json["deadline"]
+    assert deadline == pytest.approx(clock() - 23 + 10 + 20, abs=0.01)
+    clock.advance(6.9)
+    service.tick()
+    assert [e["heartbeat_id"] for e in alarms_seen] == [down]
+    clock.advance(0.2)
+    service.tick()
+    assert [e["heartbeat_id"] for e in alarms_seen] == [down, silent]
+    assert app.get(f"/api/v2/heartbeat/{fed}/status").json["status"] == "up"
+
+
+@pytest.mark.postgresql
+def test_an_outage_of_every_instance_is_counted_once(two, clock):
+    a, b = two(), two()
+    heartbeat_id = create(client(a), body(expected_interval="10s"))
+    a.tick(), b.tick()
+    for service in (a, b):
+        service.store.statement_hook = refuse_writes
+    clock.advance(1)
+    for service in (a, b):
+        with pytest.raises(heartbeat_lite.StoreError):
+            service.tick()
+        service.store.statement_hook = None
+    clock.advance(20)
+    a.tick(), b.tick()  # a counts the outage (20 s); b finds a alive since its failure: nothing more
+    deadline = client(b).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"]
+    assert deadline == pytest.approx(clock() - 21 + 10 + 20, abs=0.01)
+
+
+@pytest.mark.postgresql
+def test_one_instance_cut_off_while_another_recorded_moves_nothing(two, clock):
+    a, b = two(), two()
+    heartbeat_id = create(client(a), body(expected_interval="10s"))
+    a.store.statement_hook = refuse_writes
+    clock.advance(1)
+    with pytest.raises(heartbeat_lite.StoreError):
+        a.tick()
+    clock.advance(heartbeat_lite.ALIVE_INTERVAL_SECONDS)
+    b.tick()  # b records events and life meanwhile
+    a.store.statement_hook = None
+    clock.advance(1)
+    a.tick()
+    deadline = client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"]
+    assert deadline == pytest.approx(clock() - 7 + 10, abs=0.01)
+
+
 @pytest.mark.postgresql
 def test_a_windows_start_and_end_are_recorded_once_by_instances_ticking_together(two, clock):
     a, b = two(), two()
