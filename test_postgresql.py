@@ -142,20 +142,23 @@ def test_each_alarm_is_raised_once_when_both_instances_tick(two, clock):
 
 
 @pytest.mark.postgresql
-def test_a_refresh_kept_on_one_instance_resolves_what_the_other_raised(two, clock):
+def test_an_acknowledged_event_is_in_the_database_before_its_answer(two, clock):
+    # Coalesced in memory (as on SQLite), b's second refresh would wait for
+    # b's next tick: a, seeing only the database, would find the heartbeat
+    # late at +30.1 s, and b killed meanwhile would lose the event for good.
     a, b = two(), two()
     heartbeat_id = create(client(a), body(late_after="30s"))
     b.sync()
     event = {"connector": "connect", "connector_name": "c01"}
     client(b).post_json("/api/v2/event", event)
     clock.advance(0.2)
-    client(b).post_json("/api/v2/event", event)  # kept in b's memory
-    clock.advance(30)
-    a.tick()  # a sees the database only: late
-    assert [e["state"] for e in a.seen] == [heartbeat_lite.LATE_STATE]
-    b.tick()  # b's kept refresh cannot be written to a heartbeat that is late: it is applied as a refresh
-    assert [e["state"] for e in b.seen] == [heartbeat_lite.RESOLVED_STATE]
-    assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
+    assert client(b).post_json("/api/v2/event", event).json["matched"] == [heartbeat_id]
+    assert not b.engine.core.model.has_unwritten()
+    clock.advance(29.9)
+    a.tick()
+    assert a.seen == []
+    assert client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"] == pytest.approx(
+        clock() - 29.9 + 60, abs=0.01)
 
 
 @pytest.mark.postgresql
@@ -222,7 +225,7 @@ def test_instances_killed_count_their_outage_from_the_last_alive(two, clock):
     clock.advance(100)  # far beyond INSTANCE_ALIVE_SECONDS: a is dead
     b = two()
     deadline = client(b).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"]
-    assert deadline == pytest.approx(1_607_680_874 + 100 + heartbeat_lite.REFRESH_WRITE_SECONDS)
+    assert deadline == pytest.approx(1_607_680_874 + 100 + heartbeat_lite.REFRESH_WRITE_SECONDS, abs=0.01)
 
 
 def test_healthz_says_503_while_postgresql_is_unreachable():
@@ -333,6 +336,28 @@ def test_an_event_for_a_heartbeat_the_other_instance_put_late_resolves_it(two, c
 ###############################################################################
 
 
+def test_a_refresh_never_moves_backwards(service, clock):
+    # Two instances' writes (or one instance's concurrent requests) may commit
+    # in any order: the later refresh stays, for heartbeats and members alike.
+    app = client(service)
+    heartbeat_id = create(app, body())
+    grouped_id = create(app, body(pattern={"k": "g"}, group_by=["host"]))
+    app.post_json("/api/v2/event", [{"connector": "connect", "connector_name": "c01"}, {"k": "g", "host": "a"}])
+    store = service.store
+    key = heartbeat_lite.member_key({"host": "a"})
+    store.write_refreshes([(heartbeat_id, clock() + 5)])
+    store.write_member_refreshes([(grouped_id, key, clock() + 5)])
+    assert store.write_refreshes([(heartbeat_id, clock() + 3)]) == []  # up: written, as far as it goes
+    store.write_member_refreshes([(grouped_id, key, clock() + 3)])
+    assert store.refresh_if_not_down(heartbeat_id, clock() + 1)
+    assert store.refresh_member_if_up(grouped_id, key, clock() + 1)
+    store.refresh([heartbeat_id], clock() + 2)
+    row = store.heartbeat(heartbeat_id)
+    assert (row["refreshed"], row["last_event"]) == (clock() + 5, clock() + 5)
+    member = store.members_by_key(grouped_id, [key])[key]
+    assert (member["refreshed"], member["last_event"]) == (clock() + 5, clock() + 5)
+
+
 def refuse_writes(sql, params):
     """A statement hook: every write fails (the database stopped, frozen, or
     locked by another process)."""
@@ -421,6 +446,46 @@ def test_one_instance_cut_off_while_another_recorded_moves_nothing(two, clock):
     a.tick()
     deadline = client(a).get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"]
     assert deadline == pytest.approx(clock() - 7 + 10, abs=0.01)
+
+
+@pytest.mark.postgresql
+def test_concurrent_acknowledged_refreshes_share_one_write(pg_url, clock):
+    with heartbeat_lite.create_app(db=pg_url, clock=clock) as service:
+        ids = [create(client(service), body(pattern={"k": str(i)})) for i in range(8)]
+        client(service).post_json("/api/v2/event", [{"k": str(i)} for i in range(8)])
+        first_held, release, writes = threading.Event(), threading.Event(), []
+
+        def hold_the_first(sql, params):
+            if sql.startswith("UPDATE heartbeat SET refreshed"):
+                writes.append(params)
+                if not first_held.is_set():
+                    first_held.set()
+                    assert release.wait(10)
+
+        service.store.statement_hook = hold_the_first
+        clock.advance(1)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = [pool.submit(client(service).post_json, "/api/v2/event", {"k": str(i)}) for i in range(8)]
+            assert first_held.wait(10)
+            assert wait_until(lambda: len(service.store._together._queue) == 7)
+            release.set()
+            assert [answer.result().json["matched"] for answer in answers] == [[i] for i in ids]
+        assert len(writes) == 2  # the first alone, then the seven that queued meanwhile, together
+        assert {row["refreshed"] for row in service.store.heartbeats()} == {clock()}
+
+
+@pytest.mark.postgresql
+def test_the_system_clock_is_judged_on_the_databases(pg_url, monkeypatch, caplog):
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 5)  # this host's clock is 5 s fast
+    with heartbeat_lite.create_app(db=pg_url, clock=time.time) as service:  # the system clock (patched)
+        assert service.store.clock_offset == pytest.approx(5, abs=0.5)  # measured at start
+        assert service.engine.clock() == pytest.approx(real(), abs=0.5)
+        assert re.search(r"clock is \+[45]\.\d+s off the database.s", caplog.text)
+        assert client(service, user=None).get("/healthz").json["clock_offset"] == pytest.approx(5, abs=0.5)
+    with heartbeat_lite.create_app(db=pg_url, clock=lambda: time.time() + 1) as service:  # injected: as given
+        assert service.engine.clock() == pytest.approx(real() + 6, abs=0.5)
+        assert "clock_offset" not in client(service, user=None).get("/healthz").json
 
 
 @pytest.mark.postgresql
