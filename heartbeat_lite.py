@@ -2835,13 +2835,13 @@ class _Watchdog:
                 if self._probe is not None:
                     if now - self._probe_started > HEALTH_TIMEOUT_SECONDS:
                         self._unanswered()
-                    continue
-                with self._running_lock:
-                    stalled = any(now - started >= STALL_SECONDS for started in self._running.values())
-                if stalled or self.unanswered_since is not None:
-                    self._start_probe()
+                else:
+                    with self._running_lock:
+                        stalled = any(now - started >= STALL_SECONDS for started in self._running.values())
+                    if stalled or self.unanswered_since is not None:
+                        self._start_probe()
             if self.unanswered_since is not None:
-                self._cut()  # what started after the last look, or since the probe failed
+                self._cut()  # what waits, the probe included; what started since the last look
 
     def _unanswered(self):
         if self.unanswered_since is None:
@@ -3187,8 +3187,12 @@ class PostgresStore(Store):
             try:
                 if self._lease_conn is None:
                     self._lease_conn = self._open()
-                leased = self._lease_conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                                  (_LOCK_OUTBOX, self._key)).fetchone()[0]
+                self._watchdog.begin(self._lease_conn)
+                try:
+                    leased = self._lease_conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                      (_LOCK_OUTBOX, self._key)).fetchone()[0]
+                finally:
+                    self._watchdog.end(self._lease_conn)
             except psycopg.Error as exc:
                 self._drop_lease()
                 raise StoreError(f"cannot lease the outbox: {exc}") from exc
@@ -3196,11 +3200,15 @@ class PostgresStore(Store):
                 yield leased
             finally:
                 if leased:
+                    self._watchdog.begin(self._lease_conn)
                     try:
                         self._lease_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_OUTBOX, self._key))
                     except psycopg.Error as exc:
                         log.debug("outbox lease: %s", exc)
+                        self._watchdog.end(self._lease_conn)
                         self._drop_lease()  # closing the connection lets go of the lock
+                    else:
+                        self._watchdog.end(self._lease_conn)
 
     def _drop_lease(self):
         if self._lease_conn is not None:
