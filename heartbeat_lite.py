@@ -198,7 +198,7 @@ AUTH_SOURCES_TRACKED = 10_000  # client addresses whose failure budget is rememb
 AUTH_GLOBAL_FAILURE_BURST = 20  # failed derivations all clients together may cause at once ...
 AUTH_GLOBAL_FAILURES_PER_SECOND = 2.0  # ... then this many per second (with one at a time: a bound on CPU)
 
-HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this for a lock
+HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this (a lock; on PostgreSQL, any answer)
 MAX_LOGGED_CHARS = 1024  # a request's URL, a name, a pattern: cut at this in a log line
 
 JSON_TYPE = "application/json"
@@ -3002,6 +3002,8 @@ class PostgresStore(Store):
 
     def close(self):
         self._watchdog.stop()
+        if self._watchdog.unanswered_since is not None:
+            self._watchdog._cut()  # nothing waits on a server that does not answer to close
         super().close()
         with self._lease_lock:
             self._drop_lease()
@@ -7966,7 +7968,10 @@ def openapi_document():
                 "Health": {
                     "type": "object", "required": ["status"],
                     "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
-                                   "description": string, "since": {"type": "number"}},
+                                   "description": string, "since": {"type": "number"},
+                                   "clock_offset": {"type": "number", "description": "PostgreSQL: this instance's "
+                                                    "clock minus the database's, seconds (time is judged on the "
+                                                    "database's)"}},
                     "additionalProperties": False,
                 },
             },
