@@ -2694,6 +2694,20 @@ class _GroupCommit:
         self._queue = []  # (items, outcome) of the callers waiting
         self._busy = False
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Be the writer, outside any write (to close what it uses)."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
     def __call__(self, items):
         outcome = {}  # "missed" (a set) or "error", once written
         with self._cond:
@@ -2937,7 +2951,8 @@ class PostgresStore(Store):
         self._options = {key: value for key, value in POSTGRES_CONNECTION_OPTIONS.items() if key not in given}
         if "connect_timeout" not in given:
             self._options["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
-        self._together = _GroupCommit(self.write_refreshes)
+        self._together = _GroupCommit(self._write_refreshes_apart)
+        self._refresh_conn = None  # write_refreshes_now's own connection (its group commit's writer uses it alone)
         self._clock_samples = collections.deque(maxlen=CLOCK_SAMPLES)  # (round trip, offset) seconds
         #: this host's clock minus the database's (seconds), once measured, else None
         self.clock_offset = None
@@ -3005,6 +3020,10 @@ class PostgresStore(Store):
         if self._watchdog.unanswered_since is not None:
             self._watchdog._cut()  # nothing waits on a server that does not answer to close
         super().close()
+        with self._together.writing():
+            if self._refresh_conn is not None:
+                self._refresh_conn.close()
+                self._refresh_conn = None
         with self._lease_lock:
             self._drop_lease()
 
@@ -3118,7 +3137,58 @@ class PostgresStore(Store):
         return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
 
     def write_refreshes_now(self, refreshes):
+        # On a connection of their own: an event's refresh does not wait
+        # behind the writer's transactions (a tick, a storm's chunks), only
+        # on its rows' locks (taken in id order, as everywhere).
         return sorted(self._together(list(refreshes)) & {heartbeat_id for heartbeat_id, _ in refreshes})
+
+    def _write_refreshes_apart(self, refreshes):
+        """:meth:`write_refreshes` on the refresh connection (called by one
+        thread at a time: the group commit's writer); its outcome is a
+        write's (:attr:`last_write`, the outage rule)."""
+        latest = {}
+        for heartbeat_id, refreshed in refreshes:
+            if refreshed > latest.get(heartbeat_id, -math.inf):
+                latest[heartbeat_id] = refreshed
+        ids = sorted(latest)
+        try:
+            if self._refresh_conn is None:
+                self._refresh_conn = self._open()
+            if len(ids) == 1:
+                written = ids if self._apart(f"UPDATE heartbeat SET {self._LATER_REFRESH} WHERE id = ? AND status = "
+                                             "'up'", (latest[ids[0]],) * 3 + (ids[0],)).rowcount else []
+            else:
+                self._apart("BEGIN")
+                self._apart("SELECT id FROM heartbeat WHERE id = ANY(?::text[]) ORDER BY id FOR UPDATE", (ids,),
+                            fetch=True)
+                written = [row[0] for row in self._apart(
+                    "UPDATE heartbeat SET refreshed = GREATEST(heartbeat.refreshed, v.t), "
+                    "last_event = GREATEST(heartbeat.last_event, v.t) "
+                    "FROM (SELECT unnest(?::text[]) AS id, unnest(?::float8[]) AS t) AS v "
+                    "WHERE heartbeat.id = v.id AND heartbeat.status = 'up' RETURNING heartbeat.id",
+                    (ids, [latest[heartbeat_id] for heartbeat_id in ids]), fetch=True)]
+                self._apart("COMMIT")
+        except BaseException as exc:
+            if isinstance(exc, StoreError):
+                self._wrote(exc.__cause__ or exc)
+            if self._refresh_conn is not None:  # a transaction cut short, or a connection lost: a new one
+                self._refresh_conn.close()
+                self._refresh_conn = None
+            raise
+        self._wrote()
+        written = set(written)
+        return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
+
+    def _apart(self, sql, params=(), fetch=False):
+        """One statement on the refresh connection, as :meth:`_run` runs
+        them (the guard, the test hook, errors as :class:`StoreError`)."""
+        self._guard()
+        try:
+            if self.statement_hook is not None:
+                self.statement_hook(sql, params)
+            return self._send(self._refresh_conn, sql, params, False, fetch)
+        except self._errors as exc:
+            raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
 
     def last_alive(self, now):
         """The instance that ran last: when it was last alive and whether it

@@ -611,7 +611,7 @@ class TimedReceiver(Receiver):
 
 class Feeder:
     """Sends each heartbeat's event (``{"host": name}``) every ``period``
-    seconds, to the instances in turn, in a thread; notes when each event
+    seconds, to each instance in turn, in a thread; notes when each event
     was answered 200 (``acked``: name -> time.time() of the last) and every
     answer (``answers``: (sent at, name, status, seconds))."""
 
@@ -623,12 +623,12 @@ class Feeder:
         self._thread.start()
 
     def _run(self):
-        turn = 0
+        rounds = 0
         while not self._stop.is_set():
             started = time.monotonic()
-            for name in list(self.names):
+            rounds += 1
+            for turn, name in enumerate(list(self.names), rounds):  # each heartbeat to each instance in turn
                 instance = self.instances[turn % len(self.instances)]
-                turn += 1
                 sent = time.time()
                 status, _, seconds = instance.request("POST", "/api/v2/event", {"host": name}, timeout=15)
                 if status == 200:
