@@ -851,7 +851,7 @@ def render_template(template, values):
 
 def _http_target(reasons, parts, kind):
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        reasons.append(f"url: a {kind} channel takes an http:// or https:// URL with a host")
+        reasons.append(f"url: {kind} channels take an http:// or https:// URL with a host")
         return False
     return True
 
@@ -2714,6 +2714,10 @@ class _ChannelStatements:
         quoted = f'%"{channel_id}"%'
         return [row[0] for row in self._query(
             "SELECT id FROM heartbeat WHERE channels LIKE ? OR escalate_to LIKE ? ORDER BY id", (quoted, quoted))]
+
+    def unrouted(self):
+        """How many heartbeats have no ``channels`` field (they use the default channels)."""
+        return self._query("SELECT COUNT(*) FROM heartbeat WHERE channels IS NULL")[0][0]
 
     def routes(self, heartbeat_ids):
         """``{id: (channels JSON or None, escalate_seconds, escalate_to JSON
@@ -5384,7 +5388,8 @@ class ChannelSink:
                     resolved.append(key)
             elif transition.old != transition.new and (follow is None or follow[1] is None):
                 schedule += [(*key, channel_id, transition.at + registry.get(channel_id)["repeat_seconds"])
-                             for channel_id in targets if registry.get(channel_id)["repeat_seconds"]]
+                             for channel_id in targets
+                             if registry.get(channel_id)["repeat_seconds"] and registry.takes(channel_id, "reminder")]
                 if transition.new == DOWN and escalate_seconds and escalate_to:
                     schedule.append((*key, "", transition.at + escalate_seconds))
             rows += [(channel_id, event, notice, transition.at) for channel_id in targets
@@ -7098,13 +7103,15 @@ class Notifications:
                 rows += [(target, event, notice, now) for target in targets if registry.takes(target, "escalation")]
                 escalated.append((heartbeat_id, key))
                 scheduled += [(heartbeat_id, key, target, now + registry.get(target)["repeat_seconds"])
-                              for target in targets if registry.get(target)["repeat_seconds"]]
+                              for target in targets
+                              if registry.get(target)["repeat_seconds"] and registry.takes(target, "reminder")]
                 continue
             channel = registry.get(channel_id)
             routed = registry.route(channels)
             if follow is not None and follow[3] and escalate_to:
                 routed += registry.route(escalate_to)
-            if channel is None or not channel["repeat_seconds"] or channel_id not in routed:
+            if channel is None or not channel["repeat_seconds"] or channel_id not in routed \
+                    or not registry.takes(channel_id, "reminder"):
                 continue
             notice = follow_notice("reminder", row, member, row["status"], now,
                                    f"still {row['status']} since {_when(row['alarm_since'])}")
@@ -8487,6 +8494,7 @@ body.stale main { opacity: .55; }
 form.search { display: flex; gap: .5rem; margin: .75rem 0 .5rem; }
 form.search input { flex: 1; min-width: 0; font: inherit; padding: .3rem .5rem; }
 form.search button { font: inherit; }
+.banner { border-left: .3rem solid var(--down); padding: .3rem .7rem; margin: .5rem 0; font-weight: 500; }
 .filters { display: flex; flex-wrap: wrap; gap: .4rem; margin: .5rem 0; padding: 0; list-style: none; }
 .filters a { display: inline-block; border: 1px solid var(--line); border-radius: 1em; padding: .1em .7em;
              text-decoration: none; white-space: nowrap; }
@@ -8853,14 +8861,17 @@ def prometheus_label(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None):
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None):
     """Metrics in the Prometheus text exposition format 0.0.4.
 
     :param overview: rows of :meth:`Engine.overview`.
     :param history: :meth:`Engine.history_metrics`, ``{id: (availability
         over 24 h or None, time of the last change)}``.
+    :param channels: the channels' documents (:meth:`Notifications.documents`):
+        their delivery health, labelled by id, name and kind (never the URL).
     """
     history = history or {}
+    channels = channels or []
     lines = []
 
     def family(name, kind, help_text, samples):
@@ -8907,6 +8918,23 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            [((), alarms_raised)])
     family("heartbeat_lite_outbox_events", "gauge", "Alarm and resolution events waiting for delivery.",
            [((), outbox_depth)])
+    named = [(channel, (("channel", channel["_id"]), ("name", channel["name"]), ("kind", channel["kind"])))
+             for channel in channels]
+    family("heartbeat_lite_channel_waiting_events", "gauge", "Events waiting in a channel's queue.",
+           [(labels, channel["waiting"]) for channel, labels in named])
+    family("heartbeat_lite_channel_set_aside_events", "gauge",
+           "Events a channel's target refused for good (a 4xx): kept, no longer sent.",
+           [(labels, channel["set_aside"]) for channel, labels in named])
+    family("heartbeat_lite_channel_failing", "gauge", "1 while a channel's deliveries fail, else 0.",
+           [(labels, int(channel["failing_since"] is not None)) for channel, labels in named])
+    family("heartbeat_lite_channel_last_delivery_timestamp_seconds", "gauge",
+           "When a channel last delivered (channels that did).",
+           [(labels, float(channel["last_delivery"])) for channel, labels in named
+            if channel["last_delivery"] is not None])
+    family("heartbeat_lite_channel_oldest_waiting_timestamp_seconds", "gauge",
+           "When the oldest event waiting in a channel's queue was queued (channels with one).",
+           [(labels, float(channel["oldest_waiting"])) for channel, labels in named
+            if channel["oldest_waiting"] is not None])
     return "\n".join(lines) + "\n"
 
 
@@ -9946,11 +9974,38 @@ class WebApi:
             pattern_text=pattern_text, base=bottle.request.script_name,
             base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
         )
+        live = self._channel_banner(now) + live
         down = counts.get(DOWN, 0)
         title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
         top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
                                                    base=bottle.request.script_name)
         return self._html_answer(title, live, top=top)
+
+    def _channel_banner(self, now):
+        """The status page's first lines when alarms do not reach people:
+        a channel failing ("alarms are not reaching ops-slack since
+        10:42"), events a target refused for good, or alarms that reach
+        no channel at all."""
+        notifications = self.engine.notifications
+        channels = notifications.documents()
+        escape = bottle.html_escape
+        notes = []
+        for channel in channels:
+            name = escape(channel["name"])
+            if channel["failing_since"] is not None:
+                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
+                notes.append(f"alarms are not reaching <b>{name}</b> since "
+                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
+            if channel["set_aside"]:
+                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
+                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
+        if not channels:
+            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
+                         "with <code>--forward-url</code>")
+        elif not any(channel["default"] for channel in channels) and self.engine.store.unrouted():
+            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
+                         "no channel is a default one")
+        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
 
     def heartbeat_page(self, heartbeat_id, user):
         doc = json.loads(self.engine.document(heartbeat_id))
@@ -10014,7 +10069,8 @@ class WebApi:
 
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth(), self.engine.history_metrics())
+                               self.engine.outbox_depth(), self.engine.history_metrics(),
+                               self.engine.notifications.documents())
         return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
 
     def openapi(self):
