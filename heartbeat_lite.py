@@ -982,8 +982,10 @@ def validate_channel(doc, stored=None):
             try:
                 parse_json(render_template(template, template_values(TEMPLATE_SAMPLE)).encode("utf-8"))
             except Invalid as exc:
-                reasons.append("template: not valid JSON once rendered "
-                               f"({exc.reasons[0].removeprefix('body: ')})")
+                why = exc.reasons[0].removeprefix("body: ")
+                if why.startswith("not valid JSON (") and why.endswith(")"):
+                    why = why[len("not valid JSON ("):-1]
+                reasons.append(f"template: not valid JSON once rendered ({why})")
     if reasons:
         raise Invalid(reasons)
     return {"name": doc["name"], "kind": kind, "url": url, "default": default, "repeat_every": repeat_every,
