@@ -817,6 +817,9 @@ def _check_routing(reasons, doc):
 
 
 CHANNEL_FIELDS = ("name", "kind", "url", "default", "repeat_every", "headers", "template")
+#: what a channel's document says of its delivery: ignored in a body, so a GET answer can be sent back
+CHANNEL_READ_ONLY = ("configured_by", "last_delivery", "last_error", "failing_since", "waiting", "oldest_waiting",
+                     "set_aside", "last_refusal")
 #: the placeholders of a webhook's template: the keys of its body, plus name and id
 TEMPLATE_KEYS = ("heartbeat", "member", "status", "previous", "since", "output", "reason", "url", "name", "id")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_KEYS) + r")\}")
@@ -941,7 +944,7 @@ def validate_channel(doc, stored=None):
         and ``template`` None when not given) plus ``repeat_seconds``.
     :raises Invalid: with every reason the body is refused.
     """
-    reasons = _document_reasons(doc, CHANNEL_FIELDS)
+    reasons = _document_reasons(doc, CHANNEL_FIELDS + CHANNEL_READ_ONLY)
     kind = doc.get("kind")
     if kind not in CHANNEL_KINDS:
         reasons.append("kind: must be one of " + ", ".join(CHANNEL_KINDS))
@@ -9289,10 +9292,9 @@ def openapi_document():
                                     MAX_CHANNEL_HEADERS, "description": "webhook only; *** keeps a stored value"},
                         "template": {"type": "string", "maxLength": MAX_TEMPLATE_CHARS, "description": "webhook "
                                      "only: the body, with {placeholders} JSON-escaped"},
-                        "_id": {"description": "ignored"}, "created": {"description": "ignored"},
-                        "updated": {"description": "ignored"},
+                        **{key: {"description": "ignored"} for key in IGNORED_FIELDS + CHANNEL_READ_ONLY},
                     },
-                    "additionalProperties": True,
+                    "additionalProperties": False,
                 },
                 "Channel": {
                     "type": "object",

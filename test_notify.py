@@ -175,8 +175,7 @@ def test_secrets_are_never_shown_in_answers_metrics_pages_or_logs(service, app, 
 def test_a_put_that_sends_back_the_masked_values_keeps_the_secrets(service, app, hooks, clock):
     url = hooks.url(f"/hooks/{SLACK_SECRET}", userinfo="u:pw@")
     hook = channel(app, "webhook", url, headers={"X-Token": "t0ken-value", "X-Team": "ops"}, default=True)
-    shown = app.get(f"/api/v2/channel/{hook}").json
-    doc = {key: shown[key] for key in ("name", "kind", "url", "default", "headers")}
+    doc = app.get(f"/api/v2/channel/{hook}").json  # sent back as it came, its delivery's keys too
     assert doc["url"].endswith("/hooks/***") and doc["headers"] == {"X-Token": "***", "X-Team": "***"}
     app.put_json(f"/api/v2/channel/{hook}", {**doc, "name": "renamed", "headers": {"X-Token": "***", "X-Team": "dev"}})
     heartbeat(app)
@@ -875,3 +874,59 @@ def test_a_slow_channel_does_not_hold_the_engine(service, app, hooks, clock):
     assert time.monotonic() - started < 2
     assert hang not in service.deliveries.workers
     assert threading.active_count() < 100
+
+
+###############################################################################
+# Settings and the OpenAPI description
+###############################################################################
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--public-url", "hb.example.com"], {}, "--public-url: must be an http:// or https:// URL with a host"),
+    ([], {"HEARTBEAT_LITE_PUBLIC_URL": "ftp://x"}, "HEARTBEAT_LITE_PUBLIC_URL: must be an http:// or https://"),
+    (["--ca-file", "/nonexistent/ca.pem"], {}, "--ca-file: cannot load certificates from /nonexistent/ca.pem"),
+])
+def test_a_bad_public_url_or_ca_file_is_a_configuration_error_naming_it(argv, environ, message):
+    with pytest.raises(heartbeat_lite.ConfigError, match=message.replace(".", r"\.")):
+        heartbeat_lite.check_settings(heartbeat_lite.build_parser(environ).parse_args(argv), environ)
+
+
+def test_the_public_url_setting_is_taken_from_the_flag_or_its_environment_twin():
+    parser = heartbeat_lite.build_parser({})
+    args = heartbeat_lite.check_settings(parser.parse_args([]), {"HEARTBEAT_LITE_PUBLIC_URL": "https://hb.example.com/"})
+    assert args.public_url == "https://hb.example.com"
+    assert heartbeat_lite.check_settings(parser.parse_args([]), {}).public_url is None
+
+
+def test_channel_answers_match_the_openapi_description(spec, clock, hooks):
+    from testing_support import Recorder, described_answer, lookup, pointer, schema_errors
+    with heartbeat_lite.create_app(clock=clock, forward_url=hooks.url("/api/v2/event")) as service:
+        call = Recorder(service)
+        doc = {"name": "h", "kind": "webhook", "url": hooks.url(), "headers": {"X-A": "b"}, "repeat_every": "1h"}
+        hook = call("POST", "/api/v2/channel", 200, body=json.dumps(doc).encode()).json["description"]
+        call("POST", "/api/v2/channel", 400, body=b'{"kind": "pager"}')
+        call("GET", "/api/v2/channel", 200)
+        call("GET", f"/api/v2/channel/{hook}", 200)
+        call("GET", "/api/v2/channel/forward", 200)
+        call("GET", "/api/v2/channel/a0000000-0000-4000-8000-000000000000", 404)
+        call("PUT", f"/api/v2/channel/{hook}", 200, body=json.dumps({**doc, "default": True}).encode())
+        call("PUT", "/api/v2/channel/forward", 409, body=json.dumps(doc).encode())
+        call("POST", f"/api/v2/channel/{hook}/test", 200)
+        heartbeat_id = call("POST", "/api/v2/heartbeat", 200, body=json.dumps(body(channels=[hook])).encode()).json[
+            "description"]
+        call("DELETE", f"/api/v2/channel/{hook}", 409)
+        call("POST", f"/api/v2/heartbeat/{heartbeat_id}/ack", 409)
+        clock.advance(61)
+        service.tick()
+        call("POST", f"/api/v2/heartbeat/{heartbeat_id}/ack", 200, body=b'{"comment": "x"}')
+        call("GET", f"/api/v2/heartbeat/{heartbeat_id}/status", 200)
+        clock.advance(heartbeat_lite.DELIVERY_STALE_SECONDS + 1)
+        call("GET", "/healthz", 200)
+        assert call.answers[-1][2].json["status"] == "degraded"
+        call("DELETE", f"/api/v2/heartbeat/{heartbeat_id}", 200)
+        call("DELETE", f"/api/v2/channel/{hook}", 200)
+    for method, path, response in call.answers:
+        answer = described_answer(spec, method, path, response.status_int)
+        assert schema_errors(spec, answer + pointer("content", "application/json", "schema")[1:],
+                             response.json) == [], (method, path, response.status_int)
+        assert lookup(spec, answer)
