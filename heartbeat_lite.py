@@ -5346,17 +5346,14 @@ class ChannelSink:
         self._woken = set()
 
     def receive(self, transitions, events):
-        store, registry = self.store, self.registry
+        store = self.store
         forgotten, gone, alarms = [], [], []
         for transition in transitions:
-            key = (transition.heartbeat_id, transition.member or "")
             if transition.heartbeat is not None and transition.member is None and transition.new == DELETED:
-                gone.append(key[0])
-            if transition.event is not None:
+                gone.append(transition.heartbeat_id)
+            if transition.event is not None:  # not a record (a window's start keeps a down alarm open)
                 alarms.append(transition)
-            elif transition.heartbeat is not None and transition.old in ALARMED and transition.new not in ALARMED:
-                forgotten.append(key)
-        if alarms and registry.channels:
+        if alarms and self.registry.channels:
             forgotten += self._route(alarms)
         else:
             forgotten += [(t.heartbeat_id, t.member or "") for t in alarms

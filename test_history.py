@@ -243,7 +243,8 @@ def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
     import psycopg
     schema = open(os.path.join(HERE, "schema.postgresql.sql"), encoding="utf-8").read()
     before, after = schema.split("-- Every state change")
-    version_3 = before + after[after.index("INSERT INTO meta"):].replace("'schema_version', 4", "'schema_version', 3")
+    version_3 = before + after[after.index("INSERT INTO meta"):].replace(
+        f"'schema_version', {heartbeat_lite.SCHEMA_VERSION}", "'schema_version', 3")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(version_3)
         assert conn.execute("SELECT to_regclass('history')").fetchone()[0] is None

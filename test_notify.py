@@ -495,8 +495,9 @@ def test_a_hanging_channel_never_delays_another_in_server_mode(tmp_path, hooks):
     hooks.hang.add("/hang")
     with heartbeat_lite.create_app(db=str(tmp_path / "hb.db")) as service:
         app = client(service)
-        channel(app, url=hooks.url("/hang"), default=True)
+        hang = channel(app, url=hooks.url("/hang"), default=True)
         channel(app, url=hooks.url("/good"), default=True)
+        service.deliveries.workers[hang].timeout = 2.0  # its attempt's deadline: what stopping waits for at most
         with heartbeat_lite.serve(service):
             app.post_json("/api/v2/heartbeat", body(expected_interval="1s"))
             assert hooks.wait_for(1, "/good", timeout=10), "the good channel waited for the hanging one"
@@ -930,3 +931,14 @@ def test_channel_answers_match_the_openapi_description(spec, clock, hooks):
         assert schema_errors(spec, answer + pointer("content", "application/json", "schema")[1:],
                              response.json) == [], (method, path, response.status_int)
         assert lookup(spec, answer)
+
+
+def test_a_maintenance_window_starting_over_a_down_heartbeat_keeps_its_ack_and_reminders(service, app, hooks, clock):
+    from testing_support import window
+    channel(app, url=hooks.url(), default=True, repeat_every="10m")
+    heartbeat_id = heartbeat(app)
+    go_down(service, clock)
+    app.post_json(f"/api/v2/heartbeat/{heartbeat_id}/ack", {"comment": "known"})
+    window(app, clock.now + 60, clock.now + 7200)
+    go_down(service, clock, 120)  # the window starts: recorded in the history, the alarm stays open
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["ack"]["comment"] == "known"
