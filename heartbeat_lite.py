@@ -7145,6 +7145,29 @@ class Notifications:
         """When the earliest follow-up is due, or None."""
         return self.core.store.next_followup()
 
+    def delivery_warnings(self):
+        """What ``/healthz`` warns of, the monitor itself working: per
+        channel, an event waiting undelivered longer than
+        :data:`DELIVERY_STALE_SECONDS`, events a target refused for good
+        (set aside). Read as the health check reads (never waiting on the
+        writer); :raises StoreError:."""
+        warnings, now = [], self.core.clock()
+        for channel_id, waiting, oldest, aside in self.core.store.delivery_health() or ():
+            channel = self.registry.get(channel_id)
+            name = channel["name"] if channel is not None else channel_id
+            if waiting and oldest is not None and now - oldest > DELIVERY_STALE_SECONDS:
+                warnings.append(f"alarms are not reaching {name}: {waiting} event(s) wait, the oldest for "
+                                f"{seconds_text(round(now - oldest))}")
+            if aside:
+                warnings.append(f"{name} refused {aside} event(s) for good: set aside (see GET /api/v2/channel)")
+        return warnings
+
+    def unrouted(self):
+        """Whether alarms of some heartbeats reach no channel: those with no
+        ``channels`` field, when no channel is a default one."""
+        channels = self.registry.channels
+        return not any(channel["default"] for channel in channels.values()) and self.core.store.unrouted() > 0
+
     def open_notices(self, channel_id):
         """A notice for each alarm open now that goes to the channel (an
         Alertmanager's re-send: alerts not sent again resolve themselves there)."""
@@ -10003,7 +10026,7 @@ class WebApi:
         if not channels:
             notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
                          "with <code>--forward-url</code>")
-        elif not any(channel["default"] for channel in channels) and self.engine.store.unrouted():
+        elif notifications.unrouted():
             notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
                          "no channel is a default one")
         return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
@@ -10092,23 +10115,10 @@ class WebApi:
         return json_response(answer)
 
     def _delivery_warnings(self):
-        """What ``/healthz`` warns of, the monitor itself working: an event
-        waiting undelivered longer than :data:`DELIVERY_STALE_SECONDS`, or
-        events a target refused for good (set aside), per channel."""
         try:
-            queues = self.engine.store.delivery_health()
+            return self.engine.notifications.delivery_warnings()
         except StoreError:
             return []  # the database's own trouble is said by the health check
-        warnings, now = [], self.engine.clock()
-        for channel_id, waiting, oldest, aside in queues or ():
-            channel = self.engine.notifications.registry.get(channel_id)
-            name = channel["name"] if channel is not None else channel_id
-            if waiting and oldest is not None and now - oldest > DELIVERY_STALE_SECONDS:
-                warnings.append(f"alarms are not reaching {name}: {waiting} event(s) wait, the oldest for "
-                                f"{seconds_text(round(now - oldest))}")
-            if aside:
-                warnings.append(f"{name} refused {aside} event(s) for good: set aside (see GET /api/v2/channel)")
-        return warnings
 
 
 def _access_logged(app):
