@@ -23,9 +23,14 @@ noisy machine skews both sides alike:
 - one heartbeat grouped by connector_name with 100,000 members: ingestion
   (the event refreshes one member) against 10 heartbeats, the expiry tick
   against 10 heartbeats, resident memory.
+- notifications: 10,000 heartbeats falling due at once, their alarms to a
+  local webhook channel (one POST each), alone and beside a second channel
+  whose target never answers (interleaved, medians); alarm to a real
+  Alertmanager's API (``--only notify`` runs just these).
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
+    python bench.py --only notify   # the notification rows alone, a few minutes
     python bench.py --quick --db postgresql://user:password@host/dbname
                               # the same on PostgreSQL: each database of the
                               # run is a schema bench_<name> there (dropped
@@ -54,6 +59,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import heartbeat_lite
@@ -102,6 +108,19 @@ TARGETS = (
     (f"expiry tick {N_LARGE:,} members / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due"),
     (f"resident memory, {N_LARGE:,} members (MiB)", "<=", 200.0, "of a server holding that many members"),
 )
+NOTIFY_STORM = 10_000  # alarms in the notification storm
+# The notification rows (--only notify runs just these)
+NOTIFY_TARGETS = (
+    (f"{NOTIFY_STORM:,}-alarm storm to a webhook channel (s)", "<=", 60.0,
+     f"from the deadline of {NOTIFY_STORM:,} heartbeats falling due at once to the last of their alarms "
+     "received by a local webhook channel (one POST each)"),
+    ("a dead second channel delays the webhook by (s)", "<=", 1.0,
+     "the same storm with a second default channel that never answers: how much later the webhook "
+     "channel got its last alarm"),
+    ("alarm to Alertmanager, p99 after the deadline (s)", "<=", 2.0,
+     "from a deadline to the alert being listed by a real Alertmanager's GET /api/v2/alerts"),
+)
+TARGETS += NOTIFY_TARGETS
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
 BASELINE_APP = r'''
@@ -543,6 +562,196 @@ def alarm_latency(databases, count, spread, threads):
     return sorted(receiver.arrived[i] - deadlines[i] for i in ids)
 
 
+class WebhookReceiver:
+    """A local webhook channel's target: notes when each down alarm arrives."""
+
+    def __init__(self):
+        self.arrived = {}  # heartbeat id -> arrival time of its down alarm
+        self.expected = None
+        self.done = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                now = time.time()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body["status"] == "down":
+                    receiver.arrived.setdefault(body["heartbeat"]["_id"], now)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                if receiver.expected is not None and len(receiver.arrived) >= receiver.expected:
+                    receiver.done.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.request_queue_size = 128
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def dead_target():
+    """A socket that accepts connections (the kernel does) and never reads
+    nor answers: a channel whose target hangs. Its URL, and the socket."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/never", sock
+
+
+NOTIFY_DELAY_SECONDS = 12  # from setting the storm up to its deadline: covers the server's start
+
+
+def notification_storm(databases, name, source, threads, dead):
+    """Seconds from the deadline of :data:`NOTIFY_STORM` heartbeats falling
+    due at once to the last of their alarms at a webhook channel; with
+    ``dead``, a second default channel that never answers."""
+    db = databases.copy(source, name)
+    due_at = time.time() + NOTIFY_DELAY_SECONDS
+    execute(db, "UPDATE heartbeat SET refreshed = ? - interval_seconds", (due_at,))
+    execute(db, "DELETE FROM instance" if heartbeat_lite.is_postgres_url(db) else "DELETE FROM meta")
+    receiver = WebhookReceiver()
+    receiver.expected = NOTIFY_STORM
+    hang_url, hang = dead_target()
+    context, port = heartbeat_server(db, threads)
+    try:
+        with context:
+            channels = [{"name": "webhook", "kind": "webhook", "url": receiver.url, "default": True}]
+            if dead:
+                channels.append({"name": "dead", "kind": "webhook", "url": hang_url, "default": True})
+            for channel in channels:
+                _call(port, "POST", "/api/v2/channel", json.dumps(channel).encode())
+            if due_at - time.time() < 1:
+                raise RuntimeError("the server took too long to start: raise NOTIFY_DELAY_SECONDS")
+            if not receiver.done.wait(due_at - time.time() + 120):
+                raise RuntimeError(f"only {len(receiver.arrived)} of {NOTIFY_STORM} alarms arrived")
+            return max(receiver.arrived.values()) - due_at
+    finally:
+        receiver.close()
+        hang.close()
+
+
+ALERTMANAGER = os.environ.get("HEARTBEAT_LITE_TEST_ALERTMANAGER", "/usr/bin/prometheus-alertmanager")
+
+
+@contextlib.contextmanager
+def alertmanager_server(workdir):
+    """A real Alertmanager on a free port, one receiver, no cluster: its URL."""
+    config = os.path.join(workdir, "alertmanager.yml")
+    with open(config, "w") as f:
+        f.write('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    port = free_port()
+    process = subprocess.Popen([ALERTMANAGER, f"--config.file={config}", f"--storage.path={workdir}/am-data",
+                                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("Alertmanager did not become ready") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def alertmanager_latency(databases, workdir, count, spread, threads):
+    """Seconds from each deadline to its alert listed by a real Alertmanager,
+    for ``count`` heartbeats of interval 2 s created over ``spread`` seconds."""
+    with alertmanager_server(workdir) as url:
+        context, port = heartbeat_server(databases.new("alertmanager"), threads)
+        with context:
+            _call(port, "POST", "/api/v2/channel", json.dumps(
+                {"name": "alertmanager", "kind": "alertmanager", "url": url, "default": True}).encode())
+            rng = random.Random(7)
+            deadlines, seen = {}, {}
+            stop = time.monotonic() + spread + 30
+
+            def poll():  # from before the first deadline: each alert is seen as soon as it is listed
+                while len(seen) < count and time.monotonic() < stop:
+                    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as answer:
+                        now = time.time()
+                        for alert in json.loads(answer.read()):
+                            seen.setdefault(alert["labels"].get("heartbeat_id"), now)
+                    time.sleep(0.02)
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            for i in range(count):
+                answer = _call(port, "POST", "/api/v2/heartbeat", json.dumps(
+                    {"name": f"am {i}", "pattern": {"am": str(i)}, "expected_interval": "2s"}).encode())
+                heartbeat_id = answer["description"]
+                deadlines[heartbeat_id] = _call(port, "GET", f"/api/v2/heartbeat/{heartbeat_id}/status")["deadline"]
+                time.sleep(rng.uniform(0, 2 * spread / count))
+            poller.join()
+    missing = [heartbeat_id for heartbeat_id in deadlines if heartbeat_id not in seen]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {count} alerts never showed in Alertmanager")
+    return sorted(seen[heartbeat_id] - deadline for heartbeat_id, deadline in deadlines.items())
+
+
+def notification_storms(databases, source, args):
+    """The storm without, then with, a dead second channel, interleaved
+    (A B A B ...: drift hits both alike): the medians, printed."""
+    runs = {False: [], True: []}
+    for round_number in range(args.storm_rounds):
+        for dead in (False, True):
+            runs[dead].append(notification_storm(databases, f"storm{round_number}{int(dead)}", source,
+                                                 args.threads, dead))
+    alone, with_dead = statistics.median(runs[False]), statistics.median(runs[True])
+    print(f"{NOTIFY_STORM:,}-alarm storm, last alarm at the webhook after the deadline, median of "
+          f"{args.storm_rounds}: alone {alone:.2f} s ({', '.join(f'{t:.2f}' for t in runs[False])}); "
+          f"with a dead second channel {with_dead:.2f} s ({', '.join(f'{t:.2f}' for t in runs[True])})", flush=True)
+    return alone, with_dead
+
+
+def run_notify(args):
+    """The notification rows only (--only notify)."""
+    print(f"heartbeat-lite {heartbeat_lite.__version__} notification benchmark: {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {store_label(args.db)}; waitress threads {args.threads}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="hl-bench-") as workdir:
+        databases = Databases(workdir, args.db)
+        source = databases.new("notify")
+        prefill(source, NOTIFY_STORM)
+        alone, with_dead = notification_storms(databases, source, args)
+        if os.access(ALERTMANAGER, os.X_OK):
+            latencies = alertmanager_latency(databases, workdir, args.am_alarms, args.spread, args.threads)
+            am = percentile(latencies, 99)
+            print(f"alarm to Alertmanager ({len(latencies)} alarms): p50 {percentile(latencies, 50):.2f} s, "
+                  f"p99 {am:.2f} s, max {latencies[-1]:.2f} s")
+        else:
+            print(f"no Alertmanager at {ALERTMANAGER}: that row is not measured")
+            am = float("inf")
+    return verdicts(NOTIFY_TARGETS, [alone, with_dead - alone, am])
+
+
+def verdicts(targets, measured):
+    """Print each target with its measure; 0 when every one is met, else 1."""
+    print()
+    print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")
+    all_ok = True
+    for (name, op, limit, _), value in zip(targets, measured):
+        fmt = "{:.2f}" if limit < 10 else "{:.1f}"
+        ok = value >= limit if op == ">=" else value <= limit
+        all_ok &= ok
+        print(f"{name:48} {fmt.format(value):>9}  {op} {limit:<6g}  {'ok' if ok else 'MISS'}")
+    return 0 if all_ok else 1
+
+
 ###############################################################################
 # The run
 ###############################################################################
@@ -616,6 +825,11 @@ def run(args):
         storm = storm_ingestion(storm_db, args.threads, load, args.connections)
         latencies = alarm_latency(databases, args.alarms, args.spread, args.threads)
         page_sizes, page_times = status_page_cost(page_db, args.threads, args.page_requests)
+        notify_source = databases.new("notify")
+        prefill(notify_source, NOTIFY_STORM)
+        notify_alone, notify_dead = notification_storms(databases, notify_source, args)
+        am_latencies = (alertmanager_latency(databases, workdir, args.am_alarms, args.spread, args.threads)
+                        if os.access(ALERTMANAGER, os.X_OK) else [float("inf")])
 
     print()
     print(f"{'scenario':44} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
@@ -665,16 +879,11 @@ def run(args):
         ingest_members["rps"] / ingest_small["rps"],
         ticks["members"] / ticks[N_SMALL],
         members_memory,
+        notify_alone,
+        notify_dead - notify_alone,
+        percentile(am_latencies, 99),
     ]
-    print()
-    print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")
-    all_ok = True
-    for (name, op, limit, _), value in zip(TARGETS, measured):
-        fmt = "{:.2f}" if limit < 10 else "{:.1f}"
-        ok = value >= limit if op == ">=" else value <= limit
-        all_ok &= ok
-        print(f"{name:48} {fmt.format(value):>9}  {op} {limit:<6g}  {'ok' if ok else 'MISS'}")
-    return 0 if all_ok else 1
+    return verdicts(TARGETS, measured)
 
 
 def main(argv=None):
@@ -687,6 +896,8 @@ def main(argv=None):
             for name, op, limit, why in TARGETS),
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
+    parser.add_argument("--only", choices=["notify"], help="run only these rows (notify: the notification storm "
+                        "and Alertmanager rows, a minute or two)")
     parser.add_argument("--stdlib-client", action="store_true", help="use the standard-library client even "
                         "when wrk is installed")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
@@ -702,7 +913,9 @@ def main(argv=None):
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
     args.page_requests = 200 if args.quick else 1000
-    return run(args)
+    args.am_alarms = 20 if args.quick else 50
+    args.storm_rounds = 1 if args.quick else 3
+    return run_notify(args) if args.only == "notify" else run(args)
 
 
 if __name__ == "__main__":

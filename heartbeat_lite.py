@@ -30,6 +30,7 @@ one does (``test_layout.py`` checks it). Data flows down through them:
 4. Store: the only SQL (SQLite and PostgreSQL);
 5. Rules and memory: the rules as pure functions of a row and a time, and
    what the engine keeps in memory (the read model, the recent events);
+   Messages: what each kind of notification channel sends;
 6. Transitions: the funnel every state change goes through, its sinks (the
    outbox), publishing;
 7. Engine: its parts, one job each, and the ``Engine`` facade over them;
@@ -48,6 +49,8 @@ import bisect
 import collections
 import contextlib
 import datetime
+import email.message
+import email.utils
 import functools
 import gc
 import getpass
@@ -64,8 +67,10 @@ import operator
 import os
 import re
 import signal
+import smtplib
 import socket
 import sqlite3
+import ssl
 import struct
 import sys
 import threading
@@ -102,7 +107,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def read_schema(name):
@@ -188,6 +193,21 @@ FORWARD_TIMEOUT_SECONDS = 10.0  # one delivery attempt, whole: connect, send, he
 FORWARD_BATCH_EVENTS = 100
 FORWARD_ANSWER_BYTES = 64 * 1024  # of the target's answer, read at most
 FORWARD_BACKOFF_SECONDS = (1.0, 60.0)  # first retry, cap; doubling in between
+
+# Notification channels (docs/notifications.md)
+FORWARD_CHANNEL_ID = "forward"  # the canopsis channel --forward-url makes: its id and its name
+CHANNEL_KINDS = ("canopsis", "webhook", "slack", "teams", "ntfy", "email", "alertmanager", "apprise")
+MAX_CHANNELS = 100  # each has a delivery thread of its own
+MAX_CHANNEL_BODY_BYTES = 64 * 1024
+MAX_URL_CHARS = 2048
+MAX_TEMPLATE_CHARS = 16 * 1024
+MAX_CHANNEL_HEADERS = 20
+MAX_HEADER_VALUE_CHARS = 1024
+MIN_REPEAT_SECONDS = 60  # repeat_every: reminders at most once a minute
+DELIVERY_BATCH_BYTES = 256 * 1024  # one request's body at most (nginx refuses more than 1 MiB by default)
+DELIVERY_STALE_SECONDS = 300.0  # /healthz warns when an event waits longer than this undelivered
+ALERTMANAGER_RESEND_SECONDS = 60.0  # open alerts are sent again this often (Alertmanager resolves silent ones)
+SMTP_DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
 PASSWORD_HASH_SCHEME = "pbkdf2_sha256"
 PBKDF2_ITERATIONS = 600_000  # about 0.15 s of one core per derivation
@@ -323,6 +343,57 @@ def redact_secrets(text, url):
     return log_safe(one_line(text))
 
 
+# a path segment that looks like a token: 8 characters or more with a
+# digit in them, or 16 or more (Slack's T0.../B0.../secret, a Teams workflow id)
+_TOKEN_SEGMENT = re.compile(r"(?=[^/]*[0-9])[^/]{8,}|[^/]{16,}")
+
+
+def redact_channel_url(url, kind=None):
+    """A channel's URL as answers, pages and logs show it: :func:`redact_url`
+    (userinfo, query values), and each path segment that looks like a token
+    replaced by ``***`` too (Slack, Teams and Discord put their secret in
+    the path); an ntfy topic is always hidden (whoever knows it reads the
+    notifications). A ``PUT`` that sends this text back keeps the stored URL.
+    """
+    url = url if isinstance(url, str) else str(url)
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        path, question, query = path.partition("?")
+        segments = path.split("/")
+        segments = [REDACTED if _TOKEN_SEGMENT.fullmatch(segment) else segment for segment in segments]
+        if kind == "ntfy" and segments and segments[-1]:
+            segments[-1] = REDACTED
+        url = f"{scheme}://{authority}{slash}{'/'.join(segments)}{question}{query}"
+    return redact_url(url)
+
+
+def is_permanent_refusal(status):
+    """Whether a target's HTTP ``status`` refuses an event for good: a 4xx
+    but 408 (timeout) and 429 (too many requests), which are retried like
+    3xx and 5xx. A 413 first splits the batch; alone, the event is set aside."""
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
+
+
+def apprise_module():
+    """The ``apprise`` module when it is installed (``pip install
+    heartbeat-lite[apprise]``), else None; imported only when a channel of
+    kind apprise is created or used."""
+    try:
+        import apprise
+    except ImportError:
+        return None
+    return apprise
+
+
+def detail_link(public_url, heartbeat_id):
+    """The link to a heartbeat's page in messages: under ``public_url``
+    (``--public-url``, by default the listen address), or None when unknown."""
+    if not public_url or heartbeat_id is None:
+        return None
+    return f"{public_url.rstrip('/')}/heartbeat/{heartbeat_id}"
+
+
 def one_line(text):
     """``text`` as one line: its lines, stripped, joined by a space (a
     PostgreSQL error comes as several, with a tab-indented hint)."""
@@ -413,7 +484,8 @@ def is_loopback(host):
 ###############################################################################
 
 HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after",
-                    "group_by", "expected_members", "retire_after")
+                    "group_by", "expected_members", "retire_after",
+                    "channels", "escalate_after", "escalate_to")
 MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
@@ -631,6 +703,7 @@ def validate_heartbeat(doc, default_author):
         reasons.append("late_after: must be shorter than expected_interval")
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
+    routing = _check_routing(reasons, doc)
 
     if reasons:
         raise Invalid(reasons)
@@ -648,6 +721,7 @@ def validate_heartbeat(doc, default_author):
         "expected_members": expected,
         "retire_after": retire_after,
         "retire_seconds": retire_seconds,
+        **routing,
     }
 
 
@@ -699,6 +773,249 @@ def _check_grouping(reasons, doc):
             _check_interval(reasons, "retire_after", retire_after)
     return (list(group_by) if "group_by" in doc else None, list(expected) if "expected_members" in doc else None,
             retire_after, retire_seconds)
+
+
+_CHANNEL_ID = re.compile(FORWARD_CHANNEL_ID + r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_channel_id(text):
+    """Whether ``text`` has the shape of a channel id: a UUID4 as the API
+    gives them, or ``forward`` (the channel of ``--forward-url``)."""
+    return isinstance(text, str) and _CHANNEL_ID.fullmatch(text) is not None
+
+
+def _channel_ids(reasons, field, value, empty_ok):
+    if (not isinstance(value, list) or len(value) > MAX_CHANNELS or (not value and not empty_ok)
+            or not all(is_channel_id(item) for item in value)):
+        reasons.append(f"{field}: must be a list of {'' if empty_ok else '1 to '}{MAX_CHANNELS} channel ids "
+                       "(the _id of a channel, or forward)")
+        return None
+    if len(set(value)) != len(value):
+        reasons.append(f"{field}: a channel appears twice")
+        return None
+    return list(value)
+
+
+def _check_routing(reasons, doc):
+    """Check ``channels`` (where the heartbeat's alarms go; ``[]``: none;
+    absent: every default channel), ``escalate_after`` and ``escalate_to``
+    (given together); that the channels exist is the engine's to check.
+
+    :returns: the fields ``channels``, ``escalate_after``,
+        ``escalate_seconds``, ``escalate_to``, each None when not given.
+    """
+    routing = {"channels": None, "escalate_after": None, "escalate_seconds": None, "escalate_to": None}
+    if "channels" in doc:
+        routing["channels"] = _channel_ids(reasons, "channels", doc["channels"], empty_ok=True)
+    if ("escalate_after" in doc) != ("escalate_to" in doc):
+        reasons.append("escalate_after and escalate_to: give both (after how long, and whom to tell)")
+    elif "escalate_after" in doc:
+        routing["escalate_after"] = doc["escalate_after"]
+        routing["escalate_seconds"] = _check_interval(reasons, "escalate_after", doc["escalate_after"])
+        routing["escalate_to"] = _channel_ids(reasons, "escalate_to", doc["escalate_to"], empty_ok=False)
+    return routing
+
+
+CHANNEL_FIELDS = ("name", "kind", "url", "default", "repeat_every", "headers", "template")
+#: what a channel's document says of its delivery: ignored in a body, so a GET answer can be sent back
+CHANNEL_READ_ONLY = ("configured_by", "last_delivery", "last_error", "failing_since", "waiting", "oldest_waiting",
+                     "set_aside", "last_refusal")
+#: the placeholders of a webhook's template: the keys of its body, plus name and id
+TEMPLATE_KEYS = ("heartbeat", "member", "status", "previous", "since", "output", "reason", "url", "name", "id")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_KEYS) + r")\}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+_FORBIDDEN_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection"))
+_NTFY_TOPIC = re.compile(r"[-_A-Za-z0-9]{1,64}")
+#: values that exercise a template at creation: quotes, a backslash, a line break, a member
+TEMPLATE_SAMPLE = {
+    "heartbeat": {"_id": "cf7097b6-71ba-48db-a749-e9474aa70c93", "name": 'backup "nightly" \\ db1', "slug": None},
+    "member": {"host": "db1"}, "status": "down", "previous": "up", "since": 1607680900,
+    "output": "no backup\nsince \"yesterday\"", "reason": "no matching event for 1m",
+    "url": "http://127.0.0.1:8082/heartbeat/cf7097b6-71ba-48db-a749-e9474aa70c93",
+}
+
+
+def template_values(body):
+    """The placeholders' values for a webhook body (see :func:`webhook_body`)."""
+    return {**body, "name": body["heartbeat"]["name"], "id": body["heartbeat"]["_id"]}
+
+
+def render_template(template, values):
+    """A webhook's ``template`` with each ``{placeholder}`` replaced: a string
+    JSON-escaped without its quotes (it goes inside a JSON string), any
+    other value as its JSON (``{member}``: an object or null, ``{since}``:
+    a number). Other braces are the template's own."""
+    def replace(match):
+        value = values[match.group(1)]
+        text = json.dumps(value, ensure_ascii=False)
+        return text[1:-1] if isinstance(value, str) else text
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def _http_target(reasons, parts, kind):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        reasons.append(f"url: {kind} channels take an http:// or https:// URL with a host")
+        return False
+    return True
+
+
+def _email_addresses(text):
+    """The addresses of a comma-separated list, or None if one is not an address."""
+    found = []
+    for item in text.split(","):
+        name, address = email.utils.parseaddr(item.strip())
+        if not address or address.count("@") != 1 or not all(address.split("@")) or any(c in address for c in "\r\n "):
+            return None
+        found.append(address)
+    return found or None
+
+
+def _check_channel_url(reasons, kind, url):
+    """Check that ``url`` fits a channel of ``kind`` (see docs/channels/)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        reasons.append("url: not a valid URL")
+        return
+    if kind == "email":
+        if parts.scheme not in SMTP_DEFAULT_PORTS or not parts.hostname:
+            reasons.append("url: an email channel takes smtp://[user:password@]host[:port]?from=...&to=... "
+                           "(STARTTLS when the server offers it) or smtps://... (TLS from the start)")
+            return
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"from", "to"})
+        if unknown:
+            reasons.append("url: an email channel's query takes from and to only, not " + ", ".join(unknown))
+        for key in ("from", "to"):
+            values = query.get(key)
+            if not values or len(values) != 1 or _email_addresses(values[0]) is None:
+                reasons.append(f"url: {key}= must give {'one address' if key == 'from' else 'addresses'} "
+                               "(comma-separated), such as ops@example.com")
+        return
+    if kind == "apprise":
+        apprise = apprise_module()
+        if apprise is None:
+            reasons.append("kind: apprise needs the optional extra, not installed here: "
+                           "pip install heartbeat-lite[apprise]")
+        elif not apprise.Apprise().add(url):
+            reasons.append("url: not a URL Apprise knows (see its list of services)")
+        return
+    if not _http_target(reasons, parts, kind):
+        return
+    if kind == "ntfy":
+        segments = [segment for segment in parts.path.split("/")]
+        if len(segments) < 2 or not _NTFY_TOPIC.fullmatch(segments[-1]):
+            reasons.append("url: an ntfy channel takes <server>/<topic>, such as https://ntfy.sh/my-alarms "
+                           "(a topic of letters, digits, - and _)")
+
+
+def _check_headers(reasons, headers, stored):
+    if not isinstance(headers, dict) or len(headers) > MAX_CHANNEL_HEADERS:
+        reasons.append(f"headers: must be an object of at most {MAX_CHANNEL_HEADERS} header names and values")
+        return None
+    clean = {}
+    kept = {name.lower(): value for name, value in (stored or {}).items()}
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _FORBIDDEN_HEADERS:
+            reasons.append(f"headers: {name[:100]!r} is not a header name a channel may set")
+            continue
+        if value == REDACTED:  # sent back as shown: the stored value stays
+            if name.lower() not in kept:
+                reasons.append(f"headers.{name}: {REDACTED} stands for the stored value, and there is none")
+                continue
+            value = kept[name.lower()]
+        if not _is_text(value) or len(value) > MAX_HEADER_VALUE_CHARS or any(c in value for c in "\r\n\0"):
+            reasons.append(f"headers.{name}: must be a string of at most {MAX_HEADER_VALUE_CHARS} characters, "
+                           "on one line")
+            continue
+        clean[name] = value
+    return clean
+
+
+def validate_channel(doc, stored=None):
+    """Check a channel's POST or PUT body; return its clean fields.
+
+    :param stored: for a PUT, the channel as stored (a dict of the clean
+        fields): a ``url`` sent back exactly as answers show it (see
+        :func:`redact_channel_url`), or a header value sent back as
+        ``***``, keeps the stored secret.
+    :returns: a dict with every key of :data:`CHANNEL_FIELDS` (``headers``
+        and ``template`` None when not given) plus ``repeat_seconds``.
+    :raises Invalid: with every reason the body is refused.
+    """
+    reasons = _document_reasons(doc, CHANNEL_FIELDS + CHANNEL_READ_ONLY)
+    kind = doc.get("kind")
+    if kind not in CHANNEL_KINDS:
+        reasons.append("kind: must be one of " + ", ".join(CHANNEL_KINDS))
+        kind = None
+    url = doc.get("url")
+    if "url" not in doc:
+        reasons.append("url: required")
+    elif not _is_text(url) or not 1 <= len(url) <= MAX_URL_CHARS:
+        reasons.append(f"url: must be a string of at most {MAX_URL_CHARS} characters")
+    else:
+        if stored is not None and stored["kind"] == kind and url == redact_channel_url(stored["url"], kind):
+            url = stored["url"]  # sent back as shown: the stored secrets stay
+        elif REDACTED in url:
+            reasons.append(f"url: {REDACTED} hides a secret in answers; give the whole URL (or send back exactly "
+                           "the url the channel shows, to keep it)")
+        if kind is not None:
+            _check_channel_url(reasons, kind, url)
+    default = doc.get("default", False)
+    if not isinstance(default, bool):
+        reasons.append("default: must be true or false")
+    repeat_every = doc.get("repeat_every")
+    repeat_seconds = None
+    if "repeat_every" in doc:
+        repeat_seconds = _check_interval(reasons, "repeat_every", repeat_every)
+        if repeat_seconds is not None and repeat_seconds < MIN_REPEAT_SECONDS:
+            reasons.append(f"repeat_every: at least {MIN_REPEAT_SECONDS // 60}m")
+    headers = template = None
+    for field in ("headers", "template"):
+        if field in doc and kind not in (None, "webhook"):
+            reasons.append(f"{field}: for a webhook channel only")
+    if "headers" in doc and kind == "webhook":
+        headers = _check_headers(reasons, doc["headers"], stored and stored.get("headers"))
+    if "template" in doc and kind == "webhook":
+        template = doc["template"]
+        if not _is_text(template) or not 1 <= len(template) <= MAX_TEMPLATE_CHARS:
+            reasons.append(f"template: must be a string of 1 to {MAX_TEMPLATE_CHARS} characters")
+        else:
+            try:
+                parse_json(render_template(template, template_values(TEMPLATE_SAMPLE)).encode("utf-8"))
+            except Invalid as exc:
+                why = exc.reasons[0].removeprefix("body: ")
+                if why.startswith("not valid JSON (") and why.endswith(")"):
+                    why = why[len("not valid JSON ("):-1]
+                reasons.append(f"template: not valid JSON once rendered ({why})")
+    if reasons:
+        raise Invalid(reasons)
+    return {"name": doc["name"], "kind": kind, "url": url, "default": default, "repeat_every": repeat_every,
+            "repeat_seconds": repeat_seconds, "headers": headers, "template": template}
+
+
+def validate_ack(body):
+    """Check a ``POST /api/v2/heartbeat/<id>/ack`` body: empty, ``{}`` or
+    ``{"comment": "..."}``; return the comment (None when not given).
+
+    :raises Invalid: with every reason.
+    """
+    if not body.strip():
+        return None
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise Invalid(["body: must be a JSON object"])
+    reasons = []
+    unknown = sorted(set(doc) - {"comment"})
+    if unknown:
+        reasons.append("unknown field(s): " + ", ".join(unknown))
+    comment = doc.get("comment")
+    if comment is not None:
+        _check_string(reasons, "comment", comment, MAX_TEXT_CHARS)
+    if reasons:
+        raise Invalid(reasons)
+    return comment
 
 
 def _local_time(reasons, field, value, zone):
@@ -1073,6 +1390,7 @@ _DOCUMENT_COLUMNS = (
     "id", "name", "author", "description", "output", "pattern", "expected_interval",
     "interval_seconds", "late_after", "late_seconds", "group_by", "expected_members", "retire_after",
     "retire_seconds", "created", "updated",
+    "channels", "escalate_after", "escalate_seconds", "escalate_to",
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
@@ -1128,8 +1446,27 @@ _MIGRATIONS = {
     2: (_SET_ASIDE.format(v=2), _MOVE_OVER.format(v=2, columns=_V2_COLUMNS)),
     # Version 4 added the history table (schema.sql creates it): nothing to rebuild.
     3: ("", ""),
-    # Version 5 added the boundary table (schema.sql creates it): nothing to rebuild.
-    4: ("", ""),
+}
+# Version 5 (notifications) added the heartbeat's routing columns and a
+# channel column and more to the outbox, and the channel tables (schema.sql
+# creates them): to every older version's steps, the heartbeat table is
+# rebuilt (from version 3 on: before, the step above does it) and the
+# outbox too, its rows moved over as the forward channel's: nothing
+# undelivered is lost.
+_V3_COLUMNS = _V2_COLUMNS + ", group_by, expected_members, retire_after, retire_seconds"
+_V5_OUTBOX_ASIDE = "ALTER TABLE outbox RENAME TO outbox_v4;\n"
+_V5_OUTBOX_OVER = """
+INSERT INTO outbox (seq, event, channel, enqueued_at)
+    SELECT seq, event, 'forward', json_extract(event, '$.timestamp') FROM outbox_v4 ORDER BY seq;
+DROP TABLE outbox_v4;
+"""
+_MIGRATIONS = {
+    1: (_MIGRATIONS[1][0] + _V5_OUTBOX_ASIDE, _MIGRATIONS[1][1] + _V5_OUTBOX_OVER),
+    2: (_MIGRATIONS[2][0] + _V5_OUTBOX_ASIDE, _MIGRATIONS[2][1] + _V5_OUTBOX_OVER),
+    **{v: (_SET_ASIDE.format(v=v) + _V5_OUTBOX_ASIDE, _MOVE_OVER.format(v=v, columns=_V3_COLUMNS) + _V5_OUTBOX_OVER)
+       for v in (3, 4)},
+    # Version 6 added the boundary table (schema.sql creates it): nothing to rebuild.
+    5: ("", ""),
 }
 
 
@@ -1548,6 +1885,9 @@ class _Connections(abc.ABC):
 
     # -- health ----------------------------------------------------------------
 
+    #: /healthz's read: the events waiting for delivery (not those set aside)
+    _HEALTH_READ = "SELECT COUNT(*) FROM outbox WHERE refused_at IS NULL"
+
     def health(self):
         """Whether the database answers reads and the last write succeeded,
         found without waiting on the writer: a read on a connection of its
@@ -1559,7 +1899,7 @@ class _Connections(abc.ABC):
             problem says what fails.
         """
         try:
-            depth = self._health_read("SELECT COUNT(*) FROM outbox")
+            depth = self._health_read(self._HEALTH_READ)
         except DatabaseGone as exc:
             return None, str(exc), exc.since
         except StoreError as exc:
@@ -1570,11 +1910,27 @@ class _Connections(abc.ABC):
         return depth, None, None
 
     def _health_read(self, sql):
+        rows = self._health_rows(sql)
+        return None if rows is None else rows[0][0]
+
+    def delivery_health(self):
+        """``[(channel, waiting, oldest waiting's enqueued time, set aside)]``
+        read as :meth:`health` reads (on its own connection, briefly), for
+        ``/healthz``; None when the read could not run in time.
+
+        :raises StoreError:."""
+        rows = self._health_rows(
+            "SELECT channel, SUM(CASE WHEN refused_at IS NULL THEN 1 ELSE 0 END), "
+            "MIN(CASE WHEN refused_at IS NULL THEN enqueued_at END), "
+            "SUM(CASE WHEN refused_at IS NULL THEN 0 ELSE 1 END) FROM outbox GROUP BY channel")
+        return None if rows is None else [tuple(row) for row in rows]
+
+    def _health_rows(self, sql):
         if self._single_connection:  # one connection: wait for it briefly, else skip the read
             if not self._lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
                 return None
             try:
-                return self._run(self._connection(), sql, (), fetch=True)[0][0]
+                return self._run(self._connection(), sql, (), fetch=True)
             finally:
                 self._lock.release()
         if not self._health_lock.acquire(timeout=HEALTH_TIMEOUT_SECONDS):
@@ -1584,7 +1940,7 @@ class _Connections(abc.ABC):
                 if self._health_conn is None:
                     self._health_conn = self._open_reader(timeout=HEALTH_TIMEOUT_SECONDS)
                 try:
-                    return self._run(self._health_conn, sql, (), fetch=True)[0][0]
+                    return self._run(self._health_conn, sql, (), fetch=True)
                 except StoreError as exc:
                     if attempt == 2 or not self._lost(exc):
                         raise
@@ -2238,25 +2594,92 @@ class _HistoryStatements:
 
 
 class _OutboxStatements:
-    """The outbox of alarm events waiting for delivery, and the service-wide
-    values of ``meta``."""
+    """The outbox, the durable queue of every channel (``channel`` names
+    it): alarm events and notices waiting for delivery, oldest first per
+    channel; those a target refused for good, set aside; each channel's
+    delivery health. And the service-wide values of ``meta``."""
 
-    def enqueue(self, events):
-        """Append events (dicts) to the outbox, in order."""
-        self._executemany("INSERT INTO outbox (event) VALUES (?)",
-                          [(json.dumps(event, ensure_ascii=False),) for event in events])
+    def enqueue(self, events, channel=FORWARD_CHANNEL_ID):
+        """Append Canopsis events (dicts) to a channel's queue, in order."""
+        self.enqueue_notices([(channel, event, None, event.get("timestamp")) for event in events])
 
-    def outbox_batch(self, limit):
-        """The oldest ``limit`` outbox entries as ``(seq, event JSON text)``."""
-        return [tuple(row) for row in self._query("SELECT seq, event FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+    def enqueue_notices(self, rows):
+        """Append ``(channel id, Canopsis event, notice or None, enqueued at)``
+        rows to the queues, in order."""
+        self._executemany("INSERT INTO outbox (channel, event, notice, enqueued_at) VALUES (?, ?, ?, ?)",
+                          [(channel, json.dumps(event, ensure_ascii=False),
+                            None if notice is None else json.dumps(notice, ensure_ascii=False), at)
+                           for channel, event, notice, at in rows])
 
-    def outbox_ack(self, last_seq):
-        """Forget the outbox entries up to ``last_seq`` (delivered)."""
-        self._execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
+    def deliveries(self, channel, limit):
+        """The oldest ``limit`` rows waiting in a channel's queue (none set
+        aside), as ``(seq, event JSON text, notice JSON text or None)``."""
+        return [tuple(row) for row in self._query(
+            "SELECT seq, event, notice FROM outbox WHERE channel = ? AND refused_at IS NULL ORDER BY seq LIMIT ?",
+            (channel, limit))]
+
+    def delivered(self, channel, last_seq):
+        """Forget a channel's waiting rows up to ``last_seq`` (delivered)."""
+        self._execute("DELETE FROM outbox WHERE channel = ? AND seq <= ? AND refused_at IS NULL", (channel, last_seq))
+
+    def set_aside(self, channel, seq, at, refusal):
+        """The target refused row ``seq`` for good: keep it, no longer sent."""
+        self._execute("UPDATE outbox SET refused_at = ?, refusal = ? WHERE channel = ? AND seq = ?",
+                      (at, refusal, channel, seq))
+
+    def requeue(self, channel):
+        """Put the rows set aside back in a channel's queue (its settings
+        changed: it may take them now); return how many."""
+        return self._execute("UPDATE outbox SET refused_at = NULL, refusal = NULL WHERE channel = ? "
+                             "AND refused_at IS NOT NULL", (channel,)).rowcount
+
+    def queues(self):
+        """``{channel: (waiting, oldest waiting's enqueued time or None,
+        set aside, last refusal or None)}`` of every queue with a row."""
+        found = {}
+        for row in self._query("SELECT channel, SUM(CASE WHEN refused_at IS NULL THEN 1 ELSE 0 END), "
+                               "MIN(CASE WHEN refused_at IS NULL THEN enqueued_at END), "
+                               "SUM(CASE WHEN refused_at IS NULL THEN 0 ELSE 1 END), MAX(refused_at) "
+                               "FROM outbox GROUP BY channel"):
+            found[row[0]] = (int(row[1]), row[2], int(row[3]), row[4])
+        if any(value[2] for value in found.values()):
+            for row in self._query("SELECT channel, refusal FROM outbox o WHERE refused_at = "
+                                   "(SELECT MAX(refused_at) FROM outbox WHERE channel = o.channel)"):
+                waiting, oldest, aside, _ = found[row[0]]
+                found[row[0]] = (waiting, oldest, aside, row[1])
+        return found
+
+    def channel_health(self):
+        """``{channel: (delivered at, failing since, last error, error at)}``."""
+        return {row[0]: tuple(row)[1:] for row in self._query(
+            "SELECT channel, delivered_at, failing_since, last_error, error_at FROM channel_health")}
+
+    def record_delivery(self, channel, at):
+        """A channel delivered at ``at``: it fails no more."""
+        self._execute("INSERT INTO channel_health (channel, delivered_at) VALUES (?, ?) ON CONFLICT (channel) "
+                      "DO UPDATE SET delivered_at = excluded.delivered_at, failing_since = NULL, last_error = NULL",
+                      (channel, at))
+
+    def record_failure(self, channel, at, error):
+        """A channel's attempt failed at ``at``, for ``error``."""
+        self._execute("INSERT INTO channel_health (channel, failing_since, last_error, error_at) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (channel) DO UPDATE SET failing_since = COALESCE(channel_health.failing_since, "
+                      "excluded.failing_since), last_error = excluded.last_error, error_at = excluded.error_at",
+                      (channel, at, error, at))
+
+    def outbox_batch(self, limit, channel=FORWARD_CHANNEL_ID):
+        """The oldest ``limit`` events waiting for a channel (the forward
+        channel's by default) as ``(seq, event JSON text)``."""
+        return [(seq, event) for seq, event, _ in self.deliveries(channel, limit)]
+
+    def outbox_ack(self, last_seq, channel=FORWARD_CHANNEL_ID):
+        """Forget the waiting events of a channel up to ``last_seq`` (delivered)."""
+        self.delivered(channel, last_seq)
 
     def outbox_depth(self):
-        """How many events wait in the outbox (also proves the database answers)."""
-        return self._query("SELECT COUNT(*) FROM outbox")[0][0]
+        """How many events wait for delivery, every channel's (also proves
+        the database answers); those set aside are not waiting."""
+        return self._query("SELECT COUNT(*) FROM outbox WHERE refused_at IS NULL")[0][0]
 
     def meta(self, key):
         """A service-wide value (a number), or None."""
@@ -2269,6 +2692,156 @@ class _OutboxStatements:
 
     def delete_meta(self, key):
         self._execute("DELETE FROM meta WHERE key = ?", (key,))
+
+
+_CHANNEL_COLUMNS = ("id", "name", "kind", "url", "is_default", "repeat_every", "repeat_seconds", "headers",
+                    "template", "created", "updated")
+_SELECT_CHANNEL = "SELECT " + ", ".join(_CHANNEL_COLUMNS) + " FROM channel"
+_FOLLOW_KEY = "heartbeat_id = ? AND member = ?"
+
+
+class _ChannelStatements:
+    """Notification channels (their documents), and what follows an open
+    alarm: its acknowledgement and escalation (``alarm_follow``), its
+    reminders and escalation due (``followup``). An alarm is named by
+    ``(heartbeat id, member key)``, ``""`` for the heartbeat's own."""
+
+    def channels(self):
+        """Every channel row, oldest first."""
+        return self._query(f"{_SELECT_CHANNEL} ORDER BY created, id")
+
+    def channel(self, channel_id):
+        """:raises NotFound:."""
+        rows = self._query(f"{_SELECT_CHANNEL} WHERE id = ?", (channel_id,))
+        if not rows:
+            raise NotFound(channel_id)
+        return rows[0]
+
+    def insert_channel(self, row):
+        """Insert a channel (a dict with every column)."""
+        with self.atomic():
+            self._execute(f"INSERT INTO channel ({', '.join(_CHANNEL_COLUMNS)}) "
+                          f"VALUES ({', '.join(':' + c for c in _CHANNEL_COLUMNS)})", row)
+            self._changed("channel", row["id"])
+
+    def update_channel(self, channel_id, row):
+        """Replace a channel's columns (all but ``id`` and ``created``);
+        :raises NotFound:."""
+        columns = [c for c in _CHANNEL_COLUMNS if c not in ("id", "created")]
+        with self.atomic():
+            self.channel(channel_id)
+            self._execute(f"UPDATE channel SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
+                          {**{c: row[c] for c in columns}, "id": channel_id})
+            self._changed("channel", channel_id)
+
+    def delete_channel(self, channel_id):
+        """Delete a channel, its queue, its health and its reminders;
+        :raises NotFound:."""
+        with self.atomic():
+            self.channel(channel_id)
+            self._execute("DELETE FROM channel WHERE id = ?", (channel_id,))
+            for table in ("outbox", "channel_health", "followup"):
+                self._execute(f"DELETE FROM {table} WHERE channel = ?", (channel_id,))
+            self._changed("channel", channel_id)
+
+    def heartbeats_naming(self, channel_id):
+        """The ids of the heartbeats whose ``channels`` or ``escalate_to``
+        name the channel."""
+        quoted = f'%"{channel_id}"%'
+        return [row[0] for row in self._query(
+            "SELECT id FROM heartbeat WHERE channels LIKE ? OR escalate_to LIKE ? ORDER BY id", (quoted, quoted))]
+
+    def unrouted(self):
+        """How many heartbeats have no ``channels`` field (they use the default channels)."""
+        return self._query("SELECT COUNT(*) FROM heartbeat WHERE channels IS NULL")[0][0]
+
+    def routes(self, heartbeat_ids):
+        """``{id: (channels JSON or None, escalate_seconds, escalate_to JSON
+        or None)}`` of those heartbeats (deleted ones are left out)."""
+        found = {}
+        for start in range(0, len(heartbeat_ids), _ID_CHUNK):
+            chunk = heartbeat_ids[start:start + _ID_CHUNK]
+            for row in self._query("SELECT id, channels, escalate_seconds, escalate_to FROM heartbeat "
+                                   f"WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
+                found[row[0]] = (row[1], row[2], row[3])
+        return found
+
+    def follows(self, keys):
+        """``{(heartbeat id, member): (ack_by, ack_at, ack_comment,
+        escalated)}`` of those alarms that have a row."""
+        found = {}
+        keys = list(keys)
+        for start in range(0, len(keys), _ID_CHUNK):
+            chunk = keys[start:start + _ID_CHUNK]
+            ids = sorted({heartbeat_id for heartbeat_id, _ in chunk})
+            wanted = set(chunk)
+            for row in self._query("SELECT heartbeat_id, member, ack_by, ack_at, ack_comment, escalated "
+                                   f"FROM alarm_follow WHERE heartbeat_id IN ({', '.join('?' * len(ids))})", ids):
+                if (row[0], row[1]) in wanted:
+                    found[(row[0], row[1])] = (row[2], row[3], row[4], bool(row[5]))
+        return found
+
+    def acks_of(self, heartbeat_id):
+        """``{member: (by, at, comment)}`` of a heartbeat's acknowledged alarms."""
+        return {row[0]: (row[1], row[2], row[3]) for row in self._query(
+            "SELECT member, ack_by, ack_at, ack_comment FROM alarm_follow WHERE heartbeat_id = ? "
+            "AND ack_at IS NOT NULL", (heartbeat_id,))}
+
+    def set_acks(self, rows):
+        """Acknowledge alarms: ``(heartbeat id, member, by, at, comment)``."""
+        self._executemany("INSERT INTO alarm_follow (heartbeat_id, member, ack_by, ack_at, ack_comment) "
+                          "VALUES (?, ?, ?, ?, ?) ON CONFLICT (heartbeat_id, member) DO UPDATE SET "
+                          "ack_by = excluded.ack_by, ack_at = excluded.ack_at, ack_comment = excluded.ack_comment",
+                          rows)
+
+    def set_escalated(self, keys):
+        """Those alarms ``(heartbeat id, member)`` were escalated."""
+        self._executemany("INSERT INTO alarm_follow (heartbeat_id, member, escalated) VALUES (?, ?, 1) "
+                          "ON CONFLICT (heartbeat_id, member) DO UPDATE SET escalated = 1", list(keys))
+
+    def forget_alarms(self, keys):
+        """Those alarms ``(heartbeat id, member)`` are resolved: their
+        acknowledgement, escalation and follow-ups go."""
+        keys = list(keys)
+        self._executemany(f"DELETE FROM alarm_follow WHERE {_FOLLOW_KEY}", keys)
+        self._executemany(f"DELETE FROM followup WHERE {_FOLLOW_KEY}", keys)
+
+    def forget_heartbeat_alarms(self, heartbeat_id):
+        """A heartbeat is deleted: every follow-up of it and its members goes."""
+        for table in ("alarm_follow", "followup"):
+            self._execute(f"DELETE FROM {table} WHERE heartbeat_id = ?", (heartbeat_id,))
+
+    def schedule(self, rows):
+        """Follow-ups due: ``(heartbeat id, member, channel or "" for the
+        escalation, due)``; one already there moves to the new time."""
+        self._executemany("INSERT INTO followup (heartbeat_id, member, channel, due) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (heartbeat_id, member, channel) DO UPDATE SET due = excluded.due", rows)
+
+    def unschedule(self, rows):
+        """Forget follow-ups ``(heartbeat id, member, channel)``."""
+        self._executemany(f"DELETE FROM followup WHERE {_FOLLOW_KEY} AND channel = ?", rows)
+
+    def unschedule_alarms(self, keys):
+        """Forget every follow-up of those alarms (acknowledged)."""
+        self._executemany(f"DELETE FROM followup WHERE {_FOLLOW_KEY}", list(keys))
+
+    def due_followups(self, now, limit):
+        """The follow-ups due by ``now``, earliest first, at most ``limit``:
+        ``(heartbeat id, member, channel, due)``."""
+        return [tuple(row) for row in self._query(
+            "SELECT heartbeat_id, member, channel, due FROM followup WHERE due <= ? ORDER BY due LIMIT ?"
+            f"{self._for_update(skip_locked=True)}", (now, limit))]
+
+    def next_followup(self):
+        """When the earliest follow-up is due, or None."""
+        return self._query("SELECT MIN(due) FROM followup")[0][0]
+
+    def open_alarms_of(self, heartbeat_id):
+        """The member keys of a grouped heartbeat's open alarms, and their
+        status: ``[(key, status)]``."""
+        return [(row[0], row[1]) for row in self._query(
+            "SELECT member, status FROM member WHERE heartbeat_id = ? AND status IN ('late', 'down') ORDER BY member",
+            (heartbeat_id,))]
 
 
 class _InstanceStatements(abc.ABC):
@@ -2323,13 +2896,14 @@ class _InstanceStatements(abc.ABC):
         """The number of the last change recorded (see :meth:`changes`)."""
 
     @abc.abstractmethod
-    def outbox_lease(self):
+    def outbox_lease(self, channel=FORWARD_CHANNEL_ID):
         """A context manager yielding True when this instance may deliver
-        the outbox now (one at a time, so that delivery stays in order)."""
+        the channel's queue now (one at a time, so that delivery stays in
+        order; each channel on its own)."""
 
 
 class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStatements, _MaintenanceStatements,
-            _HistoryStatements, _OutboxStatements, _InstanceStatements):
+            _HistoryStatements, _OutboxStatements, _ChannelStatements, _InstanceStatements):
     """The database: the only code in this module that speaks SQL. Open one
     with :func:`open_store`: a :class:`SqliteStore` or a
     :class:`PostgresStore`, siblings built on this class.
@@ -2585,7 +3159,7 @@ class SqliteStore(Store):
         return 0
 
     @contextlib.contextmanager
-    def outbox_lease(self):
+    def outbox_lease(self, channel=FORWARD_CHANNEL_ID):
         yield True
 
 
@@ -2595,7 +3169,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # a frozen server holds an attempt this long), TCP keepalives and
 # tcp_user_timeout (a peer gone from the network, on idle connections and
 # unacknowledged sends), and the server-side statement_timeout (a runaway
-# statement; a frozen server enforces nothing: see _Watchdog).
+# statement; a frozen server enforces nothing: see _DatabaseWatchdog).
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 2
 POSTGRES_CONNECTION_OPTIONS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                                "keepalives_count": 3, "tcp_user_timeout": 10_000}
@@ -2735,7 +3309,7 @@ class _GroupCommit:
         return outcome["missed"]
 
 
-class _Watchdog:
+class _DatabaseWatchdog:
     """The client-side deadline of a :class:`PostgresStore`. A server that
     stops answering (frozen, or cut off while TCP still acknowledges)
     holds a statement forever: libpq waits on its socket, and the
@@ -2907,7 +3481,7 @@ class PostgresStore(Store):
     ``lock_timeout``. A connection the server closed (PostgreSQL restarted)
     is opened again: at once for a read or a BEGIN, which may safely run
     again, else before its next use. A server that stops answering is
-    found by :class:`_Watchdog` within a second: what waits on it is cut,
+    found by :class:`_DatabaseWatchdog` within a second: what waits on it is cut,
     and changes are refused at once until it answers again.
 
     Refreshes written before an answer (:meth:`write_refreshes_now`) are
@@ -2943,9 +3517,9 @@ class PostgresStore(Store):
         self.url = url
         self.instance_id = str(uuid.uuid4())
         self._key = None  # the second key of advisory locks, from the schema's name
-        self._lease_conn = None  # the forwarder's, holding the outbox lock while it delivers
-        self._lease_lock = threading.Lock()
-        self._watchdog = _Watchdog(self)
+        self._lease_conns = {}  # channel -> its delivery's connection, holding the channel's lock while it delivers
+        self._lease_locks = collections.defaultdict(threading.Lock)
+        self._watchdog = _DatabaseWatchdog(self)
         self._guard = self._watchdog.refuse
         given = psycopg.conninfo.conninfo_to_dict(url)
         self._options = {key: value for key, value in POSTGRES_CONNECTION_OPTIONS.items() if key not in given}
@@ -3024,8 +3598,9 @@ class PostgresStore(Store):
             if self._refresh_conn is not None:
                 self._refresh_conn.close()
                 self._refresh_conn = None
-        with self._lease_lock:
-            self._drop_lease()
+        for channel in list(self._lease_conns):
+            with self._lease_locks[channel]:
+                self._drop_lease(channel)
 
     def _send(self, conn, sql, params, many, fetch):
         text = _pyformat(sql)
@@ -3042,7 +3617,7 @@ class PostgresStore(Store):
             watchdog.end(conn)
 
     def _health_read(self, sql):
-        return self._watchdog.read()  # the probe's read is sql
+        return self._watchdog.read()  # the probe's read is sql (_HEALTH_READ)
 
     def _probe(self):
         """The watchdog's probe, which is ``/healthz``'s read: the outbox
@@ -3053,7 +3628,7 @@ class PostgresStore(Store):
                 if self._health_conn is None:
                     self._health_conn = self._open_reader(timeout=HEALTH_TIMEOUT_SECONDS)
                 try:
-                    return self._run(self._health_conn, "SELECT COUNT(*) FROM outbox", (), fetch=True)[0][0]
+                    return self._run(self._health_conn, self._HEALTH_READ, (), fetch=True)[0][0]
                 except StoreError as exc:
                     if attempt == 2 or not self._lost(exc):
                         raise
@@ -3248,44 +3823,54 @@ class PostgresStore(Store):
     def last_change(self):
         return self._query("SELECT COALESCE(MAX(seq), 0) FROM changes")[0][0]
 
+    def _lease_key(self, channel):
+        """The advisory lock of a channel's queue: the forward channel's is
+        the outbox lock of before (two 32-bit keys); another channel's one
+        64-bit key from the schema and the channel (the two spaces never meet)."""
+        if channel == FORWARD_CHANNEL_ID:
+            return "%s, %s", (_LOCK_OUTBOX, self._key)
+        digest = hashlib.blake2b(f"{self._key}:{channel}".encode("utf-8"), digest_size=8).digest()
+        return "%s", (int.from_bytes(digest, "big", signed=True),)
+
     @contextlib.contextmanager
-    def outbox_lease(self):
-        """Yields whether this instance holds the outbox now: a session
-        advisory lock on a connection of the forwarder's own, taken without
-        waiting and let go after the batch; PostgreSQL lets it go too when
-        an instance dies (its connection closes)."""
-        with self._lease_lock:
+    def outbox_lease(self, channel=FORWARD_CHANNEL_ID):
+        """Yields whether this instance holds the channel's queue now: a
+        session advisory lock on a connection of the delivery's own, taken
+        without waiting and let go after the batch; PostgreSQL lets it go
+        too when an instance dies (its connection closes)."""
+        with self._lease_locks[channel]:
             psycopg = self._psycopg
             try:
-                if self._lease_conn is None:
-                    self._lease_conn = self._open()
-                self._watchdog.begin(self._lease_conn)
+                if self._lease_conns.get(channel) is None:
+                    self._lease_conns[channel] = self._open()
+                conn = self._lease_conns[channel]
+                placeholders, key = self._lease_key(channel)
+                self._watchdog.begin(conn)
                 try:
-                    leased = self._lease_conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                                      (_LOCK_OUTBOX, self._key)).fetchone()[0]
+                    leased = conn.execute(f"SELECT pg_try_advisory_lock({placeholders})", key).fetchone()[0]
                 finally:
-                    self._watchdog.end(self._lease_conn)
+                    self._watchdog.end(conn)
             except psycopg.Error as exc:
-                self._drop_lease()
+                self._drop_lease(channel)
                 raise StoreError(f"cannot lease the outbox: {exc}") from exc
             try:
                 yield leased
             finally:
                 if leased:
-                    self._watchdog.begin(self._lease_conn)
+                    self._watchdog.begin(conn)
                     try:
-                        self._lease_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_OUTBOX, self._key))
+                        conn.execute(f"SELECT pg_advisory_unlock({placeholders})", key)
                     except psycopg.Error as exc:
                         log.debug("outbox lease: %s", exc)
-                        self._watchdog.end(self._lease_conn)
-                        self._drop_lease()  # closing the connection lets go of the lock
+                        self._watchdog.end(conn)
+                        self._drop_lease(channel)  # closing the connection lets go of the lock
                     else:
-                        self._watchdog.end(self._lease_conn)
+                        self._watchdog.end(conn)
 
-    def _drop_lease(self):
-        if self._lease_conn is not None:
-            self._lease_conn.close()
-            self._lease_conn = None
+    def _drop_lease(self, channel):
+        conn = self._lease_conns.pop(channel, None)
+        if conn is not None:
+            conn.close()
 
 
 ###############################################################################
@@ -3325,6 +3910,10 @@ def heartbeat_document(row):
     retire_after = _optional(row, "retire_after")
     if retire_after is not None:
         doc["retire_after"] = retire_after
+    for field in ("channels", "escalate_after", "escalate_to"):
+        value = _optional(row, field)
+        if value is not None:
+            doc[field] = value if field == "escalate_after" else json.loads(value)
     return doc
 
 
@@ -3345,6 +3934,10 @@ def heartbeat_columns(fields, now):
         "expected_members": _json_text(fields.get("expected_members")),
         "retire_after": fields.get("retire_after"),
         "retire_seconds": fields.get("retire_seconds"),
+        "channels": _json_text(fields.get("channels")),
+        "escalate_after": fields.get("escalate_after"),
+        "escalate_seconds": fields.get("escalate_seconds"),
+        "escalate_to": _json_text(fields.get("escalate_to")),
         "updated": int(now),
     }
 
@@ -4530,6 +5123,301 @@ class ReadModel:
 
 
 ###############################################################################
+# Messages
+###############################################################################
+
+# What a channel sends is built from a *notice*, a dict kept with each row
+# of a channel's queue (the outbox's ``notice`` column): ``type`` (alarm,
+# resolved, reminder, escalation, ack, test), ``heartbeat`` ({"_id",
+# "name", "slug"}, None for the intake), ``member``, ``status``,
+# ``previous``, ``since`` (since when in ``status``), ``alarm_since``,
+# ``at`` (when it was made), ``output``, ``reason``, ``last_event``,
+# ``ack`` ({"by", "at", "comment"} or None). Each function below is a pure
+# function of a notice and the link to the heartbeat's page.
+
+#: the notice types a kind is sent; the others get every type (an
+#: Alertmanager re-sends open alerts itself and has silences, not acks)
+KIND_NOTICES = {"alertmanager": frozenset(("alarm", "resolved", "escalation"))}
+TEST_OUTPUT = "a test message from heartbeat-lite: this channel works"
+
+
+def notice_from_event(event):
+    """The notice of an event queued before notices were kept (an outbox
+    row of an older version, or one enqueued bare)."""
+    state = event.get("state")
+    status = {ALARM_STATE: DOWN, LATE_STATE: LATE}.get(state, UP)
+    at = event.get("timestamp")
+    return {"type": "resolved" if state == RESOLVED_STATE else "alarm",
+            "heartbeat": None if event.get("heartbeat_id") is None else {
+                "_id": event["heartbeat_id"], "name": event.get("heartbeat_name"), "slug": None},
+            "member": event.get("member"), "status": status, "previous": None, "since": at, "alarm_since": at,
+            "at": at, "output": event.get("output", ""), "reason": "", "last_event": None, "ack": None}
+
+
+def follow_notice(kind, row, member, status, at, reason, ack=None):
+    """A reminder, an escalation or an acknowledgement (``kind``) of the
+    open alarm of heartbeat ``row`` (its member's: ``member`` pairs, and
+    ``row`` the member's state joined with its heartbeat)."""
+    return {"type": kind, "heartbeat": {"_id": row["id"], "name": row["name"], "slug": _optional(row, "slug")},
+            "member": member, "status": status, "previous": status, "since": row["alarm_since"],
+            "alarm_since": row["alarm_since"], "at": at, "output": row["output"], "reason": reason,
+            "last_event": _optional(row, "last_event"), "ack": ack}
+
+
+def test_notice(at):
+    """The notice ``POST /api/v2/channel/<id>/test`` sends."""
+    return {"type": "test", "heartbeat": {"_id": None, "name": "heartbeat-lite test", "slug": None},
+            "member": None, "status": "test", "previous": None, "since": at, "alarm_since": at, "at": at,
+            "output": TEST_OUTPUT, "reason": "test message (POST /api/v2/channel/<id>/test)",
+            "last_event": None, "ack": None}
+
+
+def ack_event(alarm, by, comment, at):
+    """The Canopsis ``ack`` event of an alarm (its check event ``alarm``)."""
+    return {"event_type": "ack", "connector": alarm["connector"], "connector_name": alarm["connector_name"],
+            "source_type": alarm["source_type"], "component": alarm["component"], "resource": alarm["resource"],
+            "author": by, "output": comment or "", "timestamp": int(at),
+            "heartbeat_id": alarm["heartbeat_id"], "heartbeat_name": alarm["heartbeat_name"]}
+
+
+def channel_row(fields, now):
+    """The columns of a channel row from validated fields, ``updated`` at ``now``."""
+    return {"name": fields["name"], "kind": fields["kind"], "url": fields["url"],
+            "is_default": int(fields["default"]), "repeat_every": fields["repeat_every"],
+            "repeat_seconds": fields["repeat_seconds"], "headers": _json_text(fields["headers"]),
+            "template": fields["template"], "updated": int(now)}
+
+
+def channel_of(row, configured=None):
+    """A channel as the engine keeps it (a dict of its clean fields, plus
+    ``_id``, ``created``, ``updated`` and ``configured``: the setting that
+    made it, or None) from its row."""
+    return {"_id": row["id"], "name": row["name"], "kind": row["kind"], "url": row["url"],
+            "default": bool(row["is_default"]), "repeat_every": row["repeat_every"],
+            "repeat_seconds": row["repeat_seconds"],
+            "headers": None if row["headers"] is None else json.loads(row["headers"]),
+            "template": row["template"], "created": row["created"], "updated": row["updated"],
+            "configured": configured}
+
+
+def forward_channel(url, now=0):
+    """The canopsis channel ``--forward-url`` makes: id and name
+    ``forward``, default, in no table."""
+    return channel_of({"id": FORWARD_CHANNEL_ID, "name": FORWARD_CHANNEL_ID, "kind": "canopsis", "url": url,
+                       "is_default": 1, "repeat_every": None, "repeat_seconds": None, "headers": None,
+                       "template": None, "created": int(now), "updated": int(now)}, configured="--forward-url")
+
+
+def channel_document(channel, queue=None, health=None):
+    """The API's document of a channel: its fields with every secret hidden
+    (``***``: see :func:`redact_channel_url`; each header value), and how
+    its delivery goes: ``last_delivery``, ``last_error`` (null once an
+    attempt succeeds), ``failing_since``, ``waiting``, ``set_aside`` and
+    ``last_refusal``.
+
+    :param queue: ``(waiting, oldest, set aside, last refusal)`` or None.
+    :param health: ``(delivered at, failing since, last error, error at)`` or None.
+    """
+    doc = {"_id": channel["_id"], "name": channel["name"], "kind": channel["kind"],
+           "url": redact_channel_url(channel["url"], channel["kind"]), "default": channel["default"]}
+    if channel["repeat_every"] is not None:
+        doc["repeat_every"] = channel["repeat_every"]
+    if channel["headers"] is not None:
+        doc["headers"] = {name: REDACTED for name in channel["headers"]}
+    if channel["template"] is not None:
+        doc["template"] = channel["template"]
+    if channel["configured"]:
+        doc["configured_by"] = channel["configured"]
+    waiting, oldest, aside, refusal = queue or (0, None, 0, None)
+    delivered_at, failing_since, last_error, _ = health or (None, None, None, None)
+    doc.update(created=channel["created"], updated=channel["updated"], last_delivery=api_time(delivered_at),
+               last_error=last_error, failing_since=api_time(failing_since), waiting=waiting,
+               oldest_waiting=api_time(oldest), set_aside=aside, last_refusal=refusal if aside else None)
+    return doc
+
+
+def _notice_name(notice):
+    heartbeat = notice["heartbeat"]
+    name = "intake (heartbeat-lite)" if heartbeat is None else heartbeat["name"]
+    if notice["member"]:
+        name += " [" + ", ".join(f"{key}={value}" for key, value in sorted(notice["member"].items())) + "]"
+    return name
+
+
+def notice_title(notice):
+    """One line saying what happened: ``backup is DOWN``."""
+    name, status, kind = _notice_name(notice), notice["status"], notice["type"]
+    if kind == "test":
+        return "Test message from heartbeat-lite"
+    if kind == "ack":
+        return f"{name}: acknowledged by {notice['ack']['by']}"
+    if kind == "resolved":
+        return f"{name} is back up" if status == UP else f"{name}: alarm resolved ({status})"
+    prefix = {"reminder": "Reminder: ", "escalation": "Escalated: "}.get(kind, "")
+    still = "still " if kind == "reminder" else ""
+    return f"{prefix}{name} is {still}{status.upper()}"
+
+
+def _when(t):
+    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def notice_facts(notice):
+    """``[(label, text)]``: what a person needs to act, in order."""
+    facts = [("Status", notice["status"] if not notice["previous"] or notice["previous"] == notice["status"]
+              else f"{notice['status']} (was {notice['previous']})")]
+    if notice["type"] != "test":
+        facts.append(("Since", _when(notice["alarm_since"] if notice["type"] in ("reminder", "escalation", "ack")
+                                     else notice["since"])))
+        facts.append(("Last event", _when(notice["last_event"])))
+    if notice["member"]:
+        facts.append(("Member", ", ".join(f"{key}={value}" for key, value in sorted(notice["member"].items()))))
+    if notice["output"]:
+        facts.append(("Output", shorten(notice["output"], 1000)))
+    if notice["reason"]:
+        facts.append(("Reason", notice["reason"]))
+    if notice["ack"]:
+        ack = notice["ack"]
+        facts.append(("Acknowledged", f"by {ack['by']} at {_when(ack['at'])}"
+                      + (f": {ack['comment']}" if ack.get("comment") else "")))
+    return facts
+
+
+def notice_text(notice, link):
+    """The notice as plain text: its facts, one per line, and the link."""
+    lines = [f"{label}: {text}" for label, text in notice_facts(notice)]
+    if link:
+        lines.append(f"Details: {link}")
+    return "\n".join(lines)
+
+
+def shorten(text, limit):
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def webhook_body(notice, link):
+    """A webhook's JSON body (docs/channels/webhook.md)."""
+    heartbeat = notice["heartbeat"] or {"_id": None, "name": "intake", "slug": None}
+    return {"heartbeat": heartbeat, "member": notice["member"], "status": notice["status"],
+            "previous": notice["previous"], "since": api_time(notice["since"]), "output": notice["output"],
+            "reason": notice["reason"], "url": link}
+
+
+def _slack_escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_EMOJI = {"down": ":red_circle:", "late": ":large_orange_circle:", "resolved": ":large_green_circle:",
+          "ack": ":eyes:", "test": ":wave:"}
+
+
+def _severity_word(notice):
+    if notice["type"] in ("resolved", "ack", "test"):
+        return notice["type"]
+    return notice["status"]
+
+
+def slack_body(notice, link):
+    """A Slack incoming-webhook body: ``text`` (the notification) and
+    blocks (also Mattermost's and Rocket.Chat's)."""
+    title = notice_title(notice)
+    emoji = _EMOJI.get(_severity_word(notice), ":bell:")
+    fields = [{"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(shorten(text, 1900))}"}
+              for label, text in notice_facts(notice)][:10]
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} *{_slack_escape(title)}*"}},
+              {"type": "section", "fields": fields}]
+    if link:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open in heartbeat-lite>"}]})
+    return {"text": f"{emoji} {title}", "blocks": blocks}
+
+
+def teams_body(notice, link):
+    """A Teams Workflows webhook body: a message with one Adaptive Card."""
+    color = {"down": "Attention", "late": "Warning", "resolved": "Good"}.get(_severity_word(notice), "Default")
+    card = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "TextBlock", "text": notice_title(notice), "weight": "Bolder", "size": "Medium",
+                      "color": color, "wrap": True},
+                     {"type": "FactSet", "facts": [{"title": label, "value": text}
+                                                   for label, text in notice_facts(notice)]}]}
+    if link:
+        card["actions"] = [{"type": "Action.OpenUrl", "title": "Open in heartbeat-lite", "url": link}]
+    return {"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive",
+                                                "contentUrl": None, "content": card}]}
+
+
+_NTFY_PRIORITY = {"down": 5, "late": 3, "resolved": 1, "ack": 2, "test": 3}
+_NTFY_TAGS = {"down": "rotating_light", "late": "warning", "resolved": "white_check_mark", "ack": "eyes",
+              "test": "wave"}
+
+
+def ntfy_body(notice, link, topic):
+    """An ntfy JSON publish (to the server's root): topic, title, message,
+    priority (down 5, late 3, up 1), tags, and the link to click."""
+    word = _severity_word(notice)
+    body = {"topic": topic, "title": notice_title(notice), "message": notice_text(notice, None),
+            "priority": _NTFY_PRIORITY.get(word, 4), "tags": [_NTFY_TAGS.get(word, "bell"), "heartbeat-lite"]}
+    if link:
+        body["click"] = link
+    return body
+
+
+def email_message(notice, link, sender, recipients):
+    """A plain-text e-mail: the title as subject, the facts as body."""
+    message = email.message.EmailMessage()
+    message["Subject"] = "[heartbeat-lite] " + notice_title(notice)
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = email.utils.formatdate(notice["at"], usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain="heartbeat-lite")
+    message.set_content(notice_title(notice) + "\n\n" + notice_text(notice, link) + "\n")
+    return message
+
+
+def _rfc3339(t):
+    return datetime.datetime.fromtimestamp(t, UTC_ZONE).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
+_RESERVED_LABELS = frozenset(("alertname", "heartbeat", "heartbeat_id", "severity"))
+
+
+def alertmanager_alerts(notice, link):
+    """The alerts of a notice for Alertmanager's ``POST /api/v2/alerts``:
+    ``HeartbeatDown`` or ``HeartbeatLate`` (labels ``alertname``,
+    ``heartbeat_id``, ``heartbeat``, the member's pairs, ``severity``),
+    firing from the alarm's start, ended (``endsAt``) by its resolution; a
+    heartbeat going down from late also ends its ``HeartbeatLate``."""
+    heartbeat = notice["heartbeat"] or {"_id": "intake", "name": "intake"}
+    labels = {"heartbeat_id": heartbeat["_id"], "heartbeat": heartbeat["name"]}
+    for key, value in sorted((notice["member"] or {}).items()):
+        name = _LABEL_NAME.sub("_", key)
+        name = "_" + name if name[:1].isdigit() or not name else name
+        labels["member_" + name if name in _RESERVED_LABELS or name.startswith("__") else name] = value
+    annotations = {"summary": notice_title(notice), "description": notice_text(notice, None)}
+
+    def alert(status, starts, ends=None):
+        late = status == LATE
+        item = {"labels": {"alertname": "HeartbeatLate" if late else "HeartbeatDown", **labels,
+                           "severity": "warning" if late else "critical"},
+                "annotations": annotations, "startsAt": _rfc3339(starts)}
+        if ends is not None:
+            item["endsAt"] = _rfc3339(max(ends, starts))
+        if link:
+            item["generatorURL"] = link
+        return item
+
+    at, since = notice["at"], notice["alarm_since"] or notice["at"]
+    if notice["type"] == "resolved":
+        return [alert(notice["previous"] if notice["previous"] in ALARMED else DOWN, since, at)]
+    alerts = [alert(notice["status"], since)]
+    if notice["status"] == DOWN and notice["previous"] == LATE and notice["type"] == "alarm":
+        alerts.insert(0, alert(LATE, at, at))
+    return alerts
+
+
+###############################################################################
 # Transitions
 ###############################################################################
 
@@ -4825,31 +5713,166 @@ class Funnel:
         core.publisher.committed(change.events)
 
 
-class OutboxSink:
-    """The first sink of the funnel: with ``--forward-url``, every alarm and
-    resolution event is written to the outbox in the transaction of its
-    change, and :class:`Forwarder` delivers it (in order, at least once).
+class ChannelRegistry:
+    """The channels in force, in memory: the one ``--forward-url`` makes
+    (configured) and those of the channel table. Replaced whole on a
+    change, never changed in place, so readers need no lock.
+
+    :param configured: the channels the settings make (see :func:`forward_channel`).
+    """
+
+    def __init__(self, configured=()):
+        self.configured = {channel["_id"]: channel for channel in configured}
+        #: ``{id: channel}`` (see :func:`channel_of`), oldest first, the configured ones first
+        self.channels = dict(self.configured)
+        #: called with the channels after each change (the delivery workers follow)
+        self.listeners = []
+
+    def load(self, rows):
+        """The channel table's ``rows`` are the channels now."""
+        self.channels = {**self.configured, **{row["id"]: channel_of(row) for row in rows}}
+        for listener in self.listeners:
+            listener(self.channels)
+
+    def get(self, channel_id):
+        return self.channels.get(channel_id)
+
+    def route(self, channels):
+        """The ids of the channels a heartbeat's alarms go to: those of its
+        ``channels`` (JSON text, None: absent) that exist; absent, every
+        default channel."""
+        known = self.channels
+        if channels is None:
+            return [channel_id for channel_id, channel in known.items() if channel["default"]]
+        return [channel_id for channel_id in json.loads(channels) if channel_id in known]
+
+    def takes(self, channel_id, kind):
+        """Whether the channel is sent notices of that type (see :data:`KIND_NOTICES`)."""
+        channel = self.channels.get(channel_id)
+        return channel is not None and kind in KIND_NOTICES.get(channel["kind"], (kind,))
+
+
+def notice_of(transition, event):
+    """The notice of a transition's alarm or resolution ``event``."""
+    row = transition.heartbeat
+    resolved = event["state"] == RESOLVED_STATE
+    alarm_since = _optional(row or {}, "alarm_since") if resolved else (transition.alarm_since or transition.at)
+    return {
+        "type": "resolved" if resolved else "alarm",
+        "heartbeat": None if row is None else {"_id": row["id"], "name": row["name"], "slug": _optional(row, "slug")},
+        "member": event.get("member"),
+        "status": transition.new, "previous": transition.old,
+        "since": transition.at, "alarm_since": alarm_since, "at": transition.at,
+        "output": event["output"], "reason": transition.reason,
+        "last_event": transition.last_event if transition.last_event is not KEEP else _optional(row or {}, "last_event"),
+        "ack": None,
+    }
+
+
+class ChannelSink:
+    """The way out of the funnel: each alarm and resolution goes, in the
+    transaction of its change, to the queue of every channel its heartbeat
+    routes it to (its ``channels``, else the default channels; the intake's
+    to the default ones; a resolution also to the ``escalate_to`` channels
+    once the alarm was escalated). An alarm that opens schedules its
+    follow-ups (a reminder per channel with ``repeat_every``, the
+    escalation after ``escalate_after``, unless acknowledged); one that
+    resolves forgets them, and its acknowledgement. Once published, the
+    channels' workers are woken. ``--forward-url``'s canopsis channel is
+    one channel among them, so nothing else enqueues alarms.
 
     A sink is how a way out attaches: ``receive(transitions, events)`` in
     the transaction (each transition's ``event`` is set, or None; write the
-    durable rows there), ``published()`` once events were published (wake
-    the delivery). A notification channel is one more sink.
+    durable rows there), ``published()`` once events were published.
 
-    :param store: the :class:`Store` holding the outbox.
+    :param store: the :class:`Store` holding the queues.
+    :param registry: the :class:`ChannelRegistry`.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, registry):
         self.store = store
-        #: None, or called once events were published (the forwarder's wake-up)
+        self.registry = registry
+        #: None, or called with the ids of channels given something to deliver (their workers' wake-up)
         self.waker = None
+        #: None, or called with a clock time when a follow-up falls due (the scheduler's wake-up)
+        self.due_by = None
+        self._woken = set()
 
     def receive(self, transitions, events):
-        if events:
-            self.store.enqueue(events)
+        store = self.store
+        forgotten, gone, alarms = [], [], []
+        for transition in transitions:
+            if transition.heartbeat is not None and transition.member is None and transition.new == DELETED:
+                gone.append(transition.heartbeat_id)
+            if transition.event is not None:  # not a record (a window's start keeps a down alarm open)
+                alarms.append(transition)
+        if alarms and self.registry.channels:
+            forgotten += self._route(alarms)
+        else:
+            forgotten += [(t.heartbeat_id, t.member or "") for t in alarms
+                          if t.heartbeat is not None and t.event["state"] == RESOLVED_STATE and t.old != t.new]
+        if forgotten:
+            store.forget_alarms(forgotten)
+        for heartbeat_id in gone:
+            store.forget_heartbeat_alarms(heartbeat_id)
+
+    def _route(self, alarms):
+        """Queue the notices of ``alarms`` (transitions with an event) and
+        schedule their follow-ups; return the alarms resolved (keys)."""
+        store, registry = self.store, self.registry
+        ids = sorted({t.heartbeat_id for t in alarms if t.heartbeat is not None})
+        routes = store.routes(ids) if ids else {}
+        watched = [(t.heartbeat_id, t.member or "") for t in alarms if t.heartbeat is not None and (
+            t.old == LATE and t.new == DOWN or t.event["state"] == RESOLVED_STATE)]
+        follows = store.follows(watched) if watched else {}
+        rows, schedule, resolved = [], [], []
+        for transition in alarms:
+            row, event = transition.heartbeat, transition.event
+            route = routes.get(transition.heartbeat_id) or (
+                (None, None, None) if row is None else
+                (_optional(row, "channels"), _optional(row, "escalate_seconds"), _optional(row, "escalate_to")))
+            channels, escalate_seconds, escalate_to = route
+            key = (transition.heartbeat_id, transition.member or "")
+            targets = registry.route(channels)
+            notice = notice_of(transition, event)
+            follow = follows.get(key)
+            if event["state"] == RESOLVED_STATE:
+                if follow is not None and follow[3] and escalate_to:  # escalated: they hear the end too
+                    targets += [c for c in registry.route(escalate_to) if c not in targets]
+                if transition.old != transition.new:  # not an alarm moving to its new resource
+                    resolved.append(key)
+            elif transition.old != transition.new and (follow is None or follow[1] is None):
+                schedule += [(*key, channel_id, transition.at + registry.get(channel_id)["repeat_seconds"])
+                             for channel_id in targets
+                             if registry.get(channel_id)["repeat_seconds"] and registry.takes(channel_id, "reminder")]
+                if transition.new == DOWN and escalate_seconds and escalate_to:
+                    schedule.append((*key, "", transition.at + escalate_seconds))
+            rows += [(channel_id, event, notice, transition.at) for channel_id in targets
+                     if registry.takes(channel_id, notice["type"])]
+        self.enqueue(rows)
+        if schedule:
+            store.schedule(schedule)
+            if self.due_by is not None:
+                self.due_by(min(due for *_, due in schedule))
+        return resolved
+
+    def enqueue(self, rows):
+        """Queue ``(channel id, Canopsis event, notice, at)`` rows, in the
+        caller's transaction; their channels are woken once published
+        (see :meth:`wake`)."""
+        if rows:
+            self.store.enqueue_notices(rows)
+            self._woken.update(channel_id for channel_id, *_ in rows)
+
+    def wake(self):
+        """Wake the workers of the channels given something since the last
+        wake-up (after the commit)."""
+        woken, self._woken = self._woken, set()
+        if woken and self.waker is not None:
+            self.waker(woken)
 
     def published(self):
-        if self.waker is not None:
-            self.waker()
+        self.wake()
 
 
 class Publisher:
@@ -4963,6 +5986,10 @@ class EngineCore:
         #: None, or called with a clock time when a tick becomes due earlier
         #: than the last tick said (the scheduler's wake-up)
         self.waker = None
+        #: None, or what runs the follow-ups of alarms at each tick (:class:`Notifications`)
+        self.followups = None
+        #: loads the channels (at each load, and when another instance changed one)
+        self.load_channels = lambda: None
         self._last_chunk_seconds = 0.0  # how long the last chunk of a storm held the lock
 
     @contextlib.contextmanager
@@ -6101,6 +7128,8 @@ class Expiry:
                         if handled < STORM_CHUNK_HEARTBEATS:
                             handled += self._expire_members(change, horizon, STORM_CHUNK_HEARTBEATS - handled,
                                                             retired)
+                    if handled < STORM_CHUNK_HEARTBEATS and core.followups is not None:
+                        handled += core.followups.due(change, now, STORM_CHUNK_HEARTBEATS - handled)
                     self.lifecycle.record_alive(now)
                 more = handled == STORM_CHUNK_HEARTBEATS
                 if not more:
@@ -6109,7 +7138,8 @@ class Expiry:
                         self.silence.start(silence)
                     later = core.clock()  # a storm takes time: say when next from its end
                     store = core.store
-                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due())
+                    followup = core.followups.next_due() if core.followups is not None else None
+                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due(), followup)
                                 if t is not None]
                     next_at = core.next_tick_at = next_tick_at(later, min(earliest, default=None),
                                                                self.windows.next_boundary(later))
@@ -6238,6 +7268,7 @@ class Lifecycle:
         self._synced = store.last_change()
         self.core.model = ReadModel.loaded(store.each_heartbeat(), store.each_member())
         self.windows.load()
+        self.core.load_channels()
 
     def sync(self):
         """Apply what other instances on the same database changed since
@@ -6271,6 +7302,8 @@ class Lifecycle:
                     core.model.synced(object_id, row)
                     if row is not None and row["status"] not in (DOWN, PAUSED):
                         core.due_by(due_of(row))
+                elif kind == "channel":
+                    core.load_channels()
                 else:
                     self.windows.synced(object_id, now)
             self._synced = last
@@ -6365,6 +7398,333 @@ class Lifecycle:
         core.publisher.publish()
 
 
+class NoOpenAlarm(Exception):
+    """The heartbeat has no open alarm to acknowledge (``args[0]``: its id)."""
+
+
+class ChannelInUse(Exception):
+    """Heartbeats name the channel in ``channels`` or ``escalate_to``:
+    ``args`` is the channel's id and theirs."""
+
+
+class ChannelConfigured(Exception):
+    """The channel comes from a setting (``args``: its id, the setting):
+    change the setting, not the channel."""
+
+
+class Notifications:
+    """Where alarms go, and what follows them: the channels (their
+    documents, created, replaced, deleted, kept in the
+    :class:`ChannelRegistry`), acknowledgements, and the follow-ups the
+    tick runs when due (reminders, escalation). The alarms and resolutions
+    themselves reach the channels through the funnel's sink
+    (:class:`ChannelSink`).
+
+    :param core: the :class:`EngineCore`.
+    :param sink: the :class:`ChannelSink`.
+    """
+
+    def __init__(self, core, sink):
+        self.core = core
+        self.sink = sink
+        self.registry = sink.registry
+
+    def load(self):
+        """The channels from the database (at start, and when another
+        instance changed one); :raises StoreError:."""
+        self.registry.load(self.core.store.channels())
+
+    # -- channels ----------------------------------------------------------------
+
+    def channel(self, channel_id):
+        """The channel (see :func:`channel_of`); :raises NotFound:."""
+        self.core.load()
+        channel = self.registry.get(channel_id)
+        if channel is None:
+            raise NotFound(channel_id)
+        return channel
+
+    def documents(self):
+        """Every channel's document (see :func:`channel_document`), oldest first."""
+        self.core.load()
+        store = self.core.store
+        queues, health = store.queues(), store.channel_health()
+        return [channel_document(channel, queues.get(channel_id), health.get(channel_id))
+                for channel_id, channel in self.registry.channels.items()]
+
+    def document(self, channel_id):
+        """One channel's document; :raises NotFound:."""
+        channel = self.channel(channel_id)
+        store = self.core.store
+        return channel_document(channel, store.queues().get(channel_id), store.channel_health().get(channel_id))
+
+    def create(self, fields):
+        """Create a channel from validated fields; return its id.
+
+        :raises Invalid: :data:`MAX_CHANNELS` exist already.
+        """
+        core = self.core
+        with core.operation() as now:
+            if len(self.registry.channels) >= MAX_CHANNELS:
+                raise Invalid([f"at most {MAX_CHANNELS} channels: delete one first"])
+            row = {**channel_row(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
+            core.store.insert_channel(row)
+            self.load()
+        log.info("channel %s created ('%s', %s, %s)", row["id"], log_safe(row["name"]), row["kind"],
+                 redact_channel_url(row["url"], row["kind"]))
+        return row["id"]
+
+    def update(self, channel_id, fields):
+        """Replace a channel's fields; what its target had refused (set
+        aside) goes back in its queue: it may take it now.
+
+        :raises NotFound:; :raises ChannelConfigured:.
+        """
+        core = self.core
+        with core.operation() as now:
+            channel = self.channel(channel_id)
+            if channel["configured"]:
+                raise ChannelConfigured(channel_id, channel["configured"])
+            with core.store.atomic():
+                core.store.update_channel(channel_id, channel_row(fields, now))
+                requeued = core.store.requeue(channel_id)
+            self.load()
+        log.info("channel %s updated ('%s', %s, %s)%s", channel_id, log_safe(fields["name"]), fields["kind"],
+                 redact_channel_url(fields["url"], fields["kind"]),
+                 f"; {requeued} event(s) it had refused are sent again" if requeued else "")
+        if self.sink.waker is not None:
+            self.sink.waker({channel_id})
+
+    def delete(self, channel_id):
+        """Delete a channel, with its queue; refused while a heartbeat names
+        it (:raises ChannelInUse: with their ids): its alarms would then go
+        nowhere, or elsewhere, without a word. :raises NotFound:;
+        :raises ChannelConfigured:."""
+        core = self.core
+        with core.operation():
+            channel = self.channel(channel_id)
+            if channel["configured"]:
+                raise ChannelConfigured(channel_id, channel["configured"])
+            users = core.store.heartbeats_naming(channel_id)
+            if users:
+                raise ChannelInUse(channel_id, users)
+            core.store.delete_channel(channel_id)
+            self.load()
+        log.info("channel %s deleted ('%s')", channel_id, log_safe(channel["name"]))
+
+    def check_references(self, fields):
+        """:raises Invalid: when a heartbeat's ``channels`` or
+        ``escalate_to`` name a channel that does not exist."""
+        self.core.load()
+        reasons = [f"{field}: no channel has the id {channel_id}" for field in ("channels", "escalate_to")
+                   for channel_id in fields.get(field) or () if self.registry.get(channel_id) is None]
+        if reasons:
+            raise Invalid(reasons)
+
+    # -- what follows an alarm ---------------------------------------------------
+
+    def ack(self, heartbeat_id, user, comment=None):
+        """Acknowledge a heartbeat's open alarm (a grouped heartbeat's: each
+        open member alarm): its reminders and escalation stop, the ack is
+        recorded in the history and told to its channels (a canopsis
+        channel gets Canopsis' ``ack`` event). Acknowledging again replaces
+        the ack.
+
+        :returns: the ack, ``{"by", "at", "comment"}``.
+        :raises NotFound:; :raises NoOpenAlarm:.
+        """
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                row = core.store.heartbeat(heartbeat_id)
+                if row["group_by"] is not None:
+                    alarms = core.store.open_alarms_of(heartbeat_id)
+                elif row["status"] in ALARMED:
+                    alarms = [("", row["status"])]
+                else:
+                    alarms = []
+                if not alarms:
+                    raise NoOpenAlarm(heartbeat_id)
+                ack = {"by": user, "at": api_time(now), "comment": comment}
+                keys = [(heartbeat_id, key) for key, _ in alarms]
+                core.store.set_acks([(heartbeat_id, key, user, now, comment) for key, _ in alarms])
+                core.store.unschedule_alarms(keys)
+                reason = f"acknowledged by {user}" + (f": {comment}" if comment else "")
+                extra = {"ack": ack, **({"members": len(alarms)} if row["group_by"] is not None else {})}
+                change.record([Transition(row, None, row["status"], row["status"], now, reason, extra=extra)])
+                self._tell_ack(row, alarms, ack, reason, now)
+                change.then(self.sink.wake)
+        log.info("heartbeat %s ('%s') acknowledged by %s (%d alarm(s))", heartbeat_id, log_safe(row["name"]),
+                 log_safe(user), len(alarms))
+        return ack
+
+    def _tell_ack(self, row, alarms, ack, reason, now):
+        """Queue the ack's notices: one per open alarm to a canopsis channel
+        (Canopsis' ack event of each), one to each other channel."""
+        store, registry = self.core.store, self.registry
+        channels, _, escalate_to = store.routes([row["id"]])[row["id"]]
+        targets = registry.route(channels)
+        if escalate_to and any(follow[3] for follow in store.follows([(row["id"], key) for key, _ in alarms]).values()):
+            targets += [channel_id for channel_id in registry.route(escalate_to) if channel_id not in targets]
+        events = []
+        for key, status in alarms:
+            member = json.loads(key) if key else None
+            alarm = alarm_event(row, ALARM_STATE if status == DOWN else LATE_STATE, now, member)
+            events.append(ack_event(alarm, ack["by"], ack["comment"], now))
+        one = alarms[0]
+        summary = {**dict(row), "alarm_since": row["alarm_since"]}
+        notice = follow_notice("ack", summary, json.loads(one[0]) if len(alarms) == 1 and one[0] else None,
+                               row["status"], now, reason if len(alarms) == 1 else f"{reason} ({len(alarms)} "
+                               "member alarms)", ack)
+        rows = []
+        for channel_id in targets:
+            if not registry.takes(channel_id, "ack"):
+                continue
+            if registry.get(channel_id)["kind"] == "canopsis":
+                rows += [(channel_id, event, notice, now) for event in events]
+            else:
+                rows.append((channel_id, events[0], notice, now))
+        self.sink.enqueue(rows)
+
+    def ack_of(self, heartbeat_id, document):
+        """The ack shown in a status ``document``: the heartbeat's open
+        alarm's; for a grouped one, the latest when every open member alarm
+        is acknowledged; else None."""
+        if document["status"] not in ALARMED:
+            return None
+        acks = self.core.store.acks_of(heartbeat_id)
+        if "members" in document:
+            open_alarms = sum(document["members"].get(status, 0) for status in ALARMED)
+            found = max(acks.values(), key=lambda ack: ack[1]) if acks and len(acks) >= open_alarms else None
+        else:
+            found = acks.get("")
+        return None if found is None else {"by": found[0], "at": api_time(found[1]), "comment": found[2]}
+
+    def due(self, change, now, limit):
+        """Run the follow-ups due by ``now`` (at most ``limit``), in the
+        tick's change: a reminder to its channel (the next one scheduled at
+        its pace), an escalation to the ``escalate_to`` channels; dropped
+        when the alarm closed, was acknowledged, or the channel no longer
+        routes it.
+
+        :returns: how many were due.
+        """
+        core = self.core
+        store, registry = core.store, self.registry
+        due = store.due_followups(now, limit)
+        if not due:
+            return 0
+        ids = sorted({heartbeat_id for heartbeat_id, *_ in due})
+        routes = store.routes(ids)
+        heartbeats = {}
+        for heartbeat_id in ids:
+            with contextlib.suppress(NotFound):
+                heartbeats[heartbeat_id] = store.heartbeat(heartbeat_id)
+        follows = store.follows({(heartbeat_id, member) for heartbeat_id, member, *_ in due})
+        rows, dropped, scheduled, escalated = [], [], [], []
+        for heartbeat_id, key, channel_id, at in due:
+            row = self._alarm_row(heartbeats.get(heartbeat_id), key)
+            follow = follows.get((heartbeat_id, key))
+            if row is None or row["status"] not in ALARMED or (follow is not None and follow[1] is not None):
+                dropped.append((heartbeat_id, key, channel_id))
+                continue
+            channels, escalate_seconds, escalate_to = routes[heartbeat_id]
+            member = json.loads(key) if key else None
+            event = alarm_event(row, ALARM_STATE if row["status"] == DOWN else LATE_STATE, now, member)
+            dropped.append((heartbeat_id, key, channel_id))
+            if channel_id == "":  # the escalation
+                targets = registry.route(escalate_to) if escalate_to else []
+                notice = follow_notice("escalation", row, member, row["status"], now,
+                                       f"not acknowledged {seconds_text(escalate_seconds or 0)} after it went down")
+                rows += [(target, event, notice, now) for target in targets if registry.takes(target, "escalation")]
+                escalated.append((heartbeat_id, key))
+                scheduled += [(heartbeat_id, key, target, now + registry.get(target)["repeat_seconds"])
+                              for target in targets
+                              if registry.get(target)["repeat_seconds"] and registry.takes(target, "reminder")]
+                continue
+            channel = registry.get(channel_id)
+            routed = registry.route(channels)
+            if follow is not None and follow[3] and escalate_to:
+                routed += registry.route(escalate_to)
+            if channel is None or not channel["repeat_seconds"] or channel_id not in routed \
+                    or not registry.takes(channel_id, "reminder"):
+                continue
+            notice = follow_notice("reminder", row, member, row["status"], now,
+                                   f"still {row['status']} since {_when(row['alarm_since'])}")
+            rows.append((channel_id, event, notice, now))
+            step = channel["repeat_seconds"]
+            dropped.pop()
+            scheduled.append((heartbeat_id, key, channel_id, at + step * (math.floor((now - at) / step) + 1)))
+        store.unschedule(dropped)
+        if scheduled:
+            store.schedule(scheduled)
+            change.then(core.due_by, min(due_at for *_, due_at in scheduled))
+        if escalated:
+            store.set_escalated(escalated)
+        self.sink.enqueue(rows)
+        change.then(self.sink.wake)
+        return len(due)
+
+    def _alarm_row(self, heartbeat, key):
+        """A heartbeat's row, or one member's joined with it; None when gone."""
+        if heartbeat is None or not key:
+            return heartbeat
+        member = self.core.store.members_by_key(heartbeat["id"], [key]).get(key)
+        if member is None:
+            return None
+        return {**dict(member), "id": heartbeat["id"], "name": heartbeat["name"], "output": heartbeat["output"],
+                "pattern": heartbeat["pattern"], "slug": _optional(heartbeat, "slug")}
+
+    def next_due(self):
+        """When the earliest follow-up is due, or None."""
+        return self.core.store.next_followup()
+
+    def delivery_warnings(self):
+        """What ``/healthz`` warns of, the monitor itself working: per
+        channel, an event waiting undelivered longer than
+        :data:`DELIVERY_STALE_SECONDS`, events a target refused for good
+        (set aside). Read as the health check reads (never waiting on the
+        writer); :raises StoreError:."""
+        warnings, now = [], self.core.clock()
+        for channel_id, waiting, oldest, aside in self.core.store.delivery_health() or ():
+            channel = self.registry.get(channel_id)
+            name = channel["name"] if channel is not None else channel_id
+            if waiting and oldest is not None and now - oldest > DELIVERY_STALE_SECONDS:
+                warnings.append(f"alarms are not reaching {name}: {waiting} event(s) wait, the oldest for "
+                                f"{seconds_text(round(now - oldest))}")
+            if aside:
+                warnings.append(f"{name} refused {aside} event(s) for good: set aside (see GET /api/v2/channel)")
+        return warnings
+
+    def unrouted(self):
+        """Whether alarms of some heartbeats reach no channel: those with no
+        ``channels`` field, when no channel is a default one."""
+        channels = self.registry.channels
+        return not any(channel["default"] for channel in channels.values()) and self.core.store.unrouted() > 0
+
+    def open_notices(self, channel_id):
+        """A notice for each alarm open now that goes to the channel (an
+        Alertmanager's re-send: alerts not sent again resolve themselves there)."""
+        core = self.core
+        store, registry = core.store, self.registry
+        now = core.clock()
+        rows = list(store.alarms()) + list(store.member_alarms())
+        routes = store.routes(sorted({row["id"] for row in rows}))
+        notices = []
+        for row in rows:
+            channels, _, escalate_to = routes.get(row["id"], (None, None, None))
+            member = json.loads(row["member"]) if "member" in row.keys() else None
+            if channel_id not in registry.route(channels):
+                if not (escalate_to and channel_id in registry.route(escalate_to)):
+                    continue
+                follow = store.follows([(row["id"], row["member"] if member else "")]).get(
+                    (row["id"], row["member"] if member else ""))
+                if follow is None or not follow[3]:
+                    continue
+            notices.append(follow_notice("alarm", row, member, row["status"], now, "open"))
+        return notices
+
+
 class Engine:
     """The heartbeat rules, as one facade over parts with one job each,
     which share the lock, the read model and the funnel
@@ -6392,18 +7752,23 @@ class Engine:
         operation.
     :param on_alarm: optional callable receiving each alarm and resolution
         event (a dict), in order, once it is committed.
-    :param forwarding: write alarms and resolutions to the outbox (the
-        :class:`OutboxSink`, :attr:`outbox`).
+    :param channels: the channels the settings make (``--forward-url``'s:
+        :func:`forward_channel`); the others are in the database.
     :param intake_silence: None, or seconds (see :class:`IntakeSilence`).
     :param history_days: days of state changes kept.
-    :param sinks: more sinks of the funnel (see :class:`OutboxSink`).
+    :param sinks: more sinks of the funnel (see :class:`ChannelSink`).
     """
 
-    def __init__(self, store, clock, on_alarm=None, forwarding=False, intake_silence=None,
+    def __init__(self, store, clock, on_alarm=None, channels=(), intake_silence=None,
                  history_days=DEFAULT_HISTORY_DAYS, sinks=()):
-        #: the :class:`OutboxSink` when forwarding, else None
-        self.outbox = OutboxSink(store) if forwarding else None
-        self.core = core = EngineCore(store, clock, on_alarm, ([self.outbox] if forwarding else []) + list(sinks))
+        #: the :class:`ChannelSink`: alarms and resolutions into the channels' queues
+        self.outbox = ChannelSink(store, ChannelRegistry(channels))
+        self.core = core = EngineCore(store, clock, on_alarm, [self.outbox] + list(sinks))
+        #: channels, acknowledgements, reminders and escalation
+        self.notifications = Notifications(core, self.outbox)
+        core.followups = self.notifications
+        core.load_channels = self.notifications.load
+        self.outbox.due_by = core.due_by
         self.store, self.clock = store, clock
         self.windows = Windows(core)
         self.silence = IntakeSilence(core, intake_silence)
@@ -6465,9 +7830,11 @@ class Engine:
     # -- heartbeats ------------------------------------------------------------
 
     def create(self, fields):
+        self.notifications.check_references(fields)
         return self.heartbeats.create(fields)
 
     def update(self, heartbeat_id, fields):
+        self.notifications.check_references(fields)
         self.heartbeats.update(heartbeat_id, fields)
 
     def delete(self, heartbeat_id):
@@ -6489,7 +7856,14 @@ class Engine:
         return self.views.page(limit, after)
 
     def status(self, heartbeat_id):
-        return self.views.status(heartbeat_id)
+        document = self.views.status(heartbeat_id)
+        ack = self.notifications.ack_of(heartbeat_id, document)
+        if ack is not None:
+            document["ack"] = ack
+        return document
+
+    def ack(self, heartbeat_id, user, comment=None):
+        return self.notifications.ack(heartbeat_id, user, comment)
 
     def alarms(self, limit=None):
         return self.views.alarms(limit)
@@ -6605,12 +7979,15 @@ class _Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self):
+    def stop(self, wait=True):
+        """Stop the thread; unless ``wait``, without waiting for it to end
+        (it ends after its step)."""
         if self._thread is None:
             return
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        if wait:
+            self._thread.join()
         self._thread = None
 
     def wake(self):
@@ -6717,32 +8094,328 @@ class Syncer(_Worker):
         return SYNC_SECONDS
 
 
-class Forwarder(_Worker):
-    """Delivers the outbox to ``--forward-url``: oldest first, as JSON arrays
-    of events, at least once (an entry is deleted only after a 2xx answer),
-    with capped exponential backoff while the target fails.
+class DeliveryFailed(Exception):
+    """An attempt that did not deliver: ``reason`` (no secret in it),
+    ``status`` (the target's HTTP status, or None), ``permanent`` (the
+    target refuses this content for good: retrying will not help)."""
 
-    An attempt that is not a 2xx answer fails, a redirect (3xx) included: it
-    is never followed, so the credentials go to the configured URL only.
-    Each attempt ends within ``timeout`` seconds whatever the target does
-    (connect, send, the answer's head and body; a target dribbling bytes is
-    cut), so stopping waits at most that long.
+    def __init__(self, reason, status=None, permanent=False):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.permanent = permanent
 
-    :param store: the :class:`Store` holding the outbox.
-    :param url: an http(s) URL; userinfo in it becomes Basic auth.
+
+class _Watchdog:
+    """Shuts a socket down at a deadline, which ends a read or a write
+    blocked on a peer that sends a byte now and then (a socket timeout alone
+    is per read). ``expired`` says whether it did."""
+
+    def __init__(self, seconds, get_socket):
+        self.expired = threading.Event()
+        self._closing = threading.Lock()
+        self._get_socket = get_socket
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def _cut(self):
+        with self._closing:
+            sock = self._get_socket()
+            if not self.expired.is_set() and sock is not None:
+                self.expired.set()
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        with self._closing:
+            self.expired.set()  # from here on the watchdog does nothing
+        self._timer.cancel()
+
+
+def http_attempt(url, body, headers, timeout, context=None, method="POST"):
+    """One HTTP request, over http.client (no redirect handling to switch
+    off), ended at ``timeout`` seconds whatever the target does; userinfo
+    in ``url`` becomes Basic auth.
+
+    The answer must be complete by the deadline: its head, and its body up
+    to :data:`FORWARD_ANSWER_BYTES` (all of it when shorter). A body cut
+    short (by the deadline, or by the target closing before its
+    ``Content-Length``) fails the attempt, whatever the status: a ``200``
+    that never finishes is not a delivery.
+
+    :returns: the status, when 2xx.
+    :raises DeliveryFailed: any other status (a 3xx is never followed, so
+        credentials go to the configured URL only), too slow, network.
+    """
+    target, authorization = parse_forward_url(url, "url")
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    headers = {"Content-Type": JSON_TYPE, **headers}
+    if authorization and not any(name.lower() == "authorization" for name in headers):
+        headers["Authorization"] = authorization
+    watchdog = _Watchdog(timeout, lambda: conn.sock)
+    try:
+        with watchdog:
+            try:
+                conn.request(method, urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body, headers)
+                response = conn.getresponse()
+                _read_answer(response, FORWARD_ANSWER_BYTES)
+                if watchdog.expired.is_set():  # the watchdog cut it, and what was read ended at the cut
+                    raise TimeoutError(f"no complete answer within {timeout:g}s")
+            except (OSError, http.client.HTTPException) as exc:
+                if watchdog.expired.is_set() and not isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"no complete answer within {timeout:g}s") from exc
+                raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, ssl errors are OSErrors
+        raise DeliveryFailed(redact_secrets(str(exc) or type(exc).__name__, url)) from exc
+    finally:
+        conn.close()
+    if not 200 <= response.status < 300:
+        redirect = " (a redirect: not followed)" if 300 <= response.status < 400 else ""
+        raise DeliveryFailed(f"HTTP {response.status}{redirect}", response.status,
+                             is_permanent_refusal(response.status))
+    return response.status
+
+
+def smtp_attempt(url, message, timeout, context=None):
+    """Send ``message`` through the SMTP server of an ``email`` channel's
+    URL: ``smtps://`` speaks TLS from the start, ``smtp://`` upgrades with
+    STARTTLS when the server offers it; userinfo logs in. The whole attempt
+    ends at ``timeout`` seconds.
+
+    :raises DeliveryFailed: a recipient or the message refused for good
+        (a 5xx to them) is permanent; anything else is retried.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or SMTP_DEFAULT_PORTS[parts.scheme]
+    context = context or ssl.create_default_context()
+    query = urllib.parse.parse_qs(parts.query)
+    sender, recipients = query["from"][0], _email_addresses(query["to"][0])
+    holder = []
+    try:
+        with _Watchdog(timeout, lambda: holder[0].sock if holder else None) as watchdog:
+            try:
+                if parts.scheme == "smtps":
+                    client = smtplib.SMTP_SSL(parts.hostname, port, timeout=timeout, context=context)
+                else:
+                    client = smtplib.SMTP(parts.hostname, port, timeout=timeout)
+                holder.append(client)
+                with client:
+                    client.ehlo()
+                    if parts.scheme == "smtp" and client.has_extn("starttls"):
+                        client.starttls(context=context)
+                        client.ehlo()
+                    if parts.username is not None:
+                        client.login(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+                    client.send_message(message, from_addr=sender, to_addrs=recipients)
+            except (OSError, smtplib.SMTPException) as exc:
+                if watchdog.expired.is_set():
+                    raise TimeoutError(f"no complete exchange within {timeout:g}s") from exc
+                raise
+    except smtplib.SMTPRecipientsRefused as exc:
+        raise DeliveryFailed(redact_secrets(f"recipients refused: {exc.recipients}", url), permanent=True) from exc
+    except smtplib.SMTPResponseException as exc:
+        permanent = isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500
+        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        raise DeliveryFailed(redact_secrets(f"SMTP {exc.smtp_code} {text}", url), permanent=permanent) from exc
+    except (OSError, smtplib.SMTPException) as exc:
+        raise DeliveryFailed(redact_secrets(str(exc) or type(exc).__name__, url)) from exc
+    return None
+
+
+class Sender:
+    """What one channel's attempts send, by kind (docs/channels/): the
+    requests of a batch of queued rows, each carrying the rows it delivers,
+    and one attempt of a request.
+
+    :param channel: the channel (see :func:`channel_of`).
+    :param public_url: the base of links to heartbeats' pages.
     :param timeout: seconds one attempt may take, overall.
+    :param ca_file: a certificate authority file for https, SMTPS and STARTTLS.
+    """
+
+    BATCHED = ("canopsis", "alertmanager")  # one request carries many rows
+
+    def __init__(self, channel, public_url=None, timeout=FORWARD_TIMEOUT_SECONDS, ca_file=None):
+        self.channel = channel
+        self.public_url = public_url
+        self.timeout = timeout
+        self._context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+    def requests(self, rows, single=False):
+        """``rows`` (``(seq, event JSON text, notice JSON text or None)``,
+        oldest first) as requests ``(seqs, payload)``: one per row, or (a
+        canopsis or alertmanager channel) as many rows as fit in
+        :data:`DELIVERY_BATCH_BYTES` and :data:`FORWARD_BATCH_EVENTS`
+        (one each when ``single``)."""
+        kind = self.channel["kind"]
+        if kind not in self.BATCHED:
+            return [([seq], self._one(event, notice)) for seq, event, notice in rows]
+        requests, seqs, parts, size = [], [], [], 2
+        for seq, event, notice in rows:
+            if kind == "canopsis":
+                items = [event]
+            else:
+                notice = json.loads(notice) if notice is not None else notice_from_event(json.loads(event))
+                items = [json.dumps(alert, ensure_ascii=False) for alert in alertmanager_alerts(notice, self._link(notice))]
+            grown = size + sum(len(item.encode("utf-8")) + 1 for item in items)
+            if seqs and (single or grown > DELIVERY_BATCH_BYTES or len(seqs) >= FORWARD_BATCH_EVENTS):
+                requests.append((seqs, parts))
+                seqs, parts, grown = [], [], 2 + sum(len(item.encode("utf-8")) + 1 for item in items)
+            seqs.append(seq)
+            parts += items
+            size = grown
+        if seqs:
+            requests.append((seqs, parts))
+        return [(seqs, ("[" + ",".join(parts) + "]").encode("utf-8")) for seqs, parts in requests]
+
+    def _link(self, notice):
+        heartbeat = notice["heartbeat"]
+        return detail_link(self.public_url, heartbeat and heartbeat["_id"])
+
+    def _one(self, event, notice):
+        """The payload of one row for a kind sent one row at a time."""
+        notice = json.loads(notice) if notice is not None else notice_from_event(json.loads(event))
+        return self.payload(notice)
+
+    def payload(self, notice):
+        """What this channel sends for one notice: JSON bytes, an e-mail
+        message, or ``(title, body)`` for Apprise."""
+        kind, link, url = self.channel["kind"], self._link(notice), self.channel["url"]
+        if kind == "canopsis":
+            return dump_json([_test_check_event(notice)])
+        if kind == "alertmanager":
+            return dump_json(alertmanager_alerts(notice, link))
+        if kind == "webhook":
+            body = webhook_body(notice, link)
+            if self.channel["template"] is not None:
+                return render_template(self.channel["template"], template_values(body)).encode("utf-8")
+            return dump_json(body)
+        if kind == "slack":
+            return dump_json(slack_body(notice, link))
+        if kind == "teams":
+            return dump_json(teams_body(notice, link))
+        if kind == "ntfy":
+            return dump_json(ntfy_body(notice, link, urllib.parse.urlsplit(url).path.rsplit("/", 1)[1]))
+        if kind == "email":
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+            return email_message(notice, link, query["from"][0], _email_addresses(query["to"][0]))
+        return notice_title(notice), notice_text(notice, link)
+
+    def send(self, payload):
+        """One attempt; :returns: the target's HTTP status, or None (not
+        HTTP); :raises DeliveryFailed:."""
+        kind, url = self.channel["kind"], self.channel["url"]
+        if kind == "email":
+            return smtp_attempt(url, payload, self.timeout, self._context)
+        if kind == "apprise":
+            return self._apprise(payload)
+        if kind == "alertmanager":
+            url = url.rstrip("/").partition("?")[0] + "/api/v2/alerts"
+        elif kind == "ntfy":
+            parts = urllib.parse.urlsplit(url)
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rsplit("/", 1)[0] or "/", "", ""))
+        return http_attempt(url, payload, dict(self.channel["headers"] or {}), self.timeout, self._context)
+
+    def _apprise(self, payload):
+        apprise = apprise_module()
+        if apprise is None:
+            raise DeliveryFailed("apprise is not installed: pip install heartbeat-lite[apprise]")
+        notifier = apprise.Apprise()
+        if not notifier.add(self.channel["url"]):
+            raise DeliveryFailed("Apprise does not take this URL", permanent=True)
+        title, body = payload
+        if not notifier.notify(title=title, body=body):
+            raise DeliveryFailed("Apprise could not notify (its log says why)")
+        return None
+
+    def test(self, now):
+        """Send a test message now: ``{"delivered", "status", "error"}``."""
+        try:
+            status = self.send(self.payload(test_notice(now)))
+        except DeliveryFailed as exc:
+            return {"delivered": False, "status": exc.status, "error": exc.reason}
+        return {"delivered": True, "status": status, "error": None}
+
+
+def _test_check_event(notice):
+    """The event a canopsis channel's test sends: an ok check of resource
+    ``channel-test`` of component heartbeat-lite."""
+    return {"connector": "heartbeat", "connector_name": "heartbeat", "event_type": "check",
+            "source_type": "resource", "component": INTAKE_COMPONENT, "resource": "channel-test",
+            "state": RESOLVED_STATE, "output": TEST_OUTPUT, "timestamp": int(notice["at"]),
+            "heartbeat_id": None, "heartbeat_name": "channel test"}
+
+
+class Forwarder(_Worker):
+    """Delivers one channel's queue: oldest first, at least once (a row is
+    deleted only once its target took it), in order, with capped
+    exponential backoff while the target fails; its own thread, so a
+    failing or hanging channel never delays another. ``--forward-url``'s
+    canopsis channel is one of them.
+
+    A request is split to fit :data:`DELIVERY_BATCH_BYTES`; one the target
+    refuses for good (a 4xx but 408 and 429, see
+    :func:`is_permanent_refusal`) is sent again one row at a time, and a
+    row refused alone is set aside (kept, shown, no longer sent), so one
+    bad event never blocks the ones after it. An Alertmanager channel also
+    sends the open alerts again every :data:`ALERTMANAGER_RESEND_SECONDS`.
+
+    Each attempt ends within ``timeout`` seconds whatever the target does,
+    so stopping waits at most that long.
+
+    :param store: the :class:`Store` holding the queues.
+    :param channel: the channel (see :func:`channel_of`).
+    :param open_notices: None, or a callable giving the notices of the
+        alarms open now for a channel (:meth:`Notifications.open_notices`).
     """
 
     name = "heartbeat-lite-forwarder"
 
-    def __init__(self, store, url, timeout=FORWARD_TIMEOUT_SECONDS):
+    def __init__(self, store, channel, timeout=FORWARD_TIMEOUT_SECONDS, public_url=None, ca_file=None,
+                 clock=time.time, open_notices=None):
         super().__init__()
         self.store = store
-        self.url, self._authorization = parse_forward_url(url)
-        #: the URL as the log shows it (no password, no query value: see :func:`redact_url`)
-        self.label = redact_url(self.url)
-        self.timeout = timeout
+        self.clock = clock
+        self.open_notices = open_notices
         self.failures = 0  # consecutive failed attempts
+        self._single = False  # a batch was refused: one row per request until a whole batch goes
+        self._resent_at = -math.inf  # time.monotonic() of the last re-send of open alerts
+        self.sender = Sender(channel, public_url, timeout, ca_file)
+
+    @property
+    def channel(self):
+        return self.sender.channel
+
+    @channel.setter
+    def channel(self, channel):
+        self.sender.channel = channel
+
+    @property
+    def timeout(self):
+        return self.sender.timeout
+
+    @timeout.setter
+    def timeout(self, seconds):
+        self.sender.timeout = seconds
+
+    @property
+    def label(self):
+        """The channel's URL as the log shows it: no userinfo, no secret
+        (see :func:`redact_channel_url`)."""
+        url, kind = self.channel["url"], self.channel["kind"]
+        if kind not in ("email", "apprise"):
+            url = parse_forward_url(url)[0]
+        return redact_channel_url(url, kind)
 
     def wake(self):
         if not self.failures:  # while failing, new events wait for the backoff
@@ -6751,105 +8424,192 @@ class Forwarder(_Worker):
     def step(self):
         try:
             delay = self.deliver_once()
+            if self.channel["kind"] == "alertmanager" and self.open_notices is not None and delay in (None, 0.0):
+                since = time.monotonic() - self._resent_at
+                if since >= ALERTMANAGER_RESEND_SECONDS:
+                    self.resend()
+                    since = 0.0
+                delay = delay if delay == 0.0 else ALERTMANAGER_RESEND_SECONDS - since
             if delay is None and self.store.shared_by_instances:
-                return OUTBOX_POLL_SECONDS  # another instance may fill the outbox, and die before delivering
+                return OUTBOX_POLL_SECONDS  # another instance may fill the queue, and die before delivering
             return delay
         except StoreError as exc:
-            log.error("alarm delivery cannot read the outbox, retrying in %.0fs: %s",
+            log.error("alarm delivery to %s cannot read its queue, retrying in %.0fs: %s", self.label,
                       FORWARD_BACKOFF_SECONDS[0], exc)
             return FORWARD_BACKOFF_SECONDS[0]
 
     def deliver_once(self):
-        """Send the oldest batch of the outbox.
+        """Send the oldest batch of the channel's queue.
 
         :returns: 0 when it was delivered (more may wait), None when the
-            outbox is empty, or the backoff in seconds after a failure. With
-            other instances on the database, one at a time delivers: while
-            another does, this waits :data:`OUTBOX_POLL_SECONDS`.
+            queue is empty, or the backoff in seconds after a failure. With
+            other instances on the database, one at a time delivers a
+            channel: while another does, this waits :data:`OUTBOX_POLL_SECONDS`.
         """
-        with self.store.outbox_lease() as leased:
+        channel_id = self.channel["_id"]
+        with self.store.outbox_lease(channel_id) as leased:
             if not leased:
                 return OUTBOX_POLL_SECONDS
-            batch = self.store.outbox_batch(FORWARD_BATCH_EVENTS)
-            if not batch:
+            rows = self.store.deliveries(channel_id, FORWARD_BATCH_EVENTS)
+            if not rows:
+                self._single = False
                 return None
-            return self._deliver(batch)
+            return self._deliver(channel_id, rows)
 
-    def _deliver(self, batch):
-        body = ("[" + ",".join(event for _, event in batch) + "]").encode("utf-8")
-        try:
-            self._post(body)
-        except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors
-            self.failures += 1
-            delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
-            why = redact_secrets(exc, self.url)
-            if self.failures == 1:
-                log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
-                            self.label, why, self.store.outbox_depth())
-            else:
-                log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.label, why, delay)
-            return delay
-        self.store.outbox_ack(batch[-1][0])
+    def _deliver(self, channel_id, rows):
+        store = self.store
+        delivered = None  # the last seq delivered
+        for seqs, payload in self.sender.requests(rows, self._single):
+            try:
+                self.sender.send(payload)
+            except DeliveryFailed as exc:
+                if delivered is not None:
+                    store.delivered(channel_id, delivered)
+                if exc.permanent and len(seqs) > 1:  # which one? one at a time tells
+                    self._single = True
+                    log.warning("%s refused a batch of %d event(s) (%s): sending them one at a time",
+                                self.label, len(seqs), exc.reason)
+                    return 0.0
+                if exc.permanent:
+                    store.set_aside(channel_id, seqs[0], self.clock(), exc.reason)
+                    log.error("%s refused an event for good (%s): set aside, the next ones go on "
+                              "(docs/notifications.md)", self.label, exc.reason)
+                    return 0.0
+                return self._failed(channel_id, exc)
+            delivered = seqs[-1]
+        store.delivered(channel_id, delivered)
+        store.record_delivery(channel_id, self.clock())
         if self.failures:
             log.warning("alarm delivery to %s recovered after %d failed attempt(s)", self.label, self.failures)
             self.failures = 0
-        log.debug("delivered %d event(s) to %s", len(batch), self.label)
+        log.debug("delivered %d event(s) to %s", len(rows), self.label)
         return 0.0
 
-    def _post(self, body):
-        """One attempt, over http.client (no redirect handling to switch
-        off); a watchdog shuts the socket down at the deadline, which ends a
-        read blocked on a target that sends a byte now and then (a socket
-        timeout alone is per read).
-
-        The answer must be complete by the deadline: its head, and its body
-        up to :data:`FORWARD_ANSWER_BYTES` (all of it when it is shorter).
-        A body cut short (by the watchdog, or by the target closing before
-        its ``Content-Length``) fails the attempt, whatever the status: a
-        ``200`` that never finishes is not a delivery.
-
-        :raises OSError: the attempt failed (not 2xx, too slow, network).
-        :raises http.client.HTTPException: the answer was malformed or cut.
-        """
-        parts = urllib.parse.urlsplit(self.url)
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = connection_class(parts.hostname, parts.port, timeout=self.timeout)
-        expired = threading.Event()
-        closing = threading.Lock()
-
-        def cut():
-            with closing:
-                if not expired.is_set() and conn.sock is not None:
-                    expired.set()
-                    try:
-                        conn.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        watchdog = threading.Timer(self.timeout, cut)
-        watchdog.daemon = True
-        watchdog.start()
-        headers = {"Content-Type": JSON_TYPE}
-        if self._authorization:
-            headers["Authorization"] = self._authorization
+    def _failed(self, channel_id, exc):
+        self.failures += 1
+        delay = min(FORWARD_BACKOFF_SECONDS[1], FORWARD_BACKOFF_SECONDS[0] * 2 ** (self.failures - 1))
         try:
-            conn.request("POST", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body, headers)
-            response = conn.getresponse()
-            _read_answer(response, FORWARD_ANSWER_BYTES)
-            if expired.is_set():  # the watchdog cut it, and what was read ended at the cut
-                raise TimeoutError(f"no complete answer within {self.timeout:g}s")
-        except (OSError, http.client.HTTPException) as exc:
-            if expired.is_set() and not isinstance(exc, TimeoutError):
-                raise TimeoutError(f"no complete answer within {self.timeout:g}s") from exc
-            raise
-        finally:
-            with closing:
-                expired.set()  # from here on the watchdog does nothing
-            watchdog.cancel()
-            conn.close()
-        if not 200 <= response.status < 300:
-            redirect = " (a redirect: not followed)" if 300 <= response.status < 400 else ""
-            raise ConnectionRefusedError(f"HTTP {response.status}{redirect}")
+            self.store.record_failure(channel_id, self.clock(), exc.reason)
+        except StoreError as error:
+            log.error("cannot record the failure of %s: %s", self.label, error)
+        if self.failures == 1:
+            waiting = self.store.queues().get(channel_id, (0,))[0]
+            log.warning("alarm delivery to %s failing (%s); %d event(s) wait, retrying with backoff",
+                        self.label, exc.reason, waiting)
+        else:
+            log.debug("alarm delivery to %s failed again (%s); next try in %.0fs", self.label, exc.reason, delay)
+        return delay
+
+    def resend(self):
+        """Send the alarms open now again (an Alertmanager channel: its
+        alerts resolve themselves unless sent again); return how many."""
+        self._resent_at = time.monotonic()
+        notices = self.open_notices(self.channel["_id"])
+        rows = [(0, "{}", json.dumps(notice)) for notice in notices]
+        with self.store.outbox_lease(self.channel["_id"]) as leased:
+            if not leased:
+                return 0
+            for _, payload in self.sender.requests(rows):
+                try:
+                    self.sender.send(payload)
+                except DeliveryFailed as exc:
+                    log.debug("re-sending open alerts to %s failed (%s)", self.label, exc.reason)
+                    return 0
+        return len(notices)
+
+
+class Deliveries:
+    """The delivery workers: one :class:`Forwarder` per channel, following
+    the channels as they are created, changed and deleted.
+
+    :param store: the :class:`Store`.
+    :param registry: the :class:`ChannelRegistry` to follow.
+    """
+
+    def __init__(self, store, registry, public_url=None, ca_file=None, clock=time.time, open_notices=None,
+                 timeout=FORWARD_TIMEOUT_SECONDS):
+        self.store = store
+        self.public_url = public_url
+        self.ca_file = ca_file
+        self.clock = clock
+        self.open_notices = open_notices
+        self.timeout = timeout
+        #: ``{channel id: Forwarder}``
+        self.workers = {}
+        self._started = False
+        self._lock = threading.Lock()
+        registry.listeners.append(self.follow)
+        self.follow(registry.channels)
+
+    def follow(self, channels):
+        """The channels are now ``channels`` (``{id: channel}``): a worker
+        for each new one, the changed ones' settings replaced, the deleted
+        ones' workers told to stop (not waited for: this runs under the
+        engine's lock)."""
+        with self._lock:
+            for channel_id in list(self.workers):
+                if channel_id not in channels:
+                    worker = self.workers.pop(channel_id)
+                    worker.stop(wait=False)
+            for channel_id, channel in channels.items():
+                worker = self.workers.get(channel_id)
+                if worker is None:
+                    worker = self.workers[channel_id] = Forwarder(
+                        self.store, channel, self.timeout, self.public_url, self.ca_file, self.clock,
+                        self.open_notices)
+                    worker.name = f"heartbeat-lite-channel-{channel['name'][:40]}"
+                    if self._started:
+                        worker.start()
+                elif worker.channel is not channel:
+                    worker.channel = channel
+                    worker.failures = 0
+                    worker.wake()
+
+    def set_public_url(self, public_url):
+        """Links in messages from now on start with ``public_url``."""
+        self.public_url = public_url
+        with self._lock:
+            for worker in self.workers.values():
+                worker.sender.public_url = public_url
+
+    def wake(self, channel_ids):
+        workers = self.workers
+        for channel_id in channel_ids:
+            worker = workers.get(channel_id)
+            if worker is not None:
+                worker.wake()
+
+    def start(self):
+        with self._lock:
+            self._started = True
+            for worker in self.workers.values():
+                worker.start()
+
+    def stop(self):
+        with self._lock:
+            self._started = False
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop()
+
+    def deliver(self, channel_id=None):
+        """Deliver now (embedded): each channel's queue (or one's) until it
+        is empty or an attempt fails.
+
+        :returns: None when every queue is empty, else the shortest backoff
+            in seconds before the next attempt.
+        """
+        delays = []
+        for worker in list(self.workers.values()):
+            if channel_id is not None and worker.channel["_id"] != channel_id:
+                continue
+            while True:
+                delay = worker.deliver_once()
+                if delay != 0:
+                    break
+            if delay is not None:
+                delays.append(delay)
+        return min(delays, default=None)
 
 
 def _read_answer(response, limit):
@@ -7177,11 +8937,6 @@ def member_counts_text(counts):
     return ", ".join(f"{counts[status]:,} {status}" for status in STATUSES if counts.get(status))
 
 
-def shorten(text, limit):
-    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def pattern_text(pattern):
     """A pattern as the pages show it: ``key: value, key: value``."""
     return ", ".join(f"{key}: {value}" for key, value in pattern.items())
@@ -7305,6 +9060,7 @@ body.stale main { opacity: .55; }
 form.search { display: flex; gap: .5rem; margin: .75rem 0 .5rem; }
 form.search input { flex: 1; min-width: 0; font: inherit; padding: .3rem .5rem; }
 form.search button { font: inherit; }
+.banner { border-left: .3rem solid var(--down); padding: .3rem .7rem; margin: .5rem 0; font-weight: 500; }
 .filters { display: flex; flex-wrap: wrap; gap: .4rem; margin: .5rem 0; padding: 0; list-style: none; }
 .filters a { display: inline-block; border: 1px solid var(--line); border-radius: 1em; padding: .1em .7em;
              text-decoration: none; white-space: nowrap; }
@@ -7671,14 +9427,17 @@ def prometheus_label(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None):
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None):
     """Metrics in the Prometheus text exposition format 0.0.4.
 
     :param overview: rows of :meth:`Engine.overview`.
     :param history: :meth:`Engine.history_metrics`, ``{id: (availability
         over 24 h or None, time of the last change)}``.
+    :param channels: the channels' documents (:meth:`Notifications.documents`):
+        their delivery health, labelled by id, name and kind (never the URL).
     """
     history = history or {}
+    channels = channels or []
     lines = []
 
     def family(name, kind, help_text, samples):
@@ -7725,6 +9484,23 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            [((), alarms_raised)])
     family("heartbeat_lite_outbox_events", "gauge", "Alarm and resolution events waiting for delivery.",
            [((), outbox_depth)])
+    named = [(channel, (("channel", channel["_id"]), ("name", channel["name"]), ("kind", channel["kind"])))
+             for channel in channels]
+    family("heartbeat_lite_channel_waiting_events", "gauge", "Events waiting in a channel's queue.",
+           [(labels, channel["waiting"]) for channel, labels in named])
+    family("heartbeat_lite_channel_set_aside_events", "gauge",
+           "Events a channel's target refused for good (a 4xx): kept, no longer sent.",
+           [(labels, channel["set_aside"]) for channel, labels in named])
+    family("heartbeat_lite_channel_failing", "gauge", "1 while a channel's deliveries fail, else 0.",
+           [(labels, int(channel["failing_since"] is not None)) for channel, labels in named])
+    family("heartbeat_lite_channel_last_delivery_timestamp_seconds", "gauge",
+           "When a channel last delivered (channels that did).",
+           [(labels, float(channel["last_delivery"])) for channel, labels in named
+            if channel["last_delivery"] is not None])
+    family("heartbeat_lite_channel_oldest_waiting_timestamp_seconds", "gauge",
+           "When the oldest event waiting in a channel's queue was queued (channels with one).",
+           [(labels, float(channel["oldest_waiting"])) for channel, labels in named
+            if channel["oldest_waiting"] is not None])
     return "\n".join(lines) + "\n"
 
 
@@ -7782,6 +9558,10 @@ def openapi_document():
     maintenance_id = {"name": "maintenance_id", "in": "path", "required": True, "schema": string}
     maintenance_body = {"required": True, **_json_content(_ref("MaintenanceInput"))}
     maintenance_not_found = {"404": _answer("No maintenance window has this id (name: the id)", "Error")}
+    channel_id = {"name": "channel_id", "in": "path", "required": True, "schema": string}
+    channel_body = {"required": True, **_json_content(_ref("ChannelInput"))}
+    channel_not_found = {"404": _answer("No channel has this id (name: the id)", "Error")}
+    channel_ids = {"type": "array", "items": string, "maxItems": MAX_CHANNELS, "uniqueItems": True}
     interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
     item = {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS}
     group_by = {"type": "array", "items": {**item, "minLength": 1}, "minItems": 1, "maxItems": MAX_GROUP_BY_KEYS,
@@ -7811,7 +9591,7 @@ def openapi_document():
             {"name": "heartbeat", "description": "Heartbeats: what to expect, and how often"},
             {"name": "maintenance", "description": "Maintenance windows: when no alarm is raised"},
             {"name": "event", "description": "Incoming Canopsis events"},
-            {"name": "alarm", "description": "Heartbeats gone silent"},
+            {"name": "alarm", "description": "Heartbeats gone silent, and the channels their alarms go to"},
             {"name": "operator", "description": "Health, metrics, the status page and this description"},
         ],
         "components": {
@@ -7848,6 +9628,11 @@ def openapi_document():
                                              "needs group_by"},
                         "retire_after": {**interval, "description": "a member down this long (at most 8760h) is "
                                          "removed and its alarm resolved; never an expected one; needs group_by"},
+                        "channels": {**channel_ids, "description": "where its alarms go: channel ids ([]: "
+                                     "nowhere); absent: every channel with default true"},
+                        "escalate_after": {**interval, "description": "still down and not acknowledged this "
+                                           "long: escalate_to is told too (give both)"},
+                        "escalate_to": {**channel_ids, "minItems": 1},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -7864,6 +9649,9 @@ def openapi_document():
                         "group_by": {**group_by, "description": "present only when set"},
                         "expected_members": {**expected_members, "description": "present only when set"},
                         "retire_after": {**string, "description": "present only when set"},
+                        "channels": {**channel_ids, "description": "present only when set"},
+                        "escalate_after": {**string, "description": "present only when set"},
+                        "escalate_to": {**channel_ids, "description": "present only when set"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
                     "additionalProperties": False,
@@ -7929,7 +9717,9 @@ def openapi_document():
                 "Error": {
                     "type": "object", "required": ["name", "description"],
                     "properties": {"name": string, "description": string,
-                                   "errors": {"type": "array", "items": string}},
+                                   "errors": {"type": "array", "items": string},
+                                   "heartbeats": {"type": "array", "items": string,
+                                                  "description": "those naming a channel that is in use"}},
                     "additionalProperties": False,
                 },
                 "Status": {
@@ -7946,7 +9736,9 @@ def openapi_document():
                                        "additionalProperties": False}]},
                                    "members": {**_ref("MemberCounts"), "description": "grouped heartbeats only: "
                                                "members per status; the status is the worst of theirs "
-                                               "(down > late > pending > up), or paused"}},
+                                               "(down > late > pending > up), or paused"},
+                                   "ack": {**_ref("Ack"), "description": "present while the open alarm (every "
+                                           "open member alarm) is acknowledged"}},
                     "additionalProperties": False,
                 },
                 "Event": {"type": "object", "description": "A Canopsis event; any keys"},
@@ -8035,9 +9827,68 @@ def openapi_document():
                     },
                     "additionalProperties": False,
                 },
+                "Ack": {
+                    "type": "object", "required": ["by", "at", "comment"],
+                    "properties": {"by": string, "at": {"type": "number"}, "comment": {"type": ["string", "null"]}},
+                    "additionalProperties": False,
+                },
+                "AckInput": {
+                    "type": "object", "properties": {"comment": {"type": "string", "maxLength": MAX_TEXT_CHARS}},
+                    "additionalProperties": False, "description": "optional: the body may be empty",
+                },
+                "ChannelInput": {
+                    "type": "object", "required": ["name", "kind", "url"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                        "kind": {"enum": list(CHANNEL_KINDS)},
+                        "url": {"type": "string", "maxLength": MAX_URL_CHARS, "description": "the target; "
+                                "alertmanager: its base URL; ntfy: <server>/<topic>; email: smtp:// or smtps://"
+                                "user:password@host:port?from=...&to=...; send back the url shown (with ***) to "
+                                "keep the stored secrets"},
+                        "default": {"type": "boolean", "default": False, "description": "heartbeats with no "
+                                    "channels field send here"},
+                        "repeat_every": {**interval, "description": f"reminders while an alarm stays open and "
+                                         f"unacknowledged, at least {MIN_REPEAT_SECONDS // 60}m"},
+                        "headers": {"type": "object", "additionalProperties": string, "maxProperties":
+                                    MAX_CHANNEL_HEADERS, "description": "webhook only; *** keeps a stored value"},
+                        "template": {"type": "string", "maxLength": MAX_TEMPLATE_CHARS, "description": "webhook "
+                                     "only: the body, with {placeholders} JSON-escaped"},
+                        **{key: {"description": "ignored"} for key in IGNORED_FIELDS + CHANNEL_READ_ONLY},
+                    },
+                    "additionalProperties": False,
+                },
+                "Channel": {
+                    "type": "object",
+                    "required": ["_id", "name", "kind", "url", "default", "created", "updated", "last_delivery",
+                                 "last_error", "failing_since", "waiting", "oldest_waiting", "set_aside",
+                                 "last_refusal"],
+                    "properties": {
+                        "_id": string, "name": string, "kind": {"enum": list(CHANNEL_KINDS)},
+                        "url": {**string, "description": "secrets shown as ***"}, "default": {"type": "boolean"},
+                        "repeat_every": string, "headers": {"type": "object", "additionalProperties": string},
+                        "template": string, "configured_by": {**string, "description": "the setting that "
+                                                              "made it (--forward-url)"},
+                        "created": {"type": "integer"}, "updated": {"type": "integer"},
+                        "last_delivery": time_or_null, "last_error": {"type": ["string", "null"]},
+                        "failing_since": time_or_null, "waiting": {"type": "integer", "minimum": 0},
+                        "oldest_waiting": time_or_null, "set_aside": {"type": "integer", "minimum": 0},
+                        "last_refusal": {"type": ["string", "null"]},
+                    },
+                    "additionalProperties": False,
+                },
+                "ChannelTest": {
+                    "type": "object", "required": ["delivered", "status", "error"],
+                    "properties": {"delivered": {"type": "boolean"}, "status": {"type": ["integer", "null"]},
+                                   "error": {"type": ["string", "null"]}},
+                    "additionalProperties": False,
+                },
                 "Health": {
                     "type": "object", "required": ["status"],
-                    "properties": {"status": {"enum": ["ok", "unavailable"]}, "outbox": {"type": "integer"},
+                    "properties": {"status": {"enum": ["ok", "degraded", "unavailable"]},
+                                   "outbox": {"type": "integer", "description": "events waiting for delivery"},
+                                   "warnings": {"type": "array", "items": string, "description": "degraded: "
+                                                "alarms not reaching a channel (an event waiting over "
+                                                f"{DELIVERY_STALE_SECONDS:g} s), events set aside"},
                                    "description": string, "since": {"type": "number"},
                                    "clock_offset": {"type": "number", "description": "PostgreSQL: this instance's "
                                                     "clock minus the database's, seconds (time is judged on the "
@@ -8193,6 +10044,45 @@ def openapi_document():
                             **_json_content({"type": "array", "items": _ref("Alarm")})},
                     **errors}),
             },
+            "/api/v2/heartbeat/{heartbeat_id}/ack": {
+                "parameters": [heartbeat_id],
+                "post": operation("ackHeartbeat", "alarm", "Acknowledge the open alarm (every open member alarm): "
+                                  "reminders and escalation stop", {
+                    "200": _answer('{"name": "alarm acknowledged", "description": <id>}'),
+                    "409": _answer('No open alarm: {"name": <id>, "description": "no open alarm"}', "Error"),
+                    **errors, **not_found, **too_large, **cross_site},
+                    requestBody={"required": False, **_json_content(_ref("AckInput"))}),
+            },
+            "/api/v2/channel": {
+                "post": operation("createChannel", "alarm", "Create a notification channel", {
+                    "200": _answer('{"name": "channel created", "description": <new id>}'),
+                    **errors, **too_large, **cross_site}, requestBody=channel_body),
+                "get": operation("listChannels", "alarm", "Every channel, oldest first, with its delivery health", {
+                    "200": {"description": "The channels",
+                            **_json_content({"type": "array", "items": _ref("Channel")})},
+                    **errors}),
+            },
+            "/api/v2/channel/{channel_id}": {
+                "parameters": [channel_id],
+                "get": operation("getChannel", "alarm", "One channel", {
+                    "200": {"description": "The channel", **_json_content(_ref("Channel"))},
+                    **errors, **channel_not_found}),
+                "put": operation("replaceChannel", "alarm", "Replace a channel (what it refused is sent again)", {
+                    "200": _answer('{"name": "channel updated", "description": <id>}'),
+                    "409": _answer("The channel comes from a setting (--forward-url)", "Error"),
+                    **errors, **channel_not_found, **too_large, **cross_site}, requestBody=channel_body),
+                "delete": operation("deleteChannel", "alarm", "Delete a channel and its queue", {
+                    "200": _answer('{"name": "channel removed", "description": <id>}'),
+                    "409": _answer("Heartbeats name it (heartbeats: their ids), or a setting made it", "Error"),
+                    **errors, **channel_not_found, **cross_site}),
+            },
+            "/api/v2/channel/{channel_id}/test": {
+                "parameters": [channel_id],
+                "post": operation("testChannel", "alarm", "Send a test message now; answer what the target said", {
+                    "200": {"description": "What happened (never a 5xx for a failing target)",
+                            **_json_content(_ref("ChannelTest"))},
+                    **errors, **channel_not_found, **cross_site}),
+            },
             "/healthz": {
                 "get": operation("getHealth", "operator", "Health (no authentication)", {
                     "200": {"description": "The database answers reads and the last write succeeded",
@@ -8343,10 +10233,11 @@ class WebApi:
         and change nothing.
     """
 
-    def __init__(self, engine, authenticator, allowed_hosts=None):
+    def __init__(self, engine, authenticator, allowed_hosts=None, sender=None):
         self.engine = engine
         self.auth = authenticator
         self.allowed_hosts = allowed_hosts
+        self.sender = sender or Sender  # makes a channel's Sender (the test route's)
         self._health_problem = None  # the last problem /healthz logged
         #: None, or a callable giving the instance's clock offset to the database's (shown by /healthz)
         self.clock_offset = None
@@ -8373,6 +10264,13 @@ class WebApi:
         self._route("/api/v2/pattern/test", "POST", self.test_pattern, kind="pattern")
         self._route("/api/v2/event", "POST", self.post_events, kind="event")
         self._route("/api/v2/alarms", "GET", self.list_alarms)
+        self._route("/api/v2/heartbeat/<heartbeat_id>/ack", "POST", self.ack_heartbeat)
+        self._route("/api/v2/channel", "POST", self.create_channel, kind="channel")
+        self._route("/api/v2/channel", "GET", self.list_channels, kind="channel")
+        self._route("/api/v2/channel/<channel_id>", "GET", self.get_channel, kind="channel")
+        self._route("/api/v2/channel/<channel_id>", "PUT", self.update_channel, kind="channel")
+        self._route("/api/v2/channel/<channel_id>", "DELETE", self.delete_channel, kind="channel")
+        self._route("/api/v2/channel/<channel_id>/test", "POST", self.test_channel, kind="channel")
         self._route("/healthz", "GET", self.health, authenticated=False)
         self._route("/", "GET", self.status_page)
         self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
@@ -8409,6 +10307,8 @@ class WebApi:
                     kwargs["user"] = self._authenticate()
                 if "heartbeat_id" in kwargs and not _CANONICAL_ID.fullmatch(kwargs["heartbeat_id"]):
                     raise NotFound(kwargs["heartbeat_id"])
+                if "channel_id" in kwargs and not is_channel_id(kwargs["channel_id"]):
+                    raise NotFound(kwargs["channel_id"])
                 return handler(**kwargs)
             except ApiError as exc:
                 return json_response(exc.body, exc.status, exc.headers)
@@ -8420,6 +10320,14 @@ class WebApi:
                 return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
             except PatternExists:
                 return json_response(error_body(PATTERN_EXISTS), 400)
+            except NoOpenAlarm as exc:
+                return json_response(error_body("no open alarm", name=str(exc.args[0])), 409)
+            except ChannelInUse as exc:
+                return json_response(error_body("channel in use: heartbeats name it in channels or escalate_to",
+                                                name=exc.args[0], heartbeats=exc.args[1]), 409)
+            except ChannelConfigured as exc:
+                return json_response(error_body(f"channel set by {exc.args[1]}: change the setting",
+                                                name=exc.args[0]), 409)
             except TooLarge as exc:
                 return json_response(error_body(str(exc)), 413)
             except StoreError as exc:
@@ -8581,6 +10489,35 @@ class WebApi:
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
 
+    def ack_heartbeat(self, heartbeat_id, user):
+        comment = validate_ack(self._read_body(MAX_HEARTBEAT_BODY_BYTES))
+        self.engine.ack(heartbeat_id, user, comment)
+        return json_response({"name": "alarm acknowledged", "description": heartbeat_id})
+
+    def create_channel(self, user):
+        fields = validate_channel(parse_json(self._read_body(MAX_CHANNEL_BODY_BYTES)))
+        return json_response({"name": "channel created", "description": self.engine.notifications.create(fields)})
+
+    def list_channels(self, user):
+        return json_response(self.engine.notifications.documents())
+
+    def get_channel(self, channel_id, user):
+        return json_response(self.engine.notifications.document(channel_id))
+
+    def update_channel(self, channel_id, user):
+        stored = self.engine.notifications.channel(channel_id)
+        fields = validate_channel(parse_json(self._read_body(MAX_CHANNEL_BODY_BYTES)), stored=stored)
+        self.engine.notifications.update(channel_id, fields)
+        return json_response({"name": "channel updated", "description": channel_id})
+
+    def delete_channel(self, channel_id, user):
+        self.engine.notifications.delete(channel_id)
+        return json_response({"name": "channel removed", "description": channel_id})
+
+    def test_channel(self, channel_id, user):
+        channel = self.engine.notifications.channel(channel_id)
+        return json_response(self.sender(channel).test(self.engine.clock()))
+
     def status_page(self, user):
         try:
             query = parse_status_query(bottle.request.query_string)
@@ -8607,11 +10544,38 @@ class WebApi:
             pattern_text=pattern_text, base=bottle.request.script_name,
             base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
         )
+        live = self._channel_banner(now) + live
         down = counts.get(DOWN, 0)
         title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
         top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
                                                    base=bottle.request.script_name)
         return self._html_answer(title, live, top=top)
+
+    def _channel_banner(self, now):
+        """The status page's first lines when alarms do not reach people:
+        a channel failing ("alarms are not reaching ops-slack since
+        10:42"), events a target refused for good, or alarms that reach
+        no channel at all."""
+        notifications = self.engine.notifications
+        channels = notifications.documents()
+        escape = bottle.html_escape
+        notes = []
+        for channel in channels:
+            name = escape(channel["name"])
+            if channel["failing_since"] is not None:
+                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
+                notes.append(f"alarms are not reaching <b>{name}</b> since "
+                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
+            if channel["set_aside"]:
+                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
+                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
+        if not channels:
+            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
+                         "with <code>--forward-url</code>")
+        elif notifications.unrouted():
+            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
+                         "no channel is a default one")
+        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
 
     def heartbeat_page(self, heartbeat_id, user):
         doc = json.loads(self.engine.document(heartbeat_id))
@@ -8675,7 +10639,8 @@ class WebApi:
 
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
-                               self.engine.outbox_depth(), self.engine.history_metrics())
+                               self.engine.outbox_depth(), self.engine.history_metrics(),
+                               self.engine.notifications.documents())
         return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
 
     def openapi(self):
@@ -8691,7 +10656,17 @@ class WebApi:
             self._health_problem = problem
             return json_response({"status": "unavailable", "description": problem, "since": since, **clock}, 503)
         self._health_problem = None
-        return json_response({"status": "ok", **({"outbox": depth} if depth is not None else {}), **clock})
+        answer = {"status": "ok", **({"outbox": depth} if depth is not None else {}), **clock}
+        warnings = self._delivery_warnings()
+        if warnings:
+            answer.update(status="degraded", warnings=warnings)
+        return json_response(answer)
+
+    def _delivery_warnings(self):
+        try:
+            return self.engine.notifications.delivery_warnings()
+        except StoreError:
+            return []  # the database's own trouble is said by the health check
 
 
 def _access_logged(app):
@@ -8740,10 +10715,14 @@ class Service:
     """
 
     def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True,
-                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS):
+                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS, public_url=None, ca_file=None):
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
+        if public_url:
+            check_public_url(public_url)
+        if ca_file:
+            check_ca_file(ca_file)
         check_history_days(history_days)
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
@@ -8753,17 +10732,23 @@ class Service:
         corrected = clock is time.time and self.store.shared_by_instances
         if corrected:
             clock = self.store.database_clock
-        self.engine = Engine(self.store, clock, on_alarm=on_alarm, forwarding=bool(forward_url),
+        self.engine = Engine(self.store, clock, on_alarm=on_alarm,
+                             channels=[forward_channel(forward_url)] if forward_url else [],
                              intake_silence=intake_silence, history_days=history_days)
         self.scheduler = Scheduler(self.engine)
         #: the :class:`Syncer` when other instances may share the database, else None
         self.syncer = Syncer(self.engine, self.store) if self.store.shared_by_instances else None
-        #: the :class:`Forwarder`, or None without a forward URL
-        self.forwarder = Forwarder(self.store, forward_url) if forward_url else None
-        if self.forwarder is not None:
-            self.engine.outbox.waker = self.forwarder.wake
-        # the default root:root answers loopback names only: no DNS rebinding
-        self.web = WebApi(self.engine, authenticator, allowed_hosts=allowed_host_names() if users is None else None)
+        #: the base of links in messages (``--public-url``); :func:`serve` sets the listen address when None
+        self.public_url = public_url
+        self.ca_file = ca_file
+        #: the delivery workers, one :class:`Forwarder` per channel
+        self.deliveries = Deliveries(self.store, self.engine.notifications.registry, public_url, ca_file, clock,
+                                     self.engine.notifications.open_notices)
+        self.engine.outbox.waker = self.deliveries.wake
+        # the default root:root answers loopback names only (and --public-url's): no DNS rebinding
+        self.web = WebApi(self.engine, authenticator,
+                          allowed_hosts=allowed_host_names(public_url) if users is None else None,
+                          sender=self.sender)
         if corrected:
             self.web.clock_offset = lambda: self.store.clock_offset
         #: the bottle application (routes, for inspection or mounting)
@@ -8795,11 +10780,26 @@ class Service:
             log.error("cannot start the engine yet (%s); it starts with the first change that succeeds", exc)
         self._warn_about_a_stranded_outbox()
 
+    @property
+    def forwarder(self):
+        """The :class:`Forwarder` of ``--forward-url``'s channel, or None."""
+        return self.deliveries.workers.get(FORWARD_CHANNEL_ID)
+
+    def sender(self, channel):
+        """A :class:`Sender` for ``channel``, as this service's workers have
+        (the test route's)."""
+        return Sender(channel, self.deliveries.public_url, FORWARD_TIMEOUT_SECONDS, self.ca_file)
+
+    def set_public_url(self, public_url):
+        """Links in messages start with ``public_url`` from now on."""
+        self.public_url = public_url
+        self.deliveries.set_public_url(public_url)
+
     def _warn_about_a_stranded_outbox(self):
         if self.forwarder is not None:
             return
         try:
-            depth = self.engine.outbox_depth()
+            depth = self.store.queues().get(FORWARD_CHANNEL_ID, (0,))[0]
         except StoreError:
             return  # already said at start
         if depth:
@@ -8820,19 +10820,17 @@ class Service:
         :data:`SYNC_SECONDS`); returns whether anything changed."""
         return self.engine.sync()
 
-    def deliver(self):
-        """Deliver the outbox now (embedded forwarding), until it is empty or
-        an attempt fails.
+    def deliver(self, channel_id=None):
+        """Deliver now (embedded): every channel's queue (or one's), until
+        it is empty or an attempt fails.
 
-        :returns: None when the outbox is empty, else the backoff in seconds
-            before the next attempt.
+        :returns: None when every queue is empty, else the shortest backoff
+            in seconds before the next attempt.
+        :raises RuntimeError: there is no channel (no ``forward_url``, none created).
         """
-        if self.forwarder is None:
-            raise RuntimeError("no forward_url configured")
-        while True:
-            delay = self.forwarder.deliver_once()
-            if delay != 0:
-                return delay
+        if not self.deliveries.workers:
+            raise RuntimeError("no channel: no forward_url configured, and none created")
+        return self.deliveries.deliver(channel_id)
 
     def start(self):
         """Start the background work of server mode: the expiry scheduler
@@ -8840,16 +10838,14 @@ class Service:
         self.scheduler.start()
         if self.syncer is not None:
             self.syncer.start()
-        if self.forwarder is not None:
-            self.forwarder.start()
+        self.deliveries.start()
 
     def stop(self):
         """Stop the background work; the service can still be used embedded."""
         self.scheduler.stop()
         if self.syncer is not None:
             self.syncer.stop()
-        if self.forwarder is not None:
-            self.forwarder.stop()
+        self.deliveries.stop()
 
     def close(self):
         """Stop background work, record the shutdown time, close the database."""
@@ -8868,7 +10864,8 @@ class Service:
 
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
-               on_alarm=None, forward_url=None, intake_silence=None, history_days=DEFAULT_HISTORY_DAYS):
+               on_alarm=None, forward_url=None, intake_silence=None, history_days=DEFAULT_HISTORY_DAYS,
+               public_url=None, ca_file=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``, or a PostgreSQL URL
@@ -8888,9 +10885,13 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         the one intake alarm and stop every deadline until events come back.
     :param history_days: days of state changes kept (an integer, at least
         1); older ones are pruned by ``tick()``.
-    :raises ConfigError: a bad forward URL, password hash, intake silence
-        or history_days, a missing database directory, a database newer
-        than this code.
+    :param public_url: the base of links in messages (``https://hb.example.com``);
+        None: :func:`serve` takes the listen address.
+    :param ca_file: a certificate authority file (PEM) that channels'
+        https, SMTPS and STARTTLS connections trust besides the system's.
+    :raises ConfigError: a bad forward URL, public URL, CA file, password
+        hash, intake silence or history_days, a missing database directory,
+        a database newer than this code.
     """
     if isinstance(intake_silence, str):
         intake_silence = check_intake_silence(intake_silence, "intake silence")
@@ -8898,7 +10899,30 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
             isinstance(intake_silence, (int, float)) and intake_silence > 0)):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
     return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
-                   history_days=history_days)
+                   history_days=history_days, public_url=public_url, ca_file=ca_file)
+
+
+def check_public_url(url, name="public_url"):
+    """``url`` when it is an http(s) URL with a host (the base of links in
+    messages); :raises ConfigError: naming ``name`` otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(f"{name}: must be an http:// or https:// URL with a host, such as "
+                          f"https://heartbeat.example.com, not {url!r}")
+    return url.rstrip("/")
+
+
+def check_ca_file(path, name="ca_file"):
+    """``path`` when it holds certificates an SSL context can load;
+    :raises ConfigError: naming ``name`` otherwise."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{name}: cannot load certificates from {path}: {exc}") from None
+    return path
 
 
 def check_history_days(days, name="history_days"):
@@ -9260,8 +11284,11 @@ def serve(service, host=DEFAULT_HOST, port=0, threads=DEFAULT_THREADS, *,
         server.task_dispatcher.shutdown(timeout=1)
         raise
     runner = _ServerThread(server)
-    service.start()
     display_host = f"[{host}]" if ":" in host else host
+    if service.public_url is None:  # links in messages: the listen address (a name for a wildcard one)
+        link_host = socket.getfqdn() if host in ("0.0.0.0", "::", "") else display_host
+        service.set_public_url(f"http://{link_host}:{server.effective_port}")
+    service.start()
     try:
         yield f"http://{display_host}:{server.effective_port}"
     finally:
@@ -9377,6 +11404,13 @@ def build_parser(environ=os.environ):
                         "this http(s) URL (e.g. Canopsis' /api/v2/event; user:password@ in it becomes "
                         "Basic auth); at least once, in order, retried with backoff. With a password in "
                         "it, prefer the env HEARTBEAT_LITE_FORWARD_URL: the command line shows in ps")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the address people reach this service at (https://hb.example.com): the base of "
+                        "links in notifications, and a Host name the default root:root answers "
+                        "(default: the listen address; env HEARTBEAT_LITE_PUBLIC_URL)")
+    parser.add_argument("--ca-file", metavar="PATH",
+                        help="certificate authorities (PEM) that notification channels' https, SMTPS and "
+                        "STARTTLS connections trust besides the system's (env HEARTBEAT_LITE_CA_FILE)")
     parser.add_argument("--intake-silence", metavar="DURATION",
                         help="when no event at all arrived for this long (30s, 5m, 2h), raise one alarm "
                         "(component heartbeat-lite, resource intake) and stop every heartbeat's clock until "
@@ -9442,6 +11476,10 @@ def check_settings(args, environ):
     args.forward_url = args.forward_url or None  # empty: no forwarding
     if args.forward_url:
         parse_forward_url(args.forward_url, name)
+    public_url, name = _setting(args, environ, "public_url")
+    args.public_url = check_public_url(public_url, name) if public_url else None
+    ca_file, name = _setting(args, environ, "ca_file")
+    args.ca_file = check_ca_file(ca_file, name) if ca_file else None
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
     if silence:  # empty: off
@@ -9510,7 +11548,8 @@ def main(argv=None, environ=None):
     try:
         # takes the database's lock, opens nothing; serve() binds, then opens
         service = Service(args.db, users, time.time, BUSY_TIMEOUT_SECONDS, None, args.forward_url,
-                          open_now=False, intake_silence=args.intake_silence, history_days=args.history_days)
+                          open_now=False, intake_silence=args.intake_silence, history_days=args.history_days,
+                          public_url=args.public_url, ca_file=args.ca_file)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

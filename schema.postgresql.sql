@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     expected_members  TEXT,                           -- JSON array of member objects (version 3)
     retire_after      TEXT,                           -- as given (version 3)
     retire_seconds    INTEGER,
+    channels          TEXT,                           -- JSON array of channel ids (version 5)
+    escalate_after    TEXT,
+    escalate_seconds  INTEGER,
+    escalate_to       TEXT,
     created           BIGINT NOT NULL,                -- Unix seconds
     updated           BIGINT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'pending'
@@ -92,12 +96,65 @@ CREATE TABLE IF NOT EXISTS meta (
     value DOUBLE PRECISION NOT NULL
 );
 
--- Alarm and resolution events waiting for --forward-url, delivered in seq
--- order by one instance at a time (an advisory lock), then deleted.
+-- Version 5: the routing fields of a heartbeat (a database of an older version gets them here).
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS channels TEXT;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_after TEXT;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_seconds INTEGER;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_to TEXT;
+
+-- The durable queue of every channel (see schema.sql), each channel's
+-- delivered in seq order by one instance at a time (an advisory lock per
+-- channel), then deleted. Rows of an older version belong to the forward channel.
 CREATE TABLE IF NOT EXISTS outbox (
     seq   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event TEXT NOT NULL
 );
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS channel TEXT NOT NULL DEFAULT 'forward';
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS notice TEXT;
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS enqueued_at DOUBLE PRECISION;
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS refused_at DOUBLE PRECISION;
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS refusal TEXT;
+UPDATE outbox SET enqueued_at = (event::jsonb ->> 'timestamp')::double precision WHERE enqueued_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_channel ON outbox (channel, seq) WHERE refused_at IS NULL;
+
+CREATE TABLE IF NOT EXISTS channel (
+    rowid          BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    name           TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    url            TEXT NOT NULL,
+    is_default     INTEGER NOT NULL DEFAULT 0,
+    repeat_every   TEXT,
+    repeat_seconds INTEGER,
+    headers        TEXT,
+    template       TEXT,
+    created        BIGINT NOT NULL,
+    updated        BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_health (
+    channel       TEXT PRIMARY KEY,
+    delivered_at  DOUBLE PRECISION,
+    failing_since DOUBLE PRECISION,
+    last_error    TEXT,
+    error_at      DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS alarm_follow (
+    heartbeat_id TEXT COLLATE "C" NOT NULL,
+    member       TEXT COLLATE "C" NOT NULL DEFAULT '',
+    ack_by       TEXT,
+    ack_at       DOUBLE PRECISION,
+    ack_comment  TEXT,
+    escalated    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (heartbeat_id, member)
+);
+CREATE TABLE IF NOT EXISTS followup (
+    heartbeat_id TEXT COLLATE "C" NOT NULL,
+    member       TEXT COLLATE "C" NOT NULL DEFAULT '',
+    channel      TEXT NOT NULL,
+    due          DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (heartbeat_id, member, channel)
+);
+CREATE INDEX IF NOT EXISTS followup_due ON followup (due);
 
 -- Each instance's last sign of life (engine clock, Unix seconds) and whether
 -- it stopped cleanly: a restart postpones deadlines only by a time when no
@@ -115,7 +172,7 @@ CREATE TABLE IF NOT EXISTS instance (
 CREATE TABLE IF NOT EXISTS changes (
     seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     instance  TEXT NOT NULL,               -- who changed it (it skips its own)
-    kind      TEXT NOT NULL CHECK (kind IN ('heartbeat', 'maintenance')),
+    kind      TEXT NOT NULL,                -- heartbeat, maintenance, channel
     object_id TEXT NOT NULL,
     at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
@@ -134,8 +191,11 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
 
+-- Version 5: channels' changes are in the feed too (an older database's CHECK named only the first two).
+ALTER TABLE changes DROP CONSTRAINT IF EXISTS changes_kind_check;
+
 -- The starts and ends of maintenance windows recorded in the history
--- (version 5), as in schema.sql: every instance's tick sees a boundary,
+-- (version 6), as in schema.sql: every instance's tick sees a boundary,
 -- the one whose insert wins records it.
 CREATE TABLE IF NOT EXISTS boundary (
     maintenance_id TEXT NOT NULL,
@@ -144,5 +204,5 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 5)
+INSERT INTO meta (key, value) VALUES ('schema_version', 6)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

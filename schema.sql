@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     expected_members  TEXT,                  -- JSON array of member objects as given, NULL when not set (version 3)
     retire_after      TEXT,                  -- as given ("168h"), NULL when not set (version 3)
     retire_seconds    INTEGER,               -- retire_after in seconds (version 3)
+    channels          TEXT,                  -- JSON array of channel ids, NULL: the default channels (version 5)
+    escalate_after    TEXT,                  -- as given ("30m"), NULL when not set (version 5)
+    escalate_seconds  INTEGER,               -- escalate_after in seconds (version 5)
+    escalate_to       TEXT,                  -- JSON array of channel ids told after escalate_after (version 5)
     created           INTEGER NOT NULL,      -- Unix seconds
     updated           INTEGER NOT NULL,      -- Unix seconds
     -- State, times in Unix seconds (REAL: alarms are due to the millisecond).
@@ -119,13 +123,77 @@ CREATE TABLE IF NOT EXISTS meta (
     value REAL NOT NULL
 );
 
--- Alarm and resolution events waiting for --forward-url, written in the same
--- transaction as the state change they report; delivered oldest first, then
--- deleted. AUTOINCREMENT: a seq is never reused, so order survives deletes.
+-- The durable queue of every channel (version 5: one queue per channel):
+-- alarms, resolutions, reminders, escalations and acknowledgements waiting
+-- for delivery, written in the same transaction as what they report;
+-- delivered oldest first per channel, then deleted. A row its target
+-- refused for good (a 4xx) is set aside: kept, shown, no longer sent.
+-- AUTOINCREMENT: a seq is never reused, so order survives deletes. Rows of
+-- an older version belong to the forward channel (--forward-url).
 CREATE TABLE IF NOT EXISTS outbox (
-    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
-    event TEXT NOT NULL                      -- the Canopsis event, JSON
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event       TEXT NOT NULL,               -- the Canopsis event, JSON (what a canopsis channel sends)
+    channel     TEXT NOT NULL DEFAULT 'forward',
+    notice      TEXT,                        -- JSON: what the message says (NULL: from the event alone)
+    enqueued_at REAL,                        -- Unix seconds: how long it waits (/healthz)
+    refused_at  REAL,                        -- set aside: when the target refused it for good
+    refusal     TEXT                         -- and what it answered
 );
+
+-- A channel's next batch, its waiting count and oldest row.
+CREATE INDEX IF NOT EXISTS outbox_channel ON outbox (channel, seq) WHERE refused_at IS NULL;
+
+-- Notification channels (version 5): where alarms go. Few rows (at most
+-- MAX_CHANNELS), held in memory by the engine.
+CREATE TABLE IF NOT EXISTS channel (
+    id             TEXT PRIMARY KEY,         -- UUID4, as served in "_id"
+    name           TEXT NOT NULL,
+    kind           TEXT NOT NULL,            -- canopsis, webhook, slack, teams, ntfy, email, alertmanager, apprise
+    url            TEXT NOT NULL,            -- with its secrets: never shown in full
+    is_default     INTEGER NOT NULL DEFAULT 0,  -- 1: heartbeats with no "channels" use it
+    repeat_every   TEXT,                     -- as given ("1h"), NULL: no reminders
+    repeat_seconds INTEGER,
+    headers        TEXT,                     -- JSON object (webhook), NULL when not set
+    template       TEXT,                     -- webhook body template, NULL when not set
+    created        INTEGER NOT NULL,
+    updated        INTEGER NOT NULL
+);
+
+-- How each channel's delivery goes (the forward channel's too): the last
+-- delivery, and while it fails, since when and why.
+CREATE TABLE IF NOT EXISTS channel_health (
+    channel       TEXT PRIMARY KEY,
+    delivered_at  REAL,
+    failing_since REAL,
+    last_error    TEXT,
+    error_at      REAL
+);
+
+-- An open alarm's acknowledgement and escalation (version 5): a row only
+-- once it is acknowledged or escalated; deleted when the alarm resolves.
+-- member '' is the heartbeat's own alarm.
+CREATE TABLE IF NOT EXISTS alarm_follow (
+    heartbeat_id TEXT NOT NULL,
+    member       TEXT NOT NULL DEFAULT '',
+    ack_by       TEXT,
+    ack_at       REAL,
+    ack_comment  TEXT,
+    escalated    INTEGER NOT NULL DEFAULT 0, -- 1: the escalate_to channels were told
+    PRIMARY KEY (heartbeat_id, member)
+);
+
+-- Reminders (channel: the channel reminded) and escalations (channel '')
+-- due for open alarms: the tick takes what is due, in order of due, and
+-- the scheduler sleeps until the first. Deleted with the alarm, or its
+-- acknowledgement.
+CREATE TABLE IF NOT EXISTS followup (
+    heartbeat_id TEXT NOT NULL,
+    member       TEXT NOT NULL DEFAULT '',
+    channel      TEXT NOT NULL,
+    due          REAL NOT NULL,
+    PRIMARY KEY (heartbeat_id, member, channel)
+);
+CREATE INDEX IF NOT EXISTS followup_due ON followup (due);
 
 -- Every state change of every heartbeat and member (GET /api/v2/heartbeat/<id>/history,
 -- availability), written in the transaction of the change it records. The
@@ -150,7 +218,7 @@ CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
 
 -- The starts and ends of maintenance windows recorded in the history
--- (version 5): inserted in the transaction that records one, so that it is
+-- (version 6): inserted in the transaction that records one, so that it is
 -- recorded once, however many instances share the database (the one whose
 -- insert wins records it). Pruned with the history.
 CREATE TABLE IF NOT EXISTS boundary (
@@ -160,4 +228,4 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;

@@ -52,8 +52,9 @@ import heartbeat_lite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCUMENTED_BASE_URL = "http://localhost:8082"
-PAGES = ["README.md"] + sorted(
-    f"docs/{name}" for name in os.listdir(os.path.join(HERE, "docs")) if name.endswith(".md"))
+PAGES = ["README.md"] + sorted(  # docs/ and its folders (docs/channels/)
+    os.path.relpath(os.path.join(folder, name), HERE).replace(os.sep, "/")
+    for folder, _, names in os.walk(os.path.join(HERE, "docs")) for name in names if name.endswith(".md"))
 
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<lang>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(?P<kind>not run|new server)\s*:\s*(?P<argument>.*?)\s*-->\s*\Z", re.S)

@@ -1048,11 +1048,11 @@ def test_the_outbox_row_and_the_state_change_commit_together(receiver, clock, al
         heartbeat_id = new_heartbeat(service)
         clock.advance(60)
 
-        def failing_enqueue(events):
+        def failing_enqueue(rows):
             raise heartbeat_lite.StoreError("disk full")
 
         with monkeypatch.context() as patch:
-            patch.setattr(service.store, "enqueue", failing_enqueue)
+            patch.setattr(service.store, "enqueue_notices", failing_enqueue)
             with pytest.raises(heartbeat_lite.StoreError):
                 service.tick()
         assert service.engine.status(heartbeat_id)["status"] == "pending"  # rolled back with it

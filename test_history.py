@@ -235,7 +235,7 @@ def test_a_migrated_database_gains_the_history_table(tmp_path, clock):
         assert history(client(service), heartbeat_id)["history"][0]["reason"] == "created"
         assert service.engine.document("a0000000-0000-4000-8000-000000000001")  # kept
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION >= 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
 
 
 @pytest.mark.postgresql
@@ -252,8 +252,7 @@ def test_a_version_3_postgresql_database_gains_the_history_table(pg_url, clock):
         heartbeat_id = new_heartbeat(service)
         assert history(client(service), heartbeat_id)["history"][0]["reason"] == "created"
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == \
-            heartbeat_lite.SCHEMA_VERSION
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] in (str(heartbeat_lite.SCHEMA_VERSION), heartbeat_lite.SCHEMA_VERSION)
 
 
 ###############################################################################

@@ -326,3 +326,79 @@ def described_answer(spec, method, path, status):
     responses = spec["paths"][template][method.lower()]["responses"]
     assert str(status) in responses, (method, path, status)
     return pointer("paths", template, method.lower(), "responses", str(status))
+
+
+###############################################################################
+# Notification targets
+###############################################################################
+
+
+class Hooks:
+    """Local HTTP targets for notification channels: every request to any
+    path is recorded as ``(path, headers, body bytes)``; ``statuses`` maps a
+    path to the statuses to answer it, in turn (then 200); ``limit`` answers
+    413 to a body larger than that (nginx's client_max_body_size);
+    ``hang`` paths never answer (until closed)."""
+
+    def __init__(self, limit=None):
+        self.requests = []
+        self.statuses = {}
+        self.hang = set()
+        self.limit = limit
+        self.arrived = threading.Condition()
+        self.closing = threading.Event()
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                path = self.path
+                if path.partition("?")[0] in hooks.hang:
+                    hooks.closing.wait(60)
+                    return
+                queued = hooks.statuses.get(path.partition("?")[0])
+                status = queued.pop(0) if queued else 200
+                if hooks.limit is not None and len(data) > hooks.limit:
+                    status = 413
+                with hooks.arrived:
+                    hooks.requests.append((path, dict(self.headers), data, status))
+                    hooks.arrived.notify_all()
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def url(self, path="/hook", userinfo=""):
+        return f"http://{userinfo}127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def bodies(self, path="/hook", delivered=True):
+        """The JSON bodies POSTed to ``path`` (those answered 2xx only, when ``delivered``)."""
+        return [json.loads(data) for got, _, data, status in self.requests
+                if got.partition("?")[0] == path and (status < 300 or not delivered)]
+
+    def wait_for(self, count, path="/hook", timeout=10.0):
+        """Wait until ``count`` bodies were delivered to ``path``; return whether they were."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.bodies(path)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.arrived.wait(left)
+        return True
+
+    def close(self):
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
