@@ -107,7 +107,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def read_schema(name):
@@ -218,7 +218,7 @@ AUTH_SOURCES_TRACKED = 10_000  # client addresses whose failure budget is rememb
 AUTH_GLOBAL_FAILURE_BURST = 20  # failed derivations all clients together may cause at once ...
 AUTH_GLOBAL_FAILURES_PER_SECOND = 2.0  # ... then this many per second (with one at a time: a bound on CPU)
 
-HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this for a lock
+HEALTH_TIMEOUT_SECONDS = 0.5  # /healthz's own database read waits at most this (a lock; on PostgreSQL, any answer)
 MAX_LOGGED_CHARS = 1024  # a request's URL, a name, a pattern: cut at this in a log line
 
 JSON_TYPE = "application/json"
@@ -1465,6 +1465,8 @@ _MIGRATIONS = {
     2: (_MIGRATIONS[2][0] + _V5_OUTBOX_ASIDE, _MIGRATIONS[2][1] + _V5_OUTBOX_OVER),
     **{v: (_SET_ASIDE.format(v=v) + _V5_OUTBOX_ASIDE, _MOVE_OVER.format(v=v, columns=_V3_COLUMNS) + _V5_OUTBOX_OVER)
        for v in (3, 4)},
+    # Version 6 added the boundary table (schema.sql creates it): nothing to rebuild.
+    5: ("", ""),
 }
 
 
@@ -1641,6 +1643,9 @@ class _Connections(abc.ABC):
         #: tests trace statements with it, or raise ``sqlite3.Error`` from it
         #: to inject a failure
         self.statement_hook = None
+        #: None, or a callable ``(ok)`` told the outcome of every write, as
+        #: :attr:`last_write` records it (the engine's outage rule)
+        self.write_observer = None
 
     # -- hooks: what each database does its own way --------------------------
 
@@ -1771,6 +1776,8 @@ class _Connections(abc.ABC):
     def _wrote(self, error=None):
         """Record the outcome of a write: success, or the driver's error."""
         self.last_write = WriteOutcome(error is None, time.time(), None if error is None else str(error))
+        if self.write_observer is not None:
+            self.write_observer(error is None)
 
     # -- transactions and statements -------------------------------------------
 
@@ -1817,7 +1824,12 @@ class _Connections(abc.ABC):
         what :meth:`_refusal` makes of it) and the failed connection is
         dropped (the writer's once its transaction is over)."""
         if self._guard is not None:
-            self._guard()
+            try:
+                self._guard()
+            except StoreError as exc:  # a refused write is a failed one
+                if conn is self._conn and (self._depth or not sql.startswith(_READS)):
+                    self._wrote(exc)
+                raise
         try:
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
@@ -1873,6 +1885,9 @@ class _Connections(abc.ABC):
 
     # -- health ----------------------------------------------------------------
 
+    #: /healthz's read: the events waiting for delivery (not those set aside)
+    _HEALTH_READ = "SELECT COUNT(*) FROM outbox WHERE refused_at IS NULL"
+
     def health(self):
         """Whether the database answers reads and the last write succeeded,
         found without waiting on the writer: a read on a connection of its
@@ -1884,7 +1899,7 @@ class _Connections(abc.ABC):
             problem says what fails.
         """
         try:
-            depth = self._health_read("SELECT COUNT(*) FROM outbox WHERE refused_at IS NULL")
+            depth = self._health_read(self._HEALTH_READ)
         except DatabaseGone as exc:
             return None, str(exc), exc.since
         except StoreError as exc:
@@ -2104,14 +2119,14 @@ class _StateStatements(abc.ABC):
                     chunk,
                 ) if row["status"] != UP]
             self._executemany(
-                "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
+                f"UPDATE heartbeat SET status = 'up', {self._LATER_REFRESH}, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
-                [(now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
+                [(now, now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
             )
             paused = [row["id"] for row in special if row["status"] == "paused"]
             if paused:
-                self._executemany("UPDATE heartbeat SET last_event = ? WHERE id = ?",
-                                  [(now, heartbeat_id) for heartbeat_id in paused])
+                self._executemany(f"UPDATE heartbeat SET {self._LATER_EVENT} WHERE id = ?",
+                                  [(now, now, heartbeat_id) for heartbeat_id in paused])
         if len(special) > 1:
             position = {heartbeat_id: i for i, heartbeat_id in enumerate(heartbeat_ids)}
             special.sort(key=lambda row: position[row["id"]])
@@ -2126,8 +2141,8 @@ class _StateStatements(abc.ABC):
         throughput pays for, so the common case is one statement, not four.
         """
         return self._execute(
-            "UPDATE heartbeat SET status = 'up', refreshed = ?, last_event = ? WHERE id = ? AND status IN ('pending', 'up')",
-            (now, now, heartbeat_id),
+            f"UPDATE heartbeat SET status = 'up', {self._LATER_REFRESH} WHERE id = ? AND status IN ('pending', 'up')",
+            (now, now, now, heartbeat_id),
         ).rowcount == 1
 
     @abc.abstractmethod
@@ -2143,6 +2158,13 @@ class _StateStatements(abc.ABC):
             The engine applies them as refreshes of heartbeats not up
             (resolving an alarm, or counting the event of a paused one).
         """
+
+    def write_refreshes_now(self, refreshes):
+        """:meth:`write_refreshes`, for a caller that answers once they are
+        written; where several instances share the database, the refreshes
+        of concurrent callers are written together (one transaction: group
+        commit). :returns: those of the caller's ids not written, in id order."""
+        return self.write_refreshes(refreshes)
 
     def due(self, now, limit=None):
         """The rows of the heartbeats whose next transition (going late or
@@ -2222,26 +2244,26 @@ class _MemberStatements:
     def refresh_member_if_up(self, heartbeat_id, key, now):
         """Refresh one member that is up, in a single statement; True when
         it was (ingestion's hot path, as :meth:`refresh_if_not_down`)."""
-        return self._execute("UPDATE member SET refreshed = ?, last_event = ? WHERE heartbeat_id = ? AND member = ? "
-                             "AND status = 'up'", (now, now, heartbeat_id, key)).rowcount == 1
+        return self._execute(f"UPDATE member SET {self._LATER_REFRESH} WHERE heartbeat_id = ? AND member = ? "
+                             "AND status = 'up'", (now, now, now, heartbeat_id, key)).rowcount == 1
 
     def refresh_members(self, items, now):
         """Members ``(heartbeat id, key)`` had a matching event at ``now``:
         each goes ``up`` (a paused one is handled by :meth:`touch_members`)."""
-        self._executemany("UPDATE member SET status = 'up', refreshed = ?, last_event = ?, alarm_since = NULL "
+        self._executemany(f"UPDATE member SET status = 'up', {self._LATER_REFRESH}, alarm_since = NULL "
                           "WHERE heartbeat_id = ? AND member = ? AND status <> 'paused'",
-                          [(now, now, heartbeat_id, key) for heartbeat_id, key in items])
+                          [(now, now, now, heartbeat_id, key) for heartbeat_id, key in items])
 
     def touch_members(self, items, now):
         """Paused members ``(heartbeat id, key)`` had a matching event at ``now``: only ``last_event`` moves."""
-        self._executemany("UPDATE member SET last_event = ? WHERE heartbeat_id = ? AND member = ?",
-                          [(now, heartbeat_id, key) for heartbeat_id, key in items])
+        self._executemany(f"UPDATE member SET {self._LATER_EVENT} WHERE heartbeat_id = ? AND member = ?",
+                          [(now, now, heartbeat_id, key) for heartbeat_id, key in items])
 
     def write_member_refreshes(self, refreshes):
         """Store ``(heartbeat id, key, refresh time)`` of members that are up
         (refreshes the engine kept in memory until now)."""
-        self._executemany("UPDATE member SET refreshed = ?, last_event = ? WHERE heartbeat_id = ? AND member = ? "
-                          "AND status = 'up'", [(t, t, heartbeat_id, key) for heartbeat_id, key, t in refreshes])
+        self._executemany(f"UPDATE member SET {self._LATER_REFRESH} WHERE heartbeat_id = ? AND member = ? "
+                          "AND status = 'up'", [(t, t, t, heartbeat_id, key) for heartbeat_id, key, t in refreshes])
 
     def due_members(self, now, limit=None):
         """The members (with their heartbeat's id, name, output and pattern)
@@ -2484,6 +2506,14 @@ class _HistoryStatements:
         self._executemany(
             "INSERT INTO history (heartbeat_id, at, status, reason, extra, member) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
+    def claim_boundary(self, maintenance_id, at, started):
+        """In the transaction that records a window's start (``started``) or
+        end at ``at`` in the history: True when this call claims it, False
+        when it was recorded already (by another instance sharing the
+        database: its insert won)."""
+        return self._execute("INSERT INTO boundary (maintenance_id, at, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                             (maintenance_id, at, "start" if started else "end")).rowcount == 1
+
     def history(self, heartbeat_id, since, until, limit):
         """A heartbeat's changes (its own and its members') with ``since <=
         at <= until`` (None: no bound), newest first, at most ``limit``: rows
@@ -2558,6 +2588,7 @@ class _HistoryStatements:
                 for start in range(0, len(doomed), _ID_CHUNK):
                     chunk = doomed[start:start + _ID_CHUNK]
                     self._execute(f"DELETE FROM history WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
+                self._execute("DELETE FROM boundary WHERE at < ?", (cutoff,))  # their records are going
         cursor = (rows[-1][1], rows[-1][0]) if len(rows) == batch else None
         return len(doomed), cursor
 
@@ -2827,6 +2858,15 @@ class _InstanceStatements(abc.ABC):
         ``(now, True)`` when it runs still (another instance runs)."""
 
     @abc.abstractmethod
+    def blind_since(self, failed_at):
+        """In a transaction: this instance's writes failed from ``failed_at``
+        on. Since when the service was blind: ``failed_at``; or None when
+        another instance recorded that it was alive after it (that one was
+        not blind: it recorded events meanwhile, or counted the outage
+        already). Instances that recover together queue here, so an outage
+        is counted once."""
+
+    @abc.abstractmethod
     def record_start(self, now):
         """This instance runs, from ``now`` (a stop from now on is unclean
         until :meth:`record_stop`)."""
@@ -2893,14 +2933,24 @@ class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStateme
     #: and NOCASE do), ``_BY_NAME`` (the status page's order: name folded so,
     #: then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
     #: ``?``), ``_SPECIAL_ONLY`` (what :meth:`refresh` reads: a condition
-    #: and ``AND``, or nothing)
-    _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY")
+    #: and ``AND``, or nothing), ``_GREATEST`` (the larger of two values)
+    _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY",
+                "_GREATEST")
+
+    # A refresh never moves backwards (writes of two instances, or of one
+    # instance's concurrent requests, may commit in any order): what a
+    # refresh sets, with its time three times as parameters, and what an
+    # event sets of a paused one (twice); last_event may be NULL.
+    _LATER_REFRESH = ("refreshed = {g}(refreshed, ?), last_event = COALESCE({g}(last_event, ?), ?)")
+    _LATER_EVENT = "last_event = COALESCE({g}(last_event, ?), ?)"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         missing = [name for name in Store._DIALECT if not hasattr(cls, name)]
         if missing:
             raise TypeError(f"{cls.__name__} must spell {', '.join(missing)} (see Store._DIALECT)")
+        cls._LATER_REFRESH = Store._LATER_REFRESH.format(g=cls._GREATEST)
+        cls._LATER_EVENT = Store._LATER_EVENT.format(g=cls._GREATEST)
 
 
 class SqliteStore(Store):
@@ -2940,6 +2990,7 @@ class SqliteStore(Store):
     _BY_NAME = "name COLLATE NOCASE, id"
     _CONTAINS = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
     _SPECIAL_ONLY = "status <> 'up' AND "  # only the rows refresh() reports
+    _GREATEST = "MAX"  # with two arguments, the scalar max (NULL if either is)
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
         if sqlite3.sqlite_version_info < (3, 31):
@@ -3065,8 +3116,8 @@ class SqliteStore(Store):
         refreshes = list(refreshes)
         with self._lock:  # no other write between the update and the look at what it missed
             written = self._executemany(
-                "UPDATE heartbeat SET refreshed = ?, last_event = ? WHERE id = ? AND status = 'up'",
-                [(refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
+                f"UPDATE heartbeat SET {self._LATER_REFRESH} WHERE id = ? AND status = 'up'",
+                [(refreshed, refreshed, refreshed, heartbeat_id) for heartbeat_id, refreshed in refreshes],
             ).rowcount
             if written == len(refreshes):  # the common case: every one was up
                 return []
@@ -3083,6 +3134,9 @@ class SqliteStore(Store):
 
     def last_alive(self, now):
         return self.meta(META_ALIVE_AT), self.meta(META_STOPPED_CLEANLY) == 1
+
+    def blind_since(self, failed_at):
+        return failed_at  # one service: it was blind
 
     def record_start(self, now):
         self.set_meta(META_STOPPED_CLEANLY, 0)
@@ -3110,7 +3164,21 @@ class SqliteStore(Store):
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-POSTGRES_CONNECT_TIMEOUT_SECONDS = 5  # libpq counts at least 2
+# Client-side bounds on a PostgreSQL server that stops answering (each may be
+# overridden in the URL, as libpq reads them): connecting (libpq's least:
+# a frozen server holds an attempt this long), TCP keepalives and
+# tcp_user_timeout (a peer gone from the network, on idle connections and
+# unacknowledged sends), and the server-side statement_timeout (a runaway
+# statement; a frozen server enforces nothing: see _DatabaseWatchdog).
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 2
+POSTGRES_CONNECTION_OPTIONS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                               "keepalives_count": 3, "tcp_user_timeout": 10_000}
+POSTGRES_STATEMENT_TIMEOUT_SECONDS = 60.0
+STALL_SECONDS = 0.5  # a statement unanswered this long has the watchdog probe the server (HEALTH_TIMEOUT_SECONDS)
+WATCH_SECONDS = 0.1  # how often the watchdog looks; and, while the server does not answer, probes it again
+CLOCK_WARNING_SECONDS = 1.0  # an instance's clock further than this from the database's is logged (and corrected)
+CLOCK_SAMPLES = 4  # the clock offset is that of the quickest of the last samples (the least error)
+CLOCK_SAMPLE_SECONDS = 1.0  # how often a server's syncer samples the database's clock
 CHANGES_KEPT = "1 day"  # another instance's changes are kept this long; one further behind reloads everything
 # advisory lock kinds (the first key); the second is the schema's own, so
 # that databases of separate services in one PostgreSQL cluster never meet
@@ -3184,6 +3252,209 @@ def _pg_rows(cursor):
     return _pg_row_class(tuple(column.name for column in cursor.description))
 
 
+class _GroupCommit:
+    """Writes of concurrent callers made one (group commit): while one
+    caller writes, the others queue; the next to go takes every item queued
+    and writes them together, in one transaction. Each caller returns once
+    its items are written (or raises the write's error).
+
+    :param write: ``write(items)`` writes a list of items and returns the
+        set of those it did not write (see :meth:`Store.write_refreshes`).
+    """
+
+    def __init__(self, write):
+        self._write = write
+        self._cond = threading.Condition()
+        self._queue = []  # (items, outcome) of the callers waiting
+        self._busy = False
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Be the writer, outside any write (to close what it uses)."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def __call__(self, items):
+        outcome = {}  # "missed" (a set) or "error", once written
+        with self._cond:
+            self._queue.append((items, outcome))
+            while self._busy and not outcome:
+                self._cond.wait()
+            if not outcome:  # this caller writes the queue
+                self._busy = True
+                batch, self._queue = self._queue, []
+        if not outcome:
+            result = {"error": StoreError("the write did not end")}
+            try:
+                result = {"missed": set(self._write([item for queued, _ in batch for item in queued]))}
+            except StoreError as exc:
+                result = {"error": exc}
+            finally:
+                with self._cond:
+                    for _, waiting in batch:
+                        waiting.update(result)
+                    self._busy = False
+                    self._cond.notify_all()
+        if "error" in outcome:
+            error = outcome["error"]
+            raise StoreError(str(error)) from error.__cause__
+        return outcome["missed"]
+
+
+class _DatabaseWatchdog:
+    """The client-side deadline of a :class:`PostgresStore`. A server that
+    stops answering (frozen, or cut off while TCP still acknowledges)
+    holds a statement forever: libpq waits on its socket, and the
+    server-side timeouts need a running server. So every statement is
+    registered while it runs (:meth:`begin`, :meth:`end`), and a thread
+    looks every :data:`WATCH_SECONDS`: when one has waited
+    :data:`STALL_SECONDS`, it probes the server on a connection of its own
+    (``/healthz``'s read, :meth:`read`). A probe unanswered within
+    :data:`HEALTH_TIMEOUT_SECONDS` means the server does not answer: every
+    statement waiting is cut (its socket shut down: the driver fails it as
+    a lost connection), and from then on every statement, and every new
+    connection but the probe's, is refused at once with a
+    :class:`StoreError` (:meth:`refuse`), until a probe is answered again
+    (tried every :data:`WATCH_SECONDS`). A slow statement on a server that
+    answers the probe is left alone (its server-side timeouts bound it).
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self._running = {}  # connection -> time.monotonic() its statement started
+        self._running_lock = threading.Lock()  # held while cutting: a registered connection is still open
+        self._cond = threading.Condition()
+        #: None while the server answers; else since when it does not (Unix seconds)
+        self.unanswered_since = None
+        self._probe = None  # the probing thread, while one runs
+        self._probe_started = 0.0  # time.monotonic()
+        self._probes = 0  # probes finished, so a caller knows a fresh one
+        self._outcome = (None, None)  # the last probe's (outbox depth, StoreError or None)
+        self._thread = None
+        self._stopping = False
+
+    def start(self):
+        with self._cond:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._watch, name="heartbeat-lite-watchdog", daemon=True)
+                self._thread.start()
+
+    def stop(self):
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._stopping = True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join()
+
+    def begin(self, conn):
+        with self._running_lock:
+            self._running[conn] = time.monotonic()
+
+    def end(self, conn):
+        with self._running_lock:
+            self._running.pop(conn, None)
+
+    def refuse(self):
+        """Raise the database error while the server does not answer (but
+        in the probe, which finds when it answers again)."""
+        since = self.unanswered_since
+        if since is not None and self._probe is not threading.current_thread():
+            raise StoreError("the database does not answer (since "
+                             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))})")
+
+    def read(self):
+        """``/healthz``'s read: the outbox depth, from a probe that ends
+        within :data:`HEALTH_TIMEOUT_SECONDS` (one started meanwhile by
+        another caller or by the watchdog counts), else :raises StoreError:."""
+        self.refuse()
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        with self._cond:
+            seen = self._probes
+            self._start_probe()
+            while self._probes == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreError(f"the database does not answer within {HEALTH_TIMEOUT_SECONDS:g}s")
+                self._cond.wait(left)
+            depth, error = self._outcome
+        if error is not None:
+            raise error
+        return depth
+
+    def _start_probe(self):
+        """Start a probe unless one runs (call with the condition held)."""
+        if self._probe is None:
+            self._probe_started = time.monotonic()
+            self._probe = threading.Thread(target=self._run_probe, name="heartbeat-lite-probe", daemon=True)
+            self._probe.start()
+
+    def _run_probe(self):
+        try:
+            outcome = (self._store._probe(), None)
+        except StoreError as exc:
+            outcome = (None, exc)
+        with self._cond:
+            self._probe = None
+            self._probes += 1
+            self._outcome = outcome
+            if outcome[1] is None and self.unanswered_since is not None:
+                log.warning("the database %s answers again, after %.1fs", self._store.path,
+                            time.time() - self.unanswered_since)
+                self.unanswered_since = None
+            self._cond.notify_all()
+
+    def _watch(self):
+        while True:
+            with self._cond:
+                self._cond.wait(WATCH_SECONDS)
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                if self._probe is not None:
+                    if now - self._probe_started > HEALTH_TIMEOUT_SECONDS:
+                        self._unanswered()
+                else:
+                    with self._running_lock:
+                        stalled = any(now - started >= STALL_SECONDS for started in self._running.values())
+                    if stalled or self.unanswered_since is not None:
+                        self._start_probe()
+            if self.unanswered_since is not None:
+                self._cut()  # what waits, the probe included; what started since the last look
+
+    def _unanswered(self):
+        if self.unanswered_since is None:
+            self.unanswered_since = time.time() - HEALTH_TIMEOUT_SECONDS
+            log.error("the database %s does not answer: statements waiting are cut, every change gets the "
+                      "database error until it answers again", self._store.path)
+
+    def _cut(self):
+        """Shut down the socket of every statement waiting: the driver then
+        fails it as a connection lost (and the store opens a new one)."""
+        with self._running_lock:
+            for conn in list(self._running):
+                try:
+                    sock = socket.socket(fileno=os.dup(conn.fileno()))
+                except (OSError, ValueError, self._store._psycopg.Error) as exc:
+                    log.debug("cutting a statement: %s", exc)
+                    continue
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError as exc:
+                    log.debug("cutting a statement: %s", exc)
+                finally:
+                    sock.close()
+
+
 class PostgresStore(Store):
     """The store on PostgreSQL (13 or newer), through psycopg 3, which is
     imported only here: SQLite users need not install it
@@ -3209,7 +3480,15 @@ class PostgresStore(Store):
     Transactions are READ COMMITTED; the busy timeout becomes
     ``lock_timeout``. A connection the server closed (PostgreSQL restarted)
     is opened again: at once for a read or a BEGIN, which may safely run
-    again, else before its next use.
+    again, else before its next use. A server that stops answering is
+    found by :class:`_DatabaseWatchdog` within a second: what waits on it is cut,
+    and changes are refused at once until it answers again.
+
+    Refreshes written before an answer (:meth:`write_refreshes_now`) are
+    written together with those of concurrent requests (group commit).
+    The database's clock is sampled (:meth:`sample_clock`): an instance
+    whose clock is off judges time on the database's
+    (:meth:`database_clock`).
     """
 
     shared_by_instances = True
@@ -3219,6 +3498,7 @@ class PostgresStore(Store):
     _BY_NAME = _FOLD.format("name") + ' COLLATE "C", id'
     _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
     _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
+    _GREATEST = "GREATEST"  # NULLs ignored
 
     def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):
         try:
@@ -3239,24 +3519,41 @@ class PostgresStore(Store):
         self._key = None  # the second key of advisory locks, from the schema's name
         self._lease_conns = {}  # channel -> its delivery's connection, holding the channel's lock while it delivers
         self._lease_locks = collections.defaultdict(threading.Lock)
+        self._watchdog = _DatabaseWatchdog(self)
+        self._guard = self._watchdog.refuse
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        self._options = {key: value for key, value in POSTGRES_CONNECTION_OPTIONS.items() if key not in given}
+        if "connect_timeout" not in given:
+            self._options["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+        self._together = _GroupCommit(self._write_refreshes_apart)
+        self._refresh_conn = None  # write_refreshes_now's own connection (its group commit's writer uses it alone)
+        self._clock_samples = collections.deque(maxlen=CLOCK_SAMPLES)  # (round trip, offset) seconds
+        #: this host's clock minus the database's (seconds), once measured, else None
+        self.clock_offset = None
+        self._clock_warned = False
 
     # -- connections -----------------------------------------------------------
 
     def _open(self, timeout=None):
         psycopg = self._psycopg
+        self._watchdog.refuse()  # a server that does not answer holds a connection attempt too
+        self._watchdog.start()
         wait = self.busy_timeout if timeout is None else timeout
+        statement_timeout = POSTGRES_STATEMENT_TIMEOUT_SECONDS if timeout is None else timeout
         try:
-            conn = psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows,
-                                   connect_timeout=max(2, int(math.ceil(min(wait, POSTGRES_CONNECT_TIMEOUT_SECONDS)))))
-            conn.execute(f"SET lock_timeout = {int(wait * 1000)}")
-            if timeout is not None:
-                conn.execute(f"SET statement_timeout = {int(wait * 1000)}")
-            if self._key is None:
-                schema = conn.execute("SELECT current_schema()").fetchone()[0]
-                if schema is None:
-                    conn.close()
-                    raise StoreError("cannot open database: its search_path names no schema that exists")
-                self._key = zlib.crc32(schema.encode("utf-8")) - 2 ** 31
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows, **self._options)
+            self._watchdog.begin(conn)
+            try:
+                conn.execute(f"SET lock_timeout = {int(wait * 1000)}; "
+                             f"SET statement_timeout = {int(statement_timeout * 1000)}")
+                if self._key is None:
+                    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+                    if schema is None:
+                        conn.close()
+                        raise StoreError("cannot open database: its search_path names no schema that exists")
+                    self._key = zlib.crc32(schema.encode("utf-8")) - 2 ** 31
+            finally:
+                self._watchdog.end(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open database: {exc}") from exc
         return conn
@@ -3267,6 +3564,7 @@ class PostgresStore(Store):
     def _prepare(self, conn):
         try:
             with conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = 0")  # a migration takes the time it takes
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SCHEMA, self._key))
                 version = 0
                 if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
@@ -3284,20 +3582,88 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot prepare database: {exc}") from exc
 
+    def open(self):
+        super().open()
+        try:
+            self.sample_clock()  # before the engine reads its clock
+        except StoreError as exc:
+            log.debug("the database's clock: %s", exc)
+
     def close(self):
+        self._watchdog.stop()
+        if self._watchdog.unanswered_since is not None:
+            self._watchdog._cut()  # nothing waits on a server that does not answer to close
         super().close()
+        with self._together.writing():
+            if self._refresh_conn is not None:
+                self._refresh_conn.close()
+                self._refresh_conn = None
         for channel in list(self._lease_conns):
             with self._lease_locks[channel]:
                 self._drop_lease(channel)
 
     def _send(self, conn, sql, params, many, fetch):
         text = _pyformat(sql)
-        if many:
-            with conn.cursor() as cursor:
-                cursor.executemany(text, params)
-            return None
-        cursor = conn.execute(text, params)
-        return cursor.fetchall() if fetch else cursor
+        watchdog = self._watchdog
+        watchdog.begin(conn)
+        try:
+            if many:
+                with conn.cursor() as cursor:
+                    cursor.executemany(text, params)
+                return None
+            cursor = conn.execute(text, params)
+            return cursor.fetchall() if fetch else cursor
+        finally:
+            watchdog.end(conn)
+
+    def _health_read(self, sql):
+        return self._watchdog.read()  # the probe's read is sql (_HEALTH_READ)
+
+    def _probe(self):
+        """The watchdog's probe, which is ``/healthz``'s read: the outbox
+        depth, on the health connection (opened if needed: a connection the
+        server closed is opened again once)."""
+        with self._health_lock:
+            for attempt in (1, 2):
+                if self._health_conn is None:
+                    self._health_conn = self._open_reader(timeout=HEALTH_TIMEOUT_SECONDS)
+                try:
+                    return self._run(self._health_conn, self._HEALTH_READ, (), fetch=True)[0][0]
+                except StoreError as exc:
+                    if attempt == 2 or not self._lost(exc):
+                        raise
+
+    # -- the database's clock ----------------------------------------------------
+
+    def sample_clock(self):
+        """Measure this host's clock against the database's: one read of
+        ``clock_timestamp()`` between two readings of ``time.time()``; the
+        offset kept is that of the quickest of the last
+        :data:`CLOCK_SAMPLES` (its error is at most half its round trip).
+        An offset beyond :data:`CLOCK_WARNING_SECONDS` is logged once (and
+        its end).
+
+        :returns: the offset, this host's clock minus the database's (seconds).
+        :raises StoreError: the database does not answer.
+        """
+        before = time.time()
+        database = self._query("SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+        after = time.time()
+        self._clock_samples.append((after - before, (before + after) / 2 - database))
+        offset = self.clock_offset = min(self._clock_samples)[1]
+        if abs(offset) > CLOCK_WARNING_SECONDS and not self._clock_warned:
+            log.warning("this host's clock is %+.3fs off the database's (%s): deadlines are judged on the "
+                        "database's clock; fix the host's time synchronisation", offset, self.path)
+            self._clock_warned = True
+        elif abs(offset) <= CLOCK_WARNING_SECONDS / 2 and self._clock_warned:
+            log.warning("this host's clock agrees with the database's again (%+.3fs)", offset)
+            self._clock_warned = False
+        return offset
+
+    def database_clock(self):
+        """The time on the database's clock: this host's, corrected by the
+        offset measured last (uncorrected before the first measure)."""
+        return time.time() - (self.clock_offset or 0.0)
 
     def _refusal(self, error):
         # two instances creating one pattern at once: the UNIQUE index decides
@@ -3324,17 +3690,80 @@ class PostgresStore(Store):
     def write_refreshes(self, refreshes):
         # Another instance may have put a heartbeat late or down, or paused
         # it, meanwhile: the rows are locked, then updated where still up.
-        refreshes = sorted(refreshes)  # rows locked in id order: no deadlock with another instance
+        latest = {}  # one time per id (an UPDATE joining a row twice uses either)
+        for heartbeat_id, refreshed in refreshes:
+            if refreshed > latest.get(heartbeat_id, -math.inf):
+                latest[heartbeat_id] = refreshed
+        refreshes = sorted(latest.items())  # rows locked in id order: no deadlock with another instance
         ids = [heartbeat_id for heartbeat_id, _ in refreshes]
+        if len(ids) == 1:  # one row: one statement, which locks it alone
+            written = self._execute(f"UPDATE heartbeat SET {self._LATER_REFRESH} WHERE id = ? AND status = 'up'",
+                                    (refreshes[0][1],) * 3 + (ids[0],)).rowcount
+            return [] if written else ids
         with self.atomic():
             self._query("SELECT id FROM heartbeat WHERE id = ANY(?::text[]) ORDER BY id FOR UPDATE", (ids,))
             written = self._query(
-                "UPDATE heartbeat SET refreshed = v.t, last_event = v.t "
+                "UPDATE heartbeat SET refreshed = GREATEST(heartbeat.refreshed, v.t), "
+                "last_event = GREATEST(heartbeat.last_event, v.t) "
                 "FROM (SELECT unnest(?::text[]) AS id, unnest(?::float8[]) AS t) AS v "
                 "WHERE heartbeat.id = v.id AND heartbeat.status = 'up' RETURNING heartbeat.id",
                 (ids, [refreshed for _, refreshed in refreshes]))
         written = {row[0] for row in written}
         return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
+
+    def write_refreshes_now(self, refreshes):
+        # On a connection of their own: an event's refresh does not wait
+        # behind the writer's transactions (a tick, a storm's chunks), only
+        # on its rows' locks (taken in id order, as everywhere).
+        return sorted(self._together(list(refreshes)) & {heartbeat_id for heartbeat_id, _ in refreshes})
+
+    def _write_refreshes_apart(self, refreshes):
+        """:meth:`write_refreshes` on the refresh connection (called by one
+        thread at a time: the group commit's writer); its outcome is a
+        write's (:attr:`last_write`, the outage rule)."""
+        latest = {}
+        for heartbeat_id, refreshed in refreshes:
+            if refreshed > latest.get(heartbeat_id, -math.inf):
+                latest[heartbeat_id] = refreshed
+        ids = sorted(latest)
+        try:
+            if self._refresh_conn is None:
+                self._refresh_conn = self._open()
+            if len(ids) == 1:
+                written = ids if self._apart(f"UPDATE heartbeat SET {self._LATER_REFRESH} WHERE id = ? AND status = "
+                                             "'up'", (latest[ids[0]],) * 3 + (ids[0],)).rowcount else []
+            else:
+                self._apart("BEGIN")
+                self._apart("SELECT id FROM heartbeat WHERE id = ANY(?::text[]) ORDER BY id FOR UPDATE", (ids,),
+                            fetch=True)
+                written = [row[0] for row in self._apart(
+                    "UPDATE heartbeat SET refreshed = GREATEST(heartbeat.refreshed, v.t), "
+                    "last_event = GREATEST(heartbeat.last_event, v.t) "
+                    "FROM (SELECT unnest(?::text[]) AS id, unnest(?::float8[]) AS t) AS v "
+                    "WHERE heartbeat.id = v.id AND heartbeat.status = 'up' RETURNING heartbeat.id",
+                    (ids, [latest[heartbeat_id] for heartbeat_id in ids]), fetch=True)]
+                self._apart("COMMIT")
+        except BaseException as exc:
+            if isinstance(exc, StoreError):
+                self._wrote(exc.__cause__ or exc)
+            if self._refresh_conn is not None:  # a transaction cut short, or a connection lost: a new one
+                self._refresh_conn.close()
+                self._refresh_conn = None
+            raise
+        self._wrote()
+        written = set(written)
+        return [heartbeat_id for heartbeat_id in ids if heartbeat_id not in written]
+
+    def _apart(self, sql, params=(), fetch=False):
+        """One statement on the refresh connection, as :meth:`_run` runs
+        them (the guard, the test hook, errors as :class:`StoreError`)."""
+        self._guard()
+        try:
+            if self.statement_hook is not None:
+                self.statement_hook(sql, params)
+            return self._send(self._refresh_conn, sql, params, False, fetch)
+        except self._errors as exc:
+            raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
 
     def last_alive(self, now):
         """The instance that ran last: when it was last alive and whether it
@@ -3350,6 +3779,11 @@ class PostgresStore(Store):
         if not rows:
             return None, False
         return rows[0][0], rows[0][1]
+
+    def blind_since(self, failed_at):
+        self._query("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_START, self._key))
+        others = self._query("SELECT MAX(alive_at) FROM instance WHERE id <> ?", (self.instance_id,))[0][0]
+        return None if others is not None and others > failed_at else failed_at
 
     def record_start(self, now):
         self._execute("INSERT INTO instance (id, alive_at, stopped) VALUES (?, ?, FALSE) "
@@ -3411,7 +3845,11 @@ class PostgresStore(Store):
                     self._lease_conns[channel] = self._open()
                 conn = self._lease_conns[channel]
                 placeholders, key = self._lease_key(channel)
-                leased = conn.execute(f"SELECT pg_try_advisory_lock({placeholders})", key).fetchone()[0]
+                self._watchdog.begin(conn)
+                try:
+                    leased = conn.execute(f"SELECT pg_try_advisory_lock({placeholders})", key).fetchone()[0]
+                finally:
+                    self._watchdog.end(conn)
             except psycopg.Error as exc:
                 self._drop_lease(channel)
                 raise StoreError(f"cannot lease the outbox: {exc}") from exc
@@ -3419,11 +3857,15 @@ class PostgresStore(Store):
                 yield leased
             finally:
                 if leased:
+                    self._watchdog.begin(conn)
                     try:
                         conn.execute(f"SELECT pg_advisory_unlock({placeholders})", key)
                     except psycopg.Error as exc:
                         log.debug("outbox lease: %s", exc)
+                        self._watchdog.end(conn)
                         self._drop_lease(channel)  # closing the connection lets go of the lock
+                    else:
+                        self._watchdog.end(conn)
 
     def _drop_lease(self, channel):
         conn = self._lease_conns.pop(channel, None)
@@ -4460,12 +4902,15 @@ class ReadModel:
         else:  # an unwritten refresh stays: the tick writes it as a refresh (it resolves an alarm)
             self._stored.pop(heartbeat_id, None)
 
-    def refreshed(self, heartbeat_ids, now):
+    def refreshed(self, heartbeat_ids, now, keep=True):
         """Split heartbeats refreshed at ``now`` into those to write now and
-        those whose refresh can wait in memory (kept here as unwritten).
+        those whose refresh can wait in memory (kept here as unwritten);
+        none waits unless ``keep``.
 
         :returns: ``(to_write, kept)``, lists of ids.
         """
+        if not keep:
+            return heartbeat_ids, []
         stored_after = now - REFRESH_WRITE_SECONDS  # a refresh stored later than this is recent
         stored = self._stored.get
         short = self._short
@@ -4484,7 +4929,8 @@ class ReadModel:
         for heartbeat_id, refreshed in refreshes.items():
             if heartbeat_id not in self._documents:
                 continue  # deleted meanwhile (between the chunks of a storm)
-            self._stored[heartbeat_id] = refreshed
+            # a refresh never moves backwards (writes of concurrent requests end in any order)
+            self._stored[heartbeat_id] = max(refreshed, self._stored.get(heartbeat_id, refreshed))
             if self._unwritten.get(heartbeat_id, math.inf) <= refreshed:
                 del self._unwritten[heartbeat_id]
 
@@ -4501,6 +4947,13 @@ class ReadModel:
             if heartbeat_id in self._stored:
                 self._unwritten[heartbeat_id] = now
 
+    def unkept(self, refreshes):
+        """Refreshes ``{id: time}`` kept as unwritten (:meth:`deferred`) were
+        refused after all (their write failed): they are forgotten."""
+        for heartbeat_id, refreshed in refreshes.items():
+            if self._unwritten.get(heartbeat_id) == refreshed:
+                del self._unwritten[heartbeat_id]
+
     def went_down(self, heartbeat_ids):
         """Those heartbeats left ``up`` other than by a refresh: they went
         late or down, or were paused."""
@@ -4508,7 +4961,7 @@ class ReadModel:
             self._stored.pop(heartbeat_id, None)
             self._unwritten.pop(heartbeat_id, None)
 
-    def members_refreshed(self, members, now):
+    def members_refreshed(self, members, now, keep=True):
         """As :meth:`refreshed`, for members ``(heartbeat id, values)``.
 
         :returns: ``(to_write, kept)``: ``(heartbeat id, keys, values)`` to
@@ -4518,7 +4971,7 @@ class ReadModel:
         to_write, kept = [], 0
         for heartbeat_id, values in members:
             stored = self._member_stored[heartbeat_id].get(values, -math.inf)
-            if now - stored < REFRESH_WRITE_SECONDS:
+            if keep and now - stored < REFRESH_WRITE_SECONDS:
                 self._member_unwritten[heartbeat_id][values] = now
                 kept += 1
             else:
@@ -5774,6 +6227,8 @@ class Windows:
         (their time is not counted anyway), and an end is not recorded for a
         heartbeat another window still covers. Availability leaves
         maintenance time out. Records only: nothing is written, no alarm."""
+        if not self.core.store.claim_boundary(window.id, at, started):
+            return  # another instance sharing the database recorded it
         others = [other for other in self.by_id.values() if other.id != window.id]
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
@@ -5891,6 +6346,11 @@ class Intake:
         self.core = core
         self.groups = groups
         self.silence = silence
+        # Where instances share the database, a refresh is in it before the
+        # answer (an instance killed then loses no acknowledged event), and
+        # those of concurrent requests are written together (group commit);
+        # on SQLite, refreshes are coalesced in memory (see ReadModel).
+        self.write_before_answer = core.store.shared_by_instances
         #: the events received lately (memory only)
         self.recent = RecentEvents()
         #: events received (valid requests) since the start
@@ -5920,49 +6380,79 @@ class Intake:
             found = model.matches(events, members)  # id -> the last event that matched it
             matched = list(found)
             had_unwritten = model.has_unwritten()
-            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now)
-            members_to_write, members_kept = model.members_refreshed(members, now)
+            keep = not self.write_before_answer
+            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now, keep)
+            members_to_write, members_kept = model.members_refreshed(members, now, keep)
             if (kept or members_kept) and not had_unwritten:
                 core.due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
             # a sample (see RecentEvents); the lists it lets go are freed when
             # this returns, after the lock is released, not under it
             dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
-            # One heartbeat already up, or one member up (the common cases),
-            # is one statement and no transition; otherwise transactions
-            # through the funnel for those that may change state.
-            if not back and not members_to_write and len(to_write) == 1 \
-                    and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
-                model.written({to_write[0]: now})
-                return matched
-            if not back and not to_write and len(members_to_write) == 1:
-                heartbeat_id, keys, values = members_to_write[0]
-                if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
-                        heartbeat_id, self.groups.key(heartbeat_id, values), now):
-                    model.members_written({(heartbeat_id, values): now})
+            # Shared database: heartbeats already up (the common case) are
+            # written after the lock, with other requests' (group commit);
+            # meanwhile they are kept as unwritten, so that a tick in
+            # between writes them before it looks for what is due.
+            together = None
+            if self.write_before_answer and not back and not members_to_write and 0 < len(to_write) \
+                    <= REFRESH_CHUNK_HEARTBEATS and len(model.up_among(to_write)) == len(to_write):
+                together = dict.fromkeys(to_write, now)
+                model.deferred(to_write, now)
+            else:
+                # One heartbeat already up, or one member up (the common cases),
+                # is one statement and no transition; otherwise transactions
+                # through the funnel for those that may change state.
+                if not back and not members_to_write and len(to_write) == 1 \
+                        and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
+                    model.written({to_write[0]: now})
                     return matched
-            # Heartbeats up only need their refresh written (one cheap
-            # statement each, no state change), in big chunks; the others
-            # (heartbeats that may come back up, then members: tuples) in
-            # storm-sized chunks.
-            up = model.up_among(to_write)
-            up_set = set(up)
-            others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
-            chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
-                      for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
-            chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
-                       for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
-            for _, later in chunks[1:]:
-                model.deferred([item for item in later if type(item) is str], now)
-                model.members_deferred([item for item in later if type(item) is tuple], now)
-            if chunks:
-                write, first = chunks[0]
-                write(first, now)
+                if not back and not to_write and len(members_to_write) == 1:
+                    heartbeat_id, keys, values = members_to_write[0]
+                    if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
+                            heartbeat_id, self.groups.key(heartbeat_id, values), now):
+                        model.members_written({(heartbeat_id, values): now})
+                        return matched
+                # Heartbeats up only need their refresh written (one cheap
+                # statement each, no state change), in big chunks; the others
+                # (heartbeats that may come back up, then members: tuples) in
+                # storm-sized chunks.
+                up = model.up_among(to_write)
+                up_set = set(up)
+                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
+                chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
+                          for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
+                chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
+                           for start in range(0, len(others), STORM_CHUNK_HEARTBEATS)]
+                for _, later in chunks[1:]:
+                    model.deferred([item for item in later if type(item) is str], now)
+                    model.members_deferred([item for item in later if type(item) is tuple], now)
+                if chunks:
+                    write, first = chunks[0]
+                    write(first, now)
+        if together is not None:
+            return self._write_together(together, matched)
         core.publisher.publish()
         for write, heartbeat_ids in chunks[1:]:
             with core.storm_chunk():
                 write(heartbeat_ids, now)
             core.publisher.publish()
+        return matched
+
+    def _write_together(self, refreshes, matched):
+        """After the lock: write refreshes ``{id: time}`` of heartbeats up
+        with those of concurrent requests (:meth:`Store.write_refreshes_now`),
+        then, under the lock, account for them (those another instance put
+        late, down or paused meanwhile are refreshed through the funnel)."""
+        core = self.core
+        try:
+            missed = core.store.write_refreshes_now(refreshes.items())
+        except StoreError:
+            with core.lock:
+                core.model.unkept(refreshes)
+            raise
+        with core.lock:
+            self._written(refreshes, missed)
+        core.publisher.publish()
         return matched
 
     def flush(self, change):
@@ -6627,6 +7117,8 @@ class Expiry:
                     horizon = self.silence.horizon(now)
                 started, ended, retired = [], [], []
                 with core.funnel.change() as change:
+                    if first:
+                        self.lifecycle.recover(change, now)
                     self.intake.flush(change)
                     if first:
                         started, ended = self.windows.boundaries(change, now)
@@ -6744,6 +7236,10 @@ class Lifecycle:
         self.loaded = False
         self._synced = 0  # the last change of other instances applied to the read model (see sync())
         self._alive_recorded = None
+        # the outage rule (see recover()): the clock time of the first
+        # write that failed since the rule last ran
+        self._failed_at = None
+        core.store.write_observer = self._observed
 
     def load(self):
         """Resume after the outage (see :meth:`resume`) and load the read
@@ -6838,10 +7334,48 @@ class Lifecycle:
                     moved = core.store.postpone(alive_at, now - alive_at + (0 if clean else REFRESH_WRITE_SECONDS))
                 core.store.record_start(now)
                 self._alive_recorded = now
+                self._failed_at = None  # the outage is counted here
             # window ends missed while stopped get their end rule at the first tick
             self.windows.checked_at = alive_at if alive_at is not None and alive_at < now else now
         if moved:
             log.info("resumed after %.1fs without service: %d deadline(s) moved later", now - alive_at, moved)
+
+    def _observed(self, ok):
+        """The store tells the outcome of a write (any thread)."""
+        if not ok and self._failed_at is None:
+            self._failed_at = self.core.clock()
+
+    def recover(self, change, now):
+        """In a tick's change, before anything is found due: when writes
+        failed since the last time (the database stopped, froze, refused),
+        the monitor could not record events: it was blind, and its clock
+        stops, as across a restart. Every deadline still ahead when the
+        service last recorded anything (:meth:`Store.blind_since`) moves
+        later by the time since; nothing moves when another instance
+        recorded that it was alive meanwhile (it was not blind), nor during
+        an intake silence (the clock is stopped already).
+
+        Blind since the first write that failed: whatever fell due before
+        it was handled (the scheduler ticks at each deadline, and a tick
+        that fails is such a write), and any event refused after it is one."""
+        failed_at = self._failed_at
+        if failed_at is None:
+            return
+        store = self.core.store
+        since = None if self.silence.since is not None else store.blind_since(failed_at)
+        moved = store.postpone(since, now - since) if since is not None and now > since else 0
+        store.record_alive(now)
+        change.then(self._recovered, failed_at, since, now, moved)
+
+    def _recovered(self, failed_at, since, now, moved):
+        self._alive_recorded = now
+        if self._failed_at == failed_at:
+            self._failed_at = None
+        if since is None:
+            log.info("database writes work again: other instances recorded events meanwhile, no deadline moves")
+        else:
+            log.warning("database writes work again: events could not be recorded for %.1fs, %d deadline(s) "
+                        "moved later by that (the clock stops while the monitor is blind)", now - since, moved)
 
     def record_alive(self, now):
         """Record that the service is alive at ``now``, at most every
@@ -7530,17 +8064,24 @@ class Scheduler(_Worker):
 
 class Syncer(_Worker):
     """Several instances on one database: applies the others' changes to
-    this one's read model every :data:`SYNC_SECONDS` (see :meth:`Engine.sync`)."""
+    this one's read model every :data:`SYNC_SECONDS` (see :meth:`Engine.sync`),
+    and samples the database's clock every :data:`CLOCK_SAMPLE_SECONDS`
+    (see :meth:`PostgresStore.sample_clock`)."""
 
     name = "heartbeat-lite-sync"
 
-    def __init__(self, engine):
+    def __init__(self, engine, store):
         super().__init__()
         self.engine = engine
+        self.store = store
         self.failing = False
+        self._sample_at = -math.inf  # time.monotonic() of the next clock sample
 
     def step(self):
         try:
+            if time.monotonic() >= self._sample_at:
+                self._sample_at = time.monotonic() + CLOCK_SAMPLE_SECONDS
+                self.store.sample_clock()
             self.engine.sync()
         except StoreError as exc:
             if not self.failing:
@@ -9348,7 +9889,10 @@ def openapi_document():
                                    "warnings": {"type": "array", "items": string, "description": "degraded: "
                                                 "alarms not reaching a channel (an event waiting over "
                                                 f"{DELIVERY_STALE_SECONDS:g} s), events set aside"},
-                                   "description": string, "since": {"type": "number"}},
+                                   "description": string, "since": {"type": "number"},
+                                   "clock_offset": {"type": "number", "description": "PostgreSQL: this instance's "
+                                                    "clock minus the database's, seconds (time is judged on the "
+                                                    "database's)"}},
                     "additionalProperties": False,
                 },
             },
@@ -9695,6 +10239,8 @@ class WebApi:
         self.allowed_hosts = allowed_hosts
         self.sender = sender or Sender  # makes a channel's Sender (the test route's)
         self._health_problem = None  # the last problem /healthz logged
+        #: None, or a callable giving the instance's clock offset to the database's (shown by /healthz)
+        self.clock_offset = None
         self.app = bottle.Bottle()
         self.app.uninstall(True)  # no JSON/template plugins: every route returns an HTTPResponse
         self.app.default_error_handler = self._bottle_error
@@ -10102,13 +10648,15 @@ class WebApi:
 
     def health(self):
         depth, problem, since = self.engine.health()
+        offset = None if self.clock_offset is None else self.clock_offset()
+        clock = {} if offset is None else {"clock_offset": round(offset, 3)}
         if problem is not None:
             if problem != self._health_problem:  # a monitor polling /healthz must not flood the log
                 log.error("health check: %s", problem)
             self._health_problem = problem
-            return json_response({"status": "unavailable", "description": problem, "since": since}, 503)
+            return json_response({"status": "unavailable", "description": problem, "since": since, **clock}, 503)
         self._health_problem = None
-        answer = {"status": "ok", **({"outbox": depth} if depth is not None else {})}
+        answer = {"status": "ok", **({"outbox": depth} if depth is not None else {}), **clock}
         warnings = self._delivery_warnings()
         if warnings:
             answer.update(status="degraded", warnings=warnings)
@@ -10178,12 +10726,18 @@ class Service:
         check_history_days(history_days)
         authenticator = Authenticator(DEFAULT_USERS if users is None else users)
         self.store = open_store(db, busy_timeout=busy_timeout)  # takes the lock (SQLite); writes nothing
+        # Instances sharing a database judge time on its clock: the system
+        # clock is corrected by its measured offset to it. An injected clock
+        # is the caller's, used as given.
+        corrected = clock is time.time and self.store.shared_by_instances
+        if corrected:
+            clock = self.store.database_clock
         self.engine = Engine(self.store, clock, on_alarm=on_alarm,
                              channels=[forward_channel(forward_url)] if forward_url else [],
                              intake_silence=intake_silence, history_days=history_days)
         self.scheduler = Scheduler(self.engine)
         #: the :class:`Syncer` when other instances may share the database, else None
-        self.syncer = Syncer(self.engine) if self.store.shared_by_instances else None
+        self.syncer = Syncer(self.engine, self.store) if self.store.shared_by_instances else None
         #: the base of links in messages (``--public-url``); :func:`serve` sets the listen address when None
         self.public_url = public_url
         self.ca_file = ca_file
@@ -10195,6 +10749,8 @@ class Service:
         self.web = WebApi(self.engine, authenticator,
                           allowed_hosts=allowed_host_names(public_url) if users is None else None,
                           sender=self.sender)
+        if corrected:
+            self.web.clock_offset = lambda: self.store.clock_offset
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort

@@ -194,5 +194,15 @@ CREATE INDEX IF NOT EXISTS history_at ON history (at);
 -- Version 5: channels' changes are in the feed too (an older database's CHECK named only the first two).
 ALTER TABLE changes DROP CONSTRAINT IF EXISTS changes_kind_check;
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 5)
+-- The starts and ends of maintenance windows recorded in the history
+-- (version 6), as in schema.sql: every instance's tick sees a boundary,
+-- the one whose insert wins records it.
+CREATE TABLE IF NOT EXISTS boundary (
+    maintenance_id TEXT NOT NULL,
+    at             DOUBLE PRECISION NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('start', 'end')),
+    PRIMARY KEY (maintenance_id, at, kind)
+);
+
+INSERT INTO meta (key, value) VALUES ('schema_version', 6)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

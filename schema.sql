@@ -217,4 +217,15 @@ CREATE INDEX IF NOT EXISTS history_by_heartbeat ON history (heartbeat_id, at);
 -- Pruning: the rows older than --history-days, oldest first.
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
 
-PRAGMA user_version = 5;
+-- The starts and ends of maintenance windows recorded in the history
+-- (version 6): inserted in the transaction that records one, so that it is
+-- recorded once, however many instances share the database (the one whose
+-- insert wins records it). Pruned with the history.
+CREATE TABLE IF NOT EXISTS boundary (
+    maintenance_id TEXT NOT NULL,
+    at             REAL NOT NULL,            -- Unix seconds
+    kind           TEXT NOT NULL CHECK (kind IN ('start', 'end')),
+    PRIMARY KEY (maintenance_id, at, kind)
+);
+
+PRAGMA user_version = 6;

@@ -677,6 +677,7 @@ def stored_last_event(service, heartbeat_id):
     return service.store.heartbeat(heartbeat_id)["last_event"]
 
 
+@pytest.mark.sqlite_only("refreshes coalesced in memory: on PostgreSQL each is written before its answer")
 def test_a_burst_of_events_is_written_once_per_half_second(app, service, clock):
     heartbeat_id = create(app)
     clock.advance(10)
@@ -753,6 +754,7 @@ def test_a_crash_never_invents_an_alarm_from_a_lost_refresh(restart, clock, alar
     assert alarms_seen == []
 
 
+@pytest.mark.sqlite_only("refreshes coalesced in memory: on PostgreSQL each is written before its answer")
 def test_pending_refreshes_reach_the_database_in_server_mode(tmp_path):
     clock = SteppedClock()
     with heartbeat_lite.create_app(db=str(tmp_path / "hb.db"), clock=clock) as service:

@@ -345,6 +345,7 @@ def test_cli_refuses_a_bad_history_days():
 ###############################################################################
 
 
+@pytest.mark.sqlite_only("refreshes coalesced in memory: on PostgreSQL each is written before its answer")
 def test_a_heartbeat_already_up_costs_no_new_statement(app, service, clock):
     create(app)
     clock.advance(1)
@@ -376,6 +377,7 @@ def test_the_last_matching_events_are_kept_newest_first(app, service, clock):
     assert [item["event"]["n"] for item in events] == list(range(24, 4, -1))
 
 
+@pytest.mark.sqlite_only("refreshes coalesced in memory: on PostgreSQL each is written before its answer")
 def test_recent_events_are_sampled_with_the_written_refreshes(app, service, clock):
     # a heartbeat records its matching event only when its refresh is
     # written: at most once per REFRESH_WRITE_SECONDS (0.5 s), so ingestion

@@ -482,6 +482,7 @@ def count_statements(service):
     return statements
 
 
+@pytest.mark.sqlite_only("refreshes coalesced in memory: on PostgreSQL each is written before its answer")
 def test_a_chatty_member_is_written_once_per_half_second(app, service, clock):
     heartbeat_id = grouped(app)
     send(app, host("a"))

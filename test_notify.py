@@ -768,7 +768,7 @@ def test_an_upgrade_keeps_the_undelivered_outbox_for_the_forward_channel(tmp_pat
     schema = open(f"{HERE}/schema.sql", encoding="utf-8").read()
     head, rest = schema.split("-- The durable queue of every channel")
     version_4 = head + OUTBOX_V4 + rest[rest.index("-- Every state change"):].replace(
-        "PRAGMA user_version = 5;", "PRAGMA user_version = 4;")
+        f"PRAGMA user_version = {heartbeat_lite.SCHEMA_VERSION};", "PRAGMA user_version = 4;")
     with sqlite3.connect(path) as conn:
         conn.executescript(version_4.split("-- Notification channels")[0] if "-- Notification" in version_4
                            else version_4)

@@ -151,7 +151,7 @@ def _basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def http(method, url, data=None, user="root:root", content_type=None):
+def http(method, url, data=None, user="root:root", content_type=None, timeout=10):
     """One request with the standard library; returns (status, headers, parsed body)."""
     request = urllib.request.Request(url, data=data, method=method)
     if user:
@@ -159,7 +159,7 @@ def http(method, url, data=None, user="root:root", content_type=None):
     if content_type:
         request.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.headers, json.loads(response.read())
     except urllib.error.HTTPError as error:
         with error:
