@@ -9777,7 +9777,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 </p>
 % if members:
 <table class="members">
-<colgroup><col class="name"><col class="status"><col class="time"><col class="time"></colgroup>
+<colgroup><col><col class="status"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Member</th><th>Status</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
 % for entry in members:
