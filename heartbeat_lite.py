@@ -10079,10 +10079,14 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 
 DETAIL_PAGE_BOTTOM = """<section class="feed">
 <h2>Feed it</h2>
+% if ping_url:
 <p>A ping (no password: the id in the URL is the secret):</p>
 <div class="copyable"><pre id="feed-ping">{{ping_url}}</pre><button type="button" class="copy" data-copy="feed-ping" hidden>Copy</button></div>
 <p>A crontab line, the ping sent when the job succeeds (the schedule before it, your command for <code>job</code>):</p>
 <div class="copyable"><pre id="feed-cron">job &amp;&amp; curl -fsS -m 10 --retry 3 {{ping_url}}</pre><button type="button" class="copy" data-copy="feed-cron" hidden>Copy</button></div>
+% else:
+<p class="muted">Pings are off on this service (<code>--pings off</code>): feed it with events.</p>
+% end
 <p>An event matching its pattern{{(" (each member with its own " + ", ".join(group_by) + ")") if group_by else ""}}:</p>
 <div class="copyable"><pre id="feed-event">{{event_curl}}</pre><button type="button" class="copy" data-copy="feed-event" hidden>Copy</button></div>
 </section>
@@ -11040,6 +11044,8 @@ class OperatorPages:
     def __init__(self, engine, read_body):
         self.engine = engine
         self.read_body = read_body
+        #: whether the ping routes are served (``--pings``): a heartbeat's page then shows its ping URL
+        self.pings = True
         self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
             ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
             ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
@@ -11146,7 +11152,8 @@ class OperatorPages:
                       f"{base_url}/api/v2/event")
         bottom = self._templates["detail bottom"].render(
             doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2),
-            ping_url=f"{base_url}/ping/{heartbeat_id}", event_curl=event_curl, group_by=doc.get("group_by"))
+            ping_url=f"{base_url}/ping/{heartbeat_id}" if self.pings else None, event_curl=event_curl,
+            group_by=doc.get("group_by"))
         return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
 
     def act(self, heartbeat_id, action, user):
@@ -11775,6 +11782,7 @@ class Service:
             self.web.clock_offset = lambda: self.store.clock_offset
         if pings:
             PingRoutes(self.web, ping_key, genie_key)
+        self.web.pages.pings = bool(pings)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
