@@ -7043,6 +7043,14 @@ class Pings:
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
+        self._last_runs = {}  # heartbeat id -> (end time, duration or None, failure output or None)
+
+    def last_run(self, heartbeat_id):
+        """The heartbeat's last run since the start, as its page shows it:
+        ``{"at", "duration", "output"}`` (``duration`` None when no start
+        ping began it, ``output`` None when it ended well), or None."""
+        last = self._last_runs.get(heartbeat_id)
+        return None if last is None else dict(zip(("at", "duration", "output"), last))
 
     def known(self, heartbeat_id):
         """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
@@ -7097,6 +7105,9 @@ class Pings:
             with core.operation() as now:
                 received(now)
         duration = facts["duration"]
+        if kind == "fail" or duration is not None:
+            self._last_runs[heartbeat_id] = (core.clock(), duration,
+                                             failure_output(exit_status, text) if kind == "fail" else None)
         if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
             self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
                                 output=failure_output(exit_status, text),
@@ -9764,6 +9775,9 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % if doc["output"]:
 <dt>Alarm output</dt><dd>{{doc["output"]}}</dd>
 % end
+% if last_run is not None:
+<dt>Last run</dt><dd>{{"failed" if last_run["output"] else "ended well"}} {{!time_html(last_run["at"], now)}}{{"" if last_run["duration"] is None else ", took " + seconds_text(last_run["duration"])}}{{"" if last_run["output"] is None else ": " + last_run["output"]}}</dd>
+% end
 <dt>Created</dt><dd>{{!time_html(doc["created"], now)}} by {{doc["author"]}}</dd>
 <dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
 <dt>Id</dt><dd><code>{{doc["_id"]}}</code></dd>
@@ -10872,6 +10886,7 @@ class OperatorPages:
             doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
             members=members, member_counts_text=member_counts_text,
             done=DONE_MESSAGES.get(bottle.request.query.get("done")),
+            last_run=self.engine.pings.last_run(heartbeat_id), seconds_text=seconds_text,
             timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
                 'class="timeline"', 'class="timeline large"', 1),
             statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,

@@ -423,3 +423,23 @@ def test_a_database_error_answers_503_so_that_curl_retries(anonymous, service, j
     with caplog.at_level(logging.ERROR, logger="heartbeat_lite"):
         answer = anonymous.post(f"/ping/{job}/fail", status=503)
     assert answer.body.decode() == heartbeat_lite.DATABASE_ERROR and answer.content_type == "text/plain"
+
+
+# -- the heartbeat's page ---------------------------------------------------------
+
+
+def test_the_heartbeat_page_shows_the_last_run_s_duration_and_a_failed_run_s_output(anonymous, service, clock, job):
+    api = client(service)
+    assert "Last run" not in api.get(f"/heartbeat/{job}").text
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(90)
+    anonymous.post(f"/ping/{job}/2", "rsync <error> 23")
+    page = api.get(f"/heartbeat/{job}").text
+    assert "<dt>Last run</dt><dd>failed " in page
+    assert ", took 1.5m: exit status 2: rsync &lt;error&gt; 23</dd>" in page or \
+        ", took 90s: exit status 2: rsync &lt;error&gt; 23</dd>" in page
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(7200)
+    anonymous.get(f"/ping/{job}")
+    page = api.get(f"/heartbeat/{job}").text
+    assert "<dt>Last run</dt><dd>ended well " in page and ", took 2h</dd>" in page
