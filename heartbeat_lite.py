@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
+# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8", "cronsim>=2.7"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
@@ -83,6 +83,7 @@ import zlib
 import zoneinfo
 
 import bottle
+import cronsim
 import dateutil.rrule
 
 __version__ = "0.1.0"
@@ -109,7 +110,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def read_schema(name):
@@ -503,7 +504,8 @@ def is_loopback(host):
 
 HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after",
                     "group_by", "expected_members", "retire_after",
-                    "channels", "escalate_after", "escalate_to")
+                    "channels", "escalate_after", "escalate_to",
+                    "slug", "push_token", "max_run", "schedule", "tz")
 MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
@@ -722,6 +724,7 @@ def validate_heartbeat(doc, default_author):
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
     routing = _check_routing(reasons, doc)
+    pings = _check_pings(reasons, doc)
 
     if reasons:
         raise Invalid(reasons)
@@ -740,7 +743,72 @@ def validate_heartbeat(doc, default_author):
         "retire_after": retire_after,
         "retire_seconds": retire_seconds,
         **routing,
+        **pings,
     }
+
+
+_SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+_PUSH_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_SCHEDULE_CHARS = 255
+
+
+def _check_pings(reasons, doc):
+    """Check the fields of pings and schedules (§16), each optional:
+    ``slug`` and ``push_token`` (the other names a ping may address the
+    heartbeat by; that they are free is the store's to check), ``max_run``
+    (an interval shorter than a year), ``schedule`` (a 5-field cron
+    expression, Debian semantics through cronsim: it needs
+    ``expected_interval``, then measured from each scheduled time) and
+    ``tz`` (the schedule's IANA zone, default ``UTC``; only with a schedule).
+
+    :returns: the fields ``slug``, ``push_token``, ``max_run``,
+        ``max_run_seconds``, ``schedule``, ``tz``, each None when not given
+        (``tz`` is ``UTC`` when a schedule is given without one).
+    """
+    pings = dict.fromkeys(("slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz"))
+    if "slug" in doc:
+        if isinstance(doc["slug"], str) and _SLUG.fullmatch(doc["slug"]):
+            pings["slug"] = doc["slug"]
+        else:
+            reasons.append("slug: must be 1 to 100 lower-case letters, digits, - or _")
+    if "push_token" in doc:
+        if isinstance(doc["push_token"], str) and _PUSH_TOKEN.fullmatch(doc["push_token"]):
+            pings["push_token"] = doc["push_token"]
+        else:
+            reasons.append("push_token: must be 8 to 64 letters, digits, - or _")
+    if "max_run" in doc:
+        seconds = _check_interval(reasons, "max_run", doc["max_run"], limited=False)
+        if seconds is not None and seconds >= MAX_INTERVAL_SECONDS:
+            reasons.append(f"max_run: must be shorter than a year ({MAX_INTERVAL_SECONDS // 3600}h)")
+        pings["max_run"], pings["max_run_seconds"] = doc["max_run"], seconds
+    if "schedule" in doc:
+        schedule = doc["schedule"]
+        if "expected_interval" not in doc:
+            reasons.append("schedule: needs expected_interval (how long after each scheduled time a ping may come)")
+        if not _is_text(schedule) or len(schedule) > MAX_SCHEDULE_CHARS or len(schedule.split()) != 5:
+            reasons.append("schedule: must be a cron expression of 5 fields (minute hour day month weekday)")
+        else:
+            try:
+                cronsim.CronSim(schedule, datetime.datetime(2000, 1, 1))
+            except (cronsim.CronSimError, ValueError, KeyError, IndexError) as exc:
+                reasons.append(f"schedule: not a valid cron expression ({exc or 'malformed'})")
+            else:
+                pings["schedule"] = schedule
+        pings["tz"] = "UTC"
+    if "tz" in doc:
+        tz = doc["tz"]
+        if "schedule" not in doc:
+            reasons.append("tz: needs schedule (it is the schedule's time zone)")
+        elif not _is_text(tz) or not 1 <= len(tz) <= MAX_NAME_CHARS:
+            reasons.append("tz: must be an IANA time zone name, such as Europe/Paris")
+        else:
+            try:
+                time_zone(tz)
+            except ValueError:
+                reasons.append(f"tz: unknown time zone {tz!r} (an IANA name, such as Europe/Paris)")
+            else:
+                pings["tz"] = tz
+    return pings
 
 
 def _check_grouping(reasons, doc):
@@ -1474,8 +1542,29 @@ class NotFound(Exception):
     """No heartbeat has that id."""
 
 
-class PatternExists(Exception):
+class Taken(Exception):
+    """Another heartbeat already has a value that must be unique: ``field``
+    says which (``pattern``, ``slug``, ``push_token``)."""
+
+    field = None
+
+
+class PatternExists(Taken):
     """Another heartbeat already has that pattern."""
+
+    field = "pattern"
+
+
+class SlugExists(Taken):
+    """Another heartbeat already has that slug."""
+
+    field = "slug"
+
+
+class PushTokenExists(Taken):
+    """Another heartbeat already has that push token."""
+
+    field = "push_token"
 
 
 class MemberNotFound(NotFound):
@@ -1487,6 +1576,7 @@ _DOCUMENT_COLUMNS = (
     "interval_seconds", "late_after", "late_seconds", "group_by", "expected_members", "retire_after",
     "retire_seconds", "created", "updated",
     "channels", "escalate_after", "escalate_seconds", "escalate_to",
+    "slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz",
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
@@ -1527,6 +1617,8 @@ DROP INDEX IF EXISTS heartbeat_pattern;
 DROP INDEX IF EXISTS heartbeat_newest;
 DROP INDEX IF EXISTS heartbeat_due;
 DROP INDEX IF EXISTS heartbeat_alarms;
+DROP INDEX IF EXISTS heartbeat_slug;
+DROP INDEX IF EXISTS heartbeat_push_token;
 """
 _V1_COLUMNS = ("id, name, author, description, output, pattern, expected_interval, interval_seconds, "
                "created, updated, status, refreshed, last_event, alarm_since")
@@ -1565,6 +1657,15 @@ _MIGRATIONS = {
        for v in (3, 4)},
     # Version 6 added the boundary table (schema.sql creates it): nothing to rebuild.
     5: ("", ""),
+}
+# Version 7 (pings and schedules) added the heartbeat's slug, push_token,
+# max_run and schedule columns: to every older version's steps (each
+# rebuilds the heartbeat table but version 5's), version 6's rebuild.
+_V5_COLUMNS = _V3_COLUMNS + ", channels, escalate_after, escalate_seconds, escalate_to"
+_MIGRATIONS = {
+    **_MIGRATIONS,
+    5: (_SET_ASIDE.format(v=5), _MOVE_OVER.format(v=5, columns=_V5_COLUMNS)),
+    6: (_SET_ASIDE.format(v=6), _MOVE_OVER.format(v=6, columns=_V5_COLUMNS)),
 }
 
 
@@ -2058,7 +2159,7 @@ class _HeartbeatStatements:
         """
         columns = _DOCUMENT_COLUMNS + ("refreshed",)
         with self.atomic():
-            self._check_pattern_free(row["pattern"], row["id"])
+            self._check_free(row, row["id"])
             self._execute(
                 f"INSERT INTO heartbeat ({', '.join(columns)}) "
                 f"VALUES ({', '.join(':' + c for c in columns)})",
@@ -2066,11 +2167,16 @@ class _HeartbeatStatements:
             )
             self._changed("heartbeat", row["id"])
 
-    def _check_pattern_free(self, pattern, own_id):
+    def _check_free(self, row, own_id):
+        """:raises Taken: (the first of pattern, slug, push token) when another
+        heartbeat than ``own_id`` has a value of ``row`` that must be unique."""
         # Inside the write transaction, so no other writer can slip in between
-        # this look-up and the write; the UNIQUE index stays the last word.
-        if self._query("SELECT 1 FROM heartbeat WHERE pattern = ? AND id <> ?", (pattern, own_id)):
-            raise PatternExists(pattern)
+        # this look-up and the write; the UNIQUE indexes stay the last word.
+        for column, taken in (("pattern", PatternExists), ("slug", SlugExists), ("push_token", PushTokenExists)):
+            value = row.get(column)
+            if value is not None and self._query(f"SELECT 1 FROM heartbeat WHERE {column} = ? AND id <> ?",
+                                                 (value, own_id)):
+                raise taken(value)
 
     def heartbeat(self, heartbeat_id):
         """The heartbeat row with that id (document and state).
@@ -2125,7 +2231,7 @@ class _HeartbeatStatements:
         columns = [c for c in _DOCUMENT_COLUMNS if c not in ("id", "created")]
         with self.atomic():
             old = self.heartbeat(heartbeat_id)
-            self._check_pattern_free(fields["pattern"], heartbeat_id)
+            self._check_free(fields, heartbeat_id)
             self._execute(
                 f"UPDATE heartbeat SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
                 {**{c: fields[c] for c in columns}, "id": heartbeat_id},
@@ -3791,9 +3897,11 @@ class PostgresStore(Store):
 
     def _refusal(self, error):
         # two instances creating one pattern at once: the UNIQUE index decides
-        if isinstance(error, self._psycopg.errors.UniqueViolation) and \
-                error.diag.constraint_name == "heartbeat_pattern":
-            return PatternExists(error.diag.message_detail)
+        if isinstance(error, self._psycopg.errors.UniqueViolation):
+            taken = {"heartbeat_pattern": PatternExists, "heartbeat_slug": SlugExists,
+                     "heartbeat_push_token": PushTokenExists}.get(error.diag.constraint_name)
+            if taken is not None:
+                return taken(error.diag.message_detail)
         return None
 
     def _broken(self, conn, error):
@@ -4038,6 +4146,10 @@ def heartbeat_document(row):
         value = _optional(row, field)
         if value is not None:
             doc[field] = value if field == "escalate_after" else json.loads(value)
+    for field in ("slug", "push_token", "max_run", "schedule", "tz"):
+        value = _optional(row, field)
+        if value is not None:
+            doc[field] = value
     return doc
 
 
@@ -4062,6 +4174,12 @@ def heartbeat_columns(fields, now):
         "escalate_after": fields.get("escalate_after"),
         "escalate_seconds": fields.get("escalate_seconds"),
         "escalate_to": _json_text(fields.get("escalate_to")),
+        "slug": fields.get("slug"),
+        "push_token": fields.get("push_token"),
+        "max_run": fields.get("max_run"),
+        "max_run_seconds": fields.get("max_run_seconds"),
+        "schedule": fields.get("schedule"),
+        "tz": fields.get("tz"),
         "updated": int(now),
     }
 
@@ -4959,6 +5077,8 @@ class ReadModel:
         self._member_unwritten = {}  # id -> {values: later refresh time}
         self._member_counts = {}  # id -> how many members it has
         self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
+        self._slugs = {}  # slug -> id, for the heartbeats that have one (pings address them by it)
+        self._push_tokens = {}  # push_token -> id, likewise
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -4984,6 +5104,10 @@ class ReadModel:
     def created(self, row):
         self._index.add(row["id"], json.loads(row["pattern"]))
         self._documents[row["id"]] = dump_json(heartbeat_document(row))
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(row, column)
+            if name is not None:
+                names[name] = row["id"]
         keys = group_keys(row)
         if keys is not None:
             self._groups[row["id"]] = keys
@@ -5000,6 +5124,7 @@ class ReadModel:
         """A heartbeat changed; when its grouping changed (or its pattern,
         for a grouped one), its members went with it (see :meth:`Engine.update`)."""
         self._index.remove(json.loads(old["pattern"]))
+        self._forget_names(old["id"], old)
         regrouped = group_keys(old) != group_keys(new) or (group_keys(old) is not None
                                                            and old["pattern"] != new["pattern"])
         if regrouped:
@@ -5012,10 +5137,19 @@ class ReadModel:
 
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
+        self._forget_names(row["id"], row)
         for memory in (self._documents, self._stored, self._unwritten, self._groups):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
         self._short.discard(row["id"])
+
+    def _forget_names(self, heartbeat_id, known):
+        """Forget the slug and push token of ``known`` (a row or a document)
+        if they still name ``heartbeat_id``."""
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(known, column)
+            if name is not None and names.get(name) == heartbeat_id:
+                del names[name]
 
     def _forget_members(self, heartbeat_id):
         for memory in (self._member_stored, self._member_unwritten, self._member_counts):
@@ -5027,7 +5161,9 @@ class ReadModel:
         (its pattern, from its own document) goes; the row comes in."""
         known = self._documents.get(heartbeat_id)
         if known is not None:
-            self._index.remove(json.loads(known)["pattern"])
+            document = json.loads(known)
+            self._index.remove(document["pattern"])
+            self._forget_names(heartbeat_id, document)
             self._documents.pop(heartbeat_id)
         # Members are kept as if none were known: their first refresh here
         # is written, not coalesced (and counted against the limit from now).
@@ -5244,6 +5380,14 @@ class ReadModel:
 
     def member_unwritten_refresh(self, heartbeat_id, values):
         return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None."""
+        return self._slugs.get(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None."""
+        return self._push_tokens.get(token)
 
     def document(self, heartbeat_id):
         """The GET document (JSON bytes); :raises NotFound:."""
@@ -8195,6 +8339,16 @@ class Engine:
     def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
         return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra)
 
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None: a
+        look-up in memory, O(1), no database round trip (the pings' routes)."""
+        return self.core.model.by_slug(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None
+        (as :meth:`by_slug`)."""
+        return self.core.model.by_push_token(token)
+
     def list(self):
         return self.views.list()
 
@@ -9976,7 +10130,7 @@ def openapi_document():
     string = {"type": "string"}
     time_or_null = {"type": ["number", "null"], "description": "Unix seconds, to the millisecond"}
     errors = {
-        "400": _answer("Invalid body, pattern already exists, or database error", "Error"),
+        "400": _answer("Invalid body, pattern (or slug, or push_token) already exists, or database error", "Error"),
         "401": _answer("Missing or wrong credentials (with WWW-Authenticate: Basic)", "Error"),
         "429": _answer("Too many failed password derivations lately (with Retry-After)", "Error"),
     }
@@ -10017,6 +10171,8 @@ def openapi_document():
     channel_not_found = {"404": _answer("No channel has this id (name: the id)", "Error")}
     channel_ids = {"type": "array", "items": string, "maxItems": MAX_CHANNELS, "uniqueItems": True}
     interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
+    slug = {"type": "string", "pattern": "^" + _SLUG.pattern + "$"}
+    push_token = {"type": "string", "pattern": "^" + _PUSH_TOKEN.pattern + "$"}
     item = {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS}
     group_by = {"type": "array", "items": {**item, "minLength": 1}, "minItems": 1, "maxItems": MAX_GROUP_BY_KEYS,
                 "uniqueItems": True, "description": "event keys (none of the pattern's): each distinct combination "
@@ -10162,6 +10318,19 @@ def openapi_document():
                         "escalate_after": {**interval, "description": "still down and not acknowledged this "
                                            "long: escalate_to is told too (give both)"},
                         "escalate_to": {**channel_ids, "minItems": 1},
+                        "slug": {**slug, "description": "the name a ping may use (/ping/<ping-key>/<slug>); "
+                                 "unique (else 400 heartbeat slug already exists)"},
+                        "push_token": {**push_token, "description": "the Uptime Kuma push token "
+                                       "(/api/push/<push_token>); unique (else 400 heartbeat push_token already "
+                                       "exists)"},
+                        "max_run": {**interval, "description": "shorter than a year: a run (/ping/<id>/start) "
+                                    "not finished within it puts the heartbeat down"},
+                        "schedule": {"type": "string", "maxLength": MAX_SCHEDULE_CHARS,
+                                     "description": "a 5-field cron expression (Debian semantics, as cronsim): "
+                                     "expected_interval (and late_after) are then measured from each scheduled "
+                                     "time after the last event; a ping up to 60 s early counts for that time"},
+                        "tz": {"type": "string", "description": "the schedule's IANA time zone (default UTC); "
+                               "needs schedule"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -10181,6 +10350,11 @@ def openapi_document():
                         "channels": {**channel_ids, "description": "present only when set"},
                         "escalate_after": {**string, "description": "present only when set"},
                         "escalate_to": {**channel_ids, "description": "present only when set"},
+                        "slug": {**slug, "description": "present only when set"},
+                        "push_token": {**push_token, "description": "present only when set"},
+                        "max_run": {**string, "description": "present only when set"},
+                        "schedule": {**string, "description": "present only when set"},
+                        "tz": {**string, "description": "present (UTC when not given) only with a schedule"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
                     "additionalProperties": False,
@@ -10679,7 +10853,7 @@ def openapi_document():
 # Web API
 ###############################################################################
 
-PATTERN_EXISTS = "heartbeat pattern already exists"
+ALREADY_EXISTS = "heartbeat {} already exists"  # pattern, slug, push_token
 CROSS_SITE_REFUSED = "cross-site request refused"
 MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
@@ -11059,8 +11233,8 @@ class WebApi:
                 return json_response(error_body("member not found", name=str(exc.args[0])), 404)
             except NotFound as exc:
                 return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
-            except PatternExists:
-                return json_response(error_body(PATTERN_EXISTS), 400)
+            except Taken as exc:
+                return json_response(error_body(ALREADY_EXISTS.format(exc.field)), 400)
             except NoOpenAlarm as exc:
                 return json_response(error_body("no open alarm", name=str(exc.args[0])), 409)
             except ChannelInUse as exc:
