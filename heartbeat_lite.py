@@ -202,6 +202,7 @@ PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Contro
                    "Cache-Control": "max-age=0, no-cache, no-store, must-revalidate, private"}
 #: a created heartbeat (``?create=1``): Healthchecks' default timeout (1 day) plus its grace (1 hour)
 PING_CREATED_INTERVAL, PING_CREATED_LATE_AFTER = "25h", "24h"
+PING_AUTHOR = "ping"  # the author of a heartbeat ?create=1 made
 OPSGENIE_PONG = "PONG - Heartbeat received"
 KUMA_NOT_FOUND = "Monitor not found or not active."
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
@@ -7201,12 +7202,32 @@ class Pings:
         self.core.model.document(heartbeat_id)
 
     def by_slug(self, slug):
-        """The id of the heartbeat with that ``slug``, or None."""
-        return None
+        """The id of the heartbeat with that ``slug``, or None (from memory)."""
+        return self.core.model.by_slug(slug)
 
     def by_push_token(self, token):
-        """The id of the heartbeat with that ``push_token``, or None."""
-        return None
+        """The id of the heartbeat with that ``push_token``, or None (from memory)."""
+        return self.core.model.by_push_token(token)
+
+    def create(self, slug):
+        """``?create=1``: the heartbeat of a slug no heartbeat has, named and
+        slugged ``slug``, pattern ``{"ping": slug}``, Healthchecks' default
+        timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
+
+        :returns: ``(its id, True)``, or ``(the id, False)`` when another
+            request created it meanwhile.
+        :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
+        """
+        fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
+                                     "expected_interval": PING_CREATED_INTERVAL,
+                                     "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
+        try:
+            return self.heartbeats.create(fields), True
+        except SlugExists:
+            heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None:  # created, then deleted or changed meanwhile
+                raise NotFound(slug) from None
+            return heartbeat_id, False
 
     def named(self, name):
         """The ids of the heartbeats named ``name`` (an Opsgenie ping's);
@@ -11538,7 +11559,8 @@ class PingRoutes:
             else:
                 heartbeat_id = self.pings.by_slug(slug)
                 if heartbeat_id is None and query.get("create") == "1":
-                    heartbeat_id, status = self.pings.create(slug), 201
+                    heartbeat_id, created = self.pings.create(slug)
+                    status = 201 if created else 200
                 elif heartbeat_id is None:
                     return self._text(404, "not found")
             self.pings.known(heartbeat_id)  # NotFound before anything else is said
