@@ -10061,7 +10061,8 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            "1 while a maintenance window covers the heartbeat, else 0.",
            [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
-           "Receive time of the last matching event (heartbeats that had one).",
+           "Receive time of the last matching event (heartbeats that had one; a grouped one's: its members' "
+           "latest).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
            "Share of the last 24 h the heartbeat was not down (paused, maintenance and pending time left out; "
