@@ -10026,10 +10026,14 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 
 DETAIL_PAGE_BOTTOM = """<section class="feed">
 <h2>Feed it</h2>
+% if ping_url:
 <p>A ping (no password: the id in the URL is the secret):</p>
 <div class="copyable"><pre id="feed-ping">{{ping_url}}</pre><button type="button" class="copy" data-copy="feed-ping" hidden>Copy</button></div>
 <p>A crontab line, the ping sent when the job succeeds (the schedule before it, your command for <code>job</code>):</p>
 <div class="copyable"><pre id="feed-cron">job &amp;&amp; curl -fsS -m 10 --retry 3 {{ping_url}}</pre><button type="button" class="copy" data-copy="feed-cron" hidden>Copy</button></div>
+% else:
+<p class="muted">Pings are off on this service (<code>--pings off</code>): feed it with events.</p>
+% end
 <p>An event matching its pattern{{(" (each member with its own " + ", ".join(group_by) + ")") if group_by else ""}}:</p>
 <div class="copyable"><pre id="feed-event">{{event_curl}}</pre><button type="button" class="copy" data-copy="feed-event" hidden>Copy</button></div>
 </section>
@@ -10092,7 +10096,8 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            "1 while a maintenance window covers the heartbeat, else 0.",
            [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
-           "Receive time of the last matching event (heartbeats that had one).",
+           "Receive time of the last matching event (heartbeats that had one; a grouped one's: its members' "
+           "latest).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
            "Share of the last 24 h the heartbeat was not down (paused, maintenance and pending time left out; "
@@ -10987,6 +10992,8 @@ class OperatorPages:
     def __init__(self, engine, read_body):
         self.engine = engine
         self.read_body = read_body
+        #: whether the ping routes are served (``--pings``): a heartbeat's page then shows its ping URL
+        self.pings = True
         self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
             ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
             ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
@@ -11094,7 +11101,8 @@ class OperatorPages:
                       f"{base_url}/api/v2/event")
         bottom = self._templates["detail bottom"].render(
             doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2),
-            ping_url=f"{base_url}/ping/{heartbeat_id}", event_curl=event_curl, group_by=doc.get("group_by"))
+            ping_url=f"{base_url}/ping/{heartbeat_id}" if self.pings else None, event_curl=event_curl,
+            group_by=doc.get("group_by"))
         return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
 
     def act(self, heartbeat_id, action, user):
@@ -11724,6 +11732,7 @@ class Service:
             self.web.clock_offset = lambda: self.store.clock_offset
         if pings:
             PingRoutes(self.web, ping_key, genie_key)
+        self.web.pages.pings = bool(pings)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
