@@ -395,3 +395,17 @@ def test_the_status_page_and_the_heartbeat_page_show_the_schedule(app, service, 
     page = app.get(f"/heartbeat/{heartbeat_id}").text
     assert "<dt>Schedule</dt><dd><code>0 2 * * 1-5</code> (Europe/Paris), each run expected within 30m</dd>" in page
     assert "Expected every" not in page
+
+
+def test_a_healthchecks_ping_counts_for_the_scheduled_run(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    clock.now = paris(2027, 1, 11, 1, 59, 30)  # 30 s early
+    assert app.get(f"/ping/{heartbeat_id}").text == "OK"
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 31)) == "up"
+    clock.now = paris(2027, 1, 12, 2, 0, 5)
+    app.get(f"/ping/{heartbeat_id}/fail")  # down at once, and the next success expects the next run
+    clock.now = paris(2027, 1, 12, 2, 10)
+    app.get(f"/ping/{heartbeat_id}")
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 13, 2, 30)
+    assert [event["state"] for event in alarms_seen] == [3, 0]
