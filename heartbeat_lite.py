@@ -12663,7 +12663,9 @@ def healthchecks_heartbeat(check):
     """
     if not isinstance(check, dict) or not isinstance(check.get("uuid"), str) \
             or not _CANONICAL_ID.fullmatch(check["uuid"]):
-        raise ValueError("no uuid")
+        hidden = isinstance(check, dict) and "unique_key" in check
+        raise ValueError("no uuid" + (": a read-only API key hides it, give the project's read-write key"
+                                      if hidden else ""))
     grace = check.get("grace")
     if not isinstance(grace, int) or grace < 1:
         raise ValueError(f"grace: not a positive number of seconds: {grace!r}")
@@ -12713,8 +12715,8 @@ def fetch_healthchecks_checks(url, api_key, timeout=IMPORT_TIMEOUT_SECONDS):
             text = answer.read(64 * 1024 * 1024)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise ConfigError(f"{endpoint} refused the API key (HTTP {exc.code}): give a project's API key "
-                              "(read-only is enough) in HEALTHCHECKS_API_KEY") from None
+            raise ConfigError(f"{endpoint} refused the API key (HTTP {exc.code}): give the project's API key "
+                              "in HEALTHCHECKS_API_KEY") from None
         raise ConfigError(f"{endpoint} answered HTTP {exc.code}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise ConfigError(f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}") from None
@@ -12775,7 +12777,8 @@ def import_healthchecks_command(argv, environ, out):
     args = parser.parse_args(argv)
     api_key = environ.get("HEALTHCHECKS_API_KEY", "").strip()
     if not api_key:
-        raise ConfigError("HEALTHCHECKS_API_KEY: not set; give a project's API key (Settings, API Access)")
+        raise ConfigError("HEALTHCHECKS_API_KEY: not set; give the project's API key (Settings, API Access; "
+                          "not the read-only one, which hides the checks' UUIDs)")
     args.db, name = _setting(args, environ, "db", DEFAULT_DB)
     try:
         if not is_postgres_url(args.db):

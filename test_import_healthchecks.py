@@ -216,6 +216,9 @@ def test_the_mapping_rules(tmp_path):
     assert notes == [f"description cut to {heartbeat_lite.MAX_TEXT_CHARS} characters"]
     with pytest.raises(ValueError, match="no uuid"):
         heartbeat_lite.healthchecks_heartbeat({**check, "uuid": "not-a-uuid"})
+    read_only = {key: value for key, value in check.items() if key not in ("uuid", "ping_url", "update_url")}
+    with pytest.raises(ValueError, match="a read-only API key hides it, give the project's read-write key"):
+        heartbeat_lite.healthchecks_heartbeat({**read_only, "unique_key": "a6c7b0a8a66bed0df66abfdab3c77736861703ee"})
     assert [heartbeat_lite.interval_text(s) for s in (3600, 5400, 90000, 45)] == ["1h", "90m", "25h", "45s"]
 
 
