@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
+# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8", "cronsim>=2.7"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
@@ -56,6 +56,7 @@ import gc
 import getpass
 import gzip
 import hashlib
+import heapq
 import hmac
 import http.client
 import ipaddress
@@ -66,6 +67,7 @@ import math
 import operator
 import os
 import re
+import shlex
 import signal
 import smtplib
 import socket
@@ -75,12 +77,15 @@ import struct
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 import zlib
 import zoneinfo
 
 import bottle
+import cronsim
 import dateutil.rrule
 
 __version__ = "0.1.0"
@@ -107,7 +112,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def read_schema(name):
@@ -156,6 +161,7 @@ MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
+SCHEDULE_EARLY_SECONDS = 60  # a ping this much before a scheduled time counts for it (clock skew)
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
 COALESCE_MIN_PERIOD_SECONDS = 4 * REFRESH_WRITE_SECONDS  # a shorter late time or interval: each refresh written at once
 SYNC_SECONDS = 0.2  # several instances on PostgreSQL: how often each reads the others' changes
@@ -186,6 +192,22 @@ RECENT_EVENTS_MAX_BYTES = 48 * 1024 * 1024  # the heartbeats' lists together; be
 RECENT_RECEIVED_MAX_BYTES = 2 * 1024 * 1024  # request bodies kept for the pattern tester (the newest always)
 MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
 MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
+
+# Pings (DESIGN §16, docs/pings.md): the URLs jobs already call
+PING_BODY_LIMIT_BYTES = 10_000  # a ping's body is kept (in /events) up to this much; Healthchecks' Ping-Body-Limit
+PING_KINDS = ("success", "start", "fail", "log")  # what a ping says, counted by /metrics
+MAX_SHOWN_PING_BYTES = 64 * 1024  # a ping as /events shows it (its body cut at PING_BODY_LIMIT_BYTES) is never cut
+MAX_UNKNOWN_PING_NAMES = 1000  # Opsgenie pings' unknown names each logged once, up to this many
+MAX_OPEN_RUNS_PER_HEARTBEAT = 100  # /start pings waiting for their end (by rid); beyond, the oldest is forgotten
+MAX_EXIT_STATUS = 255
+PING_TYPE = "text/plain; charset=utf-8"
+PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Control-Allow-Origin": "*",
+                   "Cache-Control": "max-age=0, no-cache, no-store, must-revalidate, private"}
+#: a created heartbeat (``?create=1``): Healthchecks' default timeout (1 day) plus its grace (1 hour)
+PING_CREATED_INTERVAL, PING_CREATED_LATE_AFTER = "25h", "24h"
+PING_AUTHOR = "ping"  # the author of a heartbeat ?create=1 made
+OPSGENIE_PONG = "PONG - Heartbeat received"
+KUMA_NOT_FOUND = "Monitor not found or not active."
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
 MAX_PAGE_LIMIT = 1000
 
@@ -228,6 +250,7 @@ STATUS_PAGE_REFRESH_SECONDS = 5
 STATUS_PAGE_ROWS = 100  # heartbeats per status page: 10,000 heartbeats stay a 100-row page
 STATUS_PAGE_ALARMS_SHOWN = 5  # the oldest alarms named on the status page; the rest are counted
 DETAIL_PAGE_MEMBERS = 50  # members listed on a grouped heartbeat's page, the worst first
+MAINTENANCE_FORM_SECONDS = 3600  # the window a heartbeat page's "maintenance for 1 h" creates
 MAX_SEARCH_CHARS = 255
 MAX_PAGE_NUMBER = 1_000_000
 TIMELINE_SECONDS = 24 * 3600  # what the timelines show
@@ -494,7 +517,8 @@ def is_loopback(host):
 
 HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after",
                     "group_by", "expected_members", "retire_after",
-                    "channels", "escalate_after", "escalate_to")
+                    "channels", "escalate_after", "escalate_to",
+                    "slug", "push_token", "max_run", "schedule", "tz")
 MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
@@ -713,6 +737,7 @@ def validate_heartbeat(doc, default_author):
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
     routing = _check_routing(reasons, doc)
+    pings = _check_pings(reasons, doc)
 
     if reasons:
         raise Invalid(reasons)
@@ -731,7 +756,74 @@ def validate_heartbeat(doc, default_author):
         "retire_after": retire_after,
         "retire_seconds": retire_seconds,
         **routing,
+        **pings,
     }
+
+
+_SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+_PUSH_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_SCHEDULE_CHARS = 255
+
+
+def _check_pings(reasons, doc):
+    """Check the fields of pings and schedules (§16), each optional:
+    ``slug`` and ``push_token`` (the other names a ping may address the
+    heartbeat by; that they are free is the store's to check), ``max_run``
+    (an interval shorter than a year), ``schedule`` (a 5-field cron
+    expression, Debian semantics through cronsim: it needs
+    ``expected_interval``, then measured from each scheduled time) and
+    ``tz`` (the schedule's IANA zone, default ``UTC``; only with a schedule).
+
+    :returns: the fields ``slug``, ``push_token``, ``max_run``,
+        ``max_run_seconds``, ``schedule``, ``tz``, each None when not given
+        (``tz`` is ``UTC`` when a schedule is given without one).
+    """
+    pings = dict.fromkeys(("slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz"))
+    if "slug" in doc:
+        if isinstance(doc["slug"], str) and _SLUG.fullmatch(doc["slug"]):
+            pings["slug"] = doc["slug"]
+        else:
+            reasons.append("slug: must be 1 to 100 lower-case letters, digits, - or _")
+    if "push_token" in doc:
+        if isinstance(doc["push_token"], str) and _PUSH_TOKEN.fullmatch(doc["push_token"]):
+            pings["push_token"] = doc["push_token"]
+        else:
+            reasons.append("push_token: must be 8 to 64 letters, digits, - or _")
+    if "max_run" in doc:
+        seconds = _check_interval(reasons, "max_run", doc["max_run"], limited=False)
+        if seconds is not None and seconds >= MAX_INTERVAL_SECONDS:
+            reasons.append(f"max_run: must be shorter than a year ({MAX_INTERVAL_SECONDS // 3600}h)")
+        pings["max_run"], pings["max_run_seconds"] = doc["max_run"], seconds
+    if "schedule" in doc:
+        schedule = doc["schedule"]
+        if "expected_interval" not in doc:
+            reasons.append("schedule: needs expected_interval (how long after each scheduled time a ping may come)")
+        if "group_by" in doc:
+            reasons.append("schedule: not with group_by (members have no schedule)")
+        if not _is_text(schedule) or len(schedule) > MAX_SCHEDULE_CHARS or len(schedule.split()) != 5:
+            reasons.append("schedule: must be a cron expression of 5 fields (minute hour day month weekday)")
+        else:
+            try:
+                cronsim.CronSim(schedule, datetime.datetime(2000, 1, 1))
+            except (cronsim.CronSimError, ValueError, KeyError, IndexError) as exc:
+                reasons.append(f"schedule: not a valid cron expression ({exc or 'malformed'})")
+            else:
+                pings["schedule"] = schedule
+        pings["tz"] = "UTC"
+    if "tz" in doc:
+        tz = doc["tz"]
+        if "schedule" not in doc:
+            reasons.append("tz: needs schedule (it is the schedule's time zone)")
+        elif not _is_text(tz) or not 1 <= len(tz) <= MAX_NAME_CHARS:
+            reasons.append("tz: must be an IANA time zone name, such as Europe/Paris")
+        else:
+            try:
+                time_zone(tz)
+            except ValueError:
+                reasons.append(f"tz: unknown time zone {tz!r} (an IANA name, such as Europe/Paris)")
+            else:
+                pings["tz"] = tz
+    return pings
 
 
 def _check_grouping(reasons, doc):
@@ -1305,6 +1397,84 @@ def parse_page_query(query):
     return limit, after
 
 
+#: a heartbeat's id as the API writes it (a UUID, lower case): anything else is no heartbeat
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PING_SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+_PING_URL_SLUG = re.compile(r"[-a-zA-Z0-9_]+")  # Healthchecks' slug converter: others are no ping URL
+INVALID_URL_FORMAT = "invalid url format"
+INVALID_UUID_FORMAT = "invalid uuid format"
+
+
+def parse_ping_path(path):
+    """A Healthchecks ping URL's path after ``/ping/`` (DESIGN §16):
+    ``(id, None, kind, exit status)`` for ``<id>[/<suffix>]``, ``(ping key,
+    slug, kind, exit status)`` for ``<ping-key>/<slug>[/<suffix>]``; the
+    suffix ``start``, ``fail``, ``log`` or an exit status 0-255 (0 a success,
+    else a failure); none is a success.
+
+    :returns: that, or None when ``path`` is no ping URL at all (``404 not found``).
+    :raises Invalid: ``invalid url format``: a slug not in lower case, as
+        Healthchecks answers.
+    """
+    parts = path[:-1].split("/") if path.endswith("/") else path.split("/")
+    if _CANONICAL_ID.fullmatch(parts[0]):
+        address, slug, rest = parts[0], None, parts[1:]
+    elif len(parts) in (2, 3) and _PING_URL_SLUG.fullmatch(parts[0]) and _PING_URL_SLUG.fullmatch(parts[1]):
+        address, slug, rest = parts[0], parts[1], parts[2:]
+        if not _PING_SLUG.fullmatch(slug):
+            raise Invalid([INVALID_URL_FORMAT])
+    else:
+        return None
+    if not rest:
+        return address, slug, "success", None
+    if len(rest) == 1:
+        suffix = rest[0]
+        if suffix in ("start", "fail", "log"):
+            return address, slug, suffix, None
+        if suffix.isdigit() and suffix.isascii():  # over 255: see check_exit_status
+            status = int(suffix)
+            return address, slug, "success" if status == 0 else "fail", status
+    return None
+
+
+def check_exit_status(status):
+    """:raises Invalid: ``invalid url format`` for an exit status over 255
+    (checked once the heartbeat is found, as Healthchecks does)."""
+    if status is not None and status > MAX_EXIT_STATUS:
+        raise Invalid([INVALID_URL_FORMAT])
+
+
+def parse_rid(value):
+    """A ping's ``?rid=`` (a run's id: a UUID, in any spelling
+    :class:`uuid.UUID` reads) in canonical form; None when not given.
+    :raises Invalid: ``invalid uuid format``."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Invalid([INVALID_UUID_FORMAT]) from None
+
+
+def ping_body_text(body):
+    """A ping's body as kept: ``(text, cut)``, its first
+    :data:`PING_BODY_LIMIT_BYTES` bytes decoded (UTF-8, a character cut in
+    two dropped, bytes that are not UTF-8 replaced)."""
+    if len(body) <= PING_BODY_LIMIT_BYTES:
+        return body.decode("utf-8", "replace"), False
+    return body[:PING_BODY_LIMIT_BYTES].decode("utf-8", "replace").rstrip("\ufffd"), True
+
+
+def failure_output(exit_status, body_text):
+    """The alarm event's ``output`` of a failed run (DESIGN §16): ``failed:
+    <first line of the body>`` or ``exit status N: <first line>``, or
+    without a body ``failed`` / ``exit status N``."""
+    head = "failed" if exit_status is None else f"exit status {exit_status}"
+    lines = body_text.strip().splitlines()
+    first = lines[0].strip()[:MAX_TEXT_CHARS] if lines else ""
+    return f"{head}: {first}" if first else head
+
+
 class TooLarge(Exception):
     """Input over one of the MAX_* limits (answered 413)."""
 
@@ -1387,8 +1557,29 @@ class NotFound(Exception):
     """No heartbeat has that id."""
 
 
-class PatternExists(Exception):
+class Taken(Exception):
+    """Another heartbeat already has a value that must be unique: ``field``
+    says which (``pattern``, ``slug``, ``push_token``)."""
+
+    field = None
+
+
+class PatternExists(Taken):
     """Another heartbeat already has that pattern."""
+
+    field = "pattern"
+
+
+class SlugExists(Taken):
+    """Another heartbeat already has that slug."""
+
+    field = "slug"
+
+
+class PushTokenExists(Taken):
+    """Another heartbeat already has that push token."""
+
+    field = "push_token"
 
 
 class MemberNotFound(NotFound):
@@ -1400,9 +1591,12 @@ _DOCUMENT_COLUMNS = (
     "interval_seconds", "late_after", "late_seconds", "group_by", "expected_members", "retire_after",
     "retire_seconds", "created", "updated",
     "channels", "escalate_after", "escalate_seconds", "escalate_to",
+    "slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz",
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
+#: the status page's order, before the name: the problems first (down, then late, then the rest)
+_PROBLEMS_FIRST = "CASE status WHEN 'down' THEN 0 WHEN 'late' THEN 1 ELSE 2 END"
 _PATTERN_TEXT = "replace(pattern, '\"', '')"  # what the status page searches: {"k":"v"} as {k:v}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
@@ -1438,6 +1632,8 @@ DROP INDEX IF EXISTS heartbeat_pattern;
 DROP INDEX IF EXISTS heartbeat_newest;
 DROP INDEX IF EXISTS heartbeat_due;
 DROP INDEX IF EXISTS heartbeat_alarms;
+DROP INDEX IF EXISTS heartbeat_slug;
+DROP INDEX IF EXISTS heartbeat_push_token;
 """
 _V1_COLUMNS = ("id, name, author, description, output, pattern, expected_interval, interval_seconds, "
                "created, updated, status, refreshed, last_event, alarm_since")
@@ -1476,6 +1672,15 @@ _MIGRATIONS = {
        for v in (3, 4)},
     # Version 6 added the boundary table (schema.sql creates it): nothing to rebuild.
     5: ("", ""),
+}
+# Version 7 (pings and schedules) added the heartbeat's slug, push_token,
+# max_run and schedule columns: to every older version's steps (each
+# rebuilds the heartbeat table but version 5's), version 6's rebuild.
+_V5_COLUMNS = _V3_COLUMNS + ", channels, escalate_after, escalate_seconds, escalate_to"
+_MIGRATIONS = {
+    **_MIGRATIONS,
+    5: (_SET_ASIDE.format(v=5), _MOVE_OVER.format(v=5, columns=_V5_COLUMNS)),
+    6: (_SET_ASIDE.format(v=6), _MOVE_OVER.format(v=6, columns=_V5_COLUMNS)),
 }
 
 
@@ -1969,7 +2174,7 @@ class _HeartbeatStatements:
         """
         columns = _DOCUMENT_COLUMNS + ("refreshed",)
         with self.atomic():
-            self._check_pattern_free(row["pattern"], row["id"])
+            self._check_free(row, row["id"])
             self._execute(
                 f"INSERT INTO heartbeat ({', '.join(columns)}) "
                 f"VALUES ({', '.join(':' + c for c in columns)})",
@@ -1977,11 +2182,16 @@ class _HeartbeatStatements:
             )
             self._changed("heartbeat", row["id"])
 
-    def _check_pattern_free(self, pattern, own_id):
+    def _check_free(self, row, own_id):
+        """:raises Taken: (the first of pattern, slug, push token) when another
+        heartbeat than ``own_id`` has a value of ``row`` that must be unique."""
         # Inside the write transaction, so no other writer can slip in between
-        # this look-up and the write; the UNIQUE index stays the last word.
-        if self._query("SELECT 1 FROM heartbeat WHERE pattern = ? AND id <> ?", (pattern, own_id)):
-            raise PatternExists(pattern)
+        # this look-up and the write; the UNIQUE indexes stay the last word.
+        for column, taken in (("pattern", PatternExists), ("slug", SlugExists), ("push_token", PushTokenExists)):
+            value = row.get(column)
+            if value is not None and self._query(f"SELECT 1 FROM heartbeat WHERE {column} = ? AND id <> ?",
+                                                 (value, own_id)):
+                raise taken(value)
 
     def heartbeat(self, heartbeat_id):
         """The heartbeat row with that id (document and state).
@@ -1992,6 +2202,11 @@ class _HeartbeatStatements:
         if not rows:
             raise NotFound(heartbeat_id)
         return rows[0]
+
+    def ids_named(self, name):
+        """The ids of the heartbeats named ``name`` (an Opsgenie ping
+        refreshes them all), oldest first."""
+        return [row[0] for row in self._query("SELECT id FROM heartbeat WHERE name = ? ORDER BY created, id", (name,))]
 
     def heartbeats(self):
         """Every heartbeat row, newest first (ties: last inserted first)."""
@@ -2031,7 +2246,7 @@ class _HeartbeatStatements:
         columns = [c for c in _DOCUMENT_COLUMNS if c not in ("id", "created")]
         with self.atomic():
             old = self.heartbeat(heartbeat_id)
-            self._check_pattern_free(fields["pattern"], heartbeat_id)
+            self._check_free(fields, heartbeat_id)
             self._execute(
                 f"UPDATE heartbeat SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
                 {**{c: fields[c] for c in columns}, "id": heartbeat_id},
@@ -2058,6 +2273,17 @@ class _HeartbeatStatements:
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
                            "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
+    def alarm_counts(self):
+        """``{status: (heartbeats, members)}`` of the alarms open now, late
+        and down: heartbeats not grouped (a grouped one's members have its
+        alarms) and members; from the status indexes."""
+        counts = {LATE: [0, 0], DOWN: [0, 0]}
+        for table, grouped, column in (("heartbeat", " AND group_by IS NULL", 0), ("member", "", 1)):
+            for status, count in self._query(f"SELECT status, COUNT(*) FROM {table} WHERE status IN ('late', 'down')"
+                                             f"{grouped} GROUP BY status"):
+                counts[status][column] = count
+        return {status: tuple(pair) for status, pair in counts.items()}
+
     def status_page(self, statuses, terms, limit, offset, maintenance=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
@@ -2065,7 +2291,8 @@ class _HeartbeatStatements:
         databases, as SQLite's LIKE; the pattern is searched as its
         canonical JSON without quotes, so ``connector:backup`` finds
         ``{"connector": "backup"}``), ordered by name, case-insensitive
-        likewise, then id: a stable order to page through. ``maintenance``
+        likewise, then id, the problems first (down, then late, then the
+        rest): a stable order to page through. ``maintenance``
         holds the patterns (dicts) of the windows active now: a heartbeat
         one of them selects is counted under ``"maintenance"`` too, and that
         "status" in ``statuses`` selects it.
@@ -2100,7 +2327,7 @@ class _HeartbeatStatements:
                               f"SUM(CASE WHEN {covered} THEN 1 ELSE 0 END) FROM heartbeat "
                               "GROUP BY status", params + covered_params)
         matching = sum(row[2] for row in counted)
-        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {self._BY_NAME} "
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {_PROBLEMS_FIRST}, {self._BY_NAME} "
                            "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
         counts = {row[0]: row[1] for row in counted}
         counts["maintenance"] = sum(row[3] for row in counted)
@@ -2111,9 +2338,11 @@ class _StateStatements(abc.ABC):
     """The heartbeats' state: refreshes by matching events, what falls due
     and when, the transitions the engine writes, and the outage shift."""
 
-    def refresh(self, heartbeat_ids, now):
+    def refresh(self, heartbeat_ids, now, refreshes=None):
         """Record a matching event at ``now`` for each id: each goes ``up``,
-        except a paused one, whose ``last_event`` only moves.
+        except a paused one, whose ``last_event`` only moves. ``refreshes``:
+        None, or ``{id: refreshed}`` when that is not ``now`` (a schedule's
+        next run, see :func:`refresh_time`).
 
         :returns: the rows, as they were, of those that were not up
             (pending, late, down or paused), in the order of ``heartbeat_ids``.
@@ -2130,7 +2359,8 @@ class _StateStatements(abc.ABC):
             self._executemany(
                 f"UPDATE heartbeat SET status = 'up', {self._LATER_REFRESH}, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
-                [(now, now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
+                [(now if refreshes is None else refreshes[heartbeat_id], now, now, heartbeat_id)
+                 for heartbeat_id in heartbeat_ids],
             )
             paused = [row["id"] for row in special if row["status"] == "paused"]
             if paused:
@@ -2373,13 +2603,22 @@ class _MemberStatements:
             counts.setdefault(heartbeat_id, {})[status] = count
         return counts
 
-    def member_summary(self, heartbeat_id):
-        """``(last event, earliest deadline of a member pending, up or late,
-        earliest alarm)`` over a heartbeat's members (Nones when none); a
-        scan of its members."""
-        row = self._query("SELECT MAX(last_event), MIN(CASE WHEN status IN ('pending', 'up', 'late') THEN deadline END), "
-                          "MIN(alarm_since) FROM member WHERE heartbeat_id = ?", (heartbeat_id,))[0]
-        return tuple(row)
+    def member_summaries(self, heartbeat_ids=None):
+        """``{heartbeat id: (last event, earliest deadline of a member
+        pending, up or late, earliest alarm)}`` over the members of those
+        heartbeats (every grouped one, when None; one with no member is not
+        in it): a scan of their members."""
+        summary = ("SELECT heartbeat_id, MAX(last_event), "
+                   "MIN(CASE WHEN status IN ('pending', 'up', 'late') THEN deadline END), MIN(alarm_since) FROM member")
+        if heartbeat_ids is None:
+            rows = self._query(f"{summary} GROUP BY heartbeat_id")
+        else:
+            rows = []
+            for start in range(0, len(heartbeat_ids), _ID_CHUNK):
+                chunk = heartbeat_ids[start:start + _ID_CHUNK]
+                rows += self._query(f"{summary} WHERE heartbeat_id IN ({', '.join('?' * len(chunk))}) "
+                                    "GROUP BY heartbeat_id", chunk)
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def members_page(self, heartbeat_id, statuses, after, limit):
         """A heartbeat's members by key after ``after`` (a key, or None),
@@ -3676,9 +3915,11 @@ class PostgresStore(Store):
 
     def _refusal(self, error):
         # two instances creating one pattern at once: the UNIQUE index decides
-        if isinstance(error, self._psycopg.errors.UniqueViolation) and \
-                error.diag.constraint_name == "heartbeat_pattern":
-            return PatternExists(error.diag.message_detail)
+        if isinstance(error, self._psycopg.errors.UniqueViolation):
+            taken = {"heartbeat_pattern": PatternExists, "heartbeat_slug": SlugExists,
+                     "heartbeat_push_token": PushTokenExists}.get(error.diag.constraint_name)
+            if taken is not None:
+                return taken(error.diag.message_detail)
         return None
 
     def _broken(self, conn, error):
@@ -3923,6 +4164,10 @@ def heartbeat_document(row):
         value = _optional(row, field)
         if value is not None:
             doc[field] = value if field == "escalate_after" else json.loads(value)
+    for field in ("slug", "push_token", "max_run", "schedule", "tz"):
+        value = _optional(row, field)
+        if value is not None:
+            doc[field] = value
     return doc
 
 
@@ -3947,6 +4192,12 @@ def heartbeat_columns(fields, now):
         "escalate_after": fields.get("escalate_after"),
         "escalate_seconds": fields.get("escalate_seconds"),
         "escalate_to": _json_text(fields.get("escalate_to")),
+        "slug": fields.get("slug"),
+        "push_token": fields.get("push_token"),
+        "max_run": fields.get("max_run"),
+        "max_run_seconds": fields.get("max_run_seconds"),
+        "schedule": fields.get("schedule"),
+        "tz": fields.get("tz"),
         "updated": int(now),
     }
 
@@ -4016,12 +4267,34 @@ def maintenance_document(row):
     return doc
 
 
+def scheduled_time(schedule, tz, t):
+    """The first time cron expression ``schedule`` fires (in zone ``tz``,
+    as cronsim says: a time a DST change skips fires at the first valid
+    minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
+    after Unix time ``t``: the run that a ping at ``t`` does not count for
+    (one up to that early counts for the run it precedes)."""
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, time_zone(tz or "UTC"))
+    return next(cronsim.CronSim(schedule, start)).timestamp()
+
+
+def refresh_time(row, t):
+    """What a refresh at ``t`` (an event, a ping, creation, resume) stores as
+    ``refreshed``: ``t``; for a heartbeat with a ``schedule``, the next run
+    it expects (:func:`scheduled_time`), so that :func:`deadline_of` (that
+    run plus ``expected_interval``) and :func:`due_of` (plus ``late_after``)
+    hold unchanged. Computed once per refresh, never per tick."""
+    schedule = _optional(row, "schedule")
+    return t if schedule is None else scheduled_time(schedule, row["tz"], t)
+
+
 def deadline_of(row):
     """The one deadline rule: a heartbeat is due ``expected_interval`` after
     its last refresh (its creation, or its last matching event, moved later
-    by each outage); for one that is down, the deadline it missed. ``row``
-    needs ``refreshed`` and ``interval_seconds``. (schema.sql's generated
-    ``deadline`` column spells the same sum, so that SQLite can index it.)"""
+    by each outage; with a schedule, the next run it expects then: see
+    :func:`refresh_time`); for one that is down, the deadline it missed.
+    ``row`` needs ``refreshed`` and ``interval_seconds``. (schema.sql's
+    generated ``deadline`` column spells the same sum, so that SQLite can
+    index it.)"""
     return row["refreshed"] + row["interval_seconds"]
 
 
@@ -4361,9 +4634,10 @@ class MaintenanceWindow:
         return bisect.bisect_right(starts, until) > bisect.bisect_right(starts, after)
 
 
-#: statuses whose time counts neither for nor against availability (section
-#: 10's pause and maintenance windows record them)
-UNCOUNTED_STATUSES = frozenset({PAUSED, MAINTENANCE})
+#: statuses whose time counts neither for nor against availability: section
+#: 10's pause and maintenance windows, and pending (waiting for a first
+#: event: a job that never ran is not available, nor is it down yet)
+UNCOUNTED_STATUSES = frozenset({PAUSED, MAINTENANCE, PENDING})
 
 
 def availability(changes, now, window):
@@ -4374,8 +4648,9 @@ def availability(changes, now, window):
         entered at ``at``; the last one before the window gives the state at
         its start. Time before the first change is not counted (the
         heartbeat did not exist yet, or its history was pruned), nor time
-        in a status of :data:`UNCOUNTED_STATUSES`; every other status but
-        ``down`` (pending, up, late) counts as available.
+        in a status of :data:`UNCOUNTED_STATUSES` (paused, maintenance,
+        pending); up and late count as available, down against. A backup
+        that never ran is None while pending, then 0 once down.
     :returns: a ratio from 0 to 1, or None when no time in the window counts
         (created this instant, or paused all along): "unknown", not "perfect".
     """
@@ -4411,9 +4686,9 @@ class _CutEvent(_KeptEvent):
     truncated = True
 
 
-def kept_event(event):
+def kept_event(event, limit=MAX_SHOWN_EVENT_BYTES):
     """``event`` (a dict) as kept for ``/events``: a :class:`_KeptEvent`, or
-    a :class:`_CutEvent` when its JSON is over :data:`MAX_SHOWN_EVENT_BYTES`
+    a :class:`_CutEvent` when its JSON is over ``limit`` bytes
     or holds a lone surrogate (replaced by ``?``). One encoding."""
     text = _ENCODER.encode(event)
     try:
@@ -4421,9 +4696,27 @@ def kept_event(event):
     except UnicodeEncodeError:
         raw = text.encode("utf-8", "replace")
     else:
-        if len(raw) <= MAX_SHOWN_EVENT_BYTES:
+        if len(raw) <= limit:
             return _KeptEvent(raw)
-    return _CutEvent(raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore").encode("utf-8"))
+    return _CutEvent(raw[:limit].decode("utf-8", "ignore").encode("utf-8"))
+
+
+def ping_record(kind, method, client, body_text, cut=False, rid=None, exit_status=None, duration=None):
+    """A ping as ``/events`` shows it (as its ``event``): what it said
+    (``kind``: success, start, fail or log), how it came (``method``, the
+    ``client``'s address), its ``body`` (cut at
+    :data:`PING_BODY_LIMIT_BYTES`: ``body_truncated``), and when given its
+    run's ``rid``, its ``exit_status`` and the run's ``duration`` (seconds)."""
+    record = {"kind": kind, "method": method, "client": client, "body": body_text}
+    if cut:
+        record["body_truncated"] = True
+    if rid is not None:
+        record["rid"] = rid
+    if exit_status is not None:
+        record["exit_status"] = exit_status
+    if duration is not None:
+        record["duration"] = duration
+    return record
 
 
 def shown_event(event):
@@ -4547,7 +4840,7 @@ class RecentEvents:
         self._matching = {}  # heartbeat id -> list of (time, kept event), oldest first
         self._matching_bytes = 0  # what the lists cost, their events' JSON and overheads
 
-    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None):
+    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None, limit=MAX_SHOWN_EVENT_BYTES):
         """Record the request of ``events`` received at ``now``, and the
         matching event of the heartbeats whose refresh is written now.
 
@@ -4564,6 +4857,8 @@ class RecentEvents:
             refresh is written now: their heartbeat records its event.
         :param body: the request's body (bytes), kept as it is; anything
             else (None, its size) has ``events`` encoded instead.
+        :param limit: a kept event's JSON is cut at this many bytes (a ping's,
+            :func:`ping_record`, at :data:`MAX_SHOWN_PING_BYTES`).
         :returns: the entries it let go, for the caller to drop once it has
             released the engine's lock.
         """
@@ -4591,7 +4886,7 @@ class RecentEvents:
                 continue
             kept = encoded.get(id(event))
             if kept is None:
-                kept = encoded[id(event)] = kept_event(event)
+                kept = encoded[id(event)] = kept_event(event, limit)
             recent = get(heartbeat_id)
             if recent is None:
                 if len(matching) >= RECENT_EVENTS_MAX_HEARTBEATS:
@@ -4822,6 +5117,9 @@ class ReadModel:
         self._member_unwritten = {}  # id -> {values: later refresh time}
         self._member_counts = {}  # id -> how many members it has
         self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
+        self._slugs = {}  # slug -> id, for the heartbeats that have one (pings address them by it)
+        self._push_tokens = {}  # push_token -> id, likewise
+        self._schedules = {}  # id -> (schedule, tz), for the heartbeats that have a schedule
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -4847,6 +5145,15 @@ class ReadModel:
     def created(self, row):
         self._index.add(row["id"], json.loads(row["pattern"]))
         self._documents[row["id"]] = dump_json(heartbeat_document(row))
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(row, column)
+            if name is not None:
+                names[name] = row["id"]
+        schedule = _optional(row, "schedule")
+        if schedule is not None:
+            self._schedules[row["id"]] = (schedule, row["tz"])
+        else:
+            self._schedules.pop(row["id"], None)
         keys = group_keys(row)
         if keys is not None:
             self._groups[row["id"]] = keys
@@ -4863,6 +5170,7 @@ class ReadModel:
         """A heartbeat changed; when its grouping changed (or its pattern,
         for a grouped one), its members went with it (see :meth:`Engine.update`)."""
         self._index.remove(json.loads(old["pattern"]))
+        self._forget_names(old["id"], old)
         regrouped = group_keys(old) != group_keys(new) or (group_keys(old) is not None
                                                            and old["pattern"] != new["pattern"])
         if regrouped:
@@ -4875,10 +5183,19 @@ class ReadModel:
 
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
-        for memory in (self._documents, self._stored, self._unwritten, self._groups):
+        self._forget_names(row["id"], row)
+        for memory in (self._documents, self._stored, self._unwritten, self._groups, self._schedules):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
         self._short.discard(row["id"])
+
+    def _forget_names(self, heartbeat_id, known):
+        """Forget the slug and push token of ``known`` (a row or a document)
+        if they still name ``heartbeat_id``."""
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(known, column)
+            if name is not None and names.get(name) == heartbeat_id:
+                del names[name]
 
     def _forget_members(self, heartbeat_id):
         for memory in (self._member_stored, self._member_unwritten, self._member_counts):
@@ -4890,14 +5207,16 @@ class ReadModel:
         (its pattern, from its own document) goes; the row comes in."""
         known = self._documents.get(heartbeat_id)
         if known is not None:
-            self._index.remove(json.loads(known)["pattern"])
+            document = json.loads(known)
+            self._index.remove(document["pattern"])
+            self._forget_names(heartbeat_id, document)
             self._documents.pop(heartbeat_id)
         # Members are kept as if none were known: their first refresh here
         # is written, not coalesced (and counted against the limit from now).
         self._forget_members(heartbeat_id)
         self._groups.pop(heartbeat_id, None)
         if row is None:
-            for memory in (self._stored, self._unwritten):
+            for memory in (self._stored, self._unwritten, self._schedules):
                 memory.pop(heartbeat_id, None)
             self._short.discard(heartbeat_id)
             return
@@ -5118,6 +5437,34 @@ class ReadModel:
 
     def member_unwritten_refresh(self, heartbeat_id, values):
         return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
+
+    def moved(self, heartbeat_id, refreshed):
+        """A heartbeat's refresh was set to ``refreshed`` (earlier, maybe: its
+        schedule changed), not by a refresh."""
+        if heartbeat_id in self._stored:
+            self._stored[heartbeat_id] = refreshed
+
+    def scheduled_among(self, heartbeat_ids):
+        """Those of ``heartbeat_ids`` that have a schedule, in their order."""
+        schedules = self._schedules
+        return [heartbeat_id for heartbeat_id in heartbeat_ids if heartbeat_id in schedules] if schedules else []
+
+    def refresh_times(self, heartbeat_ids, now):
+        """``{id: what a refresh at now stores}`` (:func:`refresh_time`) of
+        ``heartbeat_ids``, or None when none has a schedule (all: ``now``)."""
+        schedules = self._schedules
+        if not schedules or not any(heartbeat_id in schedules for heartbeat_id in heartbeat_ids):
+            return None
+        return {heartbeat_id: scheduled_time(*schedules[heartbeat_id], now) if heartbeat_id in schedules else now
+                for heartbeat_id in heartbeat_ids}
+
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None."""
+        return self._slugs.get(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None."""
+        return self._push_tokens.get(token)
 
     def document(self, heartbeat_id):
         """The GET document (JSON bytes); :raises NotFound:."""
@@ -5550,19 +5897,21 @@ def due_after(transition):
     return transition.refreshed + interval_seconds
 
 
-def transition_now(row, new, now, reason, output=None, member=None):
+def transition_now(row, new, now, reason, output=None, member=None, extra=None):
     """The transition that puts a heartbeat (or member: ``row`` its member
     row joined with its heartbeat, ``member`` its key) into ``new`` at
     ``now``, from outside expiry (a failed job says so at once): down or
     late open an alarm now, its refresh kept; up and pending start afresh
     from now (up: an event now). None when it is in ``new`` already, or
-    paused (pause and resume have their own rules)."""
+    paused (pause and resume have their own rules). ``extra``: more keys of
+    its history entry (a failed run's ``duration``)."""
     old = row["status"]
     if old == new or old == PAUSED or new not in (PENDING, UP, LATE, DOWN):
         return None
     if new in ALARMED:
-        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output)
-    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP)
+        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra)
+    return Transition(row, member, old, new, now, reason, now if member is not None else refresh_time(row, now),
+                      None, last_event=now if new == UP else KEEP, extra=extra)
 
 
 class Change:
@@ -5625,7 +5974,7 @@ class Funnel:
     2. records the history rows;
     3. builds the alarm events (:func:`alarm_event`, :func:`intake_event`);
     4. hands transitions and events to each sink, in the transaction: the
-       outbox (:class:`OutboxSink`) is the first; a sink writes its durable
+       outbox (:class:`ChannelSink`) is the first; a sink writes its durable
        rows there, so a change and its deliveries commit together;
     5. after the commit: the read model follows (:meth:`ReadModel.transitioned`),
        the scheduler is told what falls due, and the events of the
@@ -6399,7 +6748,7 @@ class Intake:
         #: events received (valid requests) since the start
         self.events_received = 0
 
-    def ingest(self, events, body_bytes=0, blocking=True):
+    def ingest(self, events, body_bytes=0, pinged=None, blocking=True):
         """Refresh every heartbeat an event matches, at the receive time.
 
         Heartbeats coming back in a storm are written in chunks of
@@ -6409,6 +6758,11 @@ class Intake:
         :param body_bytes: the request's body they came in (bytes), which
             :class:`RecentEvents` keeps for the pattern tester (else it
             encodes ``events``).
+        :param pinged: None, or (a ping, ``events`` empty: :class:`Pings`)
+            a function called under the lock with the time, returning
+            ``{heartbeat id: the ping's record}`` of the heartbeats it
+            refreshes, each recorded in their ``/events`` whether written now
+            or not (:func:`ping_record`).
         :param blocking: False: only what is done in memory (the lock free,
             every refresh waiting in memory, the common case of heartbeats
             up); anything else raises :class:`WouldBlock` before a change.
@@ -6420,33 +6774,43 @@ class Intake:
         with core.lock if blocking else core.lock_now():
             core.load()
             now = core.clock()
-            back = self.silence.heard(now) if events else False
+            model = core.model
+            members = {}
+            # id -> the last event that matched it
+            found = model.matches(events, members) if pinged is None else pinged(now)
+            back = self.silence.heard(now) if events or pinged is not None else False
             if back:
                 if not blocking:  # (heard_at, the time of the last event, is now: so it is)
                     raise WouldBlock()
                 self.silence.end(now, "events came back", self.flush)
-            model = core.model
-            members = {}
-            found = model.matches(events, members)  # id -> the last event that matched it
             matched = list(found)
-            if not blocking and (members or not model.keeps_all(matched, now)):
+            # Heartbeats with a schedule are refreshed to their next run, each
+            # written now (with the others that may change state), never kept
+            scheduled = model.scheduled_among(matched)
+            plain = [heartbeat_id for heartbeat_id in matched if heartbeat_id not in set(scheduled)] \
+                if scheduled else matched
+            if not blocking and (members or scheduled or not model.keeps_all(plain, now)):
                 raise WouldBlock()
             had_unwritten = model.has_unwritten()
             keep = not self.write_before_answer
-            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now, keep)
+            to_write, kept = model.refreshed(model.plain(plain) if members else plain, now, keep)
             members_to_write, members_kept = model.members_refreshed(members, now, keep)
             if (kept or members_kept) and not had_unwritten:
                 core.due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
             self.events_received += len(events)
             # a sample (see RecentEvents); the lists it lets go are freed when
             # this returns, after the lock is released, not under it
-            dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+            if pinged is None:
+                dropped = self.recent.add(now, events, found, to_write + scheduled if scheduled else to_write,
+                                          members_to_write, body_bytes)
+            else:  # every ping is listed
+                dropped = self.recent.add(now, (), found, found, limit=MAX_SHOWN_PING_BYTES)
             # Shared database: heartbeats already up (the common case) are
             # written after the lock, with other requests' (group commit);
             # meanwhile they are kept as unwritten, so that a tick in
             # between writes them before it looks for what is due.
             together = None
-            if self.write_before_answer and not back and not members_to_write and 0 < len(to_write) \
+            if self.write_before_answer and not back and not members_to_write and not scheduled and 0 < len(to_write) \
                     <= REFRESH_CHUNK_HEARTBEATS and len(model.up_among(to_write)) == len(to_write):
                 together = dict.fromkeys(to_write, now)
                 model.deferred(to_write, now)
@@ -6454,11 +6818,11 @@ class Intake:
                 # One heartbeat already up, or one member up (the common cases),
                 # is one statement and no transition; otherwise transactions
                 # through the funnel for those that may change state.
-                if not back and not members_to_write and len(to_write) == 1 \
+                if not back and not members_to_write and not scheduled and len(to_write) == 1 \
                         and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
                     model.written({to_write[0]: now})
                     return matched
-                if not back and not to_write and len(members_to_write) == 1:
+                if not back and not to_write and not scheduled and len(members_to_write) == 1:
                     heartbeat_id, keys, values = members_to_write[0]
                     if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
                             heartbeat_id, self.groups.key(heartbeat_id, values), now):
@@ -6470,7 +6834,8 @@ class Intake:
                 # storm-sized chunks.
                 up = model.up_among(to_write)
                 up_set = set(up)
-                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
+                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + scheduled \
+                    + members_to_write
                 chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
                           for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
                 chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
@@ -6558,12 +6923,15 @@ class Intake:
         core = self.core
         with core.funnel.change() as change:
             if heartbeat_ids:
-                special = core.store.refresh(heartbeat_ids, now)  # written: one statement for all of them
-                change.apply((Transition(row, None, row["status"], UP, now, "matching event received", now)
+                refreshes = core.model.refresh_times(heartbeat_ids, now)  # None: each at now
+                special = core.store.refresh(heartbeat_ids, now, refreshes)  # written: one statement for all
+                refreshed = dict.fromkeys(heartbeat_ids, now) if refreshes is None else refreshes
+                change.apply((Transition(row, None, row["status"], UP, now, "matching event received",
+                                         refreshed[row["id"]])
                               for row in special if row["status"] != PAUSED), written=True)
                 special_ids = {row["id"] for row in special}  # the others were up: no transition
-                change.then(core.model.written, {heartbeat_id: now for heartbeat_id in heartbeat_ids
-                                                 if heartbeat_id not in special_ids})
+                change.then(core.model.written, {heartbeat_id: refreshed[heartbeat_id] for heartbeat_id in
+                                                 heartbeat_ids if heartbeat_id not in special_ids})
             if members:
                 self.groups.refreshed(change, members, now)
 
@@ -6757,20 +7125,22 @@ class Heartbeats:
         self.groups = groups
         self.intake = intake
 
-    def create(self, fields):
-        """Create a heartbeat from validated fields; return its id.
+    def create(self, fields, heartbeat_id=None):
+        """Create a heartbeat from validated fields; return its id (a new
+        UUID4, or ``heartbeat_id``: a check moving in keeps its UUID).
 
-        :raises PatternExists: when another heartbeat has the pattern.
+        :raises Taken: when another heartbeat has the pattern (slug, push token).
         """
         core = self.core
         with core.operation() as now:
-            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "refreshed": now,
+            row = {**heartbeat_columns(fields, now), "id": heartbeat_id or str(uuid.uuid4()), "created": int(now),
                    "status": PENDING}
+            row["refreshed"] = refresh_time(row, now)
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
             with core.funnel.change() as change:
                 core.store.insert_heartbeat(row)
                 change.then(core.model.created, row)
-                change.apply([Transition(row, None, None, PENDING, now, "created", now)], written=True)
+                change.apply([Transition(row, None, None, PENDING, now, "created", row["refreshed"])], written=True)
                 if expected:
                     core.store.insert_members([member_row(row, key, now, PENDING, expected=True) for key in expected])
                     change.apply((Transition(row, key, None, PENDING, now, "expected member created", now)
@@ -6799,6 +7169,7 @@ class Heartbeats:
             with core.funnel.change() as change:
                 old, new = core.store.update_heartbeat(heartbeat_id, heartbeat_columns(fields, now))
                 change.then(core.model.updated, old, new)
+                new = self._rescheduled(change, old, new)
                 late_seconds = new["late_seconds"]
                 if old["group_by"] is not None or new["group_by"] is not None:
                     self.groups.regrouped(change, old, new, now)
@@ -6819,6 +7190,25 @@ class Heartbeats:
                 core.due_by(now + (new["late_seconds"] or new["interval_seconds"]))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
+
+    def _rescheduled(self, change, old, new):
+        """In an update's change: when the schedule (or its zone) changed,
+        the refresh is the next run after the last refresh under the new
+        one (an interval only: the last refresh itself). The last refresh
+        is the last event (or creation) when there was a schedule (its
+        refresh was a run ahead), else the refresh as it was (with one kept
+        in memory). :returns: ``new``, with its ``refreshed`` as it is now."""
+        if (old["schedule"], old["tz"]) == (new["schedule"], new["tz"]) or new["status"] in (DOWN, PAUSED):
+            return new
+        core = self.core
+        if old["schedule"] is None:
+            base = max(old["refreshed"], core.model.unwritten_refresh(old["id"]) or -math.inf)
+        else:
+            base = new["last_event"] if new["last_event"] is not None else float(new["created"])
+        refreshed = refresh_time(new, base)
+        core.store.set_state(new["id"], new["status"], refreshed, new["last_event"], new["alarm_since"])
+        change.then(core.model.moved, new["id"], refreshed)
+        return {**{key: new[key] for key in new.keys()}, "refreshed": refreshed}
 
     def delete(self, heartbeat_id):
         """Delete a heartbeat and its state (and members), resolving its
@@ -6873,14 +7263,14 @@ class Heartbeats:
                 row = core.store.heartbeat(heartbeat_id)
                 if row["status"] != PAUSED:
                     return
-                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", now, None,
+                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", refresh_time(row, now), None,
                                          last_event=row["last_event"])])
                 if row["group_by"] is not None:
                     core.store.resume_members(heartbeat_id, now)  # all of them, in one statement: none is recorded
                     self.groups.follow(change, {heartbeat_id: now})
         log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None):
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
         """Put a heartbeat (or one of its members: ``member`` its pairs) into
         ``status`` now, through the funnel, as a job reporting its own
         failure does (see :func:`transition_now`): down or late raise the
@@ -6908,13 +7298,199 @@ class Heartbeats:
                            "pattern": row["pattern"]}
                 elif row["group_by"] is not None:
                     raise ValueError("a grouped heartbeat's status follows its members': put a member")
-                transition = transition_now(row, status, now, reason, output, key)
+                transition = transition_now(row, status, now, reason, output, key, extra)
                 if transition is None:
                     return None
                 change.apply([transition])
                 if key is not None:
                     self.groups.follow(change, {heartbeat_id: now})
         return transition
+
+
+class Pings:
+    """Pings (DESIGN §16): requests addressed to one heartbeat directly (by
+    its id, its slug, its push token or its name), whatever its pattern. A
+    success refreshes it as a matching event does, on the same path
+    (:meth:`Intake.ingest`); a failure puts it down at once through the
+    funnel (:meth:`Heartbeats.put`, the run's own words as the alarm's
+    output), and the next success resolves it; ``start`` begins a run;
+    ``log`` only records. Every ping is listed in the heartbeat's
+    ``/events`` (:func:`ping_record`). A grouped heartbeat's status follows
+    its members': a ping to it is listed, nothing more.
+
+    Runs live in memory, as the recent events do (a restart forgets the
+    open ones): the open runs of each heartbeat by ``rid``, and for a
+    heartbeat with a ``max_run``, a heap of when each run overruns, which
+    the tick reads (:meth:`overran`), so nothing is scanned per tick.
+    """
+
+    def __init__(self, core, intake, heartbeats):
+        self.core = core
+        self.intake = intake
+        self.heartbeats = heartbeats
+        self._runs = {}  # heartbeat id -> {rid or None: start time}, oldest first
+        self._overruns = []  # heap of (deadline, heartbeat id, rid or "", start time, max_run as written)
+        #: pings received since the start, by kind (:data:`PING_KINDS`)
+        self.counts = dict.fromkeys(PING_KINDS, 0)
+        self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
+        self._last_runs = {}  # heartbeat id -> (end time, duration or None, failure output or None)
+
+    def last_run(self, heartbeat_id):
+        """The heartbeat's last run since the start, as its page shows it:
+        ``{"at", "duration", "output"}`` (``duration`` None when no start
+        ping began it, ``output`` None when it ended well), or None."""
+        last = self._last_runs.get(heartbeat_id)
+        return None if last is None else dict(zip(("at", "duration", "output"), last))
+
+    def known(self, heartbeat_id):
+        """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
+        self.core.model.document(heartbeat_id)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat with that ``slug``, or None (from memory)."""
+        return self.core.model.by_slug(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat with that ``push_token``, or None (from memory)."""
+        return self.core.model.by_push_token(token)
+
+    def create(self, slug):
+        """``?create=1``: the heartbeat of a slug no heartbeat has, named and
+        slugged ``slug``, pattern ``{"ping": slug}``, Healthchecks' default
+        timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
+
+        :returns: ``(its id, True)``, or ``(the id, False)`` when another
+            request created it meanwhile.
+        :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
+        """
+        fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
+                                     "expected_interval": PING_CREATED_INTERVAL,
+                                     "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
+        try:
+            return self.heartbeats.create(fields), True
+        except SlugExists:
+            heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None:  # created, then deleted or changed meanwhile
+                raise NotFound(slug) from None
+            return heartbeat_id, False
+
+    def named(self, name):
+        """The ids of the heartbeats named ``name`` (an Opsgenie ping's);
+        none is logged once per name (at most :data:`MAX_UNKNOWN_PING_NAMES`)."""
+        ids = self.core.store.ids_named(name)
+        if not ids and name not in self._unknown_names and len(self._unknown_names) < MAX_UNKNOWN_PING_NAMES:
+            self._unknown_names.add(name)
+            log.warning("Opsgenie heartbeat ping for '%s': no heartbeat has that name (said once)", log_safe(name))
+        return ids
+
+    def ping(self, heartbeat_id, kind, method, client, body=b"", rid=None, exit_status=None):
+        """One ping to a heartbeat, received now.
+
+        :param kind: one of :data:`PING_KINDS`.
+        :param method: the HTTP method; ``client``: the client's address.
+        :param body: the request's body (bytes; kept up to
+            :data:`PING_BODY_LIMIT_BYTES`).
+        :param rid: the run's id (a UUID), or None.
+        :param exit_status: the job's exit status, when the URL gave one.
+        :raises NotFound: there is no such heartbeat.
+        """
+        text, cut = ping_body_text(body)
+        core = self.core
+        facts = {}
+
+        def received(now):  # under the lock
+            core.model.document(heartbeat_id)  # NotFound
+            grouped = core.model.group_keys(heartbeat_id) is not None
+            facts["duration"] = duration = self._run(heartbeat_id, kind, rid, now)
+            self.counts[kind] += 1
+            record = ping_record(kind, method, client, text, cut, rid, exit_status, duration)
+            if grouped or kind != "success":
+                self.intake.recent.add(now, (), {heartbeat_id: record}, (heartbeat_id,), limit=MAX_SHOWN_PING_BYTES)
+                return {}
+            return {heartbeat_id: record}
+
+        if kind == "success":
+            self.intake.ingest((), pinged=received)
+        else:
+            with core.operation() as now:
+                received(now)
+        duration = facts["duration"]
+        if kind == "fail" or duration is not None:
+            self._last_runs[heartbeat_id] = (core.clock(), duration,
+                                             failure_output(exit_status, text) if kind == "fail" else None)
+        if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
+            self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
+                                output=failure_output(exit_status, text),
+                                extra=None if duration is None else {"duration": duration})
+        elif kind == "success" and duration is not None:
+            self._finished(heartbeat_id, duration)
+
+    def _run(self, heartbeat_id, kind, rid, now):
+        """Under the lock: a ``start`` opens a run (a run of the same
+        ``rid`` starts again), a success or failure ends the one of its
+        ``rid`` (None: the last started without one); returns the ended
+        run's duration in seconds, or None."""
+        if kind == "start":
+            runs = self._runs.setdefault(heartbeat_id, {})
+            runs.pop(rid, None)
+            runs[rid] = now
+            if len(runs) > MAX_OPEN_RUNS_PER_HEARTBEAT:
+                del runs[next(iter(runs))]
+            max_run = json.loads(self.core.model.document(heartbeat_id)).get("max_run")
+            seconds = parse_interval(max_run) if isinstance(max_run, str) else None
+            if seconds:
+                heapq.heappush(self._overruns, (now + seconds, heartbeat_id, rid or "", now, max_run))
+                self.core.due_by(now + seconds)
+            return None
+        if kind == "log":
+            return None
+        runs = self._runs.get(heartbeat_id)
+        started = runs.pop(rid, None) if runs else None
+        if runs is not None and not runs:
+            del self._runs[heartbeat_id]
+        return None if started is None else round(now - started, 3)
+
+    def _finished(self, heartbeat_id, duration):
+        """A run that ended well, in the heartbeat's history (with its
+        ``duration``): a record, not a state change."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                try:
+                    row = core.store.heartbeat(heartbeat_id)
+                except NotFound:
+                    return  # deleted meanwhile
+                change.record([Transition(row, None, row["status"], row["status"], now,
+                                          f"run finished in {seconds_text(duration)}", extra={"duration": duration})])
+
+    def overran(self, change, now):
+        """In the tick's change: each run not finished within its
+        heartbeat's ``max_run`` puts it down ("run exceeded 30m"), dated
+        when it overran. :returns: how many runs overran."""
+        core, heap, transitions = self.core, self._overruns, []
+        while heap and heap[0][0] <= now:
+            deadline, heartbeat_id, rid, started, max_run = heapq.heappop(heap)
+            runs = self._runs.get(heartbeat_id, {})
+            rid = rid or None
+            if runs.get(rid) != started:
+                continue  # finished, or started again
+            del runs[rid]
+            if not runs:
+                self._runs.pop(heartbeat_id, None)
+            try:
+                row = core.store.heartbeat(heartbeat_id)
+            except NotFound:
+                continue  # deleted
+            reason = f"run exceeded {max_run}"
+            transition = transition_now(row, DOWN, deadline, reason, output=reason)
+            if transition is not None and row["group_by"] is None:
+                transitions.append(transition)
+        change.apply(transitions)
+        return len(transitions)
+
+    def next_overrun(self):
+        """When the next open run overruns (clock time), or None."""
+        return self._overruns[0][0] if self._overruns else None
 
 
 class Views:
@@ -6978,14 +7554,22 @@ class Views:
         covering = self.windows.covering(row["pattern"], core.clock())
         if row["group_by"] is None:
             return status_document(with_refresh(row, core.model.unwritten_refresh(heartbeat_id)), covering)
-        last_event, deadline, alarm_since = core.store.member_summary(heartbeat_id)
-        kept = [t for _, _, t in core.model.unwritten_members(heartbeat_id)]
+        return self._grouped(row, covering, core.store.member_summaries([heartbeat_id]).get(heartbeat_id),
+                             core.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+
+    def _grouped(self, row, covering, summary, counts):
+        """A grouped heartbeat's state document: its members' latest event
+        (those kept in memory too), earliest deadline and oldest alarm
+        (``summary``, from :meth:`Store.member_summaries`; None when it has
+        no member), and ``members``, their ``counts`` by status."""
+        last_event, deadline, alarm_since = summary or (None, None, None)
+        kept = [t for _, _, t in self.core.model.unwritten_members(row["id"])]
         last_event = max([t for t in (last_event, *kept) if t is not None], default=None)
         document = status_document({**dict(row), "last_event": last_event, "alarm_since": alarm_since}, covering)
         # the members' deadline: of those neither down nor paused
         document["deadline"] = api_time(None if row["status"] == PAUSED else
                                         pushed_deadline(deadline, row["interval_seconds"], covering))
-        document["members"] = status_counts(core.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+        document["members"] = status_counts(counts)
         return document
 
     def alarms(self, limit=None):
@@ -7016,33 +7600,43 @@ class Views:
         active = [window.pattern for window in self.windows.active(now)]
         counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, active)
         unwritten = core.model.unwritten_refresh
-        members = core.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
+        grouped = [row["id"] for row in rows if row["group_by"] is not None]
+        members = core.store.member_counts(grouped) if grouped else {}
+        summaries = core.store.member_summaries(grouped) if grouped else {}
         page = []
         for row in rows:
-            row = with_refresh(row, unwritten(row["id"]))
-            entry = {**heartbeat_document(row), **status_document(row, self.windows.covering(row["pattern"], now))}
-            if row["group_by"] is not None:
-                entry["members"] = status_counts(members.get(row["id"], {}))
-            page.append(entry)
+            covering = self.windows.covering(row["pattern"], now)
+            if row["group_by"] is None:
+                state = status_document(with_refresh(row, unwritten(row["id"])), covering)
+            else:
+                state = self._grouped(row, covering, summaries.get(row["id"]), members.get(row["id"], {}))
+            page.append({**heartbeat_document(row), **state})
         return {"rows": page, "total": total, "counts": counts}
+
+    def alarm_counts(self):
+        """``{"down": (heartbeats, members), "late": (...), "intake": 0 or
+        1}``: the alarms open now (see :meth:`Store.alarm_counts`)."""
+        return {**self.core.store.alarm_counts(), "intake": int(self.silence.alarm() is not None)}
 
     def overview(self):
         """Every heartbeat, newest first, as its document merged with its
         state document, and for a grouped one its members per status in
-        ``members`` (two database reads)."""
+        ``members``, its last event and oldest alarm its members' (three
+        database reads)."""
         core = self.core
         unwritten = core.model.unwritten()
         now = core.clock()
         active = self.windows.active(now)
         members = core.store.member_counts()
+        summaries = core.store.member_summaries() if members else {}
         overview = []
         for row in core.store.heartbeats():
-            row = with_refresh(row, unwritten.get(row["id"]))
             maintenance = self.windows.covering(row["pattern"], now, active) if active else None
-            entry = {**heartbeat_document(row), **status_document(row, maintenance)}
-            if row["group_by"] is not None:
-                entry["members"] = status_counts(members.get(row["id"], {}))
-            overview.append(entry)
+            if row["group_by"] is None:
+                state = status_document(with_refresh(row, unwritten.get(row["id"])), maintenance)
+            else:
+                state = self._grouped(row, maintenance, summaries.get(row["id"]), members.get(row["id"], {}))
+            overview.append({**heartbeat_document(row), **state})
         return overview
 
 
@@ -7151,8 +7745,9 @@ class Expiry:
     letting go of the lock in between.
     """
 
-    def __init__(self, core, lifecycle, intake, windows, groups, silence, history):
+    def __init__(self, core, lifecycle, intake, windows, groups, silence, history, pings):
         self.core = core
+        self.pings = pings
         self.lifecycle = lifecycle
         self.intake = intake
         self.windows = windows
@@ -7193,6 +7788,8 @@ class Expiry:
                                                             retired)
                     if handled < STORM_CHUNK_HEARTBEATS and core.followups is not None:
                         handled += core.followups.due(change, now, STORM_CHUNK_HEARTBEATS - handled)
+                    if first:
+                        self.pings.overran(change, now)
                     self.lifecycle.record_alive(now)
                 more = handled == STORM_CHUNK_HEARTBEATS
                 if not more:
@@ -7202,8 +7799,8 @@ class Expiry:
                     later = core.clock()  # a storm takes time: say when next from its end
                     store = core.store
                     followup = core.followups.next_due() if core.followups is not None else None
-                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due(), followup)
-                                if t is not None]
+                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due(), followup,
+                                            self.pings.next_overrun()) if t is not None]
                     next_at = core.next_tick_at = next_tick_at(later, min(earliest, default=None),
                                                                self.windows.next_boundary(later))
             for window in started:
@@ -7841,10 +8438,12 @@ class Engine:
         core.load = self.lifecycle.load
         core.is_loaded = lambda: self.lifecycle.loaded
         self.heartbeats = Heartbeats(core, self.groups, self.intake)
+        #: pings (DESIGN §16): Healthchecks', Opsgenie's and Uptime Kuma's URLs
+        self.pings = Pings(core, self.intake, self.heartbeats)
         self.records = History(core, history_days)
         self.views = Views(core, self.windows, self.silence, self.lifecycle)
         self.expiry = Expiry(core, self.lifecycle, self.intake, self.windows, self.groups, self.silence,
-                             self.records)
+                             self.records, self.pings)
         #: the events received lately (memory only)
         self.recent = self.intake.recent
         self.intake_silence = intake_silence
@@ -7893,9 +8492,9 @@ class Engine:
 
     # -- heartbeats ------------------------------------------------------------
 
-    def create(self, fields):
+    def create(self, fields, heartbeat_id=None):
         self.notifications.check_references(fields)
-        return self.heartbeats.create(fields)
+        return self.heartbeats.create(fields, heartbeat_id)
 
     def update(self, heartbeat_id, fields):
         self.notifications.check_references(fields)
@@ -7910,8 +8509,18 @@ class Engine:
     def resume_heartbeat(self, heartbeat_id):
         self.heartbeats.resume(heartbeat_id)
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None):
-        return self.heartbeats.put(heartbeat_id, status, reason, output, member)
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
+        return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None: a
+        look-up in memory, O(1), no database round trip (the pings' routes)."""
+        return self.core.model.by_slug(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None
+        (as :meth:`by_slug`)."""
+        return self.core.model.by_push_token(token)
 
     def list(self):
         return self.views.list()
@@ -7931,6 +8540,9 @@ class Engine:
 
     def alarms(self, limit=None):
         return self.views.alarms(limit)
+
+    def alarm_counts(self):
+        return self.views.alarm_counts()
 
     def status_page(self, statuses=(), terms=(), offset=0, limit=100):
         return self.views.status_page(statuses, terms, offset, limit)
@@ -9006,6 +9618,30 @@ def member_counts_text(counts):
     return ", ".join(f"{counts[status]:,} {status}" for status in STATUSES if counts.get(status))
 
 
+def alarm_counts_text(counts):
+    """The open alarms in words, down before late, heartbeats and members
+    apart (``counts`` from :meth:`Engine.alarm_counts`): "2 heartbeats and
+    3 members down, 1 heartbeat late"; "" when none is open."""
+
+    def some(count, noun):
+        return f"{count:,} {noun}{'s' if count != 1 else ''}"
+
+    parts = []
+    for status in (DOWN, LATE):
+        heartbeats, members = counts[status]
+        named = ([some(heartbeats, "heartbeat")] if heartbeats else []) + ([some(members, "member")] if members else [])
+        if named:
+            parts.append(" and ".join(named) + f" {status}")
+    if counts.get("intake"):
+        parts.append("no event coming in (the intake)")
+    return ", ".join(parts)
+
+
+def open_alarms_of(counts):
+    """How many alarms are open (``counts`` from :meth:`Engine.alarm_counts`)."""
+    return sum(sum(counts[status]) for status in (DOWN, LATE)) + counts.get("intake", 0)
+
+
 def pattern_text(pattern):
     """A pattern as the pages show it: ``key: value, key: value``."""
     return ", ".join(f"{key}: {value}" for key, value in pattern.items())
@@ -9096,9 +9732,9 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
 
 
 def availability_text(share):
-    """An availability share (0 to 1, or None) as a percentage."""
+    """An availability share (0 to 1, or None: no time counted) as a percentage."""
     if share is None:
-        return "—"
+        return "no data"
     return f"{share * 100:.2f} %" if share < 1 else "100 %"
 
 
@@ -9159,6 +9795,12 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; min-width: 0; }
 .availability { display: flex; flex-wrap: wrap; gap: .5rem 2rem; }
 .availability b { font-size: 1.3em; display: block; }
 textarea { width: 100%; font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0; }
+.actions form { display: flex; gap: .3rem; margin: 0; }
+.actions button, .actions input, button.copy { font: inherit; }
+.done { border-left: .3rem solid var(--up); padding: .3rem .7rem; margin: .5rem 0; }
+.copyable { display: flex; gap: .5rem; align-items: start; }
+.copyable pre { flex: 1; min-width: 0; }
 .error { color: var(--down); font-weight: 600; }
 @media (max-width: 40rem) {
   body { padding: .75rem; }
@@ -9168,10 +9810,14 @@ textarea { width: 100%; font: .9em ui-monospace, SFMono-Regular, Menlo, monospac
   td { border: 0; padding: .1rem 0; display: grid; grid-template-columns: 6.5rem minmax(0, 1fr); }
   td::before { color: var(--muted); }
   td .badge { justify-self: start; }
-  td:nth-child(1)::before { content: "Name"; } td:nth-child(2)::before { content: "Pattern"; }
-  td:nth-child(3)::before { content: "Every"; } td:nth-child(4)::before { content: "Status"; }
-  td:nth-child(5)::before { content: "Last 24 h"; } td:nth-child(6)::before { content: "Last event"; }
-  td:nth-child(7)::before { content: "Deadline"; }
+  .heartbeats td:nth-child(1)::before { content: "Name"; } .heartbeats td:nth-child(2)::before { content: "Pattern"; }
+  .heartbeats td:nth-child(3)::before { content: "Every"; } .heartbeats td:nth-child(4)::before { content: "Status"; }
+  .heartbeats td:nth-child(5)::before { content: "Last 24 h"; }
+  .heartbeats td:nth-child(6)::before { content: "Last event"; } .heartbeats td:nth-child(7)::before { content: "Deadline"; }
+  .members td:nth-child(1)::before { content: "Member"; } .members td:nth-child(2)::before { content: "Status"; }
+  .members td:nth-child(3)::before { content: "Last event"; } .members td:nth-child(4)::before { content: "Deadline"; }
+  .history td:nth-child(1)::before { content: "When"; } .history td:nth-child(2)::before { content: "Status"; }
+  .history td:nth-child(3)::before { content: "Reason"; }
   dl.facts { grid-template-columns: 1fr; gap: 0; } dl.facts dd { margin-bottom: .4rem; }
   .alarms .wide { display: none; }
 }
@@ -9229,6 +9875,20 @@ PAGE_SCRIPT = """
   }
   stamp.textContent = "updated " + utc(Date.now());
   relativeTimes();
+  for (const button of document.querySelectorAll("button.copy")) {  // without the script: the text is selectable
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      const source = document.getElementById(button.dataset.copy);
+      try {
+        await navigator.clipboard.writeText(source.textContent);
+        button.textContent = "Copied";
+      } catch (error) {  // no clipboard (plain http but on localhost): select it for Ctrl+C
+        getSelection().selectAllChildren(source);
+        button.textContent = "Selected";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+  }
   setInterval(refresh, %(milliseconds)d);
   const tester = document.getElementById("tester");
   if (tester) tester.addEventListener("submit", async (submitted) => {
@@ -9303,32 +9963,51 @@ STATUS_PAGE_TOP = """<form class="search" method="get" action="{{base}}" role="s
 """
 
 # The list: filters with counts over every heartbeat, the alarms summed up,
-# one page of heartbeats.
+# one page of heartbeats, the problems first.
 STATUS_PAGE = """<ul class="filters">
 % for status in statuses_all:
 <li><a href="{{query(q, set(statuses) ^ {status}, 1)}}" class="{{"on" if status in statuses else ""}}" title="{{"remove" if status in statuses else "add"}} this filter"><span class="dot s-{{status}}"></span>{{status}} {{f"{counts.get(status, 0):,}"}}</a></li>
 % end
-<li><a href="{{query(q, (), 1)}}" class="{{"" if statuses else "on"}}">all {{f"{sum(counts.values()):,}"}}</a></li>
+<li><a href="{{query(q, (), 1)}}" class="{{"" if statuses else "on"}}">all {{f"{everything:,}"}}</a></li>
 </ul>
-% down = counts.get("down", 0)
-% if down and (q or statuses):
-<p class="alarms">{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down: <a href="{{query("", ["down"], 1)}}">show {{"them" if down > 1 else "it"}}</a></p>
-% elif down:
+% down, late = counts.get("down", 0), counts.get("late", 0)
+% if open_alarms and (q or statuses):
+<p class="alarms">{{alarm_text}}: \\\\
+% if down:
+<a href="{{query("", ["down"], 1)}}">show the {{f"{down:,}"}} down</a>\\\\
+% end
+% if down and late:
+, \\\\
+% end
+% if late:
+<a href="{{query("", ["late"], 1)}}">show the {{f"{late:,}"}} late</a>\\\\
+% end
+</p>
+% elif open_alarms:
 <section class="alarms">
-<h2>{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down{{f", the oldest {len(alarms)}:" if down > len(alarms) else ""}}</h2>
+<h2>{{alarm_text}}{{f", the oldest {len(alarms)}:" if open_alarms > len(alarms) else ""}}</h2>
 <ol>
 % for alarm in alarms:
-<li>\\\\
+% status = "down" if alarm["state"] == 3 else "late"
+<li><span class="badge {{status}}">{{status}}</span> \\\\
 % if alarm["heartbeat_id"]:
 <a href="{{base}}heartbeat/{{alarm["heartbeat_id"]}}"><strong>{{shorten(alarm["heartbeat_name"], 80)}}</strong></a>\\\\
 % else:
 <strong>{{alarm["heartbeat_name"]}}</strong>\\\\
 % end
+% if alarm.get("member"):
+ member <code>{{shorten(pattern_text(alarm["member"]), 120)}}</code>\\\\
+% end
  since {{!time_html(alarm["since"], now)}}<span class="wide"> <code>{{shorten(alarm["resource"], 80)}}</code> <span class="muted">{{shorten(alarm["output"], 120)}}</span></span></li>
 % end
 </ol>
-% if down > len(alarms):
-<a href="{{query("", ["down"], 1)}}">All {{f"{down:,}"}} heartbeats down</a>
+% if open_alarms > len(alarms):
+% if down:
+<a href="{{query("", ["down"], 1)}}">All {{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down</a>
+% end
+% if late:
+<a href="{{query("", ["late"], 1)}}">All {{f"{late:,}"}} heartbeat{{"s" if late > 1 else ""}} late</a>
+% end
 % end
 </section>
 % else:
@@ -9346,18 +10025,18 @@ arrives within its expected interval.</p>
 <p>No heartbeat matches{{f" “{q}”" if q else ""}}{{f" with status {' or '.join(statuses)}" if statuses else ""}}.
 <a href="{{query("", (), 1)}}">Show all</a></p>
 % else:
-<p class="muted">{{f"{first:,}–{last:,} of {total:,}" if pages > 1 else f"{total:,} heartbeat{'s' if total > 1 else ''}"}}{{f" matching (of {sum(counts.values()):,})" if q or statuses else ""}}, by name.
+<p class="muted">{{f"{first:,}–{last:,} of {total:,}" if pages > 1 else f"{total:,} heartbeat{'s' if total > 1 else ''}"}}{{f" matching (of {everything:,})" if q or statuses else ""}}, problems first (down, then late), then by name.
 % if not timelines_recorded:
 The 24 h timelines stay empty: this version records no history.
 % end
 </p>
-<table>
+<table class="heartbeats">
 <colgroup><col class="name"><col class="pattern"><col class="every"><col class="status"><col class="timeline"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Name</th><th>Pattern</th><th>Every</th><th>Status</th><th>Last 24 h</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
 % for row in rows:
 <tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
-<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
+<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"] if "schedule" not in row else f'{row["schedule"]} {row["tz"]}, within {row["expected_interval"]}'}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
 % if row.get("members"):
  <span class="muted">members: {{member_counts_text(row["members"])}}</span>\\\\
@@ -9386,14 +10065,34 @@ The 24 h timelines stay empty: this version records no history.
 
 # One heartbeat: its facts, 24 h timeline, availability, history, last events.
 DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
+% if done:
+<p class="done" role="status">{{done}}</p>
+% end
 <h2>{{doc["name"]}} <span class="badge {{state["status"]}}">{{state["status"]}}</span>\\\\
 % if state.get("maintenance"):
  <span class="badge maintenance">maintenance</span>\\\\
 % end
 </h2>
+<div class="actions">
+% if state["status"] == "paused":
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/resume"><button>Resume</button></form>
+% else:
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/pause"><button>Pause</button></form>
+% end
+% if state["status"] in ("down", "late") and not state.get("ack"):
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/ack"><input name="comment" maxlength="1000" placeholder="comment (optional)" aria-label="acknowledgement comment"> <button>Acknowledge</button></form>
+% end
+% if not state.get("maintenance"):
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/maintenance" title="a maintenance window of 1 h from now with this heartbeat's pattern: it covers every heartbeat whose pattern holds all of these pairs"><button>Maintenance for 1 h</button></form>
+% end
+</div>
 <dl class="facts">
 <dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
+% if "schedule" in doc:
+<dt>Schedule</dt><dd><code>{{doc["schedule"]}}</code> ({{doc["tz"]}}), each run expected within {{doc["expected_interval"]}}</dd>
+% else:
 <dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
+% end
 <dt>Last event</dt><dd>{{!time_html(state["last_event"], now, "never")}}</dd>
 % if state["status"] == "down":
 <dt>Down since</dt><dd>{{!time_html(state["alarm_since"], now)}}</dd>
@@ -9403,11 +10102,17 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % if state.get("maintenance"):
 <dt>Maintenance</dt><dd>{{state["maintenance"]["name"]}} until {{!time_html(state["maintenance"]["until"], now)}}</dd>
 % end
+% if state.get("ack"):
+<dt>Acknowledged</dt><dd>by {{state["ack"]["by"]}} {{!time_html(state["ack"]["at"], now)}}{{(": " + state["ack"]["comment"]) if state["ack"].get("comment") else ""}}</dd>
+% end
 % if doc["description"]:
 <dt>Description</dt><dd>{{doc["description"]}}</dd>
 % end
 % if doc["output"]:
 <dt>Alarm output</dt><dd>{{doc["output"]}}</dd>
+% end
+% if last_run is not None:
+<dt>Last run</dt><dd>{{"failed" if last_run["output"] else "ended well"}} {{!time_html(last_run["at"], now)}}{{"" if last_run["duration"] is None else ", took " + seconds_text(last_run["duration"])}}{{"" if last_run["output"] is None else ": " + last_run["output"]}}</dd>
 % end
 <dt>Created</dt><dd>{{!time_html(doc["created"], now)}} by {{doc["author"]}}</dd>
 <dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
@@ -9421,8 +10126,8 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % end
 </p>
 % if members:
-<table>
-<colgroup><col class="name"><col class="status"><col class="time"><col class="time"></colgroup>
+<table class="members">
+<colgroup><col><col class="status"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Member</th><th>Status</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
 % for entry in members:
@@ -9450,6 +10155,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 <div><b>{{availability_text(availability.get(window))}}</b><span class="muted">last {{window}}</span></div>
 % end
 </div>
+<p class="muted">The share of the time it was not down; time paused, in maintenance or pending (waiting for its first event) left out.</p>
 % end
 <h2>History</h2>
 % if history is None:
@@ -9457,7 +10163,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % elif not history:
 <p class="muted">No state change recorded yet.</p>
 % else:
-<table>
+<table class="history">
 <colgroup><col class="time"><col class="status"><col></colgroup>
 <thead><tr><th>When</th><th>Status</th><th>Reason</th></tr></thead>
 <tbody>
@@ -9479,7 +10185,20 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % end
 """
 
-DETAIL_PAGE_BOTTOM = """<section>
+DETAIL_PAGE_BOTTOM = """<section class="feed">
+<h2>Feed it</h2>
+% if ping_url:
+<p>A ping (no password: the id in the URL is the secret):</p>
+<div class="copyable"><pre id="feed-ping">{{ping_url}}</pre><button type="button" class="copy" data-copy="feed-ping" hidden>Copy</button></div>
+<p>A crontab line, the ping sent when the job succeeds (the schedule before it, your command for <code>job</code>):</p>
+<div class="copyable"><pre id="feed-cron">job &amp;&amp; curl -fsS -m 10 --retry 3 {{ping_url}}</pre><button type="button" class="copy" data-copy="feed-cron" hidden>Copy</button></div>
+% else:
+<p class="muted">Pings are off on this service (<code>--pings off</code>): feed it with events.</p>
+% end
+<p>An event matching its pattern{{(" (each member with its own " + ", ".join(group_by) + ")") if group_by else ""}}:</p>
+<div class="copyable"><pre id="feed-event">{{event_curl}}</pre><button type="button" class="copy" data-copy="feed-event" hidden>Copy</button></div>
+</section>
+<section>
 <h2>Pattern tester</h2>
 <p class="muted">Which of the last events received match a pattern, and how the closest others differ.</p>
 <form id="tester" method="post" action="{{base}}api/v2/pattern/test">
@@ -9496,7 +10215,8 @@ def prometheus_label(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None):
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None,
+                    pings=None):
     """Metrics in the Prometheus text exposition format 0.0.4.
 
     :param overview: rows of :meth:`Engine.overview`.
@@ -9504,6 +10224,7 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
         over 24 h or None, time of the last change)}``.
     :param channels: the channels' documents (:meth:`Notifications.documents`):
         their delivery health, labelled by id, name and kind (never the URL).
+    :param pings: ``{kind: pings received}`` (:attr:`Pings.counts`).
     """
     history = history or {}
     channels = channels or []
@@ -9536,10 +10257,11 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            "1 while a maintenance window covers the heartbeat, else 0.",
            [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
-           "Receive time of the last matching event (heartbeats that had one).",
+           "Receive time of the last matching event (heartbeats that had one; a grouped one's: its members' "
+           "latest).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
-           "Share of the last 24 h the heartbeat was not down (paused and maintenance time left out; "
+           "Share of the last 24 h the heartbeat was not down (paused, maintenance and pending time left out; "
            "no sample when no time counts).",
            [(labels, float(history[row["_id"]][0])) for row, labels in identity
             if history.get(row["_id"], (None,))[0] is not None])
@@ -9548,6 +10270,10 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            [(labels, float(history[row["_id"]][1])) for row, labels in identity if row["_id"] in history])
     family("heartbeat_lite_events_received_total", "counter", "Events received since the service started.",
            [((), events_received)])
+    family("heartbeat_lite_pings_received_total", "counter",
+           "Pings received since the service started (Healthchecks, Opsgenie and Uptime Kuma URLs), by kind: "
+           "success, start, fail, log.",
+           [((("kind", kind),), count) for kind, count in (pings or dict.fromkeys(PING_KINDS, 0)).items()])
     family("heartbeat_lite_alarms_raised_total", "counter",
            "Alarms raised (down, and late warnings) since the service started.",
            [((), alarms_raised)])
@@ -9591,7 +10317,7 @@ def openapi_document():
     string = {"type": "string"}
     time_or_null = {"type": ["number", "null"], "description": "Unix seconds, to the millisecond"}
     errors = {
-        "400": _answer("Invalid body, pattern already exists, or database error", "Error"),
+        "400": _answer("Invalid body, pattern (or slug, or push_token) already exists, or database error", "Error"),
         "401": _answer("Missing or wrong credentials (with WWW-Authenticate: Basic)", "Error"),
         "429": _answer("Too many failed password derivations lately (with Retry-After)", "Error"),
     }
@@ -9632,6 +10358,8 @@ def openapi_document():
     channel_not_found = {"404": _answer("No channel has this id (name: the id)", "Error")}
     channel_ids = {"type": "array", "items": string, "maxItems": MAX_CHANNELS, "uniqueItems": True}
     interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
+    slug = {"type": "string", "pattern": "^" + _SLUG.pattern + "$"}
+    push_token = {"type": "string", "pattern": "^" + _PUSH_TOKEN.pattern + "$"}
     item = {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS}
     group_by = {"type": "array", "items": {**item, "minLength": 1}, "minItems": 1, "maxItems": MAX_GROUP_BY_KEYS,
                 "uniqueItems": True, "description": "event keys (none of the pattern's): each distinct combination "
@@ -9644,6 +10372,79 @@ def openapi_document():
     def operation(operation_id, tag, summary, responses, security=secured, **more):
         return {"operationId": operation_id, "tags": [tag], "summary": summary, "security": security,
                 "responses": {**responses, **internal_error}, **more}
+
+    def ping_paths():
+        """DESIGN §16's routes (docs/pings.md): answers as Healthchecks',
+        Opsgenie's and Uptime Kuma's servers give them."""
+        plain = {"content": {PING_TYPE: {"schema": string}}}
+        ping_body = {"required": False, "description": f"kept up to {PING_BODY_LIMIT_BYTES} bytes in /events; "
+                     "a failure's first line is its alarm's output", "content": {"*/*": {"schema": string}}}
+        answers = {
+            "200": {"description": "OK (headers Ping-Body-Limit: 10000, Access-Control-Allow-Origin: *)", **plain},
+            "400": {"description": "invalid url format (exit status over 255, slug not in lower case), or "
+                    "invalid uuid format (rid)", **plain},
+            "404": {"description": "not found: no such id, key or slug", **plain},
+            "413": _answer("Body over the service's limit", "Error"),
+            "503": {"description": "database error: retry", **plain},
+        }
+        rid = query_parameter("rid", "the run's id (a UUID): pairs a start with its end", {"type": "string"})
+        create = query_parameter("create", "1 (slug form): create the heartbeat when no heartbeat has the slug "
+                                 "(201 Created; 409 ambiguous slug when its pattern is another's)",
+                                 {"type": "string", "enum": ["1"]})
+        address = {"name": "address", "in": "path", "required": True, "schema": string,
+                   "description": "a heartbeat's id, or the ping key (--ping-key) of the slug form"}
+        second = {"name": "second", "in": "path", "required": True, "schema": string,
+                  "description": "after an id: start, fail, log or an exit status 0-255; after the ping key: a slug"}
+        third = {"name": "third", "in": "path", "required": True, "schema": string,
+                 "description": "after a slug: start, fail, log or an exit status 0-255"}
+
+        def healthchecks(name, summary, parameters, extra=None):
+            more = {**answers, **(extra or {})}
+            return {"parameters": parameters, **{
+                method: operation(f"{method}{name}", "ping", summary, more, security=[],
+                                  parameters=[rid] + ([create] if extra else []),
+                                  **({"requestBody": ping_body} if method == "post" else {}))
+                for method in ("get", "post", "head")}}
+
+        created = {"201": {"description": "Created: the heartbeat, named and slugged <slug>, pattern "
+                           "{\"ping\": \"<slug>\"}, expected_interval 25h, late_after 24h", **plain},
+                   "409": {"description": "ambiguous slug", **plain}}
+        kuma = {"type": "object", "required": ["ok"], "properties": {
+            "ok": {"type": "boolean"}, "msg": {"type": "string"}}, "additionalProperties": False}
+        genie = {"type": "object", "properties": {"result": string, "message": string, "took": {"type": "number"},
+                                                  "requestId": string}}
+        return {
+            "/ping/{address}": healthchecks("Ping", "Healthchecks ping by id: a success", [address]),
+            "/ping/{address}/{second}": healthchecks(
+                "PingSuffix", "Healthchecks ping: by id with start, fail, log or an exit status; or by slug",
+                [address, second], created),
+            "/ping/{address}/{second}/{third}": healthchecks(
+                "PingSlugSuffix", "Healthchecks ping by slug with start, fail, log or an exit status",
+                [address, second, third], created),
+            "/api/push/{token}": {
+                "parameters": [{"name": "token", "in": "path", "required": True, "schema": string,
+                                "description": "a heartbeat's push_token"}],
+                "get": operation("getKumaPush", "ping", "Uptime Kuma push: status=up a success, else a failure "
+                                 "(msg its output)", {
+                    "200": {"description": '{"ok": true}', **_json_content(kuma)},
+                    "404": {"description": f'{{"ok": false, "msg": "{KUMA_NOT_FOUND}"}}', **_json_content(kuma)},
+                }, security=[], parameters=[
+                    query_parameter("status", "up (the default): a success; anything else: a failure", string),
+                    query_parameter("msg", "the failure's output", string)]),
+            },
+            "/v2/heartbeats/{name}/ping": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": string,
+                                "description": "the heartbeats' name"}],
+                **{method: operation(f"{method}OpsgenieHeartbeat", "ping",
+                                     "Opsgenie heartbeat ping (only with --genie-key; Authorization: GenieKey <key>): "
+                                     "every heartbeat of that name refreshed", {
+                    "202": {"description": f'{{"result": "{OPSGENIE_PONG}", "took": 0, "requestId": <uuid>}}, even '
+                            "for a name no heartbeat has", **_json_content(genie)},
+                    "401": {"description": "missing or wrong GenieKey", **_json_content(genie)},
+                    "404": _answer("No --genie-key: the route is off", "Error"),
+                }, security=[]) for method in ("get", "post", "put", "patch", "head")},
+            },
+        }
 
     return {
         "openapi": "3.1.0",
@@ -9662,6 +10463,8 @@ def openapi_document():
             {"name": "event", "description": "Incoming Canopsis events"},
             {"name": "alarm", "description": "Heartbeats gone silent, and the channels their alarms go to"},
             {"name": "operator", "description": "Health, metrics, the status page and this description"},
+            {"name": "ping", "description": "Pings: the URLs jobs already call (Healthchecks, Opsgenie, Uptime "
+                                            "Kuma), no Basic auth; off with --pings off (docs/pings.md)"},
         ],
         "components": {
             "responses": {
@@ -9702,6 +10505,19 @@ def openapi_document():
                         "escalate_after": {**interval, "description": "still down and not acknowledged this "
                                            "long: escalate_to is told too (give both)"},
                         "escalate_to": {**channel_ids, "minItems": 1},
+                        "slug": {**slug, "description": "the name a ping may use (/ping/<ping-key>/<slug>); "
+                                 "unique (else 400 heartbeat slug already exists)"},
+                        "push_token": {**push_token, "description": "the Uptime Kuma push token "
+                                       "(/api/push/<push_token>); unique (else 400 heartbeat push_token already "
+                                       "exists)"},
+                        "max_run": {**interval, "description": "shorter than a year: a run (/ping/<id>/start) "
+                                    "not finished within it puts the heartbeat down"},
+                        "schedule": {"type": "string", "maxLength": MAX_SCHEDULE_CHARS,
+                                     "description": "a 5-field cron expression (Debian semantics, as cronsim): "
+                                     "expected_interval (and late_after) are then measured from each scheduled "
+                                     "time after the last event; a ping up to 60 s early counts for that time"},
+                        "tz": {"type": "string", "description": "the schedule's IANA time zone (default UTC); "
+                               "needs schedule"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -9721,6 +10537,11 @@ def openapi_document():
                         "channels": {**channel_ids, "description": "present only when set"},
                         "escalate_after": {**string, "description": "present only when set"},
                         "escalate_to": {**channel_ids, "description": "present only when set"},
+                        "slug": {**slug, "description": "present only when set"},
+                        "push_token": {**push_token, "description": "present only when set"},
+                        "max_run": {**string, "description": "present only when set"},
+                        "schedule": {**string, "description": "present only when set"},
+                        "tz": {**string, "description": "present (UTC when not given) only with a schedule"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
                     "additionalProperties": False,
@@ -10160,6 +10981,7 @@ def openapi_document():
                             "since when (Unix seconds)", **_json_content(_ref("Health"))},
                 }, security=[]),
             },
+            **ping_paths(),
             "/metrics": {
                 "get": operation("getMetrics", "operator", "Prometheus metrics", {
                     "200": {"description": "Text exposition format 0.0.4",
@@ -10168,7 +10990,8 @@ def openapi_document():
             },
             "/": {
                 "get": operation("getStatusPage", "operator",
-                                 "The status page: heartbeats by name, 100 a page, with counts per status", {
+                                 "The status page: heartbeats, the problems first then by name, 100 a page, "
+                                 "with counts per status", {
                     "200": {"description": "An HTML page (gzipped when accepted)",
                             "content": {HTML_TYPE: {"schema": string}}},
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
@@ -10190,6 +11013,20 @@ def openapi_document():
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
                     **errors, **not_found}),
             },
+            **{f"/heartbeat/{{heartbeat_id}}/{action}": {
+                "parameters": [heartbeat_id],
+                "post": operation(f"{action}FromHeartbeatPage", "operator", summary, {
+                    "303": {"description": "Done: see the heartbeat's page, whose ?done= says what was done"},
+                    **errors, **not_found, **cross_site, **too_large, **more}, requestBody={
+                        "required": False, "content": {"application/x-www-form-urlencoded": {"schema": form}}}),
+            } for action, summary, form, more in (
+                ("pause", "The page's Pause button", {"type": "object"}, {}),
+                ("resume", "The page's Resume button", {"type": "object"}, {}),
+                ("ack", "The page's Acknowledge button", {"type": "object", "properties": {"comment": string}},
+                 {"409": _answer('No open alarm: {"name": <id>, "description": "no open alarm"}', "Error")}),
+                ("maintenance", "The page's Maintenance for 1 h button: a window of the heartbeat's pattern "
+                 "from now to an hour later", {"type": "object"}, {}),
+            )},
             "/api/v2/openapi.json": {
                 "get": operation("getOpenApiDocument", "operator", "This description (no authentication)", {
                     "200": {"description": "OpenAPI 3.1", **_json_content({"type": "object"})},
@@ -10203,11 +11040,10 @@ def openapi_document():
 # Web API
 ###############################################################################
 
-PATTERN_EXISTS = "heartbeat pattern already exists"
+ALREADY_EXISTS = "heartbeat {} already exists"  # pattern, slug, push_token
 CROSS_SITE_REFUSED = "cross-site request refused"
 MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
-_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
 #: the WSGI environ key the HTTP server sets on a request it serves in its
 #: event loop's thread: the routes then raise WouldBlock rather than wait
@@ -10297,6 +11133,207 @@ def text_response(body, content_type):
     return body
 
 
+#: the forms of a heartbeat's page: ``POST /heartbeat/<id>/<action>``
+PAGE_ACTIONS = ("pause", "resume", "ack", "maintenance")
+#: what a page's form did, by the ``done`` key its answer's redirect names
+DONE_MESSAGES = {
+    "paused": "Paused: no alarm from it until it is resumed; its events are still counted.",
+    "resumed": "Resumed: it starts afresh, pending until its next event or deadline.",
+    "acked": "Acknowledged: reminders and escalation of its open alarm stop; the next resolution clears it.",
+    "maintenance": ("Maintenance for 1 h started: a window with this heartbeat's pattern, so it covers this "
+                    "heartbeat and every other whose pattern holds all of these pairs."),
+}
+
+
+class OperatorPages:
+    """The operator pages: the status page, a heartbeat's page and its
+    forms (pause, resume, acknowledge, maintenance for 1 h), each
+    answered with a redirect to the heartbeat's page that says what it did.
+    :class:`WebApi` routes to them (its checks, cross-site included, apply).
+
+    :param engine: the :class:`Engine`.
+    :param read_body: reads the request's body under a limit (``WebApi._read_body``).
+    """
+
+    def __init__(self, engine, read_body):
+        self.engine = engine
+        self.read_body = read_body
+        #: whether the ping routes are served (``--pings``): a heartbeat's page then shows its ping URL
+        self.pings = True
+        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
+            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
+            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
+        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
+                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
+
+    @staticmethod
+    def _base_url():
+        """The service's URL as the browser sees it (no trailing ``/``)."""
+        parts = bottle.request.urlparts
+        return f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}"
+
+    def status_page(self, user):
+        try:
+            query = parse_status_query(bottle.request.query_string)
+        except Invalid as exc:
+            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
+        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+                                        STATUS_PAGE_ROWS)
+        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
+        page = min(query["page"], pages)
+        if page != query["page"]:  # past the end (the list shrank): the last page
+            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+                                            STATUS_PAGE_ROWS)
+        now = self.engine.clock()
+        counts, rows = found["counts"], found["rows"]
+        alarm_counts = self.engine.alarm_counts()
+        open_alarms = open_alarms_of(alarm_counts)
+        live = self._templates["status"].render(
+            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
+            everything=sum(counts.get(status, 0) for status in STATUSES),  # "maintenance" counts some twice
+            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
+            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if open_alarms else [],
+            open_alarms=open_alarms, alarm_text=alarm_counts_text(alarm_counts),
+            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
+            timelines=self._timelines(rows, now), timelines_recorded=True, now=now, time_html=time_html,
+            shorten=shorten, member_counts_text=member_counts_text, pattern_text=pattern_text,
+            base=bottle.request.script_name, base_url=self._base_url(),
+        )
+        live = self._channel_banner(now) + live
+        down, late = counts.get(DOWN, 0), counts.get(LATE, 0)
+        said = ", ".join(f"{count} {status}" for status, count in ((DOWN, down), (LATE, late)) if count)
+        title = f"{said} - heartbeat-lite" if said else "heartbeat-lite"
+        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
+                                                   base=bottle.request.script_name)
+        return self._html_answer(title, live, top=top)
+
+    def _channel_banner(self, now):
+        """The status page's first lines when alarms do not reach people:
+        a channel failing ("alarms are not reaching ops-slack since
+        10:42"), events a target refused for good, or alarms that reach
+        no channel at all."""
+        notifications = self.engine.notifications
+        channels = notifications.documents()
+        escape = bottle.html_escape
+        notes = []
+        for channel in channels:
+            name = escape(channel["name"])
+            if channel["failing_since"] is not None:
+                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
+                notes.append(f"alarms are not reaching <b>{name}</b> since "
+                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
+            if channel["set_aside"]:
+                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
+                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
+        if not channels:
+            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
+                         "with <code>--forward-url</code>")
+        elif notifications.unrouted():
+            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
+                         "no channel is a default one")
+        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
+
+    def heartbeat_page(self, heartbeat_id, user):
+        doc = json.loads(self.engine.document(heartbeat_id))
+        state = self.engine.status(heartbeat_id)
+        now = self.engine.clock()
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        base = bottle.request.script_name
+        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
+        history, availability = recorded["history"], recorded["availability"]
+        events = self.engine.recent_events(heartbeat_id)
+        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
+        members = None
+        if "group_by" in doc:  # the worst first: those not up, then the others
+            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
+            if len(members) < DETAIL_PAGE_MEMBERS:
+                members += self.engine.members(heartbeat_id, ("up", "paused"),
+                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
+            members.sort(key=lambda entry: severity(entry["status"]))
+        live = self._templates["detail"].render(
+            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            members=members, member_counts_text=member_counts_text,
+            done=DONE_MESSAGES.get(bottle.request.query.get("done")),
+            last_run=self.engine.pings.last_run(heartbeat_id), seconds_text=seconds_text,
+            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
+                'class="timeline"', 'class="timeline large"', 1),
+            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
+            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
+        )
+        live = self._channel_banner(now) + live
+        base_url = self._base_url()
+        example = {**doc["pattern"], **{key: f"<{key}>" for key in doc.get("group_by", ())}}
+        event_curl = (f"curl -fsS -u USER:PASSWORD -d {shlex.quote(json.dumps(example, ensure_ascii=False))} "
+                      f"{base_url}/api/v2/event")
+        bottom = self._templates["detail bottom"].render(
+            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2),
+            ping_url=f"{base_url}/ping/{heartbeat_id}" if self.pings else None, event_curl=event_curl,
+            group_by=doc.get("group_by"))
+        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
+
+    def act(self, heartbeat_id, action, user):
+        """A heartbeat page's form: pause, resume, ack (with an optional
+        ``comment`` field) or maintenance (a window of
+        :data:`MAINTENANCE_FORM_SECONDS` from now, with the heartbeat's
+        pattern); answered ``303`` to the heartbeat's page, whose ``done``
+        parameter says what was done."""
+        engine = self.engine
+        if action == "pause":
+            engine.pause(heartbeat_id)
+            done = "paused"
+        elif action == "resume":
+            engine.resume_heartbeat(heartbeat_id)
+            done = "resumed"
+        elif action == "ack":
+            form = urllib.parse.parse_qs(self.read_body(MAX_HEARTBEAT_BODY_BYTES).decode("utf-8", "replace"))
+            comment = " ".join(form.get("comment", [])).strip()
+            engine.ack(heartbeat_id, user, validate_ack(dump_json({"comment": comment}) if comment else b""))
+            done = "acked"
+        else:
+            doc = json.loads(engine.document(heartbeat_id))
+            now = engine.clock()
+            start, end = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                          for t in (now, now + MAINTENANCE_FORM_SECONDS))
+            engine.create_maintenance(validate_maintenance({
+                "name": f"1 h from the page of {shorten(doc['name'], MAX_NAME_CHARS - 40)}",
+                "pattern": doc["pattern"], "start": start, "end": end}))
+            done = "maintenance"
+        bottle.response.status = 303
+        bottle.response.set_header("Location", f"{self._base_url()}/heartbeat/{heartbeat_id}?done={done}")
+        return b""
+
+    def _timelines(self, rows, now):
+        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
+        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
+        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
+
+    def _html_answer(self, title, live, top="", bottom=""):
+        """An operator page: ``live`` (the part the page's script refreshes)
+        in the shell. Its weak ETag hashes the URL and ``live``, which
+        depend on the state only (not on the second), so the script's
+        conditional refresh gets a body-less 304 while nothing changed.
+        Gzipped when the client accepts it."""
+        request, response = bottle.request, bottle.response
+        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
+        etag = f'W/"{digest.hexdigest()[:32]}"'
+        response.set_header("ETag", etag)
+        response.set_header("Vary", "Accept-Encoding")
+        response.set_header("Cache-Control", "no-cache")
+        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
+        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
+            response.status = 304
+            return b""
+        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
+                                               live=live, top=top, bottom=bottom, base=request.script_name)
+        body = html.encode("utf-8")
+        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            response.set_header("Content-Encoding", "gzip")
+        return text_response(body, HTML_TYPE)
+
+
 class WebApi:
     """The bottle routes: parse the request, call the engine, format the answer.
 
@@ -10346,15 +11383,14 @@ class WebApi:
         self._route("/api/v2/channel/<channel_id>", "DELETE", self.delete_channel, kind="channel")
         self._route("/api/v2/channel/<channel_id>/test", "POST", self.test_channel, kind="channel")
         self._route("/healthz", "GET", self.health, authenticated=False)
-        self._route("/", "GET", self.status_page)
-        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
+        #: the operator pages (:class:`OperatorPages`)
+        self.pages = OperatorPages(engine, self._read_body)
+        self._route("/", "GET", self.pages.status_page)
+        self._route("/heartbeat/<heartbeat_id>", "GET", self.pages.heartbeat_page)
+        for action in PAGE_ACTIONS:  # the heartbeat page's forms
+            self._route(f"/heartbeat/<heartbeat_id>/{action}", "POST", functools.partial(self.pages.act, action=action))
         self._route("/metrics", "GET", self.metrics)
         self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
-            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
-            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
-        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
-                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
         self._openapi = dump_json(openapi_document())
 
     def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
@@ -10392,8 +11428,8 @@ class WebApi:
                 return json_response(error_body("member not found", name=str(exc.args[0])), 404)
             except NotFound as exc:
                 return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
-            except PatternExists:
-                return json_response(error_body(PATTERN_EXISTS), 400)
+            except Taken as exc:
+                return json_response(error_body(ALREADY_EXISTS.format(exc.field)), 400)
             except NoOpenAlarm as exc:
                 return json_response(error_body("no open alarm", name=str(exc.args[0])), 409)
             except ChannelInUse as exc:
@@ -10575,7 +11611,7 @@ class WebApi:
     def post_events(self, user):
         body = self._read_body(MAX_EVENT_BODY_BYTES)
         events = validate_events(parse_json(body, duplicate_keys=True))
-        return json_response({"received": len(events), "matched": self.engine.ingest(events, body, self._blocking())})
+        return json_response({"received": len(events), "matched": self.engine.ingest(events, body, blocking=self._blocking())})
 
     def list_alarms(self, user):
         return json_response(self.engine.alarms())
@@ -10609,129 +11645,10 @@ class WebApi:
         channel = self.engine.notifications.channel(channel_id)
         return json_response(self.sender(channel).test(self.engine.clock()))
 
-    def status_page(self, user):
-        try:
-            query = parse_status_query(bottle.request.query_string)
-        except Invalid as exc:
-            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
-        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
-                                 STATUS_PAGE_ROWS)
-        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
-        page = min(query["page"], pages)
-        if page != query["page"]:  # past the end (the list shrank): the last page
-            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
-                                     STATUS_PAGE_ROWS)
-        now = self.engine.clock()
-        counts, rows = found["counts"], found["rows"]
-        timelines = self._timelines(rows, now)
-        parts = bottle.request.urlparts
-        live = self._templates["status"].render(
-            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
-            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
-            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
-            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
-            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
-            member_counts_text=member_counts_text,
-            pattern_text=pattern_text, base=bottle.request.script_name,
-            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
-        )
-        live = self._channel_banner(now) + live
-        down = counts.get(DOWN, 0)
-        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
-        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
-                                                   base=bottle.request.script_name)
-        return self._html_answer(title, live, top=top)
-
-    def _channel_banner(self, now):
-        """The status page's first lines when alarms do not reach people:
-        a channel failing ("alarms are not reaching ops-slack since
-        10:42"), events a target refused for good, or alarms that reach
-        no channel at all."""
-        notifications = self.engine.notifications
-        channels = notifications.documents()
-        escape = bottle.html_escape
-        notes = []
-        for channel in channels:
-            name = escape(channel["name"])
-            if channel["failing_since"] is not None:
-                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
-                notes.append(f"alarms are not reaching <b>{name}</b> since "
-                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
-            if channel["set_aside"]:
-                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
-                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
-        if not channels:
-            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
-                         "with <code>--forward-url</code>")
-        elif notifications.unrouted():
-            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
-                         "no channel is a default one")
-        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
-
-    def heartbeat_page(self, heartbeat_id, user):
-        doc = json.loads(self.engine.document(heartbeat_id))
-        state = self.engine.status(heartbeat_id)
-        now = self.engine.clock()
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        base = bottle.request.script_name
-        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
-        history, availability = recorded["history"], recorded["availability"]
-        events = self.engine.recent_events(heartbeat_id)
-        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
-        members = None
-        if "group_by" in doc:  # the worst first: those not up, then the others
-            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
-            if len(members) < DETAIL_PAGE_MEMBERS:
-                members += self.engine.members(heartbeat_id, ("up", "paused"),
-                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
-            members.sort(key=lambda entry: severity(entry["status"]))
-        live = self._templates["detail"].render(
-            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
-            members=members, member_counts_text=member_counts_text,
-            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
-                'class="timeline"', 'class="timeline large"', 1),
-            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
-            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
-        )
-        bottom = self._templates["detail bottom"].render(
-            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
-        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
-
-    def _timelines(self, rows, now):
-        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
-        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
-        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
-
-    def _html_answer(self, title, live, top="", bottom=""):
-        """An operator page: ``live`` (the part the page's script refreshes)
-        in the shell. Its weak ETag hashes the URL and ``live``, which
-        depend on the state only (not on the second), so the script's
-        conditional refresh gets a body-less 304 while nothing changed.
-        Gzipped when the client accepts it."""
-        request, response = bottle.request, bottle.response
-        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
-        etag = f'W/"{digest.hexdigest()[:32]}"'
-        response.set_header("ETag", etag)
-        response.set_header("Vary", "Accept-Encoding")
-        response.set_header("Cache-Control", "no-cache")
-        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
-        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
-            response.status = 304
-            return b""
-        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
-                                               live=live, top=top, bottom=bottom, base=request.script_name)
-        body = html.encode("utf-8")
-        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            response.set_header("Content-Encoding", "gzip")
-        return text_response(body, HTML_TYPE)
-
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
                                self.engine.outbox_depth(), self.engine.history_metrics(),
-                               self.engine.notifications.documents())
+                               self.engine.notifications.documents(), dict(self.engine.pings.counts))
         return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
 
     def openapi(self):
@@ -10758,6 +11675,159 @@ class WebApi:
             return self.engine.notifications.delivery_warnings()
         except StoreError:
             return []  # the database's own trouble is said by the health check
+
+
+class PingRoutes:
+    """The routes of DESIGN §16 on a :class:`WebApi`'s application:
+    Healthchecks' ``/ping/...`` (answered in text/plain as Healthchecks
+    answers), Opsgenie's heartbeat ping (only with a ``genie_key``), Uptime
+    Kuma's push. No Basic auth and no cross-site check: the id, key or
+    token in the URL (or the GenieKey) is the secret. Thin: parse, call
+    :class:`Pings`, answer.
+
+    :param web: the :class:`WebApi` whose application gets the routes.
+    :param ping_key: the key of the slug form ``/ping/<key>/<slug>``
+        (None: that form answers ``not found``).
+    :param genie_key: the key Opsgenie pings must send (None: no route).
+    """
+
+    def __init__(self, web, ping_key=None, genie_key=None):
+        self.web = web
+        self.pings = web.engine.pings
+        self.ping_key = ping_key.encode() if ping_key else None
+        self.genie_key = genie_key.encode() if genie_key else None
+        routes = [("/ping/<address>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/ping/<address>/<second>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/ping/<address>/<second>/<third>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/api/push/<token>", ("GET",), self.kuma)]
+        if genie_key:
+            routes.append(("/v2/heartbeats/<name>/ping", ("GET", "POST", "PUT", "PATCH", "HEAD"), self.opsgenie))
+        for path, methods, handler in routes:
+            for variant in (path, path + "/"):
+                for method in methods:
+                    web.app.route(variant, method, handler)
+
+    def _refused(self):
+        """``(status, description)`` when the request is refused before
+        anything (a hostile path, an unknown ``Host``), else None."""
+        environ = bottle.request.environ
+        if is_hostile_path(environ):
+            return 404, "not found"
+        allowed = self.web.allowed_hosts
+        if allowed is not None and "HTTP_HOST" in environ and not is_allowed_host(environ["HTTP_HOST"], allowed):
+            return 421, MISDIRECTED
+        return None
+
+    @staticmethod
+    def _text(status, text, ok=False):
+        response = bottle.response
+        response.status = status
+        response.content_type = PING_TYPE
+        if ok:
+            for name, value in PING_OK_HEADERS.items():
+                response.set_header(name, value)
+        else:
+            response.set_header("Cache-Control", PING_OK_HEADERS["Cache-Control"])
+        return text.encode()
+
+    def healthchecks(self, address, second=None, third=None):
+        """``/ping/<id>[/<suffix>]`` and ``/ping/<ping-key>/<slug>[/<suffix>]``."""
+        request = bottle.request
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return self._text(*refused)
+            parsed = parse_ping_path("/".join(part for part in (address, second, third) if part is not None))
+            if parsed is None:
+                return self._text(404, "not found")
+            address, slug, kind, exit_status = parsed
+            status = 200
+            query = request.query if request.environ.get("QUERY_STRING") else {}
+            if slug is None:
+                heartbeat_id = address
+            elif self.ping_key is None or not hmac.compare_digest(address.encode(), self.ping_key):
+                return self._text(404, "not found")
+            else:
+                heartbeat_id = self.pings.by_slug(slug)
+                if heartbeat_id is None and query.get("create") == "1":
+                    heartbeat_id, created = self.pings.create(slug)
+                    status = 201 if created else 200
+                elif heartbeat_id is None:
+                    return self._text(404, "not found")
+            self.pings.known(heartbeat_id)  # NotFound before anything else is said
+            check_exit_status(exit_status)
+            rid = parse_rid(query.get("rid"))
+            body = self.web._read_body(MAX_EVENT_BODY_BYTES)
+            self.pings.ping(heartbeat_id, kind, request.method, request.environ.get("REMOTE_ADDR"), body, rid,
+                            exit_status)
+        except Invalid as exc:
+            return self._text(400, exc.reasons[0])
+        except NotFound:
+            return self._text(404, "not found")
+        except PatternExists:
+            return self._text(409, "ambiguous slug")
+        except Exception as exc:
+            return self._failed(exc)
+        return self._text(status, "Created" if status == 201 else "OK", ok=True)
+
+    def _failed(self, exc):
+        """An answer for what went wrong past the request's own faults: a
+        body over its limit (413, JSON, as every body), the database (503: a
+        ping retried by ``curl --retry`` then comes again), else 500."""
+        if isinstance(exc, TooLarge):
+            return json_response(error_body(str(exc)), 413)
+        if isinstance(exc, ApiError):
+            return json_response(exc.body, exc.status, exc.headers)
+        request = bottle.request
+        if isinstance(exc, StoreError):
+            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(request.path), exc)
+            return self._text(503, DATABASE_ERROR)
+        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(request.path), exc_info=exc)
+        return self._text(500, INTERNAL_ERROR)
+
+    def opsgenie(self, name):
+        """``/v2/heartbeats/<name>/ping``, as Opsgenie answers: every
+        heartbeat of that name refreshed, 202 even when none has it."""
+        request = bottle.request
+        request_id = str(uuid.uuid4())
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return json_response(error_body(refused[1]), refused[0])
+            scheme, _, key = request.environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+            if scheme.lower() != "geniekey" or not hmac.compare_digest(key.strip().encode(), self.genie_key):
+                return json_response({"message": "Could not authenticate", "took": 0, "requestId": request_id}, 401)
+            body = self.web._read_body(MAX_EVENT_BODY_BYTES)
+            for heartbeat_id in self.pings.named(name):
+                try:
+                    self.pings.ping(heartbeat_id, "success", request.method, request.environ.get("REMOTE_ADDR"),
+                                    body)
+                except NotFound:
+                    pass  # deleted meanwhile
+        except Exception as exc:
+            return self._failed(exc)
+        return json_response({"result": OPSGENIE_PONG, "took": 0, "requestId": request_id}, 202)
+
+    def kuma(self, token):
+        """``/api/push/<push_token>?status=up|down&msg=``, as Uptime Kuma
+        answers; any status but ``up`` is a failure, ``msg`` its output."""
+        request = bottle.request
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return json_response(error_body(refused[1]), refused[0])
+            query = request.query
+            heartbeat_id = self.pings.by_push_token(token)
+            if heartbeat_id is None:
+                raise NotFound(token)
+            up = (query.get("status") or "up") == "up"
+            self.pings.ping(heartbeat_id, "success" if up else "fail", request.method,
+                            request.environ.get("REMOTE_ADDR"), query.getunicode("msg", default="").encode())
+        except NotFound:
+            return json_response({"ok": False, "msg": KUMA_NOT_FOUND}, 404)
+        except Exception as exc:
+            return self._failed(exc)
+        return json_response({"ok": True})
 
 
 def _access_logged(app):
@@ -10806,7 +11876,8 @@ class Service:
     """
 
     def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True,
-                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS, public_url=None, ca_file=None):
+                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS, public_url=None, ca_file=None,
+                 pings=True, ping_key=None, genie_key=None):
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
@@ -10842,6 +11913,9 @@ class Service:
                           sender=self.sender)
         if corrected:
             self.web.clock_offset = lambda: self.store.clock_offset
+        if pings:
+            PingRoutes(self.web, ping_key, genie_key)
+        self.web.pages.pings = bool(pings)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
@@ -10956,7 +12030,7 @@ class Service:
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
                on_alarm=None, forward_url=None, intake_silence=None, history_days=DEFAULT_HISTORY_DAYS,
-               public_url=None, ca_file=None):
+               public_url=None, ca_file=None, pings=True, ping_key=None, genie_key=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``, or a PostgreSQL URL
@@ -10980,6 +12054,12 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         None: :func:`serve` takes the listen address.
     :param ca_file: a certificate authority file (PEM) that channels'
         https, SMTPS and STARTTLS connections trust besides the system's.
+    :param pings: False turns off every ping route (DESIGN §16: ``/ping/...``,
+        Opsgenie's, Uptime Kuma's).
+    :param ping_key: the key of Healthchecks' slug form ``/ping/<key>/<slug>``
+        (None: that form is off).
+    :param genie_key: the key Opsgenie heartbeat pings send
+        (``Authorization: GenieKey <key>``); None: that route is off.
     :raises ConfigError: a bad forward URL, public URL, CA file, password
         hash, intake silence or history_days, a missing database directory,
         a database newer than this code.
@@ -10990,7 +12070,8 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
             isinstance(intake_silence, (int, float)) and intake_silence > 0)):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
     return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
-                   history_days=history_days, public_url=public_url, ca_file=ca_file)
+                   history_days=history_days, public_url=public_url, ca_file=ca_file, pings=pings,
+                   ping_key=ping_key or None, genie_key=genie_key or None)
 
 
 def check_public_url(url, name="public_url"):
@@ -11532,7 +12613,8 @@ def build_parser(environ=os.environ):
         description="A heartbeat monitor serving the Canopsis Heartbeat API on SQLite. "
         "Every flag has an environment\ntwin HEARTBEAT_LITE_<NAME> (e.g. HEARTBEAT_LITE_PORT); "
         "a flag given on the command line wins.",
-        epilog=f"command:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}",
+        epilog=f"commands:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}\n"
+               f"  heartbeat_lite.py import-healthchecks URL [--db DB]\n      {IMPORT_HEALTHCHECKS_HELP}",
     )
     parser.add_argument("--version", action="version", version=f"heartbeat-lite {__version__}")
     parser.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST}; env HEARTBEAT_LITE_HOST)")
@@ -11568,6 +12650,16 @@ def build_parser(environ=os.environ):
     parser.add_argument("--history-days", metavar="N",
                         help=f"days of state changes kept for GET /api/v2/heartbeat/<id>/history, pruned "
                         f"in the background (default {DEFAULT_HISTORY_DAYS}; env HEARTBEAT_LITE_HISTORY_DAYS)")
+    parser.add_argument("--pings", metavar="{on,off}",
+                        help="serve the ping URLs jobs already call: Healthchecks' /ping/<id>, Opsgenie's and "
+                        "Uptime Kuma's (default on; env HEARTBEAT_LITE_PINGS; see docs/pings.md)")
+    parser.add_argument("--ping-key", metavar="KEY",
+                        help="the key of Healthchecks' slug form /ping/<key>/<slug> (default: that form is off; "
+                        "env HEARTBEAT_LITE_PING_KEY, which ps does not show)")
+    parser.add_argument("--genie-key", metavar="KEY",
+                        help="the key Opsgenie heartbeat pings send (Authorization: GenieKey <key>) to "
+                        "/v2/heartbeats/<name>/ping (default: that route is off; env HEARTBEAT_LITE_GENIE_KEY, "
+                        "which ps does not show)")
     parser.add_argument("--threads", help=f"HTTP worker threads (default {DEFAULT_THREADS}; "
                         "env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}",
@@ -11629,6 +12721,15 @@ def check_settings(args, environ):
     args.public_url = check_public_url(public_url, name) if public_url else None
     ca_file, name = _setting(args, environ, "ca_file")
     args.ca_file = check_ca_file(ca_file, name) if ca_file else None
+    pings, name = _setting(args, environ, "pings", "on")
+    if pings.strip().lower() not in ("on", "off"):
+        raise ConfigError(f"{name}: on or off, not {pings!r}")
+    args.pings = pings.strip().lower() == "on"
+    for dest in ("ping_key", "genie_key"):
+        key, name = _setting(args, environ, dest)
+        if key and not re.fullmatch(r"[\x21-\x7e]{1,256}", key):
+            raise ConfigError(f"{name}: printable characters (no space), at most 256")
+        setattr(args, dest, key or None)
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
     if silence:  # empty: off
@@ -11667,6 +12768,181 @@ def hash_password_command(stdin, stdout):
     return 0
 
 
+# -- import-healthchecks: moving in from a Healthchecks site (DESIGN §16) -----
+
+IMPORT_HEALTHCHECKS_HELP = ("create a heartbeat for each check of a Healthchecks site (URL: its root, e.g. "
+                            "https://hc.example.com; API key in HEALTHCHECKS_API_KEY), with the same UUID, so "
+                            "ping URLs keep working once the host changes; writes --db directly (SQLite: with "
+                            "the service stopped); run it again to bring what is new")
+IMPORT_AUTHOR = "import-healthchecks"
+IMPORT_TIMEOUT_SECONDS = 30
+#: what a Healthchecks check may have that a heartbeat does not keep: (key, value meaning "unused", what is lost)
+HEALTHCHECKS_NOT_KEPT = (
+    ("tags", "", "tags"),
+    ("manual_resume", False, "manual_resume (a success ping resolves it)"),
+    ("methods", "", "methods (pings by GET and HEAD are accepted too)"),
+    ("channels", "", "integrations (channels: make them with /api/v2/channel)"),
+    ("start_kw", "", "e-mail keywords"), ("success_kw", "", "e-mail keywords"), ("failure_kw", "", "e-mail keywords"),
+    ("subject", "", "e-mail keywords"), ("subject_fail", "", "e-mail keywords"),
+    ("filter_subject", False, "e-mail filters"), ("filter_body", False, "e-mail filters"),
+    ("filter_http_body", False, "HTTP body filters"), ("filter_default_fail", False, "HTTP body filters"),
+)
+
+
+def interval_text(seconds):
+    """``seconds`` in the interval syntax, in the largest unit that divides it (``90m``, ``25h``, ``45s``)."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def healthchecks_heartbeat(check):
+    """A heartbeat's body for a Healthchecks check (a document of
+    ``GET /api/v3/checks/``), and what of the check it does not keep.
+
+    The pattern is ``{"ping": "<uuid>"}``; a simple check's
+    ``expected_interval`` is timeout + grace and its ``late_after`` the
+    timeout; a cron check keeps ``schedule`` and ``tz``, its grace as
+    ``expected_interval``. The name is the check's (else its slug, else its
+    UUID), the description its ``desc`` (cut to the limit).
+
+    :returns: ``(body, notes)``; the body is still to be validated.
+    :raises ValueError: what makes the check impossible to map.
+    """
+    if not isinstance(check, dict) or not isinstance(check.get("uuid"), str) \
+            or not _CANONICAL_ID.fullmatch(check["uuid"]):
+        hidden = isinstance(check, dict) and "unique_key" in check
+        raise ValueError("no uuid" + (": a read-only API key hides it, give the project's read-write key"
+                                      if hidden else ""))
+    grace = check.get("grace")
+    if not isinstance(grace, int) or grace < 1:
+        raise ValueError(f"grace: not a positive number of seconds: {grace!r}")
+    slug = check.get("slug") or None
+    name = check.get("name") if isinstance(check.get("name"), str) and check["name"].strip() else None
+    body = {"name": name or slug or check["uuid"], "author": IMPORT_AUTHOR,
+            "pattern": {"ping": check["uuid"]}}
+    notes = []
+    desc = check.get("desc") or ""
+    if isinstance(desc, str) and desc:
+        body["description"] = desc[:MAX_TEXT_CHARS]
+        if len(desc) > MAX_TEXT_CHARS:
+            notes.append(f"description cut to {MAX_TEXT_CHARS} characters")
+    if slug is not None:
+        body["slug"] = slug
+    if check.get("schedule"):  # a cron check (an OnCalendar one too: its schedule is then refused)
+        body.update(schedule=check["schedule"], tz=check.get("tz") or "UTC", expected_interval=interval_text(grace))
+    elif isinstance(check.get("timeout"), int) and check["timeout"] > 0:
+        body.update(expected_interval=interval_text(check["timeout"] + grace),
+                    late_after=interval_text(check["timeout"]))
+    else:
+        raise ValueError("neither a timeout nor a schedule")
+    lost = []
+    for key, unused, what in HEALTHCHECKS_NOT_KEPT:
+        if check.get(key, unused) not in (unused, None) and what not in lost:
+            lost.append(what)
+    if lost:
+        notes.append("not kept: " + ", ".join(lost))
+    return body, notes
+
+
+def fetch_healthchecks_checks(url, api_key, timeout=IMPORT_TIMEOUT_SECONDS):
+    """The checks of the Healthchecks site at ``url`` (``GET /api/v3/checks/``
+    with ``X-Api-Key``).
+
+    :raises ConfigError: a URL that is not http(s), a refused key, an
+        unreachable site, an answer that is not a list of checks.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"URL: the root of a Healthchecks site, such as https://hc.example.com, not {url!r}")
+    endpoint = url.rstrip("/") + "/api/v3/checks/"
+    request = urllib.request.Request(endpoint, headers={"X-Api-Key": api_key, "Accept": "application/json",
+                                                        "User-Agent": f"heartbeat-lite/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            text = answer.read(64 * 1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ConfigError(f"{endpoint} refused the API key (HTTP {exc.code}): give the project's API key "
+                              "in HEALTHCHECKS_API_KEY") from None
+        raise ConfigError(f"{endpoint} answered HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigError(f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}") from None
+    try:
+        checks = json.loads(text)["checks"]
+        if not isinstance(checks, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{endpoint} did not answer a list of checks (is it a Healthchecks site?)") from None
+    return checks
+
+
+def import_healthchecks(engine, checks, out):
+    """Create a heartbeat for each of ``checks`` (see
+    :func:`healthchecks_heartbeat`), with the check's UUID, paused if the
+    check is; one that exists already (same id) is skipped, so a second
+    run only brings what is new. Says on ``out`` what it created, skipped
+    and could not map (with why). :returns: how many could not be mapped."""
+    created = skipped = 0
+    failed = []
+    for check in checks:
+        label = check.get("uuid") if isinstance(check, dict) else None
+        try:
+            body, notes = healthchecks_heartbeat(check)
+            label = f"{check['uuid']} ({body['name']})"
+            try:
+                engine.document(check["uuid"])
+            except NotFound:
+                pass
+            else:
+                skipped += 1
+                print(f"skipped {label}: already here", file=out)
+                continue
+            engine.create(validate_heartbeat(body, IMPORT_AUTHOR), check["uuid"])
+            if check.get("status") == PAUSED:
+                engine.pause(check["uuid"])
+                notes.insert(0, "paused")
+        except (ValueError, Taken) as exc:  # Invalid is a ValueError
+            reason = (f"heartbeat {exc.field} already exists" if isinstance(exc, Taken)
+                      else "; ".join(exc.reasons) if isinstance(exc, Invalid) else str(exc))
+            failed.append(label)
+            print(f"could not map {label or '(a check without uuid)'}: {reason}", file=out)
+            continue
+        created += 1
+        print(f"created {label}" + (f" ({'; '.join(notes)})" if notes else ""), file=out)
+    print(f"{created} created, {skipped} skipped, {len(failed)} could not be mapped", file=out)
+    return len(failed)
+
+
+def import_healthchecks_command(argv, environ, out):
+    """``import-healthchecks URL [--db DB]``: return the exit status (0 every
+    check mapped, 1 some could not, 2 bad usage, a wrong key or an
+    unreachable site)."""
+    parser = _ArgumentParser(prog="heartbeat_lite.py import-healthchecks", description=IMPORT_HEALTHCHECKS_HELP)
+    parser.add_argument("url", help="the Healthchecks site's root, e.g. https://hc.example.com")
+    parser.add_argument("--db", help=f"the database to write (default ./{DEFAULT_DB}; env HEARTBEAT_LITE_DB); "
+                        "a SQLite file must not be in use by a running service")
+    args = parser.parse_args(argv)
+    api_key = environ.get("HEALTHCHECKS_API_KEY", "").strip()
+    if not api_key:
+        raise ConfigError("HEALTHCHECKS_API_KEY: not set; give the project's API key (Settings, API Access; "
+                          "not the read-only one, which hides the checks' UUIDs)")
+    args.db, name = _setting(args, environ, "db", DEFAULT_DB)
+    try:
+        if not is_postgres_url(args.db):
+            check_database_path(args.db)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    checks = fetch_healthchecks_checks(args.url, api_key)
+    try:
+        with create_app(db=args.db) as service:
+            failed = import_healthchecks(service.engine, checks, out)
+    except StoreError as exc:
+        raise ConfigError(f"{database_label(args.db)}: {exc}") from None
+    return 1 if failed else 0
+
+
 def main(argv=None, environ=None):
     """Run the server until SIGINT or SIGTERM; return the exit status.
 
@@ -11682,6 +12958,8 @@ def main(argv=None, environ=None):
             _ArgumentParser(prog="heartbeat_lite.py hash-password", description=HASH_PASSWORD_HELP).parse_args(
                 argv[1:])
             return hash_password_command(sys.stdin, sys.stdout)
+        if argv[:1] == ["import-healthchecks"]:
+            return import_healthchecks_command(argv[1:], environ, sys.stdout)
         args = check_settings(build_parser(environ).parse_args(argv), environ)
         users = _users_from(args, environ)
     except ConfigError as exc:
@@ -11698,7 +12976,8 @@ def main(argv=None, environ=None):
         # takes the database's lock, opens nothing; serve() binds, then opens
         service = Service(args.db, users, time.time, BUSY_TIMEOUT_SECONDS, None, args.forward_url,
                           open_now=False, intake_silence=args.intake_silence, history_days=args.history_days,
-                          public_url=args.public_url, ca_file=args.ca_file)
+                          public_url=args.public_url, ca_file=args.ca_file, pings=args.pings,
+                          ping_key=args.ping_key, genie_key=args.genie_key)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

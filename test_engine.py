@@ -429,6 +429,12 @@ def test_ingestion_asked_not_to_wait_does_only_what_memory_does_else_changes_not
             release.set()
             holder.join()
         assert engine.intake.events_received == 3
+        scheduled = create(client(service), body(pattern={"connector": "cron"}, schedule="0 * * * *"))
+        engine.ingest([{"connector": "cron"}])
+        clock.advance(0.1)
+        with pytest.raises(heartbeat_lite.WouldBlock):  # a schedule's refresh is written each time
+            engine.ingest([{"connector": "cron"}], blocking=False)
+        assert engine.views.status(scheduled)["status"] == "up"
         with pytest.raises(heartbeat_lite.WouldBlock):  # not found from memory: a worker answers
             engine.document("0" * 8 + "-0000-0000-0000-" + "0" * 12, blocking=False)
         assert json.loads(engine.document(heartbeat_id, blocking=False))["_id"] == heartbeat_id
