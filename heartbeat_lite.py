@@ -148,6 +148,12 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
 MAX_MAINTENANCE_BODY_BYTES = 64 * 1024
 MAX_MAINTENANCE_WINDOWS = 1000  # every window lives in memory and is consulted at each expiry
+RRULE_SEARCH_MONTHS = 120  # one search for a rule's next occurrence scans at most this much calendar
+MAX_RRULE_COUNT = 1000  # a rule with COUNT is iterated from its start
+MAX_RRULE_INTERVAL = 1000
+MIN_BYEASTER_DAYS, MAX_BYEASTER_DAYS = -80, 248  # a day of Easter's own year, whatever the year
+MAINTENANCE_LOOKBACK_SECONDS = 24 * 3600  # occurrences kept before now (expiry dates a state when it was due)
+MAINTENANCE_KEPT_STARTS = 512  # occurrence starts a window keeps in memory, at most
 MAX_GROUP_BY_KEYS = 4
 MAX_EXPECTED_MEMBERS = 10_000  # and the heartbeat body stays within MAX_HEARTBEAT_BODY_BYTES
 MAX_MEMBERS_PER_HEARTBEAT = 100_000  # beyond, new members are refused (and the log says it once)
@@ -1118,25 +1124,160 @@ def validate_maintenance(doc):
 
 
 def _parse_rrule(reasons, text, start):
+    try:
+        rule = recurrence_rule(text, start)
+        rule.first()
+    except ValueError as exc:
+        reasons.append(f"rrule: {exc}")
+        return None
+    return rule
+
+
+class RuleTooSparse(Exception):
+    """A rule's search for its next occurrence scanned more than
+    :data:`RRULE_SEARCH_MONTHS` of the calendar."""
+
+
+class BoundedRule(dateutil.rrule.rrule):
+    """A ``dateutil`` recurrence rule whose search for the next occurrence
+    is bounded: an impossible rule (``BYMONTH=2;BYMONTHDAY=30``) would
+    otherwise scan the calendar up to the year 9999 in one ``next()``.
+
+    ``dateutil`` asks a rule for its ``_bynweekday`` once for each month it
+    scans (each year for a yearly rule, which costs no more); counting
+    those reads bounds the work. :meth:`bounded` gives the iteration in
+    which each step may scan :data:`RRULE_SEARCH_MONTHS` months, then
+    raises :class:`RuleTooSparse`. ``test_maintenance.py`` checks that this
+    still holds for the ``dateutil`` installed.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._months_left = None  # None: not counting
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _bynweekday(self):
+        left = self._months_left
+        if left is not None:
+            if left <= 0:
+                raise RuleTooSparse()
+            self._months_left = left - 1
+        return self._nth_weekdays
+
+    @_bynweekday.setter
+    def _bynweekday(self, value):
+        self._nth_weekdays = value
+
+    @classmethod
+    def of(cls, rule, **changes):
+        """The same rule as ``rule`` (a ``dateutil`` rule) with every BYxxx
+        part it implies made explicit, so that a new ``dtstart`` (in
+        ``changes``) keeps the same occurrences."""
+        weekdays = [*(rule._byweekday or ()),
+                    *(dateutil.rrule.weekday(day, n) for day, n in (rule._bynweekday or ()))]
+        parts = {"freq": rule._freq, "dtstart": rule._dtstart, "interval": rule._interval, "wkst": rule._wkst,
+                 "count": rule._count, "until": rule._until, "bysetpos": rule._bysetpos,
+                 "bymonth": rule._bymonth, "bymonthday": (*(rule._bymonthday or ()), *(rule._bynmonthday or ())),
+                 "byyearday": rule._byyearday, "byeaster": rule._byeaster, "byweekno": rule._byweekno,
+                 "byweekday": weekdays or None, "byhour": rule._byhour, "byminute": rule._byminute,
+                 "bysecond": rule._bysecond}
+        return cls(**{key: value if value != () else None for key, value in {**parts, **changes}.items()})
+
+    def bounded(self):
+        """The occurrences (naive datetimes), each step bounded;
+        :raises RuleTooSparse: from a step that scanned too far."""
+        steps = self._iter()
+        while True:
+            self._months_left = RRULE_SEARCH_MONTHS
+            try:
+                local = next(steps)
+            except StopIteration:
+                return
+            finally:
+                self._months_left = None
+            yield local
+
+    def first(self):
+        """The first occurrence, or None (there is none);
+        :raises ValueError: when there is none within :data:`RRULE_SEARCH_MONTHS`
+        of the start, or ``dateutil`` fails on the rule."""
+        try:
+            return next(self.bounded(), None)
+        except RuleTooSparse:
+            raise ValueError(f"no occurrence within {RRULE_SEARCH_MONTHS // 12} years of start") from None
+        except (ArithmeticError, LookupError, TypeError) as exc:
+            raise ValueError(f"not a valid RFC 5545 recurrence rule ({exc})") from None
+
+    def period_start(self, moment):
+        """The start of the rule's last period (a year, month, week, day or
+        hour, times the interval, counted from ``dtstart``) that begins at
+        or before ``moment`` (a naive local datetime), or ``dtstart`` when
+        ``moment`` is before it: an iteration from there gives the same
+        occurrences after ``moment`` as one from ``dtstart``."""
+        start, step = self._dtstart, self._interval
+        if moment <= start:
+            return start
+        if self._freq == dateutil.rrule.YEARLY:
+            period = datetime.datetime(start.year + (moment.year - start.year) // step * step, 1, 1)
+        elif self._freq == dateutil.rrule.MONTHLY:
+            months = (moment.year - start.year) * 12 + moment.month - start.month
+            year, month = divmod(start.year * 12 + start.month - 1 + months // step * step, 12)
+            period = datetime.datetime(year, month + 1, 1)
+        elif self._freq == dateutil.rrule.HOURLY:
+            hours = int((moment - start).total_seconds() // 3600)
+            period = start + datetime.timedelta(hours=hours // step * step)
+        else:
+            days = step * (7 if self._freq == dateutil.rrule.WEEKLY else 1)
+            first = datetime.datetime.combine(start.date(), datetime.time())
+            if self._freq == dateutil.rrule.WEEKLY:  # weeks begin on the rule's WKST
+                first -= datetime.timedelta(days=(start.weekday() - self._wkst) % 7)
+            period = first + datetime.timedelta(days=(moment - first).days // days * days)
+        return max(period, start)  # the first period: from the start itself
+
+    def after(self, moment):
+        """The same rule iterated from its period around ``moment`` (a naive
+        local datetime) instead of from a start long ago; itself when it
+        has a COUNT (counted from the start: at most :data:`MAX_RRULE_COUNT`)."""
+        if self._count is not None:
+            return self
+        return BoundedRule.of(self, dtstart=self.period_start(moment))
+
+
+def recurrence_rule(text, start):
+    """A maintenance window's rule (``rrule`` text) from its first start
+    ``start`` (a naive local datetime), checked on what ``dateutil``
+    parsed (it keeps the last of repeated parts: ``FREQ=HOURLY;FREQ=SECONDLY``
+    is secondly): occurrences at least an hour apart, however spelled.
+
+    :returns: a :class:`BoundedRule`.
+    :raises ValueError: with the reason.
+    """
     body = text.strip()
     if body.upper().startswith("RRULE:"):
         body = body[len("RRULE:"):]
     if "\n" in body or ":" in body or "DTSTART" in body.upper():
-        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU (start gives the first occurrence)")
-        return None
-    freq = re.search(r"(?:^|;)\s*FREQ\s*=\s*(\w+)", body, re.IGNORECASE)
-    if freq and freq.group(1).upper() in ("SECONDLY", "MINUTELY"):
-        reasons.append("rrule: FREQ must be HOURLY or slower")
-        return None
+        raise ValueError("give one rule such as FREQ=WEEKLY;BYDAY=SU (start gives the first occurrence)")
     try:
         rule = dateutil.rrule.rrulestr(body, dtstart=start)
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-        reasons.append(f"rrule: not a valid RFC 5545 recurrence rule ({exc})")
-        return None
+    except Exception as exc:  # dateutil raises many kinds on bad text
+        raise ValueError(f"not a valid RFC 5545 recurrence rule ({str(exc)[:MAX_NAME_CHARS]})") from None
     if not isinstance(rule, dateutil.rrule.rrule):
-        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU")
-        return None
-    return rule
+        raise ValueError("give one rule such as FREQ=WEEKLY;BYDAY=SU")
+    if (rule._freq > dateutil.rrule.HOURLY or len(rule._byminute or ()) > 1
+            or len(rule._bysecond or ()) > 1):
+        raise ValueError("FREQ must be HOURLY or slower, with at most one BYMINUTE and one BYSECOND "
+                         "(occurrences at least an hour apart)")
+    if not 1 <= rule._interval <= MAX_RRULE_INTERVAL:
+        raise ValueError(f"INTERVAL must be from 1 to {MAX_RRULE_INTERVAL}")
+    if rule._count is not None and rule._count > MAX_RRULE_COUNT:
+        raise ValueError(f"COUNT must be at most {MAX_RRULE_COUNT}")
+    if any(not MIN_BYEASTER_DAYS <= offset <= MAX_BYEASTER_DAYS for offset in rule._byeaster or ()):
+        raise ValueError(f"BYEASTER must be between {MIN_BYEASTER_DAYS} and {MAX_BYEASTER_DAYS} "
+                         "(a day of Easter's year)")
+    try:
+        return BoundedRule.of(rule)
+    except Exception as exc:
+        raise ValueError(f"not a valid RFC 5545 recurrence rule ({str(exc)[:MAX_NAME_CHARS]})") from None
 
 
 def parse_members_query(query):
@@ -4278,7 +4419,7 @@ class MaintenanceWindow:
     :param row: the window's store row.
     """
 
-    def __init__(self, row):
+    def __init__(self, row, now=None):
         self.id = row["id"]
         self.name = row["name"]
         self.pattern = json.loads(row["pattern"])
@@ -4291,28 +4432,57 @@ class MaintenanceWindow:
         end = datetime.datetime.fromisoformat(row["end_local"])
         self.length = local_timestamp(end, zone) - local_timestamp(start, zone)
         self._zone = zone
-        self._local = iter(dateutil.rrule.rrulestr(row["rrule"], dtstart=start) if row["rrule"] else [start])
+        #: occurrences starting before this are not kept (None: all of them)
+        self._floor = None if now is None else now - self.length - MAINTENANCE_LOOKBACK_SECONDS
+        if not row["rrule"]:
+            self._local = iter([start])
+        else:
+            rule = recurrence_rule(row["rrule"], start)  # checked again: a row may predate a check
+            if self._floor is not None:
+                rule = rule.after(datetime.datetime.fromtimestamp(self._floor, zone).replace(tzinfo=None))
+            self._local = rule.bounded()
         self._starts = []  # Unix times, ascending
         self._exhausted = False
         self._lock = threading.Lock()
+        if now is not None:
+            self._starts_past(now)  # the work done here, by the caller, before the engine's lock
 
     def selects(self, pattern):
         """True when ``pattern`` (a heartbeat's, a dict) has all of the window's pairs."""
         return all(pattern.get(key) == value for key, value in self.pattern.items())
 
     def _starts_past(self, t):
-        """The starts, computed until one is after ``t`` (or there is no more)."""
+        """The starts, computed until one is after ``t`` (or there is no more).
+
+        Each step is bounded (:meth:`BoundedRule.bounded`): a rule with no
+        occurrence within :data:`RRULE_SEARCH_MONTHS` is over (logged).
+        Only :data:`MAINTENANCE_KEPT_STARTS` starts are kept, the ones
+        before ``t`` by :data:`MAINTENANCE_LOOKBACK_SECONDS` left out first."""
         with self._lock:
-            while not self._exhausted and (not self._starts or self._starts[-1] <= t):
+            starts = self._starts
+            while not self._exhausted and (not starts or starts[-1] <= t):
                 try:
                     local = next(self._local)
                 except StopIteration:
                     self._exhausted = True
                     break
+                except (RuleTooSparse, ArithmeticError, LookupError) as exc:
+                    self._exhausted = True
+                    log.warning("maintenance window %s ('%s') has no occurrence after %s within %d years (%s): "
+                                "it protects nothing from then on", self.id, log_safe(self.name),
+                                iso_time(starts[-1]) if starts else "its start", RRULE_SEARCH_MONTHS // 12,
+                                type(exc).__name__)
+                    break
                 start = local_timestamp(local, self._zone)
-                if start is not None and (not self._starts or start > self._starts[-1]):
-                    self._starts.append(start)
-            return self._starts
+                if start is None or (starts and start <= starts[-1]):
+                    continue
+                if self._floor is not None and start < self._floor:
+                    continue  # a COUNT rule, iterated from its start
+                starts.append(start)
+                if len(starts) > MAINTENANCE_KEPT_STARTS:
+                    starts = starts[bisect.bisect_left(starts, t - self.length - MAINTENANCE_LOOKBACK_SECONDS):]
+                    self._starts = starts  # a new list: callers bisect the one they got
+            return starts
 
     def occurrence_at(self, t):
         """``(start, end)`` of the occurrence covering ``t`` (start <= t < end),
@@ -6041,20 +6211,22 @@ class Windows:
         self.by_id = {}  # id -> MaintenanceWindow
         self.checked_at = None  # the clock time up to which window starts and ends were handled
 
-    def load(self):
+    def built(self, now):
+        """Every window of the database, built (their occurrences around
+        ``now`` worked out): what :meth:`Lifecycle.load` puts in force."""
         windows = {}
         for row in self.core.store.maintenances():
             try:
-                windows[row["id"]] = MaintenanceWindow(row)
+                windows[row["id"]] = MaintenanceWindow(row, now)
             except (ValueError, OverflowError) as exc:  # e.g. a zone the system no longer has
                 log.error("maintenance window %s ('%s') cannot be used, it protects nothing: %s",
-                          row["id"], log_safe(row["name"]), exc)
-        self.by_id = windows
+                          row["id"], log_safe(row["name"]), log_safe(str(exc)))
+        return windows
 
     def synced(self, maintenance_id, now):
         """Another instance created, replaced or deleted a window."""
         try:
-            window = MaintenanceWindow(self.core.store.maintenance(maintenance_id))
+            window = MaintenanceWindow(self.core.store.maintenance(maintenance_id), now)
         except NotFound:
             self.by_id = {key: value for key, value in self.by_id.items() if key != maintenance_id}
         except (ValueError, OverflowError) as exc:
@@ -6108,11 +6280,13 @@ class Windows:
         :raises Invalid: when there are :data:`MAX_MAINTENANCE_WINDOWS` already.
         """
         core = self.core
+        before = core.clock()
+        row = {**maintenance_columns(fields, before), "id": str(uuid.uuid4())}
+        window = MaintenanceWindow(row, before)  # its occurrences worked out before the engine's lock
         with core.operation() as now:
             if len(self.by_id) >= MAX_MAINTENANCE_WINDOWS:
                 raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
-            row = {**maintenance_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
-            window = MaintenanceWindow(row)
+            row.update(created=int(now), updated=int(now))
             window.known_since = now
             with core.funnel.change() as change:
                 core.store.insert_maintenance(row)
@@ -6128,11 +6302,13 @@ class Windows:
         :meth:`_end_early`), then the new definition applies.
         :raises NotFound:."""
         core = self.core
+        before = core.clock()
+        window = MaintenanceWindow({**maintenance_columns(fields, before), "id": maintenance_id}, before)
         with core.operation() as now:
             with core.funnel.change() as change:
                 _, row = core.store.update_maintenance(maintenance_id, maintenance_columns(fields, now))
                 self._end_early(change, self.by_id.get(maintenance_id), now)
-                window = MaintenanceWindow(row)
+                window.row = row
                 window.known_since = now
                 if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
                     self._record(change, window, now, True)
@@ -7250,24 +7426,30 @@ class Lifecycle:
         if self.loaded:  # the usual case, without the lock (GET serves from memory)
             return
         core = self.core
+        synced = core.store.last_change()
+        windows = self.windows.built(core.clock())  # their occurrences worked out before the lock
         with core.lock:
             if self.loaded:
                 return
             self.resume()
-            self._reload()
+            self._reload(synced, windows)
             self.loaded = True
             if self.silence.since is not None and self.silence.seconds is None:
                 self.silence.end(core.clock(), "--intake-silence is no longer set", self.intake.flush)
         core.publisher.publish()
 
-    def _reload(self):
-        """Load the read model and the windows from the database (under the
-        lock). The change cursor is read first: a change made meanwhile by
-        another instance is then read again by :meth:`sync`, never missed."""
+    def _reload(self, synced=None, windows=None):
+        """Load the read model and the windows (or take ``windows``, built
+        by :meth:`Windows.built` after the change cursor ``synced`` was
+        read) from the database (under the lock). The change cursor is read
+        first: a change made meanwhile by another instance is then read
+        again by :meth:`sync`, never missed."""
         store = self.core.store
-        self._synced = store.last_change()
+        self._synced = store.last_change() if synced is None else synced
+        if windows is None:
+            windows = self.windows.built(self.core.clock())
         self.core.model = ReadModel.loaded(store.each_heartbeat(), store.each_member())
-        self.windows.load()
+        self.windows.by_id = windows
         self.core.load_channels()
 
     def sync(self):
@@ -9692,7 +9874,7 @@ def openapi_document():
                                                      "the length of every occurrence"},
                         "timezone": {"type": "string", "default": "UTC", "description": "IANA zone name"},
                         "rrule": {"type": "string", "description": "RFC 5545 recurrence rule, e.g. "
-                                  "FREQ=WEEKLY;BYDAY=SU (HOURLY or slower); absent: once"},
+                                  "FREQ=WEEKLY;BYDAY=SU (occurrences at least an hour apart); absent: once"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
