@@ -5,11 +5,14 @@ machine, against a baseline served the same way in the same run, so a shared,
 noisy machine skews both sides alike:
 
 - a bare bottle + waitress app that parses a JSON body of the same size and
-  answers ``{}`` (and a GET answering a small fixed object), and
-  heartbeat-lite, each in its own process, with the same waitress thread count;
+  answers ``{}`` (a 1,000-event batch: a body of the size of ours, the
+  1,000 ids; a GET: a small fixed object), and heartbeat-lite, each in its
+  own process, with the same waitress thread count, both silencing
+  waitress' "Task queue depth" warnings;
 - the same concurrent HTTP load on each (wrk when installed, else a
-  multi-process standard-library client), in interleaved rounds (A B A B ...)
-  so that drift hits all alike; medians of requests/s, p50/p99 latency;
+  multi-process standard-library client), at 8 and at 64 connections, in
+  interleaved rounds (A B A B ...) so that drift hits all alike; medians of
+  requests/s, p50/p99 latency;
 - the cost of an expiry tick with nothing due, in process;
 - alarm latency in server mode, at a local --forward-url receiver;
 - resident memory of a server holding 100,000 heartbeats;
@@ -30,7 +33,10 @@ noisy machine skews both sides alike:
 
     python bench.py           # the full run, a few minutes
     python bench.py --quick   # a smoke run, under a minute
+    python bench.py --only http     # ingestion, GET one and the batch against
+                                    # the baseline at 8 and 64 connections
     python bench.py --only notify   # the notification rows alone, a few minutes
+                                    # (groups: --help; several: --only http,page)
     python bench.py --quick --db postgresql://user:password@host/dbname
                               # the same on PostgreSQL: each database of the
                               # run is a schema bench_<name> there (dropped
@@ -41,6 +47,7 @@ Exit status 0 when every target is met, 1 otherwise.
 
 import argparse
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -77,54 +84,111 @@ N_PAGE = 10_000  # heartbeats behind the status page scenario (one in ten down)
 PAGE_PATHS = ("/", "/?page=50", "/?q=bench+99", "/?status=down")  # what an operator opens
 BATCH_BODY = json.dumps([{**EVENT, "connector_name": f"c{i}"} for i in range(BATCH)]).encode()
 
-# The targets, as run() checks them: (what is measured, comparison, limit, why).
+MANY = 64  # the many-connections rows (cron fires many jobs on the same minute)
+
+
+def ratio(key, of, measure="rps"):
+    """A target's measure: row ``key``'s ``measure`` over row ``of``'s."""
+    return lambda m: m[key][measure] / m[of][measure]
+
+
+# The targets: what is measured, comparison, limit, why, its group (--only
+# runs groups), the measurements it needs (load rows of LOAD_ROWS, or the
+# keys of MEASUREMENTS), and how the figure is computed from them. A new row
+# is a LOAD_ROWS entry (and a SERVERS entry if it needs its own server) and
+# a target here.
+Target = collections.namedtuple("Target", "name op limit why group needs measure")
 TARGETS = (
-    ("ingestion throughput / baseline POST", ">=", 0.7,
-     "POST /api/v2/event with one matching event, over real HTTP on waitress, in requests/s, "
-     "against the bare bottle+waitress app parsing the same JSON body and answering {}"),
-    ("ingestion p99 / baseline POST p99", "<=", 2.0, "p99 latency of that ingestion under the same load"),
-    ("GET one heartbeat throughput / baseline GET", ">=", 0.8,
-     "GET /api/v2/heartbeat/<id>, against the baseline answering a small fixed object"),
-    (f"ingestion N={N_LARGE:,} / N={N_SMALL}", ">=", 0.8,
-     "ingestion throughput with that many heartbeats: matching does not depend on N"),
-    (f"expiry tick N={N_LARGE:,} / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due"),
-    ("alarm latency p99, server mode (ms)", "<=", 100.0,
-     "from a deadline to the alarm reaching a local --forward-url receiver"),
-    (f"resident memory, N={N_LARGE:,} (MiB)", "<=", 200.0, "of a server holding that many heartbeats"),
-    (f"{BATCH:,}-event batch events/s / baseline", ">=", 0.8,
-     f"POST /api/v2/event with {BATCH:,} events matching {BATCH:,} heartbeats, against the baseline "
-     "parsing the same body"),
-    (f"ingestion p99 in a {N_LARGE:,}-heartbeat storm (ms)", "<=", 100.0,
-     f"one-event ingestion while {N_LARGE:,} heartbeats go down at once on the same server"),
-    (f"ingestion, {KEY_SETS:,} pattern key sets / 1", ">=", 0.8,
-     "matching does not depend on how patterns are shaped (index by pairs, not key sets)"),
-    (f"status page, N={N_PAGE:,}: KB per load", "<=", 200.0,
-     "bytes of the largest of those pages, uncompressed (gzipped is printed too)"),
-    (f"status page, N={N_PAGE:,}: p99 ms to serve", "<=", 100.0,
-     f"sequential GETs of {', '.join(PAGE_PATHS)} on waitress, each from request to last byte"),
-    (f"ingestion {N_LARGE:,} members / N={N_SMALL}", ">=", 0.8,
-     f"one heartbeat with group_by and {N_LARGE:,} members, the event refreshing one of them, against "
-     f"{N_SMALL} heartbeats"),
-    (f"expiry tick {N_LARGE:,} members / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due"),
-    (f"resident memory, {N_LARGE:,} members (MiB)", "<=", 200.0, "of a server holding that many members"),
+    Target("ingestion / baseline POST, 8 conn.", ">=", 0.95,
+           "POST /api/v2/event with one matching event, over real HTTP on waitress, in requests/s, against the "
+           "bare bottle+waitress app parsing the same JSON body and answering {} (part three, §19; §7 asked 0.7)",
+           "http", ("base_post", "ingest"), ratio("ingest", "base_post")),
+    Target("ingestion p99 / baseline POST p99, 8 conn.", "<=", 2.0, "p99 latency of that ingestion under the same load",
+           "http", ("base_post", "ingest"), ratio("ingest", "base_post", "p99")),
+    Target("GET one / baseline GET, 8 conn.", ">=", 1.0,
+           "GET /api/v2/heartbeat/<id>, against the baseline answering a small fixed object (§19; §7 asked 0.8)",
+           "http", ("base_get", "get_one"), ratio("get_one", "base_get")),
+    Target(f"ingestion / baseline POST, {MANY} conn.", ">=", 0.9,
+           f"the same ingestion and baseline with {MANY} concurrent connections (§19)",
+           "http", ("base_post_many", "ingest_many"), ratio("ingest_many", "base_post_many")),
+    Target(f"ingestion p99 / baseline p99, {MANY} conn.", "<=", 2.0, "p99 latency of that ingestion (§19)",
+           "http", ("base_post_many", "ingest_many"), ratio("ingest_many", "base_post_many", "p99")),
+    Target(f"GET one / baseline GET, {MANY} conn.", None, None, f"GET one with {MANY} connections: shown, no target "
+           "(§19 asks GET one at 8)", "http", ("base_get_many", "get_one_many"), ratio("get_one_many", "base_get_many")),
+    Target(f"{BATCH:,}-event batch events/s / baseline", ">=", 0.8,
+           f"POST /api/v2/event with {BATCH:,} events matching {BATCH:,} heartbeats, against the baseline "
+           f"parsing the same body and answering a body of the same size as ours (the {BATCH:,} ids; §19)",
+           "http", ("base_batch", "batch"), ratio("batch", "base_batch")),
+    Target(f"ingestion N={N_LARGE:,} / N={N_SMALL}", ">=", 0.8,
+           "ingestion throughput with that many heartbeats: matching does not depend on N",
+           "scale", ("ingest", "ingest_large"), ratio("ingest_large", "ingest")),
+    Target(f"expiry tick N={N_LARGE:,} / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due",
+           "scale", ("ticks",), lambda m: m["ticks"]["large"] / m["ticks"]["small"]),
+    Target(f"resident memory, N={N_LARGE:,} (MiB)", "<=", 200.0, "of a server holding that many heartbeats",
+           "scale", ("ingest_large",), lambda m: m["memory"]["large"]),
+    Target(f"ingestion, {KEY_SETS:,} pattern key sets / 1", ">=", 0.8,
+           "matching does not depend on how patterns are shaped (index by pairs, not key sets)",
+           "scale", ("ingest", "ingest_key_sets"), ratio("ingest_key_sets", "ingest")),
+    Target(f"ingestion {N_LARGE:,} members / N={N_SMALL}", ">=", 0.8,
+           f"one heartbeat with group_by and {N_LARGE:,} members, the event refreshing one of them, against "
+           f"{N_SMALL} heartbeats", "scale", ("ingest", "ingest_members"), ratio("ingest_members", "ingest")),
+    Target(f"expiry tick {N_LARGE:,} members / N={N_SMALL}", "<=", 2.0, "cost of an expiry tick with nothing due",
+           "scale", ("ticks",), lambda m: m["ticks"]["members"] / m["ticks"]["small"]),
+    Target(f"resident memory, {N_LARGE:,} members (MiB)", "<=", 200.0, "of a server holding that many members",
+           "scale", ("ingest_members",), lambda m: m["memory"]["members"]),
+    Target("alarm latency p99, server mode (ms)", "<=", 100.0,
+           "from a deadline to the alarm reaching a local --forward-url receiver",
+           "alarms", ("alarms",), lambda m: percentile(m["alarms"], 99) * 1e3),
+    Target(f"ingestion p99 in a {N_LARGE:,}-heartbeat storm (ms)", "<=", 100.0,
+           f"one-event ingestion while {N_LARGE:,} heartbeats go down at once on the same server",
+           "storm", ("storm",),
+           lambda m: m["storm"]["p99"] * 1e3 if m["storm"]["down"] >= N_LARGE - 1 else float("inf")),  # no storm, no figure
+    Target(f"status page, N={N_PAGE:,}: KB per load", "<=", 200.0,
+           "bytes of the largest of those pages, uncompressed (gzipped is printed too)",
+           "page", ("page",), lambda m: max(plain for plain, _ in m["page"][0].values()) / 1000),
+    Target(f"status page, N={N_PAGE:,}: p99 ms to serve", "<=", 100.0,
+           f"sequential GETs of {', '.join(PAGE_PATHS)} on waitress, each from request to last byte",
+           "page", ("page",), lambda m: percentile(m["page"][1], 99) * 1e3),
 )
 NOTIFY_STORM = 10_000  # alarms in the notification storm
-# The notification rows (--only notify runs just these)
-NOTIFY_TARGETS = (
-    (f"{NOTIFY_STORM:,}-alarm storm to a webhook channel (s)", "<=", 60.0,
-     f"from the deadline of {NOTIFY_STORM:,} heartbeats falling due at once to the last of their alarms "
-     "received by a local webhook channel (one POST each)"),
-    ("a dead second channel delays the webhook by (s)", "<=", 1.0,
-     "the same storm with a second default channel that never answers: how much later the webhook "
-     "channel got its last alarm"),
-    ("alarm to Alertmanager, p99 after the deadline (s)", "<=", 2.0,
-     "from a deadline to the alert being listed by a real Alertmanager's GET /api/v2/alerts"),
+TARGETS += (
+    Target(f"{NOTIFY_STORM:,}-alarm storm to a webhook channel (s)", "<=", 60.0,
+           f"from the deadline of {NOTIFY_STORM:,} heartbeats falling due at once to the last of their alarms "
+           "received by a local webhook channel (one POST each)", "notify", ("notify",), lambda m: m["notify"][0]),
+    Target("a dead second channel delays the webhook by (s)", "<=", 1.0,
+           "the same storm with a second default channel that never answers: how much later the webhook "
+           "channel got its last alarm", "notify", ("notify",), lambda m: m["notify"][1] - m["notify"][0]),
+    Target("alarm to Alertmanager, p99 after the deadline (s)", "<=", 2.0,
+           "from a deadline to the alert being listed by a real Alertmanager's GET /api/v2/alerts",
+           "notify", ("alertmanager",), lambda m: percentile(m["alertmanager"], 99)),
 )
-TARGETS += NOTIFY_TARGETS
+GROUPS = tuple(dict.fromkeys(target.group for target in TARGETS))
+
+# The HTTP load rows, run in interleaved rounds: key, what is shown, the
+# server (a SERVERS key), method, path ("{id}": the heartbeat the server's
+# set-up returned), body, connections ("many": --many, 64 by default;
+# else --connections, 8 by default).
+LOAD_ROWS = (
+    ("base_post", "baseline POST (bare bottle+waitress)", "baseline", "POST", "/api/v2/event", EVENT_BODY, 8),
+    ("base_get", "baseline GET (bare bottle+waitress)", "baseline", "GET", "/api/v2/heartbeat/x", b"", 8),
+    ("ingest", f"ingest 1 matching event, N={N_SMALL}", "small", "POST", "/api/v2/event", EVENT_BODY, 8),
+    ("get_one", f"GET /api/v2/heartbeat/<id>, N={N_SMALL}", "small", "GET", "/api/v2/heartbeat/{id}", b"", 8),
+    ("base_post_many", "baseline POST", "baseline", "POST", "/api/v2/event", EVENT_BODY, "many"),
+    ("ingest_many", f"ingest 1 matching event, N={N_SMALL}", "small", "POST", "/api/v2/event", EVENT_BODY, "many"),
+    ("base_get_many", "baseline GET", "baseline", "GET", "/api/v2/heartbeat/x", b"", "many"),
+    ("get_one_many", f"GET /api/v2/heartbeat/<id>, N={N_SMALL}", "small", "GET", "/api/v2/heartbeat/{id}", b"",
+     "many"),
+    ("base_batch", f"baseline POST {BATCH:,}-event batch", "baseline", "POST", "/api/v2/event", BATCH_BODY, 8),
+    ("batch", f"ingest {BATCH:,}-event batch, {BATCH:,} matched", "batch", "POST", "/api/v2/event", BATCH_BODY, 8),
+    ("ingest_large", f"ingest 1 matching event, N={N_LARGE:,}", "large", "POST", "/api/v2/event", EVENT_BODY, 8),
+    ("ingest_key_sets", f"ingest 1 matching event, {KEY_SETS:,} key sets", "keysets", "POST", "/api/v2/event",
+     EVENT_BODY, 8),
+    ("ingest_members", f"ingest 1 event, {N_LARGE:,} members", "members", "POST", "/api/v2/event", EVENT_BODY, 8),
+)
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
 BASELINE_APP = r'''
-import json, logging, sys
+import json, logging, sys, uuid
 import bottle, waitress
 
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # as heartbeat-lite's CLI does
@@ -132,13 +196,17 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # as heartbeat-lite
 FIXED = {"_id": "cf7097b6-71ba-48db-a749-e9474aa70c93", "name": "Heartbeat", "author": "root",
          "description": "", "pattern": {"connector": "bench", "connector_name": "c7"},
          "expected_interval": "1h", "output": "", "created": 1607680814, "updated": 1607680814}
+IDS = [str(uuid.uuid4()) for _ in range(1000)]
 app = bottle.Bottle()
 
 @app.post("/api/v2/event")
 def post():
-    json.loads(bottle.request.body.read())
+    events = json.loads(bottle.request.body.read())
     bottle.response.content_type = "application/json"
-    return "{}"
+    if isinstance(events, dict):
+        return "{}"
+    # a batch: an answer of the size of heartbeat-lite's, an id per matched event
+    return json.dumps({"received": len(events), "matched": IDS[:len(events)]}, ensure_ascii=False)
 
 @app.get("/api/v2/heartbeat/<heartbeat_id>")
 def get(heartbeat_id):
@@ -719,36 +787,20 @@ def notification_storms(databases, source, args):
     return alone, with_dead
 
 
-def run_notify(args):
-    """The notification rows only (--only notify)."""
-    print(f"heartbeat-lite {heartbeat_lite.__version__} notification benchmark: {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {store_label(args.db)}; waitress threads {args.threads}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="hl-bench-") as workdir:
-        databases = Databases(workdir, args.db)
-        source = databases.new("notify")
-        prefill(source, NOTIFY_STORM)
-        alone, with_dead = notification_storms(databases, source, args)
-        if os.access(ALERTMANAGER, os.X_OK):
-            latencies = alertmanager_latency(databases, workdir, args.am_alarms, args.spread, args.threads)
-            am = percentile(latencies, 99)
-            print(f"alarm to Alertmanager ({len(latencies)} alarms): p50 {percentile(latencies, 50):.2f} s, "
-                  f"p99 {am:.2f} s, max {latencies[-1]:.2f} s")
-        else:
-            print(f"no Alertmanager at {ALERTMANAGER}: that row is not measured")
-            am = float("inf")
-    return verdicts(NOTIFY_TARGETS, [alone, with_dead - alone, am])
-
-
 def verdicts(targets, measured):
     """Print each target with its measure; 0 when every one is met, else 1."""
     print()
     print(f"{'target':48} {'measured':>9}  {'target':>8}  verdict")
     all_ok = True
-    for (name, op, limit, _), value in zip(targets, measured):
-        fmt = "{:.2f}" if limit < 10 else "{:.1f}"
-        ok = value >= limit if op == ">=" else value <= limit
+    for target in targets:
+        value = target.measure(measured)
+        if target.op is None:  # shown, no target
+            print(f"{target.name:48} {value:9.2f}  {'':>8}  -")
+            continue
+        fmt = "{:.2f}" if target.limit < 10 else "{:.1f}"
+        ok = value >= target.limit if target.op == ">=" else value <= target.limit
         all_ok &= ok
-        print(f"{name:48} {fmt.format(value):>9}  {op} {limit:<6g}  {'ok' if ok else 'MISS'}")
+        print(f"{target.name:48} {fmt.format(value):>9}  {target.op} {target.limit:<6g}  {'ok' if ok else 'MISS'}")
     return 0 if all_ok else 1
 
 
@@ -768,122 +820,177 @@ def store_label(url):
                f"({heartbeat_lite.database_label(url)})"
 
 
+class Setup:
+    """The run's databases, each pre-filled once, when first needed."""
+
+    def __init__(self, databases):
+        self.databases = databases
+        self._made = {}
+
+    def _once(self, name, make):
+        if name not in self._made:
+            self._made[name] = make()
+        return self._made[name]
+
+    def heartbeats(self, count):
+        """``(db, id)``: ``count`` heartbeats; the id is the one the bench event matches."""
+        def make():
+            db = self.databases.new(f"n{count}")
+            return db, prefill(db, count)
+        return self._once(f"n{count}", make)
+
+    def server_db(self, server):
+        """``(db, id)`` of a SERVERS entry (see there)."""
+        return self._once(f"server {server}", lambda: SERVERS[server](self))
+
+    def notify_source(self):
+        def make():
+            db = self.databases.new("notify")
+            prefill(db, NOTIFY_STORM)
+            return db
+        return self._once("notify", make)
+
+
+def _key_sets_db(setup):
+    db = setup.databases.new("keysets")
+    return db, prefill(db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
+
+
+def _batch_db(setup):
+    db = setup.databases.new("batch")
+    return db, prefill(db, BATCH)
+
+
+def _members_db(setup):
+    db = setup.databases.new("members")
+    return db, prefill_members(db, N_LARGE)
+
+
+# The heartbeat-lite servers of the load rows: name -> set-up, which makes
+# the database and returns (db, the id that "{id}" in a row's path stands for).
+SERVERS = {
+    "small": lambda setup: setup.heartbeats(N_SMALL),
+    "large": lambda setup: setup.heartbeats(N_LARGE),
+    "batch": _batch_db,
+    "keysets": _key_sets_db,
+    "members": _members_db,
+}
+
+
+def connections_of(row, args):
+    """A load row's connections: --many or --connections."""
+    return args.many if row[6] == "many" else args.connections
+
+
+def load_rows(setup, rows, args, load):
+    """Run the load ``rows`` in interleaved rounds, each server started once;
+    the medians per row key, and the resident memory (MiB) per server after
+    the load."""
+    contexts, ports, ids, processes = contextlib.ExitStack(), {}, {}, {}
+    with contexts:
+        for server in dict.fromkeys(row[2] for row in rows):
+            if server == "baseline":
+                context, ports[server] = baseline_server(args.threads)
+            else:
+                db, ids[server] = setup.server_db(server)
+                context, ports[server] = heartbeat_server(db, args.threads)
+            processes[server] = contexts.enter_context(context)
+        samples = {row[0]: [] for row in rows}
+        for round_number in range(args.rounds):
+            for row in rows:
+                key, _, server, method, path, body, _ = row
+                samples[key].append(load(ports[server], method, path.format(id=ids.get(server)), body,
+                                         args.seconds, connections_of(row, args)))
+            print(f"round {round_number + 1}/{args.rounds} done", flush=True)
+        memory = {server: rss_mib(process.pid) for server, process in processes.items()}
+    print()
+    print(f"{'scenario':52} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
+    results = {}
+    for row in rows:
+        key, label = row[0], f"{row[1]}, {connections_of(row, args)} conn."
+        summary = {measure: statistics.median(r[measure] for r in samples[key]) for measure in ("rps", "p50", "p99")}
+        results[key] = summary
+        print(f"{label:52} {summary['rps']:15.0f} {summary['p50'] * 1e3:8.2f} {summary['p99'] * 1e3:8.2f}")
+    return results, memory
+
+
+def plan(only=None):
+    """What a run checks and measures: the targets of the groups ``only``
+    (None: all), the measurements they need, the load rows among those."""
+    targets = [target for target in TARGETS if only is None or target.group in only]
+    needs = {need for target in targets for need in target.needs}
+    return targets, needs, [row for row in LOAD_ROWS if row[0] in needs]
+
+
 def run(args):
     cores = os.cpu_count()
     use_wrk = shutil.which("wrk") is not None and not args.stdlib_client
     load = load_wrk if use_wrk else load_stdlib
     client = "wrk" if use_wrk else "standard-library client"
+    targets, needs, rows = plan(args.only)
     print(f"heartbeat-lite {heartbeat_lite.__version__} benchmark: {cores} cores, Python {platform.python_version()}, "
-          f"{store_label(args.db)}; load: {client}, {args.connections} connections, "
-          f"{args.rounds} interleaved rounds x {args.seconds} s; waitress threads {args.threads}", flush=True)
-    results = {}
+          f"{store_label(args.db)}; load: {client}, {args.connections} and {args.many} connections, "
+          f"{args.rounds} interleaved rounds x {args.seconds} s; waitress threads {args.threads}"
+          + (f"; only {', '.join(args.only)}" if args.only else ""), flush=True)
+    measured = {}
     with tempfile.TemporaryDirectory(prefix="hl-bench-") as workdir:
         databases = Databases(workdir, args.db)
-        dbs = {n: databases.new(f"n{n}") for n in (N_SMALL, N_LARGE)}
+        setup = Setup(databases)
         started = time.perf_counter()
-        target_ids = {n: prefill(db, n) for n, db in dbs.items()}
-        batch_db, key_sets_db, page_db, members_db = (databases.new(name) for name in (
-            "batch", "keysets", "page", "members"))
-        prefill_members(members_db, N_LARGE)
-        prefill(batch_db, BATCH)
-        prefill(page_db, N_PAGE)
-        prefill(key_sets_db, N_SMALL, [{f"key{i}": "x", "connector": "bench"} for i in range(KEY_SETS)])
-        storm_db = databases.copy(dbs[N_LARGE], "storm")
+        for server in dict.fromkeys(row[2] for row in rows):
+            if server != "baseline":
+                setup.server_db(server)
+        if "ticks" in needs:
+            tick_dbs = {"small": setup.heartbeats(N_SMALL)[0], "large": setup.heartbeats(N_LARGE)[0],
+                        "members": setup.server_db("members")[0]}
+        if "storm" in needs:
+            storm_db = databases.copy(setup.heartbeats(N_LARGE)[0], "storm")
+        if "page" in needs:
+            page_db = databases.new("page")
+            prefill(page_db, N_PAGE)
         print(f"pre-filled the databases in {time.perf_counter() - started:.1f} s", flush=True)
 
-        ticks = tick_cost({**dbs, "members": members_db}, args.ticks, args.rounds)
-
-        baseline_context, baseline_port = baseline_server(args.threads)
-        small_context, small_port = heartbeat_server(dbs[N_SMALL], args.threads)
-        large_context, large_port = heartbeat_server(dbs[N_LARGE], args.threads)
-        batch_context, batch_port = heartbeat_server(batch_db, args.threads)
-        key_sets_context, key_sets_port = heartbeat_server(key_sets_db, args.threads)
-        members_context, members_port = heartbeat_server(members_db, args.threads)
-        with baseline_context, small_context, large_context as large_process, batch_context, key_sets_context, \
-                members_context as members_process:
-            scenarios = [
-                ("baseline POST (bare bottle+waitress)", baseline_port, "POST", "/api/v2/event", EVENT_BODY),
-                ("baseline GET (bare bottle+waitress)", baseline_port, "GET", "/api/v2/heartbeat/x", b""),
-                (f"ingest 1 matching event, N={N_SMALL}", small_port, "POST", "/api/v2/event", EVENT_BODY),
-                (f"ingest 1 matching event, N={N_LARGE:,}", large_port, "POST", "/api/v2/event", EVENT_BODY),
-                (f"GET /api/v2/heartbeat/<id>, N={N_SMALL}", small_port, "GET",
-                 f"/api/v2/heartbeat/{target_ids[N_SMALL]}", b""),
-                (f"baseline POST {BATCH:,}-event batch", baseline_port, "POST", "/api/v2/event", BATCH_BODY),
-                (f"ingest {BATCH:,}-event batch, {BATCH:,} matched", batch_port, "POST", "/api/v2/event",
-                 BATCH_BODY),
-                (f"ingest 1 matching event, {KEY_SETS:,} key sets", key_sets_port, "POST", "/api/v2/event",
-                 EVENT_BODY),
-                (f"ingest 1 event, {N_LARGE:,} members", members_port, "POST", "/api/v2/event", EVENT_BODY),
-            ]
-            samples = {name: [] for name, *_ in scenarios}
-            for round_number in range(args.rounds):
-                for name, port, method, path, body in scenarios:
-                    samples[name].append(load(port, method, path, body, args.seconds, args.connections))
-                print(f"round {round_number + 1}/{args.rounds} done", flush=True)
-            memory = rss_mib(large_process.pid)
-            members_memory = rss_mib(members_process.pid)
-        storm = storm_ingestion(storm_db, args.threads, load, args.connections)
-        latencies = alarm_latency(databases, args.alarms, args.spread, args.threads)
-        page_sizes, page_times = status_page_cost(page_db, args.threads, args.page_requests)
-        notify_source = databases.new("notify")
-        prefill(notify_source, NOTIFY_STORM)
-        notify_alone, notify_dead = notification_storms(databases, notify_source, args)
-        am_latencies = (alertmanager_latency(databases, workdir, args.am_alarms, args.spread, args.threads)
-                        if os.access(ALERTMANAGER, os.X_OK) else [float("inf")])
-
-    print()
-    print(f"{'scenario':44} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, runs in samples.items():
-        summary = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
-        results[name] = summary
-        print(f"{name:44} {summary['rps']:15.0f} {summary['p50'] * 1e3:8.2f} {summary['p99'] * 1e3:8.2f}")
-    print(f"{'expiry tick, none due, N=' + str(N_SMALL):44} {ticks[N_SMALL] * 1e6:12.1f} us per tick")
-    print(f"{'expiry tick, none due, N=' + format(N_LARGE, ','):44} {ticks[N_LARGE] * 1e6:12.1f} us per tick")
-    print(f"{'alarm latency after deadline (' + str(len(latencies)) + ' alarms)':44} "
-          f"p50 {percentile(latencies, 50) * 1e3:.1f} ms, p99 {percentile(latencies, 99) * 1e3:.1f} ms, "
-          f"max {latencies[-1] * 1e3:.1f} ms")
-    print(f"{'expiry tick, none due, ' + format(N_LARGE, ',') + ' members':44} {ticks['members'] * 1e6:12.1f} us per tick")
-    print(f"{'resident memory, N=' + format(N_LARGE, ','):44} {memory:12.1f} MiB")
-    print(f"{'resident memory, ' + format(N_LARGE, ',') + ' members':44} {members_memory:12.1f} MiB")
-    print(f"{'ingest 1 event during a storm':44} {storm['rps']:15.0f} {storm['p50'] * 1e3:8.2f} "
-          f"{storm['p99'] * 1e3:8.2f}  ({storm['down']:,} went down; /healthz then: {storm['health']})")
-    for path, (plain, zipped) in page_sizes.items():
-        print(f"{'status page ' + path + ', N=' + format(N_PAGE, ','):44} {plain / 1000:9.1f} KB, gzipped "
-              f"{zipped / 1000:.1f} KB")
-    print(f"{'status page, ' + str(len(page_times)) + ' sequential GETs':44} "
-          f"p50 {percentile(page_times, 50) * 1e3:.1f} ms, p99 {percentile(page_times, 99) * 1e3:.1f} ms, "
-          f"max {page_times[-1] * 1e3:.1f} ms")
-
-    base_post = results["baseline POST (bare bottle+waitress)"]
-    base_get = results["baseline GET (bare bottle+waitress)"]
-    ingest_small = results[f"ingest 1 matching event, N={N_SMALL}"]
-    ingest_large = results[f"ingest 1 matching event, N={N_LARGE:,}"]
-    get_one = results[f"GET /api/v2/heartbeat/<id>, N={N_SMALL}"]
-    base_batch = results[f"baseline POST {BATCH:,}-event batch"]
-    batch = results[f"ingest {BATCH:,}-event batch, {BATCH:,} matched"]
-    key_sets = results[f"ingest 1 matching event, {KEY_SETS:,} key sets"]
-    ingest_members = results[f"ingest 1 event, {N_LARGE:,} members"]
-    measured = [  # one per target, in the order of TARGETS
-        ingest_small["rps"] / base_post["rps"],
-        ingest_small["p99"] / base_post["p99"],
-        get_one["rps"] / base_get["rps"],
-        ingest_large["rps"] / ingest_small["rps"],
-        ticks[N_LARGE] / ticks[N_SMALL],
-        percentile(latencies, 99) * 1e3,
-        memory,
-        batch["rps"] / base_batch["rps"],
-        storm["p99"] * 1e3 if storm["down"] >= N_LARGE - 1 else float("inf"),  # no storm, no figure
-        key_sets["rps"] / ingest_small["rps"],
-        max(plain for plain, _ in page_sizes.values()) / 1000,
-        percentile(page_times, 99) * 1e3,
-        ingest_members["rps"] / ingest_small["rps"],
-        ticks["members"] / ticks[N_SMALL],
-        members_memory,
-        notify_alone,
-        notify_dead - notify_alone,
-        percentile(am_latencies, 99),
-    ]
-    return verdicts(TARGETS, measured)
+        if "ticks" in needs:
+            measured["ticks"] = tick_cost(tick_dbs, args.ticks, args.rounds)
+        if rows:
+            results, measured["memory"] = load_rows(setup, rows, args, load)
+            measured.update(results)
+        if "ticks" in needs:
+            for name, label in (("small", f"N={N_SMALL}"), ("large", f"N={N_LARGE:,}"),
+                                ("members", f"{N_LARGE:,} members")):
+                print(f"{'expiry tick, none due, ' + label:52} {measured['ticks'][name] * 1e6:12.1f} us per tick")
+        for server, label in (("large", f"N={N_LARGE:,}"), ("members", f"{N_LARGE:,} members")):
+            if server in measured.get("memory", {}):
+                print(f"{'resident memory, ' + label:52} {measured['memory'][server]:12.1f} MiB")
+        if "storm" in needs:
+            storm = measured["storm"] = storm_ingestion(storm_db, args.threads, load, args.connections)
+            print(f"{'ingest 1 event during a storm':52} {storm['rps']:15.0f} {storm['p50'] * 1e3:8.2f} "
+                  f"{storm['p99'] * 1e3:8.2f}  ({storm['down']:,} went down; /healthz then: {storm['health']})")
+        if "alarms" in needs:
+            latencies = measured["alarms"] = alarm_latency(databases, args.alarms, args.spread, args.threads)
+            print(f"{'alarm latency after deadline (' + str(len(latencies)) + ' alarms)':52} "
+                  f"p50 {percentile(latencies, 50) * 1e3:.1f} ms, p99 {percentile(latencies, 99) * 1e3:.1f} ms, "
+                  f"max {latencies[-1] * 1e3:.1f} ms")
+        if "page" in needs:
+            page_sizes, page_times = measured["page"] = status_page_cost(page_db, args.threads, args.page_requests)
+            for path, (plain, zipped) in page_sizes.items():
+                print(f"{'status page ' + path + ', N=' + format(N_PAGE, ','):52} {plain / 1000:9.1f} KB, gzipped "
+                      f"{zipped / 1000:.1f} KB")
+            print(f"{'status page, ' + str(len(page_times)) + ' sequential GETs':52} "
+                  f"p50 {percentile(page_times, 50) * 1e3:.1f} ms, p99 {percentile(page_times, 99) * 1e3:.1f} ms, "
+                  f"max {page_times[-1] * 1e3:.1f} ms")
+        if "notify" in needs:
+            measured["notify"] = notification_storms(databases, setup.notify_source(), args)
+        if "alertmanager" in needs:
+            if os.access(ALERTMANAGER, os.X_OK):
+                am = measured["alertmanager"] = alertmanager_latency(databases, workdir, args.am_alarms, args.spread,
+                                                                     args.threads)
+                print(f"alarm to Alertmanager ({len(am)} alarms): p50 {percentile(am, 50):.2f} s, "
+                      f"p99 {percentile(am, 99):.2f} s, max {am[-1]:.2f} s")
+            else:
+                print(f"no Alertmanager at {ALERTMANAGER}: that row is not measured")
+                measured["alertmanager"] = [float("inf")]
+    return verdicts(targets, measured)
 
 
 def main(argv=None):
@@ -891,16 +998,22 @@ def main(argv=None):
         description="Benchmark heartbeat-lite against its performance targets, each a ratio against a "
         "bare bottle+waitress baseline served the same way in the same run (or a latency, a memory size).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="targets (exit status 1 if one is missed):\n" + "\n".join(
-            f"  {name} {op} {limit:g}\n" + textwrap.fill(why, 78, initial_indent=" " * 6, subsequent_indent=" " * 6)
-            for name, op, limit, why in TARGETS),
+        epilog="targets (exit status 1 if one is missed), by group:\n" + "\n".join(
+            f"  [{target.group}] {target.name}" + (f" {target.op} {target.limit:g}" if target.op else "") + "\n"
+            + textwrap.fill(target.why, 78, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            for target in TARGETS),
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
-    parser.add_argument("--only", choices=["notify"], help="run only these rows (notify: the notification storm "
-                        "and Alertmanager rows, a minute or two)")
+    parser.add_argument("--only", metavar="GROUP[,GROUP]", type=lambda text: text.split(","),
+                        help=f"run only the rows of these groups ({', '.join(GROUPS)}), e.g. --only http "
+                        "(ingestion, GET one and the batch against the baseline, at 8 and 64 connections)")
     parser.add_argument("--stdlib-client", action="store_true", help="use the standard-library client even "
                         "when wrk is installed")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
+    parser.add_argument("--many", type=int, default=MANY, help="concurrent connections of the many-connections "
+                        "rows (default %(default)s)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the load rows (default 5, --quick 2)")
+    parser.add_argument("--seconds", type=int, help="seconds per load row and round (default 5, --quick 2)")
     parser.add_argument("--threads", type=int, default=heartbeat_lite.DEFAULT_THREADS,
                         help="waitress threads of every server (default %(default)s)")
     parser.add_argument("--db", metavar="URL", help="run heartbeat-lite on this PostgreSQL database "
@@ -909,13 +1022,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.db is not None and not heartbeat_lite.is_postgres_url(args.db):
         parser.error("--db takes a postgresql:// URL (SQLite files are the default)")
-    args.rounds, args.seconds = (2, 2) if args.quick else (5, 5)
+    if args.only is not None and set(args.only) - set(GROUPS):
+        parser.error(f"--only takes groups among {', '.join(GROUPS)}")
+    rounds, seconds = (2, 2) if args.quick else (5, 5)
+    args.rounds = args.rounds or rounds
+    args.seconds = args.seconds or seconds
     args.ticks = 500 if args.quick else 3000
     args.alarms, args.spread = (100, 2.0) if args.quick else (400, 4.0)
     args.page_requests = 200 if args.quick else 1000
     args.am_alarms = 20 if args.quick else 50
     args.storm_rounds = 1 if args.quick else 3
-    return run_notify(args) if args.only == "notify" else run(args)
+    return run(args)
 
 
 if __name__ == "__main__":

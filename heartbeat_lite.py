@@ -5775,7 +5775,7 @@ class Funnel:
     2. records the history rows;
     3. builds the alarm events (:func:`alarm_event`, :func:`intake_event`);
     4. hands transitions and events to each sink, in the transaction: the
-       outbox (:class:`OutboxSink`) is the first; a sink writes its durable
+       outbox (:class:`ChannelSink`) is the first; a sink writes its durable
        rows there, so a change and its deliveries commit together;
     5. after the commit: the read model follows (:meth:`ReadModel.transitioned`),
        the scheduler is told what falls due, and the events of the

@@ -2013,6 +2013,25 @@ def test_bench_reads_wrk_output():
         bench.parse_wrk(WRK_OUTPUT.replace("Requests/sec", "  Non-2xx or 3xx responses: 3\nRequests/sec"))
 
 
+def test_bench_plans_rows_by_group():
+    import bench
+
+    measurements = {"ticks", "storm", "alarms", "page", "notify", "alertmanager"}
+    rows = {row[0] for row in bench.LOAD_ROWS}
+    for target in bench.TARGETS:  # every target can be measured
+        assert set(target.needs) <= rows | measurements, target.name
+    targets, needs, http_rows = bench.plan(["http"])
+    assert {target.group for target in targets} == {"http"}
+    # part three: ingestion and GET one at 8 and 64 connections, the batch, each beside its baseline
+    assert {row[0] for row in http_rows} == {"base_post", "ingest", "base_get", "get_one", "base_post_many",
+                                             "ingest_many", "base_get_many", "get_one_many", "base_batch", "batch"}
+    assert {row[6] for row in http_rows} == {8, "many"}
+    assert not needs & measurements
+    assert len(bench.plan()[0]) == len(bench.TARGETS)
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "nothing"])
+
+
 def test_bench_percentiles():
     import bench
 
