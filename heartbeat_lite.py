@@ -2190,17 +2190,19 @@ class _HeartbeatStatements:
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
                            "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
-    def status_page(self, statuses, terms, limit, offset, maintenance=()):
+    def status_page(self, statuses, terms, limit, offset, covered=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
         ``terms`` (case-insensitive for ASCII letters only, on both
         databases, as SQLite's LIKE; the pattern is searched as its
         canonical JSON without quotes, so ``connector:backup`` finds
         ``{"connector": "backup"}``), ordered by name, case-insensitive
-        likewise, then id: a stable order to page through. ``maintenance``
-        holds the patterns (dicts) of the windows active now: a heartbeat
-        one of them selects is counted under ``"maintenance"`` too, and that
-        "status" in ``statuses`` selects it.
+        likewise, then id: a stable order to page through. ``covered``
+        holds the ids of the heartbeats a maintenance window covers now
+        (worked out in memory, :meth:`Windows.covered`): they are counted
+        under ``"maintenance"`` too, and that "status" in ``statuses``
+        selects them. They are one parameter (a JSON list), whatever their
+        number: the statement is the same for any number of windows.
 
         Two scans of the table, one counting, one for the page: 10,000
         heartbeats take a few milliseconds.
@@ -2208,11 +2210,9 @@ class _HeartbeatStatements:
         :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
             over the whole table, how many match, the rows of this page.
         """
-        covered, covered_params = "FALSE", []
-        for pattern in maintenance:
-            contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
-            covered += " OR (" + " AND ".join(contains) + ")"
-            covered_params += [item for pair in sorted(pattern.items()) for item in pair]
+        covered = list(covered)
+        covered_params = [dump_json(covered).decode()] if covered else []
+        covered = f"id IN ({self._IN_JSON_LIST})" if covered else "FALSE"
         conditions, params = [], []
         wanted = [status for status in statuses if status != "maintenance"]
         either = [f"status IN ({', '.join('?' * len(wanted))})"] if wanted else []
@@ -3074,9 +3074,10 @@ class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStateme
     #: and NOCASE do), ``_BY_NAME`` (the status page's order: name folded so,
     #: then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
     #: ``?``), ``_SPECIAL_ONLY`` (what :meth:`refresh` reads: a condition
-    #: and ``AND``, or nothing), ``_GREATEST`` (the larger of two values)
+    #: and ``AND``, or nothing), ``_GREATEST`` (the larger of two values),
+    #: ``_IN_JSON_LIST`` (the strings of the JSON list ``?``, for ``IN``)
     _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY",
-                "_GREATEST")
+                "_GREATEST", "_IN_JSON_LIST")
 
     # A refresh never moves backwards (writes of two instances, or of one
     # instance's concurrent requests, may commit in any order): what a
@@ -3132,6 +3133,7 @@ class SqliteStore(Store):
     _CONTAINS = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
     _SPECIAL_ONLY = "status <> 'up' AND "  # only the rows refresh() reports
     _GREATEST = "MAX"  # with two arguments, the scalar max (NULL if either is)
+    _IN_JSON_LIST = "SELECT value FROM json_each(?)"
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
         if sqlite3.sqlite_version_info < (3, 31):
@@ -3640,6 +3642,7 @@ class PostgresStore(Store):
     _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
     _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
     _GREATEST = "GREATEST"  # NULLs ignored
+    _IN_JSON_LIST = "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
 
     def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):
         try:
@@ -4828,11 +4831,16 @@ class PatternIndex:
     def __init__(self):
         self._by_keys = {}  # sorted keys -> {values in that key order: heartbeat id}
         self._root = _TrieNode()
+        self._ids = set()  # every heartbeat id
+        self._by_pair = {}  # (key, value) -> ids of the heartbeats whose pattern has it (for containing())
 
     def add(self, heartbeat_id, pattern):
         pairs = sorted(pattern.items())
         keys, values = tuple(key for key, _ in pairs), tuple(value for _, value in pairs)
         self._by_keys.setdefault(keys, {})[values] = heartbeat_id
+        self._ids.add(heartbeat_id)
+        for pair in pairs:
+            self._by_pair.setdefault(pair, set()).add(heartbeat_id)
         node = self._root
         for pair in pairs:
             if node.children is _NO_CHILDREN:
@@ -4844,9 +4852,17 @@ class PatternIndex:
         pairs = sorted(pattern.items())
         keys, values = tuple(key for key, _ in pairs), tuple(value for _, value in pairs)
         table = self._by_keys.get(keys, {})
-        table.pop(values, None)
+        heartbeat_id = table.pop(values, None)
         if not table:
             self._by_keys.pop(keys, None)
+        if heartbeat_id is not None:
+            self._ids.discard(heartbeat_id)
+            for pair in pairs:
+                owners = self._by_pair.get(pair)
+                if owners is not None:
+                    owners.discard(heartbeat_id)
+                    if not owners:
+                        del self._by_pair[pair]
         path = [self._root]
         for pair in pairs:
             node = path[-1].children.get(pair)
@@ -4858,6 +4874,18 @@ class PatternIndex:
             if node.children or node.heartbeat_id is not None:
                 break
             del parent.children[pair]  # prune what no pattern uses any more
+
+    def containing(self, pattern):
+        """The ids of the heartbeats whose pattern has every pair of
+        ``pattern`` (a dict; ``{}``: every heartbeat), as a new set: what a
+        maintenance window selects. Costs the smallest of its pairs' sets
+        of heartbeats; safe to call without the engine's lock (the sets are
+        copied and intersected in C, under the GIL)."""
+        if not pattern:
+            return set(self._ids)
+        owners = [self._by_pair.get(pair, _NO_IDS) for pair in pattern.items()]
+        owners.sort(key=len)
+        return owners[0].intersection(*owners[1:])
 
     def match(self, events, groups=None, members=None):
         """Ids of the heartbeats whose every ``key: value`` one of the events
@@ -4921,6 +4949,9 @@ class PatternIndex:
                     if child is not None:
                         stack.append(child)
         return found
+
+
+_NO_IDS = frozenset()
 
 
 def _values_getter(keys):
@@ -5286,6 +5317,11 @@ class ReadModel:
     def is_up(self, heartbeat_id):
         """True when the heartbeat is up in the database."""
         return heartbeat_id in self._stored
+
+    def containing(self, pattern):
+        """The ids of the heartbeats whose pattern has every pair of
+        ``pattern`` (see :meth:`PatternIndex.containing`)."""
+        return self._index.containing(pattern)
 
     def unwritten_refresh(self, heartbeat_id):
         """The refresh time of ``heartbeat_id`` not yet written, or None."""
@@ -6211,6 +6247,31 @@ class Windows:
         self.by_id = {}  # id -> MaintenanceWindow
         self.checked_at = None  # the clock time up to which window starts and ends were handled
 
+    @property
+    def by_id(self):
+        """The windows in force, ``{id: MaintenanceWindow}``; replaced whole."""
+        return self._by_id
+
+    @by_id.setter
+    def by_id(self, windows):
+        # the windows by one of their pairs (the first, sorted), those of
+        # pattern {} under None: the ones that may select a heartbeat are
+        # found from its own pairs, without looking at the others
+        by_pair = {}
+        for window in windows.values():
+            pair = min(window.pattern.items()) if window.pattern else None
+            by_pair.setdefault(pair, []).append(window)
+        self._by_id, self._by_pair = windows, by_pair
+
+    def selecting(self, pattern):
+        """The windows that select a heartbeat of ``pattern`` (a dict):
+        a look-up per pair of the pattern, whatever the number of windows."""
+        by_pair = self._by_pair
+        candidates = list(by_pair.get(None, ()))
+        for pair in pattern.items():
+            candidates += by_pair.get(pair, ())
+        return [window for window in candidates if window.selects(pattern)]
+
     def built(self, now):
         """Every window of the database, built (their occurrences around
         ``now`` worked out): what :meth:`Lifecycle.load` puts in force."""
@@ -6239,7 +6300,12 @@ class Windows:
         """``(until, window)``: of the maintenance windows selecting
         ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
         the one ending last; None when there is none."""
-        windows = self.by_id.values() if windows is None else windows
+        if windows is None:
+            if not self._by_id:
+                return None
+            if isinstance(pattern, str):
+                pattern = json.loads(pattern)
+            windows = self.selecting(pattern)
         if not windows:
             return None
         if isinstance(pattern, str):
@@ -6268,6 +6334,25 @@ class Windows:
     def active(self, now):
         """The windows active at ``now``."""
         return [window for window in self.by_id.values() if window.occurrence_at(now)]
+
+    def covered(self, now):
+        """``{heartbeat id: (until, window)}``: the heartbeats a window
+        active at ``now`` covers, each with the window ending last, worked
+        out in memory from the read model's index of pairs (the cost of the
+        heartbeats each distinct pattern selects, never SQL per window)."""
+        ending = {}  # canonical pattern -> (until, window): the active window of that pattern ending last
+        for window in self.active(now):
+            until = window.occurrence_at(now)[1]
+            key = canonical_pattern(window.pattern)
+            if key not in ending or until > ending[key][0]:
+                ending[key] = (until, window)
+        covered = {}
+        for until, window in ending.values():
+            for heartbeat_id in self.core.model.containing(window.pattern):
+                best = covered.get(heartbeat_id)
+                if best is None or until > best[0]:
+                    covered[heartbeat_id] = (until, window)
+        return covered
 
     def next_boundary(self, now):
         """The next start or end of a maintenance window after ``now``, or None."""
@@ -7126,14 +7211,14 @@ class Views:
         core = self.core
         core.load()
         now = core.clock()
-        active = [window.pattern for window in self.windows.active(now)]
-        counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, active)
+        covered = self.windows.covered(now)
+        counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, covered)
         unwritten = core.model.unwritten_refresh
         members = core.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
         page = []
         for row in rows:
             row = with_refresh(row, unwritten(row["id"]))
-            entry = {**heartbeat_document(row), **status_document(row, self.windows.covering(row["pattern"], now))}
+            entry = {**heartbeat_document(row), **status_document(row, covered.get(row["id"]))}
             if row["group_by"] is not None:
                 entry["members"] = status_counts(members.get(row["id"], {}))
             page.append(entry)
@@ -7146,13 +7231,12 @@ class Views:
         core = self.core
         unwritten = core.model.unwritten()
         now = core.clock()
-        active = self.windows.active(now)
+        covered = self.windows.covered(now)
         members = core.store.member_counts()
         overview = []
         for row in core.store.heartbeats():
             row = with_refresh(row, unwritten.get(row["id"]))
-            maintenance = self.windows.covering(row["pattern"], now, active) if active else None
-            entry = {**heartbeat_document(row), **status_document(row, maintenance)}
+            entry = {**heartbeat_document(row), **status_document(row, covered.get(row["id"]))}
             if row["group_by"] is not None:
                 entry["members"] = status_counts(members.get(row["id"], {}))
             overview.append(entry)

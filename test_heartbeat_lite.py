@@ -672,6 +672,26 @@ def test_both_ways_of_matching_agree(matching):
         assert set(index.match([event])) == expected, event
 
 
+def test_containing_finds_the_heartbeats_a_window_selects_as_they_come_and_go():
+    rng = random.Random(7)
+    index = heartbeat_lite.PatternIndex()
+    patterns = {}
+    for i in range(400):
+        pattern = {rng.choice("abcd"): rng.choice("xy") for _ in range(rng.randint(1, 3))}
+        text = heartbeat_lite.canonical_pattern(pattern)
+        if text in patterns:  # taken: this one goes instead (a delete)
+            index.remove(json.loads(text))
+            del patterns[text]
+        else:
+            patterns[text] = f"id{i}"
+            index.add(f"id{i}", pattern)
+    for _ in range(100):
+        window = {rng.choice("abcde"): rng.choice("xy") for _ in range(rng.randint(0, 3))}
+        expected = {heartbeat_id for text, heartbeat_id in patterns.items()
+                    if all(json.loads(text).get(k) == v for k, v in window.items())}
+        assert index.containing(window) == expected, window
+
+
 def stored_last_event(service, heartbeat_id):
     """What the database itself holds (the API shows refreshes not yet written)."""
     return service.store.heartbeat(heartbeat_id)["last_event"]
