@@ -66,6 +66,7 @@ import math
 import operator
 import os
 import re
+import shlex
 import signal
 import smtplib
 import socket
@@ -234,6 +235,7 @@ STATUS_PAGE_REFRESH_SECONDS = 5
 STATUS_PAGE_ROWS = 100  # heartbeats per status page: 10,000 heartbeats stay a 100-row page
 STATUS_PAGE_ALARMS_SHOWN = 5  # the oldest alarms named on the status page; the rest are counted
 DETAIL_PAGE_MEMBERS = 50  # members listed on a grouped heartbeat's page, the worst first
+MAINTENANCE_FORM_SECONDS = 3600  # the window a heartbeat page's "maintenance for 1 h" creates
 MAX_SEARCH_CHARS = 255
 MAX_PAGE_NUMBER = 1_000_000
 TIMELINE_SECONDS = 24 * 3600  # what the timelines show
@@ -1535,6 +1537,8 @@ _DOCUMENT_COLUMNS = (
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
+#: the status page's order, before the name: the problems first (down, then late, then the rest)
+_PROBLEMS_FIRST = "CASE status WHEN 'down' THEN 0 WHEN 'late' THEN 1 ELSE 2 END"
 _PATTERN_TEXT = "replace(pattern, '\"', '')"  # what the status page searches: {"k":"v"} as {k:v}
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
@@ -2190,6 +2194,17 @@ class _HeartbeatStatements:
         return self._query(f"{_SELECT_HEARTBEAT} WHERE status IN ('late', 'down') AND group_by IS NULL "
                            "ORDER BY alarm_since, rowid LIMIT ?", (self._NO_LIMIT if limit < 0 else limit,))
 
+    def alarm_counts(self):
+        """``{status: (heartbeats, members)}`` of the alarms open now, late
+        and down: heartbeats not grouped (a grouped one's members have its
+        alarms) and members; from the status indexes."""
+        counts = {LATE: [0, 0], DOWN: [0, 0]}
+        for table, grouped, column in (("heartbeat", " AND group_by IS NULL", 0), ("member", "", 1)):
+            for status, count in self._query(f"SELECT status, COUNT(*) FROM {table} WHERE status IN ('late', 'down')"
+                                             f"{grouped} GROUP BY status"):
+                counts[status][column] = count
+        return {status: tuple(pair) for status, pair in counts.items()}
+
     def status_page(self, statuses, terms, limit, offset, covered=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
@@ -2197,7 +2212,8 @@ class _HeartbeatStatements:
         databases, as SQLite's LIKE; the pattern is searched as its
         canonical JSON without quotes, so ``connector:backup`` finds
         ``{"connector": "backup"}``), ordered by name, case-insensitive
-        likewise, then id: a stable order to page through. ``covered``
+        likewise, then id, the problems first (down, then late, then the
+        rest): a stable order to page through. ``covered``
         holds the ids of the heartbeats a maintenance window covers now
         (worked out in memory, :meth:`Windows.covered`): they are counted
         under ``"maintenance"`` too, and that "status" in ``statuses``
@@ -2232,7 +2248,7 @@ class _HeartbeatStatements:
                               f"SUM(CASE WHEN {covered} THEN 1 ELSE 0 END) FROM heartbeat "
                               "GROUP BY status", params + covered_params)
         matching = sum(row[2] for row in counted)
-        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {self._BY_NAME} "
+        rows = self._query(f"{_SELECT_HEARTBEAT} WHERE {condition} ORDER BY {_PROBLEMS_FIRST}, {self._BY_NAME} "
                            "LIMIT ? OFFSET ?", params + [limit, offset]) if matching > offset else []
         counts = {row[0]: row[1] for row in counted}
         counts["maintenance"] = sum(row[3] for row in counted)
@@ -2505,13 +2521,22 @@ class _MemberStatements:
             counts.setdefault(heartbeat_id, {})[status] = count
         return counts
 
-    def member_summary(self, heartbeat_id):
-        """``(last event, earliest deadline of a member pending, up or late,
-        earliest alarm)`` over a heartbeat's members (Nones when none); a
-        scan of its members."""
-        row = self._query("SELECT MAX(last_event), MIN(CASE WHEN status IN ('pending', 'up', 'late') THEN deadline END), "
-                          "MIN(alarm_since) FROM member WHERE heartbeat_id = ?", (heartbeat_id,))[0]
-        return tuple(row)
+    def member_summaries(self, heartbeat_ids=None):
+        """``{heartbeat id: (last event, earliest deadline of a member
+        pending, up or late, earliest alarm)}`` over the members of those
+        heartbeats (every grouped one, when None; one with no member is not
+        in it): a scan of their members."""
+        summary = ("SELECT heartbeat_id, MAX(last_event), "
+                   "MIN(CASE WHEN status IN ('pending', 'up', 'late') THEN deadline END), MIN(alarm_since) FROM member")
+        if heartbeat_ids is None:
+            rows = self._query(f"{summary} GROUP BY heartbeat_id")
+        else:
+            rows = []
+            for start in range(0, len(heartbeat_ids), _ID_CHUNK):
+                chunk = heartbeat_ids[start:start + _ID_CHUNK]
+                rows += self._query(f"{summary} WHERE heartbeat_id IN ({', '.join('?' * len(chunk))}) "
+                                    "GROUP BY heartbeat_id", chunk)
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def members_page(self, heartbeat_id, statuses, after, limit):
         """A heartbeat's members by key after ``after`` (a key, or None),
@@ -4525,9 +4550,10 @@ class MaintenanceWindow:
         return bisect.bisect_right(starts, until) > bisect.bisect_right(starts, after)
 
 
-#: statuses whose time counts neither for nor against availability (section
-#: 10's pause and maintenance windows record them)
-UNCOUNTED_STATUSES = frozenset({PAUSED, MAINTENANCE})
+#: statuses whose time counts neither for nor against availability: section
+#: 10's pause and maintenance windows, and pending (waiting for a first
+#: event: a job that never ran is not available, nor is it down yet)
+UNCOUNTED_STATUSES = frozenset({PAUSED, MAINTENANCE, PENDING})
 
 
 def availability(changes, now, window):
@@ -4538,8 +4564,9 @@ def availability(changes, now, window):
         entered at ``at``; the last one before the window gives the state at
         its start. Time before the first change is not counted (the
         heartbeat did not exist yet, or its history was pruned), nor time
-        in a status of :data:`UNCOUNTED_STATUSES`; every other status but
-        ``down`` (pending, up, late) counts as available.
+        in a status of :data:`UNCOUNTED_STATUSES` (paused, maintenance,
+        pending); up and late count as available, down against. A backup
+        that never ran is None while pending, then 0 once down.
     :returns: a ratio from 0 to 1, or None when no time in the window counts
         (created this instant, or paused all along): "unknown", not "perfect".
     """
@@ -7176,14 +7203,22 @@ class Views:
         covering = self.windows.covering(row["pattern"], core.clock())
         if row["group_by"] is None:
             return status_document(with_refresh(row, core.model.unwritten_refresh(heartbeat_id)), covering)
-        last_event, deadline, alarm_since = core.store.member_summary(heartbeat_id)
-        kept = [t for _, _, t in core.model.unwritten_members(heartbeat_id)]
+        return self._grouped(row, covering, core.store.member_summaries([heartbeat_id]).get(heartbeat_id),
+                             core.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+
+    def _grouped(self, row, covering, summary, counts):
+        """A grouped heartbeat's state document: its members' latest event
+        (those kept in memory too), earliest deadline and oldest alarm
+        (``summary``, from :meth:`Store.member_summaries`; None when it has
+        no member), and ``members``, their ``counts`` by status."""
+        last_event, deadline, alarm_since = summary or (None, None, None)
+        kept = [t for _, _, t in self.core.model.unwritten_members(row["id"])]
         last_event = max([t for t in (last_event, *kept) if t is not None], default=None)
         document = status_document({**dict(row), "last_event": last_event, "alarm_since": alarm_since}, covering)
         # the members' deadline: of those neither down nor paused
         document["deadline"] = api_time(None if row["status"] == PAUSED else
                                         pushed_deadline(deadline, row["interval_seconds"], covering))
-        document["members"] = status_counts(core.store.member_counts([heartbeat_id]).get(heartbeat_id, {}))
+        document["members"] = status_counts(counts)
         return document
 
     def alarms(self, limit=None):
@@ -7214,32 +7249,43 @@ class Views:
         covered = self.windows.covered(now)
         counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, covered)
         unwritten = core.model.unwritten_refresh
-        members = core.store.member_counts([row["id"] for row in rows if row["group_by"] is not None])
+        grouped = [row["id"] for row in rows if row["group_by"] is not None]
+        members = core.store.member_counts(grouped) if grouped else {}
+        summaries = core.store.member_summaries(grouped) if grouped else {}
         page = []
         for row in rows:
-            row = with_refresh(row, unwritten(row["id"]))
-            entry = {**heartbeat_document(row), **status_document(row, covered.get(row["id"]))}
-            if row["group_by"] is not None:
-                entry["members"] = status_counts(members.get(row["id"], {}))
-            page.append(entry)
+            covering = covered.get(row["id"])
+            if row["group_by"] is None:
+                state = status_document(with_refresh(row, unwritten(row["id"])), covering)
+            else:
+                state = self._grouped(row, covering, summaries.get(row["id"]), members.get(row["id"], {}))
+            page.append({**heartbeat_document(row), **state})
         return {"rows": page, "total": total, "counts": counts}
+
+    def alarm_counts(self):
+        """``{"down": (heartbeats, members), "late": (...), "intake": 0 or
+        1}``: the alarms open now (see :meth:`Store.alarm_counts`)."""
+        return {**self.core.store.alarm_counts(), "intake": int(self.silence.alarm() is not None)}
 
     def overview(self):
         """Every heartbeat, newest first, as its document merged with its
         state document, and for a grouped one its members per status in
-        ``members`` (two database reads)."""
+        ``members``, its last event and oldest alarm its members' (three
+        database reads)."""
         core = self.core
         unwritten = core.model.unwritten()
         now = core.clock()
         covered = self.windows.covered(now)
         members = core.store.member_counts()
+        summaries = core.store.member_summaries() if members else {}
         overview = []
         for row in core.store.heartbeats():
-            row = with_refresh(row, unwritten.get(row["id"]))
-            entry = {**heartbeat_document(row), **status_document(row, covered.get(row["id"]))}
-            if row["group_by"] is not None:
-                entry["members"] = status_counts(members.get(row["id"], {}))
-            overview.append(entry)
+            maintenance = covered.get(row["id"])
+            if row["group_by"] is None:
+                state = status_document(with_refresh(row, unwritten.get(row["id"])), maintenance)
+            else:
+                state = self._grouped(row, maintenance, summaries.get(row["id"]), members.get(row["id"], {}))
+            overview.append({**heartbeat_document(row), **state})
         return overview
 
 
@@ -8133,6 +8179,9 @@ class Engine:
 
     def alarms(self, limit=None):
         return self.views.alarms(limit)
+
+    def alarm_counts(self):
+        return self.views.alarm_counts()
 
     def status_page(self, statuses=(), terms=(), offset=0, limit=100):
         return self.views.status_page(statuses, terms, offset, limit)
@@ -9203,6 +9252,30 @@ def member_counts_text(counts):
     return ", ".join(f"{counts[status]:,} {status}" for status in STATUSES if counts.get(status))
 
 
+def alarm_counts_text(counts):
+    """The open alarms in words, down before late, heartbeats and members
+    apart (``counts`` from :meth:`Engine.alarm_counts`): "2 heartbeats and
+    3 members down, 1 heartbeat late"; "" when none is open."""
+
+    def some(count, noun):
+        return f"{count:,} {noun}{'s' if count != 1 else ''}"
+
+    parts = []
+    for status in (DOWN, LATE):
+        heartbeats, members = counts[status]
+        named = ([some(heartbeats, "heartbeat")] if heartbeats else []) + ([some(members, "member")] if members else [])
+        if named:
+            parts.append(" and ".join(named) + f" {status}")
+    if counts.get("intake"):
+        parts.append("no event coming in (the intake)")
+    return ", ".join(parts)
+
+
+def open_alarms_of(counts):
+    """How many alarms are open (``counts`` from :meth:`Engine.alarm_counts`)."""
+    return sum(sum(counts[status]) for status in (DOWN, LATE)) + counts.get("intake", 0)
+
+
 def pattern_text(pattern):
     """A pattern as the pages show it: ``key: value, key: value``."""
     return ", ".join(f"{key}: {value}" for key, value in pattern.items())
@@ -9293,9 +9366,9 @@ def timeline_svg(changes, start, end, initial=None, slots=48):
 
 
 def availability_text(share):
-    """An availability share (0 to 1, or None) as a percentage."""
+    """An availability share (0 to 1, or None: no time counted) as a percentage."""
     if share is None:
-        return "—"
+        return "no data"
     return f"{share * 100:.2f} %" if share < 1 else "100 %"
 
 
@@ -9356,6 +9429,12 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; min-width: 0; }
 .availability { display: flex; flex-wrap: wrap; gap: .5rem 2rem; }
 .availability b { font-size: 1.3em; display: block; }
 textarea { width: 100%; font: .9em ui-monospace, SFMono-Regular, Menlo, monospace; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0; }
+.actions form { display: flex; gap: .3rem; margin: 0; }
+.actions button, .actions input, button.copy { font: inherit; }
+.done { border-left: .3rem solid var(--up); padding: .3rem .7rem; margin: .5rem 0; }
+.copyable { display: flex; gap: .5rem; align-items: start; }
+.copyable pre { flex: 1; min-width: 0; }
 .error { color: var(--down); font-weight: 600; }
 @media (max-width: 40rem) {
   body { padding: .75rem; }
@@ -9365,10 +9444,14 @@ textarea { width: 100%; font: .9em ui-monospace, SFMono-Regular, Menlo, monospac
   td { border: 0; padding: .1rem 0; display: grid; grid-template-columns: 6.5rem minmax(0, 1fr); }
   td::before { color: var(--muted); }
   td .badge { justify-self: start; }
-  td:nth-child(1)::before { content: "Name"; } td:nth-child(2)::before { content: "Pattern"; }
-  td:nth-child(3)::before { content: "Every"; } td:nth-child(4)::before { content: "Status"; }
-  td:nth-child(5)::before { content: "Last 24 h"; } td:nth-child(6)::before { content: "Last event"; }
-  td:nth-child(7)::before { content: "Deadline"; }
+  .heartbeats td:nth-child(1)::before { content: "Name"; } .heartbeats td:nth-child(2)::before { content: "Pattern"; }
+  .heartbeats td:nth-child(3)::before { content: "Every"; } .heartbeats td:nth-child(4)::before { content: "Status"; }
+  .heartbeats td:nth-child(5)::before { content: "Last 24 h"; }
+  .heartbeats td:nth-child(6)::before { content: "Last event"; } .heartbeats td:nth-child(7)::before { content: "Deadline"; }
+  .members td:nth-child(1)::before { content: "Member"; } .members td:nth-child(2)::before { content: "Status"; }
+  .members td:nth-child(3)::before { content: "Last event"; } .members td:nth-child(4)::before { content: "Deadline"; }
+  .history td:nth-child(1)::before { content: "When"; } .history td:nth-child(2)::before { content: "Status"; }
+  .history td:nth-child(3)::before { content: "Reason"; }
   dl.facts { grid-template-columns: 1fr; gap: 0; } dl.facts dd { margin-bottom: .4rem; }
   .alarms .wide { display: none; }
 }
@@ -9426,6 +9509,20 @@ PAGE_SCRIPT = """
   }
   stamp.textContent = "updated " + utc(Date.now());
   relativeTimes();
+  for (const button of document.querySelectorAll("button.copy")) {  // without the script: the text is selectable
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      const source = document.getElementById(button.dataset.copy);
+      try {
+        await navigator.clipboard.writeText(source.textContent);
+        button.textContent = "Copied";
+      } catch (error) {  // no clipboard (plain http but on localhost): select it for Ctrl+C
+        getSelection().selectAllChildren(source);
+        button.textContent = "Selected";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+  }
   setInterval(refresh, %(milliseconds)d);
   const tester = document.getElementById("tester");
   if (tester) tester.addEventListener("submit", async (submitted) => {
@@ -9500,32 +9597,51 @@ STATUS_PAGE_TOP = """<form class="search" method="get" action="{{base}}" role="s
 """
 
 # The list: filters with counts over every heartbeat, the alarms summed up,
-# one page of heartbeats.
+# one page of heartbeats, the problems first.
 STATUS_PAGE = """<ul class="filters">
 % for status in statuses_all:
 <li><a href="{{query(q, set(statuses) ^ {status}, 1)}}" class="{{"on" if status in statuses else ""}}" title="{{"remove" if status in statuses else "add"}} this filter"><span class="dot s-{{status}}"></span>{{status}} {{f"{counts.get(status, 0):,}"}}</a></li>
 % end
-<li><a href="{{query(q, (), 1)}}" class="{{"" if statuses else "on"}}">all {{f"{sum(counts.values()):,}"}}</a></li>
+<li><a href="{{query(q, (), 1)}}" class="{{"" if statuses else "on"}}">all {{f"{everything:,}"}}</a></li>
 </ul>
-% down = counts.get("down", 0)
-% if down and (q or statuses):
-<p class="alarms">{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down: <a href="{{query("", ["down"], 1)}}">show {{"them" if down > 1 else "it"}}</a></p>
-% elif down:
+% down, late = counts.get("down", 0), counts.get("late", 0)
+% if open_alarms and (q or statuses):
+<p class="alarms">{{alarm_text}}: \\\\
+% if down:
+<a href="{{query("", ["down"], 1)}}">show the {{f"{down:,}"}} down</a>\\\\
+% end
+% if down and late:
+, \\\\
+% end
+% if late:
+<a href="{{query("", ["late"], 1)}}">show the {{f"{late:,}"}} late</a>\\\\
+% end
+</p>
+% elif open_alarms:
 <section class="alarms">
-<h2>{{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down{{f", the oldest {len(alarms)}:" if down > len(alarms) else ""}}</h2>
+<h2>{{alarm_text}}{{f", the oldest {len(alarms)}:" if open_alarms > len(alarms) else ""}}</h2>
 <ol>
 % for alarm in alarms:
-<li>\\\\
+% status = "down" if alarm["state"] == 3 else "late"
+<li><span class="badge {{status}}">{{status}}</span> \\\\
 % if alarm["heartbeat_id"]:
 <a href="{{base}}heartbeat/{{alarm["heartbeat_id"]}}"><strong>{{shorten(alarm["heartbeat_name"], 80)}}</strong></a>\\\\
 % else:
 <strong>{{alarm["heartbeat_name"]}}</strong>\\\\
 % end
+% if alarm.get("member"):
+ member <code>{{shorten(pattern_text(alarm["member"]), 120)}}</code>\\\\
+% end
  since {{!time_html(alarm["since"], now)}}<span class="wide"> <code>{{shorten(alarm["resource"], 80)}}</code> <span class="muted">{{shorten(alarm["output"], 120)}}</span></span></li>
 % end
 </ol>
-% if down > len(alarms):
-<a href="{{query("", ["down"], 1)}}">All {{f"{down:,}"}} heartbeats down</a>
+% if open_alarms > len(alarms):
+% if down:
+<a href="{{query("", ["down"], 1)}}">All {{f"{down:,}"}} heartbeat{{"s" if down > 1 else ""}} down</a>
+% end
+% if late:
+<a href="{{query("", ["late"], 1)}}">All {{f"{late:,}"}} heartbeat{{"s" if late > 1 else ""}} late</a>
+% end
 % end
 </section>
 % else:
@@ -9543,12 +9659,12 @@ arrives within its expected interval.</p>
 <p>No heartbeat matches{{f" “{q}”" if q else ""}}{{f" with status {' or '.join(statuses)}" if statuses else ""}}.
 <a href="{{query("", (), 1)}}">Show all</a></p>
 % else:
-<p class="muted">{{f"{first:,}–{last:,} of {total:,}" if pages > 1 else f"{total:,} heartbeat{'s' if total > 1 else ''}"}}{{f" matching (of {sum(counts.values()):,})" if q or statuses else ""}}, by name.
+<p class="muted">{{f"{first:,}–{last:,} of {total:,}" if pages > 1 else f"{total:,} heartbeat{'s' if total > 1 else ''}"}}{{f" matching (of {everything:,})" if q or statuses else ""}}, problems first (down, then late), then by name.
 % if not timelines_recorded:
 The 24 h timelines stay empty: this version records no history.
 % end
 </p>
-<table>
+<table class="heartbeats">
 <colgroup><col class="name"><col class="pattern"><col class="every"><col class="status"><col class="timeline"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Name</th><th>Pattern</th><th>Every</th><th>Status</th><th>Last 24 h</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
@@ -9583,11 +9699,27 @@ The 24 h timelines stay empty: this version records no history.
 
 # One heartbeat: its facts, 24 h timeline, availability, history, last events.
 DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
+% if done:
+<p class="done" role="status">{{done}}</p>
+% end
 <h2>{{doc["name"]}} <span class="badge {{state["status"]}}">{{state["status"]}}</span>\\\\
 % if state.get("maintenance"):
  <span class="badge maintenance">maintenance</span>\\\\
 % end
 </h2>
+<div class="actions">
+% if state["status"] == "paused":
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/resume"><button>Resume</button></form>
+% else:
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/pause"><button>Pause</button></form>
+% end
+% if state["status"] in ("down", "late") and not state.get("ack"):
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/ack"><input name="comment" maxlength="1000" placeholder="comment (optional)" aria-label="acknowledgement comment"> <button>Acknowledge</button></form>
+% end
+% if not state.get("maintenance"):
+<form method="post" action="{{base}}heartbeat/{{doc["_id"]}}/maintenance" title="a maintenance window of 1 h from now with this heartbeat's pattern: it covers every heartbeat whose pattern holds all of these pairs"><button>Maintenance for 1 h</button></form>
+% end
+</div>
 <dl class="facts">
 <dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
 <dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
@@ -9599,6 +9731,9 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % end
 % if state.get("maintenance"):
 <dt>Maintenance</dt><dd>{{state["maintenance"]["name"]}} until {{!time_html(state["maintenance"]["until"], now)}}</dd>
+% end
+% if state.get("ack"):
+<dt>Acknowledged</dt><dd>by {{state["ack"]["by"]}} {{!time_html(state["ack"]["at"], now)}}{{(": " + state["ack"]["comment"]) if state["ack"].get("comment") else ""}}</dd>
 % end
 % if doc["description"]:
 <dt>Description</dt><dd>{{doc["description"]}}</dd>
@@ -9618,7 +9753,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % end
 </p>
 % if members:
-<table>
+<table class="members">
 <colgroup><col class="name"><col class="status"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Member</th><th>Status</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
@@ -9647,6 +9782,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 <div><b>{{availability_text(availability.get(window))}}</b><span class="muted">last {{window}}</span></div>
 % end
 </div>
+<p class="muted">The share of the time it was not down; time paused, in maintenance or pending (waiting for its first event) left out.</p>
 % end
 <h2>History</h2>
 % if history is None:
@@ -9654,7 +9790,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % elif not history:
 <p class="muted">No state change recorded yet.</p>
 % else:
-<table>
+<table class="history">
 <colgroup><col class="time"><col class="status"><col></colgroup>
 <thead><tr><th>When</th><th>Status</th><th>Reason</th></tr></thead>
 <tbody>
@@ -9676,7 +9812,16 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % end
 """
 
-DETAIL_PAGE_BOTTOM = """<section>
+DETAIL_PAGE_BOTTOM = """<section class="feed">
+<h2>Feed it</h2>
+<p>A ping (no password: the id in the URL is the secret):</p>
+<div class="copyable"><pre id="feed-ping">{{ping_url}}</pre><button type="button" class="copy" data-copy="feed-ping" hidden>Copy</button></div>
+<p>A crontab line, the ping sent when the job succeeds (the schedule before it, your command for <code>job</code>):</p>
+<div class="copyable"><pre id="feed-cron">job &amp;&amp; curl -fsS -m 10 --retry 3 {{ping_url}}</pre><button type="button" class="copy" data-copy="feed-cron" hidden>Copy</button></div>
+<p>An event matching its pattern{{(" (each member with its own " + ", ".join(group_by) + ")") if group_by else ""}}:</p>
+<div class="copyable"><pre id="feed-event">{{event_curl}}</pre><button type="button" class="copy" data-copy="feed-event" hidden>Copy</button></div>
+</section>
+<section>
 <h2>Pattern tester</h2>
 <p class="muted">Which of the last events received match a pattern, and how the closest others differ.</p>
 <form id="tester" method="post" action="{{base}}api/v2/pattern/test">
@@ -9736,7 +9881,7 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            "Receive time of the last matching event (heartbeats that had one).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
-           "Share of the last 24 h the heartbeat was not down (paused and maintenance time left out; "
+           "Share of the last 24 h the heartbeat was not down (paused, maintenance and pending time left out; "
            "no sample when no time counts).",
            [(labels, float(history[row["_id"]][0])) for row, labels in identity
             if history.get(row["_id"], (None,))[0] is not None])
@@ -10365,7 +10510,8 @@ def openapi_document():
             },
             "/": {
                 "get": operation("getStatusPage", "operator",
-                                 "The status page: heartbeats by name, 100 a page, with counts per status", {
+                                 "The status page: heartbeats, the problems first then by name, 100 a page, "
+                                 "with counts per status", {
                     "200": {"description": "An HTML page (gzipped when accepted)",
                             "content": {HTML_TYPE: {"schema": string}}},
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
@@ -10387,6 +10533,20 @@ def openapi_document():
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
                     **errors, **not_found}),
             },
+            **{f"/heartbeat/{{heartbeat_id}}/{action}": {
+                "parameters": [heartbeat_id],
+                "post": operation(f"{action}FromHeartbeatPage", "operator", summary, {
+                    "303": {"description": "Done: see the heartbeat's page, whose ?done= says what was done"},
+                    **errors, **not_found, **cross_site, **too_large, **more}, requestBody={
+                        "required": False, "content": {"application/x-www-form-urlencoded": {"schema": form}}}),
+            } for action, summary, form, more in (
+                ("pause", "The page's Pause button", {"type": "object"}, {}),
+                ("resume", "The page's Resume button", {"type": "object"}, {}),
+                ("ack", "The page's Acknowledge button", {"type": "object", "properties": {"comment": string}},
+                 {"409": _answer('No open alarm: {"name": <id>, "description": "no open alarm"}', "Error")}),
+                ("maintenance", "The page's Maintenance for 1 h button: a window of the heartbeat's pattern "
+                 "from now to an hour later", {"type": "object"}, {}),
+            )},
             "/api/v2/openapi.json": {
                 "get": operation("getOpenApiDocument", "operator", "This description (no authentication)", {
                     "200": {"description": "OpenAPI 3.1", **_json_content({"type": "object"})},
@@ -10489,6 +10649,203 @@ def text_response(body, content_type):
     return body
 
 
+#: the forms of a heartbeat's page: ``POST /heartbeat/<id>/<action>``
+PAGE_ACTIONS = ("pause", "resume", "ack", "maintenance")
+#: what a page's form did, by the ``done`` key its answer's redirect names
+DONE_MESSAGES = {
+    "paused": "Paused: no alarm from it until it is resumed; its events are still counted.",
+    "resumed": "Resumed: it starts afresh, pending until its next event or deadline.",
+    "acked": "Acknowledged: reminders and escalation of its open alarm stop; the next resolution clears it.",
+    "maintenance": ("Maintenance for 1 h started: a window with this heartbeat's pattern, so it covers this "
+                    "heartbeat and every other whose pattern holds all of these pairs."),
+}
+
+
+class OperatorPages:
+    """The operator pages: the status page, a heartbeat's page and its
+    forms (pause, resume, acknowledge, maintenance for 1 h), each
+    answered with a redirect to the heartbeat's page that says what it did.
+    :class:`WebApi` routes to them (its checks, cross-site included, apply).
+
+    :param engine: the :class:`Engine`.
+    :param read_body: reads the request's body under a limit (``WebApi._read_body``).
+    """
+
+    def __init__(self, engine, read_body):
+        self.engine = engine
+        self.read_body = read_body
+        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
+            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
+            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
+        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
+                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
+
+    @staticmethod
+    def _base_url():
+        """The service's URL as the browser sees it (no trailing ``/``)."""
+        parts = bottle.request.urlparts
+        return f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}"
+
+    def status_page(self, user):
+        try:
+            query = parse_status_query(bottle.request.query_string)
+        except Invalid as exc:
+            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
+        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
+                                        STATUS_PAGE_ROWS)
+        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
+        page = min(query["page"], pages)
+        if page != query["page"]:  # past the end (the list shrank): the last page
+            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
+                                            STATUS_PAGE_ROWS)
+        now = self.engine.clock()
+        counts, rows = found["counts"], found["rows"]
+        alarm_counts = self.engine.alarm_counts()
+        open_alarms = open_alarms_of(alarm_counts)
+        live = self._templates["status"].render(
+            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
+            everything=sum(counts.get(status, 0) for status in STATUSES),  # "maintenance" counts some twice
+            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
+            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if open_alarms else [],
+            open_alarms=open_alarms, alarm_text=alarm_counts_text(alarm_counts),
+            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
+            timelines=self._timelines(rows, now), timelines_recorded=True, now=now, time_html=time_html,
+            shorten=shorten, member_counts_text=member_counts_text, pattern_text=pattern_text,
+            base=bottle.request.script_name, base_url=self._base_url(),
+        )
+        live = self._channel_banner(now) + live
+        down, late = counts.get(DOWN, 0), counts.get(LATE, 0)
+        said = ", ".join(f"{count} {status}" for status, count in ((DOWN, down), (LATE, late)) if count)
+        title = f"{said} - heartbeat-lite" if said else "heartbeat-lite"
+        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
+                                                   base=bottle.request.script_name)
+        return self._html_answer(title, live, top=top)
+
+    def _channel_banner(self, now):
+        """The status page's first lines when alarms do not reach people:
+        a channel failing ("alarms are not reaching ops-slack since
+        10:42"), events a target refused for good, or alarms that reach
+        no channel at all."""
+        notifications = self.engine.notifications
+        channels = notifications.documents()
+        escape = bottle.html_escape
+        notes = []
+        for channel in channels:
+            name = escape(channel["name"])
+            if channel["failing_since"] is not None:
+                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
+                notes.append(f"alarms are not reaching <b>{name}</b> since "
+                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
+            if channel["set_aside"]:
+                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
+                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
+        if not channels:
+            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
+                         "with <code>--forward-url</code>")
+        elif notifications.unrouted():
+            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
+                         "no channel is a default one")
+        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
+
+    def heartbeat_page(self, heartbeat_id, user):
+        doc = json.loads(self.engine.document(heartbeat_id))
+        state = self.engine.status(heartbeat_id)
+        now = self.engine.clock()
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        base = bottle.request.script_name
+        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
+        history, availability = recorded["history"], recorded["availability"]
+        events = self.engine.recent_events(heartbeat_id)
+        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
+        members = None
+        if "group_by" in doc:  # the worst first: those not up, then the others
+            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
+            if len(members) < DETAIL_PAGE_MEMBERS:
+                members += self.engine.members(heartbeat_id, ("up", "paused"),
+                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
+            members.sort(key=lambda entry: severity(entry["status"]))
+        live = self._templates["detail"].render(
+            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
+            members=members, member_counts_text=member_counts_text,
+            done=DONE_MESSAGES.get(bottle.request.query.get("done")),
+            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
+                'class="timeline"', 'class="timeline large"', 1),
+            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
+            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
+        )
+        live = self._channel_banner(now) + live
+        base_url = self._base_url()
+        example = {**doc["pattern"], **{key: f"<{key}>" for key in doc.get("group_by", ())}}
+        event_curl = (f"curl -fsS -u USER:PASSWORD -d {shlex.quote(json.dumps(example, ensure_ascii=False))} "
+                      f"{base_url}/api/v2/event")
+        bottom = self._templates["detail bottom"].render(
+            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2),
+            ping_url=f"{base_url}/ping/{heartbeat_id}", event_curl=event_curl, group_by=doc.get("group_by"))
+        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
+
+    def act(self, heartbeat_id, action, user):
+        """A heartbeat page's form: pause, resume, ack (with an optional
+        ``comment`` field) or maintenance (a window of
+        :data:`MAINTENANCE_FORM_SECONDS` from now, with the heartbeat's
+        pattern); answered ``303`` to the heartbeat's page, whose ``done``
+        parameter says what was done."""
+        engine = self.engine
+        if action == "pause":
+            engine.pause(heartbeat_id)
+            done = "paused"
+        elif action == "resume":
+            engine.resume_heartbeat(heartbeat_id)
+            done = "resumed"
+        elif action == "ack":
+            form = urllib.parse.parse_qs(self.read_body(MAX_HEARTBEAT_BODY_BYTES).decode("utf-8", "replace"))
+            comment = " ".join(form.get("comment", [])).strip()
+            engine.ack(heartbeat_id, user, validate_ack(dump_json({"comment": comment}) if comment else b""))
+            done = "acked"
+        else:
+            doc = json.loads(engine.document(heartbeat_id))
+            now = engine.clock()
+            start, end = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                          for t in (now, now + MAINTENANCE_FORM_SECONDS))
+            engine.create_maintenance(validate_maintenance({
+                "name": f"1 h from the page of {shorten(doc['name'], MAX_NAME_CHARS - 40)}",
+                "pattern": doc["pattern"], "start": start, "end": end}))
+            done = "maintenance"
+        bottle.response.status = 303
+        bottle.response.set_header("Location", f"{self._base_url()}/heartbeat/{heartbeat_id}?done={done}")
+        return b""
+
+    def _timelines(self, rows, now):
+        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
+        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
+        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
+        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
+        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
+
+    def _html_answer(self, title, live, top="", bottom=""):
+        """An operator page: ``live`` (the part the page's script refreshes)
+        in the shell. Its weak ETag hashes the URL and ``live``, which
+        depend on the state only (not on the second), so the script's
+        conditional refresh gets a body-less 304 while nothing changed.
+        Gzipped when the client accepts it."""
+        request, response = bottle.request, bottle.response
+        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
+        etag = f'W/"{digest.hexdigest()[:32]}"'
+        response.set_header("ETag", etag)
+        response.set_header("Vary", "Accept-Encoding")
+        response.set_header("Cache-Control", "no-cache")
+        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
+        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
+            response.status = 304
+            return b""
+        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
+                                               live=live, top=top, bottom=bottom, base=request.script_name)
+        body = html.encode("utf-8")
+        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            response.set_header("Content-Encoding", "gzip")
+        return text_response(body, HTML_TYPE)
+
+
 class WebApi:
     """The bottle routes: parse the request, call the engine, format the answer.
 
@@ -10538,15 +10895,14 @@ class WebApi:
         self._route("/api/v2/channel/<channel_id>", "DELETE", self.delete_channel, kind="channel")
         self._route("/api/v2/channel/<channel_id>/test", "POST", self.test_channel, kind="channel")
         self._route("/healthz", "GET", self.health, authenticated=False)
-        self._route("/", "GET", self.status_page)
-        self._route("/heartbeat/<heartbeat_id>", "GET", self.heartbeat_page)
+        #: the operator pages (:class:`OperatorPages`)
+        self.pages = OperatorPages(engine, self._read_body)
+        self._route("/", "GET", self.pages.status_page)
+        self._route("/heartbeat/<heartbeat_id>", "GET", self.pages.heartbeat_page)
+        for action in PAGE_ACTIONS:  # the heartbeat page's forms
+            self._route(f"/heartbeat/<heartbeat_id>/{action}", "POST", functools.partial(self.pages.act, action=action))
         self._route("/metrics", "GET", self.metrics)
         self._route("/api/v2/openapi.json", "GET", self.openapi, authenticated=False)
-        self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
-            ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
-            ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
-        self._script = PAGE_SCRIPT % {"seconds": STATUS_PAGE_REFRESH_SECONDS,
-                                      "milliseconds": STATUS_PAGE_REFRESH_SECONDS * 1000}
         self._openapi = dump_json(openapi_document())
 
     def _route(self, path, method, handler, authenticated=True, kind="heartbeat"):
@@ -10783,125 +11139,6 @@ class WebApi:
     def test_channel(self, channel_id, user):
         channel = self.engine.notifications.channel(channel_id)
         return json_response(self.sender(channel).test(self.engine.clock()))
-
-    def status_page(self, user):
-        try:
-            query = parse_status_query(bottle.request.query_string)
-        except Invalid as exc:
-            raise ApiError(400, "invalid status page parameters.", errors=exc.reasons) from None
-        found = self.engine.status_page(query["statuses"], query["terms"], (query["page"] - 1) * STATUS_PAGE_ROWS,
-                                 STATUS_PAGE_ROWS)
-        pages = max(1, math.ceil(found["total"] / STATUS_PAGE_ROWS))
-        page = min(query["page"], pages)
-        if page != query["page"]:  # past the end (the list shrank): the last page
-            found = self.engine.status_page(query["statuses"], query["terms"], (page - 1) * STATUS_PAGE_ROWS,
-                                     STATUS_PAGE_ROWS)
-        now = self.engine.clock()
-        counts, rows = found["counts"], found["rows"]
-        timelines = self._timelines(rows, now)
-        parts = bottle.request.urlparts
-        live = self._templates["status"].render(
-            rows=rows, total=found["total"], counts=counts, page=page, pages=pages,
-            first=(page - 1) * STATUS_PAGE_ROWS + 1, last=(page - 1) * STATUS_PAGE_ROWS + len(rows),
-            alarms=self.engine.alarms(limit=STATUS_PAGE_ALARMS_SHOWN) if counts.get(DOWN) else [],
-            q=query["q"], statuses=query["statuses"], statuses_all=SEVERITY, query=status_query_string,
-            timelines=timelines, timelines_recorded=True, now=now, time_html=time_html, shorten=shorten,
-            member_counts_text=member_counts_text,
-            pattern_text=pattern_text, base=bottle.request.script_name,
-            base_url=f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}",
-        )
-        live = self._channel_banner(now) + live
-        down = counts.get(DOWN, 0)
-        title = f"{down} down - heartbeat-lite" if down else "heartbeat-lite"
-        top = self._templates["status top"].render(q=query["q"], statuses=query["statuses"],
-                                                   base=bottle.request.script_name)
-        return self._html_answer(title, live, top=top)
-
-    def _channel_banner(self, now):
-        """The status page's first lines when alarms do not reach people:
-        a channel failing ("alarms are not reaching ops-slack since
-        10:42"), events a target refused for good, or alarms that reach
-        no channel at all."""
-        notifications = self.engine.notifications
-        channels = notifications.documents()
-        escape = bottle.html_escape
-        notes = []
-        for channel in channels:
-            name = escape(channel["name"])
-            if channel["failing_since"] is not None:
-                why = f" ({escape(channel['last_error'])})" if channel["last_error"] else ""
-                notes.append(f"alarms are not reaching <b>{name}</b> since "
-                             f"{time_html(channel['failing_since'], now)}{why}; {channel['waiting']:,} waiting")
-            if channel["set_aside"]:
-                notes.append(f"<b>{name}</b> refused {channel['set_aside']:,} event(s) for good: set aside "
-                             f"(<code>GET api/v2/channel/{escape(channel['_id'])}</code>)")
-        if not channels:
-            notes.append("alarms reach no channel at all: create one (<code>POST api/v2/channel</code>) or start "
-                         "with <code>--forward-url</code>")
-        elif notifications.unrouted():
-            notes.append("alarms of heartbeats with no <code>channels</code> field reach no channel: "
-                         "no channel is a default one")
-        return "".join(f'<p class="banner" role="alert">{note}</p>\n' for note in notes)
-
-    def heartbeat_page(self, heartbeat_id, user):
-        doc = json.loads(self.engine.document(heartbeat_id))
-        state = self.engine.status(heartbeat_id)
-        now = self.engine.clock()
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        base = bottle.request.script_name
-        recorded = self.engine.history(heartbeat_id, limit=DEFAULT_HISTORY_LIMIT)
-        history, availability = recorded["history"], recorded["availability"]
-        events = self.engine.recent_events(heartbeat_id)
-        changes = self.engine.changes_since([heartbeat_id], end - TIMELINE_SECONDS).get(heartbeat_id, [])
-        members = None
-        if "group_by" in doc:  # the worst first: those not up, then the others
-            members = self.engine.members(heartbeat_id, ("down", "late", "pending"), limit=DETAIL_PAGE_MEMBERS)["members"]
-            if len(members) < DETAIL_PAGE_MEMBERS:
-                members += self.engine.members(heartbeat_id, ("up", "paused"),
-                                               limit=DETAIL_PAGE_MEMBERS - len(members))["members"]
-            members.sort(key=lambda entry: severity(entry["status"]))
-        live = self._templates["detail"].render(
-            doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
-            members=members, member_counts_text=member_counts_text,
-            timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
-                'class="timeline"', 'class="timeline large"', 1),
-            statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
-            availability_text=availability_text, dump_text=lambda value: json.dumps(value, ensure_ascii=False),
-        )
-        bottom = self._templates["detail bottom"].render(
-            doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2))
-        return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
-
-    def _timelines(self, rows, now):
-        """``{heartbeat id: SVG}``: each row's last 24 h, ending at ``now``
-        rounded up to :data:`TIMELINE_STEP_SECONDS`."""
-        end = math.ceil(now / TIMELINE_STEP_SECONDS) * TIMELINE_STEP_SECONDS
-        changes = self.engine.changes_since([row["_id"] for row in rows], end - TIMELINE_SECONDS)
-        return {row["_id"]: timeline_svg(changes.get(row["_id"], []), end - TIMELINE_SECONDS, end) for row in rows}
-
-    def _html_answer(self, title, live, top="", bottom=""):
-        """An operator page: ``live`` (the part the page's script refreshes)
-        in the shell. Its weak ETag hashes the URL and ``live``, which
-        depend on the state only (not on the second), so the script's
-        conditional refresh gets a body-less 304 while nothing changed.
-        Gzipped when the client accepts it."""
-        request, response = bottle.request, bottle.response
-        digest = hashlib.sha256(f"{__version__}\n{request.fullpath}?{request.query_string}\n{live}".encode())
-        etag = f'W/"{digest.hexdigest()[:32]}"'
-        response.set_header("ETag", etag)
-        response.set_header("Vary", "Accept-Encoding")
-        response.set_header("Cache-Control", "no-cache")
-        wanted = {tag.strip().removeprefix("W/") for tag in request.environ.get("HTTP_IF_NONE_MATCH", "").split(",")}
-        if etag.removeprefix("W/") in wanted or "*" in wanted:  # the weak comparison GET uses
-            response.status = 304
-            return b""
-        html = self._templates["shell"].render(title=title, style=PAGE_STYLE, script=self._script, etag=etag,
-                                               live=live, top=top, bottom=bottom, base=request.script_name)
-        body = html.encode("utf-8")
-        if accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING")):
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            response.set_header("Content-Encoding", "gzip")
-        return text_response(body, HTML_TYPE)
 
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,

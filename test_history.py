@@ -60,7 +60,7 @@ def history_rows(service):
 
 def test_availability_is_the_share_of_counted_time_not_down():
     changes = [(0, "pending"), (10, "up"), (40, "down"), (70, "up")]
-    assert availability(changes, now=100, window=100) == pytest.approx(0.7)
+    assert availability(changes, now=100, window=100) == pytest.approx(60 / 90)  # the 10 s pending left out
     assert availability(changes, now=100, window=50) == pytest.approx(30 / 50)  # from 50: 20 down, 30 up
     assert availability(changes, now=100, window=30) == 1.0
 
@@ -72,8 +72,16 @@ def test_availability_counts_from_the_state_at_the_window_start():
 
 
 def test_availability_covers_the_life_when_shorter_than_the_window():
-    assert availability([(95, "pending")], now=100, window=DAY) == 1.0
-    assert availability([(90, "pending"), (95, "down")], now=100, window=DAY) == pytest.approx(0.5)
+    assert availability([(90, "pending"), (95, "up")], now=100, window=DAY) == 1.0
+    assert availability([(80, "up"), (95, "down")], now=100, window=DAY) == pytest.approx(0.75)
+
+
+def test_a_job_that_never_ran_has_no_availability_then_none_once_down():
+    day = [(0, "pending")]  # expected every 24 h, created a day ago, never ran
+    assert availability(day, now=DAY - 1, window=DAY) is None  # no data, not 100 %
+    assert availability(day + [(DAY, "down")], now=DAY + 2 * 3600, window=DAY) == 0.0  # not 91.67 %
+    resumed = [(0, "up"), (10, "paused"), (20, "pending"), (50, "up")]  # waiting after a resume: left out too
+    assert availability(resumed, now=60, window=60) == 1.0
 
 
 def test_availability_leaves_paused_and_maintenance_time_out():
@@ -108,7 +116,8 @@ def test_every_state_change_is_recorded_with_its_time_and_reason(app, service, c
         {"at": T0 + 10, "status": "up", "reason": "matching event received"},
         {"at": T0, "status": "pending", "reason": "created"},
     ]
-    assert answer["availability"] == {"24h": pytest.approx(0.7), "7d": pytest.approx(0.7), "30d": pytest.approx(0.7)}
+    assert answer["availability"] == {"24h": pytest.approx(60 / 90), "7d": pytest.approx(60 / 90),
+                                      "30d": pytest.approx(60 / 90)}  # the 10 s pending left out
 
 
 def test_events_that_change_nothing_record_nothing(app, service, clock):
@@ -556,8 +565,8 @@ def test_metrics_give_availability_and_the_last_change(app, service, clock):
     samples = parse_prometheus(app.get("/metrics").text)
     ratio = "heartbeat_lite_heartbeat_availability_ratio"
     changed = "heartbeat_lite_heartbeat_last_change_timestamp_seconds"
-    assert samples[(ratio, (("id", up), ("name", "up one")))] == 1.0
-    assert samples[(ratio, (("id", flaky), ("name", 'fla"ky')))] == pytest.approx(0.75)
+    assert (ratio, (("id", up), ("name", "up one"))) not in samples  # pending all along: no data
+    assert samples[(ratio, (("id", flaky), ("name", 'fla"ky')))] == pytest.approx(20 / 30)  # 10 s pending left out
     assert samples[(changed, (("id", up), ("name", "up one")))] == T0
     assert samples[(changed, (("id", flaky), ("name", 'fla"ky')))] == T0 + 20
 
@@ -698,8 +707,8 @@ def test_late_pause_and_resume_are_recorded_and_paused_time_is_left_out(app, ser
         (30, "late", "no matching event for 30s"),
         (0, "pending", "created"),
     ]
-    # counted: 0-80 (20 s down) and 180-200; the 100 s paused are left out
-    assert answer["availability"]["24h"] == pytest.approx(80 / 100)
+    # counted: 30-80 (late 30 s, down 20 s); paused 80-180 and pending 0-30 and 180-200 are left out
+    assert answer["availability"]["24h"] == pytest.approx(30 / 50)
 
 
 def test_a_late_heartbeat_coming_back_is_recorded_up(app, service, clock):

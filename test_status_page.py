@@ -65,7 +65,7 @@ def test_the_list_is_by_name_a_page_at_a_time(app, service):
     add(service, 250)
     first = app.get("/").text
     assert names(first) == [f"hb {i:05d}" for i in range(100)]
-    assert "1–100 of 250, by name." in first
+    assert "1–100 of 250, problems first (down, then late), then by name." in first
     assert 'href="?page=2" rel="next"' in first and 'href="?page=3">last' in first and "page 1 of 3" in first
     last = app.get("/?page=3").text
     assert names(last) == [f"hb {i:05d}" for i in range(200, 250)]
@@ -238,7 +238,7 @@ def test_many_alarms_are_summed_up_with_the_oldest_few(app, service, clock):
     assert app.get("/").html.title.string == "12 down - heartbeat-lite"
     filtered = live(app.get("/?status=up").text)
     assert '<section class="alarms">' not in filtered
-    assert '12 heartbeats down: <a href="?status=down">show them</a>' in filtered
+    assert '12 heartbeats down: <a href="?status=down">show the 12 down</a>' in filtered
 
 
 def test_a_few_alarms_are_all_named_and_none_is_said(app, service, clock):
@@ -314,9 +314,10 @@ def test_a_heartbeat_page_shows_its_history_availability_events_and_timeline(app
     service.tick()  # down at +60
     clock.advance(59)
     send(app, {"connector": "connect", "connector_name": "c01", "component": "db1"})
+    clock.advance(60)
     html = app.get(f"/heartbeat/{heartbeat_id}").text
     assert "no matching event for 1m" in html and "matching event received" in html and "created" in html
-    assert "50.00 %" in html  # down 60 s of the 120 s of its life
+    assert "50.00 %" in html  # down 60 s, up 60 s (the 60 s pending before its first event left out)
     assert "&quot;component&quot;: &quot;db1&quot;" in html  # the last event
     assert 'aria-label="no history recorded"' not in html and 'class="s-down"' in html
     listed = app.get("/").text

@@ -35,8 +35,8 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 def populate(service, count=2000, down_every=10, clock_offset=None):
     """Fill ``service`` through its engine: ``count`` heartbeats, one in
     ``down_every`` down (alarm raised an hour and a half ago), one in 7
-    pending, the rest up; the first three with very long unbroken names
-    or pattern values. ``clock_offset``: the one-item list the service's
+    pending, the rest up; the first two with very long unbroken names
+    or pattern values, the down one at ``down_every`` with a hostile name. ``clock_offset``: the one-item list the service's
     clock adds to the real time (moved here to date things in the past).
 
     :returns: the ids, in creation order.
@@ -51,7 +51,7 @@ def populate(service, count=2000, down_every=10, clock_offset=None):
                 pattern["resource"] = "disk-" + "x" * 200
             if i == 0:
                 name = LONG_NAME
-            elif i == 2:
+            elif i == down_every:  # down: on the first page, the problems first
                 name = "api <script>alert('hostile')</script> & co"
             interval = "30m" if i % down_every == 0 else ("24h" if i % 7 == 0 else "2h")
             ids.append(service.engine.create(heartbeat_lite.validate_heartbeat(
