@@ -56,6 +56,7 @@ import gc
 import getpass
 import gzip
 import hashlib
+import heapq
 import hmac
 import http.client
 import ipaddress
@@ -193,6 +194,21 @@ RECENT_EVENTS_MAX_BYTES = 48 * 1024 * 1024  # the heartbeats' lists together; be
 RECENT_RECEIVED_MAX_BYTES = 2 * 1024 * 1024  # request bodies kept for the pattern tester (the newest always)
 MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
 MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
+
+# Pings (DESIGN §16, docs/pings.md): the URLs jobs already call
+PING_BODY_LIMIT_BYTES = 10_000  # a ping's body is kept (in /events) up to this much; Healthchecks' Ping-Body-Limit
+PING_KINDS = ("success", "start", "fail", "log")  # what a ping says, counted by /metrics
+MAX_SHOWN_PING_BYTES = 64 * 1024  # a ping as /events shows it (its body cut at PING_BODY_LIMIT_BYTES) is never cut
+MAX_UNKNOWN_PING_NAMES = 1000  # Opsgenie pings' unknown names each logged once, up to this many
+MAX_OPEN_RUNS_PER_HEARTBEAT = 100  # /start pings waiting for their end (by rid); beyond, the oldest is forgotten
+MAX_EXIT_STATUS = 255
+PING_TYPE = "text/plain; charset=utf-8"
+PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Control-Allow-Origin": "*",
+                   "Cache-Control": "max-age=0, no-cache, no-store, must-revalidate, private"}
+#: a created heartbeat (``?create=1``): Healthchecks' default timeout (1 day) plus its grace (1 hour)
+PING_CREATED_INTERVAL, PING_CREATED_LATE_AFTER = "25h", "24h"
+OPSGENIE_PONG = "PONG - Heartbeat received"
+KUMA_NOT_FOUND = "Monitor not found or not active."
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
 MAX_PAGE_LIMIT = 1000
 
@@ -1439,6 +1455,84 @@ def parse_page_query(query):
     return limit, after
 
 
+#: a heartbeat's id as the API writes it (a UUID, lower case): anything else is no heartbeat
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PING_SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+_PING_URL_SLUG = re.compile(r"[-a-zA-Z0-9_]+")  # Healthchecks' slug converter: others are no ping URL
+INVALID_URL_FORMAT = "invalid url format"
+INVALID_UUID_FORMAT = "invalid uuid format"
+
+
+def parse_ping_path(path):
+    """A Healthchecks ping URL's path after ``/ping/`` (DESIGN §16):
+    ``(id, None, kind, exit status)`` for ``<id>[/<suffix>]``, ``(ping key,
+    slug, kind, exit status)`` for ``<ping-key>/<slug>[/<suffix>]``; the
+    suffix ``start``, ``fail``, ``log`` or an exit status 0-255 (0 a success,
+    else a failure); none is a success.
+
+    :returns: that, or None when ``path`` is no ping URL at all (``404 not found``).
+    :raises Invalid: ``invalid url format``: a slug not in lower case, as
+        Healthchecks answers.
+    """
+    parts = path[:-1].split("/") if path.endswith("/") else path.split("/")
+    if _CANONICAL_ID.fullmatch(parts[0]):
+        address, slug, rest = parts[0], None, parts[1:]
+    elif len(parts) in (2, 3) and _PING_URL_SLUG.fullmatch(parts[0]) and _PING_URL_SLUG.fullmatch(parts[1]):
+        address, slug, rest = parts[0], parts[1], parts[2:]
+        if not _PING_SLUG.fullmatch(slug):
+            raise Invalid([INVALID_URL_FORMAT])
+    else:
+        return None
+    if not rest:
+        return address, slug, "success", None
+    if len(rest) == 1:
+        suffix = rest[0]
+        if suffix in ("start", "fail", "log"):
+            return address, slug, suffix, None
+        if suffix.isdigit() and suffix.isascii():  # over 255: see check_exit_status
+            status = int(suffix)
+            return address, slug, "success" if status == 0 else "fail", status
+    return None
+
+
+def check_exit_status(status):
+    """:raises Invalid: ``invalid url format`` for an exit status over 255
+    (checked once the heartbeat is found, as Healthchecks does)."""
+    if status is not None and status > MAX_EXIT_STATUS:
+        raise Invalid([INVALID_URL_FORMAT])
+
+
+def parse_rid(value):
+    """A ping's ``?rid=`` (a run's id: a UUID, in any spelling
+    :class:`uuid.UUID` reads) in canonical form; None when not given.
+    :raises Invalid: ``invalid uuid format``."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Invalid([INVALID_UUID_FORMAT]) from None
+
+
+def ping_body_text(body):
+    """A ping's body as kept: ``(text, cut)``, its first
+    :data:`PING_BODY_LIMIT_BYTES` bytes decoded (UTF-8, a character cut in
+    two dropped, bytes that are not UTF-8 replaced)."""
+    if len(body) <= PING_BODY_LIMIT_BYTES:
+        return body.decode("utf-8", "replace"), False
+    return body[:PING_BODY_LIMIT_BYTES].decode("utf-8", "replace").rstrip("\ufffd"), True
+
+
+def failure_output(exit_status, body_text):
+    """The alarm event's ``output`` of a failed run (DESIGN §16): ``failed:
+    <first line of the body>`` or ``exit status N: <first line>``, or
+    without a body ``failed`` / ``exit status N``."""
+    head = "failed" if exit_status is None else f"exit status {exit_status}"
+    lines = body_text.strip().splitlines()
+    first = lines[0].strip()[:MAX_TEXT_CHARS] if lines else ""
+    return f"{head}: {first}" if first else head
+
+
 class TooLarge(Exception):
     """Input over one of the MAX_* limits (answered 413)."""
 
@@ -2128,6 +2222,11 @@ class _HeartbeatStatements:
         if not rows:
             raise NotFound(heartbeat_id)
         return rows[0]
+
+    def ids_named(self, name):
+        """The ids of the heartbeats named ``name`` (an Opsgenie ping
+        refreshes them all), oldest first."""
+        return [row[0] for row in self._query("SELECT id FROM heartbeat WHERE name = ? ORDER BY created, id", (name,))]
 
     def heartbeats(self):
         """Every heartbeat row, newest first (ties: last inserted first)."""
@@ -4602,9 +4701,9 @@ class _CutEvent(_KeptEvent):
     truncated = True
 
 
-def kept_event(event):
+def kept_event(event, limit=MAX_SHOWN_EVENT_BYTES):
     """``event`` (a dict) as kept for ``/events``: a :class:`_KeptEvent`, or
-    a :class:`_CutEvent` when its JSON is over :data:`MAX_SHOWN_EVENT_BYTES`
+    a :class:`_CutEvent` when its JSON is over ``limit`` bytes
     or holds a lone surrogate (replaced by ``?``). One encoding."""
     text = _ENCODER.encode(event)
     try:
@@ -4612,9 +4711,27 @@ def kept_event(event):
     except UnicodeEncodeError:
         raw = text.encode("utf-8", "replace")
     else:
-        if len(raw) <= MAX_SHOWN_EVENT_BYTES:
+        if len(raw) <= limit:
             return _KeptEvent(raw)
-    return _CutEvent(raw[:MAX_SHOWN_EVENT_BYTES].decode("utf-8", "ignore").encode("utf-8"))
+    return _CutEvent(raw[:limit].decode("utf-8", "ignore").encode("utf-8"))
+
+
+def ping_record(kind, method, client, body_text, cut=False, rid=None, exit_status=None, duration=None):
+    """A ping as ``/events`` shows it (as its ``event``): what it said
+    (``kind``: success, start, fail or log), how it came (``method``, the
+    ``client``'s address), its ``body`` (cut at
+    :data:`PING_BODY_LIMIT_BYTES`: ``body_truncated``), and when given its
+    run's ``rid``, its ``exit_status`` and the run's ``duration`` (seconds)."""
+    record = {"kind": kind, "method": method, "client": client, "body": body_text}
+    if cut:
+        record["body_truncated"] = True
+    if rid is not None:
+        record["rid"] = rid
+    if exit_status is not None:
+        record["exit_status"] = exit_status
+    if duration is not None:
+        record["duration"] = duration
+    return record
 
 
 def shown_event(event):
@@ -4738,7 +4855,7 @@ class RecentEvents:
         self._matching = {}  # heartbeat id -> list of (time, kept event), oldest first
         self._matching_bytes = 0  # what the lists cost, their events' JSON and overheads
 
-    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None):
+    def add(self, now, events, found, heartbeat_ids=(), members=(), body=None, limit=MAX_SHOWN_EVENT_BYTES):
         """Record the request of ``events`` received at ``now``, and the
         matching event of the heartbeats whose refresh is written now.
 
@@ -4755,6 +4872,8 @@ class RecentEvents:
             refresh is written now: their heartbeat records its event.
         :param body: the request's body (bytes), kept as it is; anything
             else (None, its size) has ``events`` encoded instead.
+        :param limit: a kept event's JSON is cut at this many bytes (a ping's,
+            :func:`ping_record`, at :data:`MAX_SHOWN_PING_BYTES`).
         :returns: the entries it let go, for the caller to drop once it has
             released the engine's lock.
         """
@@ -4782,7 +4901,7 @@ class RecentEvents:
                 continue
             kept = encoded.get(id(event))
             if kept is None:
-                kept = encoded[id(event)] = kept_event(event)
+                kept = encoded[id(event)] = kept_event(event, limit)
             recent = get(heartbeat_id)
             if recent is None:
                 if len(matching) >= RECENT_EVENTS_MAX_HEARTBEATS:
@@ -5763,19 +5882,21 @@ def due_after(transition):
     return transition.refreshed + interval_seconds
 
 
-def transition_now(row, new, now, reason, output=None, member=None):
+def transition_now(row, new, now, reason, output=None, member=None, extra=None):
     """The transition that puts a heartbeat (or member: ``row`` its member
     row joined with its heartbeat, ``member`` its key) into ``new`` at
     ``now``, from outside expiry (a failed job says so at once): down or
     late open an alarm now, its refresh kept; up and pending start afresh
     from now (up: an event now). None when it is in ``new`` already, or
-    paused (pause and resume have their own rules)."""
+    paused (pause and resume have their own rules). ``extra``: more keys of
+    its history entry (a failed run's ``duration``)."""
     old = row["status"]
     if old == new or old == PAUSED or new not in (PENDING, UP, LATE, DOWN):
         return None
     if new in ALARMED:
-        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output)
-    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP)
+        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra)
+    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP,
+                      extra=extra)
 
 
 class Change:
@@ -6644,7 +6765,7 @@ class Intake:
         #: events received (valid requests) since the start
         self.events_received = 0
 
-    def ingest(self, events, body_bytes=0):
+    def ingest(self, events, body_bytes=0, pinged=None):
         """Refresh every heartbeat an event matches, at the receive time.
 
         Heartbeats coming back in a storm are written in chunks of
@@ -6654,18 +6775,24 @@ class Intake:
         :param body_bytes: the request's body they came in (bytes), which
             :class:`RecentEvents` keeps for the pattern tester (else it
             encodes ``events``).
+        :param pinged: None, or (a ping, ``events`` empty: :class:`Pings`)
+            a function called under the lock with the time, returning
+            ``{heartbeat id: the ping's record}`` of the heartbeats it
+            refreshes, each recorded in their ``/events`` whether written now
+            or not (:func:`ping_record`).
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         core = self.core
         with core.lock:
             core.load()
             now = core.clock()
-            back = self.silence.heard(now) if events else False
-            if back:
-                self.silence.end(now, "events came back", self.flush)
             model = core.model
             members = {}
-            found = model.matches(events, members)  # id -> the last event that matched it
+            # id -> the last event that matched it
+            found = model.matches(events, members) if pinged is None else pinged(now)
+            back = self.silence.heard(now) if events or pinged is not None else False
+            if back:
+                self.silence.end(now, "events came back", self.flush)
             matched = list(found)
             had_unwritten = model.has_unwritten()
             keep = not self.write_before_answer
@@ -6676,7 +6803,10 @@ class Intake:
             self.events_received += len(events)
             # a sample (see RecentEvents); the lists it lets go are freed when
             # this returns, after the lock is released, not under it
-            dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+            if pinged is None:
+                dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+            else:  # every ping is listed
+                dropped = self.recent.add(now, (), found, found, limit=MAX_SHOWN_PING_BYTES)
             # Shared database: heartbeats already up (the common case) are
             # written after the lock, with other requests' (group commit);
             # meanwhile they are kept as unwritten, so that a tick in
@@ -7111,7 +7241,7 @@ class Heartbeats:
                     self.groups.follow(change, {heartbeat_id: now})
         log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None):
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
         """Put a heartbeat (or one of its members: ``member`` its pairs) into
         ``status`` now, through the funnel, as a job reporting its own
         failure does (see :func:`transition_now`): down or late raise the
@@ -7139,13 +7269,168 @@ class Heartbeats:
                            "pattern": row["pattern"]}
                 elif row["group_by"] is not None:
                     raise ValueError("a grouped heartbeat's status follows its members': put a member")
-                transition = transition_now(row, status, now, reason, output, key)
+                transition = transition_now(row, status, now, reason, output, key, extra)
                 if transition is None:
                     return None
                 change.apply([transition])
                 if key is not None:
                     self.groups.follow(change, {heartbeat_id: now})
         return transition
+
+
+class Pings:
+    """Pings (DESIGN §16): requests addressed to one heartbeat directly (by
+    its id, its slug, its push token or its name), whatever its pattern. A
+    success refreshes it as a matching event does, on the same path
+    (:meth:`Intake.ingest`); a failure puts it down at once through the
+    funnel (:meth:`Heartbeats.put`, the run's own words as the alarm's
+    output), and the next success resolves it; ``start`` begins a run;
+    ``log`` only records. Every ping is listed in the heartbeat's
+    ``/events`` (:func:`ping_record`). A grouped heartbeat's status follows
+    its members': a ping to it is listed, nothing more.
+
+    Runs live in memory, as the recent events do (a restart forgets the
+    open ones): the open runs of each heartbeat by ``rid``, and for a
+    heartbeat with a ``max_run``, a heap of when each run overruns, which
+    the tick reads (:meth:`overran`), so nothing is scanned per tick.
+    """
+
+    def __init__(self, core, intake, heartbeats):
+        self.core = core
+        self.intake = intake
+        self.heartbeats = heartbeats
+        self._runs = {}  # heartbeat id -> {rid or None: start time}, oldest first
+        self._overruns = []  # heap of (deadline, heartbeat id, rid or "", start time, max_run as written)
+        #: pings received since the start, by kind (:data:`PING_KINDS`)
+        self.counts = dict.fromkeys(PING_KINDS, 0)
+        self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
+
+    def known(self, heartbeat_id):
+        """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
+        self.core.model.document(heartbeat_id)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat with that ``slug``, or None."""
+        return None
+
+    def by_push_token(self, token):
+        """The id of the heartbeat with that ``push_token``, or None."""
+        return None
+
+    def named(self, name):
+        """The ids of the heartbeats named ``name`` (an Opsgenie ping's);
+        none is logged once per name (at most :data:`MAX_UNKNOWN_PING_NAMES`)."""
+        ids = self.core.store.ids_named(name)
+        if not ids and name not in self._unknown_names and len(self._unknown_names) < MAX_UNKNOWN_PING_NAMES:
+            self._unknown_names.add(name)
+            log.warning("Opsgenie heartbeat ping for '%s': no heartbeat has that name (said once)", log_safe(name))
+        return ids
+
+    def ping(self, heartbeat_id, kind, method, client, body=b"", rid=None, exit_status=None):
+        """One ping to a heartbeat, received now.
+
+        :param kind: one of :data:`PING_KINDS`.
+        :param method: the HTTP method; ``client``: the client's address.
+        :param body: the request's body (bytes; kept up to
+            :data:`PING_BODY_LIMIT_BYTES`).
+        :param rid: the run's id (a UUID), or None.
+        :param exit_status: the job's exit status, when the URL gave one.
+        :raises NotFound: there is no such heartbeat.
+        """
+        text, cut = ping_body_text(body)
+        core = self.core
+        facts = {}
+
+        def received(now):  # under the lock
+            core.model.document(heartbeat_id)  # NotFound
+            grouped = core.model.group_keys(heartbeat_id) is not None
+            facts["duration"] = duration = self._run(heartbeat_id, kind, rid, now)
+            self.counts[kind] += 1
+            record = ping_record(kind, method, client, text, cut, rid, exit_status, duration)
+            if grouped or kind != "success":
+                self.intake.recent.add(now, (), {heartbeat_id: record}, (heartbeat_id,), limit=MAX_SHOWN_PING_BYTES)
+                return {}
+            return {heartbeat_id: record}
+
+        if kind == "success":
+            self.intake.ingest((), pinged=received)
+        else:
+            with core.operation() as now:
+                received(now)
+        duration = facts["duration"]
+        if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
+            self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
+                                output=failure_output(exit_status, text),
+                                extra=None if duration is None else {"duration": duration})
+        elif kind == "success" and duration is not None:
+            self._finished(heartbeat_id, duration)
+
+    def _run(self, heartbeat_id, kind, rid, now):
+        """Under the lock: a ``start`` opens a run (a run of the same
+        ``rid`` starts again), a success or failure ends the one of its
+        ``rid`` (None: the last started without one); returns the ended
+        run's duration in seconds, or None."""
+        if kind == "start":
+            runs = self._runs.setdefault(heartbeat_id, {})
+            runs.pop(rid, None)
+            runs[rid] = now
+            if len(runs) > MAX_OPEN_RUNS_PER_HEARTBEAT:
+                del runs[next(iter(runs))]
+            max_run = json.loads(self.core.model.document(heartbeat_id)).get("max_run")
+            seconds = parse_interval(max_run) if isinstance(max_run, str) else None
+            if seconds:
+                heapq.heappush(self._overruns, (now + seconds, heartbeat_id, rid or "", now, max_run))
+                self.core.due_by(now + seconds)
+            return None
+        if kind == "log":
+            return None
+        runs = self._runs.get(heartbeat_id)
+        started = runs.pop(rid, None) if runs else None
+        if runs is not None and not runs:
+            del self._runs[heartbeat_id]
+        return None if started is None else round(now - started, 3)
+
+    def _finished(self, heartbeat_id, duration):
+        """A run that ended well, in the heartbeat's history (with its
+        ``duration``): a record, not a state change."""
+        core = self.core
+        with core.operation() as now:
+            with core.funnel.change() as change:
+                try:
+                    row = core.store.heartbeat(heartbeat_id)
+                except NotFound:
+                    return  # deleted meanwhile
+                change.record([Transition(row, None, row["status"], row["status"], now,
+                                          f"run finished in {seconds_text(duration)}", extra={"duration": duration})])
+
+    def overran(self, change, now):
+        """In the tick's change: each run not finished within its
+        heartbeat's ``max_run`` puts it down ("run exceeded 30m"), dated
+        when it overran. :returns: how many runs overran."""
+        core, heap, transitions = self.core, self._overruns, []
+        while heap and heap[0][0] <= now:
+            deadline, heartbeat_id, rid, started, max_run = heapq.heappop(heap)
+            runs = self._runs.get(heartbeat_id, {})
+            rid = rid or None
+            if runs.get(rid) != started:
+                continue  # finished, or started again
+            del runs[rid]
+            if not runs:
+                self._runs.pop(heartbeat_id, None)
+            try:
+                row = core.store.heartbeat(heartbeat_id)
+            except NotFound:
+                continue  # deleted
+            reason = f"run exceeded {max_run}"
+            transition = transition_now(row, DOWN, deadline, reason, output=reason)
+            if transition is not None and row["group_by"] is None:
+                transitions.append(transition)
+        change.apply(transitions)
+        return len(transitions)
+
+    def next_overrun(self):
+        """When the next open run overruns (clock time), or None."""
+        return self._overruns[0][0] if self._overruns else None
 
 
 class Views:
@@ -7394,8 +7679,9 @@ class Expiry:
     letting go of the lock in between.
     """
 
-    def __init__(self, core, lifecycle, intake, windows, groups, silence, history):
+    def __init__(self, core, lifecycle, intake, windows, groups, silence, history, pings):
         self.core = core
+        self.pings = pings
         self.lifecycle = lifecycle
         self.intake = intake
         self.windows = windows
@@ -7436,6 +7722,8 @@ class Expiry:
                                                             retired)
                     if handled < STORM_CHUNK_HEARTBEATS and core.followups is not None:
                         handled += core.followups.due(change, now, STORM_CHUNK_HEARTBEATS - handled)
+                    if first:
+                        self.pings.overran(change, now)
                     self.lifecycle.record_alive(now)
                 more = handled == STORM_CHUNK_HEARTBEATS
                 if not more:
@@ -7445,8 +7733,8 @@ class Expiry:
                     later = core.clock()  # a storm takes time: say when next from its end
                     store = core.store
                     followup = core.followups.next_due() if core.followups is not None else None
-                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due(), followup)
-                                if t is not None]
+                    earliest = [t for t in (store.next_due(), store.next_member_due(), self.silence.due(), followup,
+                                            self.pings.next_overrun()) if t is not None]
                     next_at = core.next_tick_at = next_tick_at(later, min(earliest, default=None),
                                                                self.windows.next_boundary(later))
             for window in started:
@@ -8089,10 +8377,12 @@ class Engine:
         self.lifecycle = Lifecycle(core, self.windows, self.silence, self.intake)
         core.load = self.lifecycle.load
         self.heartbeats = Heartbeats(core, self.groups, self.intake)
+        #: pings (DESIGN §16): Healthchecks', Opsgenie's and Uptime Kuma's URLs
+        self.pings = Pings(core, self.intake, self.heartbeats)
         self.records = History(core, history_days)
         self.views = Views(core, self.windows, self.silence, self.lifecycle)
         self.expiry = Expiry(core, self.lifecycle, self.intake, self.windows, self.groups, self.silence,
-                             self.records)
+                             self.records, self.pings)
         #: the events received lately (memory only)
         self.recent = self.intake.recent
         self.intake_silence = intake_silence
@@ -8158,8 +8448,8 @@ class Engine:
     def resume_heartbeat(self, heartbeat_id):
         self.heartbeats.resume(heartbeat_id)
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None):
-        return self.heartbeats.put(heartbeat_id, status, reason, output, member)
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
+        return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra)
 
     def list(self):
         return self.views.list()
@@ -9754,7 +10044,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 </p>
 % if members:
 <table class="members">
-<colgroup><col class="name"><col class="status"><col class="time"><col class="time"></colgroup>
+<colgroup><col><col class="status"><col class="time"><col class="time"></colgroup>
 <thead><tr><th>Member</th><th>Status</th><th>Last event</th><th>Deadline</th></tr></thead>
 <tbody>
 % for entry in members:
@@ -9838,7 +10128,8 @@ def prometheus_label(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None):
+def prometheus_text(overview, events_received, alarms_raised, outbox_depth, history=None, channels=None,
+                    pings=None):
     """Metrics in the Prometheus text exposition format 0.0.4.
 
     :param overview: rows of :meth:`Engine.overview`.
@@ -9846,6 +10137,7 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
         over 24 h or None, time of the last change)}``.
     :param channels: the channels' documents (:meth:`Notifications.documents`):
         their delivery health, labelled by id, name and kind (never the URL).
+    :param pings: ``{kind: pings received}`` (:attr:`Pings.counts`).
     """
     history = history or {}
     channels = channels or []
@@ -9890,6 +10182,10 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            [(labels, float(history[row["_id"]][1])) for row, labels in identity if row["_id"] in history])
     family("heartbeat_lite_events_received_total", "counter", "Events received since the service started.",
            [((), events_received)])
+    family("heartbeat_lite_pings_received_total", "counter",
+           "Pings received since the service started (Healthchecks, Opsgenie and Uptime Kuma URLs), by kind: "
+           "success, start, fail, log.",
+           [((("kind", kind),), count) for kind, count in (pings or dict.fromkeys(PING_KINDS, 0)).items()])
     family("heartbeat_lite_alarms_raised_total", "counter",
            "Alarms raised (down, and late warnings) since the service started.",
            [((), alarms_raised)])
@@ -9987,6 +10283,79 @@ def openapi_document():
         return {"operationId": operation_id, "tags": [tag], "summary": summary, "security": security,
                 "responses": {**responses, **internal_error}, **more}
 
+    def ping_paths():
+        """DESIGN §16's routes (docs/pings.md): answers as Healthchecks',
+        Opsgenie's and Uptime Kuma's servers give them."""
+        plain = {"content": {PING_TYPE: {"schema": string}}}
+        ping_body = {"required": False, "description": f"kept up to {PING_BODY_LIMIT_BYTES} bytes in /events; "
+                     "a failure's first line is its alarm's output", "content": {"*/*": {"schema": string}}}
+        answers = {
+            "200": {"description": "OK (headers Ping-Body-Limit: 10000, Access-Control-Allow-Origin: *)", **plain},
+            "400": {"description": "invalid url format (exit status over 255, slug not in lower case), or "
+                    "invalid uuid format (rid)", **plain},
+            "404": {"description": "not found: no such id, key or slug", **plain},
+            "413": _answer("Body over the service's limit", "Error"),
+            "503": {"description": "database error: retry", **plain},
+        }
+        rid = query_parameter("rid", "the run's id (a UUID): pairs a start with its end", {"type": "string"})
+        create = query_parameter("create", "1 (slug form): create the heartbeat when no heartbeat has the slug "
+                                 "(201 Created; 409 ambiguous slug when its pattern is another's)",
+                                 {"type": "string", "enum": ["1"]})
+        address = {"name": "address", "in": "path", "required": True, "schema": string,
+                   "description": "a heartbeat's id, or the ping key (--ping-key) of the slug form"}
+        second = {"name": "second", "in": "path", "required": True, "schema": string,
+                  "description": "after an id: start, fail, log or an exit status 0-255; after the ping key: a slug"}
+        third = {"name": "third", "in": "path", "required": True, "schema": string,
+                 "description": "after a slug: start, fail, log or an exit status 0-255"}
+
+        def healthchecks(name, summary, parameters, extra=None):
+            more = {**answers, **(extra or {})}
+            return {"parameters": parameters, **{
+                method: operation(f"{method}{name}", "ping", summary, more, security=[],
+                                  parameters=[rid] + ([create] if extra else []),
+                                  **({"requestBody": ping_body} if method == "post" else {}))
+                for method in ("get", "post", "head")}}
+
+        created = {"201": {"description": "Created: the heartbeat, named and slugged <slug>, pattern "
+                           "{\"ping\": \"<slug>\"}, expected_interval 25h, late_after 24h", **plain},
+                   "409": {"description": "ambiguous slug", **plain}}
+        kuma = {"type": "object", "required": ["ok"], "properties": {
+            "ok": {"type": "boolean"}, "msg": {"type": "string"}}, "additionalProperties": False}
+        genie = {"type": "object", "properties": {"result": string, "message": string, "took": {"type": "number"},
+                                                  "requestId": string}}
+        return {
+            "/ping/{address}": healthchecks("Ping", "Healthchecks ping by id: a success", [address]),
+            "/ping/{address}/{second}": healthchecks(
+                "PingSuffix", "Healthchecks ping: by id with start, fail, log or an exit status; or by slug",
+                [address, second], created),
+            "/ping/{address}/{second}/{third}": healthchecks(
+                "PingSlugSuffix", "Healthchecks ping by slug with start, fail, log or an exit status",
+                [address, second, third], created),
+            "/api/push/{token}": {
+                "parameters": [{"name": "token", "in": "path", "required": True, "schema": string,
+                                "description": "a heartbeat's push_token"}],
+                "get": operation("getKumaPush", "ping", "Uptime Kuma push: status=up a success, else a failure "
+                                 "(msg its output)", {
+                    "200": {"description": '{"ok": true}', **_json_content(kuma)},
+                    "404": {"description": f'{{"ok": false, "msg": "{KUMA_NOT_FOUND}"}}', **_json_content(kuma)},
+                }, security=[], parameters=[
+                    query_parameter("status", "up (the default): a success; anything else: a failure", string),
+                    query_parameter("msg", "the failure's output", string)]),
+            },
+            "/v2/heartbeats/{name}/ping": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": string,
+                                "description": "the heartbeats' name"}],
+                **{method: operation(f"{method}OpsgenieHeartbeat", "ping",
+                                     "Opsgenie heartbeat ping (only with --genie-key; Authorization: GenieKey <key>): "
+                                     "every heartbeat of that name refreshed", {
+                    "202": {"description": f'{{"result": "{OPSGENIE_PONG}", "took": 0, "requestId": <uuid>}}, even '
+                            "for a name no heartbeat has", **_json_content(genie)},
+                    "401": {"description": "missing or wrong GenieKey", **_json_content(genie)},
+                    "404": _answer("No --genie-key: the route is off", "Error"),
+                }, security=[]) for method in ("get", "post", "put", "patch", "head")},
+            },
+        }
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -10004,6 +10373,8 @@ def openapi_document():
             {"name": "event", "description": "Incoming Canopsis events"},
             {"name": "alarm", "description": "Heartbeats gone silent, and the channels their alarms go to"},
             {"name": "operator", "description": "Health, metrics, the status page and this description"},
+            {"name": "ping", "description": "Pings: the URLs jobs already call (Healthchecks, Opsgenie, Uptime "
+                                            "Kuma), no Basic auth; off with --pings off (docs/pings.md)"},
         ],
         "components": {
             "responses": {
@@ -10502,6 +10873,7 @@ def openapi_document():
                             "since when (Unix seconds)", **_json_content(_ref("Health"))},
                 }, security=[]),
             },
+            **ping_paths(),
             "/metrics": {
                 "get": operation("getMetrics", "operator", "Prometheus metrics", {
                     "200": {"description": "Text exposition format 0.0.4",
@@ -10564,7 +10936,6 @@ PATTERN_EXISTS = "heartbeat pattern already exists"
 CROSS_SITE_REFUSED = "cross-site request refused"
 MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
-_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 DATABASE_ERROR = "database error, please contact your administrator."
 INVALID_QUERY = "invalid query parameters."
 INTERNAL_ERROR = "internal error"
@@ -11143,7 +11514,7 @@ class WebApi:
     def metrics(self, user):
         text = prometheus_text(self.engine.overview(), self.engine.events_received, self.engine.alarms_raised,
                                self.engine.outbox_depth(), self.engine.history_metrics(),
-                               self.engine.notifications.documents())
+                               self.engine.notifications.documents(), dict(self.engine.pings.counts))
         return text_response(text.encode("utf-8"), PROMETHEUS_TYPE)
 
     def openapi(self):
@@ -11170,6 +11541,158 @@ class WebApi:
             return self.engine.notifications.delivery_warnings()
         except StoreError:
             return []  # the database's own trouble is said by the health check
+
+
+class PingRoutes:
+    """The routes of DESIGN §16 on a :class:`WebApi`'s application:
+    Healthchecks' ``/ping/...`` (answered in text/plain as Healthchecks
+    answers), Opsgenie's heartbeat ping (only with a ``genie_key``), Uptime
+    Kuma's push. No Basic auth and no cross-site check: the id, key or
+    token in the URL (or the GenieKey) is the secret. Thin: parse, call
+    :class:`Pings`, answer.
+
+    :param web: the :class:`WebApi` whose application gets the routes.
+    :param ping_key: the key of the slug form ``/ping/<key>/<slug>``
+        (None: that form answers ``not found``).
+    :param genie_key: the key Opsgenie pings must send (None: no route).
+    """
+
+    def __init__(self, web, ping_key=None, genie_key=None):
+        self.web = web
+        self.pings = web.engine.pings
+        self.ping_key = ping_key.encode() if ping_key else None
+        self.genie_key = genie_key.encode() if genie_key else None
+        routes = [("/ping/<address>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/ping/<address>/<second>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/ping/<address>/<second>/<third>", ("GET", "POST", "HEAD"), self.healthchecks),
+                  ("/api/push/<token>", ("GET",), self.kuma)]
+        if genie_key:
+            routes.append(("/v2/heartbeats/<name>/ping", ("GET", "POST", "PUT", "PATCH", "HEAD"), self.opsgenie))
+        for path, methods, handler in routes:
+            for variant in (path, path + "/"):
+                for method in methods:
+                    web.app.route(variant, method, handler)
+
+    def _refused(self):
+        """``(status, description)`` when the request is refused before
+        anything (a hostile path, an unknown ``Host``), else None."""
+        environ = bottle.request.environ
+        if is_hostile_path(environ):
+            return 404, "not found"
+        allowed = self.web.allowed_hosts
+        if allowed is not None and "HTTP_HOST" in environ and not is_allowed_host(environ["HTTP_HOST"], allowed):
+            return 421, MISDIRECTED
+        return None
+
+    @staticmethod
+    def _text(status, text, ok=False):
+        response = bottle.response
+        response.status = status
+        response.content_type = PING_TYPE
+        if ok:
+            for name, value in PING_OK_HEADERS.items():
+                response.set_header(name, value)
+        else:
+            response.set_header("Cache-Control", PING_OK_HEADERS["Cache-Control"])
+        return text.encode()
+
+    def healthchecks(self, address, second=None, third=None):
+        """``/ping/<id>[/<suffix>]`` and ``/ping/<ping-key>/<slug>[/<suffix>]``."""
+        request = bottle.request
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return self._text(*refused)
+            parsed = parse_ping_path("/".join(part for part in (address, second, third) if part is not None))
+            if parsed is None:
+                return self._text(404, "not found")
+            address, slug, kind, exit_status = parsed
+            status = 200
+            query = request.query if request.environ.get("QUERY_STRING") else {}
+            if slug is None:
+                heartbeat_id = address
+            elif self.ping_key is None or not hmac.compare_digest(address.encode(), self.ping_key):
+                return self._text(404, "not found")
+            else:
+                heartbeat_id = self.pings.by_slug(slug)
+                if heartbeat_id is None and query.get("create") == "1":
+                    heartbeat_id, status = self.pings.create(slug), 201
+                elif heartbeat_id is None:
+                    return self._text(404, "not found")
+            self.pings.known(heartbeat_id)  # NotFound before anything else is said
+            check_exit_status(exit_status)
+            rid = parse_rid(query.get("rid"))
+            body = self.web._read_body(MAX_EVENT_BODY_BYTES)
+            self.pings.ping(heartbeat_id, kind, request.method, request.environ.get("REMOTE_ADDR"), body, rid,
+                            exit_status)
+        except Invalid as exc:
+            return self._text(400, exc.reasons[0])
+        except NotFound:
+            return self._text(404, "not found")
+        except PatternExists:
+            return self._text(409, "ambiguous slug")
+        except Exception as exc:
+            return self._failed(exc)
+        return self._text(status, "Created" if status == 201 else "OK", ok=True)
+
+    def _failed(self, exc):
+        """An answer for what went wrong past the request's own faults: a
+        body over its limit (413, JSON, as every body), the database (503: a
+        ping retried by ``curl --retry`` then comes again), else 500."""
+        if isinstance(exc, TooLarge):
+            return json_response(error_body(str(exc)), 413)
+        if isinstance(exc, ApiError):
+            return json_response(exc.body, exc.status, exc.headers)
+        request = bottle.request
+        if isinstance(exc, StoreError):
+            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(request.path), exc)
+            return self._text(503, DATABASE_ERROR)
+        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(request.path), exc_info=exc)
+        return self._text(500, INTERNAL_ERROR)
+
+    def opsgenie(self, name):
+        """``/v2/heartbeats/<name>/ping``, as Opsgenie answers: every
+        heartbeat of that name refreshed, 202 even when none has it."""
+        request = bottle.request
+        request_id = str(uuid.uuid4())
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return json_response(error_body(refused[1]), refused[0])
+            scheme, _, key = request.environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+            if scheme.lower() != "geniekey" or not hmac.compare_digest(key.strip().encode(), self.genie_key):
+                return json_response({"message": "Could not authenticate", "took": 0, "requestId": request_id}, 401)
+            body = self.web._read_body(MAX_EVENT_BODY_BYTES)
+            for heartbeat_id in self.pings.named(name):
+                try:
+                    self.pings.ping(heartbeat_id, "success", request.method, request.environ.get("REMOTE_ADDR"),
+                                    body)
+                except NotFound:
+                    pass  # deleted meanwhile
+        except Exception as exc:
+            return self._failed(exc)
+        return json_response({"result": OPSGENIE_PONG, "took": 0, "requestId": request_id}, 202)
+
+    def kuma(self, token):
+        """``/api/push/<push_token>?status=up|down&msg=``, as Uptime Kuma
+        answers; any status but ``up`` is a failure, ``msg`` its output."""
+        request = bottle.request
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return json_response(error_body(refused[1]), refused[0])
+            query = request.query
+            heartbeat_id = self.pings.by_push_token(token)
+            if heartbeat_id is None:
+                raise NotFound(token)
+            up = (query.get("status") or "up") == "up"
+            self.pings.ping(heartbeat_id, "success" if up else "fail", request.method,
+                            request.environ.get("REMOTE_ADDR"), query.getunicode("msg", default="").encode())
+        except NotFound:
+            return json_response({"ok": False, "msg": KUMA_NOT_FOUND}, 404)
+        except Exception as exc:
+            return self._failed(exc)
+        return json_response({"ok": True})
 
 
 def _access_logged(app):
@@ -11218,7 +11741,8 @@ class Service:
     """
 
     def __init__(self, db, users, clock, busy_timeout, on_alarm, forward_url, open_now=True,
-                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS, public_url=None, ca_file=None):
+                 intake_silence=None, history_days=DEFAULT_HISTORY_DAYS, public_url=None, ca_file=None,
+                 pings=True, ping_key=None, genie_key=None):
         self.uses_default_users = users is None
         if forward_url:
             parse_forward_url(forward_url)  # refuse a bad URL before touching the database
@@ -11254,6 +11778,8 @@ class Service:
                           sender=self.sender)
         if corrected:
             self.web.clock_offset = lambda: self.store.clock_offset
+        if pings:
+            PingRoutes(self.web, ping_key, genie_key)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort
@@ -11368,7 +11894,7 @@ class Service:
 
 def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIMEOUT_SECONDS,
                on_alarm=None, forward_url=None, intake_silence=None, history_days=DEFAULT_HISTORY_DAYS,
-               public_url=None, ca_file=None):
+               public_url=None, ca_file=None, pings=True, ping_key=None, genie_key=None):
     """Build a :class:`Service`; nothing runs in the background.
 
     :param db: SQLite file path, or ``:memory:``, or a PostgreSQL URL
@@ -11392,6 +11918,12 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         None: :func:`serve` takes the listen address.
     :param ca_file: a certificate authority file (PEM) that channels'
         https, SMTPS and STARTTLS connections trust besides the system's.
+    :param pings: False turns off every ping route (DESIGN §16: ``/ping/...``,
+        Opsgenie's, Uptime Kuma's).
+    :param ping_key: the key of Healthchecks' slug form ``/ping/<key>/<slug>``
+        (None: that form is off).
+    :param genie_key: the key Opsgenie heartbeat pings send
+        (``Authorization: GenieKey <key>``); None: that route is off.
     :raises ConfigError: a bad forward URL, public URL, CA file, password
         hash, intake silence or history_days, a missing database directory,
         a database newer than this code.
@@ -11402,7 +11934,8 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
             isinstance(intake_silence, (int, float)) and intake_silence > 0)):
         raise ConfigError("intake silence: a number of seconds above 0, or a duration such as 5m")
     return Service(db, users, clock, busy_timeout, on_alarm, forward_url, intake_silence=intake_silence,
-                   history_days=history_days, public_url=public_url, ca_file=ca_file)
+                   history_days=history_days, public_url=public_url, ca_file=ca_file, pings=pings,
+                   ping_key=ping_key or None, genie_key=genie_key or None)
 
 
 def check_public_url(url, name="public_url"):
@@ -11922,6 +12455,16 @@ def build_parser(environ=os.environ):
     parser.add_argument("--history-days", metavar="N",
                         help=f"days of state changes kept for GET /api/v2/heartbeat/<id>/history, pruned "
                         f"in the background (default {DEFAULT_HISTORY_DAYS}; env HEARTBEAT_LITE_HISTORY_DAYS)")
+    parser.add_argument("--pings", metavar="{on,off}",
+                        help="serve the ping URLs jobs already call: Healthchecks' /ping/<id>, Opsgenie's and "
+                        "Uptime Kuma's (default on; env HEARTBEAT_LITE_PINGS; see docs/pings.md)")
+    parser.add_argument("--ping-key", metavar="KEY",
+                        help="the key of Healthchecks' slug form /ping/<key>/<slug> (default: that form is off; "
+                        "env HEARTBEAT_LITE_PING_KEY, which ps does not show)")
+    parser.add_argument("--genie-key", metavar="KEY",
+                        help="the key Opsgenie heartbeat pings send (Authorization: GenieKey <key>) to "
+                        "/v2/heartbeats/<name>/ping (default: that route is off; env HEARTBEAT_LITE_GENIE_KEY, "
+                        "which ps does not show)")
     parser.add_argument("--threads", help=f"HTTP worker threads (default {DEFAULT_THREADS}; "
                         "env HEARTBEAT_LITE_THREADS)")
     parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}",
@@ -11983,6 +12526,15 @@ def check_settings(args, environ):
     args.public_url = check_public_url(public_url, name) if public_url else None
     ca_file, name = _setting(args, environ, "ca_file")
     args.ca_file = check_ca_file(ca_file, name) if ca_file else None
+    pings, name = _setting(args, environ, "pings", "on")
+    if pings.strip().lower() not in ("on", "off"):
+        raise ConfigError(f"{name}: on or off, not {pings!r}")
+    args.pings = pings.strip().lower() == "on"
+    for dest in ("ping_key", "genie_key"):
+        key, name = _setting(args, environ, dest)
+        if key and not re.fullmatch(r"[\x21-\x7e]{1,256}", key):
+            raise ConfigError(f"{name}: printable characters (no space), at most 256")
+        setattr(args, dest, key or None)
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
     if silence:  # empty: off
@@ -12052,7 +12604,8 @@ def main(argv=None, environ=None):
         # takes the database's lock, opens nothing; serve() binds, then opens
         service = Service(args.db, users, time.time, BUSY_TIMEOUT_SECONDS, None, args.forward_url,
                           open_now=False, intake_silence=args.intake_silence, history_days=args.history_days,
-                          public_url=args.public_url, ca_file=args.ca_file)
+                          public_url=args.public_url, ca_file=args.ca_file, pings=args.pings,
+                          ping_key=args.ping_key, genie_key=args.genie_key)
     except ConfigError as exc:
         print(f"heartbeat-lite: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

@@ -6,8 +6,11 @@ labels, channel health on both pages."""
 
 import html as html_module
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 import webtest
@@ -255,3 +258,29 @@ def test_channel_health_is_at_the_top_of_both_pages(app):
         live = app.get(path).text.split('<main id="live"', 1)[1]
         assert live.split(">", 1)[1].lstrip().startswith(
             '<p class="banner" role="alert">alarms reach no channel at all'), path
+
+
+###############################################################################
+# Slips
+###############################################################################
+
+
+def test_an_embedding_program_that_configured_no_logging_gets_no_alarm_lines_on_stderr(tmp_path):
+    """The library's logger has a NullHandler: Python's last-resort handler
+    (warnings and worse, to stderr) stays out of a program's output."""
+    program = tmp_path / "embed.py"
+    program.write_text(
+        "import heartbeat_lite\n"
+        "now = [1_800_000_000.0]\n"
+        "service = heartbeat_lite.create_app(clock=lambda: now[0])\n"
+        "service.engine.create(heartbeat_lite.validate_heartbeat(\n"
+        "    {'name': 'b', 'pattern': {'job': 'b'}, 'expected_interval': '1m'}, 'me'))\n"
+        "now[0] += 61\n"
+        "service.tick()\n"
+        "assert service.engine.alarms()\n"
+        "service.close()\n")
+    here = os.path.dirname(os.path.abspath(heartbeat_lite.__file__))
+    done = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": here})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""

@@ -6,7 +6,8 @@
 A real server on an ephemeral port, holding 2,000 heartbeats: 200 down,
 some pending, the rest up, a few with very long unbroken names and patterns.
 The tests skip, saying why, when Chromium is not installed (Debian:
-``apt-get install chromium``).
+``apt-get install chromium``), unless HEARTBEAT_LITE_TEST_CHROMIUM names
+it (``.ci/run`` does): then they must run.
 """
 
 import contextlib
@@ -23,7 +24,8 @@ import pytest
 
 import heartbeat_lite
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMIUM = os.environ.get("HEARTBEAT_LITE_TEST_CHROMIUM") or next(
+    filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 USER, PASSWORD = "operator", "s3cret"
 LONG_NAME = "api-" + "unbroken" * 30  # 244 characters without a break opportunity
@@ -35,11 +37,13 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 def populate(service, count=2000, down_every=10, clock_offset=None):
     """Fill ``service`` through its engine: ``count`` heartbeats, one in
     ``down_every`` down (alarm raised an hour and a half ago), one in 7
-    pending, the rest up; the first two with very long unbroken names
-    or pattern values, the down one at ``down_every`` with a hostile name. ``clock_offset``: the one-item list the service's
-    clock adds to the real time (moved here to date things in the past).
+    pending, the rest up; the first two with very long unbroken names or
+    pattern values, the down one at ``down_every`` with a hostile name.
+    Then one grouped heartbeat, "backups by host", of 12 members, 3 down.
+    ``clock_offset``: the one-item list the service's clock adds to the
+    real time (moved here to date things in the past).
 
-    :returns: the ids, in creation order.
+    :returns: the ids, in creation order (the grouped one last).
     """
     ids = []
     clock_offset[0] = -7200.0
@@ -57,15 +61,20 @@ def populate(service, count=2000, down_every=10, clock_offset=None):
             ids.append(service.engine.create(heartbeat_lite.validate_heartbeat(
                 {"name": name, "pattern": pattern, "expected_interval": interval,
                  "output": f"{name} sent nothing for {interval}"}, USER)))
+    grouped = service.engine.create(heartbeat_lite.validate_heartbeat(
+        {"name": "backups by host", "pattern": {"connector": "backup"}, "group_by": ["host"],
+         "expected_interval": "30m", "output": "no backup for 30m"}, USER))
     clock_offset[0] = -3600.0
     service.engine.ingest([{"connector": "nagios", "component": f"{SERVICES[i % len(SERVICES)]}-"
                             f"{'prod' if i % 3 else 'staging'}-{i:04d}"}
                            for i in range(count) if i % down_every and i % 7])
+    service.engine.ingest([{"connector": "backup", "host": f"db{n:02d}"} for n in range(12)])
     clock_offset[0] = 0.0
     service.tick()
     service.engine.ingest([{"connector": "nagios", "component": f"web-prod-{i:04d}"}
                            for i in range(count) if i % down_every])
-    return ids
+    service.engine.ingest([{"connector": "backup", "host": f"db{n:02d}"} for n in range(3, 12)])
+    return ids + [grouped]
 
 
 @contextlib.contextmanager
@@ -98,14 +107,15 @@ def chromium(url, size, *args, budget_ms=1000):
         return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
-VIEWS = ("list", "search", "long", "detail")
+VIEWS = ("list", "search", "long", "detail", "grouped")
 
 
 def take_screenshots(url, ids, outdir, views=VIEWS, sizes=tuple(SIZES)):
-    """Screenshots of the list, a search, the longest name and a detail
-    view at every size; returns their paths (``<view>-<size>.png``)."""
+    """Screenshots of the list, a search, the longest name, a detail view
+    and a grouped heartbeat's at every size; returns their paths
+    (``<view>-<size>.png``)."""
     paths = {"list": "/", "search": "/?q=backup&status=down,up&page=2", "long": "/?q=unbroken",
-             "detail": f"/heartbeat/{ids[0]}"}
+             "detail": f"/heartbeat/{ids[0]}", "grouped": f"/heartbeat/{ids[-1]}"}
     taken = []
     for size_name in sizes:
         size = SIZES[size_name]
@@ -163,7 +173,7 @@ def test_the_browser_runs_the_page_script_and_shows_relative_times(served):
     del seen[:]
     dom = chromium(url + "/", SIZES["desktop"], "--dump-dom",
                    budget_ms=heartbeat_lite.STATUS_PAGE_REFRESH_SECONDS * 1000 + 1500)
-    assert re.search(r"\d+ heartbeats down, the oldest 5:", dom)
+    assert re.search(r"\d+ heartbeats and 3 members down, the oldest 5:", dom)
     assert re.search(r'<span class="muted" id="updated">updated \d\d:\d\d:\d\d UTC</span>', dom)
     assert re.search(r'title="[^"]+ UTC">(\d+ min|\d+ h) ago</time>', dom)  # the script rewrote the times
     assert "<script>alert(" not in dom and "api &lt;script&gt;alert('hostile')" in dom

@@ -1,0 +1,425 @@
+"""Pings (DESIGN §16): Healthchecks' ping URLs, failures, runs, Opsgenie's and
+Uptime Kuma's routes, --pings off; over HTTP (webtest, and a real server on
+port 0), with the fake clock for runs. The answers are checked against those
+a real Healthchecks server gave (fixtures/healthchecks/).
+"""
+
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+import heartbeat_lite
+from testing_support import client, new_heartbeat, parse_prometheus
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "healthchecks")
+FIXTURE_ID = "a73e26e5-b576-480d-9ce5-db7b6524b07f"
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+RID = "0b3e2c8a-1f6e-4c1e-9a70-7a7f0f3c2d11"
+
+
+def recorded_answers():
+    """The answers of ping-answers.txt: ``[(method, path, status, headers, body)]``."""
+    with open(os.path.join(FIXTURES, "ping-answers.txt"), encoding="utf-8") as file:
+        text = file.read()
+    answers = []
+    for section in text.split("### ")[1:]:
+        head, _, rest = section.partition("\n")
+        method, path = head.split(" ", 1)
+        status_line, _, rest = rest.partition("\n")
+        header_text, _, body = rest.partition("\n\n")
+        headers = dict(line.split(": ", 1) for line in header_text.splitlines())
+        answers.append((method, path, int(status_line.split()[1]), headers, body.rstrip("\n")))
+    return answers
+
+
+@pytest.fixture
+def anonymous(service):
+    """A client without credentials: pings need none."""
+    return client(service, user=None)
+
+
+@pytest.fixture
+def job(service):
+    return new_heartbeat(service, name="nightly backup", pattern={"job": "backup"}, expected_interval="1h")
+
+
+def events_of(app, heartbeat_id):
+    return [item["event"] for item in app.get(f"/api/v2/heartbeat/{heartbeat_id}/events").json["events"]]
+
+
+def status_of(service, heartbeat_id):
+    return service.engine.status(heartbeat_id)["status"]
+
+
+def history_of(app, heartbeat_id):
+    return app.get(f"/api/v2/heartbeat/{heartbeat_id}/history").json["history"]
+
+
+# -- Healthchecks' answers ------------------------------------------------------
+
+
+def test_the_recorded_ping_answers_of_a_healthchecks_server_are_there():
+    paths = [path for _, path, _, _, _ in recorded_answers()]
+    assert len(paths) == 18 and f"/ping/{FIXTURE_ID}/256" in paths
+
+
+def test_every_ping_by_id_answers_as_the_recorded_healthchecks_server(anonymous, job):
+    replayed = 0
+    for method, path, status, headers, text in recorded_answers():
+        if not path.startswith((f"/ping/{FIXTURE_ID}", f"/ping/{UNKNOWN_ID}")):
+            continue
+        answer = anonymous.request(path.replace(FIXTURE_ID, job), method=method, expect_errors=True)
+        assert answer.status_int == status, (method, path)
+        assert answer.body == (b"" if method == "HEAD" else text.encode()), (method, path)
+        assert answer.headers["Content-Length"] == headers["Content-Length"], (method, path)
+        for name in ("Ping-Body-Limit", "Access-Control-Allow-Origin", "Cache-Control"):
+            assert answer.headers.get(name) == headers.get(name), (method, path, name)
+        # DESIGN §16: text/plain (Healthchecks says text/html for the same two bytes)
+        assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+        replayed += 1
+    assert replayed == 11
+
+
+@pytest.mark.parametrize("suffix", ["/foo", "/start/1", "/-1", "/1.5", "/%C2%B2"])
+def test_a_path_that_is_no_ping_url_is_not_found_in_text(anonymous, job, suffix):
+    answer = anonymous.get(f"/ping/{job}{suffix}", status=404)
+    assert answer.body == b"not found" and answer.content_type == "text/plain"
+
+
+def test_an_id_not_in_lower_case_is_no_heartbeat(anonymous, job):
+    assert anonymous.get(f"/ping/{job.upper()}", status=404).body == b"not found"
+
+
+def test_an_unknown_id_is_not_found_before_a_bad_exit_status_or_rid(anonymous):
+    assert anonymous.get(f"/ping/{UNKNOWN_ID}/256", status=404).body == b"not found"
+    assert anonymous.get(f"/ping/{UNKNOWN_ID}?rid=x", status=404).body == b"not found"
+
+
+def test_a_trailing_slash_is_the_same_ping(anonymous, service, job):
+    anonymous.get(f"/ping/{job}/")
+    anonymous.get(f"/ping/{job}/log/")
+    assert [event["kind"] for event in events_of(client(service), job)] == ["log", "success"]
+
+
+def test_pings_need_no_credentials_and_pass_the_cross_site_check(anonymous, service, job):
+    headers = {"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"}
+    assert anonymous.post(f"/ping/{job}", headers=headers).body == b"OK"
+    assert status_of(service, job) == "up"
+    # the API itself still refuses both
+    client(service).post_json("/api/v2/event", {"job": "backup"}, headers=headers, status=403)
+    anonymous.get("/api/v2/heartbeat", status=401)
+
+
+def test_wrong_credentials_do_not_matter_to_a_ping(service, job):
+    assert client(service, user=("root", "wrong")).get(f"/ping/{job}").body == b"OK"
+
+
+# -- what a ping does -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_a_success_ping_refreshes_the_heartbeat_like_a_matching_event(anonymous, service, clock, job, method):
+    clock.advance(10)
+    anonymous.request(f"/ping/{job}", method=method)
+    assert service.engine.status(job)["last_event"] == clock.now
+    assert status_of(service, job) == "up"
+    clock.advance(3599)
+    service.tick()
+    assert status_of(service, job) == "up"
+    clock.advance(2)
+    service.tick()
+    assert status_of(service, job) == "down"
+
+
+def test_a_failure_puts_the_heartbeat_down_at_once_and_a_success_resolves_it(anonymous, service, clock, job,
+                                                                             alarms_seen):
+    anonymous.get(f"/ping/{job}")
+    clock.advance(5)
+    anonymous.post(f"/ping/{job}/fail", "pg_dump: disk full\nsecond line\n")
+    state = service.engine.status(job)
+    assert state["status"] == "down" and state["alarm_since"] == clock.now
+    assert [(event["state"], event["output"]) for event in alarms_seen] == [(3, "failed: pg_dump: disk full")]
+    assert service.engine.document(job)  # its stored output is unchanged
+    clock.advance(5)
+    anonymous.get(f"/ping/{job}")
+    assert status_of(service, job) == "up"
+    assert [event["state"] for event in alarms_seen] == [3, 0]
+    reasons = [entry["reason"] for entry in history_of(client(service), job)]
+    assert reasons[:2] == ["matching event received", "failed"]
+
+
+@pytest.mark.parametrize("suffix, body, output", [
+    ("/fail", "", "failed"),
+    ("/fail", "  \n\n", "failed"),
+    ("/fail", "\n  oom killed  \nmore", "failed: oom killed"),
+    ("/1", "", "exit status 1"),
+    ("/255", "Traceback (most recent call last):\n", "exit status 255: Traceback (most recent call last):"),
+    ("/7", "x" * 5000, "exit status 7: " + "x" * heartbeat_lite.MAX_TEXT_CHARS),
+])
+def test_the_alarm_output_of_a_failure_says_why(anonymous, job, alarms_seen, suffix, body, output):
+    anonymous.post(f"/ping/{job}{suffix}", body)
+    assert [event["output"] for event in alarms_seen] == [output]
+
+
+def test_exit_status_0_is_a_success(anonymous, service, job, alarms_seen):
+    anonymous.post(f"/ping/{job}/0")
+    assert status_of(service, job) == "up" and alarms_seen == []
+    assert events_of(client(service), job)[0] == {"kind": "success", "method": "POST", "client": None, "body": "",
+                                                  "exit_status": 0}
+
+
+def test_a_second_failure_raises_no_second_alarm(anonymous, job, alarms_seen):
+    anonymous.post(f"/ping/{job}/fail", "one")
+    anonymous.post(f"/ping/{job}/3", "two")
+    assert [event["output"] for event in alarms_seen] == ["failed: one"]
+
+
+def test_a_log_ping_is_recorded_and_changes_nothing(anonymous, service, job, alarms_seen):
+    anonymous.post(f"/ping/{job}/log", "halfway through")
+    assert status_of(service, job) == "pending" and service.engine.status(job)["last_event"] is None
+    assert events_of(client(service), job) == [{"kind": "log", "method": "POST", "client": None,
+                                                "body": "halfway through"}]
+    assert alarms_seen == []
+
+
+def test_a_start_ping_only_begins_a_run(anonymous, service, job):
+    anonymous.get(f"/ping/{job}/start")
+    assert status_of(service, job) == "pending"
+
+
+def test_a_paused_heartbeat_takes_pings_without_alarm_or_resume(anonymous, service, job, alarms_seen):
+    service.engine.pause(job)
+    anonymous.get(f"/ping/{job}")
+    anonymous.post(f"/ping/{job}/fail")
+    assert status_of(service, job) == "paused" and alarms_seen == []
+    assert [event["kind"] for event in events_of(client(service), job)] == ["fail", "success"]
+
+
+def test_a_grouped_heartbeat_lists_its_pings_and_follows_only_its_members(anonymous, service, alarms_seen):
+    grouped = new_heartbeat(service, name="hosts", pattern={"job": "x"}, expected_interval="1m", group_by=["host"])
+    anonymous.get(f"/ping/{grouped}")
+    anonymous.post(f"/ping/{grouped}/fail", "no")
+    assert status_of(service, grouped) == "pending" and alarms_seen == []
+    assert [event["kind"] for event in events_of(client(service), grouped)] == ["fail", "success"]
+
+
+def test_a_ping_after_the_heartbeat_is_deleted_is_not_found(anonymous, service, job):
+    service.engine.delete(job)
+    assert anonymous.get(f"/ping/{job}", status=404).body == b"not found"
+    assert anonymous.get(f"/ping/{job}/fail", status=404).body == b"not found"
+
+
+# -- /events -------------------------------------------------------------------
+
+
+def test_every_ping_is_listed_in_events_with_method_body_and_client(service, clock, job):
+    with heartbeat_lite.serve(service, port=0) as base:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/ping/{job}/log", data=b"log line",
+                                                      method="POST"), timeout=10).read()
+        for _ in range(3):  # each one is listed, none coalesced away
+            with urllib.request.urlopen(f"{base}/ping/{job}", timeout=10) as answer:
+                assert answer.status == 200 and answer.read() == b"OK"
+                assert answer.headers["Ping-Body-Limit"] == "10000"
+                assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    listed = events_of(client(service), job)
+    assert listed == [{"kind": "success", "method": "GET", "client": "127.0.0.1", "body": ""}] * 3 + [
+        {"kind": "log", "method": "POST", "client": "127.0.0.1", "body": "log line"}]
+
+
+def test_a_ping_body_is_kept_up_to_10000_bytes(anonymous, service, job):
+    anonymous.post(f"/ping/{job}/log", "é" * 4999 + "xyz")  # 10,001 bytes: the last byte cut
+    kept = events_of(client(service), job)[0]
+    assert kept["body"] == "é" * 4999 + "xy" and kept["body_truncated"] is True
+    anonymous.post(f"/ping/{job}/log", "é" * 5001)  # a character cut in two is dropped
+    kept = events_of(client(service), job)[0]
+    assert kept["body"] == "é" * 5000 and kept["body_truncated"] is True
+    anonymous.post(f"/ping/{job}/log", "\x01" * 10_000)  # escaped 6 times over in JSON: still whole
+    kept = events_of(client(service), job)[0]
+    assert kept["body"] == "\x01" * 10_000 and "body_truncated" not in kept
+
+
+def test_a_ping_body_over_the_service_limit_is_refused_and_changes_nothing(anonymous, service, job):
+    too_big = b"x" * (heartbeat_lite.MAX_EVENT_BODY_BYTES + 1)
+    answer = anonymous.post(f"/ping/{job}/fail", too_big, status=413)
+    assert answer.json["description"].startswith("request body larger than")
+    assert status_of(service, job) == "pending" and events_of(client(service), job) == []
+
+
+def test_a_bad_rid_changes_nothing(anonymous, service, job):
+    assert anonymous.post(f"/ping/{job}/fail?rid=12", status=400).body == b"invalid uuid format"
+    assert status_of(service, job) == "pending" and events_of(client(service), job) == []
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def test_a_run_s_duration_is_on_its_last_ping_and_in_the_history(anonymous, service, clock, job):
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(6.08)
+    anonymous.get(f"/ping/{job}")
+    api = client(service)
+    assert events_of(api, job)[0]["duration"] == 6.08
+    assert "duration" not in events_of(api, job)[1]
+    entry = history_of(api, job)[0]
+    assert entry["duration"] == 6.08 and entry["status"] == "up" and entry["reason"] == "run finished in 6.1s"
+    clock.advance(1)
+    anonymous.get(f"/ping/{job}")  # no run open: no duration
+    assert "duration" not in events_of(api, job)[0]
+
+
+def test_a_failed_run_s_duration_is_in_its_alarm_s_history_entry(anonymous, service, clock, job):
+    anonymous.post(f"/ping/{job}/start")
+    clock.advance(90)
+    anonymous.post(f"/ping/{job}/2", "rsync error")
+    api = client(service)
+    assert events_of(api, job)[0]["duration"] == 90
+    entry = history_of(api, job)[0]
+    assert entry == {"at": clock.now, "status": "down", "reason": "exit status 2", "duration": 90}
+
+
+def test_runs_are_paired_by_rid(anonymous, service, clock, job):
+    other = "6f1d3c1e-0000-4000-8000-000000000001"
+    anonymous.get(f"/ping/{job}/start?rid={RID}")
+    clock.advance(10)
+    anonymous.get(f"/ping/{job}/start?rid={other.upper()}")  # any spelling of a UUID
+    clock.advance(5)
+    anonymous.get(f"/ping/{job}?rid={RID}")
+    clock.advance(1)
+    anonymous.get(f"/ping/{job}")  # no rid: no run of its own
+    clock.advance(1)
+    anonymous.post(f"/ping/{job}/fail?rid={other}")
+    listed = events_of(client(service), job)
+    assert [(event["kind"], event.get("rid"), event.get("duration")) for event in listed] == [
+        ("fail", other, 7), ("success", None, None), ("success", RID, 15), ("start", other, None),
+        ("start", RID, None)]
+
+
+def test_a_run_started_again_is_measured_from_its_last_start(anonymous, service, clock, job):
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(100)
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(20)
+    anonymous.get(f"/ping/{job}")
+    assert events_of(client(service), job)[0]["duration"] == 20
+
+
+def test_open_runs_are_bounded_per_heartbeat(anonymous, service, clock, job):
+    first = "6f1d3c1e-0000-4000-8000-000000000000"
+    anonymous.get(f"/ping/{job}/start?rid={first}")
+    for n in range(1, heartbeat_lite.MAX_OPEN_RUNS_PER_HEARTBEAT + 1):
+        anonymous.get(f"/ping/{job}/start?rid=6f1d3c1e-0000-4000-8000-{n:012d}")
+    anonymous.get(f"/ping/{job}?rid={first}")  # forgotten: the oldest
+    assert "duration" not in events_of(client(service), job)[0]
+    anonymous.get(f"/ping/{job}?rid=6f1d3c1e-0000-4000-8000-000000000001")
+    assert "duration" in events_of(client(service), job)[0]
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def test_metrics_count_pings_by_kind(anonymous, service, job):
+    for suffix in ("", "/0", "/start", "/log", "/fail", "/9"):
+        anonymous.get(f"/ping/{job}{suffix}")
+    anonymous.get(f"/ping/{UNKNOWN_ID}", status=404)
+    samples = parse_prometheus(client(service).get("/metrics").text)
+    counts = {labels[0][1]: value for (name, labels), value in samples.items()
+              if name == "heartbeat_lite_pings_received_total"}
+    assert counts == {"success": 2, "start": 1, "log": 1, "fail": 2}
+
+
+# -- Opsgenie ------------------------------------------------------------------
+
+
+def genie(clock, **options):
+    return heartbeat_lite.create_app(clock=clock, genie_key="s3cret-genie", **options)
+
+
+def test_the_opsgenie_route_is_off_without_a_genie_key(anonymous, job):
+    anonymous.get("/v2/heartbeats/nightly%20backup/ping", headers={"Authorization": "GenieKey x"}, status=404)
+
+
+@pytest.mark.parametrize("header", [None, "GenieKey wrong", "Basic cm9vdDpyb290", "s3cret-genie", "GenieKey"])
+def test_an_opsgenie_ping_without_the_right_key_is_refused(clock, header):
+    with genie(clock) as service:
+        job = new_heartbeat(service, name="nightly backup", pattern={"job": "backup"})
+        headers = {"Authorization": header} if header else {}
+        answer = client(service, user=None).get("/v2/heartbeats/nightly%20backup/ping", headers=headers,
+                                                status=401)
+        assert answer.json["message"] == "Could not authenticate"
+        assert status_of(service, job) == "pending"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "HEAD"])
+def test_an_opsgenie_ping_refreshes_every_heartbeat_of_that_name(clock, method):
+    with genie(clock) as service:
+        first = new_heartbeat(service, name="nightly backup", pattern={"job": "backup", "site": "a"})
+        second = new_heartbeat(service, name="nightly backup", pattern={"job": "backup", "site": "b"})
+        other = new_heartbeat(service, name="other", pattern={"job": "other"})
+        answer = client(service, user=None).request("/v2/heartbeats/nightly%20backup/ping", method=method,
+                                                    headers={"Authorization": "GenieKey s3cret-genie"})
+        assert answer.status_int == 202
+        if method != "HEAD":
+            assert answer.json["result"] == "PONG - Heartbeat received" and answer.json["took"] == 0
+            assert re.fullmatch(r"[0-9a-f-]{36}", answer.json["requestId"])
+        assert [status_of(service, hid) for hid in (first, second, other)] == ["up", "up", "pending"]
+        assert events_of(client(service), first)[0]["kind"] == "success"
+
+
+def test_an_opsgenie_ping_for_an_unknown_name_answers_as_opsgenie_and_is_logged_once(clock, caplog):
+    with genie(clock) as service:
+        app = client(service, user=None)
+        with caplog.at_level(logging.WARNING, logger="heartbeat_lite"):
+            for _ in range(3):
+                answer = app.post("/v2/heartbeats/nobody/ping", headers={"Authorization": "GenieKey s3cret-genie"},
+                                  status=202)
+                assert answer.json["result"] == "PONG - Heartbeat received"
+        assert len([record for record in caplog.records if "nobody" in record.getMessage()]) == 1
+
+
+# -- Uptime Kuma ----------------------------------------------------------------
+
+
+def test_an_unknown_push_token_answers_as_uptime_kuma(anonymous):
+    answer = anonymous.get("/api/push/abcdefgh12?status=up&msg=OK", status=404)
+    assert answer.json == {"ok": False, "msg": "Monitor not found or not active."}
+
+
+# -- turned off -----------------------------------------------------------------
+
+
+def test_pings_off_turns_every_ping_route_off(clock):
+    with heartbeat_lite.create_app(clock=clock, pings=False, genie_key="k", ping_key="key") as service:
+        job = new_heartbeat(service)
+        app = client(service, user=None)
+        for path in (f"/ping/{job}", f"/ping/{job}/fail", "/ping/key/slug", "/api/push/abcdefgh12",
+                     "/v2/heartbeats/x/ping"):
+            assert app.get(path, headers={"Authorization": "GenieKey k"}, status=404).json["description"] \
+                == "not found"
+        assert status_of(service, job) == "pending"
+
+
+def test_the_ping_settings_come_from_flags_or_the_environment():
+    parser = heartbeat_lite.build_parser()
+    args = heartbeat_lite.check_settings(parser.parse_args(["--pings", "off", "--db", ":memory:"]), {})
+    assert args.pings is False and args.ping_key is None and args.genie_key is None
+    args = heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:"]), {
+        "HEARTBEAT_LITE_PINGS": "ON", "HEARTBEAT_LITE_PING_KEY": "k3y", "HEARTBEAT_LITE_GENIE_KEY": "g"})
+    assert args.pings is True and args.ping_key == "k3y" and args.genie_key == "g"
+    with pytest.raises(heartbeat_lite.ConfigError, match="HEARTBEAT_LITE_PINGS: on or off"):
+        heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:"]), {"HEARTBEAT_LITE_PINGS": "no"})
+    with pytest.raises(heartbeat_lite.ConfigError, match="--ping-key: printable"):
+        heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:", "--ping-key", "a b"]), {})
+
+
+def test_a_database_error_answers_503_so_that_curl_retries(anonymous, service, job, caplog):
+    def broken(*_):
+        raise heartbeat_lite.StoreError("disk I/O error")
+
+    service.store.statement_hook = broken
+    with caplog.at_level(logging.ERROR, logger="heartbeat_lite"):
+        answer = anonymous.post(f"/ping/{job}/fail", status=503)
+    assert answer.body.decode() == heartbeat_lite.DATABASE_ERROR and answer.content_type == "text/plain"
