@@ -6444,23 +6444,18 @@ class Windows:
             self.by_id = {**self.by_id, maintenance_id: window}
             self._due_by_boundary(window, now)
 
-    def covering(self, pattern, at, windows=None):
+    def covering(self, pattern, at, excluding=None):
         """``(until, window)``: of the maintenance windows selecting
         ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
-        the one ending last; None when there is none."""
-        if windows is None:
-            if not self._by_id:
-                return None
-            if isinstance(pattern, str):
-                pattern = json.loads(pattern)
-            windows = self.selecting(pattern)
-        if not windows:
+        but the one of id ``excluding``, the one ending last; None when
+        there is none."""
+        if not self._by_id:
             return None
         if isinstance(pattern, str):
             pattern = json.loads(pattern)
         best = None
-        for window in windows:
-            if window.selects(pattern):
+        for window in self.selecting(pattern):
+            if window.id != excluding:
                 occurrence = window.occurrence_at(at)
                 if occurrence is not None and (best is None or occurrence[1] > best[0]):
                     best = (occurrence[1], window)
@@ -6614,38 +6609,45 @@ class Windows:
                 started.append(window)
             end = window.last_end(since, now)
             if start is not None and (end is None or start < end):
-                self._record(change, window, start, True)
+                self._record(change, window, start, True, own=True)
             if end is not None:
                 covered = []
                 changed = self.core.store.end_maintenance(window.pattern, end, covered=covered)
                 moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
                 ended.append((window, self._ruled(covered)))
-                self._record(change, window, end, False, covered)
+                self._record(change, window, end, False, covered, own=True)
             if start is not None and end is not None and start >= end:  # ended, then started again
-                self._record(change, window, start, True)
+                self._record(change, window, start, True, own=True)
         if moved_up:
             change.then(self.core.model.written, moved_up)
         return started, ended
 
-    def _record(self, change, window, at, started, covered=None):
+    def _record(self, change, window, at, started, covered=None, own=False):
         """Record a window's start (status ``maintenance``) or end (each
         heartbeat's status then) in the history of the heartbeats it
         covers, with one containment scan per boundary (``covered``: those
         heartbeats, when the end rule's scan found them already, see
         :meth:`Store.end_maintenance`). Paused heartbeats are left alone
-        (their time is not counted anyway), and an end is not recorded for a
-        heartbeat another window still covers. Availability leaves
-        maintenance time out. Records only: nothing is written, no alarm."""
+        (their time is not counted anyway). Only a change is recorded: a
+        start not for a heartbeat a window covered just before, an end not
+        for one a window still covers; ``own``: the window's other
+        occurrences count (a boundary of its rule), else only the other
+        windows (created, replaced, deleted). So overlapping windows, or a
+        rule whose occurrences overlap, record one start and one end per
+        stretch of maintenance, not one per occurrence. Availability
+        leaves maintenance time out. Records only: nothing is written, no
+        alarm."""
         if not self.core.store.claim_boundary(window.id, at, started):
             return  # another instance sharing the database recorded it
-        others = [other for other in self.by_id.values() if other.id != window.id]
+        excluding = None if own else window.id
+        then = math.nextafter(at, -math.inf) if started else at
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
         scanned = self.core.store.selected(window.pattern) if covered is None else covered
         change.record(Transition({"id": heartbeat_id}, None, status, MAINTENANCE if started else status, at, reason,
                                  extra=extra)
                       for heartbeat_id, status, pattern in scanned
-                      if status != PAUSED and (started or self.covering(pattern, at, others) is None))
+                      if status != PAUSED and self.covering(pattern, then, excluding) is None)
 
     def document(self, maintenance_id):
         """A window's document; :raises NotFound:."""

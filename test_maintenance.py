@@ -629,6 +629,53 @@ def test_the_tick_does_not_scan_heartbeats_for_windows(service, app, clock):
     assert sum("json_each" in sql for sql in statements) == 2  # one, at the end
 
 
+def maintenance_rows(service, heartbeat_id):
+    """The history rows of a heartbeat that maintenance windows wrote: (at, status)."""
+    return [(entry["at"], entry["status"]) for entry in reversed(service.engine.history(heartbeat_id)["history"])
+            if "maintenance" in entry]
+
+
+def test_overlapping_windows_record_one_start_and_one_end_per_stretch(app, service, clock):
+    ids = [create(app, body(pattern={"k": str(i)}, expected_interval="24h")) for i in range(3)]
+    window(app, T0 + 10, T0 + 100)
+    window(app, T0 + 50, T0 + 200)  # starts while the first covers them: nothing to record
+    window(app, T0 + 20, T0 + 80, pattern={"k": "1"})  # inside both
+    for t in (T0 + 10, T0 + 20, T0 + 50, T0 + 80, T0 + 100, T0 + 150, T0 + 200):
+        at(clock, service, t)
+    for heartbeat_id in ids:
+        assert maintenance_rows(service, heartbeat_id) == [(T0 + 10, "maintenance"), (T0 + 200, "pending")]
+
+
+def test_a_rule_whose_occurrences_overlap_records_one_stretch(app, service, clock):
+    """Hourly occurrences two hours long: always covered, so one start, and
+    one end when the window is deleted; not two rows every hour."""
+    heartbeat_id = create(app, body(pattern={"k": "1"}, expected_interval="24h"))
+    maintenance_id = window(app, T0 + 60, T0 + 60 + 7200, rrule="FREQ=HOURLY")
+    for hour in range(12):
+        at(clock, service, T0 + 60 + hour * 3600)
+        at(clock, service, T0 + 61 + hour * 3600)
+    app.delete(f"/api/v2/maintenance/{maintenance_id}")
+    assert maintenance_rows(service, heartbeat_id) == [(T0 + 60, "maintenance"), (T0 + 61 + 11 * 3600, "pending")]
+
+
+def test_windows_that_select_nothing_cost_nothing_at_expiry(app, service, clock, monkeypatch, alarms_seen):
+    """Expiry asks which windows cover each heartbeat falling due: found
+    from the heartbeat's own pairs, never by trying every window."""
+    for i in range(50):
+        create(app, body(pattern={"host": f"h{i}"}, expected_interval="1m"))
+    for i in range(300):
+        window(app, T0 + 10, T0 + 10_000, pattern={"host": f"elsewhere{i}"})
+    window(app, T0 + 10, T0 + 10_000, pattern={"host": "h7"})
+    at(clock, service, T0 + 11)
+    tried = []
+    selects = heartbeat_lite.MaintenanceWindow.selects
+    monkeypatch.setattr(heartbeat_lite.MaintenanceWindow, "selects",
+                        lambda window, pattern: tried.append(window.id) or selects(window, pattern))
+    at(clock, service, T0 + 61)
+    assert len(tried) <= 50  # the one window selecting h7, tried as each heartbeat falls due
+    assert len(alarms_seen) == 49  # all but h7
+
+
 ###############################################################################
 # Daylight saving time (Europe/Paris: last Sundays of March and October 2026)
 ###############################################################################
