@@ -159,6 +159,9 @@ MAINTENANCE_KEPT_STARTS = 512  # occurrence starts a window keeps in memory, at 
 MAX_GROUP_BY_KEYS = 4
 MAX_EXPECTED_MEMBERS = 10_000  # and the heartbeat body stays within MAX_HEARTBEAT_BODY_BYTES
 MAX_MEMBERS_PER_HEARTBEAT = 100_000  # beyond, new members are refused (and the log says it once)
+MAX_MEMBERS = 200_000  # members of every heartbeat together: likewise
+DEFAULT_ALARMS_LISTED = 1000  # GET /api/v2/alarms without limit: the oldest; X-Total-Count says how many are open
+MAX_ALARMS_LISTED = 10_000
 DEFAULT_MEMBERS_PAGE = 100  # GET .../members without limit
 MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
@@ -1378,6 +1381,19 @@ def _limit_parameter(reasons, query, default, maximum):
         reasons.append(f"limit: must be an integer from 1 to {maximum}")
         return default
     return int(text)
+
+
+def parse_alarms_query(query):
+    """``limit`` of ``GET /api/v2/alarms`` (other parameters are ignored):
+    how many of the oldest alarms to list.
+
+    :raises Invalid: with the reason.
+    """
+    reasons = []
+    limit = _limit_parameter(reasons, query, DEFAULT_ALARMS_LISTED, MAX_ALARMS_LISTED)
+    if reasons:
+        raise Invalid(reasons)
+    return limit
 
 
 def parse_history_query(query):
@@ -4227,12 +4243,13 @@ def group_keys(row):
 
 
 def member_values(event, keys):
-    """The values of ``keys`` in ``event``, a tuple, when each is a string;
-    otherwise None (the event names no member)."""
+    """The values of ``keys`` in ``event``, a tuple, when each is a string
+    of at most :data:`MAX_PATTERN_ITEM_CHARS` characters (as a pattern's
+    values); otherwise None (the event names no member)."""
     values = []
     for key in keys:
         value = event.get(key)
-        if type(value) is not str:
+        if type(value) is not str or len(value) > MAX_PATTERN_ITEM_CHARS:
             return None
         values.append(value)
     return tuple(values)
@@ -5428,6 +5445,10 @@ class ReadModel:
 
     def member_count(self, heartbeat_id):
         return self._member_counts.get(heartbeat_id, 0)
+
+    def member_total(self):
+        """How many members every heartbeat has together."""
+        return sum(self._member_counts.values())
 
     def member_is_up(self, heartbeat_id, values):
         return values in self._member_stored.get(heartbeat_id, _NO_CHILDREN)
@@ -6973,7 +6994,8 @@ class Groups:
             heartbeat = store.heartbeat(heartbeat_id)
             rows = store.members_by_key(heartbeat_id, list(wanted))
             refresh, touch, insert, transitions, up = [], [], [], [], {}
-            room = MAX_MEMBERS_PER_HEARTBEAT - model.member_count(heartbeat_id)
+            room = min(MAX_MEMBERS_PER_HEARTBEAT - model.member_count(heartbeat_id),
+                       MAX_MEMBERS - model.member_total())
             if room > 0:
                 self._capped.discard(heartbeat_id)  # say it again when it fills up again
             for key, values in wanted.items():
@@ -7011,9 +7033,21 @@ class Groups:
     def _refuse(self, heartbeat):
         if heartbeat["id"] not in self._capped:
             self._capped.add(heartbeat["id"])
-            log.warning("heartbeat %s ('%s') has %d members, the most it may have: events naming new members "
-                        "are ignored (they still refresh the members it has)", heartbeat["id"],
-                        log_safe(heartbeat["name"]), MAX_MEMBERS_PER_HEARTBEAT)
+            count = self.core.model.member_count(heartbeat["id"])
+            log.warning("heartbeat %s ('%s') has %d members, the most it may have (%d per heartbeat, %d for every "
+                        "heartbeat together, which have %d): events naming new members are ignored (they still "
+                        "refresh the members it has)",
+                        heartbeat["id"], log_safe(heartbeat["name"]), count, MAX_MEMBERS_PER_HEARTBEAT,
+                        MAX_MEMBERS, self.core.model.member_total())
+
+    def room(self, count):
+        """Check that ``count`` more members fit under :data:`MAX_MEMBERS`
+        (expected members, created with their heartbeat).
+        :raises Invalid: when they do not."""
+        room = MAX_MEMBERS - self.core.model.member_total()
+        if count > room:
+            raise Invalid([f"expected_members: {count} more members do not fit: every heartbeat together may have "
+                           f"{MAX_MEMBERS:,} members, there is room for {max(room, 0):,}"])
 
     def regrouped(self, change, old, new, now):
         """In an update's change: what it does to a heartbeat that is or was
@@ -7055,6 +7089,7 @@ class Groups:
                          if late_seconds is None or row["refreshed"] + late_seconds > now)
         status = PAUSED if paused else PENDING
         if to_create:
+            self.room(len(to_create))
             store.insert_members([member_row(new, key, now, status, expected=True) for key in to_create])
             change.apply((Transition(new, key, None, status, now, "expected member created", now)
                           for key in to_create), written=True)
@@ -7130,6 +7165,7 @@ class Heartbeats:
             row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "refreshed": now,
                    "status": PENDING}
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
+            self.groups.room(len(expected))
             with core.funnel.change() as change:
                 core.store.insert_heartbeat(row)
                 change.then(core.model.created, row)
@@ -10823,10 +10859,15 @@ def openapi_document():
                         {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
             },
             "/api/v2/alarms": {
-                "get": operation("listAlarms", "alarm", "The active alarms, oldest first", {
+                "get": operation("listAlarms", "alarm", "The active alarms, oldest first: the oldest "
+                                 f"{DEFAULT_ALARMS_LISTED:,} unless limit says otherwise", {
                     "200": {"description": "The alarms",
+                            "headers": {
+                                "X-Total-Count": {"description": "how many alarms are open, listed or not",
+                                                  "required": True, "schema": {"type": "integer"}}},
                             **_json_content({"type": "array", "items": _ref("Alarm")})},
-                    **errors}),
+                    **errors, **bad_query}, parameters=[
+                        limit_parameter(f"{DEFAULT_ALARMS_LISTED}", MAX_ALARMS_LISTED)]),
             },
             "/api/v2/heartbeat/{heartbeat_id}/ack": {
                 "parameters": [heartbeat_id],
@@ -11482,7 +11523,13 @@ class WebApi:
         return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
 
     def list_alarms(self, user):
-        return json_response(self.engine.alarms())
+        try:
+            limit = parse_alarms_query(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+        counts = self.engine.alarm_counts()
+        total = counts.pop("intake") + sum(heartbeats + members for heartbeats, members in counts.values())
+        return json_response(self.engine.alarms(limit), headers={"X-Total-Count": str(total)})
 
     def ack_heartbeat(self, heartbeat_id, user):
         comment = validate_ack(self._read_body(MAX_HEARTBEAT_BODY_BYTES))

@@ -525,6 +525,21 @@ def test_alarms_are_listed_oldest_first(app, service, clock):
     assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms").json] == [fast, slow]
 
 
+def test_the_alarms_listed_are_bounded_and_the_total_is_said(app, service, clock, monkeypatch):
+    monkeypatch.setattr(heartbeat_lite, "DEFAULT_ALARMS_LISTED", 2)
+    ids = [create(app, body(pattern={"k": str(i)}, expected_interval=f"{i + 1}m")) for i in range(3)]
+    clock.advance(300)
+    service.tick()
+    answer = app.get("/api/v2/alarms")
+    assert [a["heartbeat_id"] for a in answer.json] == ids[:2]  # the oldest
+    assert answer.headers["X-Total-Count"] == "3"
+    assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms?limit=3").json] == ids
+    assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms?limit=1").json] == ids[:1]
+    for limit in ("0", "10001", "x"):
+        answer = app.get(f"/api/v2/alarms?limit={limit}", status=400).json
+        assert answer["errors"] == ["limit: must be an integer from 1 to 10000"]
+
+
 def test_the_resource_joins_sorted_keys(service, clock, alarms_seen):
     down_heartbeat(service, clock, pattern={"z": "1", "a": "2", "m": "é"})
     assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
