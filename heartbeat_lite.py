@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8"]
+# dependencies = ["bottle>=0.13", "waitress>=3.0", "python-dateutil>=2.8", "cronsim>=2.7"]
 # ///
 """heartbeat-lite: a single-file, embeddable heartbeat monitor.
 
@@ -83,6 +83,7 @@ import zlib
 import zoneinfo
 
 import bottle
+import cronsim
 import dateutil.rrule
 
 __version__ = "0.1.0"
@@ -109,7 +110,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def read_schema(name):
@@ -210,6 +211,7 @@ PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Contro
                    "Cache-Control": "max-age=0, no-cache, no-store, must-revalidate, private"}
 #: a created heartbeat (``?create=1``): Healthchecks' default timeout (1 day) plus its grace (1 hour)
 PING_CREATED_INTERVAL, PING_CREATED_LATE_AFTER = "25h", "24h"
+PING_AUTHOR = "ping"  # the author of a heartbeat ?create=1 made
 OPSGENIE_PONG = "PONG - Heartbeat received"
 KUMA_NOT_FOUND = "Monitor not found or not active."
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
@@ -512,7 +514,8 @@ def is_loopback(host):
 
 HEARTBEAT_FIELDS = ("name", "author", "description", "pattern", "expected_interval", "output", "late_after",
                     "group_by", "expected_members", "retire_after",
-                    "channels", "escalate_after", "escalate_to")
+                    "channels", "escalate_after", "escalate_to",
+                    "slug", "push_token", "max_run", "schedule", "tz")
 MAINTENANCE_FIELDS = ("name", "pattern", "start", "end", "timezone", "rrule")
 IGNORED_FIELDS = ("_id", "created", "updated")
 _INTERVAL_RE = re.compile(r"([1-9][0-9]{0,11})([smh])")
@@ -731,6 +734,7 @@ def validate_heartbeat(doc, default_author):
 
     group_by, expected, retire_after, retire_seconds = _check_grouping(reasons, doc)
     routing = _check_routing(reasons, doc)
+    pings = _check_pings(reasons, doc)
 
     if reasons:
         raise Invalid(reasons)
@@ -749,7 +753,72 @@ def validate_heartbeat(doc, default_author):
         "retire_after": retire_after,
         "retire_seconds": retire_seconds,
         **routing,
+        **pings,
     }
+
+
+_SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+_PUSH_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_SCHEDULE_CHARS = 255
+
+
+def _check_pings(reasons, doc):
+    """Check the fields of pings and schedules (§16), each optional:
+    ``slug`` and ``push_token`` (the other names a ping may address the
+    heartbeat by; that they are free is the store's to check), ``max_run``
+    (an interval shorter than a year), ``schedule`` (a 5-field cron
+    expression, Debian semantics through cronsim: it needs
+    ``expected_interval``, then measured from each scheduled time) and
+    ``tz`` (the schedule's IANA zone, default ``UTC``; only with a schedule).
+
+    :returns: the fields ``slug``, ``push_token``, ``max_run``,
+        ``max_run_seconds``, ``schedule``, ``tz``, each None when not given
+        (``tz`` is ``UTC`` when a schedule is given without one).
+    """
+    pings = dict.fromkeys(("slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz"))
+    if "slug" in doc:
+        if isinstance(doc["slug"], str) and _SLUG.fullmatch(doc["slug"]):
+            pings["slug"] = doc["slug"]
+        else:
+            reasons.append("slug: must be 1 to 100 lower-case letters, digits, - or _")
+    if "push_token" in doc:
+        if isinstance(doc["push_token"], str) and _PUSH_TOKEN.fullmatch(doc["push_token"]):
+            pings["push_token"] = doc["push_token"]
+        else:
+            reasons.append("push_token: must be 8 to 64 letters, digits, - or _")
+    if "max_run" in doc:
+        seconds = _check_interval(reasons, "max_run", doc["max_run"], limited=False)
+        if seconds is not None and seconds >= MAX_INTERVAL_SECONDS:
+            reasons.append(f"max_run: must be shorter than a year ({MAX_INTERVAL_SECONDS // 3600}h)")
+        pings["max_run"], pings["max_run_seconds"] = doc["max_run"], seconds
+    if "schedule" in doc:
+        schedule = doc["schedule"]
+        if "expected_interval" not in doc:
+            reasons.append("schedule: needs expected_interval (how long after each scheduled time a ping may come)")
+        if not _is_text(schedule) or len(schedule) > MAX_SCHEDULE_CHARS or len(schedule.split()) != 5:
+            reasons.append("schedule: must be a cron expression of 5 fields (minute hour day month weekday)")
+        else:
+            try:
+                cronsim.CronSim(schedule, datetime.datetime(2000, 1, 1))
+            except (cronsim.CronSimError, ValueError, KeyError, IndexError) as exc:
+                reasons.append(f"schedule: not a valid cron expression ({exc or 'malformed'})")
+            else:
+                pings["schedule"] = schedule
+        pings["tz"] = "UTC"
+    if "tz" in doc:
+        tz = doc["tz"]
+        if "schedule" not in doc:
+            reasons.append("tz: needs schedule (it is the schedule's time zone)")
+        elif not _is_text(tz) or not 1 <= len(tz) <= MAX_NAME_CHARS:
+            reasons.append("tz: must be an IANA time zone name, such as Europe/Paris")
+        else:
+            try:
+                time_zone(tz)
+            except ValueError:
+                reasons.append(f"tz: unknown time zone {tz!r} (an IANA name, such as Europe/Paris)")
+            else:
+                pings["tz"] = tz
+    return pings
 
 
 def _check_grouping(reasons, doc):
@@ -1631,8 +1700,29 @@ class NotFound(Exception):
     """No heartbeat has that id."""
 
 
-class PatternExists(Exception):
+class Taken(Exception):
+    """Another heartbeat already has a value that must be unique: ``field``
+    says which (``pattern``, ``slug``, ``push_token``)."""
+
+    field = None
+
+
+class PatternExists(Taken):
     """Another heartbeat already has that pattern."""
+
+    field = "pattern"
+
+
+class SlugExists(Taken):
+    """Another heartbeat already has that slug."""
+
+    field = "slug"
+
+
+class PushTokenExists(Taken):
+    """Another heartbeat already has that push token."""
+
+    field = "push_token"
 
 
 class MemberNotFound(NotFound):
@@ -1644,6 +1734,7 @@ _DOCUMENT_COLUMNS = (
     "interval_seconds", "late_after", "late_seconds", "group_by", "expected_members", "retire_after",
     "retire_seconds", "created", "updated",
     "channels", "escalate_after", "escalate_seconds", "escalate_to",
+    "slug", "push_token", "max_run", "max_run_seconds", "schedule", "tz",
 )
 _STATE_COLUMNS = ("status", "refreshed", "last_event", "alarm_since", "deadline", "due")
 _SELECT_HEARTBEAT = "SELECT " + ", ".join(_DOCUMENT_COLUMNS + _STATE_COLUMNS) + " FROM heartbeat"
@@ -1684,6 +1775,8 @@ DROP INDEX IF EXISTS heartbeat_pattern;
 DROP INDEX IF EXISTS heartbeat_newest;
 DROP INDEX IF EXISTS heartbeat_due;
 DROP INDEX IF EXISTS heartbeat_alarms;
+DROP INDEX IF EXISTS heartbeat_slug;
+DROP INDEX IF EXISTS heartbeat_push_token;
 """
 _V1_COLUMNS = ("id, name, author, description, output, pattern, expected_interval, interval_seconds, "
                "created, updated, status, refreshed, last_event, alarm_since")
@@ -1722,6 +1815,15 @@ _MIGRATIONS = {
        for v in (3, 4)},
     # Version 6 added the boundary table (schema.sql creates it): nothing to rebuild.
     5: ("", ""),
+}
+# Version 7 (pings and schedules) added the heartbeat's slug, push_token,
+# max_run and schedule columns: to every older version's steps (each
+# rebuilds the heartbeat table but version 5's), version 6's rebuild.
+_V5_COLUMNS = _V3_COLUMNS + ", channels, escalate_after, escalate_seconds, escalate_to"
+_MIGRATIONS = {
+    **_MIGRATIONS,
+    5: (_SET_ASIDE.format(v=5), _MOVE_OVER.format(v=5, columns=_V5_COLUMNS)),
+    6: (_SET_ASIDE.format(v=6), _MOVE_OVER.format(v=6, columns=_V5_COLUMNS)),
 }
 
 
@@ -2215,7 +2317,7 @@ class _HeartbeatStatements:
         """
         columns = _DOCUMENT_COLUMNS + ("refreshed",)
         with self.atomic():
-            self._check_pattern_free(row["pattern"], row["id"])
+            self._check_free(row, row["id"])
             self._execute(
                 f"INSERT INTO heartbeat ({', '.join(columns)}) "
                 f"VALUES ({', '.join(':' + c for c in columns)})",
@@ -2223,11 +2325,16 @@ class _HeartbeatStatements:
             )
             self._changed("heartbeat", row["id"])
 
-    def _check_pattern_free(self, pattern, own_id):
+    def _check_free(self, row, own_id):
+        """:raises Taken: (the first of pattern, slug, push token) when another
+        heartbeat than ``own_id`` has a value of ``row`` that must be unique."""
         # Inside the write transaction, so no other writer can slip in between
-        # this look-up and the write; the UNIQUE index stays the last word.
-        if self._query("SELECT 1 FROM heartbeat WHERE pattern = ? AND id <> ?", (pattern, own_id)):
-            raise PatternExists(pattern)
+        # this look-up and the write; the UNIQUE indexes stay the last word.
+        for column, taken in (("pattern", PatternExists), ("slug", SlugExists), ("push_token", PushTokenExists)):
+            value = row.get(column)
+            if value is not None and self._query(f"SELECT 1 FROM heartbeat WHERE {column} = ? AND id <> ?",
+                                                 (value, own_id)):
+                raise taken(value)
 
     def heartbeat(self, heartbeat_id):
         """The heartbeat row with that id (document and state).
@@ -2282,7 +2389,7 @@ class _HeartbeatStatements:
         columns = [c for c in _DOCUMENT_COLUMNS if c not in ("id", "created")]
         with self.atomic():
             old = self.heartbeat(heartbeat_id)
-            self._check_pattern_free(fields["pattern"], heartbeat_id)
+            self._check_free(fields, heartbeat_id)
             self._execute(
                 f"UPDATE heartbeat SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE id = :id",
                 {**{c: fields[c] for c in columns}, "id": heartbeat_id},
@@ -3951,9 +4058,11 @@ class PostgresStore(Store):
 
     def _refusal(self, error):
         # two instances creating one pattern at once: the UNIQUE index decides
-        if isinstance(error, self._psycopg.errors.UniqueViolation) and \
-                error.diag.constraint_name == "heartbeat_pattern":
-            return PatternExists(error.diag.message_detail)
+        if isinstance(error, self._psycopg.errors.UniqueViolation):
+            taken = {"heartbeat_pattern": PatternExists, "heartbeat_slug": SlugExists,
+                     "heartbeat_push_token": PushTokenExists}.get(error.diag.constraint_name)
+            if taken is not None:
+                return taken(error.diag.message_detail)
         return None
 
     def _broken(self, conn, error):
@@ -4198,6 +4307,10 @@ def heartbeat_document(row):
         value = _optional(row, field)
         if value is not None:
             doc[field] = value if field == "escalate_after" else json.loads(value)
+    for field in ("slug", "push_token", "max_run", "schedule", "tz"):
+        value = _optional(row, field)
+        if value is not None:
+            doc[field] = value
     return doc
 
 
@@ -4222,6 +4335,12 @@ def heartbeat_columns(fields, now):
         "escalate_after": fields.get("escalate_after"),
         "escalate_seconds": fields.get("escalate_seconds"),
         "escalate_to": _json_text(fields.get("escalate_to")),
+        "slug": fields.get("slug"),
+        "push_token": fields.get("push_token"),
+        "max_run": fields.get("max_run"),
+        "max_run_seconds": fields.get("max_run_seconds"),
+        "schedule": fields.get("schedule"),
+        "tz": fields.get("tz"),
         "updated": int(now),
     }
 
@@ -5177,6 +5296,8 @@ class ReadModel:
         self._member_unwritten = {}  # id -> {values: later refresh time}
         self._member_counts = {}  # id -> how many members it has
         self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
+        self._slugs = {}  # slug -> id, for the heartbeats that have one (pings address them by it)
+        self._push_tokens = {}  # push_token -> id, likewise
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -5202,6 +5323,10 @@ class ReadModel:
     def created(self, row):
         self._index.add(row["id"], json.loads(row["pattern"]))
         self._documents[row["id"]] = dump_json(heartbeat_document(row))
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(row, column)
+            if name is not None:
+                names[name] = row["id"]
         keys = group_keys(row)
         if keys is not None:
             self._groups[row["id"]] = keys
@@ -5218,6 +5343,7 @@ class ReadModel:
         """A heartbeat changed; when its grouping changed (or its pattern,
         for a grouped one), its members went with it (see :meth:`Engine.update`)."""
         self._index.remove(json.loads(old["pattern"]))
+        self._forget_names(old["id"], old)
         regrouped = group_keys(old) != group_keys(new) or (group_keys(old) is not None
                                                            and old["pattern"] != new["pattern"])
         if regrouped:
@@ -5230,10 +5356,19 @@ class ReadModel:
 
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
+        self._forget_names(row["id"], row)
         for memory in (self._documents, self._stored, self._unwritten, self._groups):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
         self._short.discard(row["id"])
+
+    def _forget_names(self, heartbeat_id, known):
+        """Forget the slug and push token of ``known`` (a row or a document)
+        if they still name ``heartbeat_id``."""
+        for names, column in ((self._slugs, "slug"), (self._push_tokens, "push_token")):
+            name = _optional(known, column)
+            if name is not None and names.get(name) == heartbeat_id:
+                del names[name]
 
     def _forget_members(self, heartbeat_id):
         for memory in (self._member_stored, self._member_unwritten, self._member_counts):
@@ -5245,7 +5380,9 @@ class ReadModel:
         (its pattern, from its own document) goes; the row comes in."""
         known = self._documents.get(heartbeat_id)
         if known is not None:
-            self._index.remove(json.loads(known)["pattern"])
+            document = json.loads(known)
+            self._index.remove(document["pattern"])
+            self._forget_names(heartbeat_id, document)
             self._documents.pop(heartbeat_id)
         # Members are kept as if none were known: their first refresh here
         # is written, not coalesced (and counted against the limit from now).
@@ -5466,6 +5603,14 @@ class ReadModel:
 
     def member_unwritten_refresh(self, heartbeat_id, values):
         return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None."""
+        return self._slugs.get(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None."""
+        return self._push_tokens.get(token)
 
     def document(self, heartbeat_id):
         """The GET document (JSON bytes); :raises NotFound:."""
@@ -7342,18 +7487,46 @@ class Pings:
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
+        self._last_runs = {}  # heartbeat id -> (end time, duration or None, failure output or None)
+
+    def last_run(self, heartbeat_id):
+        """The heartbeat's last run since the start, as its page shows it:
+        ``{"at", "duration", "output"}`` (``duration`` None when no start
+        ping began it, ``output`` None when it ended well), or None."""
+        last = self._last_runs.get(heartbeat_id)
+        return None if last is None else dict(zip(("at", "duration", "output"), last))
 
     def known(self, heartbeat_id):
         """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
         self.core.model.document(heartbeat_id)
 
     def by_slug(self, slug):
-        """The id of the heartbeat with that ``slug``, or None."""
-        return None
+        """The id of the heartbeat with that ``slug``, or None (from memory)."""
+        return self.core.model.by_slug(slug)
 
     def by_push_token(self, token):
-        """The id of the heartbeat with that ``push_token``, or None."""
-        return None
+        """The id of the heartbeat with that ``push_token``, or None (from memory)."""
+        return self.core.model.by_push_token(token)
+
+    def create(self, slug):
+        """``?create=1``: the heartbeat of a slug no heartbeat has, named and
+        slugged ``slug``, pattern ``{"ping": slug}``, Healthchecks' default
+        timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
+
+        :returns: ``(its id, True)``, or ``(the id, False)`` when another
+            request created it meanwhile.
+        :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
+        """
+        fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
+                                     "expected_interval": PING_CREATED_INTERVAL,
+                                     "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
+        try:
+            return self.heartbeats.create(fields), True
+        except SlugExists:
+            heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None:  # created, then deleted or changed meanwhile
+                raise NotFound(slug) from None
+            return heartbeat_id, False
 
     def named(self, name):
         """The ids of the heartbeats named ``name`` (an Opsgenie ping's);
@@ -7396,6 +7569,9 @@ class Pings:
             with core.operation() as now:
                 received(now)
         duration = facts["duration"]
+        if kind == "fail" or duration is not None:
+            self._last_runs[heartbeat_id] = (core.clock(), duration,
+                                             failure_output(exit_status, text) if kind == "fail" else None)
         if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
             self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
                                 output=failure_output(exit_status, text),
@@ -8488,6 +8664,16 @@ class Engine:
 
     def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
         return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra)
+
+    def by_slug(self, slug):
+        """The id of the heartbeat whose ``slug`` is ``slug``, or None: a
+        look-up in memory, O(1), no database round trip (the pings' routes)."""
+        return self.core.model.by_slug(slug)
+
+    def by_push_token(self, token):
+        """The id of the heartbeat whose ``push_token`` is ``token``, or None
+        (as :meth:`by_slug`)."""
+        return self.core.model.by_push_token(token)
 
     def list(self):
         return self.views.list()
@@ -10069,6 +10255,9 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % if doc["output"]:
 <dt>Alarm output</dt><dd>{{doc["output"]}}</dd>
 % end
+% if last_run is not None:
+<dt>Last run</dt><dd>{{"failed" if last_run["output"] else "ended well"}} {{!time_html(last_run["at"], now)}}{{"" if last_run["duration"] is None else ", took " + seconds_text(last_run["duration"])}}{{"" if last_run["output"] is None else ": " + last_run["output"]}}</dd>
+% end
 <dt>Created</dt><dd>{{!time_html(doc["created"], now)}} by {{doc["author"]}}</dd>
 <dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
 <dt>Id</dt><dd><code>{{doc["_id"]}}</code></dd>
@@ -10142,10 +10331,14 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 
 DETAIL_PAGE_BOTTOM = """<section class="feed">
 <h2>Feed it</h2>
+% if ping_url:
 <p>A ping (no password: the id in the URL is the secret):</p>
 <div class="copyable"><pre id="feed-ping">{{ping_url}}</pre><button type="button" class="copy" data-copy="feed-ping" hidden>Copy</button></div>
 <p>A crontab line, the ping sent when the job succeeds (the schedule before it, your command for <code>job</code>):</p>
 <div class="copyable"><pre id="feed-cron">job &amp;&amp; curl -fsS -m 10 --retry 3 {{ping_url}}</pre><button type="button" class="copy" data-copy="feed-cron" hidden>Copy</button></div>
+% else:
+<p class="muted">Pings are off on this service (<code>--pings off</code>): feed it with events.</p>
+% end
 <p>An event matching its pattern{{(" (each member with its own " + ", ".join(group_by) + ")") if group_by else ""}}:</p>
 <div class="copyable"><pre id="feed-event">{{event_curl}}</pre><button type="button" class="copy" data-copy="feed-event" hidden>Copy</button></div>
 </section>
@@ -10208,7 +10401,8 @@ def prometheus_text(overview, events_received, alarms_raised, outbox_depth, hist
            "1 while a maintenance window covers the heartbeat, else 0.",
            [(labels, int(row["maintenance"] is not None)) for row, labels in identity])
     family("heartbeat_lite_heartbeat_last_event_timestamp_seconds", "gauge",
-           "Receive time of the last matching event (heartbeats that had one).",
+           "Receive time of the last matching event (heartbeats that had one; a grouped one's: its members' "
+           "latest).",
            [(labels, float(row["last_event"])) for row, labels in identity if row["last_event"] is not None])
     family("heartbeat_lite_heartbeat_availability_ratio", "gauge",
            "Share of the last 24 h the heartbeat was not down (paused, maintenance and pending time left out; "
@@ -10267,7 +10461,7 @@ def openapi_document():
     string = {"type": "string"}
     time_or_null = {"type": ["number", "null"], "description": "Unix seconds, to the millisecond"}
     errors = {
-        "400": _answer("Invalid body, pattern already exists, or database error", "Error"),
+        "400": _answer("Invalid body, pattern (or slug, or push_token) already exists, or database error", "Error"),
         "401": _answer("Missing or wrong credentials (with WWW-Authenticate: Basic)", "Error"),
         "429": _answer("Too many failed password derivations lately (with Retry-After)", "Error"),
     }
@@ -10308,6 +10502,8 @@ def openapi_document():
     channel_not_found = {"404": _answer("No channel has this id (name: the id)", "Error")}
     channel_ids = {"type": "array", "items": string, "maxItems": MAX_CHANNELS, "uniqueItems": True}
     interval = {"type": "string", "pattern": "^[1-9][0-9]*(s|m|h)$"}
+    slug = {"type": "string", "pattern": "^" + _SLUG.pattern + "$"}
+    push_token = {"type": "string", "pattern": "^" + _PUSH_TOKEN.pattern + "$"}
     item = {"type": "string", "maxLength": MAX_PATTERN_ITEM_CHARS}
     group_by = {"type": "array", "items": {**item, "minLength": 1}, "minItems": 1, "maxItems": MAX_GROUP_BY_KEYS,
                 "uniqueItems": True, "description": "event keys (none of the pattern's): each distinct combination "
@@ -10453,6 +10649,19 @@ def openapi_document():
                         "escalate_after": {**interval, "description": "still down and not acknowledged this "
                                            "long: escalate_to is told too (give both)"},
                         "escalate_to": {**channel_ids, "minItems": 1},
+                        "slug": {**slug, "description": "the name a ping may use (/ping/<ping-key>/<slug>); "
+                                 "unique (else 400 heartbeat slug already exists)"},
+                        "push_token": {**push_token, "description": "the Uptime Kuma push token "
+                                       "(/api/push/<push_token>); unique (else 400 heartbeat push_token already "
+                                       "exists)"},
+                        "max_run": {**interval, "description": "shorter than a year: a run (/ping/<id>/start) "
+                                    "not finished within it puts the heartbeat down"},
+                        "schedule": {"type": "string", "maxLength": MAX_SCHEDULE_CHARS,
+                                     "description": "a 5-field cron expression (Debian semantics, as cronsim): "
+                                     "expected_interval (and late_after) are then measured from each scheduled "
+                                     "time after the last event; a ping up to 60 s early counts for that time"},
+                        "tz": {"type": "string", "description": "the schedule's IANA time zone (default UTC); "
+                               "needs schedule"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -10472,6 +10681,11 @@ def openapi_document():
                         "channels": {**channel_ids, "description": "present only when set"},
                         "escalate_after": {**string, "description": "present only when set"},
                         "escalate_to": {**channel_ids, "description": "present only when set"},
+                        "slug": {**slug, "description": "present only when set"},
+                        "push_token": {**push_token, "description": "present only when set"},
+                        "max_run": {**string, "description": "present only when set"},
+                        "schedule": {**string, "description": "present only when set"},
+                        "tz": {**string, "description": "present (UTC when not given) only with a schedule"},
                         "created": {"type": "integer"}, "updated": {"type": "integer"},
                     },
                     "additionalProperties": False,
@@ -10975,7 +11189,7 @@ def openapi_document():
 # Web API
 ###############################################################################
 
-PATTERN_EXISTS = "heartbeat pattern already exists"
+ALREADY_EXISTS = "heartbeat {} already exists"  # pattern, slug, push_token
 CROSS_SITE_REFUSED = "cross-site request refused"
 MISDIRECTED = "misdirected request: unknown Host"
 STATE_CHANGING_METHODS = frozenset(("POST", "PUT", "DELETE", "PATCH"))
@@ -11088,6 +11302,8 @@ class OperatorPages:
     def __init__(self, engine, read_body):
         self.engine = engine
         self.read_body = read_body
+        #: whether the ping routes are served (``--pings``): a heartbeat's page then shows its ping URL
+        self.pings = True
         self._templates = {name: bottle.SimpleTemplate(text) for name, text in (
             ("shell", PAGE_SHELL), ("status top", STATUS_PAGE_TOP), ("status", STATUS_PAGE),
             ("detail", DETAIL_PAGE), ("detail bottom", DETAIL_PAGE_BOTTOM))}
@@ -11182,6 +11398,7 @@ class OperatorPages:
             doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
             members=members, member_counts_text=member_counts_text,
             done=DONE_MESSAGES.get(bottle.request.query.get("done")),
+            last_run=self.engine.pings.last_run(heartbeat_id), seconds_text=seconds_text,
             timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
                 'class="timeline"', 'class="timeline large"', 1),
             statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
@@ -11194,7 +11411,8 @@ class OperatorPages:
                       f"{base_url}/api/v2/event")
         bottom = self._templates["detail bottom"].render(
             doc=doc, base=base, pattern_json=json.dumps(doc["pattern"], ensure_ascii=False, indent=2),
-            ping_url=f"{base_url}/ping/{heartbeat_id}", event_curl=event_curl, group_by=doc.get("group_by"))
+            ping_url=f"{base_url}/ping/{heartbeat_id}" if self.pings else None, event_curl=event_curl,
+            group_by=doc.get("group_by"))
         return self._html_answer(f"{doc['name']} - heartbeat-lite", live, bottom=bottom)
 
     def act(self, heartbeat_id, action, user):
@@ -11354,8 +11572,8 @@ class WebApi:
                 return json_response(error_body("member not found", name=str(exc.args[0])), 404)
             except NotFound as exc:
                 return json_response(error_body(f"{kind} not found", name=str(exc.args[0])), 404)
-            except PatternExists:
-                return json_response(error_body(PATTERN_EXISTS), 400)
+            except Taken as exc:
+                return json_response(error_body(ALREADY_EXISTS.format(exc.field)), 400)
             except NoOpenAlarm as exc:
                 return json_response(error_body("no open alarm", name=str(exc.args[0])), 409)
             except ChannelInUse as exc:
@@ -11665,7 +11883,8 @@ class PingRoutes:
             else:
                 heartbeat_id = self.pings.by_slug(slug)
                 if heartbeat_id is None and query.get("create") == "1":
-                    heartbeat_id, status = self.pings.create(slug), 201
+                    heartbeat_id, created = self.pings.create(slug)
+                    status = 201 if created else 200
                 elif heartbeat_id is None:
                     return self._text(404, "not found")
             self.pings.known(heartbeat_id)  # NotFound before anything else is said
@@ -11829,6 +12048,7 @@ class Service:
             self.web.clock_offset = lambda: self.store.clock_offset
         if pings:
             PingRoutes(self.web, ping_key, genie_key)
+        self.web.pages.pings = bool(pings)
         #: the bottle application (routes, for inspection or mounting)
         self.app = self.web.app
         #: the WSGI application: the bottle app with access log and a JSON last resort

@@ -29,6 +29,12 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     escalate_after    TEXT,
     escalate_seconds  INTEGER,
     escalate_to       TEXT,
+    slug              TEXT COLLATE "C",               -- version 7, see schema.sql
+    push_token        TEXT COLLATE "C",
+    max_run           TEXT,
+    max_run_seconds   INTEGER,
+    schedule          TEXT,
+    tz                TEXT,
     created           BIGINT NOT NULL,                -- Unix seconds
     updated           BIGINT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'pending'
@@ -101,6 +107,17 @@ ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS channels TEXT;
 ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_after TEXT;
 ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_seconds INTEGER;
 ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS escalate_to TEXT;
+
+-- Version 7: the fields of pings and schedules (see schema.sql); two
+-- heartbeats may not share a slug, nor a push token.
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS slug TEXT COLLATE "C";
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS push_token TEXT COLLATE "C";
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS max_run TEXT;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS max_run_seconds INTEGER;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS schedule TEXT;
+ALTER TABLE heartbeat ADD COLUMN IF NOT EXISTS tz TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_slug ON heartbeat (slug);
+CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_push_token ON heartbeat (push_token);
 
 -- The durable queue of every channel (see schema.sql), each channel's
 -- delivered in seq order by one instance at a time (an advisory lock per
@@ -204,5 +221,5 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 6)
+INSERT INTO meta (key, value) VALUES ('schema_version', 7)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

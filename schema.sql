@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     escalate_after    TEXT,                  -- as given ("30m"), NULL when not set (version 5)
     escalate_seconds  INTEGER,               -- escalate_after in seconds (version 5)
     escalate_to       TEXT,                  -- JSON array of channel ids told after escalate_after (version 5)
+    slug              TEXT,                  -- the name pings may use (/ping/<key>/<slug>), NULL: none (version 7)
+    push_token        TEXT,                  -- the Uptime Kuma push token (/api/push/<token>), NULL: none (version 7)
+    max_run           TEXT,                  -- as given ("30m"), NULL when not set (version 7)
+    max_run_seconds   INTEGER,               -- max_run in seconds (version 7)
+    schedule          TEXT,                  -- 5-field cron expression as given, NULL: interval only (version 7)
+    tz                TEXT,                  -- the schedule's IANA zone ("Europe/Paris"), NULL without one (version 7)
     created           INTEGER NOT NULL,      -- Unix seconds
     updated           INTEGER NOT NULL,      -- Unix seconds
     -- State, times in Unix seconds (REAL: alarms are due to the millisecond).
@@ -49,6 +55,11 @@ CREATE TABLE IF NOT EXISTS heartbeat (
 -- Two heartbeats may not share a pattern; the canonical form makes key order
 -- irrelevant. Also serves the pattern look-up of create and update.
 CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_pattern ON heartbeat (pattern);
+
+-- Two heartbeats may not share a slug, nor a push token (version 7); NULLs
+-- (not set) are many.
+CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_slug ON heartbeat (slug);
+CREATE UNIQUE INDEX IF NOT EXISTS heartbeat_push_token ON heartbeat (push_token);
 
 -- GET /api/v2/heartbeat lists newest first.
 CREATE INDEX IF NOT EXISTS heartbeat_newest ON heartbeat (created DESC);
@@ -228,4 +239,4 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-PRAGMA user_version = 6;
+PRAGMA user_version = 7;

@@ -11,12 +11,13 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 import webtest
 
 import heartbeat_lite
-from testing_support import T0, body, create, grouped, host, parse_prometheus, send, window
+from testing_support import T0, body, client, create, grouped, host, parse_prometheus, send, window
 
 
 def names(html):
@@ -221,6 +222,23 @@ def test_a_heartbeat_page_says_how_to_feed_it_ready_to_copy(app, service):
                                           "http://127.0.0.1:8082/api/v2/event")
     assert feed.count('class="copy"') == 3 and feed.count(" hidden>Copy</button>") == 3  # shown by the script
     assert html.index('<section class="feed">') > html.index("</main>")  # not refreshed
+
+
+def test_the_ping_url_on_the_page_pings_it(app, service):
+    heartbeat_id = create(app)
+    html = app.get(f"/heartbeat/{heartbeat_id}").text
+    ping = re.search(r'<pre id="feed-ping">([^<]*)</pre>', html).group(1)
+    assert webtest_app(service).get(urllib.parse.urlsplit(ping).path).text == "OK"  # no credentials
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
+
+
+def test_with_pings_off_the_page_shows_no_ping_url(clock):
+    with heartbeat_lite.create_app(db=":memory:", clock=clock, pings=False) as service:
+        app = client(service)
+        heartbeat_id = create(app)
+        html = app.get(f"/heartbeat/{heartbeat_id}").text
+        assert "/ping/" not in html and "Pings are off on this service" in html
+        assert 'id="feed-event"' in html
 
 
 def test_the_event_curl_of_a_grouped_heartbeat_names_its_group_keys(app):

@@ -1592,9 +1592,9 @@ def test_a_newer_schema_is_refused_by_the_cli(tmp_path):
     path = str(tmp_path / "hb.db")
     heartbeat_lite.create_app(db=path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 7")
+        conn.execute(f"PRAGMA user_version = {heartbeat_lite.SCHEMA_VERSION + 1}")
     result = run_cli("--port", "0", "--db", path)
-    assert result.returncode == 2 and "schema version 7" in result.stderr
+    assert result.returncode == 2 and f"schema version {heartbeat_lite.SCHEMA_VERSION + 1}" in result.stderr
 
 
 def test_a_failing_read_gives_the_database_error(app, service, monkeypatch, caplog):

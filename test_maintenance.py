@@ -890,7 +890,8 @@ def test_a_version_1_database_is_migrated_keeping_heartbeats_and_states(tmp_path
         assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
                                                   "AND tbl_name = 'heartbeat' AND name NOT LIKE 'sqlite_%'")}
-        assert indexes == {"heartbeat_pattern", "heartbeat_newest", "heartbeat_due", "heartbeat_alarms"}
+        assert indexes == {"heartbeat_pattern", "heartbeat_newest", "heartbeat_due", "heartbeat_alarms",
+                           "heartbeat_slug", "heartbeat_push_token"}
         assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'heartbeat_v1'").fetchone()[0] == 0
     conn.close()
 

@@ -264,7 +264,7 @@ def test_the_run_time_dependencies_are_the_same_in_every_list():
     with open(os.path.join(HERE, "heartbeat_lite.py"), encoding="utf-8") as f:
         header = requirement_names(json.loads(re.search(r"^# dependencies = (\[.*\])$", f.read(), re.M).group(1)))
     assert requirements == pyproject == header
-    assert {"bottle", "waitress", "python-dateutil"} <= requirements
+    assert {"bottle", "waitress", "python-dateutil", "cronsim"} <= requirements
 
 
 def test_every_list_requires_the_same_python():
