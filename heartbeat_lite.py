@@ -139,6 +139,8 @@ def read_schema(name):
 
 
 BUSY_TIMEOUT_SECONDS = 5.0
+WRITER_STUCK_SECONDS = 0.5  # a write waiting this long waits for the database: requests stop queueing behind it
+LOCK_POLL_SECONDS = 0.05  # how often a request waiting for the engine looks whether it should give up
 
 MAX_NAME_CHARS = 255
 MAX_TEXT_CHARS = 4096  # description, output
@@ -1686,6 +1688,11 @@ class SchemaTooNew(StoreError):
     """The database was written by a newer heartbeat-lite."""
 
 
+class DatabaseBusy(StoreError):
+    """A request gave up waiting for the engine while it waits for the
+    database (see :class:`EngineLock`): the database error, at once."""
+
+
 class DatabaseGone(StoreError):
     """The database file was deleted or replaced while the service ran:
     what would be written now would be lost, so nothing is. ``since``: when
@@ -1987,6 +1994,7 @@ class _Connections(abc.ABC):
         self._owner = None  # the thread inside atomic()
         self._conn = None  # the writer: opened on first use, and again after a failure
         self._stale = False  # the writer failed inside a transaction: drop it after
+        self._writing_since = None  # time.monotonic() when the writer's statement in progress began
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
         self._readers_lock = threading.Lock()  # guards _readers (never the writer's lock: reads must not wait)
@@ -2187,7 +2195,10 @@ class _Connections(abc.ABC):
                 if conn is self._conn and (self._depth or not sql.startswith(_READS)):
                     self._wrote(exc)
                 raise
+        writer = conn is self._conn
         try:
+            if writer:
+                self._writing_since = time.monotonic()
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
             result = self._send(conn, sql, params, many, fetch)
@@ -2197,9 +2208,19 @@ class _Connections(abc.ABC):
                 raise refusal from exc
             self._failed(conn, sql, exc)
             raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+        finally:
+            if writer:
+                self._writing_since = None
         if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
             self._wrote()
         return result
+
+    def writer_waiting(self):
+        """Seconds the writer's statement in progress has run, 0.0 when
+        none: long, it waits for a lock the database holds for another
+        (another process' transaction, on SQLite), up to the busy timeout."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _failed(self, conn, sql, error):
         if conn is self._conn:
@@ -6481,6 +6502,63 @@ class Publisher:
 ###############################################################################
 
 
+class EngineLock:
+    """The engine's lock: reentrant; ``with lock:`` waits as long as it
+    takes (background work: the tick, the workers).
+
+    Requests take it with :meth:`bounded`, which waits too, except while
+    its holder is stuck on the database (``stuck()``: the writer's statement
+    has waited :data:`WRITER_STUCK_SECONDS`, e.g. for SQLite's write lock,
+    held by another process): then one request waits in line, up to
+    ``wait_seconds`` (the busy timeout), and every other gives up at once
+    with :class:`DatabaseBusy` (the documented database error). Writes
+    waiting for the database never take every worker thread, so reads
+    served from memory and ``/healthz`` answer meanwhile.
+    """
+
+    def __init__(self, stuck, wait_seconds):
+        self._lock = threading.RLock()
+        self._stuck = stuck
+        self.wait_seconds = wait_seconds
+        self._in_line = threading.Lock()  # held by the one request waiting while the holder is stuck
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def _is_owned(self):
+        return self._lock._is_owned()
+
+    @contextlib.contextmanager
+    def bounded(self):
+        """The lock, for a request (see the class)."""
+        if not self._lock.acquire(blocking=False):
+            self._wait()
+        try:
+            yield self
+        finally:
+            self._lock.release()
+
+    def _wait(self):
+        deadline = time.monotonic() + self.wait_seconds
+        in_line = False
+        try:
+            while not self._lock.acquire(timeout=LOCK_POLL_SECONDS):
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy("the database is busy (a write waits for a lock held elsewhere)")
+                if not in_line and self._stuck():
+                    in_line = self._in_line.acquire(blocking=False)
+                    if not in_line:
+                        raise DatabaseBusy("the database is busy (a write waits for a lock held elsewhere; "
+                                           "another request waits in line)")
+        finally:
+            if in_line:
+                self._in_line.release()
+
+
 class EngineCore:
     """What the engine's parts share, and only that: the store, the clock,
     the lock every change runs under, the read model, the funnel and the
@@ -6494,7 +6572,7 @@ class EngineCore:
     def __init__(self, store, clock, on_alarm=None, sinks=()):
         self.store = store
         self.clock = clock
-        self.lock = threading.RLock()
+        self.lock = EngineLock(lambda: store.writer_waiting() >= WRITER_STUCK_SECONDS, store.busy_timeout)
         #: the :class:`ReadModel`; replaced whole when reloaded, so read it here each time
         self.model = ReadModel()
         self.sinks = list(sinks)
@@ -6517,7 +6595,7 @@ class EngineCore:
         """The lock, the engine loaded, and the time (yielded, read once);
         what committed meanwhile is published once the lock is released."""
         try:
-            with self.lock:
+            with self.lock.bounded():
                 self.load()
                 yield self.clock()
         finally:
@@ -6951,7 +7029,7 @@ class Intake:
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         core = self.core
-        with core.lock:
+        with core.lock.bounded():
             core.load()
             now = core.clock()
             model = core.model
@@ -11587,7 +11665,7 @@ class WebApi:
             except StoreError as exc:
                 log.error("database error on %s %s: %s", log_safe(bottle.request.method),
                           log_safe(bottle.request.path), exc,
-                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
+                          exc_info=exc.__cause__ is None and not isinstance(exc, (DatabaseGone, DatabaseBusy)))
                 return json_response(error_body(DATABASE_ERROR), 400)
             except Exception:
                 log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
