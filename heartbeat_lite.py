@@ -334,6 +334,20 @@ def redact_url(url):
     return log_safe(f"{scheme}://{authority}{slash}{path}{question}{query}")
 
 
+#: the secret a ping path holds (DESIGN §16): the ping key of ``/ping/<key>/<slug>`` (anything there
+#: but a canonical id: a key mistyped, or the slug forgotten, is still one), the ``/api/push/<push_token>``
+_SECRET_IN_PATH = re.compile(r"^(/+ping/+)(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:/|$))"
+                             r"([^/]+)|^(/+api/+push/+)([^/]+)")
+
+
+def redact_path(path):
+    """A request's path as a log line shows it: the ping key of
+    ``/ping/<key>/<slug>`` and the token of ``/api/push/<push_token>``
+    replaced by ``***`` (a heartbeat's id, ``/ping/<id>``, is shown: every
+    alarm line names it). Not escaped: :func:`log_safe` does that."""
+    return _SECRET_IN_PATH.sub(lambda match: (match.group(1) or match.group(3)) + REDACTED, path, count=1)
+
+
 def url_secrets(url):
     """The secrets :func:`redact_url` hides, each as written and
     percent-decoded, longest first: what :func:`redact_secrets` takes out of
@@ -11560,9 +11574,11 @@ class PingRoutes:
             return json_response(exc.body, exc.status, exc.headers)
         request = bottle.request
         if isinstance(exc, StoreError):
-            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(request.path), exc)
+            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(redact_path(request.path)),
+                      exc)
             return self._text(503, DATABASE_ERROR)
-        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(request.path), exc_info=exc)
+        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(redact_path(request.path)),
+                  exc_info=exc)
         return self._text(500, INTERNAL_ERROR)
 
     def opsgenie(self, name):
@@ -11629,7 +11645,7 @@ def _access_logged(app):
             seen.append("500 Internal Server Error")
             start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
         if access_log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
+            path = redact_path(environ.get("PATH_INFO", ""))
             if environ.get("QUERY_STRING"):
                 path += "?" + environ["QUERY_STRING"]
             access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),

@@ -1,0 +1,77 @@
+"""The ping routes (DESIGN §16) under attack: a hostile client or a careless
+operator, against a real server on port 0 where the fault lives in HTTP
+(docs/security.md). The ordinary behaviour of pings is test_pings.py's.
+"""
+
+import http.client
+import logging
+import urllib.parse
+
+import pytest
+
+import heartbeat_lite
+from testing_support import new_heartbeat
+
+PING_KEY = "k3y-0f-the-slug-form"
+PUSH_TOKEN = "kuma-push-t0ken"
+
+
+@pytest.fixture
+def keyed(clock, alarms_seen):
+    with heartbeat_lite.create_app(db=":memory:", clock=clock, on_alarm=alarms_seen.append,
+                                   ping_key=PING_KEY, genie_key="g3nie-key") as service:
+        yield service
+
+
+def get(base, path, method="GET", body=None):
+    """One request on a fresh connection: ``(status, body bytes)``."""
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request(method, path, body=body)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+# -- secrets in logs ---------------------------------------------------------------
+
+
+def test_the_ping_key_and_push_tokens_never_reach_the_log(keyed, caplog, monkeypatch):
+    """The access log (and a failure's error line) showed
+    ``GET /ping/<ping-key>/<slug>`` and ``/api/push/<push_token>`` in full:
+    anyone reading the log could ping (and ``?create=1``) every slug."""
+    with caplog.at_level(logging.INFO), heartbeat_lite.serve(keyed, port=0) as base:
+        assert get(base, f"/ping/{PING_KEY}/backup")[0] == 404
+        assert get(base, f"/ping/{PING_KEY}/backup/fail?rid=x")[0] == 404
+        assert get(base, f"//ping/{PING_KEY}/backup")[0] == 404
+        assert get(base, f"/ping/{PING_KEY}")[0] == 404  # the slug forgotten
+        assert get(base, f"/api/push/{PUSH_TOKEN}?status=down&msg=x")[0] == 404
+        assert get(base, f"/api/push/{PUSH_TOKEN}/")[0] == 404
+        monkeypatch.setattr(keyed.engine.pings, "by_slug", lambda slug: 1 / 0)
+        assert get(base, f"/ping/{PING_KEY}/backup")[0] == 500
+    lines = [record.getMessage() for record in caplog.records]
+    access = [line for line in lines if "/ping/" in line or "/api/push/" in line]
+    assert len(access) >= 7
+    assert not [line for line in lines if PING_KEY in line or PUSH_TOKEN in line]
+    assert any("/ping/***/backup/fail?rid=x" in line for line in access)
+    assert any("/api/push/***?status=down" in line for line in access)
+
+
+def test_a_ping_by_id_is_logged_as_it_came(service, caplog):
+    """The id is no secret to hide from the log: every alarm line shows it."""
+    heartbeat_id = new_heartbeat(service)
+    with caplog.at_level(logging.INFO), heartbeat_lite.serve(service, port=0) as base:
+        assert get(base, f"/ping/{heartbeat_id}/start")[0] == 200
+    assert any(f"/ping/{heartbeat_id}/start" in record.getMessage() for record in caplog.records)
+
+
+def test_redact_path_hides_what_a_ping_path_holds_secret():
+    redact = heartbeat_lite.redact_path
+    heartbeat_id = "63518bd6-4fcc-49a1-8f68-57ec817f867d"
+    assert redact(f"/ping/{heartbeat_id}/fail") == f"/ping/{heartbeat_id}/fail"
+    assert redact("/ping/key/slug/start") == "/ping/***/slug/start"
+    assert redact("//ping//key") == "//ping//***"
+    assert redact("/api/push/tok") == "/api/push/***"
+    assert redact("/api/v2/heartbeat/x") == "/api/v2/heartbeat/x"
