@@ -196,6 +196,8 @@ PING_KINDS = ("success", "start", "fail", "log")  # what a ping says, counted by
 MAX_SHOWN_PING_BYTES = 64 * 1024  # a ping as /events shows it (its body cut at PING_BODY_LIMIT_BYTES) is never cut
 MAX_UNKNOWN_PING_NAMES = 1000  # Opsgenie pings' unknown names each logged once, up to this many
 MAX_OPEN_RUNS_PER_HEARTBEAT = 100  # /start pings waiting for their end (by rid); beyond, the oldest is forgotten
+#: the overrun heap (max_run) is cleared of ended runs' entries once it holds twice its live ones and this many more
+OVERRUN_HEAP_SLACK = 1000
 MAX_EXIT_STATUS = 255
 PING_TYPE = "text/plain; charset=utf-8"
 PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Control-Allow-Origin": "*",
@@ -7198,6 +7200,7 @@ class Pings:
         self.heartbeats = heartbeats
         self._runs = {}  # heartbeat id -> {rid or None: start time}, oldest first
         self._overruns = []  # heap of (deadline, heartbeat id, rid or "", start time, max_run as written)
+        self._overruns_live = 0  # entries of open runs in that heap when it was last cleared
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
@@ -7277,6 +7280,8 @@ class Pings:
             seconds = parse_interval(max_run) if isinstance(max_run, str) else None
             if seconds:
                 heapq.heappush(self._overruns, (now + seconds, heartbeat_id, rid or "", now, max_run))
+                if len(self._overruns) > 2 * self._overruns_live + OVERRUN_HEAP_SLACK:
+                    self._clear_overruns()
                 self.core.due_by(now + seconds)
             return None
         if kind == "log":
@@ -7299,6 +7304,21 @@ class Pings:
                     return  # deleted meanwhile
                 change.record([Transition(row, None, row["status"], row["status"], now,
                                           f"run finished in {seconds_text(duration)}", extra={"duration": duration})])
+
+    def _clear_overruns(self):
+        """Under the lock: the overrun heap without the entries of runs that
+        ended, started again or were forgotten (each ``/start`` adds one, and
+        only its deadline took it out: a flood of starts with a long
+        ``max_run`` grew it without bound). Amortized O(1) per start; the
+        heap stays within twice the open runs, plus :data:`OVERRUN_HEAP_SLACK`."""
+        live = {}
+        for entry in self._overruns:
+            _, heartbeat_id, rid, started, _ = entry
+            if self._runs.get(heartbeat_id, {}).get(rid or None) == started:
+                live[(heartbeat_id, rid, started)] = entry
+        self._overruns = list(live.values())
+        heapq.heapify(self._overruns)
+        self._overruns_live = len(self._overruns)
 
     def overran(self, change, now):
         """In the tick's change: each run not finished within its

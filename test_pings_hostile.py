@@ -10,7 +10,7 @@ import urllib.parse
 import pytest
 
 import heartbeat_lite
-from testing_support import new_heartbeat
+from testing_support import client, new_heartbeat
 
 PING_KEY = "k3y-0f-the-slug-form"
 PUSH_TOKEN = "kuma-push-t0ken"
@@ -75,3 +75,25 @@ def test_redact_path_hides_what_a_ping_path_holds_secret():
     assert redact("//ping//key") == "//ping//***"
     assert redact("/api/push/tok") == "/api/push/***"
     assert redact("/api/v2/heartbeat/x") == "/api/v2/heartbeat/x"
+
+
+# -- memory from unauthenticated input ---------------------------------------------
+
+
+def test_a_flood_of_start_pings_keeps_the_overrun_bookkeeping_bounded(service, clock, alarms_seen):
+    """Each /start of a heartbeat with a max_run added an entry to the
+    overrun heap that only its deadline (here 8,000 h away) took out: 20,000
+    starts of one rid held 20,000 entries (~300 bytes each, 3,000 starts a
+    second over one connection). Now the heap holds about the open runs."""
+    heartbeat_id = new_heartbeat(service, max_run="8000h")
+    anonymous = client(service, user=None)
+    for n in range(3 * heartbeat_lite.OVERRUN_HEAP_SLACK):
+        anonymous.get(f"/ping/{heartbeat_id}/start")
+        clock.advance(0.001 if n % 2 else 0)  # two starts at one instant are one run
+    assert len(service.engine.pings._overruns) <= heartbeat_lite.OVERRUN_HEAP_SLACK + 2
+    anonymous.get(f"/ping/{heartbeat_id}/start?rid=0b3e2c8a-1f6e-4c1e-9a70-7a7f0f3c2d11")
+    clock.advance(8000 * 3600 + 1)
+    service.tick()
+    assert service.engine.status(heartbeat_id)["status"] == "down"
+    assert [event["state"] for event in alarms_seen] == [3]
+    assert service.engine.pings.next_overrun() is None
