@@ -204,6 +204,7 @@ PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Contro
                    "Cache-Control": "max-age=0, no-cache, no-store, must-revalidate, private"}
 #: a created heartbeat (``?create=1``): Healthchecks' default timeout (1 day) plus its grace (1 hour)
 PING_CREATED_INTERVAL, PING_CREATED_LATE_AFTER = "25h", "24h"
+PING_AUTHOR = "ping"  # the author of a heartbeat ?create=1 made
 OPSGENIE_PONG = "PONG - Heartbeat received"
 KUMA_NOT_FOUND = "Monitor not found or not active."
 DEFAULT_PAGE_LIMIT = 100  # GET /api/v2/heartbeat?after=... without ?limit=
@@ -7204,18 +7205,46 @@ class Pings:
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
+        self._last_runs = {}  # heartbeat id -> (end time, duration or None, failure output or None)
+
+    def last_run(self, heartbeat_id):
+        """The heartbeat's last run since the start, as its page shows it:
+        ``{"at", "duration", "output"}`` (``duration`` None when no start
+        ping began it, ``output`` None when it ended well), or None."""
+        last = self._last_runs.get(heartbeat_id)
+        return None if last is None else dict(zip(("at", "duration", "output"), last))
 
     def known(self, heartbeat_id):
         """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
         self.core.model.document(heartbeat_id)
 
     def by_slug(self, slug):
-        """The id of the heartbeat with that ``slug``, or None."""
-        return None
+        """The id of the heartbeat with that ``slug``, or None (from memory)."""
+        return self.core.model.by_slug(slug)
 
     def by_push_token(self, token):
-        """The id of the heartbeat with that ``push_token``, or None."""
-        return None
+        """The id of the heartbeat with that ``push_token``, or None (from memory)."""
+        return self.core.model.by_push_token(token)
+
+    def create(self, slug):
+        """``?create=1``: the heartbeat of a slug no heartbeat has, named and
+        slugged ``slug``, pattern ``{"ping": slug}``, Healthchecks' default
+        timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
+
+        :returns: ``(its id, True)``, or ``(the id, False)`` when another
+            request created it meanwhile.
+        :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
+        """
+        fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
+                                     "expected_interval": PING_CREATED_INTERVAL,
+                                     "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
+        try:
+            return self.heartbeats.create(fields), True
+        except SlugExists:
+            heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None:  # created, then deleted or changed meanwhile
+                raise NotFound(slug) from None
+            return heartbeat_id, False
 
     def named(self, name):
         """The ids of the heartbeats named ``name`` (an Opsgenie ping's);
@@ -7258,6 +7287,9 @@ class Pings:
             with core.operation() as now:
                 received(now)
         duration = facts["duration"]
+        if kind == "fail" or duration is not None:
+            self._last_runs[heartbeat_id] = (core.clock(), duration,
+                                             failure_output(exit_status, text) if kind == "fail" else None)
         if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
             self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
                                 output=failure_output(exit_status, text),
@@ -9952,6 +9984,9 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 % if doc["output"]:
 <dt>Alarm output</dt><dd>{{doc["output"]}}</dd>
 % end
+% if last_run is not None:
+<dt>Last run</dt><dd>{{"failed" if last_run["output"] else "ended well"}} {{!time_html(last_run["at"], now)}}{{"" if last_run["duration"] is None else ", took " + seconds_text(last_run["duration"])}}{{"" if last_run["output"] is None else ": " + last_run["output"]}}</dd>
+% end
 <dt>Created</dt><dd>{{!time_html(doc["created"], now)}} by {{doc["author"]}}</dd>
 <dt>Updated</dt><dd>{{!time_html(doc["updated"], now)}}</dd>
 <dt>Id</dt><dd><code>{{doc["_id"]}}</code></dd>
@@ -11087,6 +11122,7 @@ class OperatorPages:
             doc=doc, state=state, now=now, base=base, history=history, availability=availability, events=events,
             members=members, member_counts_text=member_counts_text,
             done=DONE_MESSAGES.get(bottle.request.query.get("done")),
+            last_run=self.engine.pings.last_run(heartbeat_id), seconds_text=seconds_text,
             timeline=timeline_svg(changes, end - TIMELINE_SECONDS, end, slots=288).replace(
                 'class="timeline"', 'class="timeline large"', 1),
             statuses_all=SEVERITY, time_html=time_html, pattern_text=pattern_text,
@@ -11565,7 +11601,8 @@ class PingRoutes:
             else:
                 heartbeat_id = self.pings.by_slug(slug)
                 if heartbeat_id is None and query.get("create") == "1":
-                    heartbeat_id, status = self.pings.create(slug), 201
+                    heartbeat_id, created = self.pings.create(slug)
+                    status = 201 if created else 200
                 elif heartbeat_id is None:
                     return self._text(404, "not found")
             self.pings.known(heartbeat_id)  # NotFound before anything else is said

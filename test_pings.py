@@ -423,3 +423,217 @@ def test_a_database_error_answers_503_so_that_curl_retries(anonymous, service, j
     with caplog.at_level(logging.ERROR, logger="heartbeat_lite"):
         answer = anonymous.post(f"/ping/{job}/fail", status=503)
     assert answer.body.decode() == heartbeat_lite.DATABASE_ERROR and answer.content_type == "text/plain"
+
+
+# -- the heartbeat's page ---------------------------------------------------------
+
+
+def test_the_heartbeat_page_shows_the_last_run_s_duration_and_a_failed_run_s_output(anonymous, service, clock, job):
+    api = client(service)
+    assert "Last run" not in api.get(f"/heartbeat/{job}").text
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(90)
+    anonymous.post(f"/ping/{job}/2", "rsync <error> 23")
+    page = api.get(f"/heartbeat/{job}").text
+    assert "<dt>Last run</dt><dd>failed " in page
+    assert ", took 1.5m: exit status 2: rsync &lt;error&gt; 23</dd>" in page or \
+        ", took 90s: exit status 2: rsync &lt;error&gt; 23</dd>" in page
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(7200)
+    anonymous.get(f"/ping/{job}")
+    page = api.get(f"/heartbeat/{job}").text
+    assert "<dt>Last run</dt><dd>ended well " in page and ", took 2h</dd>" in page
+
+
+# -- slugs, the ping key, ?create=1 ------------------------------------------------
+
+
+PING_KEY = "fixturepingkey0123456"  # the recorded server's
+
+
+@pytest.fixture
+def keyed(clock, alarms_seen):
+    with heartbeat_lite.create_app(clock=clock, ping_key=PING_KEY, on_alarm=alarms_seen.append) as service:
+        yield service
+
+
+def test_every_ping_by_slug_answers_as_the_recorded_healthchecks_server(keyed):
+    job = new_heartbeat(keyed, name="nightly backup", slug="nightly-backup", pattern={"job": "backup"})
+    app = client(keyed, user=None)
+    replayed = 0
+    for method, path, status, headers, text in recorded_answers():
+        if path.startswith(("/ping/a73e26e5", "/ping/00000000")):
+            continue
+        answer = app.request(path, method=method, expect_errors=True)
+        assert (answer.status_int, answer.text) == (status, text), (method, path)
+        assert answer.headers["Content-Length"] == headers["Content-Length"], (method, path)
+        for name in ("Ping-Body-Limit", "Access-Control-Allow-Origin"):
+            assert answer.headers.get(name) == headers.get(name), (method, path, name)
+        replayed += 1
+    assert replayed == 7
+    assert status_of(keyed, job) == "down"  # the last recorded ping: POST .../nightly-backup/fail
+    created = keyed.engine.by_slug("new-job")
+    document = keyed.engine.views.document(created)
+    assert document and status_of(keyed, created) == "up"
+
+
+def test_a_created_heartbeat_has_healthchecks_default_timing(keyed, clock):
+    app = client(keyed, user=None)
+    assert app.get(f"/ping/{PING_KEY}/db-backup/start?create=1", status=201).body == b"Created"
+    created = keyed.engine.by_slug("db-backup")
+    document = client(keyed).get(f"/api/v2/heartbeat/{created}").json
+    assert {key: document[key] for key in ("name", "slug", "pattern", "expected_interval", "late_after")} == {
+        "name": "db-backup", "slug": "db-backup", "pattern": {"ping": "db-backup"}, "expected_interval": "25h",
+        "late_after": "24h"}
+    assert document["author"] == "ping"
+    assert app.get(f"/ping/{PING_KEY}/db-backup?create=1").body == b"OK"
+
+
+def test_create_is_refused_when_the_slug_s_pattern_is_another_heartbeat_s(keyed):
+    other = new_heartbeat(keyed, name="older", pattern={"ping": "db-backup"})
+    app = client(keyed, user=None)
+    answer = app.get(f"/ping/{PING_KEY}/db-backup?create=1", status=409)
+    assert answer.body == b"ambiguous slug" and answer.content_type == "text/plain"
+    assert keyed.engine.by_slug("db-backup") is None and status_of(keyed, other) == "pending"
+
+
+def test_create_needs_the_right_ping_key_and_a_lower_case_slug(keyed):
+    app = client(keyed, user=None)
+    assert app.get("/ping/wrongkey000000000000000/db-backup?create=1", status=404).body == b"not found"
+    assert app.get(f"/ping/{PING_KEY}/DB-backup?create=1", status=400).body == b"invalid url format"
+    assert app.get(f"/ping/{PING_KEY}/db-backup?create=yes", status=404).body == b"not found"
+    assert keyed.engine.by_slug("db-backup") is None and not keyed.engine.list()
+
+
+def test_without_a_ping_key_the_slug_form_is_off(anonymous, service):
+    new_heartbeat(service, name="nightly backup", slug="nightly-backup", pattern={"job": "backup"})
+    assert anonymous.get(f"/ping/{PING_KEY}/nightly-backup", status=404).body == b"not found"
+    assert anonymous.get(f"/ping/{PING_KEY}/new-job?create=1", status=404).body == b"not found"
+
+
+@pytest.mark.parametrize("suffix, kind", [("", "success"), ("/start", "start"), ("/log", "log"), ("/0", "success"),
+                                          ("/fail", "fail"), ("/1", "fail")])
+def test_the_slug_form_takes_every_suffix(keyed, suffix, kind):
+    job = new_heartbeat(keyed, name="nightly backup", slug="nightly-backup", pattern={"job": "backup"})
+    client(keyed, user=None).post(f"/ping/{PING_KEY}/nightly-backup{suffix}")
+    assert events_of(client(keyed), job)[0]["kind"] == kind
+
+
+def test_a_slug_changed_or_deleted_is_not_found_at_once(keyed):
+    job = new_heartbeat(keyed, name="nightly backup", slug="nightly-backup", pattern={"job": "backup"})
+    app = client(keyed, user=None)
+    client(keyed).put_json(f"/api/v2/heartbeat/{job}", {"name": "nightly backup", "slug": "backup-2",
+                                                        "pattern": {"job": "backup"}, "expected_interval": "1h"})
+    assert app.get(f"/ping/{PING_KEY}/nightly-backup", status=404).body == b"not found"
+    app.get(f"/ping/{PING_KEY}/backup-2")
+    keyed.engine.delete(job)
+    assert app.get(f"/ping/{PING_KEY}/backup-2", status=404).body == b"not found"
+
+
+# -- Uptime Kuma ----------------------------------------------------------------
+
+
+def test_an_uptime_kuma_push_is_a_success_or_a_failure(anonymous, service, alarms_seen):
+    job = new_heartbeat(service, name="shop", pattern={"job": "shop"}, push_token="kUmA_token-123")
+    assert anonymous.get("/api/push/kUmA_token-123?status=up&msg=OK&ping=").json == {"ok": True}
+    assert status_of(service, job) == "up"
+    assert anonymous.get("/api/push/kUmA_token-123?status=down&msg=HTTP%20503%20%C3%A9").json == {"ok": True}
+    assert status_of(service, job) == "down"
+    assert [event["output"] for event in alarms_seen] == ["failed: HTTP 503 é"]
+    assert anonymous.get("/api/push/kUmA_token-123").json == {"ok": True}  # no status: up
+    assert status_of(service, job) == "up"
+    assert [event["kind"] for event in events_of(client(service), job)] == ["success", "fail", "success"]
+
+
+def test_a_push_token_is_case_sensitive_and_a_slug_is_no_push_token(anonymous, service):
+    new_heartbeat(service, name="shop", pattern={"job": "shop"}, push_token="kUmA_token-123", slug="shop-slug")
+    for token in ("kuma_token-123", "shop-slug"):
+        assert anonymous.get(f"/api/push/{token}?status=up", status=404).json == {
+            "ok": False, "msg": "Monitor not found or not active."}
+
+
+# -- max_run ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def timed(service):
+    return new_heartbeat(service, name="etl", pattern={"job": "etl"}, expected_interval="24h", max_run="30m")
+
+
+def test_a_run_not_finished_within_max_run_puts_the_heartbeat_down(anonymous, service, clock, timed, alarms_seen):
+    anonymous.get(f"/ping/{timed}")
+    anonymous.get(f"/ping/{timed}/start")
+    started = clock.now
+    assert service.tick() <= 1800
+    clock.advance(1799)
+    service.tick()
+    assert status_of(service, timed) == "up"
+    clock.advance(31)
+    service.tick()
+    state = service.engine.status(timed)
+    assert state["status"] == "down" and state["alarm_since"] == started + 1800
+    assert [(event["state"], event["output"]) for event in alarms_seen] == [(3, "run exceeded 30m")]
+    assert history_of(client(service), timed)[0]["reason"] == "run exceeded 30m"
+    clock.advance(60)
+    service.tick()
+    assert len(alarms_seen) == 1  # once
+    anonymous.get(f"/ping/{timed}")  # the late end resolves it (no run: no duration)
+    assert status_of(service, timed) == "up" and [event["state"] for event in alarms_seen] == [3, 0]
+    assert "duration" not in events_of(client(service), timed)[0]
+
+
+def test_a_run_finished_in_time_or_failed_raises_no_overrun(anonymous, service, clock, timed, alarms_seen):
+    anonymous.get(f"/ping/{timed}/start")
+    clock.advance(600)
+    anonymous.get(f"/ping/{timed}")
+    anonymous.get(f"/ping/{timed}/start?rid={RID}")
+    clock.advance(600)
+    anonymous.get(f"/ping/{timed}/fail?rid={RID}")
+    clock.advance(3600)
+    service.tick()
+    assert [event["output"] for event in alarms_seen] == ["failed"]
+
+
+def test_a_run_started_again_gets_a_new_max_run(anonymous, service, clock, timed, alarms_seen):
+    anonymous.get(f"/ping/{timed}/start")
+    clock.advance(1500)
+    anonymous.get(f"/ping/{timed}/start")
+    clock.advance(1500)
+    service.tick()
+    assert alarms_seen == []
+    clock.advance(301)
+    service.tick()
+    assert [event["output"] for event in alarms_seen] == ["run exceeded 30m"]
+
+
+def test_overlapping_runs_each_have_their_max_run(anonymous, service, clock, timed, alarms_seen):
+    other = "6f1d3c1e-0000-4000-8000-000000000001"
+    anonymous.get(f"/ping/{timed}/start?rid={RID}")
+    clock.advance(600)
+    anonymous.get(f"/ping/{timed}/start?rid={other}")
+    anonymous.get(f"/ping/{timed}?rid={RID}")
+    clock.advance(1500)
+    service.tick()
+    assert alarms_seen == []
+    clock.advance(301)
+    service.tick()
+    assert [event["output"] for event in alarms_seen] == ["run exceeded 30m"]
+
+
+def test_without_max_run_a_run_may_last(anonymous, service, clock, job, alarms_seen):
+    anonymous.get(f"/ping/{job}")
+    anonymous.get(f"/ping/{job}/start")
+    clock.advance(3500)
+    service.tick()
+    assert alarms_seen == []
+
+
+def test_a_paused_or_deleted_heartbeat_s_run_raises_nothing(anonymous, service, clock, timed, alarms_seen):
+    second = new_heartbeat(service, name="etl2", pattern={"job": "etl2"}, expected_interval="24h", max_run="1m")
+    anonymous.get(f"/ping/{timed}/start")
+    anonymous.get(f"/ping/{second}/start")
+    service.engine.pause(timed)
+    service.engine.delete(second)
+    clock.advance(3600)
+    service.tick()
+    assert alarms_seen == []
