@@ -1434,7 +1434,8 @@ def parse_ping_path(path):
         if suffix in ("start", "fail", "log"):
             return address, slug, suffix, None
         if suffix.isdigit() and suffix.isascii():  # over 255: see check_exit_status
-            status = int(suffix)
+            digits = suffix.lstrip("0")  # int() refuses over 4,300 digits: any over 3 is over 255 anyway
+            status = int(digits or "0") if len(digits) <= 3 else MAX_EXIT_STATUS + 1
             return address, slug, "success" if status == 0 else "fail", status
     return None
 

@@ -97,3 +97,28 @@ def test_a_flood_of_start_pings_keeps_the_overrun_bookkeeping_bounded(service, c
     assert service.engine.status(heartbeat_id)["status"] == "down"
     assert [event["state"] for event in alarms_seen] == [3]
     assert service.engine.pings.next_overrun() is None
+
+
+# -- protocol edges ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits", ["1" * 5000, "0" * 5000, "0" * 4999 + "7"], ids=["ones", "zeros", "seven"])
+def test_an_exit_status_of_thousands_of_digits_is_no_internal_error(service, caplog, digits):
+    """``int()`` refuses more than 4,300 digits (ValueError): such an exit
+    status was a 500 and a traceback in the log, for anyone, on any id."""
+    heartbeat_id = new_heartbeat(service)
+    expected = (200, b"OK") if digits.lstrip("0") in ("", "7") else (400, b"invalid url format")
+    with caplog.at_level(logging.INFO), heartbeat_lite.serve(service, port=0) as base:
+        assert get(base, f"/ping/{heartbeat_id}/{digits}") == expected
+        assert get(base, f"/ping/00000000-0000-4000-8000-000000000000/{digits}") == (404, b"not found")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_exit_statuses_are_read_as_healthchecks_reads_them(service):
+    parse = heartbeat_lite.parse_ping_path
+    heartbeat_id = "63518bd6-4fcc-49a1-8f68-57ec817f867d"
+    assert parse(f"{heartbeat_id}/007") == (heartbeat_id, None, "fail", 7)
+    assert parse(f"{heartbeat_id}/000") == (heartbeat_id, None, "success", 0)
+    assert parse(f"{heartbeat_id}/256")[3] > heartbeat_lite.MAX_EXIT_STATUS
+    assert parse(f"{heartbeat_id}/{'9' * 5000}")[3] > heartbeat_lite.MAX_EXIT_STATUS
+    assert parse(f"{heartbeat_id}/-1") is None
