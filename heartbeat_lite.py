@@ -11996,7 +11996,10 @@ def _json_error_server_class():
 
     class StrictRequestParser(HTTPRequestParser):
         def parse_header(self, header_plus):
-            super().parse_header(header_plus)
+            try:
+                super().parse_header(header_plus)
+            except ValueError as exc:  # int() refuses a Content-Length of over 4,300 digits
+                raise ParsingError("Content-Length is invalid") from exc
             # Both framings: waitress reads the chunked body, a proxy in front
             # may read Content-Length bytes, and the rest of the stream is a
             # request one of them never saw (request smuggling). A 400, and

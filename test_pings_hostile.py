@@ -5,6 +5,7 @@ operator, against a real server on port 0 where the fault lives in HTTP
 
 import http.client
 import logging
+import socket
 import urllib.parse
 
 import pytest
@@ -122,3 +123,22 @@ def test_exit_statuses_are_read_as_healthchecks_reads_them(service):
     assert parse(f"{heartbeat_id}/256")[3] > heartbeat_lite.MAX_EXIT_STATUS
     assert parse(f"{heartbeat_id}/{'9' * 5000}")[3] > heartbeat_lite.MAX_EXIT_STATUS
     assert parse(f"{heartbeat_id}/-1") is None
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_bad_request(service, caplog):
+    """waitress reads Content-Length with int(), which refuses over 4,300
+    digits: the ValueError escaped its parser, the connection was dropped
+    with no answer and an ERROR line logged, for anyone, on any path."""
+    heartbeat_id = new_heartbeat(service)
+    with caplog.at_level(logging.INFO), heartbeat_lite.serve(service, port=0) as base:
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(f"POST /ping/{heartbeat_id}/fail HTTP/1.1\r\nHost: localhost\r\n"
+                         f"Content-Length: {'1' * 5000}\r\n\r\n".encode())
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n"), received[:100]
+        assert get(base, "/healthz")[0] == 200
+    assert service.engine.status(heartbeat_id)["status"] != "down"
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
