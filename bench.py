@@ -150,6 +150,11 @@ TARGETS = (
            f"sequential GETs of {', '.join(PAGE_PATHS)} on waitress, each from request to last byte",
            "page", ("page",), lambda m: percentile(m["page"][1], 99) * 1e3),
 )
+TARGETS += (
+    Target("GET /ping/<id> / baseline GET, 8 conn.", ">=", 0.9,
+           "a Healthchecks ping by id (docs/pings.md), against the bare bottle+waitress GET (§19)",
+           "ping", ("base_get", "ping"), ratio("ping", "base_get")),
+)
 NOTIFY_STORM = 10_000  # alarms in the notification storm
 TARGETS += (
     Target(f"{NOTIFY_STORM:,}-alarm storm to a webhook channel (s)", "<=", 60.0,
@@ -184,6 +189,7 @@ LOAD_ROWS = (
     ("ingest_key_sets", f"ingest 1 matching event, {KEY_SETS:,} key sets", "keysets", "POST", "/api/v2/event",
      EVENT_BODY, 8),
     ("ingest_members", f"ingest 1 event, {N_LARGE:,} members", "members", "POST", "/api/v2/event", EVENT_BODY, 8),
+    ("ping", f"GET /ping/<id>, N={N_SMALL}", "small", "GET", "/ping/{id}", b"", 8),
 )
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.

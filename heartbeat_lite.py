@@ -159,6 +159,7 @@ MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
+SCHEDULE_EARLY_SECONDS = 60  # a ping this much before a scheduled time counts for it (clock skew)
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
 COALESCE_MIN_PERIOD_SECONDS = 4 * REFRESH_WRITE_SECONDS  # a shorter late time or interval: each refresh written at once
 SYNC_SECONDS = 0.2  # several instances on PostgreSQL: how often each reads the others' changes
@@ -802,6 +803,8 @@ def _check_pings(reasons, doc):
         schedule = doc["schedule"]
         if "expected_interval" not in doc:
             reasons.append("schedule: needs expected_interval (how long after each scheduled time a ping may come)")
+        if "group_by" in doc:
+            reasons.append("schedule: not with group_by (members have no schedule)")
         if not _is_text(schedule) or len(schedule) > MAX_SCHEDULE_CHARS or len(schedule.split()) != 5:
             reasons.append("schedule: must be a cron expression of 5 fields (minute hour day month weekday)")
         else:
@@ -2341,9 +2344,11 @@ class _StateStatements(abc.ABC):
     """The heartbeats' state: refreshes by matching events, what falls due
     and when, the transitions the engine writes, and the outage shift."""
 
-    def refresh(self, heartbeat_ids, now):
+    def refresh(self, heartbeat_ids, now, refreshes=None):
         """Record a matching event at ``now`` for each id: each goes ``up``,
-        except a paused one, whose ``last_event`` only moves.
+        except a paused one, whose ``last_event`` only moves. ``refreshes``:
+        None, or ``{id: refreshed}`` when that is not ``now`` (a schedule's
+        next run, see :func:`refresh_time`).
 
         :returns: the rows, as they were, of those that were not up
             (pending, late, down or paused), in the order of ``heartbeat_ids``.
@@ -2360,7 +2365,8 @@ class _StateStatements(abc.ABC):
             self._executemany(
                 f"UPDATE heartbeat SET status = 'up', {self._LATER_REFRESH}, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
-                [(now, now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
+                [(now if refreshes is None else refreshes[heartbeat_id], now, now, heartbeat_id)
+                 for heartbeat_id in heartbeat_ids],
             )
             paused = [row["id"] for row in special if row["status"] == "paused"]
             if paused:
@@ -4267,12 +4273,34 @@ def maintenance_document(row):
     return doc
 
 
+def scheduled_time(schedule, tz, t):
+    """The first time cron expression ``schedule`` fires (in zone ``tz``,
+    as cronsim says: a time a DST change skips fires at the first valid
+    minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
+    after Unix time ``t``: the run that a ping at ``t`` does not count for
+    (one up to that early counts for the run it precedes)."""
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, time_zone(tz or "UTC"))
+    return next(cronsim.CronSim(schedule, start)).timestamp()
+
+
+def refresh_time(row, t):
+    """What a refresh at ``t`` (an event, a ping, creation, resume) stores as
+    ``refreshed``: ``t``; for a heartbeat with a ``schedule``, the next run
+    it expects (:func:`scheduled_time`), so that :func:`deadline_of` (that
+    run plus ``expected_interval``) and :func:`due_of` (plus ``late_after``)
+    hold unchanged. Computed once per refresh, never per tick."""
+    schedule = _optional(row, "schedule")
+    return t if schedule is None else scheduled_time(schedule, row["tz"], t)
+
+
 def deadline_of(row):
     """The one deadline rule: a heartbeat is due ``expected_interval`` after
     its last refresh (its creation, or its last matching event, moved later
-    by each outage); for one that is down, the deadline it missed. ``row``
-    needs ``refreshed`` and ``interval_seconds``. (schema.sql's generated
-    ``deadline`` column spells the same sum, so that SQLite can index it.)"""
+    by each outage; with a schedule, the next run it expects then: see
+    :func:`refresh_time`); for one that is down, the deadline it missed.
+    ``row`` needs ``refreshed`` and ``interval_seconds``. (schema.sql's
+    generated ``deadline`` column spells the same sum, so that SQLite can
+    index it.)"""
     return row["refreshed"] + row["interval_seconds"]
 
 
@@ -5097,6 +5125,7 @@ class ReadModel:
         self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
         self._slugs = {}  # slug -> id, for the heartbeats that have one (pings address them by it)
         self._push_tokens = {}  # push_token -> id, likewise
+        self._schedules = {}  # id -> (schedule, tz), for the heartbeats that have a schedule
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -5126,6 +5155,11 @@ class ReadModel:
             name = _optional(row, column)
             if name is not None:
                 names[name] = row["id"]
+        schedule = _optional(row, "schedule")
+        if schedule is not None:
+            self._schedules[row["id"]] = (schedule, row["tz"])
+        else:
+            self._schedules.pop(row["id"], None)
         keys = group_keys(row)
         if keys is not None:
             self._groups[row["id"]] = keys
@@ -5156,7 +5190,7 @@ class ReadModel:
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
         self._forget_names(row["id"], row)
-        for memory in (self._documents, self._stored, self._unwritten, self._groups):
+        for memory in (self._documents, self._stored, self._unwritten, self._groups, self._schedules):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
         self._short.discard(row["id"])
@@ -5188,7 +5222,7 @@ class ReadModel:
         self._forget_members(heartbeat_id)
         self._groups.pop(heartbeat_id, None)
         if row is None:
-            for memory in (self._stored, self._unwritten):
+            for memory in (self._stored, self._unwritten, self._schedules):
                 memory.pop(heartbeat_id, None)
             self._short.discard(heartbeat_id)
             return
@@ -5398,6 +5432,26 @@ class ReadModel:
 
     def member_unwritten_refresh(self, heartbeat_id, values):
         return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
+
+    def moved(self, heartbeat_id, refreshed):
+        """A heartbeat's refresh was set to ``refreshed`` (earlier, maybe: its
+        schedule changed), not by a refresh."""
+        if heartbeat_id in self._stored:
+            self._stored[heartbeat_id] = refreshed
+
+    def scheduled_among(self, heartbeat_ids):
+        """Those of ``heartbeat_ids`` that have a schedule, in their order."""
+        schedules = self._schedules
+        return [heartbeat_id for heartbeat_id in heartbeat_ids if heartbeat_id in schedules] if schedules else []
+
+    def refresh_times(self, heartbeat_ids, now):
+        """``{id: what a refresh at now stores}`` (:func:`refresh_time`) of
+        ``heartbeat_ids``, or None when none has a schedule (all: ``now``)."""
+        schedules = self._schedules
+        if not schedules or not any(heartbeat_id in schedules for heartbeat_id in heartbeat_ids):
+            return None
+        return {heartbeat_id: scheduled_time(*schedules[heartbeat_id], now) if heartbeat_id in schedules else now
+                for heartbeat_id in heartbeat_ids}
 
     def by_slug(self, slug):
         """The id of the heartbeat whose ``slug`` is ``slug``, or None."""
@@ -5851,8 +5905,8 @@ def transition_now(row, new, now, reason, output=None, member=None, extra=None):
         return None
     if new in ALARMED:
         return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra)
-    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP,
-                      extra=extra)
+    return Transition(row, member, old, new, now, reason, now if member is not None else refresh_time(row, now),
+                      None, last_event=now if new == UP else KEEP, extra=extra)
 
 
 class Change:
@@ -6695,9 +6749,14 @@ class Intake:
             if back:
                 self.silence.end(now, "events came back", self.flush)
             matched = list(found)
+            # Heartbeats with a schedule are refreshed to their next run, each
+            # written now (with the others that may change state), never kept
+            scheduled = model.scheduled_among(matched)
+            plain = [heartbeat_id for heartbeat_id in matched if heartbeat_id not in set(scheduled)] \
+                if scheduled else matched
             had_unwritten = model.has_unwritten()
             keep = not self.write_before_answer
-            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now, keep)
+            to_write, kept = model.refreshed(model.plain(plain) if members else plain, now, keep)
             members_to_write, members_kept = model.members_refreshed(members, now, keep)
             if (kept or members_kept) and not had_unwritten:
                 core.due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
@@ -6705,7 +6764,8 @@ class Intake:
             # a sample (see RecentEvents); the lists it lets go are freed when
             # this returns, after the lock is released, not under it
             if pinged is None:
-                dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+                dropped = self.recent.add(now, events, found, to_write + scheduled if scheduled else to_write,
+                                          members_to_write, body_bytes)
             else:  # every ping is listed
                 dropped = self.recent.add(now, (), found, found, limit=MAX_SHOWN_PING_BYTES)
             # Shared database: heartbeats already up (the common case) are
@@ -6713,7 +6773,7 @@ class Intake:
             # meanwhile they are kept as unwritten, so that a tick in
             # between writes them before it looks for what is due.
             together = None
-            if self.write_before_answer and not back and not members_to_write and 0 < len(to_write) \
+            if self.write_before_answer and not back and not members_to_write and not scheduled and 0 < len(to_write) \
                     <= REFRESH_CHUNK_HEARTBEATS and len(model.up_among(to_write)) == len(to_write):
                 together = dict.fromkeys(to_write, now)
                 model.deferred(to_write, now)
@@ -6721,11 +6781,11 @@ class Intake:
                 # One heartbeat already up, or one member up (the common cases),
                 # is one statement and no transition; otherwise transactions
                 # through the funnel for those that may change state.
-                if not back and not members_to_write and len(to_write) == 1 \
+                if not back and not members_to_write and not scheduled and len(to_write) == 1 \
                         and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
                     model.written({to_write[0]: now})
                     return matched
-                if not back and not to_write and len(members_to_write) == 1:
+                if not back and not to_write and not scheduled and len(members_to_write) == 1:
                     heartbeat_id, keys, values = members_to_write[0]
                     if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
                             heartbeat_id, self.groups.key(heartbeat_id, values), now):
@@ -6737,7 +6797,8 @@ class Intake:
                 # storm-sized chunks.
                 up = model.up_among(to_write)
                 up_set = set(up)
-                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
+                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + scheduled \
+                    + members_to_write
                 chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
                           for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
                 chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
@@ -6820,12 +6881,15 @@ class Intake:
         core = self.core
         with core.funnel.change() as change:
             if heartbeat_ids:
-                special = core.store.refresh(heartbeat_ids, now)  # written: one statement for all of them
-                change.apply((Transition(row, None, row["status"], UP, now, "matching event received", now)
+                refreshes = core.model.refresh_times(heartbeat_ids, now)  # None: each at now
+                special = core.store.refresh(heartbeat_ids, now, refreshes)  # written: one statement for all
+                refreshed = dict.fromkeys(heartbeat_ids, now) if refreshes is None else refreshes
+                change.apply((Transition(row, None, row["status"], UP, now, "matching event received",
+                                         refreshed[row["id"]])
                               for row in special if row["status"] != PAUSED), written=True)
                 special_ids = {row["id"] for row in special}  # the others were up: no transition
-                change.then(core.model.written, {heartbeat_id: now for heartbeat_id in heartbeat_ids
-                                                 if heartbeat_id not in special_ids})
+                change.then(core.model.written, {heartbeat_id: refreshed[heartbeat_id] for heartbeat_id in
+                                                 heartbeat_ids if heartbeat_id not in special_ids})
             if members:
                 self.groups.refreshed(change, members, now)
 
@@ -7026,13 +7090,13 @@ class Heartbeats:
         """
         core = self.core
         with core.operation() as now:
-            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "refreshed": now,
-                   "status": PENDING}
+            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "status": PENDING}
+            row["refreshed"] = refresh_time(row, now)
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
             with core.funnel.change() as change:
                 core.store.insert_heartbeat(row)
                 change.then(core.model.created, row)
-                change.apply([Transition(row, None, None, PENDING, now, "created", now)], written=True)
+                change.apply([Transition(row, None, None, PENDING, now, "created", row["refreshed"])], written=True)
                 if expected:
                     core.store.insert_members([member_row(row, key, now, PENDING, expected=True) for key in expected])
                     change.apply((Transition(row, key, None, PENDING, now, "expected member created", now)
@@ -7061,6 +7125,7 @@ class Heartbeats:
             with core.funnel.change() as change:
                 old, new = core.store.update_heartbeat(heartbeat_id, heartbeat_columns(fields, now))
                 change.then(core.model.updated, old, new)
+                new = self._rescheduled(change, old, new)
                 late_seconds = new["late_seconds"]
                 if old["group_by"] is not None or new["group_by"] is not None:
                     self.groups.regrouped(change, old, new, now)
@@ -7081,6 +7146,25 @@ class Heartbeats:
                 core.due_by(now + (new["late_seconds"] or new["interval_seconds"]))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
+
+    def _rescheduled(self, change, old, new):
+        """In an update's change: when the schedule (or its zone) changed,
+        the refresh is the next run after the last refresh under the new
+        one (an interval only: the last refresh itself). The last refresh
+        is the last event (or creation) when there was a schedule (its
+        refresh was a run ahead), else the refresh as it was (with one kept
+        in memory). :returns: ``new``, with its ``refreshed`` as it is now."""
+        if (old["schedule"], old["tz"]) == (new["schedule"], new["tz"]) or new["status"] in (DOWN, PAUSED):
+            return new
+        core = self.core
+        if old["schedule"] is None:
+            base = max(old["refreshed"], core.model.unwritten_refresh(old["id"]) or -math.inf)
+        else:
+            base = new["last_event"] if new["last_event"] is not None else float(new["created"])
+        refreshed = refresh_time(new, base)
+        core.store.set_state(new["id"], new["status"], refreshed, new["last_event"], new["alarm_since"])
+        change.then(core.model.moved, new["id"], refreshed)
+        return {**{key: new[key] for key in new.keys()}, "refreshed": refreshed}
 
     def delete(self, heartbeat_id):
         """Delete a heartbeat and its state (and members), resolving its
@@ -7135,7 +7219,7 @@ class Heartbeats:
                 row = core.store.heartbeat(heartbeat_id)
                 if row["status"] != PAUSED:
                     return
-                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", now, None,
+                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", refresh_time(row, now), None,
                                          last_event=row["last_event"])])
                 if row["group_by"] is not None:
                     core.store.resume_members(heartbeat_id, now)  # all of them, in one statement: none is recorded
@@ -9914,7 +9998,7 @@ The 24 h timelines stay empty: this version records no history.
 <tbody>
 % for row in rows:
 <tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
-<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
+<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"] if "schedule" not in row else f'{row["schedule"]} {row["tz"]}, within {row["expected_interval"]}'}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
 % if row.get("members"):
  <span class="muted">members: {{member_counts_text(row["members"])}}</span>\\\\
@@ -9966,7 +10050,11 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 </div>
 <dl class="facts">
 <dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
+% if "schedule" in doc:
+<dt>Schedule</dt><dd><code>{{doc["schedule"]}}</code> ({{doc["tz"]}}), each run expected within {{doc["expected_interval"]}}</dd>
+% else:
 <dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
+% end
 <dt>Last event</dt><dd>{{!time_html(state["last_event"], now, "never")}}</dd>
 % if state["status"] == "down":
 <dt>Down since</dt><dd>{{!time_html(state["alarm_since"], now)}}</dd>
