@@ -12615,6 +12615,10 @@ def check_settings(args, environ):
         key, name = _setting(args, environ, dest)
         if key and not re.fullmatch(r"[\x21-\x7e]{1,256}", key):
             raise ConfigError(f"{name}: printable characters (no space), at most 256")
+        if key and dest == "ping_key" and (not _PING_URL_SLUG.fullmatch(key) or _CANONICAL_ID.fullmatch(key)):
+            # else no /ping/<key>/<slug> ever matches: every slug ping would be 404 not found
+            raise ConfigError(f"{name}: letters, digits, - and _ only (a ping URL's path segment), and not "
+                              "shaped like a heartbeat's id")
         setattr(args, dest, key or None)
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None

@@ -142,3 +142,30 @@ def test_a_content_length_of_thousands_of_digits_is_a_bad_request(service, caplo
         assert get(base, "/healthz")[0] == 200
     assert service.engine.status(heartbeat_id)["status"] != "down"
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+# -- operator mistakes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["k3y.with.dots", "base64+key/=", "key!", "0b3e2c8a-1f6e-4c1e-9a70-7a7f0f3c2d11"])
+def test_a_ping_key_no_ping_url_can_hold_is_refused_at_start(key):
+    """A key outside Healthchecks' slug alphabet (``[-a-zA-Z0-9_]``, as its
+    URL converter) or shaped like a heartbeat's id passed the settings check,
+    and then every slug ping answered 404 not found: the service started,
+    and no ping by slug ever reached a heartbeat."""
+    parser = heartbeat_lite.build_parser()
+    with pytest.raises(heartbeat_lite.ConfigError, match="^--ping-key: "):
+        heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:", "--ping-key", key]), {})
+    with pytest.raises(heartbeat_lite.ConfigError, match="^HEARTBEAT_LITE_PING_KEY: "):
+        heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:"]), {"HEARTBEAT_LITE_PING_KEY": key})
+    args = heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:", "--genie-key", key]), {})
+    assert args.genie_key == key  # a header's value: any printable key
+
+
+def test_every_ping_key_the_settings_take_pings_by_slug(clock):
+    key = "Az09-_" * 40  # the longest: 240 characters
+    parser = heartbeat_lite.build_parser()
+    assert heartbeat_lite.check_settings(parser.parse_args(["--db", ":memory:", "--ping-key", key]), {}).ping_key == key
+    with heartbeat_lite.create_app(clock=clock, ping_key=key) as service:
+        new_heartbeat(service, slug="backup")
+        assert client(service, user=None).get(f"/ping/{key}/backup").text == "OK"
