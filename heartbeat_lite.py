@@ -7317,7 +7317,8 @@ class Pings:
         timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
 
         :returns: ``(its id, True)``, or ``(the id, False)`` when another
-            request created it meanwhile.
+            request created it meanwhile (its slug, or its pattern, found
+            taken: by the heartbeat of that slug, that is no ambiguity).
         :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
         """
         fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
@@ -7325,8 +7326,10 @@ class Pings:
                                      "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
         try:
             return self.heartbeats.create(fields), True
-        except SlugExists:
+        except (SlugExists, PatternExists) as exc:
             heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None and isinstance(exc, PatternExists):
+                raise
             if heartbeat_id is None:  # created, then deleted or changed meanwhile
                 raise NotFound(slug) from None
             return heartbeat_id, False

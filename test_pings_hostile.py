@@ -6,6 +6,7 @@ operator, against a real server on port 0 where the fault lives in HTTP
 import http.client
 import logging
 import socket
+import threading
 import urllib.parse
 
 import pytest
@@ -169,3 +170,52 @@ def test_every_ping_key_the_settings_take_pings_by_slug(clock):
     with heartbeat_lite.create_app(clock=clock, ping_key=key) as service:
         new_heartbeat(service, slug="backup")
         assert client(service, user=None).get(f"/ping/{key}/backup").text == "OK"
+
+
+# -- races -------------------------------------------------------------------------
+
+
+def test_a_create_that_loses_the_race_for_its_slug_is_an_ordinary_ping(keyed, monkeypatch):
+    """Two jobs pinging a new slug with ?create=1 at once: both find no
+    heartbeat, one creates it, the other's creation finds the pattern
+    ``{"ping": slug}`` taken, by the very heartbeat of that slug, and
+    answered ``409 ambiguous slug`` (40 concurrent requests over real HTTP:
+    2 such 409s), so curl -f failed and that ping was lost."""
+    anonymous = client(keyed, user=None)
+    found = keyed.engine.pings.by_slug
+    checked = []
+
+    def created_meanwhile(slug):  # the other request creates it between the look-up and the creation
+        if not checked:
+            checked.append(slug)
+            keyed.engine.pings.create(slug)
+            return None
+        return found(slug)
+
+    monkeypatch.setattr(keyed.engine.pings, "by_slug", created_meanwhile)
+    answer = anonymous.get(f"/ping/{PING_KEY}/racey?create=1", expect_errors=True)
+    assert (answer.status_int, answer.text) == (200, "OK")
+    [heartbeat] = [doc for doc in client(keyed).get("/api/v2/heartbeat").json if doc.get("slug") == "racey"]
+    assert client(keyed).get(f"/api/v2/heartbeat/{heartbeat['_id']}/events").json["events"]
+
+
+def test_a_slug_whose_pattern_another_heartbeat_has_is_still_ambiguous(keyed):
+    new_heartbeat(keyed, pattern={"ping": "taken"})
+    answer = client(keyed, user=None).get(f"/ping/{PING_KEY}/taken?create=1", expect_errors=True)
+    assert (answer.status_int, answer.text) == (409, "ambiguous slug")
+
+
+def test_concurrent_creates_of_one_slug_make_one_heartbeat_and_no_error(keyed):
+    with heartbeat_lite.serve(keyed, port=0, threads=8) as base:
+        answers = []
+
+        def ping():
+            answers.append(get(base, f"/ping/{PING_KEY}/crowd?create=1"))
+
+        threads = [threading.Thread(target=ping) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(set(answers)) == [(200, b"OK"), (201, b"Created")] and answers.count((201, b"Created")) == 1
+    assert [doc.get("slug") for doc in client(keyed).get("/api/v2/heartbeat").json] == ["crowd"]
