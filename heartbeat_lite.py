@@ -77,7 +77,9 @@ import struct
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 import zlib
 import zoneinfo
@@ -7083,14 +7085,16 @@ class Heartbeats:
         self.groups = groups
         self.intake = intake
 
-    def create(self, fields):
-        """Create a heartbeat from validated fields; return its id.
+    def create(self, fields, heartbeat_id=None):
+        """Create a heartbeat from validated fields; return its id (a new
+        UUID4, or ``heartbeat_id``: a check moving in keeps its UUID).
 
-        :raises PatternExists: when another heartbeat has the pattern.
+        :raises Taken: when another heartbeat has the pattern (slug, push token).
         """
         core = self.core
         with core.operation() as now:
-            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "status": PENDING}
+            row = {**heartbeat_columns(fields, now), "id": heartbeat_id or str(uuid.uuid4()), "created": int(now),
+                   "status": PENDING}
             row["refreshed"] = refresh_time(row, now)
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
             with core.funnel.change() as change:
@@ -8462,9 +8466,9 @@ class Engine:
 
     # -- heartbeats ------------------------------------------------------------
 
-    def create(self, fields):
+    def create(self, fields, heartbeat_id=None):
         self.notifications.check_references(fields)
-        return self.heartbeats.create(fields)
+        return self.heartbeats.create(fields, heartbeat_id)
 
     def update(self, heartbeat_id, fields):
         self.notifications.check_references(fields)
@@ -12503,7 +12507,8 @@ def build_parser(environ=os.environ):
         description="A heartbeat monitor serving the Canopsis Heartbeat API on SQLite. "
         "Every flag has an environment\ntwin HEARTBEAT_LITE_<NAME> (e.g. HEARTBEAT_LITE_PORT); "
         "a flag given on the command line wins.",
-        epilog=f"command:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}",
+        epilog=f"commands:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}\n"
+               f"  heartbeat_lite.py import-healthchecks URL [--db DB]\n      {IMPORT_HEALTHCHECKS_HELP}",
     )
     parser.add_argument("--version", action="version", version=f"heartbeat-lite {__version__}")
     parser.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST}; env HEARTBEAT_LITE_HOST)")
@@ -12661,6 +12666,181 @@ def hash_password_command(stdin, stdout):
     return 0
 
 
+# -- import-healthchecks: moving in from a Healthchecks site (DESIGN §16) -----
+
+IMPORT_HEALTHCHECKS_HELP = ("create a heartbeat for each check of a Healthchecks site (URL: its root, e.g. "
+                            "https://hc.example.com; API key in HEALTHCHECKS_API_KEY), with the same UUID, so "
+                            "ping URLs keep working once the host changes; writes --db directly (SQLite: with "
+                            "the service stopped); run it again to bring what is new")
+IMPORT_AUTHOR = "import-healthchecks"
+IMPORT_TIMEOUT_SECONDS = 30
+#: what a Healthchecks check may have that a heartbeat does not keep: (key, value meaning "unused", what is lost)
+HEALTHCHECKS_NOT_KEPT = (
+    ("tags", "", "tags"),
+    ("manual_resume", False, "manual_resume (a success ping resolves it)"),
+    ("methods", "", "methods (pings by GET and HEAD are accepted too)"),
+    ("channels", "", "integrations (channels: make them with /api/v2/channel)"),
+    ("start_kw", "", "e-mail keywords"), ("success_kw", "", "e-mail keywords"), ("failure_kw", "", "e-mail keywords"),
+    ("subject", "", "e-mail keywords"), ("subject_fail", "", "e-mail keywords"),
+    ("filter_subject", False, "e-mail filters"), ("filter_body", False, "e-mail filters"),
+    ("filter_http_body", False, "HTTP body filters"), ("filter_default_fail", False, "HTTP body filters"),
+)
+
+
+def interval_text(seconds):
+    """``seconds`` in the interval syntax, in the largest unit that divides it (``90m``, ``25h``, ``45s``)."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def healthchecks_heartbeat(check):
+    """A heartbeat's body for a Healthchecks check (a document of
+    ``GET /api/v3/checks/``), and what of the check it does not keep.
+
+    The pattern is ``{"ping": "<uuid>"}``; a simple check's
+    ``expected_interval`` is timeout + grace and its ``late_after`` the
+    timeout; a cron check keeps ``schedule`` and ``tz``, its grace as
+    ``expected_interval``. The name is the check's (else its slug, else its
+    UUID), the description its ``desc`` (cut to the limit).
+
+    :returns: ``(body, notes)``; the body is still to be validated.
+    :raises ValueError: what makes the check impossible to map.
+    """
+    if not isinstance(check, dict) or not isinstance(check.get("uuid"), str) \
+            or not _CANONICAL_ID.fullmatch(check["uuid"]):
+        hidden = isinstance(check, dict) and "unique_key" in check
+        raise ValueError("no uuid" + (": a read-only API key hides it, give the project's read-write key"
+                                      if hidden else ""))
+    grace = check.get("grace")
+    if not isinstance(grace, int) or grace < 1:
+        raise ValueError(f"grace: not a positive number of seconds: {grace!r}")
+    slug = check.get("slug") or None
+    name = check.get("name") if isinstance(check.get("name"), str) and check["name"].strip() else None
+    body = {"name": name or slug or check["uuid"], "author": IMPORT_AUTHOR,
+            "pattern": {"ping": check["uuid"]}}
+    notes = []
+    desc = check.get("desc") or ""
+    if isinstance(desc, str) and desc:
+        body["description"] = desc[:MAX_TEXT_CHARS]
+        if len(desc) > MAX_TEXT_CHARS:
+            notes.append(f"description cut to {MAX_TEXT_CHARS} characters")
+    if slug is not None:
+        body["slug"] = slug
+    if check.get("schedule"):  # a cron check (an OnCalendar one too: its schedule is then refused)
+        body.update(schedule=check["schedule"], tz=check.get("tz") or "UTC", expected_interval=interval_text(grace))
+    elif isinstance(check.get("timeout"), int) and check["timeout"] > 0:
+        body.update(expected_interval=interval_text(check["timeout"] + grace),
+                    late_after=interval_text(check["timeout"]))
+    else:
+        raise ValueError("neither a timeout nor a schedule")
+    lost = []
+    for key, unused, what in HEALTHCHECKS_NOT_KEPT:
+        if check.get(key, unused) not in (unused, None) and what not in lost:
+            lost.append(what)
+    if lost:
+        notes.append("not kept: " + ", ".join(lost))
+    return body, notes
+
+
+def fetch_healthchecks_checks(url, api_key, timeout=IMPORT_TIMEOUT_SECONDS):
+    """The checks of the Healthchecks site at ``url`` (``GET /api/v3/checks/``
+    with ``X-Api-Key``).
+
+    :raises ConfigError: a URL that is not http(s), a refused key, an
+        unreachable site, an answer that is not a list of checks.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"URL: the root of a Healthchecks site, such as https://hc.example.com, not {url!r}")
+    endpoint = url.rstrip("/") + "/api/v3/checks/"
+    request = urllib.request.Request(endpoint, headers={"X-Api-Key": api_key, "Accept": "application/json",
+                                                        "User-Agent": f"heartbeat-lite/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            text = answer.read(64 * 1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ConfigError(f"{endpoint} refused the API key (HTTP {exc.code}): give the project's API key "
+                              "in HEALTHCHECKS_API_KEY") from None
+        raise ConfigError(f"{endpoint} answered HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigError(f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}") from None
+    try:
+        checks = json.loads(text)["checks"]
+        if not isinstance(checks, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{endpoint} did not answer a list of checks (is it a Healthchecks site?)") from None
+    return checks
+
+
+def import_healthchecks(engine, checks, out):
+    """Create a heartbeat for each of ``checks`` (see
+    :func:`healthchecks_heartbeat`), with the check's UUID, paused if the
+    check is; one that exists already (same id) is skipped, so a second
+    run only brings what is new. Says on ``out`` what it created, skipped
+    and could not map (with why). :returns: how many could not be mapped."""
+    created = skipped = 0
+    failed = []
+    for check in checks:
+        label = check.get("uuid") if isinstance(check, dict) else None
+        try:
+            body, notes = healthchecks_heartbeat(check)
+            label = f"{check['uuid']} ({body['name']})"
+            try:
+                engine.document(check["uuid"])
+            except NotFound:
+                pass
+            else:
+                skipped += 1
+                print(f"skipped {label}: already here", file=out)
+                continue
+            engine.create(validate_heartbeat(body, IMPORT_AUTHOR), check["uuid"])
+            if check.get("status") == PAUSED:
+                engine.pause(check["uuid"])
+                notes.insert(0, "paused")
+        except (ValueError, Taken) as exc:  # Invalid is a ValueError
+            reason = (f"heartbeat {exc.field} already exists" if isinstance(exc, Taken)
+                      else "; ".join(exc.reasons) if isinstance(exc, Invalid) else str(exc))
+            failed.append(label)
+            print(f"could not map {label or '(a check without uuid)'}: {reason}", file=out)
+            continue
+        created += 1
+        print(f"created {label}" + (f" ({'; '.join(notes)})" if notes else ""), file=out)
+    print(f"{created} created, {skipped} skipped, {len(failed)} could not be mapped", file=out)
+    return len(failed)
+
+
+def import_healthchecks_command(argv, environ, out):
+    """``import-healthchecks URL [--db DB]``: return the exit status (0 every
+    check mapped, 1 some could not, 2 bad usage, a wrong key or an
+    unreachable site)."""
+    parser = _ArgumentParser(prog="heartbeat_lite.py import-healthchecks", description=IMPORT_HEALTHCHECKS_HELP)
+    parser.add_argument("url", help="the Healthchecks site's root, e.g. https://hc.example.com")
+    parser.add_argument("--db", help=f"the database to write (default ./{DEFAULT_DB}; env HEARTBEAT_LITE_DB); "
+                        "a SQLite file must not be in use by a running service")
+    args = parser.parse_args(argv)
+    api_key = environ.get("HEALTHCHECKS_API_KEY", "").strip()
+    if not api_key:
+        raise ConfigError("HEALTHCHECKS_API_KEY: not set; give the project's API key (Settings, API Access; "
+                          "not the read-only one, which hides the checks' UUIDs)")
+    args.db, name = _setting(args, environ, "db", DEFAULT_DB)
+    try:
+        if not is_postgres_url(args.db):
+            check_database_path(args.db)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    checks = fetch_healthchecks_checks(args.url, api_key)
+    try:
+        with create_app(db=args.db) as service:
+            failed = import_healthchecks(service.engine, checks, out)
+    except StoreError as exc:
+        raise ConfigError(f"{database_label(args.db)}: {exc}") from None
+    return 1 if failed else 0
+
+
 def main(argv=None, environ=None):
     """Run the server until SIGINT or SIGTERM; return the exit status.
 
@@ -12676,6 +12856,8 @@ def main(argv=None, environ=None):
             _ArgumentParser(prog="heartbeat_lite.py hash-password", description=HASH_PASSWORD_HELP).parse_args(
                 argv[1:])
             return hash_password_command(sys.stdin, sys.stdout)
+        if argv[:1] == ["import-healthchecks"]:
+            return import_healthchecks_command(argv[1:], environ, sys.stdout)
         args = check_settings(build_parser(environ).parse_args(argv), environ)
         users = _users_from(args, environ)
     except ConfigError as exc:
