@@ -210,6 +210,8 @@ PING_KINDS = ("success", "start", "fail", "log")  # what a ping says, counted by
 MAX_SHOWN_PING_BYTES = 64 * 1024  # a ping as /events shows it (its body cut at PING_BODY_LIMIT_BYTES) is never cut
 MAX_UNKNOWN_PING_NAMES = 1000  # Opsgenie pings' unknown names each logged once, up to this many
 MAX_OPEN_RUNS_PER_HEARTBEAT = 100  # /start pings waiting for their end (by rid); beyond, the oldest is forgotten
+#: the overrun heap (max_run) is cleared of ended runs' entries once it holds twice its live ones and this many more
+OVERRUN_HEAP_SLACK = 1000
 MAX_EXIT_STATUS = 255
 PING_TYPE = "text/plain; charset=utf-8"
 PING_OK_HEADERS = {"Ping-Body-Limit": str(PING_BODY_LIMIT_BYTES), "Access-Control-Allow-Origin": "*",
@@ -347,6 +349,20 @@ def redact_url(url):
         items = [item.partition("=") for item in query.split("&") if item]
         query = "&".join(f"{key}={REDACTED}" if equal else REDACTED for key, equal, _ in items)
     return log_safe(f"{scheme}://{authority}{slash}{path}{question}{query}")
+
+
+#: the secret a ping path holds (DESIGN §16): the ping key of ``/ping/<key>/<slug>`` (anything there
+#: but a canonical id: a key mistyped, or the slug forgotten, is still one), the ``/api/push/<push_token>``
+_SECRET_IN_PATH = re.compile(r"^(/+ping/+)(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:/|$))"
+                             r"([^/]+)|^(/+api/+push/+)([^/]+)")
+
+
+def redact_path(path):
+    """A request's path as a log line shows it: the ping key of
+    ``/ping/<key>/<slug>`` and the token of ``/api/push/<push_token>``
+    replaced by ``***`` (a heartbeat's id, ``/ping/<id>``, is shown: every
+    alarm line names it). Not escaped: :func:`log_safe` does that."""
+    return _SECRET_IN_PATH.sub(lambda match: (match.group(1) or match.group(3)) + REDACTED, path, count=1)
 
 
 def url_secrets(url):
@@ -1582,7 +1598,8 @@ def parse_ping_path(path):
         if suffix in ("start", "fail", "log"):
             return address, slug, suffix, None
         if suffix.isdigit() and suffix.isascii():  # over 255: see check_exit_status
-            status = int(suffix)
+            digits = suffix.lstrip("0")  # int() refuses over 4,300 digits: any over 3 is over 255 anyway
+            status = int(digits or "0") if len(digits) <= 3 else MAX_EXIT_STATUS + 1
             return address, slug, "success" if status == 0 else "fail", status
     return None
 
@@ -7650,6 +7667,7 @@ class Pings:
         self.heartbeats = heartbeats
         self._runs = {}  # heartbeat id -> {rid or None: start time}, oldest first
         self._overruns = []  # heap of (deadline, heartbeat id, rid or "", start time, max_run as written)
+        self._overruns_live = 0  # entries of open runs in that heap when it was last cleared
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
@@ -7680,7 +7698,8 @@ class Pings:
         timing (:data:`PING_CREATED_INTERVAL`, :data:`PING_CREATED_LATE_AFTER`).
 
         :returns: ``(its id, True)``, or ``(the id, False)`` when another
-            request created it meanwhile.
+            request created it meanwhile (its slug, or its pattern, found
+            taken: by the heartbeat of that slug, that is no ambiguity).
         :raises PatternExists: another heartbeat's pattern is ``{"ping": slug}``.
         """
         fields = validate_heartbeat({"name": slug, "slug": slug, "pattern": {"ping": slug},
@@ -7688,8 +7707,10 @@ class Pings:
                                      "late_after": PING_CREATED_LATE_AFTER}, PING_AUTHOR)
         try:
             return self.heartbeats.create(fields), True
-        except SlugExists:
+        except (SlugExists, PatternExists) as exc:
             heartbeat_id = self.by_slug(slug)
+            if heartbeat_id is None and isinstance(exc, PatternExists):
+                raise
             if heartbeat_id is None:  # created, then deleted or changed meanwhile
                 raise NotFound(slug) from None
             return heartbeat_id, False
@@ -7760,6 +7781,8 @@ class Pings:
             seconds = parse_interval(max_run) if isinstance(max_run, str) else None
             if seconds:
                 heapq.heappush(self._overruns, (now + seconds, heartbeat_id, rid or "", now, max_run))
+                if len(self._overruns) > 2 * self._overruns_live + OVERRUN_HEAP_SLACK:
+                    self._clear_overruns()
                 self.core.due_by(now + seconds)
             return None
         if kind == "log":
@@ -7782,6 +7805,21 @@ class Pings:
                     return  # deleted meanwhile
                 change.record([Transition(row, None, row["status"], row["status"], now,
                                           f"run finished in {seconds_text(duration)}", extra={"duration": duration})])
+
+    def _clear_overruns(self):
+        """Under the lock: the overrun heap without the entries of runs that
+        ended, started again or were forgotten (each ``/start`` adds one, and
+        only its deadline took it out: a flood of starts with a long
+        ``max_run`` grew it without bound). Amortized O(1) per start; the
+        heap stays within twice the open runs, plus :data:`OVERRUN_HEAP_SLACK`."""
+        live = {}
+        for entry in self._overruns:
+            _, heartbeat_id, rid, started, _ = entry
+            if self._runs.get(heartbeat_id, {}).get(rid or None) == started:
+                live[(heartbeat_id, rid, started)] = entry
+        self._overruns = list(live.values())
+        heapq.heapify(self._overruns)
+        self._overruns_live = len(self._overruns)
 
     def overran(self, change, now):
         """In the tick's change: each run not finished within its
@@ -12083,9 +12121,11 @@ class PingRoutes:
             return json_response(exc.body, exc.status, exc.headers)
         request = bottle.request
         if isinstance(exc, StoreError):
-            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(request.path), exc)
+            log.error("database error on %s %s: %s", log_safe(request.method), log_safe(redact_path(request.path)),
+                      exc)
             return self._text(503, DATABASE_ERROR)
-        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(request.path), exc_info=exc)
+        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(redact_path(request.path)),
+                  exc_info=exc)
         return self._text(500, INTERNAL_ERROR)
 
     def opsgenie(self, name):
@@ -12152,7 +12192,7 @@ def _access_logged(app):
             seen.append("500 Internal Server Error")
             start_response(seen[-1], [("Content-Type", JSON_TYPE)], sys.exc_info())
         if access_log.isEnabledFor(logging.INFO):
-            path = environ.get("PATH_INFO", "")
+            path = redact_path(environ.get("PATH_INFO", ""))
             if environ.get("QUERY_STRING"):
                 path += "?" + environ["QUERY_STRING"]
             access_log.info('%s "%s %s" %s %.1fms', log_safe(environ.get("REMOTE_ADDR", "-")),
@@ -12445,7 +12485,10 @@ def _json_error_server_class():
 
     class StrictRequestParser(HTTPRequestParser):
         def parse_header(self, header_plus):
-            super().parse_header(header_plus)
+            try:
+                super().parse_header(header_plus)
+            except ValueError as exc:  # int() refuses a Content-Length of over 4,300 digits
+                raise ParsingError("Content-Length is invalid") from exc
             # Both framings: waitress reads the chunked body, a proxy in front
             # may read Content-Length bytes, and the rest of the stream is a
             # request one of them never saw (request smuggling). A 400, and
@@ -12974,6 +13017,10 @@ def check_settings(args, environ):
         key, name = _setting(args, environ, dest)
         if key and not re.fullmatch(r"[\x21-\x7e]{1,256}", key):
             raise ConfigError(f"{name}: printable characters (no space), at most 256")
+        if key and dest == "ping_key" and (not _PING_URL_SLUG.fullmatch(key) or _CANONICAL_ID.fullmatch(key)):
+            # else no /ping/<key>/<slug> ever matches: every slug ping would be 404 not found
+            raise ConfigError(f"{name}: letters, digits, - and _ only (a ping URL's path segment), and not "
+                              "shaped like a heartbeat's id")
         setattr(args, dest, key or None)
     silence, name = _setting(args, environ, "intake_silence")
     args.intake_silence = None
