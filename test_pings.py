@@ -143,6 +143,7 @@ def test_a_failure_puts_the_heartbeat_down_at_once_and_a_success_resolves_it(ano
     anonymous.post(f"/ping/{job}/fail", "pg_dump: disk full\nsecond line\n")
     state = service.engine.status(job)
     assert state["status"] == "down" and state["alarm_since"] == clock.now
+    assert state["last_event"] == clock.now  # a failure ping is an event too
     assert [(event["state"], event["output"]) for event in alarms_seen] == [(3, "failed: pg_dump: disk full")]
     assert service.engine.document(job)  # its stored output is unchanged
     clock.advance(5)
