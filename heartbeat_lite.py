@@ -77,7 +77,9 @@ import struct
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 import zlib
 import zoneinfo
@@ -159,6 +161,7 @@ MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
 
 ALIVE_INTERVAL_SECONDS = 5.0  # how often a running service records that it is alive
+SCHEDULE_EARLY_SECONDS = 60  # a ping this much before a scheduled time counts for it (clock skew)
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
 COALESCE_MIN_PERIOD_SECONDS = 4 * REFRESH_WRITE_SECONDS  # a shorter late time or interval: each refresh written at once
 SYNC_SECONDS = 0.2  # several instances on PostgreSQL: how often each reads the others' changes
@@ -786,6 +789,8 @@ def _check_pings(reasons, doc):
         schedule = doc["schedule"]
         if "expected_interval" not in doc:
             reasons.append("schedule: needs expected_interval (how long after each scheduled time a ping may come)")
+        if "group_by" in doc:
+            reasons.append("schedule: not with group_by (members have no schedule)")
         if not _is_text(schedule) or len(schedule) > MAX_SCHEDULE_CHARS or len(schedule.split()) != 5:
             reasons.append("schedule: must be a cron expression of 5 fields (minute hour day month weekday)")
         else:
@@ -2324,9 +2329,11 @@ class _StateStatements(abc.ABC):
     """The heartbeats' state: refreshes by matching events, what falls due
     and when, the transitions the engine writes, and the outage shift."""
 
-    def refresh(self, heartbeat_ids, now):
+    def refresh(self, heartbeat_ids, now, refreshes=None):
         """Record a matching event at ``now`` for each id: each goes ``up``,
-        except a paused one, whose ``last_event`` only moves.
+        except a paused one, whose ``last_event`` only moves. ``refreshes``:
+        None, or ``{id: refreshed}`` when that is not ``now`` (a schedule's
+        next run, see :func:`refresh_time`).
 
         :returns: the rows, as they were, of those that were not up
             (pending, late, down or paused), in the order of ``heartbeat_ids``.
@@ -2343,7 +2350,8 @@ class _StateStatements(abc.ABC):
             self._executemany(
                 f"UPDATE heartbeat SET status = 'up', {self._LATER_REFRESH}, alarm_since = NULL "
                 "WHERE id = ? AND status <> 'paused'",
-                [(now, now, now, heartbeat_id) for heartbeat_id in heartbeat_ids],
+                [(now if refreshes is None else refreshes[heartbeat_id], now, now, heartbeat_id)
+                 for heartbeat_id in heartbeat_ids],
             )
             paused = [row["id"] for row in special if row["status"] == "paused"]
             if paused:
@@ -4250,12 +4258,34 @@ def maintenance_document(row):
     return doc
 
 
+def scheduled_time(schedule, tz, t):
+    """The first time cron expression ``schedule`` fires (in zone ``tz``,
+    as cronsim says: a time a DST change skips fires at the first valid
+    minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
+    after Unix time ``t``: the run that a ping at ``t`` does not count for
+    (one up to that early counts for the run it precedes)."""
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, time_zone(tz or "UTC"))
+    return next(cronsim.CronSim(schedule, start)).timestamp()
+
+
+def refresh_time(row, t):
+    """What a refresh at ``t`` (an event, a ping, creation, resume) stores as
+    ``refreshed``: ``t``; for a heartbeat with a ``schedule``, the next run
+    it expects (:func:`scheduled_time`), so that :func:`deadline_of` (that
+    run plus ``expected_interval``) and :func:`due_of` (plus ``late_after``)
+    hold unchanged. Computed once per refresh, never per tick."""
+    schedule = _optional(row, "schedule")
+    return t if schedule is None else scheduled_time(schedule, row["tz"], t)
+
+
 def deadline_of(row):
     """The one deadline rule: a heartbeat is due ``expected_interval`` after
     its last refresh (its creation, or its last matching event, moved later
-    by each outage); for one that is down, the deadline it missed. ``row``
-    needs ``refreshed`` and ``interval_seconds``. (schema.sql's generated
-    ``deadline`` column spells the same sum, so that SQLite can index it.)"""
+    by each outage; with a schedule, the next run it expects then: see
+    :func:`refresh_time`); for one that is down, the deadline it missed.
+    ``row`` needs ``refreshed`` and ``interval_seconds``. (schema.sql's
+    generated ``deadline`` column spells the same sum, so that SQLite can
+    index it.)"""
     return row["refreshed"] + row["interval_seconds"]
 
 
@@ -5080,6 +5110,7 @@ class ReadModel:
         self._short = set()  # ids whose refreshes are written at once (see COALESCE_MIN_PERIOD_SECONDS)
         self._slugs = {}  # slug -> id, for the heartbeats that have one (pings address them by it)
         self._push_tokens = {}  # push_token -> id, likewise
+        self._schedules = {}  # id -> (schedule, tz), for the heartbeats that have a schedule
 
     @classmethod
     def loaded(cls, rows, members=()):
@@ -5109,6 +5140,11 @@ class ReadModel:
             name = _optional(row, column)
             if name is not None:
                 names[name] = row["id"]
+        schedule = _optional(row, "schedule")
+        if schedule is not None:
+            self._schedules[row["id"]] = (schedule, row["tz"])
+        else:
+            self._schedules.pop(row["id"], None)
         keys = group_keys(row)
         if keys is not None:
             self._groups[row["id"]] = keys
@@ -5139,7 +5175,7 @@ class ReadModel:
     def deleted(self, row):
         self._index.remove(json.loads(row["pattern"]))
         self._forget_names(row["id"], row)
-        for memory in (self._documents, self._stored, self._unwritten, self._groups):
+        for memory in (self._documents, self._stored, self._unwritten, self._groups, self._schedules):
             memory.pop(row["id"], None)
         self._forget_members(row["id"])
         self._short.discard(row["id"])
@@ -5171,7 +5207,7 @@ class ReadModel:
         self._forget_members(heartbeat_id)
         self._groups.pop(heartbeat_id, None)
         if row is None:
-            for memory in (self._stored, self._unwritten):
+            for memory in (self._stored, self._unwritten, self._schedules):
                 memory.pop(heartbeat_id, None)
             self._short.discard(heartbeat_id)
             return
@@ -5381,6 +5417,26 @@ class ReadModel:
 
     def member_unwritten_refresh(self, heartbeat_id, values):
         return self._member_unwritten.get(heartbeat_id, _NO_CHILDREN).get(values)
+
+    def moved(self, heartbeat_id, refreshed):
+        """A heartbeat's refresh was set to ``refreshed`` (earlier, maybe: its
+        schedule changed), not by a refresh."""
+        if heartbeat_id in self._stored:
+            self._stored[heartbeat_id] = refreshed
+
+    def scheduled_among(self, heartbeat_ids):
+        """Those of ``heartbeat_ids`` that have a schedule, in their order."""
+        schedules = self._schedules
+        return [heartbeat_id for heartbeat_id in heartbeat_ids if heartbeat_id in schedules] if schedules else []
+
+    def refresh_times(self, heartbeat_ids, now):
+        """``{id: what a refresh at now stores}`` (:func:`refresh_time`) of
+        ``heartbeat_ids``, or None when none has a schedule (all: ``now``)."""
+        schedules = self._schedules
+        if not schedules or not any(heartbeat_id in schedules for heartbeat_id in heartbeat_ids):
+            return None
+        return {heartbeat_id: scheduled_time(*schedules[heartbeat_id], now) if heartbeat_id in schedules else now
+                for heartbeat_id in heartbeat_ids}
 
     def by_slug(self, slug):
         """The id of the heartbeat whose ``slug`` is ``slug``, or None."""
@@ -5836,8 +5892,8 @@ def transition_now(row, new, now, reason, output=None, member=None, extra=None, 
     if new in ALARMED:
         return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra,
                           last_event=now if event else KEEP)
-    return Transition(row, member, old, new, now, reason, now, None, last_event=now if new == UP else KEEP,
-                      extra=extra)
+    return Transition(row, member, old, new, now, reason, now if member is not None else refresh_time(row, now),
+                      None, last_event=now if new == UP else KEEP, extra=extra)
 
 
 class Change:
@@ -6680,9 +6736,14 @@ class Intake:
             if back:
                 self.silence.end(now, "events came back", self.flush)
             matched = list(found)
+            # Heartbeats with a schedule are refreshed to their next run, each
+            # written now (with the others that may change state), never kept
+            scheduled = model.scheduled_among(matched)
+            plain = [heartbeat_id for heartbeat_id in matched if heartbeat_id not in set(scheduled)] \
+                if scheduled else matched
             had_unwritten = model.has_unwritten()
             keep = not self.write_before_answer
-            to_write, kept = model.refreshed(model.plain(matched) if members else matched, now, keep)
+            to_write, kept = model.refreshed(model.plain(plain) if members else plain, now, keep)
             members_to_write, members_kept = model.members_refreshed(members, now, keep)
             if (kept or members_kept) and not had_unwritten:
                 core.due_by(now + REFRESH_WRITE_SECONDS)  # the tick that writes them
@@ -6690,7 +6751,8 @@ class Intake:
             # a sample (see RecentEvents); the lists it lets go are freed when
             # this returns, after the lock is released, not under it
             if pinged is None:
-                dropped = self.recent.add(now, events, found, to_write, members_to_write, body_bytes)
+                dropped = self.recent.add(now, events, found, to_write + scheduled if scheduled else to_write,
+                                          members_to_write, body_bytes)
             else:  # every ping is listed
                 dropped = self.recent.add(now, (), found, found, limit=MAX_SHOWN_PING_BYTES)
             # Shared database: heartbeats already up (the common case) are
@@ -6698,7 +6760,7 @@ class Intake:
             # meanwhile they are kept as unwritten, so that a tick in
             # between writes them before it looks for what is due.
             together = None
-            if self.write_before_answer and not back and not members_to_write and 0 < len(to_write) \
+            if self.write_before_answer and not back and not members_to_write and not scheduled and 0 < len(to_write) \
                     <= REFRESH_CHUNK_HEARTBEATS and len(model.up_among(to_write)) == len(to_write):
                 together = dict.fromkeys(to_write, now)
                 model.deferred(to_write, now)
@@ -6706,11 +6768,11 @@ class Intake:
                 # One heartbeat already up, or one member up (the common cases),
                 # is one statement and no transition; otherwise transactions
                 # through the funnel for those that may change state.
-                if not back and not members_to_write and len(to_write) == 1 \
+                if not back and not members_to_write and not scheduled and len(to_write) == 1 \
                         and model.is_up(to_write[0]) and core.store.refresh_if_not_down(to_write[0], now):
                     model.written({to_write[0]: now})
                     return matched
-                if not back and not to_write and len(members_to_write) == 1:
+                if not back and not to_write and not scheduled and len(members_to_write) == 1:
                     heartbeat_id, keys, values = members_to_write[0]
                     if model.member_is_up(heartbeat_id, values) and core.store.refresh_member_if_up(
                             heartbeat_id, self.groups.key(heartbeat_id, values), now):
@@ -6722,7 +6784,8 @@ class Intake:
                 # storm-sized chunks.
                 up = model.up_among(to_write)
                 up_set = set(up)
-                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + members_to_write
+                others = [heartbeat_id for heartbeat_id in to_write if heartbeat_id not in up_set] + scheduled \
+                    + members_to_write
                 chunks = [(self._write_up_chunk, up[start:start + REFRESH_CHUNK_HEARTBEATS])
                           for start in range(0, len(up), REFRESH_CHUNK_HEARTBEATS)]
                 chunks += [(self.refresh_chunk, others[start:start + STORM_CHUNK_HEARTBEATS])
@@ -6805,12 +6868,15 @@ class Intake:
         core = self.core
         with core.funnel.change() as change:
             if heartbeat_ids:
-                special = core.store.refresh(heartbeat_ids, now)  # written: one statement for all of them
-                change.apply((Transition(row, None, row["status"], UP, now, "matching event received", now)
+                refreshes = core.model.refresh_times(heartbeat_ids, now)  # None: each at now
+                special = core.store.refresh(heartbeat_ids, now, refreshes)  # written: one statement for all
+                refreshed = dict.fromkeys(heartbeat_ids, now) if refreshes is None else refreshes
+                change.apply((Transition(row, None, row["status"], UP, now, "matching event received",
+                                         refreshed[row["id"]])
                               for row in special if row["status"] != PAUSED), written=True)
                 special_ids = {row["id"] for row in special}  # the others were up: no transition
-                change.then(core.model.written, {heartbeat_id: now for heartbeat_id in heartbeat_ids
-                                                 if heartbeat_id not in special_ids})
+                change.then(core.model.written, {heartbeat_id: refreshed[heartbeat_id] for heartbeat_id in
+                                                 heartbeat_ids if heartbeat_id not in special_ids})
             if members:
                 self.groups.refreshed(change, members, now)
 
@@ -7004,20 +7070,22 @@ class Heartbeats:
         self.groups = groups
         self.intake = intake
 
-    def create(self, fields):
-        """Create a heartbeat from validated fields; return its id.
+    def create(self, fields, heartbeat_id=None):
+        """Create a heartbeat from validated fields; return its id (a new
+        UUID4, or ``heartbeat_id``: a check moving in keeps its UUID).
 
-        :raises PatternExists: when another heartbeat has the pattern.
+        :raises Taken: when another heartbeat has the pattern (slug, push token).
         """
         core = self.core
         with core.operation() as now:
-            row = {**heartbeat_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now), "refreshed": now,
+            row = {**heartbeat_columns(fields, now), "id": heartbeat_id or str(uuid.uuid4()), "created": int(now),
                    "status": PENDING}
+            row["refreshed"] = refresh_time(row, now)
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
             with core.funnel.change() as change:
                 core.store.insert_heartbeat(row)
                 change.then(core.model.created, row)
-                change.apply([Transition(row, None, None, PENDING, now, "created", now)], written=True)
+                change.apply([Transition(row, None, None, PENDING, now, "created", row["refreshed"])], written=True)
                 if expected:
                     core.store.insert_members([member_row(row, key, now, PENDING, expected=True) for key in expected])
                     change.apply((Transition(row, key, None, PENDING, now, "expected member created", now)
@@ -7046,6 +7114,7 @@ class Heartbeats:
             with core.funnel.change() as change:
                 old, new = core.store.update_heartbeat(heartbeat_id, heartbeat_columns(fields, now))
                 change.then(core.model.updated, old, new)
+                new = self._rescheduled(change, old, new)
                 late_seconds = new["late_seconds"]
                 if old["group_by"] is not None or new["group_by"] is not None:
                     self.groups.regrouped(change, old, new, now)
@@ -7066,6 +7135,25 @@ class Heartbeats:
                 core.due_by(now + (new["late_seconds"] or new["interval_seconds"]))
         log.info("heartbeat %s updated ('%s', pattern %s)", heartbeat_id, log_safe(new["name"]),
                  log_safe(new["pattern"]))
+
+    def _rescheduled(self, change, old, new):
+        """In an update's change: when the schedule (or its zone) changed,
+        the refresh is the next run after the last refresh under the new
+        one (an interval only: the last refresh itself). The last refresh
+        is the last event (or creation) when there was a schedule (its
+        refresh was a run ahead), else the refresh as it was (with one kept
+        in memory). :returns: ``new``, with its ``refreshed`` as it is now."""
+        if (old["schedule"], old["tz"]) == (new["schedule"], new["tz"]) or new["status"] in (DOWN, PAUSED):
+            return new
+        core = self.core
+        if old["schedule"] is None:
+            base = max(old["refreshed"], core.model.unwritten_refresh(old["id"]) or -math.inf)
+        else:
+            base = new["last_event"] if new["last_event"] is not None else float(new["created"])
+        refreshed = refresh_time(new, base)
+        core.store.set_state(new["id"], new["status"], refreshed, new["last_event"], new["alarm_since"])
+        change.then(core.model.moved, new["id"], refreshed)
+        return {**{key: new[key] for key in new.keys()}, "refreshed": refreshed}
 
     def delete(self, heartbeat_id):
         """Delete a heartbeat and its state (and members), resolving its
@@ -7120,7 +7208,7 @@ class Heartbeats:
                 row = core.store.heartbeat(heartbeat_id)
                 if row["status"] != PAUSED:
                     return
-                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", now, None,
+                change.apply([Transition(row, None, PAUSED, PENDING, now, "resumed", refresh_time(row, now), None,
                                          last_event=row["last_event"])])
                 if row["group_by"] is not None:
                     core.store.resume_members(heartbeat_id, now)  # all of them, in one statement: none is recorded
@@ -8343,9 +8431,9 @@ class Engine:
 
     # -- heartbeats ------------------------------------------------------------
 
-    def create(self, fields):
+    def create(self, fields, heartbeat_id=None):
         self.notifications.check_references(fields)
-        return self.heartbeats.create(fields)
+        return self.heartbeats.create(fields, heartbeat_id)
 
     def update(self, heartbeat_id, fields):
         self.notifications.check_references(fields)
@@ -9882,7 +9970,7 @@ The 24 h timelines stay empty: this version records no history.
 <tbody>
 % for row in rows:
 <tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
-<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"]}}</td>
+<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"] if "schedule" not in row else f'{row["schedule"]} {row["tz"]}, within {row["expected_interval"]}'}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
 % if row.get("members"):
  <span class="muted">members: {{member_counts_text(row["members"])}}</span>\\\\
@@ -9934,7 +10022,11 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 </div>
 <dl class="facts">
 <dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
+% if "schedule" in doc:
+<dt>Schedule</dt><dd><code>{{doc["schedule"]}}</code> ({{doc["tz"]}}), each run expected within {{doc["expected_interval"]}}</dd>
+% else:
 <dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
+% end
 <dt>Last event</dt><dd>{{!time_html(state["last_event"], now, "never")}}</dd>
 % if state["status"] == "down":
 <dt>Down since</dt><dd>{{!time_html(state["alarm_since"], now)}}</dd>
@@ -12375,7 +12467,8 @@ def build_parser(environ=os.environ):
         description="A heartbeat monitor serving the Canopsis Heartbeat API on SQLite. "
         "Every flag has an environment\ntwin HEARTBEAT_LITE_<NAME> (e.g. HEARTBEAT_LITE_PORT); "
         "a flag given on the command line wins.",
-        epilog=f"command:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}",
+        epilog=f"commands:\n  heartbeat_lite.py hash-password\n      {HASH_PASSWORD_HELP}\n"
+               f"  heartbeat_lite.py import-healthchecks URL [--db DB]\n      {IMPORT_HEALTHCHECKS_HELP}",
     )
     parser.add_argument("--version", action="version", version=f"heartbeat-lite {__version__}")
     parser.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST}; env HEARTBEAT_LITE_HOST)")
@@ -12529,6 +12622,181 @@ def hash_password_command(stdin, stdout):
     return 0
 
 
+# -- import-healthchecks: moving in from a Healthchecks site (DESIGN §16) -----
+
+IMPORT_HEALTHCHECKS_HELP = ("create a heartbeat for each check of a Healthchecks site (URL: its root, e.g. "
+                            "https://hc.example.com; API key in HEALTHCHECKS_API_KEY), with the same UUID, so "
+                            "ping URLs keep working once the host changes; writes --db directly (SQLite: with "
+                            "the service stopped); run it again to bring what is new")
+IMPORT_AUTHOR = "import-healthchecks"
+IMPORT_TIMEOUT_SECONDS = 30
+#: what a Healthchecks check may have that a heartbeat does not keep: (key, value meaning "unused", what is lost)
+HEALTHCHECKS_NOT_KEPT = (
+    ("tags", "", "tags"),
+    ("manual_resume", False, "manual_resume (a success ping resolves it)"),
+    ("methods", "", "methods (pings by GET and HEAD are accepted too)"),
+    ("channels", "", "integrations (channels: make them with /api/v2/channel)"),
+    ("start_kw", "", "e-mail keywords"), ("success_kw", "", "e-mail keywords"), ("failure_kw", "", "e-mail keywords"),
+    ("subject", "", "e-mail keywords"), ("subject_fail", "", "e-mail keywords"),
+    ("filter_subject", False, "e-mail filters"), ("filter_body", False, "e-mail filters"),
+    ("filter_http_body", False, "HTTP body filters"), ("filter_default_fail", False, "HTTP body filters"),
+)
+
+
+def interval_text(seconds):
+    """``seconds`` in the interval syntax, in the largest unit that divides it (``90m``, ``25h``, ``45s``)."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def healthchecks_heartbeat(check):
+    """A heartbeat's body for a Healthchecks check (a document of
+    ``GET /api/v3/checks/``), and what of the check it does not keep.
+
+    The pattern is ``{"ping": "<uuid>"}``; a simple check's
+    ``expected_interval`` is timeout + grace and its ``late_after`` the
+    timeout; a cron check keeps ``schedule`` and ``tz``, its grace as
+    ``expected_interval``. The name is the check's (else its slug, else its
+    UUID), the description its ``desc`` (cut to the limit).
+
+    :returns: ``(body, notes)``; the body is still to be validated.
+    :raises ValueError: what makes the check impossible to map.
+    """
+    if not isinstance(check, dict) or not isinstance(check.get("uuid"), str) \
+            or not _CANONICAL_ID.fullmatch(check["uuid"]):
+        hidden = isinstance(check, dict) and "unique_key" in check
+        raise ValueError("no uuid" + (": a read-only API key hides it, give the project's read-write key"
+                                      if hidden else ""))
+    grace = check.get("grace")
+    if not isinstance(grace, int) or grace < 1:
+        raise ValueError(f"grace: not a positive number of seconds: {grace!r}")
+    slug = check.get("slug") or None
+    name = check.get("name") if isinstance(check.get("name"), str) and check["name"].strip() else None
+    body = {"name": name or slug or check["uuid"], "author": IMPORT_AUTHOR,
+            "pattern": {"ping": check["uuid"]}}
+    notes = []
+    desc = check.get("desc") or ""
+    if isinstance(desc, str) and desc:
+        body["description"] = desc[:MAX_TEXT_CHARS]
+        if len(desc) > MAX_TEXT_CHARS:
+            notes.append(f"description cut to {MAX_TEXT_CHARS} characters")
+    if slug is not None:
+        body["slug"] = slug
+    if check.get("schedule"):  # a cron check (an OnCalendar one too: its schedule is then refused)
+        body.update(schedule=check["schedule"], tz=check.get("tz") or "UTC", expected_interval=interval_text(grace))
+    elif isinstance(check.get("timeout"), int) and check["timeout"] > 0:
+        body.update(expected_interval=interval_text(check["timeout"] + grace),
+                    late_after=interval_text(check["timeout"]))
+    else:
+        raise ValueError("neither a timeout nor a schedule")
+    lost = []
+    for key, unused, what in HEALTHCHECKS_NOT_KEPT:
+        if check.get(key, unused) not in (unused, None) and what not in lost:
+            lost.append(what)
+    if lost:
+        notes.append("not kept: " + ", ".join(lost))
+    return body, notes
+
+
+def fetch_healthchecks_checks(url, api_key, timeout=IMPORT_TIMEOUT_SECONDS):
+    """The checks of the Healthchecks site at ``url`` (``GET /api/v3/checks/``
+    with ``X-Api-Key``).
+
+    :raises ConfigError: a URL that is not http(s), a refused key, an
+        unreachable site, an answer that is not a list of checks.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"URL: the root of a Healthchecks site, such as https://hc.example.com, not {url!r}")
+    endpoint = url.rstrip("/") + "/api/v3/checks/"
+    request = urllib.request.Request(endpoint, headers={"X-Api-Key": api_key, "Accept": "application/json",
+                                                        "User-Agent": f"heartbeat-lite/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            text = answer.read(64 * 1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ConfigError(f"{endpoint} refused the API key (HTTP {exc.code}): give the project's API key "
+                              "in HEALTHCHECKS_API_KEY") from None
+        raise ConfigError(f"{endpoint} answered HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigError(f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}") from None
+    try:
+        checks = json.loads(text)["checks"]
+        if not isinstance(checks, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{endpoint} did not answer a list of checks (is it a Healthchecks site?)") from None
+    return checks
+
+
+def import_healthchecks(engine, checks, out):
+    """Create a heartbeat for each of ``checks`` (see
+    :func:`healthchecks_heartbeat`), with the check's UUID, paused if the
+    check is; one that exists already (same id) is skipped, so a second
+    run only brings what is new. Says on ``out`` what it created, skipped
+    and could not map (with why). :returns: how many could not be mapped."""
+    created = skipped = 0
+    failed = []
+    for check in checks:
+        label = check.get("uuid") if isinstance(check, dict) else None
+        try:
+            body, notes = healthchecks_heartbeat(check)
+            label = f"{check['uuid']} ({body['name']})"
+            try:
+                engine.document(check["uuid"])
+            except NotFound:
+                pass
+            else:
+                skipped += 1
+                print(f"skipped {label}: already here", file=out)
+                continue
+            engine.create(validate_heartbeat(body, IMPORT_AUTHOR), check["uuid"])
+            if check.get("status") == PAUSED:
+                engine.pause(check["uuid"])
+                notes.insert(0, "paused")
+        except (ValueError, Taken) as exc:  # Invalid is a ValueError
+            reason = (f"heartbeat {exc.field} already exists" if isinstance(exc, Taken)
+                      else "; ".join(exc.reasons) if isinstance(exc, Invalid) else str(exc))
+            failed.append(label)
+            print(f"could not map {label or '(a check without uuid)'}: {reason}", file=out)
+            continue
+        created += 1
+        print(f"created {label}" + (f" ({'; '.join(notes)})" if notes else ""), file=out)
+    print(f"{created} created, {skipped} skipped, {len(failed)} could not be mapped", file=out)
+    return len(failed)
+
+
+def import_healthchecks_command(argv, environ, out):
+    """``import-healthchecks URL [--db DB]``: return the exit status (0 every
+    check mapped, 1 some could not, 2 bad usage, a wrong key or an
+    unreachable site)."""
+    parser = _ArgumentParser(prog="heartbeat_lite.py import-healthchecks", description=IMPORT_HEALTHCHECKS_HELP)
+    parser.add_argument("url", help="the Healthchecks site's root, e.g. https://hc.example.com")
+    parser.add_argument("--db", help=f"the database to write (default ./{DEFAULT_DB}; env HEARTBEAT_LITE_DB); "
+                        "a SQLite file must not be in use by a running service")
+    args = parser.parse_args(argv)
+    api_key = environ.get("HEALTHCHECKS_API_KEY", "").strip()
+    if not api_key:
+        raise ConfigError("HEALTHCHECKS_API_KEY: not set; give the project's API key (Settings, API Access; "
+                          "not the read-only one, which hides the checks' UUIDs)")
+    args.db, name = _setting(args, environ, "db", DEFAULT_DB)
+    try:
+        if not is_postgres_url(args.db):
+            check_database_path(args.db)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    checks = fetch_healthchecks_checks(args.url, api_key)
+    try:
+        with create_app(db=args.db) as service:
+            failed = import_healthchecks(service.engine, checks, out)
+    except StoreError as exc:
+        raise ConfigError(f"{database_label(args.db)}: {exc}") from None
+    return 1 if failed else 0
+
+
 def main(argv=None, environ=None):
     """Run the server until SIGINT or SIGTERM; return the exit status.
 
@@ -12544,6 +12812,8 @@ def main(argv=None, environ=None):
             _ArgumentParser(prog="heartbeat_lite.py hash-password", description=HASH_PASSWORD_HELP).parse_args(
                 argv[1:])
             return hash_password_command(sys.stdin, sys.stdout)
+        if argv[:1] == ["import-healthchecks"]:
+            return import_healthchecks_command(argv[1:], environ, sys.stdout)
         args = check_settings(build_parser(environ).parse_args(argv), environ)
         users = _users_from(args, environ)
     except ConfigError as exc:

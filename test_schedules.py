@@ -3,12 +3,16 @@
 validation, storage on both databases, migration, and the read model's
 look-ups by slug and push token."""
 
+import datetime
+import math
 import sqlite3
+import zoneinfo
 
+import cronsim
 import pytest
 
 import heartbeat_lite
-from testing_support import HERE, INVALID, body, client, create
+from testing_support import HERE, INVALID, body, client, create, send
 
 NEW_FIELDS = {"slug": "nightly-backup_2", "push_token": "Kuma_Token-123", "max_run": "30m",
               "schedule": "0 2 * * *", "tz": "Europe/Paris"}
@@ -199,3 +203,209 @@ def test_the_openapi_document_describes_the_new_fields(spec):
         heartbeat_id = create(app, good)
         doc = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
     assert schema_errors(spec, pointer("components", "schemas", "Heartbeat"), doc) == []
+
+
+###############################################################################
+# Schedules in the engine: deadlines from each scheduled time (injected clock)
+###############################################################################
+
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+JOB = {"connector": "cron", "job": "backup"}
+
+
+def paris(*args, fold=0):
+    """Unix time of a wall time in Europe/Paris (``fold=1``: the second of a repeated hour)."""
+    return datetime.datetime(*args, tzinfo=PARIS, fold=fold).timestamp()
+
+
+def scheduled_job(app, clock, start, schedule="0 2 * * *", grace="30m", **more):
+    clock.now = start
+    return create(app, body(pattern=JOB, schedule=schedule, tz="Europe/Paris", expected_interval=grace, **more))
+
+
+def ping_at(app, clock, t):
+    clock.now = t
+    assert send(app, [JOB])["matched"]
+
+
+def deadline(app, heartbeat_id):
+    return app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"]
+
+
+def status_at(app, service, clock, heartbeat_id, t):
+    clock.now = t
+    service.tick()
+    return app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"]
+
+
+def downs(alarms_seen):
+    return [event["timestamp"] for event in alarms_seen if event["state"] == 3]
+
+
+def test_a_daily_job_at_two_with_thirty_minutes_grace(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 11, 2, 30)  # the first run after creation, + grace
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 29)) == "pending"
+    ping_at(app, clock, paris(2027, 1, 11, 2, 0, 10))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)  # the next run, not the ping + 30m
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 2, 29, 59)) == "up"
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 2, 30)) == "down"
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 14, 0)) == "down"
+    assert downs(alarms_seen) == [paris(2027, 1, 12, 2, 30)]  # one alarm, dated by the deadline
+    ping_at(app, clock, paris(2027, 1, 12, 14, 0))  # run by hand: resolved, and tomorrow's run expected
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 13, 2, 30)
+    assert alarms_seen[-1]["state"] == 0
+
+
+def test_a_ping_up_to_a_minute_early_counts_for_the_run_it_precedes(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    ping_at(app, clock, paris(2027, 1, 11, 1, 59, 0))  # 60 s early (the job's clock is ahead)
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 3, 0)) == "up"
+    ping_at(app, clock, paris(2027, 1, 12, 1, 58, 59))  # 61 s early: a ping of its own, the run still expected
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 2, 30)) == "down"
+    assert downs(alarms_seen) == [paris(2027, 1, 12, 2, 30)]
+
+
+def test_late_after_is_measured_from_the_scheduled_time(app, service, clock):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0), grace="1h", late_after="15m")
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 14)) == "pending"
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 15)) == "late"
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 3, 0)) == "down"
+
+
+def _runs(schedule, after, until):
+    """The scheduled times of ``schedule`` in Europe/Paris in (after, until], as cronsim gives them."""
+    times, it = [], cronsim.CronSim(schedule, datetime.datetime.fromtimestamp(after, PARIS))
+    while (t := next(it).timestamp()) <= until:
+        times.append(t)
+    return times
+
+
+@pytest.mark.parametrize("schedule", ["30 2 * * *", "0 2 * * *", "15 * * * *"])
+@pytest.mark.parametrize("day", [(2027, 3, 28), (2027, 10, 31)], ids=["spring-forward", "fall-back"])
+def test_across_a_daylight_saving_change_no_missed_run_and_no_double_alarm(app, service, clock, alarms_seen,
+                                                                            schedule, day):
+    """A job that runs every time cron runs it (as cronsim says: a skipped
+    time at the first valid minute, a repeated one once), 20 s late, except
+    the run of the night of the change: ticked every minute for three days,
+    the only alarm is that run's, once."""
+    start, until = paris(*day, 0, 0) - 86400, paris(*day, 0, 0) + 2 * 86400
+    heartbeat_id = scheduled_job(app, clock, start, schedule=schedule, grace="10m")
+    runs = _runs(schedule, start, until)
+    skipped = next(run for run in runs if run >= paris(*day, 1, 0))
+    to_ping = iter([run + 20 for run in runs if run != skipped] + [math.inf])
+    t, next_ping, last_ping = start, next(to_ping), None
+    while t < until:
+        t += 60
+        if t >= next_ping:
+            ping_at(app, clock, next_ping)
+            last_ping, next_ping = next_ping, next(to_ping)
+        missed = t >= skipped + 600 and (last_ping is None or last_ping < skipped)
+        expected = ("down",) if missed else ("pending", "up")
+        assert status_at(app, service, clock, heartbeat_id, t) in expected, \
+            datetime.datetime.fromtimestamp(t, PARIS)
+    assert downs(alarms_seen) == [skipped + 600]
+    assert [event["state"] for event in alarms_seen] == [3, 0]
+
+
+def test_the_spring_forward_run_of_a_skipped_time_is_at_three(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 3, 27, 12, 0), schedule="30 2 * * *")
+    # 02:30 does not exist on 2027-03-28: the run is at 03:00 CEST, its grace ends at 03:30
+    assert deadline(app, heartbeat_id) == paris(2027, 3, 28, 3, 30)
+    ping_at(app, clock, paris(2027, 3, 28, 3, 0, 5))
+    assert deadline(app, heartbeat_id) == paris(2027, 3, 29, 3, 0)
+
+
+def test_the_fall_back_repeated_time_runs_once(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 10, 30, 12, 0), schedule="30 2 * * *")
+    # the first 02:30 (CEST) + 30m: 02:00 again, in CET
+    assert deadline(app, heartbeat_id) == paris(2027, 10, 31, 2, 30) + 1800 == paris(2027, 10, 31, 2, 0, fold=1)
+    ping_at(app, clock, paris(2027, 10, 31, 2, 30, 5))
+    assert deadline(app, heartbeat_id) == paris(2027, 11, 1, 3, 0)  # not the second 02:30 (CET)
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 10, 31, 2, 59, fold=1)) == "up"
+    assert downs(alarms_seen) == []
+
+
+def test_a_put_that_adds_changes_or_removes_a_schedule_moves_the_deadline(app, service, clock):
+    clock.now = paris(2027, 1, 10, 12, 0)
+    heartbeat_id = create(app, body(pattern=JOB, expected_interval="30m"))
+    ping_at(app, clock, paris(2027, 1, 10, 12, 5))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 10, 12, 35)
+    clock.now = paris(2027, 1, 10, 12, 10)
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern=JOB, expected_interval="30m",
+                                                           schedule="0 2 * * *", tz="Europe/Paris"))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 11, 2, 30)  # the next run after the last refresh
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern=JOB, expected_interval="30m",
+                                                           schedule="0 18 * * *", tz="Europe/Paris"))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 10, 18, 30)  # the next run after the last event
+    app.put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern=JOB, expected_interval="30m"))
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 10, 12, 35)  # from the last event again
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 10, 12, 35)) == "down"
+
+
+def test_a_scheduled_heartbeat_keeps_its_deadline_across_a_restart(restart, clock):
+    clock.now = paris(2027, 1, 10, 12, 0)
+    with restart() as service:
+        app = client(service)
+        heartbeat_id = create(app, body(pattern=JOB, expected_interval="30m", schedule="0 2 * * *",
+                                        tz="Europe/Paris"))
+        ping_at(app, clock, paris(2027, 1, 11, 2, 0, 30))
+    with restart() as service:
+        app = client(service)
+        assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)
+        status = app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json
+        assert status["last_event"] == paris(2027, 1, 11, 2, 0, 30)  # the real time, not the run
+
+
+def test_resume_expects_the_next_run(app, service, clock):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    app.post(f"/api/v2/heartbeat/{heartbeat_id}/pause")
+    clock.now = paris(2027, 1, 15, 9, 0)
+    app.post(f"/api/v2/heartbeat/{heartbeat_id}/resume")
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 16, 2, 30)
+
+
+def test_a_schedule_cannot_group_members(app):
+    answer = app.post_json("/api/v2/heartbeat", body(schedule="0 2 * * *", group_by=["host"]), status=400).json
+    assert "schedule: not with group_by (members have no schedule)" in answer["errors"]
+
+
+def test_a_tick_computes_no_schedule(app, service, clock, monkeypatch):
+    """The next run is computed once per event, creation or update; a tick only reads the stored deadline."""
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    ping_at(app, clock, paris(2027, 1, 11, 2, 0, 30))
+    calls = []
+    real = heartbeat_lite.scheduled_time
+    monkeypatch.setattr(heartbeat_lite, "scheduled_time", lambda *args: calls.append(args) or real(*args))
+    for hours in range(0, 48):
+        status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 3, 0) + hours * 3600)
+    assert calls == []
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "down"
+
+
+def test_the_status_page_and_the_heartbeat_page_show_the_schedule(app, service, clock):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0), schedule="0 2 * * 1-5")
+    create(app, body(pattern={"k": "plain"}, name="plain", expected_interval="5m"))
+    status_page = app.get("/").text
+    assert "0 2 * * 1-5 Europe/Paris, within 30m" in status_page
+    assert "<td>5m</td>" in status_page
+    page = app.get(f"/heartbeat/{heartbeat_id}").text
+    assert "<dt>Schedule</dt><dd><code>0 2 * * 1-5</code> (Europe/Paris), each run expected within 30m</dd>" in page
+    assert "Expected every" not in page
+
+
+def test_a_healthchecks_ping_counts_for_the_scheduled_run(app, service, clock, alarms_seen):
+    heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0))
+    clock.now = paris(2027, 1, 11, 1, 59, 30)  # 30 s early
+    assert app.get(f"/ping/{heartbeat_id}").text == "OK"
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 12, 2, 30)
+    assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 31)) == "up"
+    clock.now = paris(2027, 1, 12, 2, 0, 5)
+    app.get(f"/ping/{heartbeat_id}/fail")  # down at once, and the next success expects the next run
+    clock.now = paris(2027, 1, 12, 2, 10)
+    app.get(f"/ping/{heartbeat_id}")
+    assert deadline(app, heartbeat_id) == paris(2027, 1, 13, 2, 30)
+    assert [event["state"] for event in alarms_seen] == [3, 0]
