@@ -26,6 +26,10 @@ noisy machine skews both sides alike:
 - one heartbeat grouped by connector_name with 100,000 members: ingestion
   (the event refreshes one member) against 10 heartbeats, the expiry tick
   against 10 heartbeats, resident memory.
+- 100,000 heartbeats with a cron ``schedule`` (DESIGN §16, §19) against
+  100,000 with an interval: the expiry tick with nothing due, resident
+  memory, and (shown, no target) ingestion of an event matching one of them
+  (``--only schedules`` runs just these);
 - notifications: 10,000 heartbeats falling due at once, their alarms to a
   local webhook channel (one POST each), alone and beside a second channel
   whose target never answers (interleaved, medians); alarm to a real
@@ -155,6 +159,21 @@ TARGETS += (
            "a Healthchecks ping by id (docs/pings.md), against the bare bottle+waitress GET (§19)",
            "ping", ("base_get", "ping"), ratio("ping", "base_get")),
 )
+TARGETS += (
+    Target(f"expiry tick {N_LARGE:,} scheduled / {N_LARGE:,} interval", "<=", 2.0,
+           "cost of an expiry tick with nothing due, heartbeats with a cron schedule against heartbeats with an "
+           "interval: a schedule's next time is computed once per event, never per tick (§19)",
+           "schedules", ("ticks_scheduled",),
+           lambda m: m["ticks_scheduled"]["scheduled"] / m["ticks_scheduled"]["large"]),
+    Target(f"resident memory {N_LARGE:,} scheduled / {N_LARGE:,} interval", "<=", 2.0,
+           "of a server holding that many heartbeats with a schedule, against one holding as many with an interval "
+           "(§19)", "schedules", ("ingest_large", "ingest_scheduled"),
+           lambda m: m["memory"]["scheduled"] / m["memory"]["large"]),
+    Target(f"ingestion, {N_LARGE:,} scheduled / {N_LARGE:,} interval", None, None,
+           "an event matching a heartbeat with a schedule (its next run computed, its refresh written at once, "
+           "never coalesced): shown, no target", "schedules", ("ingest_large", "ingest_scheduled"),
+           ratio("ingest_scheduled", "ingest_large")),
+)
 NOTIFY_STORM = 10_000  # alarms in the notification storm
 TARGETS += (
     Target(f"{NOTIFY_STORM:,}-alarm storm to a webhook channel (s)", "<=", 60.0,
@@ -190,6 +209,8 @@ LOAD_ROWS = (
      EVENT_BODY, 8),
     ("ingest_members", f"ingest 1 event, {N_LARGE:,} members", "members", "POST", "/api/v2/event", EVENT_BODY, 8),
     ("ping", f"GET /ping/<id>, N={N_SMALL}", "small", "GET", "/ping/{id}", b"", 8),
+    ("ingest_scheduled", f"ingest 1 matching event, N={N_LARGE:,} scheduled", "scheduled", "POST", "/api/v2/event",
+     EVENT_BODY, 8),
 )
 
 # The baseline: what any bottle + waitress JSON service costs, with no work.
@@ -333,17 +354,29 @@ def heartbeat_server(db, threads, *extra):
     return server(command, port), port
 
 
-def prefill(db, count, extra_patterns=()):
+SCHEDULE_ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
+
+
+def scheduled_fields(i):
+    """The schedule of the i-th scheduled heartbeat: a daily run at one of the
+    1,440 minutes of a day, in one of four zones, 2h of grace (none falls due
+    during the run)."""
+    return {"schedule": f"{i % 60} {i // 60 % 24} * * *", "tz": SCHEDULE_ZONES[i % len(SCHEDULE_ZONES)],
+            "expected_interval": "2h"}
+
+
+def prefill(db, count, extra_patterns=(), scheduled=False):
     """A database holding ``count`` heartbeats (pattern connector=bench,
-    connector_name=c<i>, interval 1h: none falls due during the run), plus
-    one per extra pattern."""
+    connector_name=c<i>, interval 1h, or with ``scheduled`` a daily schedule:
+    none falls due during the run), plus one per extra pattern."""
     logging.getLogger("heartbeat_lite").setLevel(logging.WARNING)
     patterns = [{"connector": "bench", "connector_name": f"c{i}"} for i in range(count)] + list(extra_patterns)
     with heartbeat_lite.create_app(db=db) as service:
         with service.store.atomic():
             for i, pattern in enumerate(patterns):
                 service.engine.create(heartbeat_lite.validate_heartbeat(
-                    {"name": f"bench {i}", "pattern": pattern, "expected_interval": "1h"}, USER))
+                    {"name": f"bench {i}", "pattern": pattern, "expected_interval": "1h",
+                     **(scheduled_fields(i) if scheduled else {})}, USER))
     return execute(db, "SELECT id FROM heartbeat WHERE pattern = ?",
                    (heartbeat_lite.canonical_pattern({"connector": "bench", "connector_name": "c7"}),))[0][0]
 
@@ -872,6 +905,11 @@ def _members_db(setup):
     return db, prefill_members(db, N_LARGE)
 
 
+def _scheduled_db(setup):
+    db = setup.databases.new("scheduled")
+    return db, prefill(db, N_LARGE, scheduled=True)
+
+
 # The heartbeat-lite servers of the load rows: name -> set-up, which makes
 # the database and returns (db, the id that "{id}" in a row's path stands for).
 SERVERS = {
@@ -880,6 +918,7 @@ SERVERS = {
     "batch": _batch_db,
     "keysets": _key_sets_db,
     "members": _members_db,
+    "scheduled": _scheduled_db,
 }
 
 
@@ -949,6 +988,8 @@ def run(args):
         if "ticks" in needs:
             tick_dbs = {"small": setup.heartbeats(N_SMALL)[0], "large": setup.heartbeats(N_LARGE)[0],
                         "members": setup.server_db("members")[0]}
+        if "ticks_scheduled" in needs:
+            scheduled_tick_dbs = {"large": setup.heartbeats(N_LARGE)[0], "scheduled": setup.server_db("scheduled")[0]}
         if "storm" in needs:
             storm_db = databases.copy(setup.heartbeats(N_LARGE)[0], "storm")
         if "page" in needs:
@@ -958,6 +999,8 @@ def run(args):
 
         if "ticks" in needs:
             measured["ticks"] = tick_cost(tick_dbs, args.ticks, args.rounds)
+        if "ticks_scheduled" in needs:
+            measured["ticks_scheduled"] = tick_cost(scheduled_tick_dbs, args.ticks, args.rounds)
         if rows:
             results, measured["memory"] = load_rows(setup, rows, args, load)
             measured.update(results)
@@ -965,7 +1008,12 @@ def run(args):
             for name, label in (("small", f"N={N_SMALL}"), ("large", f"N={N_LARGE:,}"),
                                 ("members", f"{N_LARGE:,} members")):
                 print(f"{'expiry tick, none due, ' + label:52} {measured['ticks'][name] * 1e6:12.1f} us per tick")
-        for server, label in (("large", f"N={N_LARGE:,}"), ("members", f"{N_LARGE:,} members")):
+        if "ticks_scheduled" in needs:
+            for name, label in (("large", f"N={N_LARGE:,}"), ("scheduled", f"N={N_LARGE:,} scheduled")):
+                print(f"{'expiry tick, none due, ' + label:52} {measured['ticks_scheduled'][name] * 1e6:12.1f} us "
+                      "per tick")
+        for server, label in (("large", f"N={N_LARGE:,}"), ("members", f"{N_LARGE:,} members"),
+                              ("scheduled", f"N={N_LARGE:,} scheduled")):
             if server in measured.get("memory", {}):
                 print(f"{'resident memory, ' + label:52} {measured['memory'][server]:12.1f} MiB")
         if "storm" in needs:

@@ -2017,7 +2017,7 @@ def test_bench_reads_wrk_output():
 def test_bench_plans_rows_by_group():
     import bench
 
-    measurements = {"ticks", "storm", "alarms", "page", "notify", "alertmanager"}
+    measurements = {"ticks", "ticks_scheduled", "storm", "alarms", "page", "notify", "alertmanager"}
     rows = {row[0] for row in bench.LOAD_ROWS}
     for target in bench.TARGETS:  # every target can be measured
         assert set(target.needs) <= rows | measurements, target.name
@@ -2230,3 +2230,15 @@ def test_a_tick_between_storm_chunks_does_not_put_down_what_a_later_chunk_refres
         service.engine.ingest(events)
         assert service.engine.status(up)["status"] == "up"
     assert [e["state"] for e in alarms_seen] == [0] * (chunk + 1)  # and no alarm for it
+
+
+def test_bench_runs_the_scheduled_rows_as_one_group():
+    import bench
+
+    targets, needs, rows = bench.plan(["schedules"])
+    assert {target.group for target in targets} == {"schedules"} and len(targets) == 3
+    assert needs == {"ticks_scheduled", "ingest_large", "ingest_scheduled"}
+    assert {row[2] for row in rows} == {"large", "scheduled"}  # the interval and the scheduled servers
+    body = heartbeat_lite.validate_heartbeat({"name": "n", "pattern": {"k": "v"}, **bench.scheduled_fields(1439)},
+                                             "root")
+    assert (body["schedule"], body["tz"]) == ("59 23 * * *", "Asia/Tokyo")
