@@ -5181,16 +5181,23 @@ class PatternIndex:
     def __init__(self):
         self._by_keys = {}  # sorted keys -> {values in that key order: heartbeat id}
         self._root = _TrieNode()
-        self._ids = set()  # every heartbeat id
-        self._by_pair = {}  # (key, value) -> ids of the heartbeats whose pattern has it (for containing())
+        self._owners = {}  # key -> {value -> the id (one) or ids (a set) of the heartbeats whose pattern has the pair}
 
     def add(self, heartbeat_id, pattern):
         pairs = sorted(pattern.items())
         keys, values = tuple(key for key, _ in pairs), tuple(value for _, value in pairs)
         self._by_keys.setdefault(keys, {})[values] = heartbeat_id
-        self._ids.add(heartbeat_id)
-        for pair in pairs:
-            self._by_pair.setdefault(pair, set()).add(heartbeat_id)
+        for key, value in pairs:
+            owners_by_value = self._owners.get(key)
+            if owners_by_value is None:
+                owners_by_value = self._owners[key] = {}
+            owners = owners_by_value.get(value)
+            if owners is None:
+                owners_by_value[value] = heartbeat_id  # one owner: the id itself (most pairs; a set costs 200 bytes)
+            elif type(owners) is str:
+                owners_by_value[value] = {owners, heartbeat_id}
+            else:
+                owners.add(heartbeat_id)
         node = self._root
         for pair in pairs:
             if node.children is _NO_CHILDREN:
@@ -5206,13 +5213,18 @@ class PatternIndex:
         if not table:
             self._by_keys.pop(keys, None)
         if heartbeat_id is not None:
-            self._ids.discard(heartbeat_id)
-            for pair in pairs:
-                owners = self._by_pair.get(pair)
-                if owners is not None:
+            for key, value in pairs:
+                owners_by_value = self._owners.get(key, {})
+                owners = owners_by_value.get(value)
+                if type(owners) is str:
+                    if owners == heartbeat_id:
+                        del owners_by_value[value]
+                        if not owners_by_value:
+                            del self._owners[key]
+                elif owners is not None:
                     owners.discard(heartbeat_id)
-                    if not owners:
-                        del self._by_pair[pair]
+                    if len(owners) == 1:
+                        owners_by_value[value] = next(iter(owners))
         path = [self._root]
         for pair in pairs:
             node = path[-1].children.get(pair)
@@ -5231,9 +5243,10 @@ class PatternIndex:
         maintenance window selects. Costs the smallest of its pairs' sets
         of heartbeats; safe to call without the engine's lock (the sets are
         copied and intersected in C, under the GIL)."""
-        if not pattern:
-            return set(self._ids)
-        owners = [self._by_pair.get(pair, _NO_IDS) for pair in pattern.items()]
+        if not pattern:  # each table's ids copied in C, a list of the tables first: no size changes under us
+            return set().union(*[set(table.values()) for table in list(self._by_keys.values())])
+        owners = [self._owners.get(key, _NO_CHILDREN).get(value, _NO_IDS) for key, value in pattern.items()]
+        owners = [{item} if type(item) is str else item for item in owners]
         owners.sort(key=len)
         return owners[0].intersection(*owners[1:])
 
