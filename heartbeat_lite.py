@@ -6339,7 +6339,8 @@ class Funnel:
             core.due_by(due)
         self.alarms_raised += sum(1 for t in transitions
                                   if t.event is not None and t.event["state"] != RESOLVED_STATE and t.old != t.new)
-        core.publisher.committed(change.events)
+        core.publisher.committed(change.events, {id(t.event): t.output for t in transitions
+                                                 if t.event is not None and t.output is not None})
 
 
 class ChannelRegistry:
@@ -6525,12 +6526,15 @@ class Publisher:
         self._lock = threading.Lock()
         self._publishing = False  # a thread is draining _outgoing
 
-    def committed(self, events):
+    def committed(self, events, causes=None):
         """Under the engine's lock, after commit: queue the events of one
-        transaction."""
+        transaction; ``causes`` maps an event's ``id()`` to the words of an
+        alarm that has its own (a failed job's "failed: disk full", "run
+        exceeded 30m"), which its log line says instead of "no matching
+        event"."""
         if events:
             with self._lock:
-                self._outgoing.append(events)
+                self._outgoing.append((events, causes or {}))
 
     def publish(self):
         """Without the engine's lock: publish what is queued."""
@@ -6545,8 +6549,8 @@ class Publisher:
                     if not self._outgoing:
                         self._publishing = False
                         break
-                    events = self._outgoing.popleft()
-                self._announce(events)
+                    events, causes = self._outgoing.popleft()
+                self._announce(events, causes)
                 published += len(events)
         except BaseException:
             with self._lock:
@@ -6556,17 +6560,19 @@ class Publisher:
             for sink in self.sinks:
                 sink.published()
 
-    def _announce(self, events):
+    def _announce(self, events, causes):
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
                 if event["heartbeat_id"] is None:  # the intake: said when it starts and ends
                     continue
+                cause = causes.get(id(event))
+                why = log_safe(cause) if cause is not None else "no matching event for " + log_safe(event["resource"])
                 if event["state"] == ALARM_STATE:
-                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                    log.warning("alarm: heartbeat %s ('%s') is down: %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), why)
                 elif event["state"] == LATE_STATE:
-                    log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                    log.warning("late: heartbeat %s ('%s') is late: %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), why)
                 else:
                     log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
                              log_safe(event["heartbeat_name"]),
