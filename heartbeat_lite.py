@@ -4281,7 +4281,11 @@ def scheduled_time(schedule, tz, t):
     minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
     after Unix time ``t``: the run that a ping at ``t`` does not count for
     (one up to that early counts for the run it precedes)."""
-    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, time_zone(tz or "UTC"))
+    try:
+        zone = time_zone(tz or "UTC")
+    except ValueError:  # a zone the system no longer has (tzdata drops some): UTC, not every refresh refused
+        zone = UTC_ZONE
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, zone)
     return next(cronsim.CronSim(schedule, start)).timestamp()
 
 
@@ -5160,6 +5164,11 @@ class ReadModel:
         schedule = _optional(row, "schedule")
         if schedule is not None:
             self._schedules[row["id"]] = (schedule, row["tz"])
+            try:
+                time_zone(row["tz"] or "UTC")
+            except ValueError:
+                log.warning("heartbeat %s ('%s'): time zone '%s' is unknown on this system (tzdata drops some): "
+                            "its schedule is read in UTC", row["id"], log_safe(row["name"]), log_safe(row["tz"]))
         else:
             self._schedules.pop(row["id"], None)
         keys = group_keys(row)
