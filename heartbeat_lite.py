@@ -141,6 +141,8 @@ def read_schema(name):
 
 
 BUSY_TIMEOUT_SECONDS = 5.0
+WRITER_STUCK_SECONDS = 0.5  # a write waiting this long waits for the database: requests stop queueing behind it
+LOCK_POLL_SECONDS = 0.05  # how often a request waiting for the engine looks whether it should give up
 
 MAX_NAME_CHARS = 255
 MAX_TEXT_CHARS = 4096  # description, output
@@ -153,9 +155,18 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
 MAX_MAINTENANCE_BODY_BYTES = 64 * 1024
 MAX_MAINTENANCE_WINDOWS = 1000  # every window lives in memory and is consulted at each expiry
+RRULE_SEARCH_MONTHS = 120  # one search for a rule's next occurrence scans at most this much calendar
+MAX_RRULE_COUNT = 1000  # a rule with COUNT is iterated from its start
+MAX_RRULE_INTERVAL = 1000
+MIN_BYEASTER_DAYS, MAX_BYEASTER_DAYS = -80, 248  # a day of Easter's own year, whatever the year
+MAINTENANCE_LOOKBACK_SECONDS = 24 * 3600  # occurrences kept before now (expiry dates a state when it was due)
+MAINTENANCE_KEPT_STARTS = 512  # occurrence starts a window keeps in memory, at most
 MAX_GROUP_BY_KEYS = 4
 MAX_EXPECTED_MEMBERS = 10_000  # and the heartbeat body stays within MAX_HEARTBEAT_BODY_BYTES
 MAX_MEMBERS_PER_HEARTBEAT = 100_000  # beyond, new members are refused (and the log says it once)
+MAX_MEMBERS = 200_000  # members of every heartbeat together: likewise
+DEFAULT_ALARMS_LISTED = 1000  # GET /api/v2/alarms without limit: the oldest; X-Total-Count says how many are open
+MAX_ALARMS_LISTED = 10_000
 DEFAULT_MEMBERS_PAGE = 100  # GET .../members without limit
 MAX_MEMBERS_PAGE = 1000
 UTC_ZONE = datetime.timezone.utc  # the default maintenance time zone; needs no zone database
@@ -1226,25 +1237,160 @@ def validate_maintenance(doc):
 
 
 def _parse_rrule(reasons, text, start):
+    try:
+        rule = recurrence_rule(text, start)
+        rule.first()
+    except ValueError as exc:
+        reasons.append(f"rrule: {exc}")
+        return None
+    return rule
+
+
+class RuleTooSparse(Exception):
+    """A rule's search for its next occurrence scanned more than
+    :data:`RRULE_SEARCH_MONTHS` of the calendar."""
+
+
+class BoundedRule(dateutil.rrule.rrule):
+    """A ``dateutil`` recurrence rule whose search for the next occurrence
+    is bounded: an impossible rule (``BYMONTH=2;BYMONTHDAY=30``) would
+    otherwise scan the calendar up to the year 9999 in one ``next()``.
+
+    ``dateutil`` asks a rule for its ``_bynweekday`` once for each month it
+    scans (each year for a yearly rule, which costs no more); counting
+    those reads bounds the work. :meth:`bounded` gives the iteration in
+    which each step may scan :data:`RRULE_SEARCH_MONTHS` months, then
+    raises :class:`RuleTooSparse`. ``test_maintenance.py`` checks that this
+    still holds for the ``dateutil`` installed.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._months_left = None  # None: not counting
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _bynweekday(self):
+        left = self._months_left
+        if left is not None:
+            if left <= 0:
+                raise RuleTooSparse()
+            self._months_left = left - 1
+        return self._nth_weekdays
+
+    @_bynweekday.setter
+    def _bynweekday(self, value):
+        self._nth_weekdays = value
+
+    @classmethod
+    def of(cls, rule, **changes):
+        """The same rule as ``rule`` (a ``dateutil`` rule) with every BYxxx
+        part it implies made explicit, so that a new ``dtstart`` (in
+        ``changes``) keeps the same occurrences."""
+        weekdays = [*(rule._byweekday or ()),
+                    *(dateutil.rrule.weekday(day, n) for day, n in (rule._bynweekday or ()))]
+        parts = {"freq": rule._freq, "dtstart": rule._dtstart, "interval": rule._interval, "wkst": rule._wkst,
+                 "count": rule._count, "until": rule._until, "bysetpos": rule._bysetpos,
+                 "bymonth": rule._bymonth, "bymonthday": (*(rule._bymonthday or ()), *(rule._bynmonthday or ())),
+                 "byyearday": rule._byyearday, "byeaster": rule._byeaster, "byweekno": rule._byweekno,
+                 "byweekday": weekdays or None, "byhour": rule._byhour, "byminute": rule._byminute,
+                 "bysecond": rule._bysecond}
+        return cls(**{key: value if value != () else None for key, value in {**parts, **changes}.items()})
+
+    def bounded(self):
+        """The occurrences (naive datetimes), each step bounded;
+        :raises RuleTooSparse: from a step that scanned too far."""
+        steps = self._iter()
+        while True:
+            self._months_left = RRULE_SEARCH_MONTHS
+            try:
+                local = next(steps)
+            except StopIteration:
+                return
+            finally:
+                self._months_left = None
+            yield local
+
+    def first(self):
+        """The first occurrence, or None (there is none);
+        :raises ValueError: when there is none within :data:`RRULE_SEARCH_MONTHS`
+        of the start, or ``dateutil`` fails on the rule."""
+        try:
+            return next(self.bounded(), None)
+        except RuleTooSparse:
+            raise ValueError(f"no occurrence within {RRULE_SEARCH_MONTHS // 12} years of start") from None
+        except (ArithmeticError, LookupError, TypeError) as exc:
+            raise ValueError(f"not a valid RFC 5545 recurrence rule ({exc})") from None
+
+    def period_start(self, moment):
+        """The start of the rule's last period (a year, month, week, day or
+        hour, times the interval, counted from ``dtstart``) that begins at
+        or before ``moment`` (a naive local datetime), or ``dtstart`` when
+        ``moment`` is before it: an iteration from there gives the same
+        occurrences after ``moment`` as one from ``dtstart``."""
+        start, step = self._dtstart, self._interval
+        if moment <= start:
+            return start
+        if self._freq == dateutil.rrule.YEARLY:
+            period = datetime.datetime(start.year + (moment.year - start.year) // step * step, 1, 1)
+        elif self._freq == dateutil.rrule.MONTHLY:
+            months = (moment.year - start.year) * 12 + moment.month - start.month
+            year, month = divmod(start.year * 12 + start.month - 1 + months // step * step, 12)
+            period = datetime.datetime(year, month + 1, 1)
+        elif self._freq == dateutil.rrule.HOURLY:
+            hours = int((moment - start).total_seconds() // 3600)
+            period = start + datetime.timedelta(hours=hours // step * step)
+        else:
+            days = step * (7 if self._freq == dateutil.rrule.WEEKLY else 1)
+            first = datetime.datetime.combine(start.date(), datetime.time())
+            if self._freq == dateutil.rrule.WEEKLY:  # weeks begin on the rule's WKST
+                first -= datetime.timedelta(days=(start.weekday() - self._wkst) % 7)
+            period = first + datetime.timedelta(days=(moment - first).days // days * days)
+        return max(period, start)  # the first period: from the start itself
+
+    def after(self, moment):
+        """The same rule iterated from its period around ``moment`` (a naive
+        local datetime) instead of from a start long ago; itself when it
+        has a COUNT (counted from the start: at most :data:`MAX_RRULE_COUNT`)."""
+        if self._count is not None:
+            return self
+        return BoundedRule.of(self, dtstart=self.period_start(moment))
+
+
+def recurrence_rule(text, start):
+    """A maintenance window's rule (``rrule`` text) from its first start
+    ``start`` (a naive local datetime), checked on what ``dateutil``
+    parsed (it keeps the last of repeated parts: ``FREQ=HOURLY;FREQ=SECONDLY``
+    is secondly): occurrences at least an hour apart, however spelled.
+
+    :returns: a :class:`BoundedRule`.
+    :raises ValueError: with the reason.
+    """
     body = text.strip()
     if body.upper().startswith("RRULE:"):
         body = body[len("RRULE:"):]
     if "\n" in body or ":" in body or "DTSTART" in body.upper():
-        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU (start gives the first occurrence)")
-        return None
-    freq = re.search(r"(?:^|;)\s*FREQ\s*=\s*(\w+)", body, re.IGNORECASE)
-    if freq and freq.group(1).upper() in ("SECONDLY", "MINUTELY"):
-        reasons.append("rrule: FREQ must be HOURLY or slower")
-        return None
+        raise ValueError("give one rule such as FREQ=WEEKLY;BYDAY=SU (start gives the first occurrence)")
     try:
         rule = dateutil.rrule.rrulestr(body, dtstart=start)
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-        reasons.append(f"rrule: not a valid RFC 5545 recurrence rule ({exc})")
-        return None
+    except Exception as exc:  # dateutil raises many kinds on bad text
+        raise ValueError(f"not a valid RFC 5545 recurrence rule ({str(exc)[:MAX_NAME_CHARS]})") from None
     if not isinstance(rule, dateutil.rrule.rrule):
-        reasons.append("rrule: give one rule such as FREQ=WEEKLY;BYDAY=SU")
-        return None
-    return rule
+        raise ValueError("give one rule such as FREQ=WEEKLY;BYDAY=SU")
+    if (rule._freq > dateutil.rrule.HOURLY or len(rule._byminute or ()) > 1
+            or len(rule._bysecond or ()) > 1):
+        raise ValueError("FREQ must be HOURLY or slower, with at most one BYMINUTE and one BYSECOND "
+                         "(occurrences at least an hour apart)")
+    if not 1 <= rule._interval <= MAX_RRULE_INTERVAL:
+        raise ValueError(f"INTERVAL must be from 1 to {MAX_RRULE_INTERVAL}")
+    if rule._count is not None and rule._count > MAX_RRULE_COUNT:
+        raise ValueError(f"COUNT must be at most {MAX_RRULE_COUNT}")
+    if any(not MIN_BYEASTER_DAYS <= offset <= MAX_BYEASTER_DAYS for offset in rule._byeaster or ()):
+        raise ValueError(f"BYEASTER must be between {MIN_BYEASTER_DAYS} and {MAX_BYEASTER_DAYS} "
+                         "(a day of Easter's year)")
+    try:
+        return BoundedRule.of(rule)
+    except Exception as exc:
+        raise ValueError(f"not a valid RFC 5545 recurrence rule ({str(exc)[:MAX_NAME_CHARS]})") from None
 
 
 def parse_members_query(query):
@@ -1327,6 +1473,19 @@ def _limit_parameter(reasons, query, default, maximum):
         reasons.append(f"limit: must be an integer from 1 to {maximum}")
         return default
     return int(text)
+
+
+def parse_alarms_query(query):
+    """``limit`` of ``GET /api/v2/alarms`` (other parameters are ignored):
+    how many of the oldest alarms to list.
+
+    :raises Invalid: with the reason.
+    """
+    reasons = []
+    limit = _limit_parameter(reasons, query, DEFAULT_ALARMS_LISTED, MAX_ALARMS_LISTED)
+    if reasons:
+        raise Invalid(reasons)
+    return limit
 
 
 def parse_history_query(query):
@@ -1549,6 +1708,11 @@ class StoreError(Exception):
 
 class SchemaTooNew(StoreError):
     """The database was written by a newer heartbeat-lite."""
+
+
+class DatabaseBusy(StoreError):
+    """A request gave up waiting for the engine while it waits for the
+    database (see :class:`EngineLock`): the database error, at once."""
 
 
 class DatabaseGone(StoreError):
@@ -1852,6 +2016,7 @@ class _Connections(abc.ABC):
         self._owner = None  # the thread inside atomic()
         self._conn = None  # the writer: opened on first use, and again after a failure
         self._stale = False  # the writer failed inside a transaction: drop it after
+        self._writing_since = None  # time.monotonic() when the writer's statement in progress began
         self._local = threading.local()  # .reader: this thread's reader connection
         self._readers = set()  # every open reader, to close them all
         self._readers_lock = threading.Lock()  # guards _readers (never the writer's lock: reads must not wait)
@@ -2052,7 +2217,10 @@ class _Connections(abc.ABC):
                 if conn is self._conn and (self._depth or not sql.startswith(_READS)):
                     self._wrote(exc)
                 raise
+        writer = conn is self._conn
         try:
+            if writer:
+                self._writing_since = time.monotonic()
             if self.statement_hook is not None:
                 self.statement_hook(sql, params)
             result = self._send(conn, sql, params, many, fetch)
@@ -2062,9 +2230,19 @@ class _Connections(abc.ABC):
                 raise refusal from exc
             self._failed(conn, sql, exc)
             raise StoreError(f"{exc} (in: {sql.split()[0]} ...)") from exc
+        finally:
+            if writer:
+                self._writing_since = None
         if conn is self._conn and (sql == "COMMIT" or not self._depth and not sql.startswith(_READS + ("BEGIN",))):
             self._wrote()
         return result
+
+    def writer_waiting(self):
+        """Seconds the writer's statement in progress has run, 0.0 when
+        none: long, it waits for a lock the database holds for another
+        (another process' transaction, on SQLite), up to the busy timeout."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _failed(self, conn, sql, error):
         if conn is self._conn:
@@ -2292,7 +2470,7 @@ class _HeartbeatStatements:
                 counts[status][column] = count
         return {status: tuple(pair) for status, pair in counts.items()}
 
-    def status_page(self, statuses, terms, limit, offset, maintenance=()):
+    def status_page(self, statuses, terms, limit, offset, covered=()):
         """One page of the heartbeats whose status is one of ``statuses``
         (any, when empty) and whose name or pattern contains every one of
         ``terms`` (case-insensitive for ASCII letters only, on both
@@ -2300,10 +2478,12 @@ class _HeartbeatStatements:
         canonical JSON without quotes, so ``connector:backup`` finds
         ``{"connector": "backup"}``), ordered by name, case-insensitive
         likewise, then id, the problems first (down, then late, then the
-        rest): a stable order to page through. ``maintenance``
-        holds the patterns (dicts) of the windows active now: a heartbeat
-        one of them selects is counted under ``"maintenance"`` too, and that
-        "status" in ``statuses`` selects it.
+        rest): a stable order to page through. ``covered``
+        holds the ids of the heartbeats a maintenance window covers now
+        (worked out in memory, :meth:`Windows.covered`): they are counted
+        under ``"maintenance"`` too, and that "status" in ``statuses``
+        selects them. They are one parameter (a JSON list), whatever their
+        number: the statement is the same for any number of windows.
 
         Two scans of the table, one counting, one for the page: 10,000
         heartbeats take a few milliseconds.
@@ -2311,11 +2491,9 @@ class _HeartbeatStatements:
         :returns: ``(counts, matching, rows)``: ``{status: heartbeats}``
             over the whole table, how many match, the rows of this page.
         """
-        covered, covered_params = "FALSE", []
-        for pattern in maintenance:
-            contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
-            covered += " OR (" + " AND ".join(contains) + ")"
-            covered_params += [item for pair in sorted(pattern.items()) for item in pair]
+        covered = list(covered)
+        covered_params = [dump_json(covered).decode()] if covered else []
+        covered = f"id IN ({self._IN_JSON_LIST})" if covered else "FALSE"
         conditions, params = [], []
         wanted = [status for status in statuses if status != "maintenance"]
         either = [f"status IN ({', '.join('?' * len(wanted))})"] if wanted else []
@@ -3189,9 +3367,10 @@ class Store(_Connections, _HeartbeatStatements, _StateStatements, _MemberStateme
     #: and NOCASE do), ``_BY_NAME`` (the status page's order: name folded so,
     #: then id), ``_CONTAINS`` (the heartbeat's pattern has the pair ``?``,
     #: ``?``), ``_SPECIAL_ONLY`` (what :meth:`refresh` reads: a condition
-    #: and ``AND``, or nothing), ``_GREATEST`` (the larger of two values)
+    #: and ``AND``, or nothing), ``_GREATEST`` (the larger of two values),
+    #: ``_IN_JSON_LIST`` (the strings of the JSON list ``?``, for ``IN``)
     _DIALECT = ("shared_by_instances", "_BEGIN", "_NO_LIMIT", "_FOLD", "_BY_NAME", "_CONTAINS", "_SPECIAL_ONLY",
-                "_GREATEST")
+                "_GREATEST", "_IN_JSON_LIST")
 
     # A refresh never moves backwards (writes of two instances, or of one
     # instance's concurrent requests, may commit in any order): what a
@@ -3247,6 +3426,7 @@ class SqliteStore(Store):
     _CONTAINS = "EXISTS (SELECT 1 FROM json_each(heartbeat.pattern) WHERE key = ? AND value = ?)"
     _SPECIAL_ONLY = "status <> 'up' AND "  # only the rows refresh() reports
     _GREATEST = "MAX"  # with two arguments, the scalar max (NULL if either is)
+    _IN_JSON_LIST = "SELECT value FROM json_each(?)"
 
     def __init__(self, path, busy_timeout=BUSY_TIMEOUT_SECONDS):
         if sqlite3.sqlite_version_info < (3, 31):
@@ -3755,6 +3935,7 @@ class PostgresStore(Store):
     _CONTAINS = "(heartbeat.pattern::jsonb ->> ?) = ?"
     _SPECIAL_ONLY = ""  # lock every row of the chunk, then look at its status (see refresh())
     _GREATEST = "GREATEST"  # NULLs ignored
+    _IN_JSON_LIST = "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
 
     def __init__(self, url, busy_timeout=BUSY_TIMEOUT_SECONDS):
         try:
@@ -4227,12 +4408,13 @@ def group_keys(row):
 
 
 def member_values(event, keys):
-    """The values of ``keys`` in ``event``, a tuple, when each is a string;
-    otherwise None (the event names no member)."""
+    """The values of ``keys`` in ``event``, a tuple, when each is a string
+    of at most :data:`MAX_PATTERN_ITEM_CHARS` characters (as a pattern's
+    values); otherwise None (the event names no member)."""
     values = []
     for key in keys:
         value = event.get(key)
-        if type(value) is not str:
+        if type(value) is not str or len(value) > MAX_PATTERN_ITEM_CHARS:
             return None
         values.append(value)
     return tuple(values)
@@ -4572,7 +4754,7 @@ class MaintenanceWindow:
     :param row: the window's store row.
     """
 
-    def __init__(self, row):
+    def __init__(self, row, now=None):
         self.id = row["id"]
         self.name = row["name"]
         self.pattern = json.loads(row["pattern"])
@@ -4585,28 +4767,57 @@ class MaintenanceWindow:
         end = datetime.datetime.fromisoformat(row["end_local"])
         self.length = local_timestamp(end, zone) - local_timestamp(start, zone)
         self._zone = zone
-        self._local = iter(dateutil.rrule.rrulestr(row["rrule"], dtstart=start) if row["rrule"] else [start])
+        #: occurrences starting before this are not kept (None: all of them)
+        self._floor = None if now is None else now - self.length - MAINTENANCE_LOOKBACK_SECONDS
+        if not row["rrule"]:
+            self._local = iter([start])
+        else:
+            rule = recurrence_rule(row["rrule"], start)  # checked again: a row may predate a check
+            if self._floor is not None:
+                rule = rule.after(datetime.datetime.fromtimestamp(self._floor, zone).replace(tzinfo=None))
+            self._local = rule.bounded()
         self._starts = []  # Unix times, ascending
         self._exhausted = False
         self._lock = threading.Lock()
+        if now is not None:
+            self._starts_past(now)  # the work done here, by the caller, before the engine's lock
 
     def selects(self, pattern):
         """True when ``pattern`` (a heartbeat's, a dict) has all of the window's pairs."""
         return all(pattern.get(key) == value for key, value in self.pattern.items())
 
     def _starts_past(self, t):
-        """The starts, computed until one is after ``t`` (or there is no more)."""
+        """The starts, computed until one is after ``t`` (or there is no more).
+
+        Each step is bounded (:meth:`BoundedRule.bounded`): a rule with no
+        occurrence within :data:`RRULE_SEARCH_MONTHS` is over (logged).
+        Only :data:`MAINTENANCE_KEPT_STARTS` starts are kept, the ones
+        before ``t`` by :data:`MAINTENANCE_LOOKBACK_SECONDS` left out first."""
         with self._lock:
-            while not self._exhausted and (not self._starts or self._starts[-1] <= t):
+            starts = self._starts
+            while not self._exhausted and (not starts or starts[-1] <= t):
                 try:
                     local = next(self._local)
                 except StopIteration:
                     self._exhausted = True
                     break
+                except (RuleTooSparse, ArithmeticError, LookupError) as exc:
+                    self._exhausted = True
+                    log.warning("maintenance window %s ('%s') has no occurrence after %s within %d years (%s): "
+                                "it protects nothing from then on", self.id, log_safe(self.name),
+                                iso_time(starts[-1]) if starts else "its start", RRULE_SEARCH_MONTHS // 12,
+                                type(exc).__name__)
+                    break
                 start = local_timestamp(local, self._zone)
-                if start is not None and (not self._starts or start > self._starts[-1]):
-                    self._starts.append(start)
-            return self._starts
+                if start is None or (starts and start <= starts[-1]):
+                    continue
+                if self._floor is not None and start < self._floor:
+                    continue  # a COUNT rule, iterated from its start
+                starts.append(start)
+                if len(starts) > MAINTENANCE_KEPT_STARTS:
+                    starts = starts[bisect.bisect_left(starts, t - self.length - MAINTENANCE_LOOKBACK_SECONDS):]
+                    self._starts = starts  # a new list: callers bisect the one they got
+            return starts
 
     def occurrence_at(self, t):
         """``(start, end)`` of the occurrence covering ``t`` (start <= t < end),
@@ -4974,11 +5185,23 @@ class PatternIndex:
     def __init__(self):
         self._by_keys = {}  # sorted keys -> {values in that key order: heartbeat id}
         self._root = _TrieNode()
+        self._owners = {}  # key -> {value -> the id (one) or ids (a set) of the heartbeats whose pattern has the pair}
 
     def add(self, heartbeat_id, pattern):
         pairs = sorted(pattern.items())
         keys, values = tuple(key for key, _ in pairs), tuple(value for _, value in pairs)
         self._by_keys.setdefault(keys, {})[values] = heartbeat_id
+        for key, value in pairs:
+            owners_by_value = self._owners.get(key)
+            if owners_by_value is None:
+                owners_by_value = self._owners[key] = {}
+            owners = owners_by_value.get(value)
+            if owners is None:
+                owners_by_value[value] = heartbeat_id  # one owner: the id itself (most pairs; a set costs 200 bytes)
+            elif type(owners) is str:
+                owners_by_value[value] = {owners, heartbeat_id}
+            else:
+                owners.add(heartbeat_id)
         node = self._root
         for pair in pairs:
             if node.children is _NO_CHILDREN:
@@ -4990,9 +5213,22 @@ class PatternIndex:
         pairs = sorted(pattern.items())
         keys, values = tuple(key for key, _ in pairs), tuple(value for _, value in pairs)
         table = self._by_keys.get(keys, {})
-        table.pop(values, None)
+        heartbeat_id = table.pop(values, None)
         if not table:
             self._by_keys.pop(keys, None)
+        if heartbeat_id is not None:
+            for key, value in pairs:
+                owners_by_value = self._owners.get(key, {})
+                owners = owners_by_value.get(value)
+                if type(owners) is str:
+                    if owners == heartbeat_id:
+                        del owners_by_value[value]
+                        if not owners_by_value:
+                            del self._owners[key]
+                elif owners is not None:
+                    owners.discard(heartbeat_id)
+                    if len(owners) == 1:
+                        owners_by_value[value] = next(iter(owners))
         path = [self._root]
         for pair in pairs:
             node = path[-1].children.get(pair)
@@ -5004,6 +5240,19 @@ class PatternIndex:
             if node.children or node.heartbeat_id is not None:
                 break
             del parent.children[pair]  # prune what no pattern uses any more
+
+    def containing(self, pattern):
+        """The ids of the heartbeats whose pattern has every pair of
+        ``pattern`` (a dict; ``{}``: every heartbeat), as a new set: what a
+        maintenance window selects. Costs the smallest of its pairs' sets
+        of heartbeats; safe to call without the engine's lock (the sets are
+        copied and intersected in C, under the GIL)."""
+        if not pattern:  # each table's ids copied in C, a list of the tables first: no size changes under us
+            return set().union(*[set(table.values()) for table in list(self._by_keys.values())])
+        owners = [self._owners.get(key, _NO_CHILDREN).get(value, _NO_IDS) for key, value in pattern.items()]
+        owners = [{item} if type(item) is str else item for item in owners]
+        owners.sort(key=len)
+        return owners[0].intersection(*owners[1:])
 
     def match(self, events, groups=None, members=None):
         """Ids of the heartbeats whose every ``key: value`` one of the events
@@ -5067,6 +5316,9 @@ class PatternIndex:
                     if child is not None:
                         stack.append(child)
         return found
+
+
+_NO_IDS = frozenset()
 
 
 def _values_getter(keys):
@@ -5427,6 +5679,10 @@ class ReadModel:
     def member_count(self, heartbeat_id):
         return self._member_counts.get(heartbeat_id, 0)
 
+    def member_total(self):
+        """How many members every heartbeat has together."""
+        return sum(self._member_counts.values())
+
     def member_is_up(self, heartbeat_id, values):
         return values in self._member_stored.get(heartbeat_id, _NO_CHILDREN)
 
@@ -5489,6 +5745,11 @@ class ReadModel:
     def is_up(self, heartbeat_id):
         """True when the heartbeat is up in the database."""
         return heartbeat_id in self._stored
+
+    def containing(self, pattern):
+        """The ids of the heartbeats whose pattern has every pair of
+        ``pattern`` (see :meth:`PatternIndex.containing`)."""
+        return self._index.containing(pattern)
 
     def unwritten_refresh(self, heartbeat_id):
         """The refresh time of ``heartbeat_id`` not yet written, or None."""
@@ -6342,6 +6603,63 @@ class Publisher:
 ###############################################################################
 
 
+class EngineLock:
+    """The engine's lock: reentrant; ``with lock:`` waits as long as it
+    takes (background work: the tick, the workers).
+
+    Requests take it with :meth:`bounded`, which waits too, except while
+    its holder is stuck on the database (``stuck()``: the writer's statement
+    has waited :data:`WRITER_STUCK_SECONDS`, e.g. for SQLite's write lock,
+    held by another process): then one request waits in line, up to
+    ``wait_seconds`` (the busy timeout), and every other gives up at once
+    with :class:`DatabaseBusy` (the documented database error). Writes
+    waiting for the database never take every worker thread, so reads
+    served from memory and ``/healthz`` answer meanwhile.
+    """
+
+    def __init__(self, stuck, wait_seconds):
+        self._lock = threading.RLock()
+        self._stuck = stuck
+        self.wait_seconds = wait_seconds
+        self._in_line = threading.Lock()  # held by the one request waiting while the holder is stuck
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def _is_owned(self):
+        return self._lock._is_owned()
+
+    @contextlib.contextmanager
+    def bounded(self):
+        """The lock, for a request (see the class)."""
+        if not self._lock.acquire(blocking=False):
+            self._wait()
+        try:
+            yield self
+        finally:
+            self._lock.release()
+
+    def _wait(self):
+        deadline = time.monotonic() + self.wait_seconds
+        in_line = False
+        try:
+            while not self._lock.acquire(timeout=LOCK_POLL_SECONDS):
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy("the database is busy (a write waits for a lock held elsewhere)")
+                if not in_line and self._stuck():
+                    in_line = self._in_line.acquire(blocking=False)
+                    if not in_line:
+                        raise DatabaseBusy("the database is busy (a write waits for a lock held elsewhere; "
+                                           "another request waits in line)")
+        finally:
+            if in_line:
+                self._in_line.release()
+
+
 class EngineCore:
     """What the engine's parts share, and only that: the store, the clock,
     the lock every change runs under, the read model, the funnel and the
@@ -6355,7 +6673,7 @@ class EngineCore:
     def __init__(self, store, clock, on_alarm=None, sinks=()):
         self.store = store
         self.clock = clock
-        self.lock = threading.RLock()
+        self.lock = EngineLock(lambda: store.writer_waiting() >= WRITER_STUCK_SECONDS, store.busy_timeout)
         #: the :class:`ReadModel`; replaced whole when reloaded, so read it here each time
         self.model = ReadModel()
         self.sinks = list(sinks)
@@ -6378,7 +6696,7 @@ class EngineCore:
         """The lock, the engine loaded, and the time (yielded, read once);
         what committed meanwhile is published once the lock is released."""
         try:
-            with self.lock:
+            with self.lock.bounded():
                 self.load()
                 yield self.clock()
         finally:
@@ -6422,20 +6740,47 @@ class Windows:
         self.by_id = {}  # id -> MaintenanceWindow
         self.checked_at = None  # the clock time up to which window starts and ends were handled
 
-    def load(self):
+    @property
+    def by_id(self):
+        """The windows in force, ``{id: MaintenanceWindow}``; replaced whole."""
+        return self._by_id
+
+    @by_id.setter
+    def by_id(self, windows):
+        # the windows by one of their pairs (the first, sorted), those of
+        # pattern {} under None: the ones that may select a heartbeat are
+        # found from its own pairs, without looking at the others
+        by_pair = {}
+        for window in windows.values():
+            pair = min(window.pattern.items()) if window.pattern else None
+            by_pair.setdefault(pair, []).append(window)
+        self._by_id, self._by_pair = windows, by_pair
+
+    def selecting(self, pattern):
+        """The windows that select a heartbeat of ``pattern`` (a dict):
+        a look-up per pair of the pattern, whatever the number of windows."""
+        by_pair = self._by_pair
+        candidates = list(by_pair.get(None, ()))
+        for pair in pattern.items():
+            candidates += by_pair.get(pair, ())
+        return [window for window in candidates if window.selects(pattern)]
+
+    def built(self, now):
+        """Every window of the database, built (their occurrences around
+        ``now`` worked out): what :meth:`Lifecycle.load` puts in force."""
         windows = {}
         for row in self.core.store.maintenances():
             try:
-                windows[row["id"]] = MaintenanceWindow(row)
+                windows[row["id"]] = MaintenanceWindow(row, now)
             except (ValueError, OverflowError) as exc:  # e.g. a zone the system no longer has
                 log.error("maintenance window %s ('%s') cannot be used, it protects nothing: %s",
-                          row["id"], log_safe(row["name"]), exc)
-        self.by_id = windows
+                          row["id"], log_safe(row["name"]), log_safe(str(exc)))
+        return windows
 
     def synced(self, maintenance_id, now):
         """Another instance created, replaced or deleted a window."""
         try:
-            window = MaintenanceWindow(self.core.store.maintenance(maintenance_id))
+            window = MaintenanceWindow(self.core.store.maintenance(maintenance_id), now)
         except NotFound:
             self.by_id = {key: value for key, value in self.by_id.items() if key != maintenance_id}
         except (ValueError, OverflowError) as exc:
@@ -6444,18 +6789,18 @@ class Windows:
             self.by_id = {**self.by_id, maintenance_id: window}
             self._due_by_boundary(window, now)
 
-    def covering(self, pattern, at, windows=None):
+    def covering(self, pattern, at, excluding=None):
         """``(until, window)``: of the maintenance windows selecting
         ``pattern`` (a heartbeat's, JSON text or dict) and active at ``at``,
-        the one ending last; None when there is none."""
-        windows = self.by_id.values() if windows is None else windows
-        if not windows:
+        but the one of id ``excluding``, the one ending last; None when
+        there is none."""
+        if not self._by_id:
             return None
         if isinstance(pattern, str):
             pattern = json.loads(pattern)
         best = None
-        for window in windows:
-            if window.selects(pattern):
+        for window in self.selecting(pattern):
+            if window.id != excluding:
                 occurrence = window.occurrence_at(at)
                 if occurrence is not None and (best is None or occurrence[1] > best[0]):
                     best = (occurrence[1], window)
@@ -6478,6 +6823,25 @@ class Windows:
         """The windows active at ``now``."""
         return [window for window in self.by_id.values() if window.occurrence_at(now)]
 
+    def covered(self, now):
+        """``{heartbeat id: (until, window)}``: the heartbeats a window
+        active at ``now`` covers, each with the window ending last, worked
+        out in memory from the read model's index of pairs (the cost of the
+        heartbeats each distinct pattern selects, never SQL per window)."""
+        ending = {}  # canonical pattern -> (until, window): the active window of that pattern ending last
+        for window in self.active(now):
+            until = window.occurrence_at(now)[1]
+            key = canonical_pattern(window.pattern)
+            if key not in ending or until > ending[key][0]:
+                ending[key] = (until, window)
+        covered = {}
+        for until, window in ending.values():
+            for heartbeat_id in self.core.model.containing(window.pattern):
+                best = covered.get(heartbeat_id)
+                if best is None or until > best[0]:
+                    covered[heartbeat_id] = (until, window)
+        return covered
+
     def next_boundary(self, now):
         """The next start or end of a maintenance window after ``now``, or None."""
         boundaries = (window.next_boundary(now) for window in self.by_id.values())
@@ -6489,11 +6853,13 @@ class Windows:
         :raises Invalid: when there are :data:`MAX_MAINTENANCE_WINDOWS` already.
         """
         core = self.core
+        before = core.clock()
+        row = {**maintenance_columns(fields, before), "id": str(uuid.uuid4())}
+        window = MaintenanceWindow(row, before)  # its occurrences worked out before the engine's lock
         with core.operation() as now:
             if len(self.by_id) >= MAX_MAINTENANCE_WINDOWS:
                 raise Invalid([f"too many maintenance windows (at most {MAX_MAINTENANCE_WINDOWS}); delete some"])
-            row = {**maintenance_columns(fields, now), "id": str(uuid.uuid4()), "created": int(now)}
-            window = MaintenanceWindow(row)
+            row.update(created=int(now), updated=int(now))
             window.known_since = now
             with core.funnel.change() as change:
                 core.store.insert_maintenance(row)
@@ -6509,11 +6875,13 @@ class Windows:
         :meth:`_end_early`), then the new definition applies.
         :raises NotFound:."""
         core = self.core
+        before = core.clock()
+        window = MaintenanceWindow({**maintenance_columns(fields, before), "id": maintenance_id}, before)
         with core.operation() as now:
             with core.funnel.change() as change:
                 _, row = core.store.update_maintenance(maintenance_id, maintenance_columns(fields, now))
                 self._end_early(change, self.by_id.get(maintenance_id), now)
-                window = MaintenanceWindow(row)
+                window.row = row
                 window.known_since = now
                 if window.occurrence_at(now) is not None:  # the new definition is active: it starts now
                     self._record(change, window, now, True)
@@ -6586,38 +6954,45 @@ class Windows:
                 started.append(window)
             end = window.last_end(since, now)
             if start is not None and (end is None or start < end):
-                self._record(change, window, start, True)
+                self._record(change, window, start, True, own=True)
             if end is not None:
                 covered = []
                 changed = self.core.store.end_maintenance(window.pattern, end, covered=covered)
                 moved_up.update((heartbeat_id, end) for heartbeat_id, status in changed if status == UP)
                 ended.append((window, self._ruled(covered)))
-                self._record(change, window, end, False, covered)
+                self._record(change, window, end, False, covered, own=True)
             if start is not None and end is not None and start >= end:  # ended, then started again
-                self._record(change, window, start, True)
+                self._record(change, window, start, True, own=True)
         if moved_up:
             change.then(self.core.model.written, moved_up)
         return started, ended
 
-    def _record(self, change, window, at, started, covered=None):
+    def _record(self, change, window, at, started, covered=None, own=False):
         """Record a window's start (status ``maintenance``) or end (each
         heartbeat's status then) in the history of the heartbeats it
         covers, with one containment scan per boundary (``covered``: those
         heartbeats, when the end rule's scan found them already, see
         :meth:`Store.end_maintenance`). Paused heartbeats are left alone
-        (their time is not counted anyway), and an end is not recorded for a
-        heartbeat another window still covers. Availability leaves
-        maintenance time out. Records only: nothing is written, no alarm."""
+        (their time is not counted anyway). Only a change is recorded: a
+        start not for a heartbeat a window covered just before, an end not
+        for one a window still covers; ``own``: the window's other
+        occurrences count (a boundary of its rule), else only the other
+        windows (created, replaced, deleted). So overlapping windows, or a
+        rule whose occurrences overlap, record one start and one end per
+        stretch of maintenance, not one per occurrence. Availability
+        leaves maintenance time out. Records only: nothing is written, no
+        alarm."""
         if not self.core.store.claim_boundary(window.id, at, started):
             return  # another instance sharing the database recorded it
-        others = [other for other in self.by_id.values() if other.id != window.id]
+        excluding = None if own else window.id
+        then = math.nextafter(at, -math.inf) if started else at
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
         scanned = self.core.store.selected(window.pattern) if covered is None else covered
         change.record(Transition({"id": heartbeat_id}, None, status, MAINTENANCE if started else status, at, reason,
                                  extra=extra)
                       for heartbeat_id, status, pattern in scanned
-                      if status != PAUSED and (started or self.covering(pattern, at, others) is None))
+                      if status != PAUSED and self.covering(pattern, then, excluding) is None)
 
     def document(self, maintenance_id):
         """A window's document; :raises NotFound:."""
@@ -6755,7 +7130,7 @@ class Intake:
         :returns: the ids refreshed, in order of first match, no duplicates.
         """
         core = self.core
-        with core.lock:
+        with core.lock.bounded():
             core.load()
             now = core.clock()
             model = core.model
@@ -6953,7 +7328,8 @@ class Groups:
             heartbeat = store.heartbeat(heartbeat_id)
             rows = store.members_by_key(heartbeat_id, list(wanted))
             refresh, touch, insert, transitions, up = [], [], [], [], {}
-            room = MAX_MEMBERS_PER_HEARTBEAT - model.member_count(heartbeat_id)
+            room = min(MAX_MEMBERS_PER_HEARTBEAT - model.member_count(heartbeat_id),
+                       MAX_MEMBERS - model.member_total())
             if room > 0:
                 self._capped.discard(heartbeat_id)  # say it again when it fills up again
             for key, values in wanted.items():
@@ -6991,9 +7367,21 @@ class Groups:
     def _refuse(self, heartbeat):
         if heartbeat["id"] not in self._capped:
             self._capped.add(heartbeat["id"])
-            log.warning("heartbeat %s ('%s') has %d members, the most it may have: events naming new members "
-                        "are ignored (they still refresh the members it has)", heartbeat["id"],
-                        log_safe(heartbeat["name"]), MAX_MEMBERS_PER_HEARTBEAT)
+            count = self.core.model.member_count(heartbeat["id"])
+            log.warning("heartbeat %s ('%s') has %d members, the most it may have (%d per heartbeat, %d for every "
+                        "heartbeat together, which have %d): events naming new members are ignored (they still "
+                        "refresh the members it has)",
+                        heartbeat["id"], log_safe(heartbeat["name"]), count, MAX_MEMBERS_PER_HEARTBEAT,
+                        MAX_MEMBERS, self.core.model.member_total())
+
+    def room(self, count):
+        """Check that ``count`` more members fit under :data:`MAX_MEMBERS`
+        (expected members, created with their heartbeat).
+        :raises Invalid: when they do not."""
+        room = MAX_MEMBERS - self.core.model.member_total()
+        if count > room:
+            raise Invalid([f"expected_members: {count} more members do not fit: every heartbeat together may have "
+                           f"{MAX_MEMBERS:,} members, there is room for {max(room, 0):,}"])
 
     def regrouped(self, change, old, new, now):
         """In an update's change: what it does to a heartbeat that is or was
@@ -7035,6 +7423,7 @@ class Groups:
                          if late_seconds is None or row["refreshed"] + late_seconds > now)
         status = PAUSED if paused else PENDING
         if to_create:
+            self.room(len(to_create))
             store.insert_members([member_row(new, key, now, status, expected=True) for key in to_create])
             change.apply((Transition(new, key, None, status, now, "expected member created", now)
                           for key in to_create), written=True)
@@ -7112,6 +7501,7 @@ class Heartbeats:
                    "status": PENDING}
             row["refreshed"] = refresh_time(row, now)
             expected = [member_key(member) for member in fields.get("expected_members") or ()]
+            self.groups.room(len(expected))
             with core.funnel.change() as change:
                 core.store.insert_heartbeat(row)
                 change.then(core.model.created, row)
@@ -7587,15 +7977,15 @@ class Views:
         core = self.core
         core.load()
         now = core.clock()
-        active = [window.pattern for window in self.windows.active(now)]
-        counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, active)
+        covered = self.windows.covered(now)
+        counts, total, rows = core.store.status_page(list(statuses), list(terms), limit, offset, covered)
         unwritten = core.model.unwritten_refresh
         grouped = [row["id"] for row in rows if row["group_by"] is not None]
         members = core.store.member_counts(grouped) if grouped else {}
         summaries = core.store.member_summaries(grouped) if grouped else {}
         page = []
         for row in rows:
-            covering = self.windows.covering(row["pattern"], now)
+            covering = covered.get(row["id"])
             if row["group_by"] is None:
                 state = status_document(with_refresh(row, unwritten(row["id"])), covering)
             else:
@@ -7616,12 +8006,12 @@ class Views:
         core = self.core
         unwritten = core.model.unwritten()
         now = core.clock()
-        active = self.windows.active(now)
+        covered = self.windows.covered(now)
         members = core.store.member_counts()
         summaries = core.store.member_summaries() if members else {}
         overview = []
         for row in core.store.heartbeats():
-            maintenance = self.windows.covering(row["pattern"], now, active) if active else None
+            maintenance = covered.get(row["id"])
             if row["group_by"] is None:
                 state = status_document(with_refresh(row, unwritten.get(row["id"])), maintenance)
             else:
@@ -7900,24 +8290,30 @@ class Lifecycle:
         if self.loaded:  # the usual case, without the lock (GET serves from memory)
             return
         core = self.core
+        synced = core.store.last_change()
+        windows = self.windows.built(core.clock())  # their occurrences worked out before the lock
         with core.lock:
             if self.loaded:
                 return
             self.resume()
-            self._reload()
+            self._reload(synced, windows)
             self.loaded = True
             if self.silence.since is not None and self.silence.seconds is None:
                 self.silence.end(core.clock(), "--intake-silence is no longer set", self.intake.flush)
         core.publisher.publish()
 
-    def _reload(self):
-        """Load the read model and the windows from the database (under the
-        lock). The change cursor is read first: a change made meanwhile by
-        another instance is then read again by :meth:`sync`, never missed."""
+    def _reload(self, synced=None, windows=None):
+        """Load the read model and the windows (or take ``windows``, built
+        by :meth:`Windows.built` after the change cursor ``synced`` was
+        read) from the database (under the lock). The change cursor is read
+        first: a change made meanwhile by another instance is then read
+        again by :meth:`sync`, never missed."""
         store = self.core.store
-        self._synced = store.last_change()
+        self._synced = store.last_change() if synced is None else synced
+        if windows is None:
+            windows = self.windows.built(self.core.clock())
         self.core.model = ReadModel.loaded(store.each_heartbeat(), store.each_member())
-        self.windows.load()
+        self.windows.by_id = windows
         self.core.load_channels()
 
     def sync(self):
@@ -10566,7 +10962,7 @@ def openapi_document():
                                                      "the length of every occurrence"},
                         "timezone": {"type": "string", "default": "UTC", "description": "IANA zone name"},
                         "rrule": {"type": "string", "description": "RFC 5545 recurrence rule, e.g. "
-                                  "FREQ=WEEKLY;BYDAY=SU (HOURLY or slower); absent: once"},
+                                  "FREQ=WEEKLY;BYDAY=SU (occurrences at least an hour apart); absent: once"},
                         "_id": {"description": "ignored"}, "created": {"description": "ignored"},
                         "updated": {"description": "ignored"},
                     },
@@ -10913,10 +11309,15 @@ def openapi_document():
                         {"type": "array", "items": _ref("Event"), "maxItems": MAX_EVENTS_PER_REQUEST}]})}),
             },
             "/api/v2/alarms": {
-                "get": operation("listAlarms", "alarm", "The active alarms, oldest first", {
+                "get": operation("listAlarms", "alarm", "The active alarms, oldest first: the oldest "
+                                 f"{DEFAULT_ALARMS_LISTED:,} unless limit says otherwise", {
                     "200": {"description": "The alarms",
+                            "headers": {
+                                "X-Total-Count": {"description": "how many alarms are open, listed or not",
+                                                  "required": True, "schema": {"type": "integer"}}},
                             **_json_content({"type": "array", "items": _ref("Alarm")})},
-                    **errors}),
+                    **errors, **bad_query}, parameters=[
+                        limit_parameter(f"{DEFAULT_ALARMS_LISTED}", MAX_ALARMS_LISTED)]),
             },
             "/api/v2/heartbeat/{heartbeat_id}/ack": {
                 "parameters": [heartbeat_id],
@@ -11422,7 +11823,7 @@ class WebApi:
             except StoreError as exc:
                 log.error("database error on %s %s: %s", log_safe(bottle.request.method),
                           log_safe(bottle.request.path), exc,
-                          exc_info=exc.__cause__ is None and not isinstance(exc, DatabaseGone))
+                          exc_info=exc.__cause__ is None and not isinstance(exc, (DatabaseGone, DatabaseBusy)))
                 return json_response(error_body(DATABASE_ERROR), 400)
             except Exception:
                 log.exception("unexpected error on %s %s", log_safe(bottle.request.method),
@@ -11576,7 +11977,13 @@ class WebApi:
         return json_response({"received": len(events), "matched": self.engine.ingest(events, body)})
 
     def list_alarms(self, user):
-        return json_response(self.engine.alarms())
+        try:
+            limit = parse_alarms_query(bottle.request.query)
+        except Invalid as exc:
+            raise ApiError(400, INVALID_QUERY, errors=exc.reasons) from None
+        counts = self.engine.alarm_counts()
+        total = counts.pop("intake") + sum(heartbeats + members for heartbeats, members in counts.values())
+        return json_response(self.engine.alarms(limit), headers={"X-Total-Count": str(total)})
 
     def ack_heartbeat(self, heartbeat_id, user):
         comment = validate_ack(self._read_body(MAX_HEARTBEAT_BODY_BYTES))

@@ -525,6 +525,21 @@ def test_alarms_are_listed_oldest_first(app, service, clock):
     assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms").json] == [fast, slow]
 
 
+def test_the_alarms_listed_are_bounded_and_the_total_is_said(app, service, clock, monkeypatch):
+    monkeypatch.setattr(heartbeat_lite, "DEFAULT_ALARMS_LISTED", 2)
+    ids = [create(app, body(pattern={"k": str(i)}, expected_interval=f"{i + 1}m")) for i in range(3)]
+    clock.advance(300)
+    service.tick()
+    answer = app.get("/api/v2/alarms")
+    assert [a["heartbeat_id"] for a in answer.json] == ids[:2]  # the oldest
+    assert answer.headers["X-Total-Count"] == "3"
+    assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms?limit=3").json] == ids
+    assert [a["heartbeat_id"] for a in app.get("/api/v2/alarms?limit=1").json] == ids[:1]
+    for limit in ("0", "10001", "x"):
+        answer = app.get(f"/api/v2/alarms?limit={limit}", status=400).json
+        assert answer["errors"] == ["limit: must be an integer from 1 to 10000"]
+
+
 def test_the_resource_joins_sorted_keys(service, clock, alarms_seen):
     down_heartbeat(service, clock, pattern={"z": "1", "a": "2", "m": "é"})
     assert alarms_seen[0]["resource"] == "a:2.m:é.z:1"
@@ -670,6 +685,26 @@ def test_both_ways_of_matching_agree(matching):
         expected = {heartbeat_id for text, heartbeat_id in patterns.items()
                     if all(event.get(k) == v for k, v in json.loads(text).items())}
         assert set(index.match([event])) == expected, event
+
+
+def test_containing_finds_the_heartbeats_a_window_selects_as_they_come_and_go():
+    rng = random.Random(7)
+    index = heartbeat_lite.PatternIndex()
+    patterns = {}
+    for i in range(400):
+        pattern = {rng.choice("abcd"): rng.choice("xy") for _ in range(rng.randint(1, 3))}
+        text = heartbeat_lite.canonical_pattern(pattern)
+        if text in patterns:  # taken: this one goes instead (a delete)
+            index.remove(json.loads(text))
+            del patterns[text]
+        else:
+            patterns[text] = f"id{i}"
+            index.add(f"id{i}", pattern)
+    for _ in range(100):
+        window = {rng.choice("abcde"): rng.choice("xy") for _ in range(rng.randint(0, 3))}
+        expected = {heartbeat_id for text, heartbeat_id in patterns.items()
+                    if all(json.loads(text).get(k) == v for k, v in window.items())}
+        assert index.containing(window) == expected, window
 
 
 def stored_last_event(service, heartbeat_id):

@@ -629,6 +629,53 @@ def test_the_tick_does_not_scan_heartbeats_for_windows(service, app, clock):
     assert sum("json_each" in sql for sql in statements) == 2  # one, at the end
 
 
+def maintenance_rows(service, heartbeat_id):
+    """The history rows of a heartbeat that maintenance windows wrote: (at, status)."""
+    return [(entry["at"], entry["status"]) for entry in reversed(service.engine.history(heartbeat_id)["history"])
+            if "maintenance" in entry]
+
+
+def test_overlapping_windows_record_one_start_and_one_end_per_stretch(app, service, clock):
+    ids = [create(app, body(pattern={"k": str(i)}, expected_interval="24h")) for i in range(3)]
+    window(app, T0 + 10, T0 + 100)
+    window(app, T0 + 50, T0 + 200)  # starts while the first covers them: nothing to record
+    window(app, T0 + 20, T0 + 80, pattern={"k": "1"})  # inside both
+    for t in (T0 + 10, T0 + 20, T0 + 50, T0 + 80, T0 + 100, T0 + 150, T0 + 200):
+        at(clock, service, t)
+    for heartbeat_id in ids:
+        assert maintenance_rows(service, heartbeat_id) == [(T0 + 10, "maintenance"), (T0 + 200, "pending")]
+
+
+def test_a_rule_whose_occurrences_overlap_records_one_stretch(app, service, clock):
+    """Hourly occurrences two hours long: always covered, so one start, and
+    one end when the window is deleted; not two rows every hour."""
+    heartbeat_id = create(app, body(pattern={"k": "1"}, expected_interval="24h"))
+    maintenance_id = window(app, T0 + 60, T0 + 60 + 7200, rrule="FREQ=HOURLY")
+    for hour in range(12):
+        at(clock, service, T0 + 60 + hour * 3600)
+        at(clock, service, T0 + 61 + hour * 3600)
+    app.delete(f"/api/v2/maintenance/{maintenance_id}")
+    assert maintenance_rows(service, heartbeat_id) == [(T0 + 60, "maintenance"), (T0 + 61 + 11 * 3600, "pending")]
+
+
+def test_windows_that_select_nothing_cost_nothing_at_expiry(app, service, clock, monkeypatch, alarms_seen):
+    """Expiry asks which windows cover each heartbeat falling due: found
+    from the heartbeat's own pairs, never by trying every window."""
+    for i in range(50):
+        create(app, body(pattern={"host": f"h{i}"}, expected_interval="1m"))
+    for i in range(300):
+        window(app, T0 + 10, T0 + 10_000, pattern={"host": f"elsewhere{i}"})
+    window(app, T0 + 10, T0 + 10_000, pattern={"host": "h7"})
+    at(clock, service, T0 + 11)
+    tried = []
+    selects = heartbeat_lite.MaintenanceWindow.selects
+    monkeypatch.setattr(heartbeat_lite.MaintenanceWindow, "selects",
+                        lambda window, pattern: tried.append(window.id) or selects(window, pattern))
+    at(clock, service, T0 + 61)
+    assert len(tried) <= 50  # the one window selecting h7, tried as each heartbeat falls due
+    assert len(alarms_seen) == 49  # all but h7
+
+
 ###############################################################################
 # Daylight saving time (Europe/Paris: last Sundays of March and October 2026)
 ###############################################################################
@@ -674,6 +721,127 @@ def test_occurrences_keep_the_wall_time_and_the_exact_length_across_the_change()
         start = paris(f"2026-03-{day}T01:00:00")
         assert nightly.occurrence_at(start + 1) == (start, start + 3 * 3600), day
     assert paris("2026-03-30T01:00:00") - paris("2026-03-28T01:00:00") == 47 * 3600
+
+
+@pytest.mark.parametrize("rule, reason", [
+    ("FREQ=HOURLY;FREQ=SECONDLY", "rrule: FREQ must be HOURLY or slower"),  # dateutil keeps the last FREQ
+    ("FREQ=SECONDLY;FREQ=HOURLY;FREQ=MINUTELY", "rrule: FREQ must be HOURLY or slower"),
+    ("FREQ=HOURLY;BYMINUTE=0,30", "rrule: FREQ must be HOURLY or slower"),
+    ("FREQ=DAILY;BYSECOND=1,2", "rrule: FREQ must be HOURLY or slower"),
+    ("freq=daily;byminute=0,1,2,3", "rrule: FREQ must be HOURLY or slower"),
+    ("FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=30", "rrule: no occurrence within 10 years of start"),
+    ("FREQ=DAILY;BYMONTH=4;BYMONTHDAY=31", "rrule: no occurrence within 10 years of start"),
+    ("FREQ=YEARLY;BYEASTER=372", "rrule: BYEASTER must be between -80 and 248"),
+    ("FREQ=YEARLY;BYEASTER=-200", "rrule: BYEASTER must be between -80 and 248"),
+    ("FREQ=DAILY;COUNT=1001", "rrule: COUNT must be at most 1000"),
+    ("FREQ=HOURLY;INTERVAL=0", "rrule: INTERVAL must be from 1 to 1000"),
+    ("FREQ=HOURLY;INTERVAL=1000000000", "rrule: INTERVAL must be from 1 to 1000"),
+    ("FREQ=HOURLY;BYHOUR=25", "rrule: not a valid RFC 5545 recurrence rule"),
+])
+def test_a_rule_faster_than_hourly_or_without_occurrences_is_refused(app, rule, reason):
+    answer = app.post_json("/api/v2/maintenance", {**WEEKLY, "rrule": rule}, status=400).json
+    assert answer["description"] == "invalid maintenance payload."
+    assert any(error.startswith(reason) for error in answer["errors"]), answer["errors"]
+    assert app.get("/api/v2/maintenance").json == []
+
+
+def test_a_sparse_but_real_rule_is_accepted(app):
+    for rule in ("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", "FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=29",
+                 "FREQ=YEARLY;BYEASTER=-2", "FREQ=MONTHLY;BYDAY=-1FR;BYHOUR=22,23"):
+        app.post_json("/api/v2/maintenance", {**WEEKLY, "rrule": rule})
+
+
+def test_one_search_for_an_occurrence_scans_a_bounded_calendar():
+    """dateutil scans an impossible rule to the year 9999 in one step; the
+    bounded rule gives up after RRULE_SEARCH_MONTHS months (this fails,
+    slowly, if dateutil stops reading _bynweekday once per month)."""
+    start = datetime.datetime(2026, 1, 1)
+    for text in ("FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=30", "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30",
+                 "FREQ=WEEKLY;BYMONTH=4;BYMONTHDAY=31;INTERVAL=3"):
+        rule = heartbeat_lite.BoundedRule.of(heartbeat_lite.dateutil.rrule.rrulestr(text, dtstart=start))
+        reads = []
+        original = type(rule)._bynweekday.fget
+
+        class Counting(heartbeat_lite.BoundedRule):
+            @property
+            def _bynweekday(self):
+                reads.append(1)
+                return original(self)
+
+            @_bynweekday.setter
+            def _bynweekday(self, value):
+                self._nth_weekdays = value
+
+        counted = Counting.of(rule)
+        reads.clear()
+        with pytest.raises(heartbeat_lite.RuleTooSparse):
+            next(counted.bounded())
+        assert len(reads) <= heartbeat_lite.RRULE_SEARCH_MONTHS + 1, text
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=HOURLY", "FREQ=HOURLY;INTERVAL=5", "FREQ=HOURLY;INTERVAL=7;BYHOUR=3,10,17", "FREQ=DAILY;INTERVAL=3",
+    "FREQ=DAILY;BYHOUR=1,13", "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE", "FREQ=WEEKLY;INTERVAL=3;WKST=SU;BYDAY=SA,SU",
+    "FREQ=WEEKLY", "FREQ=MONTHLY;INTERVAL=3;BYMONTHDAY=31", "FREQ=MONTHLY;BYDAY=-1FR", "FREQ=MONTHLY",
+    "FREQ=YEARLY;INTERVAL=4;BYMONTH=2;BYMONTHDAY=29", "FREQ=YEARLY", "FREQ=YEARLY;BYWEEKNO=20;BYDAY=MO",
+    "FREQ=MONTHLY;BYDAY=MO,TU;BYSETPOS=-1", "FREQ=DAILY;UNTIL=20261201T000000", "FREQ=DAILY;COUNT=500",
+])
+def test_occurrences_worked_out_from_near_now_are_those_of_the_whole_rule(rule):
+    start = datetime.datetime(2024, 2, 29, 22, 30)  # a Thursday in a leap year, late, at half past
+    row = {"id": "w", "name": "n", "pattern": "{}", "start_local": start.isoformat(),
+           "end_local": (start + datetime.timedelta(minutes=20)).isoformat(), "timezone": "Europe/Paris",
+           "rrule": rule, "created": 0, "updated": 0}
+    zone = zoneinfo.ZoneInfo("Europe/Paris")
+    for now in (utc("2026-12-06T10:17:00"), utc("2026-03-29T01:30:00"), utc("2024-03-01T00:00:00")):
+        window = heartbeat_lite.MaintenanceWindow(row, now)
+        whole = heartbeat_lite.dateutil.rrule.rrulestr(rule, dtstart=start)
+        expected = [heartbeat_lite.local_timestamp(local, zone)
+                    for local in whole.between(datetime.datetime.fromtimestamp(now - 86400, zone).replace(tzinfo=None),
+                                               datetime.datetime.fromtimestamp(now + 90 * 86400, zone).replace(tzinfo=None),
+                                               inc=True)]
+        expected = [t for t in expected if t is not None]
+        got = []
+        t = now - 86400 + 1
+        while True:
+            boundary = window.next_boundary(t)
+            if boundary is None or boundary > now + 90 * 86400:
+                break
+            occurrence = window.occurrence_at(boundary)
+            if occurrence is not None and occurrence[0] == boundary:
+                got.append(boundary)
+            t = boundary
+        assert got == [t for t in expected if t > now - 86400 + 1], (rule, now)
+
+
+def test_a_window_started_long_ago_is_worked_out_from_near_now():
+    """An hourly window started ten years ago keeps a day of occurrences, not ten years of them."""
+    now = utc("2026-12-06T10:17:00")
+    row = {"id": "w", "name": "n", "pattern": "{}", "start_local": "2016-12-06T10:00:00",
+           "end_local": "2016-12-06T10:30:00", "timezone": "UTC", "rrule": "FREQ=HOURLY", "created": 0, "updated": 0}
+    window = heartbeat_lite.MaintenanceWindow(row, now)
+    assert len(window._starts) <= 24 + 2
+    assert window.occurrence_at(now) == (utc("2026-12-06T10:00:00"), utc("2026-12-06T10:30:00"))
+    for hour in range(2000):  # time goes on: what is kept stays bounded
+        window.occurrence_at(now + hour * 3600)
+    assert len(window._starts) <= heartbeat_lite.MAINTENANCE_KEPT_STARTS + 1
+
+
+def test_windows_are_worked_out_before_the_engine_lock(app, service, monkeypatch):
+    """Creating, replacing or loading a window computes its occurrences
+    outside the engine's lock: intake never waits for them."""
+    held = []
+    bounded = heartbeat_lite.BoundedRule.bounded
+
+    def spying(rule):
+        held.append(service.engine.core.lock._is_owned())
+        return bounded(rule)
+
+    monkeypatch.setattr(heartbeat_lite.BoundedRule, "bounded", spying)
+    maintenance_id = app.post_json("/api/v2/maintenance", {**WEEKLY, "rrule": "FREQ=HOURLY"}).json["description"]
+    app.put_json(f"/api/v2/maintenance/{maintenance_id}", {**WEEKLY, "rrule": "FREQ=DAILY"})
+    service.engine.lifecycle.loaded = False
+    service.engine.lifecycle.load()
+    assert held and not any(held), held
 
 
 def test_the_engine_skips_a_gap_occurrence_end_to_end(clock):

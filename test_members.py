@@ -296,6 +296,34 @@ def test_the_member_cap_refuses_new_members_and_says_it_once(app, monkeypatch, c
     assert member_states(app, heartbeat_id) == {"a": "up", "c": "up"}
 
 
+def test_a_member_value_is_at_most_255_characters_as_a_pattern_value(app):
+    heartbeat_id = grouped(app)
+    assert send(app, host("x" * 256))["matched"] == []  # names no member
+    assert send(app, host("x" * 255))["matched"] == [heartbeat_id]
+    assert [entry["member"]["host"] for entry in members(app, heartbeat_id)["members"]] == ["x" * 255]
+
+
+def test_the_members_of_every_heartbeat_together_are_capped(app, monkeypatch, caplog):
+    monkeypatch.setattr(heartbeat_lite, "MAX_MEMBERS", 5)
+    first = grouped(app)
+    second = grouped(app, pattern={"connector": "other"})
+    with caplog.at_level(logging.WARNING, logger="heartbeat_lite"):
+        send(app, host("a"), host("b"), host("c"))
+        send(app, *({"connector": "other", "host": name} for name in "pqrs"))
+        send(app, {"connector": "other", "host": "t"})
+    assert sorted(member_states(app, first)) == ["a", "b", "c"]
+    assert sorted(member_states(app, second)) == ["p", "q"]
+    assert len([r for r in caplog.records if "for every heartbeat together" in r.getMessage()]) == 1
+    answer = app.post_json("/api/v2/heartbeat", {"name": "more", "pattern": {"connector": "more"},
+                                                  "expected_interval": "1m", "group_by": ["host"],
+                                                  "expected_members": [{"host": "m"}]}, status=400).json
+    assert answer["errors"][0].startswith("expected_members: 1 more members do not fit")
+    assert len(app.get("/api/v2/heartbeat").json) == 2  # nothing created
+    app.delete(f"/api/v2/heartbeat/{first}/members?host=a")
+    send(app, {"connector": "other", "host": "t"})
+    assert sorted(member_states(app, second)) == ["p", "q", "t"]
+
+
 ###############################################################################
 # The members routes
 ###############################################################################

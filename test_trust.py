@@ -581,3 +581,76 @@ def test_health_and_reads_from_memory_answer_while_a_write_waits_on_another_proc
         status, answer = raw_request(base, "POST", "/api/v2/event", json.dumps(C01).encode())
         assert (status, answer["matched"]) == (200, [heartbeat_id])
         assert raw_request(base, "GET", "/healthz") == (200, {"status": "ok", "outbox": 0})
+
+
+@pytest.mark.sqlite_only("another process holds SQLite's write lock")
+def test_writes_waiting_on_another_process_do_not_take_every_worker_thread(tmp_path, clock):
+    """Six events for pending heartbeats (each a write) while another
+    process holds the write lock: one waits for the database, one in line,
+    the others get the database error at once; the worker threads stay
+    free for reads from memory and /healthz."""
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock, busy_timeout=4.0) as service, \
+            heartbeat_lite.serve(service, port=0, threads=4) as base:
+        ids = [new_heartbeat(service, pattern={"k": str(i)}) for i in range(6)]
+        holder = LockHolder(path)
+        try:
+            writing = threading.Event()
+            service.store.statement_hook = lambda sql, params: sql.startswith("BEGIN") and writing.set()
+            answers = []
+            writers = [threading.Thread(target=lambda i=i: answers.append(
+                raw_request(base, "POST", "/api/v2/event", json.dumps({"k": str(i)}).encode()))) for i in range(6)]
+            for writer in writers:
+                writer.start()
+            assert writing.wait(10)
+            time.sleep(0.2)  # every event is in by now, each on a worker thread or queued for one
+            started = time.monotonic()
+            assert raw_request(base, "GET", "/healthz")[0] == 200
+            status, document = raw_request(base, "GET", f"/api/v2/heartbeat/{ids[0]}")
+            assert status == 200 and document["_id"] == ids[0]
+            assert time.monotonic() - started < 1.0
+            for writer in writers:
+                writer.join(30)
+            assert answers == [(400, DB_ERROR)] * 6
+        finally:
+            holder.release()
+        status, answer = raw_request(base, "POST", "/api/v2/event", json.dumps({"k": "0"}).encode())
+        assert (status, answer["matched"]) == (200, [ids[0]])
+
+
+def test_the_engine_lock_lets_one_request_wait_in_line_while_its_holder_is_stuck():
+    stuck = threading.Event()
+    lock = heartbeat_lite.EngineLock(stuck.is_set, wait_seconds=5.0)
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    outcomes = []
+
+    def request():
+        try:
+            with lock.bounded():
+                outcomes.append("served")
+        except heartbeat_lite.DatabaseBusy:
+            outcomes.append("busy")
+
+    waiting = [threading.Thread(target=request) for _ in range(3)]
+    for waiter in waiting:
+        waiter.start()
+    time.sleep(0.2)
+    assert outcomes == []  # not stuck: they wait
+    stuck.set()
+    deadline = time.monotonic() + 5
+    while len(outcomes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes == ["busy", "busy"]  # one waits in line, the others give up at once
+    release.set()
+    for waiter in (thread, *waiting):
+        waiter.join(5)
+    assert outcomes == ["busy", "busy", "served"]
