@@ -4463,12 +4463,18 @@ def scheduled_time(schedule, tz, t):
     minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
     after Unix time ``t``: the run that a ping at ``t`` does not count for
     (one up to that early counts for the run it precedes)."""
-    try:
-        zone = time_zone(tz or "UTC")
-    except ValueError:  # a zone the system no longer has (tzdata drops some): UTC, not every refresh refused
-        zone = UTC_ZONE
-    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, zone)
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, schedule_zone(tz))
     return next(cronsim.CronSim(schedule, start)).timestamp()
+
+
+def schedule_zone(tz):
+    """The zone a schedule is read in: ``tz`` (None: UTC). A zone the system
+    no longer has (tzdata drops names) is UTC, so that neither a refresh nor
+    the tick fails on it (the read model says so in the log at start)."""
+    try:
+        return time_zone(tz or "UTC")
+    except ValueError:
+        return UTC_ZONE
 
 
 def refresh_time(row, t):
@@ -4537,7 +4543,7 @@ def _run_text(row, refreshed):
     run of 2027-01-12 02:00 CET``; else nothing."""
     if not _optional(row, "schedule"):
         return ""
-    local = datetime.datetime.fromtimestamp(refreshed, time_zone(row["tz"]))
+    local = datetime.datetime.fromtimestamp(refreshed, schedule_zone(row["tz"]))
     return f" after the run of {local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
