@@ -4534,6 +4534,16 @@ def _interval_text(row, field, seconds):
     return _optional(row, field) or seconds_text(seconds)
 
 
+def _run_text(row, refreshed):
+    """For a heartbeat with a schedule, the run a reason is about (its
+    refresh is that run: :func:`refresh_time`), in its zone: `` after the
+    run of 2027-01-12 02:00 CET``; else nothing."""
+    if not _optional(row, "schedule"):
+        return ""
+    local = datetime.datetime.fromtimestamp(refreshed, time_zone(row["tz"]))
+    return f" after the run of {local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
 def expiry_steps(row, now, covered_until, member=False):
     """The transitions due by ``now`` for a heartbeat or a member: the one
     expiry state machine, a pure function of (row, now, covering), so it is
@@ -4578,11 +4588,11 @@ def expiry_steps(row, now, covered_until, member=False):
             state["refreshed"] = until
         elif status in (PENDING, UP) and state["late_seconds"] is not None:
             reason = "no matching event for " + _interval_text(row, "late_after", state["late_seconds"])
-            steps.append((status, LATE, at, reason))
+            steps.append((status, LATE, at, reason + _run_text(row, state["refreshed"])))
             state["status"], state["alarm_since"] = LATE, at
         else:
             reason = "no matching event for " + _interval_text(row, "expected_interval", state["interval_seconds"])
-            steps.append((status, DOWN, at, reason))
+            steps.append((status, DOWN, at, reason + _run_text(row, state["refreshed"])))
             state["status"], state["alarm_since"] = DOWN, at
     return steps, (state["status"], state["refreshed"], state["alarm_since"])
 
@@ -6162,19 +6172,21 @@ def due_after(transition):
     return transition.refreshed + interval_seconds
 
 
-def transition_now(row, new, now, reason, output=None, member=None, extra=None):
+def transition_now(row, new, now, reason, output=None, member=None, extra=None, event=False):
     """The transition that puts a heartbeat (or member: ``row`` its member
     row joined with its heartbeat, ``member`` its key) into ``new`` at
     ``now``, from outside expiry (a failed job says so at once): down or
     late open an alarm now, its refresh kept; up and pending start afresh
     from now (up: an event now). None when it is in ``new`` already, or
     paused (pause and resume have their own rules). ``extra``: more keys of
-    its history entry (a failed run's ``duration``)."""
+    its history entry (a failed run's ``duration``); ``event``: it came with
+    an event (a failure ping), its last event now."""
     old = row["status"]
     if old == new or old == PAUSED or new not in (PENDING, UP, LATE, DOWN):
         return None
     if new in ALARMED:
-        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra)
+        return Transition(row, member, old, new, now, reason, row["refreshed"], now, output=output, extra=extra,
+                          last_event=now if event else KEEP)
     return Transition(row, member, old, new, now, reason, now if member is not None else refresh_time(row, now),
                       None, last_event=now if new == UP else KEEP, extra=extra)
 
@@ -6344,7 +6356,8 @@ class Funnel:
             core.due_by(due)
         self.alarms_raised += sum(1 for t in transitions
                                   if t.event is not None and t.event["state"] != RESOLVED_STATE and t.old != t.new)
-        core.publisher.committed(change.events)
+        core.publisher.committed(change.events, {id(t.event): t.output for t in transitions
+                                                 if t.event is not None and t.output is not None})
 
 
 class ChannelRegistry:
@@ -6530,12 +6543,15 @@ class Publisher:
         self._lock = threading.Lock()
         self._publishing = False  # a thread is draining _outgoing
 
-    def committed(self, events):
+    def committed(self, events, causes=None):
         """Under the engine's lock, after commit: queue the events of one
-        transaction."""
+        transaction; ``causes`` maps an event's ``id()`` to the words of an
+        alarm that has its own (a failed job's "failed: disk full", "run
+        exceeded 30m"), which its log line says instead of "no matching
+        event"."""
         if events:
             with self._lock:
-                self._outgoing.append(events)
+                self._outgoing.append((events, causes or {}))
 
     def publish(self):
         """Without the engine's lock: publish what is queued."""
@@ -6550,8 +6566,8 @@ class Publisher:
                     if not self._outgoing:
                         self._publishing = False
                         break
-                    events = self._outgoing.popleft()
-                self._announce(events)
+                    events, causes = self._outgoing.popleft()
+                self._announce(events, causes)
                 published += len(events)
         except BaseException:
             with self._lock:
@@ -6561,17 +6577,19 @@ class Publisher:
             for sink in self.sinks:
                 sink.published()
 
-    def _announce(self, events):
+    def _announce(self, events, causes):
         if len(events) <= LOG_EACH_EVENT_UP_TO:
             for event in events:
                 if event["heartbeat_id"] is None:  # the intake: said when it starts and ends
                     continue
+                cause = causes.get(id(event))
+                why = log_safe(cause) if cause is not None else "no matching event for " + log_safe(event["resource"])
                 if event["state"] == ALARM_STATE:
-                    log.warning("alarm: heartbeat %s ('%s') is down: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                    log.warning("alarm: heartbeat %s ('%s') is down: %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), why)
                 elif event["state"] == LATE_STATE:
-                    log.warning("late: heartbeat %s ('%s') is late: no matching event for %s",
-                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), log_safe(event["resource"]))
+                    log.warning("late: heartbeat %s ('%s') is late: %s",
+                                event["heartbeat_id"], log_safe(event["heartbeat_name"]), why)
                 else:
                     log.info("resolved: heartbeat %s ('%s')%s", event["heartbeat_id"],
                              log_safe(event["heartbeat_name"]),
@@ -7629,14 +7647,15 @@ class Heartbeats:
                     self.groups.follow(change, {heartbeat_id: now})
         log.info("heartbeat %s resumed ('%s')", heartbeat_id, log_safe(row["name"]))
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None, event=False):
         """Put a heartbeat (or one of its members: ``member`` its pairs) into
         ``status`` now, through the funnel, as a job reporting its own
         failure does (see :func:`transition_now`): down or late raise the
         alarm at once, with ``output`` in place of the heartbeat's when
-        given; up or pending start afresh (resolving an open alarm). A
-        grouped heartbeat's own status follows its members' and cannot be
-        put.
+        given (``extra``: more keys of its history entry; ``event``: it came
+        with an event, its last event now); up or pending start afresh
+        (resolving an open alarm). A grouped heartbeat's own status follows
+        its members' and cannot be put.
 
         :returns: the :class:`Transition` applied, or None when there was
             none (already in that status, or paused).
@@ -7657,7 +7676,7 @@ class Heartbeats:
                            "pattern": row["pattern"]}
                 elif row["group_by"] is not None:
                     raise ValueError("a grouped heartbeat's status follows its members': put a member")
-                transition = transition_now(row, status, now, reason, output, key, extra)
+                transition = transition_now(row, status, now, reason, output, key, extra, event)
                 if transition is None:
                     return None
                 change.apply([transition])
@@ -7784,7 +7803,7 @@ class Pings:
         if kind == "fail" and core.model.group_keys(heartbeat_id) is None:
             self.heartbeats.put(heartbeat_id, DOWN, "failed" if exit_status is None else f"exit status {exit_status}",
                                 output=failure_output(exit_status, text),
-                                extra=None if duration is None else {"duration": duration})
+                                extra=None if duration is None else {"duration": duration}, event=True)
         elif kind == "success" and duration is not None:
             self._finished(heartbeat_id, duration)
 
@@ -8888,8 +8907,8 @@ class Engine:
     def resume_heartbeat(self, heartbeat_id):
         self.heartbeats.resume(heartbeat_id)
 
-    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None):
-        return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra)
+    def put(self, heartbeat_id, status, reason, output=None, member=None, extra=None, event=False):
+        return self.heartbeats.put(heartbeat_id, status, reason, output, member, extra, event)
 
     def by_slug(self, slug):
         """The id of the heartbeat whose ``slug`` is ``slug``, or None: a

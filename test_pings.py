@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 
 import heartbeat_lite
-from testing_support import client, new_heartbeat, parse_prometheus
+from testing_support import (Recorder, client, described_answer, lookup, new_heartbeat, parse_prometheus, pointer,
+                             schema_errors)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "healthchecks")
 FIXTURE_ID = "a73e26e5-b576-480d-9ce5-db7b6524b07f"
@@ -142,6 +143,7 @@ def test_a_failure_puts_the_heartbeat_down_at_once_and_a_success_resolves_it(ano
     anonymous.post(f"/ping/{job}/fail", "pg_dump: disk full\nsecond line\n")
     state = service.engine.status(job)
     assert state["status"] == "down" and state["alarm_since"] == clock.now
+    assert state["last_event"] == clock.now  # a failure ping is an event too
     assert [(event["state"], event["output"]) for event in alarms_seen] == [(3, "failed: pg_dump: disk full")]
     assert service.engine.document(job)  # its stored output is unchanged
     clock.advance(5)
@@ -637,3 +639,68 @@ def test_a_paused_or_deleted_heartbeat_s_run_raises_nothing(anonymous, service, 
     clock.advance(3600)
     service.tick()
     assert alarms_seen == []
+
+
+# -- OpenAPI, and a real server -------------------------------------------------------
+
+
+def test_ping_answers_match_the_openapi_description(spec, clock):
+    with heartbeat_lite.create_app(clock=clock, ping_key=PING_KEY, genie_key="g") as service:
+        job = new_heartbeat(service, name="shop", pattern={"job": "shop"}, push_token="kUmA_token-123",
+                            slug="shop")
+        new_heartbeat(service, name="older", pattern={"ping": "taken"})
+        call = Recorder(service, user=None)
+        call("GET", f"/ping/{job}", 200)
+        call("POST", f"/ping/{job}/start?rid={RID}", 200, body=b"starting")
+        call("HEAD", f"/ping/{job}/0", 200)
+        call("GET", f"/ping/{job}/256", 400)
+        call("GET", f"/ping/{job}?rid=x", 400)
+        call("GET", f"/ping/{UNKNOWN_ID}", 404)
+        call("POST", f"/ping/{job}/fail", 413, body=b"x" * (heartbeat_lite.MAX_EVENT_BODY_BYTES + 1))
+        call("GET", f"/ping/{PING_KEY}/shop", 200)
+        call("GET", f"/ping/{PING_KEY}/new-one?create=1", 201)
+        call("GET", f"/ping/{PING_KEY}/taken?create=1", 409)
+        call("GET", f"/ping/{PING_KEY}/shop/log", 200)
+        call("GET", "/api/push/kUmA_token-123?status=up", 200)
+        call("GET", "/api/push/nope12345", 404)
+        call("PUT", "/v2/heartbeats/shop/ping", 202, headers={"Authorization": "GenieKey g"})
+        call("GET", "/v2/heartbeats/shop/ping", 401)
+    for method, path, response in call.answers:
+        where = f"{method} {path} {response.status_int}"
+        answer = described_answer(spec, method, path.split("?")[0], response.status_int)
+        content = lookup(spec, answer).get("content")
+        if response.content_type == "application/json":
+            assert schema_errors(spec, answer + pointer("content", "application/json", "schema")[1:],
+                                 response.json) == [], where
+        else:
+            assert f"{response.content_type}; charset=utf-8" in content, where
+
+
+def test_the_ping_routes_over_a_real_server(clock, alarms_seen):
+    with heartbeat_lite.create_app(clock=clock, ping_key=PING_KEY, genie_key="g",
+                                   on_alarm=alarms_seen.append) as service:
+        job = new_heartbeat(service, name="shop", pattern={"job": "shop"}, push_token="kUmA_token-123",
+                            slug="shop")
+        with heartbeat_lite.serve(service, port=0) as base:
+            def call(path, data=None, method=None, headers=None):
+                request = urllib.request.Request(base + path, data=data, method=method, headers=headers or {})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        return answer.status, answer.read()
+                except urllib.error.HTTPError as error:
+                    with error:
+                        return error.code, error.read()
+
+            assert call(f"/ping/{PING_KEY}/shop/start") == (200, b"OK")
+            clock.advance(3)
+            assert call(f"/ping/{PING_KEY}/shop/1", b"boom\n") == (200, b"OK")
+            assert call("/api/push/kUmA_token-123?status=up") == (200, b'{"ok": true}')
+            assert call("/v2/heartbeats/shop/ping", method="PATCH",
+                        headers={"Authorization": "GenieKey g"})[0] == 202
+            assert call(f"/ping/{PING_KEY}/shop?rid=nope") == (400, b"invalid uuid format")
+        listed = events_of(client(service), job)
+    assert [(event["state"], event["output"]) for event in alarms_seen] == [
+        (3, "exit status 1: boom"), (0, "Une note personnalisable")]  # the resolution: the heartbeat's own output
+    assert [(event["kind"], event["method"], event["client"], event.get("duration")) for event in listed] == [
+        ("success", "PATCH", "127.0.0.1", None), ("success", "GET", "127.0.0.1", None),
+        ("fail", "POST", "127.0.0.1", 3), ("start", "GET", "127.0.0.1", None)]

@@ -219,3 +219,32 @@ def test_concurrent_creates_of_one_slug_make_one_heartbeat_and_no_error(keyed):
             thread.join()
     assert sorted(set(answers)) == [(200, b"OK"), (201, b"Created")] and answers.count((201, b"Created")) == 1
     assert [doc.get("slug") for doc in client(keyed).get("/api/v2/heartbeat").json] == ["crowd"]
+
+
+# -- what the log says -------------------------------------------------------------
+
+
+def test_the_alarm_line_of_a_failure_says_the_job_s_words_escaped(service, clock, caplog):
+    """A failure ping's alarm was logged ``is down: no matching event for
+    <resource>``: the job did report, that it failed. The line now says its
+    words (the first line of the body, escaped: no forged line)."""
+    heartbeat_id = new_heartbeat(service, name="backup", pattern={"job": "backup"}, expected_interval="1h",
+                                 max_run="1m")
+    with caplog.at_level(logging.INFO), heartbeat_lite.serve(service, port=0) as base:
+        assert get(base, f"/ping/{heartbeat_id}/3", "POST", b"disk full\x1b[31m\r\n2026 WARNING forged") == (200, b"OK")
+        assert get(base, f"/ping/{heartbeat_id}")[0] == 200
+        assert get(base, f"/ping/{heartbeat_id}/start")[0] == 200
+        clock.advance(61)
+        service.tick()
+    alarms = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alarm: ")]
+    assert alarms == [f"alarm: heartbeat {heartbeat_id} ('backup') is down: exit status 3: disk full\\x1b[31m",
+                      f"alarm: heartbeat {heartbeat_id} ('backup') is down: run exceeded 1m"]
+
+
+def test_an_expired_heartbeat_s_alarm_line_is_as_it_was(service, clock, caplog):
+    heartbeat_id = new_heartbeat(service, name="backup", pattern={"job": "backup"}, expected_interval="1m")
+    with caplog.at_level(logging.INFO):
+        clock.advance(61)
+        service.tick()
+    assert f"alarm: heartbeat {heartbeat_id} ('backup') is down: no matching event for job:backup" in [
+        record.getMessage() for record in caplog.records]
