@@ -4527,6 +4527,16 @@ def _interval_text(row, field, seconds):
     return _optional(row, field) or seconds_text(seconds)
 
 
+def _run_text(row, refreshed):
+    """For a heartbeat with a schedule, the run a reason is about (its
+    refresh is that run: :func:`refresh_time`), in its zone: `` after the
+    run of 2027-01-12 02:00 CET``; else nothing."""
+    if not _optional(row, "schedule"):
+        return ""
+    local = datetime.datetime.fromtimestamp(refreshed, time_zone(row["tz"]))
+    return f" after the run of {local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
 def expiry_steps(row, now, covered_until, member=False):
     """The transitions due by ``now`` for a heartbeat or a member: the one
     expiry state machine, a pure function of (row, now, covering), so it is
@@ -4571,11 +4581,11 @@ def expiry_steps(row, now, covered_until, member=False):
             state["refreshed"] = until
         elif status in (PENDING, UP) and state["late_seconds"] is not None:
             reason = "no matching event for " + _interval_text(row, "late_after", state["late_seconds"])
-            steps.append((status, LATE, at, reason))
+            steps.append((status, LATE, at, reason + _run_text(row, state["refreshed"])))
             state["status"], state["alarm_since"] = LATE, at
         else:
             reason = "no matching event for " + _interval_text(row, "expected_interval", state["interval_seconds"])
-            steps.append((status, DOWN, at, reason))
+            steps.append((status, DOWN, at, reason + _run_text(row, state["refreshed"])))
             state["status"], state["alarm_since"] = DOWN, at
     return steps, (state["status"], state["refreshed"], state["alarm_since"])
 

@@ -252,6 +252,8 @@ def test_a_daily_job_at_two_with_thirty_minutes_grace(app, service, clock, alarm
     assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 2, 30)) == "down"
     assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 12, 14, 0)) == "down"
     assert downs(alarms_seen) == [paris(2027, 1, 12, 2, 30)]  # one alarm, dated by the deadline
+    history = app.get(f"/api/v2/heartbeat/{heartbeat_id}/history").json["history"]
+    assert history[0]["reason"] == "no matching event for 30m after the run of 2027-01-12 02:00 CET"
     ping_at(app, clock, paris(2027, 1, 12, 14, 0))  # run by hand: resolved, and tomorrow's run expected
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["status"] == "up"
     assert deadline(app, heartbeat_id) == paris(2027, 1, 13, 2, 30)
@@ -273,6 +275,8 @@ def test_late_after_is_measured_from_the_scheduled_time(app, service, clock):
     heartbeat_id = scheduled_job(app, clock, paris(2027, 1, 10, 12, 0), grace="1h", late_after="15m")
     assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 14)) == "pending"
     assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 2, 15)) == "late"
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/history").json["history"][0]["reason"] == \
+        "no matching event for 15m after the run of 2027-01-11 02:00 CET"
     assert status_at(app, service, clock, heartbeat_id, paris(2027, 1, 11, 3, 0)) == "down"
 
 
@@ -409,3 +413,30 @@ def test_a_healthchecks_ping_counts_for_the_scheduled_run(app, service, clock, a
     app.get(f"/ping/{heartbeat_id}")
     assert deadline(app, heartbeat_id) == paris(2027, 1, 13, 2, 30)
     assert [event["state"] for event in alarms_seen] == [3, 0]
+
+
+@pytest.mark.postgresql
+def test_another_instance_knows_the_schedule_slug_and_push_token(pg_url, clock):
+    """Two instances on one PostgreSQL database: what one creates, changes
+    or deletes, the other's read model follows (look-ups and schedules)."""
+    a = heartbeat_lite.create_app(db=pg_url, clock=clock)
+    b = heartbeat_lite.create_app(db=pg_url, clock=clock)
+    try:
+        heartbeat_id = scheduled_job(client(a), clock, paris(2027, 1, 10, 12, 0), slug="nightly",
+                                     push_token="KumaToken1")
+        b.sync()
+        assert (b.engine.by_slug("nightly"), b.engine.by_push_token("KumaToken1")) == (heartbeat_id, heartbeat_id)
+        ping_at(client(b), clock, paris(2027, 1, 11, 1, 59, 30))  # on b: counts for the 02:00 run
+        assert deadline(client(a), heartbeat_id) == paris(2027, 1, 12, 2, 30)
+        client(a).put_json(f"/api/v2/heartbeat/{heartbeat_id}", body(pattern=JOB, slug="renamed"))
+        b.sync()
+        assert (b.engine.by_slug("nightly"), b.engine.by_slug("renamed"), b.engine.by_push_token("KumaToken1")) \
+            == (None, heartbeat_id, None)
+        ping_at(client(b), clock, paris(2027, 1, 11, 2, 0))  # no schedule now: the interval from the event
+        assert deadline(client(a), heartbeat_id) == paris(2027, 1, 11, 2, 1)
+        client(a).delete(f"/api/v2/heartbeat/{heartbeat_id}")
+        b.sync()
+        assert b.engine.by_slug("renamed") is None
+    finally:
+        a.close()
+        b.close()
