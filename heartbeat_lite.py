@@ -2868,12 +2868,19 @@ class _MaintenanceStatements:
             self._changed("maintenance", maintenance_id)
         return row
 
-    def selected(self, pattern):
+    def selected(self, pattern, among=None):
         """``(id, status, pattern)`` of the heartbeats a maintenance window
         selecting ``pattern`` (a dict) covers: a scan (json_each per row, in
-        SQLite's C), once per window boundary, never per tick."""
+        SQLite's C), once per window boundary, never per tick; with
+        ``among`` (ids: those the read model says it selects), only those
+        are looked up, one by one, in a single statement."""
         contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
         params = [item for pair in sorted(pattern.items()) for item in pair]
+        if among is not None:
+            if not among:
+                return []
+            contains.append(f"id IN ({self._IN_JSON_LIST})")
+            params.append(dump_json(sorted(among)).decode())
         return [(row[0], row[1], row[2]) for row in self._query(
             f"SELECT id, status, pattern FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
 
@@ -6991,7 +6998,9 @@ class Windows:
         then = math.nextafter(at, -math.inf) if started else at
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
-        scanned = self.core.store.selected(window.pattern) if covered is None else covered
+        if covered is None:  # the heartbeats the read model says it selects, looked up (not a scan of the table)
+            covered = self.core.store.selected(window.pattern, self.core.model.containing(window.pattern))
+        scanned = covered
         change.record(Transition({"id": heartbeat_id}, None, status, MAINTENANCE if started else status, at, reason,
                                  extra=extra)
                       for heartbeat_id, status, pattern in scanned
