@@ -5610,13 +5610,22 @@ class ReadModel:
         """
         to_write, kept = [], 0
         for heartbeat_id, values in members:
-            stored = self._member_stored[heartbeat_id].get(values, -math.inf)
-            if keep and now - stored < REFRESH_WRITE_SECONDS:
+            if keep and self._member_keepable(heartbeat_id, values, now):
                 self._member_unwritten[heartbeat_id][values] = now
                 kept += 1
             else:
                 to_write.append((heartbeat_id, self._groups[heartbeat_id], values))
         return to_write, kept
+
+    def _member_keepable(self, heartbeat_id, values, now):
+        """Whether a member's refresh at ``now`` may wait in memory: its stored refresh is recent."""
+        return now - self._member_stored[heartbeat_id].get(values, -math.inf) < REFRESH_WRITE_SECONDS
+
+    def members_kept_all(self, members, now):
+        """True when the refreshes at ``now`` of all ``members`` (``(heartbeat
+        id, values)``) would wait in memory (:meth:`members_refreshed` would
+        write none)."""
+        return all(self._member_keepable(heartbeat_id, values, now) for heartbeat_id, values in members)
 
     def members_written(self, refreshes):
         """``{(heartbeat id, values): refresh time}`` are in the database (those members are up)."""
@@ -7223,7 +7232,8 @@ class Intake:
             scheduled = model.scheduled_among(matched)
             plain = [heartbeat_id for heartbeat_id in matched if heartbeat_id not in set(scheduled)] \
                 if scheduled else matched
-            if not blocking and (members or scheduled or not model.keeps_all(plain, now)):
+            if not blocking and (scheduled or not model.keeps_all(model.plain(plain) if members else plain, now)
+                                 or not model.members_kept_all(members, now)):
                 raise WouldBlock()
             had_unwritten = model.has_unwritten()
             keep = not self.write_before_answer

@@ -429,6 +429,13 @@ def test_ingestion_asked_not_to_wait_does_only_what_memory_does_else_changes_not
             release.set()
             holder.join()
         assert engine.intake.events_received == 3
+        grouped = create(client(service), body(pattern={"connector": "grouped"}, group_by=["component"]))
+        member = {"connector": "grouped", "component": "web-1"}
+        with pytest.raises(heartbeat_lite.WouldBlock):  # a new member is written
+            engine.ingest([member], blocking=False)
+        assert engine.ingest([member]) == [grouped]
+        clock.advance(0.1)
+        assert engine.ingest([member], blocking=False) == [grouped]  # up, written lately: kept in memory
         scheduled = create(client(service), body(pattern={"connector": "cron"}, schedule="0 * * * *"))
         engine.ingest([{"connector": "cron"}])
         clock.advance(0.1)
