@@ -2868,12 +2868,19 @@ class _MaintenanceStatements:
             self._changed("maintenance", maintenance_id)
         return row
 
-    def selected(self, pattern):
+    def selected(self, pattern, among=None):
         """``(id, status, pattern)`` of the heartbeats a maintenance window
         selecting ``pattern`` (a dict) covers: a scan (json_each per row, in
-        SQLite's C), once per window boundary, never per tick."""
+        SQLite's C), once per window boundary, never per tick; with
+        ``among`` (ids: those the read model says it selects), only those
+        are looked up, one by one, in a single statement."""
         contains = [self._CONTAINS] * len(pattern) or ["TRUE"]
         params = [item for pair in sorted(pattern.items()) for item in pair]
+        if among is not None:
+            if not among:
+                return []
+            contains.append(f"id IN ({self._IN_JSON_LIST})")
+            params.append(dump_json(sorted(among)).decode())
         return [(row[0], row[1], row[2]) for row in self._query(
             f"SELECT id, status, pattern FROM heartbeat WHERE {' AND '.join(contains)} ORDER BY id", params)]
 
@@ -4463,8 +4470,18 @@ def scheduled_time(schedule, tz, t):
     minute, a repeated one once) more than :data:`SCHEDULE_EARLY_SECONDS`
     after Unix time ``t``: the run that a ping at ``t`` does not count for
     (one up to that early counts for the run it precedes)."""
-    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, time_zone(tz or "UTC"))
+    start = datetime.datetime.fromtimestamp(t + SCHEDULE_EARLY_SECONDS, schedule_zone(tz))
     return next(cronsim.CronSim(schedule, start)).timestamp()
+
+
+def schedule_zone(tz):
+    """The zone a schedule is read in: ``tz`` (None: UTC). A zone the system
+    no longer has (tzdata drops names) is UTC, so that neither a refresh nor
+    the tick fails on it (the read model says so in the log at start)."""
+    try:
+        return time_zone(tz or "UTC")
+    except ValueError:
+        return UTC_ZONE
 
 
 def refresh_time(row, t):
@@ -4533,7 +4550,7 @@ def _run_text(row, refreshed):
     run of 2027-01-12 02:00 CET``; else nothing."""
     if not _optional(row, "schedule"):
         return ""
-    local = datetime.datetime.fromtimestamp(refreshed, time_zone(row["tz"]))
+    local = datetime.datetime.fromtimestamp(refreshed, schedule_zone(row["tz"]))
     return f" after the run of {local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
@@ -5422,6 +5439,11 @@ class ReadModel:
         schedule = _optional(row, "schedule")
         if schedule is not None:
             self._schedules[row["id"]] = (schedule, row["tz"])
+            try:
+                time_zone(row["tz"] or "UTC")
+            except ValueError:
+                log.warning("heartbeat %s ('%s'): time zone '%s' is unknown on this system (tzdata drops some): "
+                            "its schedule is read in UTC", row["id"], log_safe(row["name"]), log_safe(row["tz"]))
         else:
             self._schedules.pop(row["id"], None)
         keys = group_keys(row)
@@ -6991,7 +7013,9 @@ class Windows:
         then = math.nextafter(at, -math.inf) if started else at
         verb = "started" if started else "ended"
         reason, extra = f"maintenance '{window.name}' {verb}", {"maintenance": window.id}
-        scanned = self.core.store.selected(window.pattern) if covered is None else covered
+        if covered is None:  # the heartbeats the read model says it selects, looked up (not a scan of the table)
+            covered = self.core.store.selected(window.pattern, self.core.model.containing(window.pattern))
+        scanned = covered
         change.record(Transition({"id": heartbeat_id}, None, status, MAINTENANCE if started else status, at, reason,
                                  extra=extra)
                       for heartbeat_id, status, pattern in scanned
@@ -12050,6 +12074,10 @@ class WebApi:
             return []  # the database's own trouble is said by the health check
 
 
+_PING_HEADERS = (("Content-Type", PING_TYPE), ("Cache-Control", PING_OK_HEADERS["Cache-Control"]))
+_PING_OK_HEADERS = _PING_HEADERS + tuple(PING_OK_HEADERS.items() - dict(_PING_HEADERS).items())
+
+
 class PingRoutes:
     """The routes of DESIGN §16 on a :class:`WebApi`'s application:
     Healthchecks' ``/ping/...`` (answered in text/plain as Healthchecks
@@ -12094,13 +12122,13 @@ class PingRoutes:
     @staticmethod
     def _text(status, text, ok=False):
         response = bottle.response
-        response.status = status
-        response.content_type = PING_TYPE
-        if ok:
-            for name, value in PING_OK_HEADERS.items():
-                response.set_header(name, value)
-        else:
-            response.set_header("Cache-Control", PING_OK_HEADERS["Cache-Control"])
+        if status != 200:  # bottle's answer is 200 until told otherwise
+            response.status = status
+        # The hot path: these headers are constants, so they are put in place
+        # whole, as bottle keeps them ({Title-Case name: [value]}), instead of
+        # through set_header, which checks and converts each name and value
+        # (half the cost of the route).
+        response._headers.update({name: [value] for name, value in (_PING_OK_HEADERS if ok else _PING_HEADERS)})
         return text.encode()
 
     def healthchecks(self, address, second=None, third=None):

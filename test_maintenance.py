@@ -658,6 +658,16 @@ def test_a_rule_whose_occurrences_overlap_records_one_stretch(app, service, cloc
     assert maintenance_rows(service, heartbeat_id) == [(T0 + 60, "maintenance"), (T0 + 61 + 11 * 3600, "pending")]
 
 
+def test_a_window_starting_looks_up_the_heartbeats_it_selects_not_the_whole_table(app, service, clock):
+    ids = [create(app, body(pattern={"host": f"h{i}"}, expected_interval="1h")) for i in range(20)]
+    statements = []
+    service.store.statement_hook = lambda sql, params: statements.append((sql, params))
+    window(app, T0 - 10, T0 + 100, pattern={"host": "h3"})  # active at once: its start is recorded now
+    looked_up = [params for sql, params in statements if sql.startswith("SELECT id, status, pattern FROM heartbeat")]
+    assert len(looked_up) == 1 and json.loads(looked_up[0][-1]) == [ids[3]]
+    assert maintenance_rows(service, ids[3]) == [(T0, "maintenance")]
+
+
 def test_windows_that_select_nothing_cost_nothing_at_expiry(app, service, clock, monkeypatch, alarms_seen):
     """Expiry asks which windows cover each heartbeat falling due: found
     from the heartbeat's own pairs, never by trying every window."""

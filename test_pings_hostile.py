@@ -6,6 +6,7 @@ operator, against a real server on port 0 where the fault lives in HTTP
 import http.client
 import logging
 import socket
+import sqlite3
 import threading
 import urllib.parse
 
@@ -248,3 +249,31 @@ def test_an_expired_heartbeat_s_alarm_line_is_as_it_was(service, clock, caplog):
         service.tick()
     assert f"alarm: heartbeat {heartbeat_id} ('backup') is down: no matching event for job:backup" in [
         record.getMessage() for record in caplog.records]
+
+
+@pytest.mark.sqlite_only("changes a row with sqlite3 behind the service, as a lost zone would")
+def test_a_schedule_whose_zone_the_system_lost_still_takes_pings_and_events(restart, clock, caplog):
+    """A zone valid when the heartbeat was made may be gone after an
+    upgrade (tzdata drops names: US/Pacific-New in 2020b). Every ping to
+    that heartbeat was a 500, every event batch matching it a 500 for all
+    the heartbeats it matched, and it went down with its job still pinging;
+    then the tick itself raised on its alarm's reason: no heartbeat at all
+    went down any more. Its schedule is now read in UTC, and the log says
+    so at start."""
+    with restart() as service:
+        heartbeat_id = new_heartbeat(service, pattern={"job": "lost-zone"}, schedule="*/5 * * * *",
+                                     tz="Europe/Paris", expected_interval="1h")
+        other = new_heartbeat(service, pattern={"job": "other"}, expected_interval="1h")
+    with sqlite3.connect(restart.path) as connection:
+        connection.execute("UPDATE heartbeat SET tz = 'Gone/Zone' WHERE id = ?", (heartbeat_id,))
+    with caplog.at_level(logging.WARNING), restart() as service:
+        assert client(service, user=None).get(f"/ping/{heartbeat_id}").text == "OK"
+        answer = client(service).post_json("/api/v2/event", [{"job": "lost-zone"}, {"job": "other"}])
+        assert sorted(answer.json["matched"]) == sorted([heartbeat_id, other])
+        assert service.engine.status(heartbeat_id)["status"] == "up"
+        clock.advance(3 * 3600)
+        service.tick()
+        assert [service.engine.status(h)["status"] for h in (heartbeat_id, other)] == ["down", "down"]
+        [last] = client(service).get(f"/api/v2/heartbeat/{heartbeat_id}/history?limit=1").json["history"]
+        assert last["reason"].endswith(" UTC"), last
+    assert any("time zone 'Gone/Zone' is unknown" in record.getMessage() for record in caplog.records)
