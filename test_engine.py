@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
@@ -390,3 +391,50 @@ def test_a_bad_active_filter_is_an_invalid_query(service):
     answer = client(service).get("/api/v2/maintenance?active=2", status=400).json
     assert answer["description"] == "invalid query parameters."
     assert answer["errors"] == ["active: must be 1 (the windows active now) or 0 (all)"]
+
+
+@pytest.mark.sqlite_only("on PostgreSQL each event is written before its answer: none is answered from memory")
+def test_ingestion_asked_not_to_wait_does_only_what_memory_does_else_changes_nothing():
+    # the server's event loop serves events itself when they need nothing
+    # but memory; anything else (a write, the lock held) raises WouldBlock
+    # before any change, and a worker thread ingests them again
+    clock = FakeClock(T0)
+    with heartbeat_lite.create_app(clock=clock) as service:
+        engine = service.engine
+        heartbeat_id = create(client(service))
+        event = dict(C01)
+        before = engine.views.status(heartbeat_id)
+        with pytest.raises(heartbeat_lite.WouldBlock):  # pending: its first event is written
+            engine.ingest([event], blocking=False)
+        assert engine.views.status(heartbeat_id) == before and engine.intake.events_received == 0
+        assert engine.ingest([event]) == [heartbeat_id]  # as a worker does
+        clock.advance(0.1)
+        assert engine.ingest([event], blocking=False) == [heartbeat_id]  # up, written lately: kept in memory
+        assert engine.ingest([{"connector": "other"}], blocking=False) == []
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold():
+            with engine.core.lock:
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            held.wait(10)
+            with pytest.raises(heartbeat_lite.WouldBlock):  # the lock is held (a tick, a storm chunk)
+                engine.ingest([event], blocking=False)
+        finally:
+            release.set()
+            holder.join()
+        assert engine.intake.events_received == 3
+        scheduled = create(client(service), body(pattern={"connector": "cron"}, schedule="0 * * * *"))
+        engine.ingest([{"connector": "cron"}])
+        clock.advance(0.1)
+        with pytest.raises(heartbeat_lite.WouldBlock):  # a schedule's refresh is written each time
+            engine.ingest([{"connector": "cron"}], blocking=False)
+        assert engine.views.status(scheduled)["status"] == "up"
+        with pytest.raises(heartbeat_lite.WouldBlock):  # not found from memory: a worker answers
+            engine.document("0" * 8 + "-0000-0000-0000-" + "0" * 12, blocking=False)
+        assert json.loads(engine.document(heartbeat_id, blocking=False))["_id"] == heartbeat_id

@@ -1320,6 +1320,20 @@ def test_a_hashed_password_is_derived_once_then_remembered(counted_derivations):
     assert len(counted_derivations) == 1
 
 
+def test_a_derivation_is_refused_rather_than_waited_for_when_asked_not_to_wait(counted_derivations):
+    # the server's event loop answers from memory and never waits: it asks not to
+    auth = heartbeat_lite.Authenticator({"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000)),
+                                         "bob": "plain"})
+    for name, password in (("alice", "pw"), ("nobody", "pw")):  # not verified yet; an unknown name (a decoy)
+        with pytest.raises(heartbeat_lite.WouldBlock):
+            auth.user(_basic(name, password), blocking=False)
+    assert not counted_derivations
+    assert auth.user(_basic("bob", "plain"), blocking=False) == "bob"  # a plain password costs nothing
+    assert auth.user(_basic("alice", "pw")) == "alice"
+    assert auth.user(_basic("alice", "pw"), blocking=False) == "alice"  # remembered
+    assert len(counted_derivations) == 1
+
+
 def test_failed_derivations_are_throttled(counted_derivations):
     clock = FakeClock(0)
     auth = heartbeat_lite.Authenticator({"alice": str(heartbeat_lite.PasswordHash.create("pw", 1000))}, clock=clock)

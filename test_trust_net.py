@@ -553,6 +553,47 @@ def test_a_request_with_both_content_length_and_chunked_is_refused_and_so_is_wha
         assert service.engine.events_received == 0
 
 
+def test_reads_from_memory_are_answered_while_every_worker_waits_for_the_engine(servers):
+    # GET one heartbeat and events that only refresh memory are served by the
+    # event loop itself (no hand-over to a worker and back); what would wait
+    # (the engine's lock held, a write) goes to a worker, and the loop never
+    # waits: with the only worker stuck behind the lock, reads still answer
+    clock = FakeClock(time.time())
+    with heartbeat_lite.create_app(clock=clock) as service, \
+            heartbeat_lite.serve(service, port=0, threads=1) as base:
+        heartbeat_id = new_heartbeat(service)
+        parts = urllib.parse.urlsplit(base)
+        authorization = {"Authorization": "Basic " + base64.b64encode(b"root:root").decode(),
+                         "Content-Type": "application/json"}
+
+        def post_event():
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            conn.request("POST", "/api/v2/event", json.dumps({"connector": "connect", "connector_name": "c01"}),
+                         authorization)
+            answer = conn.getresponse()
+            results.append((answer.status, json.loads(answer.read())))
+            conn.close()
+
+        results = []
+        dispatcher = servers[0].task_dispatcher
+        with service.engine.core.lock:  # as a tick or a storm chunk holds it
+            poster = threading.Thread(target=post_event)
+            poster.start()
+            deadline = time.monotonic() + 10
+            while dispatcher.active_count < 1:  # the event went to the worker, which waits for the lock
+                assert time.monotonic() < deadline, "the event was not handed to a worker"
+                time.sleep(0.01)
+            status, seconds = timed_get(base, f"/api/v2/heartbeat/{heartbeat_id}", "root:root")
+            assert status == 200 and seconds < 1.0
+            assert not results
+        poster.join(30)
+        # the first event of a pending heartbeat is written: a worker did it
+        assert results == [(200, {"received": 1, "matched": [heartbeat_id]})]
+        assert service.engine.views.status(heartbeat_id)["status"] == "up"
+        post_event()  # up, and written lately: answered from memory
+        assert results[-1] == (200, {"received": 1, "matched": [heartbeat_id]})
+
+
 ###############################################################################
 # Forwarding to a misbehaving target
 ###############################################################################
