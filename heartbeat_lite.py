@@ -1173,6 +1173,12 @@ def _local_time(reasons, field, value, zone):
     return moment
 
 
+#: names in the zone database that are no zone of their own: the host's
+#: zone (which moves with the host) and placeholders; ``right/...`` zones count
+#: leap seconds, which Unix times do not
+HOST_ZONE_NAMES = frozenset(("localtime", "posixrules", "Factory"))
+
+
 def time_zone(name):
     """The ``tzinfo`` of an IANA zone name; ``UTC`` needs no zone database.
 
@@ -1180,6 +1186,8 @@ def time_zone(name):
     """
     if name == "UTC":
         return UTC_ZONE
+    if name in HOST_ZONE_NAMES or name.startswith("right/"):
+        raise ValueError(f"{name} is not a zone of its own (it is the host's, or counts leap seconds)")
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
