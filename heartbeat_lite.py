@@ -153,6 +153,10 @@ MAX_HEARTBEAT_BODY_BYTES = 64 * 1024
 MAX_EVENT_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_REQUEST_BODY_BYTES = max(MAX_HEARTBEAT_BODY_BYTES, MAX_EVENT_BODY_BYTES)  # the HTTP server refuses more
+#: what the HTTP server lets a chunked body's framing take beyond
+#: MAX_REQUEST_BODY_BYTES in one read (a read is at most 8 KiB); a body
+#: decoding to more than the limit is refused by the route's own read
+CHUNK_FRAMING_SLACK_BYTES = 16 * 1024
 MAX_MAINTENANCE_BODY_BYTES = 64 * 1024
 MAX_MAINTENANCE_WINDOWS = 1000  # every window lives in memory and is consulted at each expiry
 RRULE_SEARCH_MONTHS = 120  # one search for a rule's next occurrence scans at most this much calendar
@@ -1169,6 +1173,12 @@ def _local_time(reasons, field, value, zone):
     return moment
 
 
+#: names in the zone database that are no zone of their own: the host's
+#: zone (which moves with the host) and placeholders; ``right/...`` zones count
+#: leap seconds, which Unix times do not
+HOST_ZONE_NAMES = frozenset(("localtime", "posixrules", "Factory"))
+
+
 def time_zone(name):
     """The ``tzinfo`` of an IANA zone name; ``UTC`` needs no zone database.
 
@@ -1176,6 +1186,8 @@ def time_zone(name):
     """
     if name == "UTC":
         return UTC_ZONE
+    if name in HOST_ZONE_NAMES or name.startswith("right/"):
+        raise ValueError(f"{name} is not a zone of its own (it is the host's, or counts leap seconds)")
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
@@ -12654,6 +12666,18 @@ def _json_error_server_class():
             return environ
 
     class StrictRequestParser(HTTPRequestParser):
+        def received(self, data):
+            # waitress bounds a chunked body by the bytes that carry it (chunk
+            # sizes, extensions, CRLFs included), so a body of exactly the
+            # limit was refused when chunked and accepted with a
+            # Content-Length. Count what it decoded so far, less the slack
+            # the framing of this read may take (waitress adds the read's
+            # bytes); the route's own read refuses a decoded body over the
+            # limit.
+            if self.chunked and self.body_rcv is not None:
+                self.body_bytes_received = len(self.body_rcv) - CHUNK_FRAMING_SLACK_BYTES
+            return super().received(data)
+
         def parse_header(self, header_plus):
             try:
                 super().parse_header(header_plus)

@@ -340,6 +340,8 @@ def test_maintenance_windows_are_created_read_replaced_and_removed(app, clock):
 @pytest.mark.parametrize("changes, reason", [
     ({"timezone": "Mars/Olympus_Mons"}, "timezone: unknown time zone 'Mars/Olympus_Mons'"),
     ({"timezone": "../../etc/passwd"}, "timezone: unknown time zone '../../etc/passwd'"),
+    ({"timezone": "localtime"}, "timezone: unknown time zone 'localtime'"),
+    ({"timezone": "right/Europe/Paris"}, "timezone: unknown time zone 'right/Europe/Paris'"),
     ({"timezone": 1}, "timezone: must be an IANA time zone name such as Europe/Paris"),
     ({"end": "2026-12-06T02:00:00"}, "end: must be after start"),
     ({"end": "2026-12-06T01:00:00"}, "end: must be after start"),

@@ -553,6 +553,30 @@ def test_a_request_with_both_content_length_and_chunked_is_refused_and_so_is_wha
         assert service.engine.events_received == 0
 
 
+@pytest.mark.parametrize("chunk", [1024, 65536])
+def test_a_chunked_body_is_bounded_by_what_it_decodes_to_as_a_content_length_is(clock, chunk):
+    # exactly the limit is accepted however it is framed; one byte more is
+    # refused (413, JSON), the body never reaching the engine
+    limit = heartbeat_lite.MAX_EVENT_BODY_BYTES
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0) as base:
+        parts = urllib.parse.urlsplit(base)
+        for size, status in ((limit, 200), (limit + 1, 413)):
+            document = b"[" + b" " * (size - 2) + b"]"  # an empty batch of events, of that size
+            framed = b"".join(b"%x\r\n%s\r\n" % (len(document[i:i + chunk]), document[i:i + chunk])
+                              for i in range(0, len(document), chunk)) + b"0\r\n\r\n"
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            conn.putrequest("POST", "/api/v2/event")
+            for name, value in (("Authorization", "Basic cm9vdDpyb290"), ("Content-Type", "application/json"),
+                                ("Transfer-Encoding", "chunked")):
+                conn.putheader(name, value)
+            conn.endheaders(framed)
+            answer = conn.getresponse()
+            assert (answer.status, answer.headers["Content-Type"]) == (status, "application/json"), size
+            assert json.loads(answer.read()) == ({"received": 0, "matched": []} if status == 200 else
+                                                 {"name": "", "description": f"request body larger than {limit} bytes"})
+            conn.close()
+
+
 def test_reads_from_memory_are_answered_while_every_worker_waits_for_the_engine(servers):
     # GET one heartbeat and events that only refresh memory are served by the
     # event loop itself (no hand-over to a worker and back); what would wait
