@@ -26,7 +26,7 @@ noisy machine skews both sides alike:
 - one heartbeat grouped by connector_name with 100,000 members: ingestion
   (the event refreshes one member) against 10 heartbeats, the expiry tick
   against 10 heartbeats, resident memory.
-- 100,000 heartbeats with a cron ``schedule`` (DESIGN §16, §19) against
+- 100,000 heartbeats with a cron ``schedule`` (docs/pings.md; docs/performance.md) against
   100,000 with an interval: the expiry tick with nothing due, resident
   memory, and (shown, no target) ingestion of an event matching one of them
   (``--only schedules`` runs just these);
@@ -105,23 +105,23 @@ Target = collections.namedtuple("Target", "name op limit why group needs measure
 TARGETS = (
     Target("ingestion / baseline POST, 8 conn.", ">=", 0.95,
            "POST /api/v2/event with one matching event, over real HTTP on waitress, in requests/s, against the "
-           "bare bottle+waitress app parsing the same JSON body and answering {} (part three, §19; §7 asked 0.7)",
+           "bare bottle+waitress app parsing the same JSON body and answering {} (this version's target; the first asked 0.7)",
            "http", ("base_post", "ingest"), ratio("ingest", "base_post")),
     Target("ingestion p99 / baseline POST p99, 8 conn.", "<=", 2.0, "p99 latency of that ingestion under the same load",
            "http", ("base_post", "ingest"), ratio("ingest", "base_post", "p99")),
     Target("GET one / baseline GET, 8 conn.", ">=", 1.0,
-           "GET /api/v2/heartbeat/<id>, against the baseline answering a small fixed object (§19; §7 asked 0.8)",
+           "GET /api/v2/heartbeat/<id>, against the baseline answering a small fixed object (this version's target; the first asked 0.8)",
            "http", ("base_get", "get_one"), ratio("get_one", "base_get")),
     Target(f"ingestion / baseline POST, {MANY} conn.", ">=", 0.9,
-           f"the same ingestion and baseline with {MANY} concurrent connections (§19)",
+           f"the same ingestion and baseline with {MANY} concurrent connections: cron fires many jobs on the same minute",
            "http", ("base_post_many", "ingest_many"), ratio("ingest_many", "base_post_many")),
-    Target(f"ingestion p99 / baseline p99, {MANY} conn.", "<=", 2.0, "p99 latency of that ingestion (§19)",
+    Target(f"ingestion p99 / baseline p99, {MANY} conn.", "<=", 2.0, "p99 latency of that ingestion",
            "http", ("base_post_many", "ingest_many"), ratio("ingest_many", "base_post_many", "p99")),
     Target(f"GET one / baseline GET, {MANY} conn.", None, None, f"GET one with {MANY} connections: shown, no target "
-           "(§19 asks GET one at 8)", "http", ("base_get_many", "get_one_many"), ratio("get_one_many", "base_get_many")),
+           "(the target is at 8)", "http", ("base_get_many", "get_one_many"), ratio("get_one_many", "base_get_many")),
     Target(f"{BATCH:,}-event batch events/s / baseline", ">=", 0.8,
            f"POST /api/v2/event with {BATCH:,} events matching {BATCH:,} heartbeats, against the baseline "
-           f"parsing the same body and answering a body of the same size as ours (the {BATCH:,} ids; §19)",
+           f"parsing the same body and answering a body of the same size as ours (the {BATCH:,} ids)",
            "http", ("base_batch", "batch"), ratio("batch", "base_batch")),
     Target(f"ingestion N={N_LARGE:,} / N={N_SMALL}", ">=", 0.8,
            "ingestion throughput with that many heartbeats: matching does not depend on N",
@@ -156,18 +156,18 @@ TARGETS = (
 )
 TARGETS += (
     Target("GET /ping/<id> / baseline GET, 8 conn.", ">=", 0.9,
-           "a Healthchecks ping by id (docs/pings.md), against the bare bottle+waitress GET (§19)",
+           "a Healthchecks ping by id (docs/pings.md), against the bare bottle+waitress GET",
            "ping", ("base_get", "ping"), ratio("ping", "base_get")),
 )
 TARGETS += (
     Target(f"expiry tick {N_LARGE:,} scheduled / {N_LARGE:,} interval", "<=", 2.0,
            "cost of an expiry tick with nothing due, heartbeats with a cron schedule against heartbeats with an "
-           "interval: a schedule's next time is computed once per event, never per tick (§19)",
+           "interval: a schedule's next time is computed once per event, never per tick",
            "schedules", ("ticks_scheduled",),
            lambda m: m["ticks_scheduled"]["scheduled"] / m["ticks_scheduled"]["large"]),
     Target(f"resident memory {N_LARGE:,} scheduled / {N_LARGE:,} interval", "<=", 2.0,
-           "of a server holding that many heartbeats with a schedule, against one holding as many with an interval "
-           "(§19)", "schedules", ("ingest_large", "ingest_scheduled"),
+           "of a server holding that many heartbeats with a schedule, against one holding as many with an interval",
+           "schedules", ("ingest_large", "ingest_scheduled"),
            lambda m: m["memory"]["scheduled"] / m["memory"]["large"]),
     Target(f"ingestion, {N_LARGE:,} scheduled / {N_LARGE:,} interval", None, None,
            "an event matching a heartbeat with a schedule (its next run computed, its refresh written at once, "

@@ -208,7 +208,7 @@ RECENT_RECEIVED_MAX_BYTES = 2 * 1024 * 1024  # request bodies kept for the patte
 MAX_SHOWN_EVENT_BYTES = 4096  # an event shown back is cut to this much of its JSON
 MAX_PATTERN_TEST_RESULTS = 20  # matched, and near misses, each
 
-# Pings (DESIGN §16, docs/pings.md): the URLs jobs already call
+# Pings (docs/pings.md): the URLs jobs already call
 PING_BODY_LIMIT_BYTES = 10_000  # a ping's body is kept (in /events) up to this much; Healthchecks' Ping-Body-Limit
 PING_KINDS = ("success", "start", "fail", "log")  # what a ping says, counted by /metrics
 MAX_SHOWN_PING_BYTES = 64 * 1024  # a ping as /events shows it (its body cut at PING_BODY_LIMIT_BYTES) is never cut
@@ -364,7 +364,7 @@ def redact_url(url):
     return log_safe(f"{scheme}://{authority}{slash}{path}{question}{query}")
 
 
-#: the secret a ping path holds (DESIGN §16): the ping key of ``/ping/<key>/<slug>`` (anything there
+#: the secret a ping path holds (docs/pings.md): the ping key of ``/ping/<key>/<slug>`` (anything there
 #: but a canonical id: a key mistyped, or the slug forgotten, is still one), the ``/api/push/<push_token>``
 _SECRET_IN_PATH = re.compile(r"^(/+ping/+)(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:/|$))"
                              r"([^/]+)|^(/+api/+push/+)([^/]+)")
@@ -797,7 +797,7 @@ MAX_SCHEDULE_CHARS = 255
 
 
 def _check_pings(reasons, doc):
-    """Check the fields of pings and schedules (§16), each optional:
+    """Check the fields of pings and schedules (docs/pings.md), each optional:
     ``slug`` and ``push_token`` (the other names a ping may address the
     heartbeat by; that they are free is the store's to check), ``max_run``
     (an interval shorter than a year), ``schedule`` (a 5-field cron
@@ -1593,7 +1593,7 @@ INVALID_UUID_FORMAT = "invalid uuid format"
 
 
 def parse_ping_path(path):
-    """A Healthchecks ping URL's path after ``/ping/`` (DESIGN §16):
+    """A Healthchecks ping URL's path after ``/ping/`` (docs/pings.md):
     ``(id, None, kind, exit status)`` for ``<id>[/<suffix>]``, ``(ping key,
     slug, kind, exit status)`` for ``<ping-key>/<slug>[/<suffix>]``; the
     suffix ``start``, ``fail``, ``log`` or an exit status 0-255 (0 a success,
@@ -1654,7 +1654,7 @@ def ping_body_text(body):
 
 
 def failure_output(exit_status, body_text):
-    """The alarm event's ``output`` of a failed run (DESIGN §16): ``failed:
+    """The alarm event's ``output`` of a failed run (docs/pings.md): ``failed:
     <first line of the body>`` or ``exit status N: <first line>``, or
     without a body ``failed`` / ``exit status N``."""
     head = "failed" if exit_status is None else f"exit status {exit_status}"
@@ -7780,7 +7780,7 @@ class Heartbeats:
 
 
 class Pings:
-    """Pings (DESIGN §16): requests addressed to one heartbeat directly (by
+    """Pings (docs/pings.md): requests addressed to one heartbeat directly (by
     its id, its slug, its push token or its name), whatever its pattern. A
     success refreshes it as a matching event does, on the same path
     (:meth:`Intake.ingest`); a failure puts it down at once through the
@@ -8937,7 +8937,7 @@ class Engine:
         core.load = self.lifecycle.load
         core.is_loaded = lambda: self.lifecycle.loaded
         self.heartbeats = Heartbeats(core, self.groups, self.intake)
-        #: pings (DESIGN §16): Healthchecks', Opsgenie's and Uptime Kuma's URLs
+        #: pings (docs/pings.md): Healthchecks', Opsgenie's and Uptime Kuma's URLs
         self.pings = Pings(core, self.intake, self.heartbeats)
         self.records = History(core, history_days)
         self.views = Views(core, self.windows, self.silence, self.lifecycle)
@@ -10873,7 +10873,7 @@ def openapi_document():
                 "responses": {**responses, **internal_error}, **more}
 
     def ping_paths():
-        """DESIGN §16's routes (docs/pings.md): answers as Healthchecks',
+        """The ping routes (docs/pings.md): answers as Healthchecks',
         Opsgenie's and Uptime Kuma's servers give them."""
         plain = {"content": {PING_TYPE: {"schema": string}}}
         ping_body = {"required": False, "description": f"kept up to {PING_BODY_LIMIT_BYTES} bytes in /events; "
@@ -12192,7 +12192,7 @@ _PING_OK_HEADERS = _PING_HEADERS + tuple(PING_OK_HEADERS.items() - dict(_PING_HE
 
 
 class PingRoutes:
-    """The routes of DESIGN §16 on a :class:`WebApi`'s application:
+    """The ping routes (docs/pings.md) on a :class:`WebApi`'s application:
     Healthchecks' ``/ping/...`` (answered in text/plain as Healthchecks
     answers), Opsgenie's heartbeat ping (only with a ``genie_key``), Uptime
     Kuma's push. No Basic auth and no cross-site check: the id, key or
@@ -12570,7 +12570,7 @@ def create_app(db=":memory:", users=None, clock=time.time, busy_timeout=BUSY_TIM
         None: :func:`serve` takes the listen address.
     :param ca_file: a certificate authority file (PEM) that channels'
         https, SMTPS and STARTTLS connections trust besides the system's.
-    :param pings: False turns off every ping route (DESIGN §16: ``/ping/...``,
+    :param pings: False turns off every ping route (docs/pings.md: ``/ping/...``,
         Opsgenie's, Uptime Kuma's).
     :param ping_key: the key of Healthchecks' slug form ``/ping/<key>/<slug>``
         (None: that form is off).
@@ -13303,7 +13303,7 @@ def hash_password_command(stdin, stdout):
     return 0
 
 
-# -- import-healthchecks: moving in from a Healthchecks site (DESIGN §16) -----
+# -- import-healthchecks: moving in from a Healthchecks site (docs/pings.md) -----
 
 IMPORT_HEALTHCHECKS_HELP = ("create a heartbeat for each check of a Healthchecks site (URL: its root, e.g. "
                             "https://hc.example.com; API key in HEALTHCHECKS_API_KEY), with the same UUID, so "

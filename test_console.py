@@ -1,4 +1,4 @@
-"""The operator console (DESIGN.md §18), through webtest with a fake clock:
+"""The operator console (docs/operations.md), through webtest with a fake clock:
 problems first, late shown as late, exact counts, grouped heartbeats' rows
 and alarms, the forms (pause, resume, acknowledge, maintenance for 1 h)
 and the cross-site check, the ways to feed a heartbeat, per-table phone

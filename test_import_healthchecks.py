@@ -1,4 +1,4 @@
-"""``heartbeat-lite import-healthchecks URL`` (DESIGN.md §16, moving in),
+"""``heartbeat-lite import-healthchecks URL`` (docs/move-from-healthchecks.md),
 against a local fake Healthchecks serving the recorded ``checks.json`` of a
 real server (fixtures/healthchecks/), checking the API key as Healthchecks
 does (``X-Api-Key``; a wrong one: 401)."""

@@ -1,4 +1,4 @@
-"""Pings (DESIGN §16): Healthchecks' ping URLs, failures, runs, Opsgenie's and
+"""Pings (docs/pings.md): Healthchecks' ping URLs, failures, runs, Opsgenie's and
 Uptime Kuma's routes, --pings off; over HTTP (webtest, and a real server on
 port 0), with the fake clock for runs. The answers are checked against those
 a real Healthchecks server gave (fixtures/healthchecks/).
@@ -79,7 +79,7 @@ def test_every_ping_by_id_answers_as_the_recorded_healthchecks_server(anonymous,
         assert answer.headers["Content-Length"] == headers["Content-Length"], (method, path)
         for name in ("Ping-Body-Limit", "Access-Control-Allow-Origin", "Cache-Control"):
             assert answer.headers.get(name) == headers.get(name), (method, path, name)
-        # DESIGN §16: text/plain (Healthchecks says text/html for the same two bytes)
+        # docs/pings.md: text/plain (Healthchecks says text/html for the same two bytes)
         assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
         replayed += 1
     assert replayed == 11

@@ -1,4 +1,4 @@
-"""The ping routes (DESIGN §16) under attack: a hostile client or a careless
+"""The ping routes (docs/pings.md) under attack: a hostile client or a careless
 operator, against a real server on port 0 where the fault lives in HTTP
 (docs/security.md). The ordinary behaviour of pings is test_pings.py's.
 """

@@ -1,4 +1,4 @@
-"""Pings' and schedules' fields of the heartbeat document (DESIGN.md §16):
+"""Pings' and schedules' fields of the heartbeat document (docs/pings.md):
 ``slug``, ``push_token``, ``max_run``, ``schedule``, ``tz``; their
 validation, storage on both databases, migration, and the read model's
 look-ups by slug and push token."""
