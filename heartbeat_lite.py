@@ -7217,7 +7217,8 @@ class Intake:
             a function called under the lock with the time, returning
             ``{heartbeat id: the ping's record}`` of the heartbeats it
             refreshes, each recorded in their ``/events`` whether written now
-            or not (:func:`ping_record`).
+            or not (:func:`ping_record`). Unless ``blocking``, it changes
+            nothing (it may raise :class:`WouldBlock`).
         :param blocking: False: only what is done in memory (the lock free,
             every refresh waiting in memory, the common case of heartbeats
             up); anything else raises :class:`WouldBlock` before a change.
@@ -7815,17 +7816,23 @@ class Pings:
         last = self._last_runs.get(heartbeat_id)
         return None if last is None else dict(zip(("at", "duration", "output"), last))
 
-    def known(self, heartbeat_id):
-        """:raises NotFound: there is no heartbeat ``heartbeat_id``."""
-        self.core.model.document(heartbeat_id)
-
-    def by_slug(self, slug):
-        """The id of the heartbeat with that ``slug``, or None (from memory)."""
+    def by_slug(self, slug, blocking=True):
+        """The id of the heartbeat with that ``slug``, or None (from memory,
+        once loaded: :raises StoreError:, never a 404 for a database that
+        did not answer; unless ``blocking``, :class:`WouldBlock` then)."""
+        self._loaded(blocking)
         return self.core.model.by_slug(slug)
 
     def by_push_token(self, token):
-        """The id of the heartbeat with that ``push_token``, or None (from memory)."""
+        """The id of the heartbeat with that ``push_token``, or None (as :meth:`by_slug`)."""
+        self._loaded(True)
         return self.core.model.by_push_token(token)
+
+    def _loaded(self, blocking):
+        core = self.core
+        if not blocking and not core.is_loaded():
+            raise WouldBlock()
+        core.load()
 
     def create(self, slug):
         """``?create=1``: the heartbeat of a slug no heartbeat has, named and
@@ -7859,7 +7866,7 @@ class Pings:
             log.warning("Opsgenie heartbeat ping for '%s': no heartbeat has that name (said once)", log_safe(name))
         return ids
 
-    def ping(self, heartbeat_id, kind, method, client, body=b"", rid=None, exit_status=None):
+    def ping(self, heartbeat_id, kind, method, client, body=b"", rid=None, exit_status=None, blocking=True):
         """One ping to a heartbeat, received now.
 
         :param kind: one of :data:`PING_KINDS`.
@@ -7868,8 +7875,14 @@ class Pings:
             :data:`PING_BODY_LIMIT_BYTES`).
         :param rid: the run's id (a UUID), or None.
         :param exit_status: the job's exit status, when the URL gave one.
+        :param blocking: False: only a ping done in memory (a success to a
+            heartbeat up, not grouped, no run open: see
+            :meth:`Intake.ingest`); anything else raises :class:`WouldBlock`
+            before a change.
         :raises NotFound: there is no such heartbeat.
         """
+        if not blocking and kind != "success":
+            raise WouldBlock()
         text, cut = ping_body_text(body)
         core = self.core
         facts = {}
@@ -7877,8 +7890,9 @@ class Pings:
         def received(now):  # under the lock
             core.model.document(heartbeat_id)  # NotFound
             grouped = core.model.group_keys(heartbeat_id) is not None
+            if not blocking and (grouped or heartbeat_id in self._runs):
+                raise WouldBlock()  # (a run that ends is written in the history)
             facts["duration"] = duration = self._run(heartbeat_id, kind, rid, now)
-            self.counts[kind] += 1
             record = ping_record(kind, method, client, text, cut, rid, exit_status, duration)
             if grouped or kind != "success":
                 self.intake.recent.add(now, (), {heartbeat_id: record}, (heartbeat_id,), limit=MAX_SHOWN_PING_BYTES)
@@ -7886,10 +7900,11 @@ class Pings:
             return {heartbeat_id: record}
 
         if kind == "success":
-            self.intake.ingest((), pinged=received)
+            self.intake.ingest((), pinged=received, blocking=blocking)
         else:
             with core.operation() as now:
                 received(now)
+        self.counts[kind] += 1  # (once taken: not before a WouldBlock)
         duration = facts["duration"]
         if kind == "fail" or duration is not None:
             self._last_runs[heartbeat_id] = (core.clock(), duration,
@@ -11969,8 +11984,12 @@ class WebApi:
     def answers_inline(method, path, body_length):
         """True for a request the server may serve in its event loop's
         thread, without a worker (see :class:`WouldBlock`): those the engine
-        answers from memory, GET one heartbeat and a POST of events whose
-        body (``body_length`` bytes; None: chunked) is small."""
+        answers from memory, GET one heartbeat, a POST of events whose body
+        (``body_length`` bytes; None: chunked) is small, and a ping
+        (``/ping/...``, as small)."""
+        if path.startswith("/ping/"):  # Healthchecks' pings: a success is served from memory
+            return method in ("GET", "HEAD") or (method == "POST" and body_length is not None
+                                                 and body_length <= INLINE_BODY_BYTES)
         if method == "GET":
             return _INLINE_GET.fullmatch(path) is not None
         return method == "POST" and body_length is not None and body_length <= INLINE_BODY_BYTES \
@@ -12257,23 +12276,26 @@ class PingRoutes:
             address, slug, kind, exit_status = parsed
             status = 200
             query = request.query if request.environ.get("QUERY_STRING") else {}
+            blocking = self.web._blocking()  # (in the event loop: a success to a heartbeat up, from memory)
             if slug is None:
                 heartbeat_id = address
             elif self.ping_key is None or not hmac.compare_digest(address.encode(), self.ping_key):
                 return self._text(404, "not found")
             else:
-                heartbeat_id = self.pings.by_slug(slug)
+                heartbeat_id = self.pings.by_slug(slug, blocking)
                 if heartbeat_id is None and query.get("create") == "1":
+                    if not blocking:
+                        raise WouldBlock()
                     heartbeat_id, created = self.pings.create(slug)
                     status = 201 if created else 200
                 elif heartbeat_id is None:
                     return self._text(404, "not found")
-            self.pings.known(heartbeat_id)  # NotFound before anything else is said
+            self.web.engine.document(heartbeat_id, blocking)  # NotFound before anything else is said
             check_exit_status(exit_status)
             rid = parse_rid(query.get("rid"))
             body = self.web._read_body(MAX_EVENT_BODY_BYTES)
             self.pings.ping(heartbeat_id, kind, request.method, request.environ.get("REMOTE_ADDR"), body, rid,
-                            exit_status)
+                            exit_status, blocking)
         except Invalid as exc:
             return self._text(400, exc.reasons[0])
         except NotFound:

@@ -1565,6 +1565,29 @@ def test_a_database_locked_at_start_starts_degraded_then_recovers(restart, clock
         assert service.engine.status(heartbeat_id)["last_event"] == T0 + 120
 
 
+@pytest.mark.sqlite_only("holds SQLite's file write lock")
+def test_pings_to_an_engine_that_could_not_start_are_a_database_error_not_unknown(restart, clock, caplog):
+    # A ping found no heartbeat in memory while the engine waited to start
+    # (the database locked, or not answering, at start): a 404, which
+    # `curl -fsS --retry 5` does not retry, so the job's ping was lost. It
+    # is now the 503 a retry is for, by id, by slug and by push token.
+    with restart(ping_key="k3y") as service:
+        heartbeat_id = new_heartbeat(service, slug="nightly", push_token="tok-en-0123456789")
+    holder = LockHolder(restart.path)
+    try:
+        service = restart(busy_timeout=0.05, ping_key="k3y")
+        assert "cannot start the engine yet" in caplog.text
+        anonymous = client(service, user=None)
+        for path in (f"/ping/{heartbeat_id}", "/ping/k3y/nightly", "/api/push/tok-en-0123456789"):
+            assert anonymous.get(path, status=503).status_int == 503, path
+    finally:
+        holder.release()
+    with service:
+        for path in (f"/ping/{heartbeat_id}", "/ping/k3y/nightly", "/api/push/tok-en-0123456789"):
+            assert anonymous.get(path).status_int == 200, path
+        assert service.engine.pings.counts["success"] == 3
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A tmpfs mount this test may remount read-only (needs root)."""

@@ -186,12 +186,12 @@ def test_a_create_that_loses_the_race_for_its_slug_is_an_ordinary_ping(keyed, mo
     found = keyed.engine.pings.by_slug
     checked = []
 
-    def created_meanwhile(slug):  # the other request creates it between the look-up and the creation
+    def created_meanwhile(slug, blocking=True):  # the other request creates it between the look-up and the creation
         if not checked:
             checked.append(slug)
             keyed.engine.pings.create(slug)
             return None
-        return found(slug)
+        return found(slug, blocking)
 
     monkeypatch.setattr(keyed.engine.pings, "by_slug", created_meanwhile)
     answer = anonymous.get(f"/ping/{PING_KEY}/racey?create=1", expect_errors=True)

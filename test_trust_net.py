@@ -618,6 +618,63 @@ def test_reads_from_memory_are_answered_while_every_worker_waits_for_the_engine(
         assert results[-1] == (200, {"received": 1, "matched": [heartbeat_id]})
 
 
+@pytest.mark.sqlite_only("on PostgreSQL a refresh is written before its answer: by a worker")
+def test_a_ping_to_a_heartbeat_up_is_answered_while_every_worker_is_busy():
+    # A Healthchecks ping to a heartbeat up is served by the event loop
+    # itself, as an event is: with the only worker held (here by an on_alarm
+    # that takes its time, after the engine's lock is released), a crontab's
+    # ping still answers at once; the failure went to the worker.
+    clock = FakeClock(time.time())
+    held, entered, released = [], threading.Event(), threading.Event()
+
+    def on_alarm(event):
+        if held:
+            entered.set()
+            released.wait(30)
+
+    with heartbeat_lite.create_app(clock=clock, on_alarm=on_alarm) as service, \
+            heartbeat_lite.serve(service, port=0, threads=1) as base:
+        up = new_heartbeat(service, name="up", pattern={"job": "up"})
+        failing = new_heartbeat(service, name="failing", pattern={"job": "failing"})
+        assert timed_get(base, f"/ping/{up}")[0] == 200  # pending -> up: written by a worker
+        results = []
+        held.append(True)
+        failer = threading.Thread(target=lambda: results.append(timed_get(base, f"/ping/{failing}/fail", timeout=30)))
+        failer.start()
+        try:
+            assert entered.wait(10), "the failure's alarm was not published"
+            status, seconds = timed_get(base, f"/ping/{up}")
+            assert status == 200 and seconds < 1.0
+            assert not results  # the worker is still held
+        finally:
+            released.set()
+            failer.join(30)
+        assert results and results[0][0] == 200
+        assert service.engine.pings.counts == {"success": 2, "start": 0, "fail": 1, "log": 0}
+        listed = client(service).get(f"/api/v2/heartbeat/{up}/events").json["events"]
+        assert [item["event"]["kind"] for item in listed] == ["success", "success"]
+
+
+def test_a_ping_the_event_loop_hands_to_a_worker_is_taken_once():
+    # A ping the event loop starts and finds it cannot finish in memory
+    # (a first success that writes, a start, a success that ends a run: its
+    # duration goes to the history) is served again by a worker: counted,
+    # listed and timed once.
+    clock = FakeClock(time.time())
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0, threads=2) as base:
+        job = new_heartbeat(service, name="job", pattern={"job": "job"})
+        for path in ("", "/start", "", "", "/log"):
+            assert timed_get(base, f"/ping/{job}{path}")[0] == 200
+            clock.advance(5)
+        assert service.engine.pings.counts == {"success": 3, "start": 1, "fail": 0, "log": 1}
+        app = client(service)
+        kinds = [item["event"]["kind"] for item in app.get(f"/api/v2/heartbeat/{job}/events").json["events"]]
+        assert sorted(kinds) == ["log", "start", "success", "success", "success"]
+        finished = [row for row in app.get(f"/api/v2/heartbeat/{job}/history").json["history"]
+                    if "duration" in row]
+        assert [row["duration"] for row in finished] == [5.0]
+
+
 ###############################################################################
 # Forwarding to a misbehaving target
 ###############################################################################
