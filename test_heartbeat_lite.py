@@ -687,6 +687,46 @@ def test_both_ways_of_matching_agree(matching):
         assert set(index.match([event])) == expected, event
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_batch_matches_as_its_events_do_one_by_one(matching, grouped):
+    # One key set (a batch of one source's events) is looked up for the whole
+    # batch at once, falling back event by event for an event without a key,
+    # with a list for a value, or naming a grouped heartbeat: the same ids,
+    # in order of first match, each with the last event that matched it.
+    rng = random.Random(11)
+    index = heartbeat_lite.PatternIndex()
+    patterns = {f"id{i}": {"connector": "c", "connector_name": f"n{i}"} for i in range(40)}
+    for heartbeat_id, pattern in patterns.items():
+        index.add(heartbeat_id, pattern)
+    groups = {"id3": ["host"], "id7": ["host", "site"]} if grouped else None
+    names = [f"n{i}" for i in range(50)] + [1, None, ["n1"], {"n": "n2"}]
+    for _ in range(300):
+        batch = []
+        for seq in range(rng.randint(0, 25)):
+            event = {"connector": rng.choice(["c", "c", "c", "d", 3]), "connector_name": rng.choice(names), "seq": seq}
+            if rng.random() < 0.05:
+                del event[rng.choice(["connector", "connector_name"])]
+            if rng.random() < 0.5:
+                event["host"] = rng.choice(["h1", "h2", 5])
+            if rng.random() < 0.5:
+                event["site"] = "s"
+            batch.append(event)
+        expected, expected_members = {}, {}
+        for event in batch:
+            for heartbeat_id, pattern in patterns.items():
+                if all(type(event.get(k)) is str and event[k] == v for k, v in pattern.items()):
+                    if groups and heartbeat_id in groups:
+                        values = heartbeat_lite.member_values(event, groups[heartbeat_id])
+                        if values is None:
+                            continue
+                        expected_members[(heartbeat_id, values)] = None
+                    expected[heartbeat_id] = event
+        members = {}
+        found = index.matches(batch, groups, members)
+        assert list(found.items()) == list(expected.items()), batch
+        assert list(members) == list(expected_members)
+
+
 def test_containing_finds_the_heartbeats_a_window_selects_as_they_come_and_go():
     rng = random.Random(7)
     index = heartbeat_lite.PatternIndex()

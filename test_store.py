@@ -71,6 +71,24 @@ def test_write_refreshes_of_heartbeats_all_up_misses_none():
         assert service.store.write_refreshes([]) == []
 
 
+def test_write_refreshes_of_many_heartbeats_is_one_transaction():
+    # SQLite's connection commits each statement on its own outside a
+    # transaction: a batch's thousand refreshes were a thousand commits
+    # (44 ms under the engine's lock, against 7 ms as one).
+    clock = Clock()
+    with heartbeat_lite.create_app(clock=clock) as service:
+        ids = [heartbeat(service, str(i)) for i in range(20)]
+        service.engine.ingest([{"n": str(i)} for i in range(20)])
+        statements = []
+        service.store.statement_hook = lambda sql, params: statements.append(sql)
+        try:
+            assert service.store.write_refreshes([(heartbeat_id, T0 + 5) for heartbeat_id in ids]) == []
+        finally:
+            service.store.statement_hook = None
+        assert statements.count(service.store._BEGIN) == 1 and statements.count("COMMIT") == 1
+        assert [service.store.heartbeat(heartbeat_id)["refreshed"] for heartbeat_id in ids] == [T0 + 5] * 20
+
+
 def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monkeypatch):
     """One service: a batch refreshing heartbeats up is written in chunks,
     letting go of the engine's lock in between; a pause that gets in then
