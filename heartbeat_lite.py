@@ -12815,19 +12815,26 @@ def _json_error_server_class():
             super().handle_read()
             self.server.serve_inline()
 
+        @property
+        def task_class(self):
+            # Chosen by the thread that serves, never set on the channel for
+            # a while: a worker may take the channel's request (handed over
+            # on WouldBlock, or the next pipelined one, dispatched by the
+            # loop before it is done) before the loop thread could undo it,
+            # and would serve it as the loop (raising WouldBlock again: that
+            # request never answered).
+            return InlineTask if threading.get_ident() == self.server.loop_thread else WSGITask
+
         def serve_inline(self):
             """In the event loop's thread: serve the first request waiting
             (one the application answers from memory) without a worker; if
             the application would wait after all (WouldBlock, raised before
             it answers or changes anything), a worker serves it again."""
-            self.task_class = InlineTask
             try:
                 self.service()
             except WouldBlock:
                 self.requests[0].get_body_stream().seek(0)
                 TcpWSGIServer.add_task(self.server, self)
-            finally:
-                del self.task_class
 
     class JsonErrorServer(TcpWSGIServer):
         """Cuts every request whose head is not complete within

@@ -675,6 +675,42 @@ def test_a_ping_the_event_loop_hands_to_a_worker_is_taken_once():
         assert [row["duration"] for row in finished] == [5.0]
 
 
+def test_a_request_a_worker_takes_before_the_event_loop_is_done_is_served_as_by_a_worker(servers):
+    # The event loop hands a request to a worker (a ping it cannot finish in
+    # memory; the next pipelined request, once it answered one) and goes on:
+    # a worker may start before the loop has returned. It served the request
+    # as the loop does, raised WouldBlock in turn, and that request (and the
+    # connection) was never answered. Here every worker starts at once and
+    # the loop waits for it: the worst order the threads can run in.
+    clock = FakeClock(time.time())
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0, threads=2) as base:
+        job = new_heartbeat(service, name="job", pattern={"job": "job"})
+
+        dispatcher = servers[0].task_dispatcher
+        queue = dispatcher.add_task
+
+        def at_once(channel):  # from the loop: a worker starts, and the loop waits for it
+            if threading.get_ident() != servers[0].loop_thread:
+                return queue(channel)
+            worker = threading.Thread(target=channel.service)
+            worker.start()
+            worker.join(10)
+
+        dispatcher.add_task = at_once
+        assert timed_get(base, f"/ping/{job}", timeout=5)[0] == 200  # pending -> up: written, by the worker
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+            # up: from memory, by the loop; then a start (a worker's), then a success (ends the run: a worker's)
+            sock.sendall("".join(f"GET /ping/{job}{suffix} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                                 f"{'Connection: close' if last else 'X-A: b'}\r\n\r\n"
+                                 for suffix, last in (("", False), ("/start", False), ("", True))).encode())
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200"] * 3
+        assert service.engine.pings.counts == {"success": 3, "start": 1, "fail": 0, "log": 0}
+
+
 ###############################################################################
 # Forwarding to a misbehaving target
 ###############################################################################
