@@ -7830,6 +7830,10 @@ class Pings:
         self._overruns_live = 0  # entries of open runs in that heap when it was last cleared
         #: pings received since the start, by kind (:data:`PING_KINDS`)
         self.counts = dict.fromkeys(PING_KINDS, 0)
+        # counted once the ping is taken, after the engine's lock (a ping the
+        # event loop gives up on is not counted): by the loop and the workers
+        # at once, so under a lock of its own (``+=`` reads, then writes)
+        self._counting = threading.Lock()
         self._unknown_names = set()  # Opsgenie pings' names no heartbeat has, logged once each
         self._last_runs = {}  # heartbeat id -> (end time, duration or None, failure output or None)
 
@@ -7928,7 +7932,8 @@ class Pings:
         else:
             with core.operation() as now:
                 received(now)
-        self.counts[kind] += 1  # (once taken: not before a WouldBlock)
+        with self._counting:  # (once taken: not before a WouldBlock)
+            self.counts[kind] += 1
         duration = facts["duration"]
         if kind == "fail" or duration is not None:
             self._last_runs[heartbeat_id] = (core.clock(), duration,

@@ -8,6 +8,7 @@ import logging
 import socket
 import sqlite3
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -277,3 +278,32 @@ def test_a_schedule_whose_zone_the_system_lost_still_takes_pings_and_events(rest
         [last] = client(service).get(f"/api/v2/heartbeat/{heartbeat_id}/history?limit=1").json["history"]
         assert last["reason"].endswith(" UTC"), last
     assert any("time zone 'Gone/Zone' is unknown" in record.getMessage() for record in caplog.records)
+
+
+def test_pings_taken_at_once_by_many_threads_are_each_counted(service, monkeypatch):
+    # Pings are counted after the engine's lock (not before a ping the event
+    # loop hands to a worker is taken), by the loop and the workers at once:
+    # a ``+=`` that a thread switch cut between its read and its write lost
+    # a count of heartbeat_lite_pings_received_total. The switch is forced
+    # here at the read; CPython may make it at any instruction.
+    heartbeat_id = new_heartbeat(service)
+    pings = service.engine.pings
+
+    class SwitchingCounts(dict):
+        def __getitem__(self, key):
+            value = super().__getitem__(key)
+            time.sleep(0.001)  # another thread runs here
+            return value
+
+    monkeypatch.setattr(pings, "counts", SwitchingCounts(pings.counts))
+
+    def pinging(kind):
+        for _ in range(25):
+            pings.ping(heartbeat_id, kind, "GET", "127.0.0.1")
+
+    threads = [threading.Thread(target=pinging, args=(kind,)) for kind in ("success", "success", "log", "log")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert dict(pings.counts) == {"success": 50, "start": 0, "fail": 0, "log": 50}
