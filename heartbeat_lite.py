@@ -11598,6 +11598,7 @@ DATABASE_ERROR = "database error, please contact your administrator."
 INLINE_ENVIRON_KEY = "heartbeat_lite.inline"
 INLINE_BODY_BYTES = 16 * 1024  # an event body at most this long may be answered in the event loop's thread
 _INLINE_GET = re.compile(r"/api/v2/heartbeat/[^/]+/?")
+_PING_METHODS = frozenset(("GET", "HEAD", "POST"))  # Healthchecks' ping routes'
 INVALID_QUERY = "invalid query parameters."
 INTERNAL_ERROR = "internal error"
 
@@ -12017,8 +12018,8 @@ class WebApi:
         (``body_length`` bytes; None: chunked) is small, and a ping
         (``/ping/...``, as small)."""
         if path.startswith("/ping/"):  # Healthchecks' pings: a success is served from memory
-            return method in ("GET", "HEAD") or (method == "POST" and body_length is not None
-                                                 and body_length <= INLINE_BODY_BYTES)
+            # whatever the method, the body is read: a GET's too, bounded as a POST's
+            return method in _PING_METHODS and body_length is not None and body_length <= INLINE_BODY_BYTES
         if method == "GET":
             return _INLINE_GET.fullmatch(path) is not None
         return method == "POST" and body_length is not None and body_length <= INLINE_BODY_BYTES \
@@ -12258,9 +12259,9 @@ class PingRoutes:
         self.pings = web.engine.pings
         self.ping_key = ping_key.encode() if ping_key else None
         self.genie_key = genie_key.encode() if genie_key else None
-        routes = [("/ping/<address>", ("GET", "POST", "HEAD"), self.healthchecks),
-                  ("/ping/<address>/<second>", ("GET", "POST", "HEAD"), self.healthchecks),
-                  ("/ping/<address>/<second>/<third>", ("GET", "POST", "HEAD"), self.healthchecks),
+        routes = [("/ping/<address>", _PING_METHODS, self.healthchecks),
+                  ("/ping/<address>/<second>", _PING_METHODS, self.healthchecks),
+                  ("/ping/<address>/<second>/<third>", _PING_METHODS, self.healthchecks),
                   ("/api/push/<token>", ("GET",), self.kuma)]
         if genie_key:
             routes.append(("/v2/heartbeats/<name>/ping", ("GET", "POST", "PUT", "PATCH", "HEAD"), self.opsgenie))

@@ -675,6 +675,45 @@ def test_a_ping_the_event_loop_hands_to_a_worker_is_taken_once():
         assert [row["duration"] for row in finished] == [5.0]
 
 
+def test_a_ping_with_a_chunked_or_long_body_is_served_by_a_worker_whatever_its_method():
+    # The event loop reads a ping's body, a GET's as a POST's: a GET or HEAD
+    # with a chunked body, or one over INLINE_BODY_BYTES, was served in the
+    # loop whatever its length (up to MAX_EVENT_BODY_BYTES, from a file on
+    # disk past waitress' 512 KiB), when a POST's was bounded.
+    clock = FakeClock(time.time())
+    with heartbeat_lite.create_app(clock=clock) as service, heartbeat_lite.serve(service, port=0, threads=2) as base:
+        job = new_heartbeat(service, name="job", pattern={"job": "job"})
+        assert timed_get(base, f"/ping/{job}")[0] == 200  # up, written: the next are answered from memory
+        pings = service.engine.pings
+        ping = pings.ping
+        tried_inline = []
+
+        def recording(*args):
+            tried_inline.append(not args[-1])  # blocking
+            return ping(*args)
+
+        pings.ping = recording
+        parts = urllib.parse.urlsplit(base)
+        long_body = b"x" * (heartbeat_lite.INLINE_BODY_BYTES + 1)
+        for method, framing, body, inline in (
+                ("GET", "length", b"", True), ("HEAD", "length", b"", True), ("GET", "length", b"short", True),
+                ("POST", "length", b"short", True), ("POST", "chunked", b"short", False),
+                ("GET", "chunked", b"short", False), ("HEAD", "chunked", b"short", False),
+                ("GET", "length", long_body, False), ("POST", "length", long_body, False)):
+            tried_inline.clear()
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+            conn.putrequest(method, f"/ping/{job}")
+            if framing == "chunked":
+                conn.putheader("Transfer-Encoding", "chunked")
+                conn.endheaders(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            else:
+                conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body)
+            assert conn.getresponse().status == 200
+            conn.close()
+            assert tried_inline[0] is inline, (method, framing, len(body))
+
+
 def test_a_request_a_worker_takes_before_the_event_loop_is_done_is_served_as_by_a_worker(servers):
     # The event loop hands a request to a worker (a ping it cannot finish in
     # memory; the next pipelined request, once it answered one) and goes on:
