@@ -10971,6 +10971,7 @@ def openapi_document():
                                  "(msg its output)", {
                     "200": {"description": '{"ok": true}', **_json_content(kuma)},
                     "404": {"description": f'{{"ok": false, "msg": "{KUMA_NOT_FOUND}"}}', **_json_content(kuma)},
+                    "503": _answer("Database error: retry", "Error"),
                 }, security=[], parameters=[
                     query_parameter("status", "up (the default): a success; anything else: a failure", string),
                     query_parameter("msg", "the failure's output", string)]),
@@ -10985,6 +10986,7 @@ def openapi_document():
                             "for a name no heartbeat has", **_json_content(genie)},
                     "401": {"description": "missing or wrong GenieKey", **_json_content(genie)},
                     "404": _answer("No --genie-key: the route is off", "Error"),
+                    "503": _answer("Database error: retry", "Error"),
                 }, security=[]) for method in ("get", "post", "put", "patch", "head")},
             },
         }
@@ -12336,10 +12338,12 @@ class PingRoutes:
             return self._failed(exc)
         return self._text(status, "Created" if status == 201 else "OK", ok=True)
 
-    def _failed(self, exc):
+    def _failed(self, exc, text=True):
         """An answer for what went wrong past the request's own faults: a
         body over its limit (413, JSON, as every body), the database (503: a
-        ping retried by ``curl --retry`` then comes again), else 500."""
+        ping retried by ``curl --retry`` then comes again), else 500; in
+        ``text`` (Healthchecks' text/plain) or else JSON (Opsgenie's and
+        Uptime Kuma's routes, which answer JSON)."""
         if isinstance(exc, TooLarge):
             return json_response(error_body(str(exc)), 413)
         if isinstance(exc, ApiError):
@@ -12348,10 +12352,12 @@ class PingRoutes:
         if isinstance(exc, StoreError):
             log.error("database error on %s %s: %s", log_safe(request.method), log_safe(redact_path(request.path)),
                       exc)
-            return self._text(503, DATABASE_ERROR)
-        log.error("unexpected error on %s %s", log_safe(request.method), log_safe(redact_path(request.path)),
-                  exc_info=exc)
-        return self._text(500, INTERNAL_ERROR)
+            status, description = 503, DATABASE_ERROR
+        else:
+            log.error("unexpected error on %s %s", log_safe(request.method), log_safe(redact_path(request.path)),
+                      exc_info=exc)
+            status, description = 500, INTERNAL_ERROR
+        return self._text(status, description) if text else json_response(error_body(description), status)
 
     def opsgenie(self, name):
         """``/v2/heartbeats/<name>/ping``, as Opsgenie answers: every
@@ -12373,7 +12379,7 @@ class PingRoutes:
                 except NotFound:
                     pass  # deleted meanwhile
         except Exception as exc:
-            return self._failed(exc)
+            return self._failed(exc, text=False)
         return json_response({"result": OPSGENIE_PONG, "took": 0, "requestId": request_id}, 202)
 
     def kuma(self, token):
@@ -12394,7 +12400,7 @@ class PingRoutes:
         except NotFound:
             return json_response({"ok": False, "msg": KUMA_NOT_FOUND}, 404)
         except Exception as exc:
-            return self._failed(exc)
+            return self._failed(exc, text=False)
         return json_response({"ok": True})
 
 

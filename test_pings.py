@@ -427,6 +427,27 @@ def test_a_database_error_answers_503_so_that_curl_retries(anonymous, service, j
     assert answer.body.decode() == heartbeat_lite.DATABASE_ERROR and answer.content_type == "text/plain"
 
 
+def test_a_database_error_on_an_opsgenie_or_kuma_ping_is_a_503_in_json(clock, caplog):
+    # Healthchecks' pings answer text/plain; Opsgenie's and Uptime Kuma's
+    # routes answer JSON, their errors too (as their 401, 404 and 413 do).
+    # Their database errors were Healthchecks' text: since a97fd4c, also a
+    # push while the engine could not start, once a JSON 404.
+    with genie(clock) as service:
+        new_heartbeat(service, name="shop", pattern={"job": "shop"}, push_token="kUmA_token-123")
+        anonymous = client(service, user=None)
+
+        def broken(*_):
+            raise heartbeat_lite.StoreError("disk I/O error")
+
+        service.store.statement_hook = broken
+        with caplog.at_level(logging.ERROR, logger="heartbeat_lite"):
+            for answer in (anonymous.get("/api/push/kUmA_token-123?status=down", status=503),
+                           anonymous.post("/v2/heartbeats/shop/ping", headers={"Authorization": "GenieKey s3cret-genie"},
+                                          status=503)):
+                assert answer.content_type == "application/json"
+                assert answer.json == {"name": "", "description": heartbeat_lite.DATABASE_ERROR}
+
+
 # -- the heartbeat's page ---------------------------------------------------------
 
 
