@@ -9,6 +9,7 @@ hold on both.
 import importlib.util
 import inspect
 import random
+import sqlite3
 import threading
 
 import pytest
@@ -87,6 +88,24 @@ def test_write_refreshes_of_many_heartbeats_is_one_transaction():
             service.store.statement_hook = None
         assert statements.count(service.store._BEGIN) == 1 and statements.count("COMMIT") == 1
         assert [service.store.heartbeat(heartbeat_id)["refreshed"] for heartbeat_id in ids] == [T0 + 5] * 20
+
+
+@pytest.mark.sqlite_only("a trigger makes SQLite fail one row of the statement")
+def test_a_batch_s_refreshes_that_fail_midway_write_none(tmp_path):
+    # Their statement failing at its eleventh row (a full disk, here a
+    # trigger): one commit per row had kept the first ten, which the read
+    # model did not know of; one transaction writes none, as it answered.
+    clock = Clock()
+    path = str(tmp_path / "hb.db")
+    with heartbeat_lite.create_app(db=path, clock=clock) as service:
+        ids = [heartbeat(service, str(i)) for i in range(20)]
+        service.engine.ingest([{"n": str(i)} for i in range(20)])
+        with sqlite3.connect(path) as other:
+            other.execute(f"CREATE TRIGGER full BEFORE UPDATE ON heartbeat WHEN old.id = '{ids[10]}' "
+                          "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        with pytest.raises(heartbeat_lite.StoreError, match="full"):
+            service.store.write_refreshes([(heartbeat_id, T0 + 5) for heartbeat_id in ids])
+        assert [service.store.heartbeat(heartbeat_id)["refreshed"] for heartbeat_id in ids] == [T0] * 20
 
 
 def test_a_heartbeat_paused_between_the_chunks_of_a_storm_counts_its_event(monkeypatch):
