@@ -675,6 +675,34 @@ def test_a_ping_the_event_loop_hands_to_a_worker_is_taken_once():
         assert [row["duration"] for row in finished] == [5.0]
 
 
+def test_pipelined_pings_the_loop_and_the_workers_serve_are_answered_in_order():
+    # One connection, requests the event loop answers (a success to a
+    # heartbeat up, a bad rid), hands to a worker after starting them (an
+    # unknown id, a slug to create, a failure) or never takes (/healthz):
+    # each answer in its request's place, each ping taken once.
+    clock = FakeClock(time.time())
+    with heartbeat_lite.create_app(clock=clock, ping_key="k3y") as service, \
+            heartbeat_lite.serve(service, port=0, threads=2) as base:
+        job = new_heartbeat(service, name="job", pattern={"job": "job"})
+        assert timed_get(base, f"/ping/{job}")[0] == 200  # up, written: the next successes are from memory
+        paths = [f"/ping/{job}", "/ping/00000000-0000-4000-8000-000000000000", f"/ping/{job}?rid=x",
+                 "/ping/k3y/new-job?create=1", "/healthz", f"/ping/{job}/fail", f"/ping/{job}", f"/ping/{job}"]
+        parts = urllib.parse.urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall("".join(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                                 f"{'Connection: close' if n == len(paths) - 1 else 'X-N: ' + str(n)}\r\n\r\n"
+                                 for n, path in enumerate(paths)).encode())
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        bodies = re.findall(rb"HTTP/1.1 (\d+) .*?\r\n\r\n(OK|not found|invalid uuid format|Created|\{[^}]*\})",
+                            answers, re.S)
+        assert [(int(status), body[:10]) for status, body in bodies] == [
+            (200, b"OK"), (404, b"not found"), (400, b"invalid uu"), (201, b"Created"), (200, b'{"status":'),
+            (200, b"OK"), (200, b"OK"), (200, b"OK")]
+        assert service.engine.pings.counts == {"success": 5, "start": 0, "fail": 1, "log": 0}
+
+
 def test_a_ping_with_a_chunked_or_long_body_is_served_by_a_worker_whatever_its_method():
     # The event loop reads a ping's body, a GET's as a POST's: a GET or HEAD
     # with a chunked body, or one over INLINE_BODY_BYTES, was served in the
