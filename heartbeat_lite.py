@@ -112,7 +112,7 @@ LOOPBACK_HOST_NAMES = frozenset(("localhost",))  # and loopback addresses: the H
 REALM = "heartbeat-lite"
 ENV_PREFIX = "HEARTBEAT_LITE_"
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def read_schema(name):
@@ -1874,6 +1874,8 @@ _MIGRATIONS = {
     **_MIGRATIONS,
     5: (_SET_ASIDE.format(v=5), _MOVE_OVER.format(v=5, columns=_V5_COLUMNS)),
     6: (_SET_ASIDE.format(v=6), _MOVE_OVER.format(v=6, columns=_V5_COLUMNS)),
+    # Version 8 added the alarm_output table (schema.sql creates it): nothing to rebuild.
+    7: ("", ""),
 }
 
 
@@ -2471,6 +2473,7 @@ class _HeartbeatStatements:
             self._execute("DELETE FROM heartbeat WHERE id = ?", (heartbeat_id,))
             self._changed("heartbeat", heartbeat_id)
             self._execute("DELETE FROM history WHERE heartbeat_id = ?", (heartbeat_id,))
+            self._execute("DELETE FROM alarm_output WHERE heartbeat_id = ?", (heartbeat_id,))
         return row
 
     def alarms(self, limit=-1):
@@ -2629,6 +2632,22 @@ class _StateStatements(abc.ABC):
         self._executemany("UPDATE heartbeat SET status = ?, refreshed = ?, alarm_since = ? WHERE id = ?",
                           [(status, refreshed, alarm_since, heartbeat_id)
                            for heartbeat_id, status, refreshed, alarm_since in states])
+
+    def set_alarm_outputs(self, items):
+        """Write ``(heartbeat id, member key or '', alarm_since, output)``
+        tuples: the output of an alarm just opened with its own (see
+        :meth:`alarm_outputs`)."""
+        self._executemany("INSERT INTO alarm_output (heartbeat_id, member, opened, output) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (heartbeat_id, member) DO UPDATE SET opened = excluded.opened, "
+                          "output = excluded.output", items)
+
+    def alarm_outputs(self):
+        """``{(heartbeat id, member key or ''): (opened, output)}``: the
+        outputs alarms were opened with in place of their heartbeat's; one
+        counts while ``opened`` is its heartbeat's (or member's)
+        ``alarm_since``. Few rows: failures reported by jobs."""
+        return {(row[0], row[1]): (row[2], row[3])
+                for row in self._query("SELECT heartbeat_id, member, opened, output FROM alarm_output")}
 
     def set_state(self, heartbeat_id, status, refreshed, last_event, alarm_since):
         """Set one heartbeat's whole state."""
@@ -4735,13 +4754,23 @@ GROUP_REASONS = {
 }
 
 
-def active_alarm(row):
+def raised_output(row, outputs):
+    """The output the open alarm of ``row`` (a heartbeat's, or a member's
+    joined with its heartbeat) was raised with in place of its heartbeat's
+    (a failure ping's), or None; ``outputs`` as :meth:`Store.alarm_outputs`."""
+    opened, output = outputs.get((row["id"], row["member"] if "member" in row.keys() else ""), (None, None))
+    return output if opened is not None and opened == row["alarm_since"] else None  # else a former alarm's
+
+
+def active_alarm(row, outputs=None):
     """An entry of ``GET /api/v2/alarms``: the alarm event (state 3 when
     down, 1 when late) plus ``since``; ``row`` a heartbeat's, or a member's
-    joined with its heartbeat."""
+    joined with its heartbeat. ``outputs``: see :func:`raised_output`, so
+    that the event listed is the event raised."""
     state = LATE_STATE if row["status"] == LATE else ALARM_STATE
     member = json.loads(row["member"]) if "member" in row.keys() else None
-    return {**alarm_event(row, state, row["alarm_since"], member), "since": api_time(row["alarm_since"])}
+    output = raised_output(row, outputs or {})
+    return {**alarm_event(row, state, row["alarm_since"], member, output), "since": api_time(row["alarm_since"])}
 
 
 INTAKE_COMPONENT, INTAKE_RESOURCE = "heartbeat-lite", "intake"
@@ -6407,6 +6436,11 @@ class Funnel:
                                      for (heartbeat_id, key), t in members.items()])
         if removed:
             store.delete_members(removed)
+        outputs = [(t.heartbeat_id, t.member or "", t.alarm_since, t.output) for t in transitions
+                   if t.output is not None and t.new in ALARMED and t.old != t.new and t.heartbeat_id is not None
+                   and t.alarm_since is not None]
+        if outputs:
+            store.set_alarm_outputs(outputs)
 
     @staticmethod
     def _history_row(transition):
@@ -8114,8 +8148,9 @@ class Views:
         intake silence), oldest first (the ``limit`` oldest, if given)."""
         store = self.core.store
         limit = -1 if limit is None else limit
-        alarms = [active_alarm(row) for row in store.alarms(limit)]
-        alarms += [active_alarm(row) for row in store.member_alarms(limit)]
+        outputs = store.alarm_outputs()
+        alarms = [active_alarm(row, outputs) for row in store.alarms(limit)]
+        alarms += [active_alarm(row, outputs) for row in store.member_alarms(limit)]
         intake = self.silence.alarm()
         if intake is not None:
             alarms.append(intake)
@@ -8911,7 +8946,9 @@ class Notifications:
         core = self.core
         store, registry = core.store, self.registry
         now = core.clock()
-        rows = list(store.alarms()) + list(store.member_alarms())
+        outputs = store.alarm_outputs()
+        rows = [row if raised_output(row, outputs) is None else {**dict(row), "output": raised_output(row, outputs)}
+                for row in list(store.alarms()) + list(store.member_alarms())]
         routes = store.routes(sorted({row["id"] for row in rows}))
         notices = []
         for row in rows:

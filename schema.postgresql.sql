@@ -221,5 +221,14 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 7)
+-- The output of an open alarm raised with its own (version 8), as in schema.sql.
+CREATE TABLE IF NOT EXISTS alarm_output (
+    heartbeat_id TEXT NOT NULL,
+    member       TEXT NOT NULL,
+    opened       DOUBLE PRECISION NOT NULL,
+    output       TEXT NOT NULL,
+    PRIMARY KEY (heartbeat_id, member)
+);
+
+INSERT INTO meta (key, value) VALUES ('schema_version', 8)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

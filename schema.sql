@@ -239,4 +239,18 @@ CREATE TABLE IF NOT EXISTS boundary (
     PRIMARY KEY (maintenance_id, at, kind)
 );
 
-PRAGMA user_version = 7;
+-- The output of an open alarm whose event did not carry its heartbeat's
+-- stored output (version 8): a failure ping's "failed: <first line>", "exit
+-- status N", "run exceeded 30m". GET /api/v2/alarms lists the event as it
+-- was raised; a row counts only while ``opened`` is the alarm_since of the
+-- alarm it belongs to (a later alarm of the same heartbeat or member has
+-- its own). member '' is the heartbeat's own; deleted with its heartbeat.
+CREATE TABLE IF NOT EXISTS alarm_output (
+    heartbeat_id TEXT NOT NULL,
+    member       TEXT NOT NULL,              -- '' or the member's key
+    opened       REAL NOT NULL,              -- the alarm's alarm_since
+    output       TEXT NOT NULL,
+    PRIMARY KEY (heartbeat_id, member)
+);
+
+PRAGMA user_version = 8;

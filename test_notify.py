@@ -942,3 +942,19 @@ def test_a_maintenance_window_starting_over_a_down_heartbeat_keeps_its_ack_and_r
     window(app, clock.now + 60, clock.now + 7200)
     go_down(service, clock, 120)  # the window starts: recorded in the history, the alarm stays open
     assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["ack"]["comment"] == "known"
+
+
+def test_an_open_alarm_sent_again_keeps_the_output_it_was_raised_with(service, app, clock):
+    # an Alertmanager's re-send is the alarm raised (a failure's own words), not the stored output
+    channel_id = app.post_json("/api/v2/channel", {"name": "am", "kind": "alertmanager",
+                                                   "url": "http://127.0.0.1:9", "default": True}).json["description"]
+    heartbeat_id = service.engine.create(heartbeat_lite.validate_heartbeat(body(), "root"))
+    client(service, user=None).post(f"/ping/{heartbeat_id}/fail", "disk full")
+    [notice] = service.deliveries.workers[channel_id].open_notices(channel_id)
+    assert notice["output"] == "failed: disk full"
+    clock.advance(5)
+    client(service, user=None).get(f"/ping/{heartbeat_id}")
+    clock.advance(3600)
+    service.tick()  # down by itself this time: the stored output
+    [notice] = service.deliveries.workers[channel_id].open_notices(channel_id)
+    assert notice["output"] == body()["output"]

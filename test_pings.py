@@ -7,6 +7,7 @@ a real Healthchecks server gave (fixtures/healthchecks/).
 import logging
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -165,6 +166,55 @@ def test_a_failure_puts_the_heartbeat_down_at_once_and_a_success_resolves_it(ano
 def test_the_alarm_output_of_a_failure_says_why(anonymous, job, alarms_seen, suffix, body, output):
     anonymous.post(f"/ping/{job}{suffix}", body)
     assert [event["output"] for event in alarms_seen] == [output]
+
+
+def test_an_open_alarm_is_listed_with_the_output_its_event_had(anonymous, service, clock, job, alarms_seen):
+    # GET /api/v2/alarms lists "the event above plus since" (DESIGN 5.4): a
+    # failure's event says why (16), not the heartbeat's stored output
+    app = client(service)
+    anonymous.post(f"/ping/{job}/fail", "pg_dump: disk full\nmore")
+    assert [(alarm["output"], alarm["since"]) for alarm in app.get("/api/v2/alarms").json] == [
+        ("failed: pg_dump: disk full", clock.now)]
+    assert app.get("/api/v2/alarms").json[0] == {**alarms_seen[-1], "since": clock.now}
+    anonymous.get(f"/ping/{job}")
+    assert app.get("/api/v2/alarms").json == []
+    clock.advance(3600)
+    service.tick()  # gone down by itself: its event has the heartbeat's own output
+    stored = app.get(f"/api/v2/heartbeat/{job}").json["output"]
+    assert [alarm["output"] for alarm in app.get("/api/v2/alarms").json] == [alarms_seen[-1]["output"]] == [stored]
+    anonymous.post(f"/ping/{job}/3", "")  # already down: no new alarm, the open one unchanged
+    assert [alarm["output"] for alarm in app.get("/api/v2/alarms").json] == [stored]
+
+
+def test_a_failure_s_alarm_output_is_listed_after_a_restart(restart, clock):
+    with restart() as service:
+        heartbeat_id = new_heartbeat(service, name="job", pattern={"job": "x"}, expected_interval="1h")
+        client(service, user=None).post(f"/ping/{heartbeat_id}/7", "boom")
+    with restart() as service:
+        assert [alarm["output"] for alarm in client(service).get("/api/v2/alarms").json] == ["exit status 7: boom"]
+        client(service).delete(f"/api/v2/heartbeat/{heartbeat_id}")
+        assert service.engine.core.store.alarm_outputs() == {}
+
+
+@pytest.mark.sqlite_only("makes a version 7 file (PostgreSQL applies its schema whatever the version)")
+def test_a_version_7_database_is_migrated_with_its_open_alarms(restart, clock):
+    with restart() as service:
+        heartbeat_id = new_heartbeat(service, name="job", pattern={"job": "x"}, expected_interval="1h")
+        client(service, user=None).post(f"/ping/{heartbeat_id}/fail", "boom")
+    with sqlite3.connect(restart.path) as conn:  # as version 7 left it: no alarm_output table
+        conn.execute("DROP TABLE alarm_output")
+        conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    with restart() as service:
+        app, anonymous = client(service), client(service, user=None)
+        assert [alarm["heartbeat_id"] for alarm in app.get("/api/v2/alarms").json] == [heartbeat_id]
+        anonymous.get(f"/ping/{heartbeat_id}")
+        clock.advance(5)
+        anonymous.post(f"/ping/{heartbeat_id}/2", "again")
+        assert [alarm["output"] for alarm in app.get("/api/v2/alarms").json] == ["exit status 2: again"]
+    with sqlite3.connect(restart.path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == heartbeat_lite.SCHEMA_VERSION == 8
+    conn.close()
 
 
 def test_exit_status_0_is_a_success(anonymous, service, job, alarms_seen):
