@@ -180,6 +180,10 @@ SCHEDULE_EARLY_SECONDS = 60  # a ping this much before a scheduled time counts f
 REFRESH_WRITE_SECONDS = 0.5  # a heartbeat up is written at most this often; must stay under 1 s (the shortest interval)
 COALESCE_MIN_PERIOD_SECONDS = 4 * REFRESH_WRITE_SECONDS  # a shorter late time or interval: each refresh written at once
 SYNC_SECONDS = 0.2  # several instances on PostgreSQL: how often each reads the others' changes
+#: and at most how often a ping naming no heartbeat known here reads them
+#: at once (the id may be one just created through another instance, or a
+#: guess: a flood of guesses then costs the database and the lock nothing more)
+SYNC_ON_MISS_SECONDS = 0.05
 OUTBOX_POLL_SECONDS = 1.0  # several instances: how often an idle forwarder looks at the shared outbox
 INSTANCE_ALIVE_SECONDS = 2 * ALIVE_INTERVAL_SECONDS  # an instance recorded alive this recently still runs
 META_ALIVE_AT = "alive_at"  # meta keys
@@ -8075,12 +8079,14 @@ class Views:
         self.silence = silence
         self.lifecycle = lifecycle
 
-    def document(self, heartbeat_id, blocking=True):
+    def document(self, heartbeat_id, blocking=True, anonymous=False):
         """The heartbeat's document as JSON bytes, from memory; :raises NotFound:.
         (With other instances, one not found is looked for in their changes
-        first: it may have been created a moment ago through another.)
-        Unless ``blocking``, what needs more than memory (loading the engine,
-        a heartbeat not found) raises :class:`WouldBlock`."""
+        first: it may have been created a moment ago through another; for an
+        ``anonymous`` client's id, a ping's, at most every
+        :data:`SYNC_ON_MISS_SECONDS`.) Unless ``blocking``, what needs more
+        than memory (loading the engine, a heartbeat not found) raises
+        :class:`WouldBlock`."""
         if not blocking and not self.core.is_loaded():
             raise WouldBlock()
         self.core.load()
@@ -8089,7 +8095,7 @@ class Views:
         except NotFound:
             if not blocking:
                 raise WouldBlock() from None
-            if not self.lifecycle.sync():
+            if not (self.lifecycle.sync_on_miss() if anonymous else self.lifecycle.sync()):
                 raise
         return self.core.model.document(heartbeat_id)
 
@@ -8468,6 +8474,7 @@ class Lifecycle:
         self.loaded = False
         self._synced = 0  # the last change of other instances applied to the read model (see sync())
         self._alive_recorded = None
+        self._synced_on_miss = -math.inf  # when a look-up that found nothing last read the others' changes
         # the outage rule (see recover()): the clock time of the first
         # write that failed since the rule last ran
         self._failed_at = None
@@ -8507,6 +8514,16 @@ class Lifecycle:
         self.core.model = ReadModel.loaded(store.each_heartbeat(), store.each_member())
         self.windows.by_id = windows
         self.core.load_channels()
+
+    def sync_on_miss(self):
+        """:meth:`sync` for a look-up by an unauthenticated client that found
+        nothing, at most every :data:`SYNC_ON_MISS_SECONDS` (real time: a
+        bound on the database's work, not a rule of the engine's clock)."""
+        now = time.monotonic()
+        if now - self._synced_on_miss < SYNC_ON_MISS_SECONDS:
+            return False
+        self._synced_on_miss = now
+        return self.sync()
 
     def sync(self):
         """Apply what other instances on the same database changed since
@@ -12359,7 +12376,7 @@ class PingRoutes:
                     status = 201 if created else 200
                 elif heartbeat_id is None:
                     return self._text(404, "not found")
-            self.web.engine.document(heartbeat_id, blocking)  # NotFound before anything else is said
+            self.web.engine.document(heartbeat_id, blocking, anonymous=True)  # NotFound before anything else
             check_exit_status(exit_status)
             rid = parse_rid(query.get("rid"))
             body = self.web._read_body(MAX_EVENT_BODY_BYTES)

@@ -100,6 +100,26 @@ def test_a_heartbeat_created_on_one_instance_is_matched_on_the_other(two, clock)
 
 
 @pytest.mark.postgresql
+def test_pings_naming_no_heartbeat_read_the_other_instances_changes_at_most_so_often(two, clock, monkeypatch):
+    # A ping needs no credentials, so anybody may send a flood of made-up
+    # ids: each read the others' changes under the engine's lock (a miss of
+    # GET one does, for a heartbeat created a moment ago through another
+    # instance). A ping's miss now does so at most every SYNC_ON_MISS_SECONDS.
+    a, b = two(), two()
+    reads = []
+    b.store.statement_hook = lambda sql, params: reads.append(sql) if "FROM changes WHERE seq >" in sql else None
+    monkeypatch.setattr(heartbeat_lite, "SYNC_ON_MISS_SECONDS", 3600)
+    anonymous = client(b, user=None)
+    for i in range(50):
+        assert anonymous.get(f"/ping/6f1d3c1e-0000-4000-8000-{i:012}", status=404).text == "not found"
+    assert len(reads) == 1
+    monkeypatch.setattr(heartbeat_lite, "SYNC_ON_MISS_SECONDS", 0)
+    heartbeat_id = create(client(a), body())
+    assert anonymous.get(f"/ping/{heartbeat_id}").text == "OK"  # created through the other: found at once
+    b.store.statement_hook = None
+
+
+@pytest.mark.postgresql
 def test_updates_deletions_and_windows_reach_the_other_instance(two, clock):
     a, b = two(), two()
     app_a, app_b = client(a), client(b)
