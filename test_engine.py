@@ -202,7 +202,8 @@ def test_a_failure_put_now_raises_its_own_output_and_an_event_resolves_it(servic
     assert [(e["state"], e["output"], e["timestamp"]) for e in alarms_seen] == [(3, "failed: disk full", int(T0 + 5))]
     state = app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json
     assert (state["status"], state["alarm_since"]) == ("down", T0 + 5)
-    assert app.get("/api/v2/alarms").json[0]["output"] == body()["output"]  # the stored output stays the heartbeat's
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}").json["output"] == body()["output"]  # the stored one stays
+    assert app.get("/api/v2/alarms").json[0]["output"] == "failed: disk full"  # the alarm listed is the one raised
     assert service.engine.put(heartbeat_id, "down", "job failed again") is None  # down already: no second alarm
     clock.advance(5)
     app.post_json("/api/v2/event", C01)
