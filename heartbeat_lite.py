@@ -7446,7 +7446,7 @@ class Intake:
                 special = core.store.refresh(heartbeat_ids, now, refreshes)  # written: one statement for all
                 refreshed = dict.fromkeys(heartbeat_ids, now) if refreshes is None else refreshes
                 change.apply((Transition(row, None, row["status"], UP, now, "matching event received",
-                                         refreshed[row["id"]])
+                                         refreshed[row["id"]], last_event=now)  # for its notice: written
                               for row in special if row["status"] != PAUSED), written=True)
                 special_ids = {row["id"] for row in special}  # the others were up: no transition
                 change.then(core.model.written, {heartbeat_id: refreshed[heartbeat_id] for heartbeat_id in
@@ -7507,11 +7507,11 @@ class Groups:
                     if heartbeat["status"] == PAUSED:
                         insert.append(member_row(heartbeat, key, now, PAUSED, last_event=now))
                         transitions.append(Transition(heartbeat, key, None, PAUSED, now,
-                                                      "new member (heartbeat paused)", now))
+                                                      "new member (heartbeat paused)", now, last_event=now))
                     elif len(insert) < room:
                         insert.append(member_row(heartbeat, key, now, UP, last_event=now))
                         transitions.append(Transition(heartbeat, key, None, UP, now,
-                                                      "new member: matching event received", now))
+                                                      "new member: matching event received", now, last_event=now))
                     else:
                         self._refuse(heartbeat)
                 elif row["status"] == PAUSED:
@@ -7520,7 +7520,7 @@ class Groups:
                     refresh.append((heartbeat_id, key))
                     if row["status"] != UP:
                         transitions.append(Transition(heartbeat, key, row["status"], UP, now,
-                                                      "matching event received", now))
+                                                      "matching event received", now, last_event=now))
                     else:
                         up[(heartbeat_id, values)] = now
             # written: one statement per kind for all of them, transitions or not

@@ -958,3 +958,36 @@ def test_an_open_alarm_sent_again_keeps_the_output_it_was_raised_with(service, a
     service.tick()  # down by itself this time: the stored output
     [notice] = service.deliveries.workers[channel_id].open_notices(channel_id)
     assert notice["output"] == body()["output"]
+
+
+def test_a_heartbeat_back_up_by_an_event_says_that_event_is_its_last(service, app, hooks, clock):
+    # the event that brings it back is its last event: not "never", nor the one before
+    channel(app, "ntfy", hooks.url() + "/ops", default=True)
+    heartbeat(app, name="fed")
+    app.post_json("/api/v2/event", C01)
+    clock.advance(120)
+    service.tick()
+    clock.advance(30)
+    app.post_json("/api/v2/event", C01)
+    assert service.deliver() is None
+    messages = [body["message"].split("\n") for body in delivered(hooks)]
+    assert [line for line in messages[-1] if line.startswith("Last event")] == [
+        "Last event: " + heartbeat_lite.datetime.datetime.fromtimestamp(clock.now, heartbeat_lite.UTC_ZONE)
+        .strftime("%Y-%m-%d %H:%M:%S UTC")]
+    assert messages[-1][0] == "Status: up (was down)"
+
+
+def test_a_member_back_up_by_an_event_says_that_event_is_its_last(service, app, hooks, clock):
+    channel(app, "ntfy", hooks.url() + "/ops", default=True)
+    grouped(app)
+    app.post_json("/api/v2/event", host("db1"))
+    clock.advance(120)
+    service.tick()
+    clock.advance(30)
+    app.post_json("/api/v2/event", host("db1"))
+    assert service.deliver() is None
+    last = delivered(hooks)[-1]["message"].split("\n")
+    assert last[0] == "Status: up (was down)" and "Member: host=db1" in last
+    assert [line for line in last if line.startswith("Last event")] == [
+        "Last event: " + heartbeat_lite.datetime.datetime.fromtimestamp(clock.now, heartbeat_lite.UTC_ZONE)
+        .strftime("%Y-%m-%d %H:%M:%S UTC")]
