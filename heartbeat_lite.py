@@ -8876,6 +8876,7 @@ class Notifications:
             with contextlib.suppress(NotFound):
                 heartbeats[heartbeat_id] = store.heartbeat(heartbeat_id)
         follows = store.follows({(heartbeat_id, member) for heartbeat_id, member, *_ in due})
+        outputs = store.alarm_outputs()
         rows, dropped, scheduled, escalated = [], [], [], []
         for heartbeat_id, key, channel_id, at in due:
             row = self._alarm_row(heartbeats.get(heartbeat_id), key)
@@ -8883,6 +8884,8 @@ class Notifications:
             if row is None or row["status"] not in ALARMED or (follow is not None and follow[1] is not None):
                 dropped.append((heartbeat_id, key, channel_id))
                 continue
+            if raised_output(row, outputs) is not None:  # the alarm as it was raised (a failure's words)
+                row = {**dict(row), "output": raised_output(row, outputs)}
             channels, escalate_seconds, escalate_to = routes[heartbeat_id]
             member = json.loads(key) if key else None
             event = alarm_event(row, ALARM_STATE if row["status"] == DOWN else LATE_STATE, now, member)

@@ -991,3 +991,14 @@ def test_a_member_back_up_by_an_event_says_that_event_is_its_last(service, app, 
     assert [line for line in last if line.startswith("Last event")] == [
         "Last event: " + heartbeat_lite.datetime.datetime.fromtimestamp(clock.now, heartbeat_lite.UTC_ZONE)
         .strftime("%Y-%m-%d %H:%M:%S UTC")]
+
+
+def test_a_reminder_of_a_failure_says_what_the_failure_said(service, app, hooks, clock):
+    channel(app, url=hooks.url(), default=True, repeat_every="1m")
+    heartbeat_id = heartbeat(app, name="job")
+    client(service, user=None).post(f"/ping/{heartbeat_id}/fail", "disk full")
+    assert service.deliver() is None
+    clock.advance(61)
+    service.tick()
+    assert service.deliver() is None
+    assert [(body["status"], body["output"]) for body in delivered(hooks)] == [("down", "failed: disk full")] * 2
