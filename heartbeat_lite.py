@@ -844,8 +844,7 @@ def _check_pings(reasons, doc):
                 reasons.append(f"schedule: not a valid cron expression ({exc or 'malformed'})")
             else:
                 pings["schedule"] = schedule
-        pings["tz"] = "UTC"
-    if "tz" in doc:
+    if "tz" in doc:  # absent with a schedule: UTC (schedule_zone), and not shown (a field appears when set)
         tz = doc["tz"]
         if "schedule" not in doc:
             reasons.append("tz: needs schedule (it is the schedule's time zone)")
@@ -10636,7 +10635,7 @@ The 24 h timelines stay empty: this version records no history.
 <tbody>
 % for row in rows:
 <tr><td><a href="{{base}}heartbeat/{{row["_id"]}}">{{row["name"]}}</a></td>
-<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"] if "schedule" not in row else f'{row["schedule"]} {row["tz"]}, within {row["expected_interval"]}'}}</td>
+<td><code>{{shorten(pattern_text(row["pattern"]), 300)}}</code></td><td>{{row["expected_interval"] if "schedule" not in row else f'{row["schedule"]} {row.get("tz", "UTC")}, within {row["expected_interval"]}'}}</td>
 <td><span class="badge {{row["status"]}}">{{row["status"]}}</span>\\\\
 % if row.get("members"):
  <span class="muted">members: {{member_counts_text(row["members"])}}</span>\\\\
@@ -10689,7 +10688,7 @@ DETAIL_PAGE = """<p><a href="{{base}}">All heartbeats</a></p>
 <dl class="facts">
 <dt>Pattern</dt><dd><code>{{pattern_text(doc["pattern"])}}</code></dd>
 % if "schedule" in doc:
-<dt>Schedule</dt><dd><code>{{doc["schedule"]}}</code> ({{doc["tz"]}}), each run expected within {{doc["expected_interval"]}}</dd>
+<dt>Schedule</dt><dd><code>{{doc["schedule"]}}</code> ({{doc.get("tz", "UTC")}}), each run expected within {{doc["expected_interval"]}}</dd>
 % else:
 <dt>Expected every</dt><dd>{{doc["expected_interval"]}}</dd>
 % end

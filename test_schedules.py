@@ -35,10 +35,17 @@ def test_the_new_fields_are_absent_unless_set_and_a_put_resets_them(app):
     assert not set(NEW_FIELDS) & set(doc)
 
 
-def test_a_schedule_without_a_zone_is_in_utc(app):
-    heartbeat_id = create(app, body(schedule="*/15 * * * 1-5"))
+def test_a_schedule_without_a_zone_is_in_utc_and_shows_no_zone(app, clock):
+    # a field appears in GET only when set: the zone UTC is the default, not shown
+    heartbeat_id = create(app, body(schedule="0 2 * * *", expected_interval="30m"))
     doc = app.get(f"/api/v2/heartbeat/{heartbeat_id}").json
-    assert (doc["schedule"], doc["tz"]) == ("*/15 * * * 1-5", "UTC")
+    assert doc["schedule"] == "0 2 * * *" and "tz" not in doc
+    created = datetime.datetime.fromtimestamp(clock.now, datetime.timezone.utc)
+    run = created.replace(hour=2, minute=0, second=0, microsecond=0)
+    if run.timestamp() <= clock.now + heartbeat_lite.SCHEDULE_EARLY_SECONDS:
+        run += datetime.timedelta(days=1)
+    assert app.get(f"/api/v2/heartbeat/{heartbeat_id}/status").json["deadline"] == run.timestamp() + 1800
+    assert "0 2 * * * UTC" in app.get("/").text and "(UTC)" in app.get(f"/heartbeat/{heartbeat_id}").text
 
 
 @pytest.mark.parametrize("changes, reason", [
