@@ -169,7 +169,7 @@ def test_the_alarm_output_of_a_failure_says_why(anonymous, job, alarms_seen, suf
 
 
 def test_an_open_alarm_is_listed_with_the_output_its_event_had(anonymous, service, clock, job, alarms_seen):
-    # GET /api/v2/alarms lists "the event above plus since" (DESIGN 5.4): a
+    # GET /api/v2/alarms lists "the event above plus since" (docs/api.md): a
     # failure's event says why (16), not the heartbeat's stored output
     app = client(service)
     anonymous.post(f"/ping/{job}/fail", "pg_dump: disk full\nmore")
