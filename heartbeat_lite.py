@@ -13319,6 +13319,18 @@ def build_parser(environ=os.environ):
     return parser
 
 
+def _database_setting(args, environ):
+    """``--db`` (or its variable), checked: a PostgreSQL URL, or a SQLite
+    path whose directory exists; :raises ConfigError: naming the setting."""
+    db, name = _setting(args, environ, "db", DEFAULT_DB)
+    try:
+        if not is_postgres_url(db):
+            check_database_path(db)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return db
+
+
 def _setting(args, environ, dest, default=None):
     """A setting's raw value and the name to blame it on: the flag's, when
     given; else its environment twin's, when set; else the default."""
@@ -13359,12 +13371,7 @@ def check_settings(args, environ):
     if not host.strip():
         raise ConfigError(f"{name}: empty; give an address to listen on (0.0.0.0 for every IPv4 one)")
     args.host = host.strip()
-    args.db, name = _setting(args, environ, "db", DEFAULT_DB)
-    try:
-        if not is_postgres_url(args.db):
-            check_database_path(args.db)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+    args.db = _database_setting(args, environ)
     args.forward_url, name = _setting(args, environ, "forward_url")
     args.forward_url = args.forward_url or None  # empty: no forwarding
     if args.forward_url:
@@ -13584,12 +13591,7 @@ def import_healthchecks_command(argv, environ, out):
     if not api_key:
         raise ConfigError("HEALTHCHECKS_API_KEY: not set; give the project's API key (Settings, API Access; "
                           "not the read-only one, which hides the checks' UUIDs)")
-    args.db, name = _setting(args, environ, "db", DEFAULT_DB)
-    try:
-        if not is_postgres_url(args.db):
-            check_database_path(args.db)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+    args.db = _database_setting(args, environ)
     checks = fetch_healthchecks_checks(args.url, api_key)
     try:
         with create_app(db=args.db) as service:
